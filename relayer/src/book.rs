@@ -1,0 +1,419 @@
+//! One market's order book: price-time priority matching. Pure data, no I/O, no clock.
+//!
+//! Rules (the Redis store implements the same, and the store contract tests hold both to them):
+//! - An incoming order matches resting orders on the other side whose price crosses its limit,
+//!   best price first, and at one price the earliest first.
+//! - A trade executes at the resting (maker) order's price.
+//! - The buyer pays, per buy order, `ceil(Σ price × amount / 1e6)` over its fills so far; each
+//!   fill carries the increase of that sum. Rounding therefore never exceeds one base unit per
+//!   order and a buy order never pays more than it reserved.
+//! - Self-trade prevention, "cancel resting": when an incoming order would trade with a resting
+//!   order of the same user, the resting order is cancelled (its reservation released) and
+//!   matching continues.
+//! - Whatever is left of the incoming order rests in the book (limit orders, good till
+//!   cancelled).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::domain::{Fill, Order, OrderStatus, Side, ceil_div_scale};
+
+/// What placing an order did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchOutcome {
+    /// The incoming order after matching.
+    pub order: Order,
+    /// Trades, in execution order.
+    pub fills: Vec<Fill>,
+    /// Resting orders of the same user cancelled by self-trade prevention.
+    pub self_trade_cancelled: Vec<Order>,
+}
+
+/// Why an order could not be cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CancelError {
+    /// No such order in this book (or it belongs to someone else).
+    #[error("order not found")]
+    NotFound,
+    /// The order is already filled or cancelled.
+    #[error("order is already {0:?}")]
+    NotOpen(OrderStatus),
+}
+
+/// Aggregated depth at one price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Level {
+    /// Price in millionths.
+    pub price: u64,
+    /// Σ remaining shares at that price.
+    pub amount: u128,
+    /// Number of resting orders.
+    pub orders: usize,
+}
+
+/// A market's book.
+#[derive(Debug, Default, Clone)]
+pub struct OrderBook {
+    /// Bids by price; each level in time order. Best bid is the highest key.
+    bids: BTreeMap<u64, VecDeque<String>>,
+    /// Asks by price; best ask is the lowest key.
+    asks: BTreeMap<u64, VecDeque<String>>,
+    /// Every order of this market, open or finished.
+    orders: HashMap<String, Order>,
+    /// Next arrival sequence number.
+    next_seq: u64,
+}
+
+impl OrderBook {
+    /// An order by id.
+    pub fn get(&self, order_id: &str) -> Option<&Order> {
+        self.orders.get(order_id)
+    }
+
+    /// Matches `order` against the book and rests what is left. `trade_id` names each trade
+    /// (it receives the taker's id and the fill's index within this placement).
+    pub fn place(
+        &mut self,
+        mut order: Order,
+        trade_id: impl Fn(&str, usize) -> String,
+    ) -> MatchOutcome {
+        order.seq = self.next_seq;
+        self.next_seq += 1;
+        let mut fills = Vec::new();
+        let mut self_trade_cancelled = Vec::new();
+
+        while order.remaining() > 0 {
+            let best = match order.side {
+                Side::Buy => self
+                    .asks
+                    .first_key_value()
+                    .map(|(p, q)| (*p, q.front().cloned())),
+                Side::Sell => self
+                    .bids
+                    .last_key_value()
+                    .map(|(p, q)| (*p, q.front().cloned())),
+            };
+            let Some((level_price, Some(maker_id))) = best else {
+                break;
+            };
+            let crosses = match order.side {
+                Side::Buy => level_price <= order.price,
+                Side::Sell => level_price >= order.price,
+            };
+            if !crosses {
+                break;
+            }
+            let Some(mut maker) = self.orders.get(&maker_id).cloned() else {
+                // NB: unreachable while the invariant "every queued id is in `orders`" holds;
+                // drop the dangling id rather than loop forever.
+                self.pop_front(order.side.opposite(), level_price);
+                continue;
+            };
+            if maker.user_id == order.user_id {
+                self.pop_front(maker.side, level_price);
+                maker.status = OrderStatus::Cancelled;
+                self.orders.insert(maker_id, maker.clone());
+                self_trade_cancelled.push(maker);
+                continue;
+            }
+
+            let amount = order.remaining().min(maker.remaining());
+            let price = maker.price;
+            let trade_id = trade_id(&order.order_id, fills.len());
+            let taker_order_id = order.order_id.clone();
+            let market_key = order.market_key.clone();
+            let (buy, sell) = match order.side {
+                Side::Buy => (&mut order, &mut maker),
+                Side::Sell => (&mut maker, &mut order),
+            };
+            let collateral = execute(buy, sell, price, amount);
+            let buyer_refund = if buy.remaining() == 0 {
+                buy.reserved - buy.paid
+            } else {
+                0
+            };
+            fills.push(Fill {
+                trade_id,
+                market_key,
+                maker_order_id: maker_id.clone(),
+                taker_order_id,
+                buyer: buy.user_id.clone(),
+                seller: sell.user_id.clone(),
+                buy_order_id: buy.order_id.clone(),
+                sell_order_id: sell.order_id.clone(),
+                price,
+                amount,
+                collateral,
+                buyer_refund,
+            });
+            if maker.remaining() == 0 {
+                self.pop_front(maker.side, level_price);
+            }
+            self.orders.insert(maker_id, maker);
+        }
+
+        if order.remaining() > 0 {
+            let levels = match order.side {
+                Side::Buy => &mut self.bids,
+                Side::Sell => &mut self.asks,
+            };
+            levels
+                .entry(order.price)
+                .or_default()
+                .push_back(order.order_id.clone());
+        }
+        self.orders.insert(order.order_id.clone(), order.clone());
+        MatchOutcome {
+            order,
+            fills,
+            self_trade_cancelled,
+        }
+    }
+
+    /// Cancels an open order of `user`. The returned order carries what is still reserved
+    /// ([`Order::still_reserved`]) for the caller to release.
+    pub fn cancel(
+        &mut self,
+        order_id: &str,
+        user: &crate::domain::UserId,
+    ) -> Result<Order, CancelError> {
+        let order = self
+            .orders
+            .get_mut(order_id)
+            .filter(|o| &o.user_id == user)
+            .ok_or(CancelError::NotFound)?;
+        if !order.status.is_open() {
+            return Err(CancelError::NotOpen(order.status));
+        }
+        order.status = OrderStatus::Cancelled;
+        let order = order.clone();
+        let levels = match order.side {
+            Side::Buy => &mut self.bids,
+            Side::Sell => &mut self.asks,
+        };
+        if let Some(queue) = levels.get_mut(&order.price) {
+            queue.retain(|id| id != order_id);
+            if queue.is_empty() {
+                levels.remove(&order.price);
+            }
+        }
+        Ok(order)
+    }
+
+    /// Aggregated levels, best first: (bids, asks), at most `max_levels` each.
+    pub fn depth(&self, max_levels: usize) -> (Vec<Level>, Vec<Level>) {
+        let level = |(price, ids): (&u64, &VecDeque<String>)| Level {
+            price: *price,
+            amount: ids
+                .iter()
+                .filter_map(|id| self.orders.get(id))
+                .map(|o| u128::from(o.remaining()))
+                .sum(),
+            orders: ids.len(),
+        };
+        let bids = self.bids.iter().rev().take(max_levels).map(level).collect();
+        let asks = self.asks.iter().take(max_levels).map(level).collect();
+        (bids, asks)
+    }
+
+    /// Open orders, optionally of one user, in arrival order.
+    pub fn open_orders(&self, user: Option<&crate::domain::UserId>) -> Vec<Order> {
+        let mut open: Vec<Order> = self
+            .orders
+            .values()
+            .filter(|o| o.status.is_open() && user.is_none_or(|u| &o.user_id == u))
+            .cloned()
+            .collect();
+        open.sort_by_key(|o| o.seq);
+        open
+    }
+
+    /// Every order of this book, open or finished.
+    pub fn orders(&self) -> impl Iterator<Item = &Order> {
+        self.orders.values()
+    }
+
+    fn pop_front(&mut self, side: Side, price: u64) {
+        let levels = match side {
+            Side::Buy => &mut self.bids,
+            Side::Sell => &mut self.asks,
+        };
+        if let Some(queue) = levels.get_mut(&price) {
+            queue.pop_front();
+            if queue.is_empty() {
+                levels.remove(&price);
+            }
+        }
+    }
+}
+
+/// Records a fill of `amount` at `price` on both orders; returns the collateral the buyer pays.
+fn execute(buy: &mut Order, sell: &mut Order, price: u64, amount: u64) -> u64 {
+    let notional = u128::from(price) * u128::from(amount);
+    let paid_before = buy.paid;
+    buy.notional += notional;
+    buy.paid = ceil_div_scale(buy.notional);
+    let collateral = buy.paid - paid_before;
+    sell.notional += notional;
+    sell.paid += collateral;
+    for o in [buy, sell] {
+        o.filled += amount;
+        o.status = if o.remaining() == 0 {
+            OrderStatus::Filled
+        } else {
+            OrderStatus::PartiallyFilled
+        };
+    }
+    collateral
+}
+
+impl Side {
+    /// The other side.
+    pub fn opposite(self) -> Side {
+        match self {
+            Side::Buy => Side::Sell,
+            Side::Sell => Side::Buy,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{MarketKey, UserId};
+
+    fn user(n: u8) -> UserId {
+        UserId::parse("userId", &format!("0x{}", format!("{n:02x}").repeat(20))).expect("valid")
+    }
+
+    fn order(id: &str, u: u8, side: Side, price: u64, amount: u64) -> Order {
+        let market = MarketKey::parse("marketKey", "80002:1").expect("valid");
+        Order::new(id.to_owned(), market, user(u), side, price, amount, 0)
+    }
+
+    fn place(book: &mut OrderBook, o: Order) -> MatchOutcome {
+        book.place(o, |taker, i| format!("{taker}-{i}"))
+    }
+
+    #[test]
+    fn best_price_fills_first_then_earliest_at_that_price() {
+        let mut book = OrderBook::default();
+        place(&mut book, order("a1", 1, Side::Sell, 600_000, 10));
+        place(&mut book, order("a2", 2, Side::Sell, 550_000, 10));
+        place(&mut book, order("a3", 3, Side::Sell, 550_000, 10));
+        let out = place(&mut book, order("b", 4, Side::Buy, 600_000, 25));
+        let makers: Vec<_> = out
+            .fills
+            .iter()
+            .map(|f| (f.maker_order_id.as_str(), f.amount, f.price))
+            .collect();
+        assert_eq!(
+            makers,
+            vec![("a2", 10, 550_000), ("a3", 10, 550_000), ("a1", 5, 600_000)]
+        );
+        assert_eq!(out.order.status, OrderStatus::Filled);
+        assert_eq!(
+            book.get("a1").map(|o| o.status),
+            Some(OrderStatus::PartiallyFilled)
+        );
+    }
+
+    #[test]
+    fn trades_cross_at_the_resting_price_and_refund_the_improvement() {
+        let mut book = OrderBook::default();
+        place(&mut book, order("ask", 1, Side::Sell, 400_000, 10));
+        let out = place(&mut book, order("bid", 2, Side::Buy, 700_000, 10));
+        assert_eq!(out.fills.len(), 1);
+        let fill = &out.fills[0];
+        assert_eq!(fill.price, 400_000);
+        assert_eq!(fill.collateral, 4);
+        // reserved ceil(0.7 * 10) = 7, paid 4.
+        assert_eq!(fill.buyer_refund, 3);
+        assert_eq!(out.order.paid, 4);
+    }
+
+    #[test]
+    fn a_sell_taker_hits_the_highest_bid_at_its_price() {
+        let mut book = OrderBook::default();
+        place(&mut book, order("b1", 1, Side::Buy, 300_000, 5));
+        place(&mut book, order("b2", 2, Side::Buy, 500_000, 5));
+        let out = place(&mut book, order("s", 3, Side::Sell, 250_000, 7));
+        let got: Vec<_> = out
+            .fills
+            .iter()
+            .map(|f| (f.maker_order_id.as_str(), f.price, f.amount))
+            .collect();
+        assert_eq!(got, vec![("b2", 500_000, 5), ("b1", 300_000, 2)]);
+        // b2 filled completely: its refund is reserved - paid = ceil(2.5) - ceil(2.5) = 0.
+        assert_eq!(out.fills[0].buyer_refund, 0);
+        assert_eq!(book.get("b1").map(|o| o.remaining()), Some(3));
+    }
+
+    #[test]
+    fn partial_fill_rests_the_remainder() {
+        let mut book = OrderBook::default();
+        place(&mut book, order("ask", 1, Side::Sell, 500_000, 4));
+        let out = place(&mut book, order("bid", 2, Side::Buy, 500_000, 10));
+        assert_eq!(out.order.status, OrderStatus::PartiallyFilled);
+        assert_eq!(out.order.remaining(), 6);
+        let (bids, asks) = book.depth(10);
+        assert_eq!(
+            bids,
+            vec![Level {
+                price: 500_000,
+                amount: 6,
+                orders: 1
+            }]
+        );
+        assert!(asks.is_empty());
+    }
+
+    #[test]
+    fn orders_that_do_not_cross_rest() {
+        let mut book = OrderBook::default();
+        place(&mut book, order("ask", 1, Side::Sell, 600_000, 4));
+        let out = place(&mut book, order("bid", 2, Side::Buy, 590_000, 4));
+        assert!(out.fills.is_empty());
+        assert_eq!(book.open_orders(None).len(), 2);
+    }
+
+    #[test]
+    fn self_trade_cancels_the_resting_order_and_continues() {
+        let mut book = OrderBook::default();
+        place(&mut book, order("mine", 1, Side::Sell, 500_000, 5));
+        place(&mut book, order("theirs", 2, Side::Sell, 510_000, 5));
+        let out = place(&mut book, order("bid", 1, Side::Buy, 600_000, 5));
+        assert_eq!(out.self_trade_cancelled.len(), 1);
+        assert_eq!(out.self_trade_cancelled[0].order_id, "mine");
+        assert_eq!(out.fills.len(), 1);
+        assert_eq!(out.fills[0].maker_order_id, "theirs");
+        assert_eq!(
+            book.get("mine").map(|o| o.status),
+            Some(OrderStatus::Cancelled)
+        );
+    }
+
+    #[test]
+    fn rounding_is_cumulative_per_buy_order() {
+        // Two fills of 1 share at 0.5: each alone would round up to 1, together they cost 1.
+        let mut book = OrderBook::default();
+        place(&mut book, order("bid", 1, Side::Buy, 500_000, 2));
+        let f1 = place(&mut book, order("s1", 2, Side::Sell, 500_000, 1)).fills;
+        let f2 = place(&mut book, order("s2", 3, Side::Sell, 500_000, 1)).fills;
+        assert_eq!(f1[0].collateral + f2[0].collateral, 1);
+        assert_eq!(book.get("bid").map(|o| o.paid), Some(1));
+    }
+
+    #[test]
+    fn cancel_is_owner_only_and_once() {
+        let mut book = OrderBook::default();
+        place(&mut book, order("bid", 1, Side::Buy, 500_000, 2));
+        assert_eq!(book.cancel("bid", &user(2)), Err(CancelError::NotFound));
+        let cancelled = book.cancel("bid", &user(1)).expect("owner cancels");
+        assert_eq!(cancelled.still_reserved(), 1);
+        assert_eq!(
+            book.cancel("bid", &user(1)),
+            Err(CancelError::NotOpen(OrderStatus::Cancelled))
+        );
+        assert!(book.depth(10).0.is_empty());
+    }
+}

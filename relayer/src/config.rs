@@ -1,0 +1,401 @@
+//! The relayer's one typed configuration.
+//!
+//! The same type is the YAML config file of the relayer (camelCase keys) and `spec.config` of a
+//! `RelayerDeployment`, so one schema (derived with `schemars`) serves both. This module has no
+//! server dependencies: the operator uses it with the crate's `server` feature off.
+//!
+//! Loading ([`RelayerConfig::load`], server feature) layers defaults, then the file, then
+//! `RELAYER_*` variables (`RELAYER_REDIS_URL` → `redisUrl`, `RELAYER_SHUTDOWN__DRAIN_TIMEOUT_MS`
+//! → `shutdown.drainTimeoutMs`), and then [`RelayerConfig::validate`] checks every value. Any
+//! error names the key.
+
+use std::net::SocketAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Largest request body the server may be configured to accept (16 MiB).
+const MAX_BODY_LIMIT: u64 = 16 * 1024 * 1024;
+/// Drains longer than this would outlive any sane `terminationGracePeriodSeconds`.
+const MAX_DRAIN_MS: u64 = 10 * 60 * 1000;
+/// Below this length an admin token is guessable.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// Configuration of one relayer process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RelayerConfig {
+    /// Socket address the HTTP server listens on, e.g. `0.0.0.0:3000`.
+    pub listen: String,
+    /// Redis URL (`redis://` or `rediss://`) of the shared store; absent: in-memory store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Bearer token of the `/admin` routes (at least 16 characters); absent: `/admin` answers
+    /// 404. In Kubernetes, pass it as `RELAYER_ADMIN_TOKEN` from a Secret rather than here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    /// Bounds on requests.
+    pub limits: LimitsConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Deliberate faults for game days and tests; off by default.
+    pub fault_injection: FaultInjectionConfig,
+}
+
+/// Bounds on requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted request body in bytes; a larger body is answered 413.
+    #[schemars(range(min = 64, max = 16777216))]
+    pub max_body_bytes: u64,
+    /// Largest `amount` of one order, in shares.
+    #[schemars(range(min = 1))]
+    pub max_order_amount: u64,
+    /// Time limit of one request in milliseconds; a slower request is answered 503.
+    #[schemars(range(min = 1, max = 600000))]
+    pub request_timeout_ms: u64,
+}
+
+/// Graceful shutdown on SIGTERM or Ctrl-C.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After the signal, `/ready` reports not-ready for this long while requests are still
+    /// served, so load balancers stop sending traffic before the listener closes.
+    #[schemars(range(max = 600000))]
+    pub readiness_delay_ms: u64,
+    /// After the readiness delay, new requests are refused and in-flight requests get this long
+    /// to finish before the process exits anyway.
+    #[schemars(range(min = 1, max = 600000))]
+    pub drain_timeout_ms: u64,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `relayer=debug,tower_http=info`.
+    pub filter: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Deliberate faults on the `/v2` and `/orderbook` routes (never on probes or metrics).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct FaultInjectionConfig {
+    /// Share of requests answered with an injected 500, from 0.0 to 1.0.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub error_rate: f64,
+    /// Latency added to every request, in milliseconds.
+    #[schemars(range(max = 60000))]
+    pub added_latency_ms: u64,
+}
+
+impl Default for RelayerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:3000".to_owned(),
+            redis_url: None,
+            admin_token: None,
+            limits: LimitsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+            fault_injection: FaultInjectionConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024,
+            // A trillion shares: far above any real order, far below where `price * amount`
+            // could approach u64 limits on a balance.
+            max_order_amount: 1_000_000_000_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            // Kubernetes removes a terminating pod from EndpointSlices within a second or two.
+            readiness_delay_ms: 2_000,
+            drain_timeout_ms: 20_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+impl Default for FaultInjectionConfig {
+    fn default() -> Self {
+        Self {
+            error_rate: 0.0,
+            added_latency_ms: 0,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is out of range or malformed.
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted camelCase path of the key, e.g. `limits.maxBodyBytes`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The file or an environment variable could not be read or parsed.
+    #[cfg(feature = "server")]
+    #[error("config: {0}")]
+    Load(#[source] Box<figment::Error>),
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl RelayerConfig {
+    /// Checks every value; the first bad one is returned with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "listen",
+                format!("{:?} is not a socket address: {e}", self.listen),
+            )
+        })?;
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(invalid("redisUrl", "must start with redis:// or rediss://"));
+        }
+        if let Some(token) = &self.admin_token
+            && (token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace))
+        {
+            return Err(invalid(
+                "adminToken",
+                format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters without white space"),
+            ));
+        }
+        let l = &self.limits;
+        if !(64..=MAX_BODY_LIMIT).contains(&l.max_body_bytes) {
+            return Err(invalid(
+                "limits.maxBodyBytes",
+                format!("must be between 64 and {MAX_BODY_LIMIT}"),
+            ));
+        }
+        if l.max_order_amount == 0 {
+            return Err(invalid("limits.maxOrderAmount", "must be at least 1"));
+        }
+        if !(1..=MAX_DRAIN_MS).contains(&l.request_timeout_ms) {
+            return Err(invalid(
+                "limits.requestTimeoutMs",
+                format!("must be between 1 and {MAX_DRAIN_MS}"),
+            ));
+        }
+        let s = &self.shutdown;
+        if s.readiness_delay_ms > MAX_DRAIN_MS {
+            return Err(invalid(
+                "shutdown.readinessDelayMs",
+                format!("must be at most {MAX_DRAIN_MS}"),
+            ));
+        }
+        if !(1..=MAX_DRAIN_MS).contains(&s.drain_timeout_ms) {
+            return Err(invalid(
+                "shutdown.drainTimeoutMs",
+                format!("must be between 1 and {MAX_DRAIN_MS}"),
+            ));
+        }
+        if self.log.filter.trim().is_empty() {
+            return Err(invalid("log.filter", "must not be empty"));
+        }
+        let f = &self.fault_injection;
+        if !(0.0..=1.0).contains(&f.error_rate) {
+            return Err(invalid(
+                "faultInjection.errorRate",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if f.added_latency_ms > 60_000 {
+            return Err(invalid(
+                "faultInjection.addedLatencyMs",
+                "must be at most 60000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "server")]
+mod load {
+    use std::path::Path;
+
+    use figment::{
+        Figment,
+        providers::{Env, Format, Serialized, Yaml},
+    };
+
+    use super::{ConfigError, RelayerConfig};
+
+    /// `SHUTDOWN__DRAIN_TIMEOUT_MS` (already lower-cased by figment) → `shutdown.drainTimeoutMs`.
+    fn env_key_to_path(key: &str) -> String {
+        key.split("__")
+            .map(|segment| {
+                let mut out = String::with_capacity(segment.len());
+                let mut upper = false;
+                for c in segment.chars() {
+                    if c == '_' {
+                        upper = true;
+                    } else if upper {
+                        out.extend(c.to_uppercase());
+                        upper = false;
+                    } else {
+                        out.extend(c.to_lowercase());
+                    }
+                }
+                out
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    impl RelayerConfig {
+        /// Defaults, then `file` (if given; it must exist), then `RELAYER_*` variables, then
+        /// [`RelayerConfig::validate`].
+        pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+            Self::load_from(file, Env::prefixed("RELAYER_"))
+        }
+
+        /// [`RelayerConfig::load`] with an explicit environment provider (for tests).
+        pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+            let mut figment = Figment::from(Serialized::defaults(RelayerConfig::default()));
+            if let Some(path) = file {
+                if !path.is_file() {
+                    return Err(super::invalid(
+                        "--config",
+                        format!("{} does not exist or is not a file", path.display()),
+                    ));
+                }
+                figment = figment.merge(Yaml::file_exact(path));
+            }
+            // NB: `RELAYER_CONFIG` names the file itself (a CLI flag), not a key.
+            let env = env
+                .ignore(&["config"])
+                .map(|k| env_key_to_path(k.as_str()).into());
+            let config: RelayerConfig = figment
+                .merge(env)
+                .extract()
+                .map_err(|e| ConfigError::Load(Box::new(e)))?;
+            config.validate()?;
+            Ok(config)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn env_keys_become_camel_case_paths() {
+            assert_eq!(env_key_to_path("redis_url"), "redisUrl");
+            assert_eq!(
+                env_key_to_path("shutdown__drain_timeout_ms"),
+                "shutdown.drainTimeoutMs"
+            );
+            assert_eq!(env_key_to_path("listen"), "listen");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        RelayerConfig::default()
+            .validate()
+            .expect("defaults validate");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut RelayerConfig)>)> = vec![
+            ("listen", Box::new(|c| c.listen = "nope".into())),
+            (
+                "redisUrl",
+                Box::new(|c| c.redis_url = Some("http://x".into())),
+            ),
+            (
+                "adminToken",
+                Box::new(|c| c.admin_token = Some("short".into())),
+            ),
+            (
+                "limits.maxBodyBytes",
+                Box::new(|c| c.limits.max_body_bytes = 1),
+            ),
+            (
+                "limits.maxOrderAmount",
+                Box::new(|c| c.limits.max_order_amount = 0),
+            ),
+            (
+                "limits.requestTimeoutMs",
+                Box::new(|c| c.limits.request_timeout_ms = 0),
+            ),
+            (
+                "shutdown.drainTimeoutMs",
+                Box::new(|c| c.shutdown.drain_timeout_ms = 0),
+            ),
+            (
+                "shutdown.readinessDelayMs",
+                Box::new(|c| c.shutdown.readiness_delay_ms = u64::MAX),
+            ),
+            ("log.filter", Box::new(|c| c.log.filter = " ".into())),
+            (
+                "faultInjection.errorRate",
+                Box::new(|c| c.fault_injection.error_rate = 1.5),
+            ),
+            (
+                "faultInjection.addedLatencyMs",
+                Box::new(|c| c.fault_injection.added_latency_ms = 60_001),
+            ),
+        ];
+        for (key, mutate) in cases {
+            let mut config = RelayerConfig::default();
+            mutate(&mut config);
+            match config.validate() {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key),
+                other => panic!("{key}: expected an invalid-key error, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The Foresight relayer: an HTTP service that takes orders for prediction-market outcome
+//! shares, keeps an order book per market, matches orders with price-time priority and moves
+//! collateral and shares between users.
+//!
+//! # Layout
+//! - [`config`]: the typed configuration (also `spec.config` of a RelayerDeployment). The only
+//!   module built without the `server` feature.
+//! - [`domain`]: identifiers, orders, fills, balances and their validation. Pure.
+//! - [`book`]: one market's order book and its matching rules. Pure.
+//! - [`store`]: where state lives, as atomic single-slot operations; in-memory backend.
+//! - [`exchange`]: the use cases (place, cancel, deposit, …) as sequences of store steps.
+//! - [`api`]: routes, bodies, authentication; [`error`]: the JSON error type and extractors.
+//! - [`metrics`]: Prometheus metrics; [`server`]: state, router, graceful shutdown.
+#![forbid(unsafe_code)]
+
+pub mod config;
+
+#[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
+pub mod book;
+#[cfg(feature = "server")]
+pub mod domain;
+#[cfg(feature = "server")]
+pub mod error;
+#[cfg(feature = "server")]
+pub mod exchange;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod store;
+
+#[cfg(feature = "server")]
+pub use server::{AppState, app, serve, shutdown_signal};

@@ -1,0 +1,64 @@
+//! `relayer`: runs the relayer HTTP service.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use relayer::config::{LogFormat, RelayerConfig};
+use relayer::store::Store;
+
+/// Command-line arguments; every config key can also be set with a `RELAYER_*` variable.
+#[derive(Debug, Parser)]
+#[command(version, about = "The Foresight order relayer")]
+struct Args {
+    /// YAML config file (camelCase keys); `RELAYER_*` variables override its keys.
+    #[arg(long, env = "RELAYER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (JSON, which is also valid YAML) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = RelayerConfig::load(args.config.as_deref()).context("invalid configuration")?;
+    if args.print_config {
+        println!("{}", redacted_json(&config)?);
+        return Ok(());
+    }
+    init_tracing(&config)?;
+    if config.redis_url.is_some() {
+        anyhow::bail!(
+            "invalid config key `redisUrl`: the Redis store is not available in this build yet"
+        );
+    }
+    let store = Store::memory();
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, store = "memory", admin = config.admin_token.is_some(), "relayer listening");
+    let state = relayer::AppState::new(config, store);
+    relayer::serve(listener, state, relayer::shutdown_signal()).await?;
+    tracing::info!("relayer stopped");
+    Ok(())
+}
+
+fn redacted_json(config: &RelayerConfig) -> anyhow::Result<String> {
+    let mut redacted = config.clone();
+    if redacted.admin_token.is_some() {
+        redacted.admin_token = Some("<redacted>".to_owned());
+    }
+    Ok(serde_json::to_string_pretty(&redacted)?)
+}
+
+fn init_tracing(config: &RelayerConfig) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
+        .with_context(|| format!("invalid config key `log.filter`: {:?}", config.log.filter))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The in-memory backend: one lock per slot kind, never held across an `.await`.
+//!
+//! Markets each have their own mutex (two markets match in parallel); accounts, claims and API
+//! keys sit behind one mutex per table, held only for a map operation. Lock order, where two are
+//! taken: `markets` (read, to find the book) then that book's mutex; nothing else nests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use super::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, StoreError};
+use crate::book::{CancelError, Level, MatchOutcome, OrderBook};
+use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
+
+/// State kept in process memory.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    accounts: Mutex<HashMap<UserId, Account>>,
+    markets: RwLock<HashMap<MarketKey, Arc<Mutex<OrderBook>>>>,
+    claims: Mutex<HashMap<String, Claim>>,
+    /// API keys by hash, and key id → hash for revocation.
+    api_keys: Mutex<(HashMap<String, ApiKeyRecord>, HashMap<String, String>)>,
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: every critical section
+/// here computes its new value before it writes, so the data is never half-updated.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl MemoryStore {
+    fn book(&self, market: &MarketKey) -> Arc<Mutex<OrderBook>> {
+        if let Some(book) = self
+            .inner
+            .markets
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(market)
+        {
+            return book.clone();
+        }
+        self.inner
+            .markets
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(market.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn existing_book(&self, market: &MarketKey) -> Option<Arc<Mutex<OrderBook>>> {
+        self.inner
+            .markets
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(market)
+            .cloned()
+    }
+
+    pub(super) fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    pub(super) fn apply_moves(
+        &self,
+        user: &UserId,
+        moves: &[Move],
+    ) -> Result<Result<Account, BalanceError>, StoreError> {
+        let mut accounts = lock(&self.inner.accounts);
+        let account = accounts.entry(user.clone()).or_default();
+        Ok(account.apply(moves).map(|()| account.clone()))
+    }
+
+    pub(super) fn account(&self, user: &UserId) -> Result<Account, StoreError> {
+        Ok(lock(&self.inner.accounts)
+            .get(user)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    pub(super) fn claim_order_id(
+        &self,
+        order_id: &str,
+        claim: Claim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let mut claims = lock(&self.inner.claims);
+        if let Some(existing) = claims.get(order_id) {
+            return Ok(ClaimOutcome::Existing(existing.clone()));
+        }
+        claims.insert(order_id.to_owned(), claim);
+        Ok(ClaimOutcome::Claimed)
+    }
+
+    pub(super) fn finish_claim(
+        &self,
+        order_id: &str,
+        result: PlacementRecord,
+    ) -> Result<(), StoreError> {
+        if let Some(claim) = lock(&self.inner.claims).get_mut(order_id) {
+            claim.result = Some(result);
+        }
+        Ok(())
+    }
+
+    pub(super) fn drop_claim(&self, order_id: &str) -> Result<(), StoreError> {
+        lock(&self.inner.claims).remove(order_id);
+        Ok(())
+    }
+
+    pub(super) fn claim(&self, order_id: &str) -> Result<Option<Claim>, StoreError> {
+        Ok(lock(&self.inner.claims).get(order_id).cloned())
+    }
+
+    pub(super) fn match_order(&self, order: Order) -> Result<MatchOutcome, StoreError> {
+        let book = self.book(&order.market_key);
+        let mut book = lock(&book);
+        Ok(book.place(order, |taker, i| format!("{taker}#{i}")))
+    }
+
+    pub(super) fn cancel_order(
+        &self,
+        market: &MarketKey,
+        order_id: &str,
+        user: &UserId,
+    ) -> Result<Result<Order, CancelError>, StoreError> {
+        let Some(book) = self.existing_book(market) else {
+            return Ok(Err(CancelError::NotFound));
+        };
+        let mut book = lock(&book);
+        Ok(book.cancel(order_id, user))
+    }
+
+    pub(super) fn order(
+        &self,
+        market: &MarketKey,
+        order_id: &str,
+    ) -> Result<Option<Order>, StoreError> {
+        Ok(self
+            .existing_book(market)
+            .and_then(|b| lock(&b).get(order_id).cloned()))
+    }
+
+    pub(super) fn depth(
+        &self,
+        market: &MarketKey,
+        max_levels: usize,
+    ) -> Result<(Vec<Level>, Vec<Level>), StoreError> {
+        Ok(self
+            .existing_book(market)
+            .map(|b| lock(&b).depth(max_levels))
+            .unwrap_or_default())
+    }
+
+    pub(super) fn open_orders(
+        &self,
+        market: &MarketKey,
+        user: Option<&UserId>,
+    ) -> Result<Vec<Order>, StoreError> {
+        Ok(self
+            .existing_book(market)
+            .map(|b| lock(&b).open_orders(user))
+            .unwrap_or_default())
+    }
+
+    pub(super) fn put_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError> {
+        let mut keys = lock(&self.inner.api_keys);
+        keys.1.insert(record.key_id.clone(), record.hash.clone());
+        keys.0.insert(record.hash.clone(), record);
+        Ok(())
+    }
+
+    pub(super) fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(lock(&self.inner.api_keys).0.get(hash).cloned())
+    }
+
+    pub(super) fn delete_api_key(&self, key_id: &str) -> Result<bool, StoreError> {
+        let mut keys = lock(&self.inner.api_keys);
+        match keys.1.remove(key_id) {
+            Some(hash) => Ok(keys.0.remove(&hash).is_some()),
+            None => Ok(false),
+        }
+    }
+}

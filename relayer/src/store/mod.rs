@@ -1,0 +1,201 @@
+//! Where the relayer keeps its state: balances, order books, orders, placement claims
+//! (idempotency) and API keys.
+//!
+//! Every method is one atomic operation on one *slot*: one user's account, one market's book,
+//! one order id's claim, or the API-key table. Work that spans slots (reserve, then match, then
+//! move balances) is a sequence of these calls made by [`crate::exchange`]. This split is what a
+//! Redis Cluster backend needs (one script per hash slot), so the in-memory backend keeps it
+//! too, and both answer the same contract.
+//!
+//! Backends: [`MemoryStore`] (default). The enum dispatches statically: no boxing, no
+//! `async_trait`.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use serde::{Deserialize, Serialize};
+
+use crate::book::{CancelError, Level, MatchOutcome};
+use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
+
+/// A store failure that is not a business outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or did not answer in time.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The record behind an order id: who placed what, and the answer placement gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    /// Hash of the placement request (user, market, side, price, amount).
+    pub fingerprint: String,
+    /// Market of the order.
+    pub market_key: MarketKey,
+    /// Owner.
+    pub user_id: UserId,
+    /// The placement's first answer, once placement finished.
+    pub result: Option<PlacementRecord>,
+}
+
+/// What placement answered, kept so a repeated placement returns the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementRecord {
+    /// The order right after placement.
+    pub order: Order,
+    /// Its fills.
+    pub fills: Vec<crate::domain::Fill>,
+}
+
+/// The answer to a claim of an order id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The id was free and is now claimed by this placement.
+    Claimed,
+    /// The id is already claimed; here is its record.
+    Existing(Claim),
+}
+
+/// An API key as stored: only the hash of the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyRecord {
+    /// Public identifier (for revocation).
+    pub key_id: String,
+    /// SHA-256 of the full key, hex.
+    pub hash: String,
+    /// The only user this key acts for.
+    pub user_id: UserId,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// The relayer's state, behind one of its backends.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// In-process maps; state dies with the process.
+    Memory(MemoryStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Memory($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// A fresh in-memory store.
+    pub fn memory() -> Self {
+        Store::Memory(MemoryStore::default())
+    }
+
+    /// Whether the backend answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping())
+    }
+
+    /// Applies balance moves to one account, all or none.
+    pub async fn apply_moves(
+        &self,
+        user: &UserId,
+        moves: &[Move],
+    ) -> Result<Result<Account, BalanceError>, StoreError> {
+        dispatch!(self, s => s.apply_moves(user, moves))
+    }
+
+    /// One user's account.
+    pub async fn account(&self, user: &UserId) -> Result<Account, StoreError> {
+        dispatch!(self, s => s.account(user))
+    }
+
+    /// Claims an order id for a placement, or returns who has it.
+    pub async fn claim_order_id(
+        &self,
+        order_id: &str,
+        claim: Claim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        dispatch!(self, s => s.claim_order_id(order_id, claim))
+    }
+
+    /// Records the placement's answer on its claim.
+    pub async fn finish_claim(
+        &self,
+        order_id: &str,
+        result: PlacementRecord,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.finish_claim(order_id, result))
+    }
+
+    /// Frees an order id whose placement was refused before it reached the book.
+    pub async fn drop_claim(&self, order_id: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.drop_claim(order_id))
+    }
+
+    /// The claim of an order id.
+    pub async fn claim(&self, order_id: &str) -> Result<Option<Claim>, StoreError> {
+        dispatch!(self, s => s.claim(order_id))
+    }
+
+    /// Matches an order in its market's book and rests the remainder.
+    pub async fn match_order(&self, order: Order) -> Result<MatchOutcome, StoreError> {
+        dispatch!(self, s => s.match_order(order))
+    }
+
+    /// Cancels an open order of `user`.
+    pub async fn cancel_order(
+        &self,
+        market: &MarketKey,
+        order_id: &str,
+        user: &UserId,
+    ) -> Result<Result<Order, CancelError>, StoreError> {
+        dispatch!(self, s => s.cancel_order(market, order_id, user))
+    }
+
+    /// One order of a market.
+    pub async fn order(
+        &self,
+        market: &MarketKey,
+        order_id: &str,
+    ) -> Result<Option<Order>, StoreError> {
+        dispatch!(self, s => s.order(market, order_id))
+    }
+
+    /// Aggregated depth of a market, best first, at most `max_levels` per side.
+    pub async fn depth(
+        &self,
+        market: &MarketKey,
+        max_levels: usize,
+    ) -> Result<(Vec<Level>, Vec<Level>), StoreError> {
+        dispatch!(self, s => s.depth(market, max_levels))
+    }
+
+    /// Open orders of a market, optionally of one user.
+    pub async fn open_orders(
+        &self,
+        market: &MarketKey,
+        user: Option<&UserId>,
+    ) -> Result<Vec<Order>, StoreError> {
+        dispatch!(self, s => s.open_orders(market, user))
+    }
+
+    /// Stores a new API key.
+    pub async fn put_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_api_key(record))
+    }
+
+    /// Looks an API key up by the hash of its secret.
+    pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        dispatch!(self, s => s.api_key_by_hash(hash))
+    }
+
+    /// Revokes an API key; false when there was none with that id.
+    pub async fn delete_api_key(&self, key_id: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_api_key(key_id))
+    }
+}
