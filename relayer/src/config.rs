@@ -20,19 +20,35 @@ const MAX_BODY_LIMIT: u64 = 16 * 1024 * 1024;
 const MAX_DRAIN_MS: u64 = 10 * 60 * 1000;
 /// Below this length an admin token is guessable.
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
+/// A Redis call slower than a minute is an outage, not latency.
+const MAX_COMMAND_TIMEOUT_MS: u64 = 60_000;
+/// Retention beyond a year is unbounded growth in practice.
+const MAX_RETENTION_SECONDS: u64 = 366 * 24 * 60 * 60;
 
 /// Configuration of one relayer process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RelayerConfig {
     /// Socket address the HTTP server listens on, e.g. `0.0.0.0:3000`.
+    #[serde(deserialize_with = "text::required")]
+    #[schemars(with = "String")]
     pub listen: String,
     /// Redis URL (`redis://` or `rediss://`) of the shared store; absent: in-memory store.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text::optional"
+    )]
+    #[schemars(with = "Option<String>")]
     pub redis_url: Option<String>,
+    /// How the Redis store lays out and bounds its work (used when `redisUrl` is set).
+    pub redis: RedisConfig,
     /// Bearer token of the `/admin` routes (at least 16 characters); absent: `/admin` answers
     /// 404. In Kubernetes, pass it as `RELAYER_ADMIN_TOKEN` from a Secret rather than here.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text::optional"
+    )]
+    #[schemars(with = "Option<String>")]
     pub admin_token: Option<String>,
     /// Bounds on requests.
     pub limits: LimitsConfig,
@@ -42,6 +58,36 @@ pub struct RelayerConfig {
     pub log: LogConfig,
     /// Deliberate faults for game days and tests; off by default.
     pub fault_injection: FaultInjectionConfig,
+}
+
+/// The Redis store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Prepended to every key, so several relayer deployments can share one Redis. At most 64
+    /// characters, no white space and no `{` or `}` (those would break the hash tags that keep
+    /// each script within one Redis Cluster slot).
+    pub key_prefix: String,
+    /// Bound on every Redis call in milliseconds (connecting included); a slower call fails the
+    /// request with 503. At most `limits.requestTimeoutMs`.
+    #[schemars(range(min = 1, max = 60000))]
+    pub command_timeout_ms: u64,
+    /// How long filled and cancelled orders (and their order-id claims) are kept, in seconds.
+    #[schemars(range(min = 1, max = 31622400))]
+    pub order_retention_seconds: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            key_prefix: "foresight:".to_owned(),
+            // Loopback or same-zone Redis answers in well under a millisecond; a second means
+            // it is gone or stalled, and the caller is better served by a prompt 503.
+            command_timeout_ms: 1_000,
+            // A day: long enough for clients to read the outcome of what they placed.
+            order_retention_seconds: 24 * 60 * 60,
+        }
+    }
 }
 
 /// Bounds on requests.
@@ -80,6 +126,8 @@ pub struct LogConfig {
     /// `text` for people, `json` for log pipelines.
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `relayer=debug,tower_http=info`.
+    #[serde(deserialize_with = "text::required")]
+    #[schemars(with = "String")]
     pub filter: String,
 }
 
@@ -111,6 +159,7 @@ impl Default for RelayerConfig {
         Self {
             listen: "0.0.0.0:3000".to_owned(),
             redis_url: None,
+            redis: RedisConfig::default(),
             admin_token: None,
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -160,6 +209,70 @@ impl Default for FaultInjectionConfig {
     }
 }
 
+/// Text keys that also accept a bare number: an environment variable such as
+/// `RELAYER_ADMIN_TOKEN=12345678901234567890` arrives as a number.
+mod text {
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{self, Visitor};
+
+    struct Text;
+
+    impl Visitor<'_> for Text {
+        type Value = String;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u128<E: de::Error>(self, v: u128) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i128<E: de::Error>(self, v: i128) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+
+    struct OptionalText;
+
+    impl<'de> Visitor<'de> for OptionalText {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string or nothing")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            required(d).map(Some)
+        }
+    }
+
+    pub(super) fn required<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        d.deserialize_any(Text)
+    }
+
+    pub(super) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_option(OptionalText)
+    }
+}
+
 /// A configuration that cannot be used, with the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -197,6 +310,34 @@ impl RelayerConfig {
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
             return Err(invalid("redisUrl", "must start with redis:// or rediss://"));
+        }
+        let r = &self.redis;
+        if r.key_prefix.len() > 64
+            || r.key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
+            return Err(invalid(
+                "redis.keyPrefix",
+                "must be at most 64 characters without white space, `{` or `}`",
+            ));
+        }
+        if !(1..=MAX_COMMAND_TIMEOUT_MS).contains(&r.command_timeout_ms)
+            || r.command_timeout_ms > self.limits.request_timeout_ms
+        {
+            return Err(invalid(
+                "redis.commandTimeoutMs",
+                format!(
+                    "must be between 1 and {MAX_COMMAND_TIMEOUT_MS} and at most \
+                     limits.requestTimeoutMs"
+                ),
+            ));
+        }
+        if !(1..=MAX_RETENTION_SECONDS).contains(&r.order_retention_seconds) {
+            return Err(invalid(
+                "redis.orderRetentionSeconds",
+                format!("must be between 1 and {MAX_RETENTION_SECONDS}"),
+            ));
         }
         if let Some(token) = &self.admin_token
             && (token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace))
@@ -266,7 +407,7 @@ mod load {
 
     use super::{ConfigError, RelayerConfig};
 
-    /// `SHUTDOWN__DRAIN_TIMEOUT_MS` (already lower-cased by figment) → `shutdown.drainTimeoutMs`.
+    /// `SHUTDOWN__DRAIN_TIMEOUT_MS` (prefix already stripped) → `shutdown.drainTimeoutMs`.
     fn env_key_to_path(key: &str) -> String {
         key.split("__")
             .map(|segment| {
@@ -310,7 +451,9 @@ mod load {
             // NB: `RELAYER_CONFIG` names the file itself (a CLI flag), not a key.
             let env = env
                 .ignore(&["config"])
-                .map(|k| env_key_to_path(k.as_str()).into());
+                .map(|k| env_key_to_path(k.as_str()).into())
+                // NB: must come after `map`: every `filter`/`map` resets it to `true`.
+                .lowercase(false);
             let config: RelayerConfig = figment
                 .merge(env)
                 .extract()
@@ -325,10 +468,30 @@ mod load {
         use super::*;
 
         #[test]
+        fn numeric_text_values_stay_text() {
+            let config: RelayerConfig =
+                Figment::from(Serialized::defaults(RelayerConfig::default()))
+                    .merge(Yaml::string(
+                        "adminToken: 12345678901234567890\nlog:\n  filter: info\n",
+                    ))
+                    .extract()
+                    .expect("a numeric token is text");
+            assert_eq!(config.admin_token.as_deref(), Some("12345678901234567890"));
+        }
+
+        #[test]
         fn env_keys_become_camel_case_paths() {
-            assert_eq!(env_key_to_path("redis_url"), "redisUrl");
+            // (and text keys keep a string schema despite their lenient deserializer)
+            let schema =
+                serde_json::to_value(schemars::schema_for!(RelayerConfig)).expect("schema");
+            assert_eq!(schema["properties"]["listen"]["type"], "string");
             assert_eq!(
-                env_key_to_path("shutdown__drain_timeout_ms"),
+                schema["properties"]["adminToken"]["type"],
+                serde_json::json!(["string", "null"])
+            );
+            assert_eq!(env_key_to_path("REDIS_URL"), "redisUrl");
+            assert_eq!(
+                env_key_to_path("SHUTDOWN__DRAIN_TIMEOUT_MS"),
                 "shutdown.drainTimeoutMs"
             );
             assert_eq!(env_key_to_path("listen"), "listen");
@@ -380,6 +543,25 @@ mod tests {
                 Box::new(|c| c.shutdown.readiness_delay_ms = u64::MAX),
             ),
             ("log.filter", Box::new(|c| c.log.filter = " ".into())),
+            (
+                "redis.keyPrefix",
+                Box::new(|c| c.redis.key_prefix = "a{b}:".into()),
+            ),
+            (
+                "redis.commandTimeoutMs",
+                Box::new(|c| c.redis.command_timeout_ms = 0),
+            ),
+            (
+                "redis.commandTimeoutMs",
+                Box::new(|c| {
+                    c.limits.request_timeout_ms = 500;
+                    c.redis.command_timeout_ms = 501;
+                }),
+            ),
+            (
+                "redis.orderRetentionSeconds",
+                Box::new(|c| c.redis.order_retention_seconds = 0),
+            ),
             (
                 "faultInjection.errorRate",
                 Box::new(|c| c.fault_injection.error_rate = 1.5),
