@@ -1,0 +1,75 @@
+//! The ConfigMap holding the rendered relayer config, named by the config's hash so that a new
+//! config is a new object (and a new revision) rather than an edit under running pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+
+use super::{LABEL_CONFIG_HASH, child_meta, common_labels, short_hash};
+use crate::crd::RelayerDeployment;
+use crate::{Error, Result};
+
+/// Key of the config file in the ConfigMap.
+pub const CONFIG_FILE: &str = "config.yaml";
+/// Directory the ConfigMap is mounted at in the relayer container.
+pub const CONFIG_MOUNT: &str = "/etc/relayer";
+
+/// The relayer config of `rd` as the YAML file the relayer reads with `--config`.
+pub fn render_config(rd: &RelayerDeployment) -> Result<String> {
+    serde_yaml::to_string(&rd.spec.config).map_err(Error::Yaml)
+}
+
+/// `<name>-config-<hash of the rendered config>`.
+pub fn config_map_name(rd: &RelayerDeployment) -> Result<String> {
+    Ok(format!("{}-config-{}", rd.name_any(), config_hash(rd)?))
+}
+
+fn config_hash(rd: &RelayerDeployment) -> Result<String> {
+    short_hash(&rd.spec.config)
+}
+
+/// The ConfigMap of `rd`'s current config.
+pub fn config_map(rd: &RelayerDeployment) -> Result<ConfigMap> {
+    let mut labels = common_labels(rd);
+    labels.insert(LABEL_CONFIG_HASH.to_owned(), config_hash(rd)?);
+    Ok(ConfigMap {
+        metadata: child_meta(rd, config_map_name(rd)?, labels),
+        data: Some(BTreeMap::from([(
+            CONFIG_FILE.to_owned(),
+            render_config(rd)?,
+        )])),
+        // NB: immutable, because its name already changes with its content; the API server then
+        // rejects edits instead of letting running pods see a config that no revision recorded.
+        immutable: Some(true),
+        ..ConfigMap::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{rd, rd_with};
+    use super::*;
+
+    #[test]
+    fn config_map_round_trips_the_config_and_is_named_by_its_hash() {
+        let rd = rd_with(|s| s.config.redis_url = Some("redis://redis:6379/0".into()));
+        let cm = config_map(&rd).expect("config map");
+        let name = cm.metadata.name.clone().expect("name");
+        assert!(name.starts_with("market-config-"), "{name}");
+        let text = &cm.data.as_ref().expect("data")[CONFIG_FILE];
+        let parsed: relayer::config::RelayerConfig =
+            serde_yaml::from_str(text).expect("the relayer can parse what we render");
+        assert_eq!(parsed, rd.spec.config);
+        assert_eq!(cm.immutable, Some(true));
+    }
+
+    #[test]
+    fn a_config_change_changes_the_name_and_a_scale_does_not() {
+        let base = config_map_name(&rd()).expect("name");
+        let scaled = rd_with(|s| s.replicas = 9);
+        assert_eq!(base, config_map_name(&scaled).expect("name"));
+        let changed = rd_with(|s| s.config.shutdown.drain_timeout_ms = 1_000);
+        assert_ne!(base, config_map_name(&changed).expect("name"));
+    }
+}

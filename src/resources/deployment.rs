@@ -1,0 +1,244 @@
+//! The Deployment of one colour: `<name>-<colour>`, hardened, probed and drained.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use serde_json::json;
+
+use super::{
+    CONFIG_FILE, CONFIG_MOUNT, LABEL_COLOR, LABEL_REVISION, child_meta, color_selector,
+    common_labels, config_map_name,
+};
+use crate::crd::{Color, RelayerDeployment};
+use crate::{Error, Result};
+
+/// Seconds the pod keeps serving after it is marked terminating and before the relayer gets
+/// SIGTERM: time for EndpointSlice consumers (kube-proxy, ingress controllers) to drop it.
+const PRE_STOP_SLEEP_SECONDS: i64 = 5;
+/// Slack on top of the pre-stop sleep and the relayer's own drain before the kubelet kills it.
+const TERMINATION_SLACK_SECONDS: i64 = 5;
+/// UID and GID of the relayer process: the conventional distroless `nonroot` user.
+const RUN_AS_ID: i64 = 65532;
+
+/// `<name>-<colour>`.
+pub fn deployment_name(rd: &RelayerDeployment, color: Color) -> String {
+    format!("{}-{}", rd.name_any(), color)
+}
+
+/// The port of the relayer's `listen` address (validated before any child is built).
+pub fn container_port(rd: &RelayerDeployment) -> Result<i32> {
+    let addr: SocketAddr = rd.spec.config.listen.parse().map_err(|e| {
+        Error::InvalidSpec(format!(
+            "spec.config.listen {:?} is not a socket address: {e}",
+            rd.spec.config.listen
+        ))
+    })?;
+    Ok(i32::from(addr.port()))
+}
+
+/// The Deployment of `color` running `revision` of `rd`.
+pub fn deployment(rd: &RelayerDeployment, color: Color, revision: &str) -> Result<Deployment> {
+    let spec = &rd.spec;
+    let selector = color_selector(rd, color);
+    let mut labels = common_labels(rd);
+    labels.insert(LABEL_COLOR.to_owned(), color.as_str().to_owned());
+
+    let mut pod_labels: BTreeMap<String, String> = spec.pod.labels.clone();
+    pod_labels.extend(labels.clone());
+    pod_labels.insert(LABEL_REVISION.to_owned(), revision.to_owned());
+
+    let shutdown = &spec.config.shutdown;
+    let drain_seconds =
+        (shutdown.readiness_delay_ms + shutdown.drain_timeout_ms).div_ceil(1000) as i64;
+    let grace = PRE_STOP_SLEEP_SECONDS + drain_seconds + TERMINATION_SLACK_SECONDS;
+
+    let mut container = json!({
+        "name": "relayer",
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["--config", format!("{CONFIG_MOUNT}/{CONFIG_FILE}")],
+        "ports": [{ "name": "http", "containerPort": container_port(rd)?, "protocol": "TCP" }],
+        "livenessProbe": {
+            "httpGet": { "path": "/health", "port": "http" },
+            "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": { "path": "/ready", "port": "http" },
+            "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2,
+        },
+        "lifecycle": { "preStop": { "sleep": { "seconds": PRE_STOP_SLEEP_SECONDS } } },
+        "securityContext": {
+            "runAsNonRoot": true,
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": { "drop": ["ALL"] },
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "volumeMounts": [
+            { "name": "config", "mountPath": CONFIG_MOUNT, "readOnly": true },
+            { "name": "tmp", "mountPath": "/tmp" },
+        ],
+    });
+    if !spec.pod.env.is_empty() {
+        container["env"] = to_json("env", &spec.pod.env)?;
+    }
+    if let Some(resources) = &spec.pod.resources {
+        container["resources"] = to_json("resources", resources)?;
+    }
+
+    let mut pod_spec = json!({
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "terminationGracePeriodSeconds": grace,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": RUN_AS_ID,
+            "runAsGroup": RUN_AS_ID,
+            "fsGroup": RUN_AS_ID,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "containers": [container],
+        "volumes": [
+            { "name": "config", "configMap": { "name": config_map_name(rd)? } },
+            { "name": "tmp", "emptyDir": { "sizeLimit": "64Mi" } },
+        ],
+    });
+    if let Some(account) = &spec.pod.service_account_name {
+        pod_spec["serviceAccountName"] = json!(account);
+    }
+    if !spec.pod.node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(spec.pod.node_selector);
+    }
+    if !spec.pod.tolerations.is_empty() {
+        pod_spec["tolerations"] = to_json("tolerations", &spec.pod.tolerations)?;
+    }
+    if let Some(affinity) = &spec.pod.affinity {
+        pod_spec["affinity"] = to_json("affinity", affinity)?;
+    }
+
+    let mut template_meta = json!({ "labels": pod_labels });
+    if !spec.pod.annotations.is_empty() {
+        template_meta["annotations"] = json!(spec.pod.annotations);
+    }
+
+    let spec_json = json!({
+        "replicas": spec.replicas,
+        // NB: the operator's own revisions are ControllerRevisions; two ReplicaSets are enough
+        // for the Deployment controller's rolling update inside one colour.
+        "revisionHistoryLimit": 2,
+        "selector": { "matchLabels": selector },
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": { "maxSurge": "25%", "maxUnavailable": 0 },
+        },
+        "template": { "metadata": template_meta, "spec": pod_spec },
+    });
+    Ok(Deployment {
+        metadata: child_meta(rd, deployment_name(rd, color), labels),
+        spec: from_json("deployment spec", spec_json)?,
+        status: None,
+    })
+}
+
+fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|source| Error::Render { what, source })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    value: serde_json::Value,
+) -> Result<T> {
+    serde_json::from_value(value).map_err(|source| Error::Render { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{rd, rd_with};
+    use super::*;
+
+    fn blue(rd: &RelayerDeployment) -> serde_json::Value {
+        serde_json::to_value(deployment(rd, Color::Blue, "abc123").expect("deployment"))
+            .expect("json")
+    }
+
+    #[test]
+    fn deployment_is_named_by_colour_and_selects_its_colour() {
+        let d = blue(&rd());
+        assert_eq!(d["metadata"]["name"], "market-blue");
+        assert_eq!(d["spec"]["replicas"], 3);
+        let selector = &d["spec"]["selector"]["matchLabels"];
+        assert_eq!(selector[LABEL_COLOR], "blue");
+        let pod_labels = &d["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(pod_labels[LABEL_COLOR], "blue");
+        assert_eq!(pod_labels[LABEL_REVISION], "abc123");
+    }
+
+    #[test]
+    fn pods_are_hardened() {
+        let d = blue(&rd());
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let c = &pod["containers"][0]["securityContext"];
+        assert_eq!(c["allowPrivilegeEscalation"], false);
+        assert_eq!(c["readOnlyRootFilesystem"], true);
+        assert_eq!(c["privileged"], false);
+        assert_eq!(c["capabilities"]["drop"], json!(["ALL"]));
+    }
+
+    #[test]
+    fn probes_drain_and_grace_follow_the_config() {
+        let rd = rd_with(|s| {
+            s.config.listen = "0.0.0.0:8080".into();
+            s.config.shutdown.readiness_delay_ms = 3_000;
+            s.config.shutdown.drain_timeout_ms = 20_500;
+        });
+        let d = blue(&rd);
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(c["ports"][0]["containerPort"], 8080);
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
+        assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
+        // 5 s pre-stop + ceil(23.5 s) of relayer drain + 5 s slack.
+        assert_eq!(pod["terminationGracePeriodSeconds"], 34);
+        let volume = &pod["volumes"][0]["configMap"]["name"];
+        assert_eq!(volume, &json!(config_map_name(&rd).expect("name")));
+    }
+
+    #[test]
+    fn pod_overrides_reach_the_pod_but_cannot_replace_operator_labels() {
+        let rd = rd_with(|s| {
+            s.pod.labels.insert("team".into(), "markets".into());
+            s.pod
+                .annotations
+                .insert("example.com/scrape".into(), "true".into());
+            s.pod.node_selector.insert("pool".into(), "relayers".into());
+            s.pod.env =
+                vec![serde_json::from_value(json!({"name": "A", "value": "1"})).expect("env var")];
+        });
+        let d = blue(&rd);
+        let template = &d["spec"]["template"];
+        assert_eq!(template["metadata"]["labels"]["team"], "markets");
+        assert_eq!(template["metadata"]["labels"][LABEL_COLOR], "blue");
+        assert_eq!(
+            template["metadata"]["annotations"]["example.com/scrape"],
+            "true"
+        );
+        assert_eq!(template["spec"]["nodeSelector"]["pool"], "relayers");
+        assert_eq!(template["spec"]["containers"][0]["env"][0]["name"], "A");
+    }
+
+    #[test]
+    fn a_listen_address_without_a_port_is_an_invalid_spec() {
+        let rd = rd_with(|s| s.config.listen = "nope".into());
+        assert!(matches!(container_port(&rd), Err(Error::InvalidSpec(_))));
+    }
+}

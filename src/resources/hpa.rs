@@ -1,0 +1,115 @@
+//! The HorizontalPodAutoscaler `<name>`, targeting the RelayerDeployment's scale subresource
+//! (never a colour's Deployment, so a cutover cannot strand it on the old colour).
+
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+    MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::{Resource, ResourceExt};
+
+use super::{child_meta, common_labels};
+use crate::crd::RelayerDeployment;
+
+/// Pods metric read for requests per second (served by a custom metrics adapter, e.g. a
+/// prometheus-adapter rule over `foresight_http_requests_total`).
+pub const RPS_METRIC: &str = "foresight_http_requests_per_second";
+
+/// The HPA of `rd`, or `None` when autoscaling is off.
+pub fn hpa(rd: &RelayerDeployment) -> Option<HorizontalPodAutoscaler> {
+    let autoscaling = rd.spec.autoscaling.as_ref()?;
+    let resource = |name: &str, percent: i32| MetricSpec {
+        type_: "Resource".to_owned(),
+        resource: Some(ResourceMetricSource {
+            name: name.to_owned(),
+            target: MetricTarget {
+                type_: "Utilization".to_owned(),
+                average_utilization: Some(percent),
+                ..MetricTarget::default()
+            },
+        }),
+        ..MetricSpec::default()
+    };
+    let mut metrics = Vec::new();
+    if let Some(cpu) = autoscaling.target_cpu_utilization_percentage {
+        metrics.push(resource("cpu", cpu));
+    }
+    if let Some(memory) = autoscaling.target_memory_utilization_percentage {
+        metrics.push(resource("memory", memory));
+    }
+    if let Some(rps) = autoscaling.target_requests_per_second {
+        metrics.push(MetricSpec {
+            type_: "Pods".to_owned(),
+            pods: Some(PodsMetricSource {
+                metric: MetricIdentifier {
+                    name: RPS_METRIC.to_owned(),
+                    selector: None,
+                },
+                target: MetricTarget {
+                    type_: "AverageValue".to_owned(),
+                    average_value: Some(Quantity(rps.to_string())),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        });
+    }
+    Some(HorizontalPodAutoscaler {
+        metadata: child_meta(rd, rd.name_any(), common_labels(rd)),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some(RelayerDeployment::api_version(&()).into_owned()),
+                kind: RelayerDeployment::kind(&()).into_owned(),
+                name: rd.name_any(),
+            },
+            min_replicas: Some(autoscaling.min_replicas),
+            max_replicas: autoscaling.max_replicas,
+            metrics: Some(metrics),
+            behavior: autoscaling.behavior.clone(),
+        },
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{rd, rd_with};
+    use super::*;
+    use crate::crd::AutoscalingSpec;
+
+    #[test]
+    fn no_autoscaling_means_no_hpa() {
+        assert!(hpa(&rd()).is_none());
+    }
+
+    #[test]
+    fn hpa_targets_the_relayer_deployment_with_cpu_memory_and_rps() {
+        let rd = rd_with(|s| {
+            s.autoscaling = Some(AutoscalingSpec {
+                target_requests_per_second: Some(1000),
+                ..AutoscalingSpec::default()
+            })
+        });
+        let spec = hpa(&rd).map(|h| h.spec).expect("hpa spec");
+        assert_eq!(spec.scale_target_ref.kind, "RelayerDeployment");
+        assert_eq!(
+            spec.scale_target_ref.api_version.as_deref(),
+            Some("relayer.foresight.dev/v1alpha1")
+        );
+        assert_eq!(spec.scale_target_ref.name, "market");
+        assert_eq!((spec.min_replicas, spec.max_replicas), (Some(3), 20));
+        let metrics = spec.metrics.expect("metrics");
+        let kinds: Vec<&str> = metrics.iter().map(|m| m.type_.as_str()).collect();
+        assert_eq!(kinds, ["Resource", "Resource", "Pods"]);
+        let pods = metrics[2].pods.as_ref().expect("pods metric");
+        assert_eq!(pods.metric.name, RPS_METRIC);
+        assert_eq!(pods.target.average_value, Some(Quantity("1000".into())));
+    }
+
+    #[test]
+    fn rps_metric_is_left_out_when_not_set() {
+        let rd = rd_with(|s| s.autoscaling = Some(AutoscalingSpec::default()));
+        let metrics = hpa(&rd).and_then(|h| h.spec.metrics);
+        assert_eq!(metrics.map(|m| m.len()), Some(2));
+    }
+}

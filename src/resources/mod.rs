@@ -1,0 +1,282 @@
+//! Pure builders of every child object of a `RelayerDeployment`.
+//!
+//! Each function takes the RelayerDeployment (and the [`Plan`] the controller decided on) and
+//! returns the object to server-side apply; none does I/O. Names are deterministic, so applying
+//! the same plan twice addresses the same objects. Depends on [`crate::crd`] only.
+
+mod config;
+mod deployment;
+mod hpa;
+mod ingress;
+mod pdb;
+mod revision;
+mod service;
+pub mod status;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::crd::{Color, RelayerDeployment};
+use crate::{Error, Result};
+
+pub use config::{CONFIG_FILE, CONFIG_MOUNT, config_map, config_map_name, render_config};
+pub use deployment::{container_port, deployment, deployment_name};
+pub use hpa::{RPS_METRIC, hpa};
+pub use ingress::ingress;
+pub use pdb::pdb;
+pub use revision::{controller_revision, controller_revision_name};
+pub use service::{preview_service_name, service, service_name};
+
+/// Field manager of every server-side apply the operator makes.
+pub const MANAGER: &str = "relayer-operator";
+
+/// `app.kubernetes.io/name` of every object: the application.
+pub const APP_NAME: &str = "relayer";
+/// Label with the instance (the RelayerDeployment's name).
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+/// Label with the application name.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+/// Label naming the operator as the manager; the controller's watches select on it.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Label with the colour of a Deployment and its pods.
+pub const LABEL_COLOR: &str = "relayer.foresight.dev/color";
+/// Label with the revision hash of pods, ConfigMaps and ControllerRevisions.
+pub const LABEL_REVISION: &str = "relayer.foresight.dev/revision";
+/// Label with the config hash of a ConfigMap.
+pub const LABEL_CONFIG_HASH: &str = "relayer.foresight.dev/config-hash";
+/// Label selector of everything the operator manages.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=relayer-operator";
+
+/// What the controller decided this reconcile should realise. The rollout state machine of the
+/// next issue produces richer plans (a preview colour, a held-back revision); the builders
+/// already take the colour and revision from here rather than from the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Colour the active Service selects.
+    pub active: Color,
+    /// Revision hash of the spec's template plus config.
+    pub revision: String,
+    /// Ordinal of that revision (its ControllerRevision's `revision`).
+    pub revision_number: i64,
+}
+
+/// Every desired child of one RelayerDeployment for one [`Plan`].
+#[derive(Debug, Clone)]
+pub struct Children {
+    /// The ConfigMap with the rendered relayer config.
+    pub config_map: k8s_openapi::api::core::v1::ConfigMap,
+    /// The active colour's Deployment.
+    pub deployment: k8s_openapi::api::apps::v1::Deployment,
+    /// The active Service (`<name>`).
+    pub service: k8s_openapi::api::core::v1::Service,
+    /// The preview Service (`<name>-preview`).
+    pub preview_service: k8s_openapi::api::core::v1::Service,
+    /// The HorizontalPodAutoscaler, when autoscaling is on.
+    pub hpa: Option<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>,
+    /// The Ingress, when one is asked for.
+    pub ingress: Option<k8s_openapi::api::networking::v1::Ingress>,
+    /// The PodDisruptionBudget.
+    pub pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget,
+    /// The ControllerRevision of the plan's revision.
+    pub revision: k8s_openapi::api::apps::v1::ControllerRevision,
+}
+
+/// Builds every desired child.
+pub fn children(rd: &RelayerDeployment, plan: &Plan) -> Result<Children> {
+    Ok(Children {
+        config_map: config_map(rd)?,
+        deployment: deployment(rd, plan.active, &plan.revision)?,
+        service: service(rd, plan.active),
+        preview_service: service::preview_service(rd, plan.active.other()),
+        hpa: hpa(rd),
+        ingress: ingress(rd),
+        pdb: pdb(rd),
+        revision: controller_revision(rd, plan)?,
+    })
+}
+
+/// Revision hash of a spec: everything that changes what a pod runs (image, pod overrides,
+/// config, listen port), not what scales or routes it. 10 hex characters.
+pub fn revision_hash(rd: &RelayerDeployment) -> Result<String> {
+    #[derive(Serialize)]
+    struct Revisioned<'a> {
+        image: &'a str,
+        pod: &'a crate::crd::PodOverrides,
+        config: &'a relayer::config::RelayerConfig,
+    }
+    short_hash(&Revisioned {
+        image: &rd.spec.image,
+        pod: &rd.spec.pod,
+        config: &rd.spec.config,
+    })
+}
+
+/// First 10 hex characters of the SHA-256 of `value`'s JSON (field order is fixed by the
+/// types, maps are ordered, so equal values hash equally).
+fn short_hash<T: Serialize>(value: &T) -> Result<String> {
+    let json = serde_json::to_vec(value).map_err(|source| Error::Render {
+        what: "hash input",
+        source,
+    })?;
+    let digest = Sha256::digest(&json);
+    Ok(hex::encode(&digest[..5]))
+}
+
+/// Labels of every child: `app.kubernetes.io/*` with the instance.
+pub fn common_labels(rd: &RelayerDeployment) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), APP_NAME.to_owned()),
+        (LABEL_INSTANCE.to_owned(), rd.name_any()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGER.to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "relayer".to_owned(),
+        ),
+        (
+            "app.kubernetes.io/part-of".to_owned(),
+            "foresight".to_owned(),
+        ),
+    ])
+}
+
+/// Labels that select the pods of one instance (both colours).
+pub fn instance_selector(rd: &RelayerDeployment) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), APP_NAME.to_owned()),
+        (LABEL_INSTANCE.to_owned(), rd.name_any()),
+    ])
+}
+
+/// Labels that select the pods of one colour.
+pub fn color_selector(rd: &RelayerDeployment, color: Color) -> BTreeMap<String, String> {
+    let mut labels = instance_selector(rd);
+    labels.insert(LABEL_COLOR.to_owned(), color.as_str().to_owned());
+    labels
+}
+
+/// `k=v,k=v` form of a label map, as the scale subresource's `status.selector` wants it.
+pub fn selector_string(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Metadata of a child: name, namespace, labels and the controller owner reference.
+fn child_meta(
+    rd: &RelayerDeployment,
+    name: String,
+    labels: BTreeMap<String, String>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: rd.namespace(),
+        labels: Some(labels),
+        owner_references: owner_reference(rd).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The controller owner reference to `rd` (none before the API server has given it a uid).
+fn owner_reference(rd: &RelayerDeployment) -> Option<OwnerReference> {
+    let mut owner = rd.controller_owner_ref(&())?;
+    owner.block_owner_deletion = Some(true);
+    Some(owner)
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use kube::api::ObjectMeta;
+    use serde_json::json;
+
+    use crate::crd::{RelayerDeployment, RelayerDeploymentSpec};
+
+    /// A RelayerDeployment as the API server would return it (defaults filled, uid set).
+    pub fn rd() -> RelayerDeployment {
+        let spec: RelayerDeploymentSpec =
+            serde_json::from_value(json!({ "image": "ghcr.io/foresight/relayer:1.0.0" }))
+                .expect("fixture spec");
+        let mut rd = RelayerDeployment::new("market", spec);
+        rd.metadata = ObjectMeta {
+            name: Some("market".into()),
+            namespace: Some("trading".into()),
+            uid: Some("0b4c-uid".into()),
+            generation: Some(1),
+            ..ObjectMeta::default()
+        };
+        rd
+    }
+
+    /// [`rd`] with a spec patched by `f`.
+    pub fn rd_with(f: impl FnOnce(&mut RelayerDeploymentSpec)) -> RelayerDeployment {
+        let mut rd = rd();
+        f(&mut rd.spec);
+        rd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{rd, rd_with};
+    use super::*;
+
+    #[test]
+    fn revision_hash_is_stable_and_follows_what_pods_run() {
+        let base = revision_hash(&rd()).expect("hash");
+        assert_eq!(base.len(), 10);
+        assert_eq!(base, revision_hash(&rd()).expect("hash"), "deterministic");
+        let scaled = rd_with(|s| s.replicas = 7);
+        assert_eq!(
+            base,
+            revision_hash(&scaled).expect("hash"),
+            "scale is not a revision"
+        );
+        let new_image = rd_with(|s| s.image = "ghcr.io/foresight/relayer:1.0.1".into());
+        assert_ne!(base, revision_hash(&new_image).expect("hash"));
+        let new_config = rd_with(|s| s.config.limits.request_timeout_ms = 5_000);
+        assert_ne!(base, revision_hash(&new_config).expect("hash"));
+    }
+
+    #[test]
+    fn every_child_carries_the_owner_reference_and_common_labels() {
+        let rd = rd();
+        let plan = Plan {
+            active: Color::Blue,
+            revision: revision_hash(&rd).expect("hash"),
+            revision_number: 1,
+        };
+        let c = children(&rd, &plan).expect("children");
+        let metas = [
+            &c.config_map.metadata,
+            &c.deployment.metadata,
+            &c.service.metadata,
+            &c.preview_service.metadata,
+            &c.pdb.metadata,
+            &c.revision.metadata,
+        ];
+        for meta in metas {
+            let owner = &meta.owner_references.as_ref().expect("owner refs")[0];
+            assert_eq!(owner.kind, "RelayerDeployment");
+            assert_eq!(owner.name, "market");
+            assert_eq!(owner.uid, "0b4c-uid");
+            assert_eq!(owner.controller, Some(true));
+            let labels = meta.labels.as_ref().expect("labels");
+            assert_eq!(labels[LABEL_INSTANCE], "market");
+            assert_eq!(labels[LABEL_MANAGED_BY], MANAGER);
+            assert_eq!(meta.namespace.as_deref(), Some("trading"));
+        }
+    }
+
+    #[test]
+    fn selector_string_is_sorted_key_value_pairs() {
+        assert_eq!(
+            selector_string(&color_selector(&rd(), Color::Green)),
+            "app.kubernetes.io/instance=market,app.kubernetes.io/name=relayer,relayer.foresight.dev/color=green"
+        );
+    }
+}

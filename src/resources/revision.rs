@@ -1,0 +1,69 @@
+//! The ControllerRevision `<name>-<revision>`: the pod template and config of one revision, so
+//! that a rollback restores exactly what ran.
+
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use kube::ResourceExt;
+use serde_json::json;
+
+use super::{
+    LABEL_COLOR, LABEL_REVISION, Plan, child_meta, common_labels, config_map_name, deployment,
+};
+use crate::Result;
+use crate::crd::RelayerDeployment;
+
+/// `<name>-<revision hash>`.
+pub fn controller_revision_name(rd: &RelayerDeployment, revision: &str) -> String {
+    format!("{}-{revision}", rd.name_any())
+}
+
+/// The ControllerRevision of the plan's revision: image, pod template, config and ConfigMap.
+pub fn controller_revision(rd: &RelayerDeployment, plan: &Plan) -> Result<ControllerRevision> {
+    let mut template = deployment(rd, plan.active, &plan.revision)?.spec.template;
+    // NB: a revision is colour-free (it may run on either colour later) and its data is
+    // immutable, so the colour label is left out and added back when the template is used.
+    if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        labels.remove(LABEL_COLOR);
+    }
+    let mut labels = common_labels(rd);
+    labels.insert(LABEL_REVISION.to_owned(), plan.revision.clone());
+    Ok(ControllerRevision {
+        metadata: child_meta(rd, controller_revision_name(rd, &plan.revision), labels),
+        data: RawExtension(json!({
+            "image": rd.spec.image,
+            "pod": rd.spec.pod,
+            "config": rd.spec.config,
+            "configMap": config_map_name(rd)?,
+            "template": template,
+        })),
+        revision: Some(plan.revision_number),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::rd;
+    use super::super::revision_hash;
+    use super::*;
+    use crate::crd::Color;
+
+    #[test]
+    fn controller_revision_keeps_template_and_config() {
+        let rd = rd();
+        let plan = Plan {
+            active: Color::Blue,
+            revision: revision_hash(&rd).expect("hash"),
+            revision_number: 4,
+        };
+        let cr = controller_revision(&rd, &plan).expect("revision");
+        assert_eq!(cr.metadata.name, Some(format!("market-{}", plan.revision)));
+        assert_eq!(cr.revision, Some(4));
+        let data = cr.data.0;
+        assert_eq!(data["image"], "ghcr.io/foresight/relayer:1.0.0");
+        assert_eq!(data["config"]["listen"], "0.0.0.0:3000");
+        assert_eq!(
+            data["template"]["metadata"]["labels"][LABEL_REVISION],
+            json!(plan.revision)
+        );
+    }
+}
