@@ -1,0 +1,222 @@
+//! Support code for integration tests that need a real Kubernetes API server.
+//!
+//! Layout:
+//! - [`binaries`]: finds the binaries built by `tests/k8s/build.sh`.
+//! - [`pki`]: certificates and keys generated per control plane.
+//! - [`process`]: children under a watchdog, so nothing outlives the test process.
+//! - [`control_plane`]: etcd + kube-apiserver + kube-controller-manager, one per test binary
+//!   (or the cluster named by `KUBECONFIG_TEST`).
+//! - [`pod_sim`]: a fake node and kubelet that make pods Running and Ready.
+//! - this file: [`TestEnv`], the per-test view (own namespace, own clients) and small helpers.
+//!
+//! Use it from a test file with `mod support;`.
+
+// NB: each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
+pub mod binaries;
+pub mod control_plane;
+pub mod pki;
+pub mod pod_sim;
+pub mod process;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
+use kube::api::{Api, PostParams};
+use kube::config::Kubeconfig;
+use kube::core::{NamespaceResourceScope, Status};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+
+pub use control_plane::ControlPlane;
+
+/// One test's slice of the shared control plane: its own namespace and an admin client.
+pub struct TestEnv {
+    pub control_plane: &'static ControlPlane,
+    pub client: Client,
+    pub namespace: String,
+}
+
+impl TestEnv {
+    /// Starts (or reuses) the binary's control plane and creates a fresh namespace.
+    pub async fn new(test_name: &str) -> Self {
+        let control_plane = ControlPlane::shared();
+        let client = control_plane
+            .client()
+            .await
+            .expect("admin client from the harness kubeconfig");
+        let namespace = control_plane::create_namespace(&client, test_name)
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "creating the test namespace: {error:#}{}",
+                    control_plane.diagnose()
+                )
+            });
+        Self {
+            control_plane,
+            client,
+            namespace,
+        }
+    }
+
+    /// An API for namespaced objects in this test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// A second identity with exactly `rules` in this namespace: a ServiceAccount bound to a
+    /// Role, authenticated by a token from the TokenRequest API. Returns its client and a
+    /// kubeconfig file for other clients (kubectl, helm).
+    pub async fn restricted_identity(
+        &self,
+        name: &str,
+        rules: Vec<PolicyRule>,
+    ) -> anyhow::Result<(Client, PathBuf)> {
+        let pp = PostParams::default();
+        let account: ServiceAccount = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name },
+        }))?;
+        self.api::<ServiceAccount>().create(&pp, &account).await?;
+        let role = Role {
+            metadata: kube::core::ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            rules: Some(rules),
+        };
+        self.api::<Role>().create(&pp, &role).await?;
+        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+            "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": self.namespace }],
+        }))?;
+        self.api::<RoleBinding>().create(&pp, &binding).await?;
+
+        let request: TokenRequest = serde_json::from_value(serde_json::json!({
+            "spec": { "expirationSeconds": 3600 },
+        }))?;
+        let issued: TokenRequest = self
+            .api::<ServiceAccount>()
+            .create_subresource("token", name, &pp, &request)
+            .await
+            .context("requesting a ServiceAccount token")?;
+        let token = issued
+            .status
+            .context("TokenRequest answered without a status")?
+            .token
+            .context("TokenRequest answered without a token")?;
+
+        let path = self
+            .control_plane
+            .work_dir()
+            .join(format!("kubeconfig-{}-{name}", self.namespace));
+        let admin = Kubeconfig::read_from(self.control_plane.kubeconfig())?;
+        let cluster = admin
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.clone())
+            .context("the admin kubeconfig has no cluster")?;
+        let server = cluster
+            .server
+            .context("the admin kubeconfig has no server")?;
+        let ca = cluster
+            .certificate_authority
+            .context("the admin kubeconfig has no CA file")?;
+        control_plane::write_kubeconfig(
+            &path,
+            &server,
+            std::path::Path::new(&ca),
+            control_plane::Credentials::Token(&token),
+            name,
+        )?;
+        let client = control_plane::client_from_kubeconfig(&path).await?;
+        Ok((client, path))
+    }
+
+    /// Runs the built kubectl against the admin kubeconfig in this namespace; returns stdout,
+    /// or an error carrying stderr.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = self
+            .control_plane
+            .kubectl()
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args)
+            .output()
+            .with_context(|| {
+                format!(
+                    "running {} (build it with tests/k8s/build.sh)",
+                    self.control_plane.binary("kubectl").display()
+                )
+            })?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "kubectl {} failed ({}): {}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+/// Polls `check` until it yields `Some`, or fails naming `what` after `timeout`.
+///
+/// For conditions a watch can express, prefer `kube::runtime::wait::await_condition`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return value,
+            Ok(None) => {}
+            Err(error) => last_error = Some(format!("{error:#}")),
+        }
+        if Instant::now() > deadline {
+            let diagnosis = ControlPlane::shared().diagnose();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}{}{diagnosis}",
+                last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Unwraps the API server's refusal of a request: the 403 Status, or a panic that says what
+/// happened instead.
+pub fn expect_forbidden<T: Debug>(result: kube::Result<T>, what: &str) -> Box<Status> {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => status,
+        Err(kube::Error::Api(status)) => panic!(
+            "{what}: expected 403 Forbidden, got HTTP {} {}: {}",
+            status.code, status.reason, status.message
+        ),
+        Err(other) => panic!("{what}: expected 403 Forbidden, got a client error: {other}"),
+        Ok(value) => panic!("{what}: expected 403 Forbidden, but it was allowed: {value:?}"),
+    }
+}
+
+/// Parses one YAML or JSON document into `K`.
+pub fn from_yaml<K: DeserializeOwned>(text: &str) -> K {
+    serde_yaml::from_str(text).expect("valid test fixture YAML")
+}
