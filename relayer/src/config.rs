@@ -67,6 +67,8 @@ pub struct RedisConfig {
     /// Prepended to every key, so several relayer deployments can share one Redis. At most 64
     /// characters, no white space and no `{` or `}` (those would break the hash tags that keep
     /// each script within one Redis Cluster slot).
+    #[serde(deserialize_with = "text::required")]
+    #[schemars(with = "String")]
     pub key_prefix: String,
     /// Bound on every Redis call in milliseconds (connecting included); a slower call fails the
     /// request with 503. At most `limits.requestTimeoutMs`.
@@ -311,34 +313,6 @@ impl RelayerConfig {
         {
             return Err(invalid("redisUrl", "must start with redis:// or rediss://"));
         }
-        let r = &self.redis;
-        if r.key_prefix.len() > 64
-            || r.key_prefix
-                .chars()
-                .any(|c| c.is_whitespace() || c == '{' || c == '}')
-        {
-            return Err(invalid(
-                "redis.keyPrefix",
-                "must be at most 64 characters without white space, `{` or `}`",
-            ));
-        }
-        if !(1..=MAX_COMMAND_TIMEOUT_MS).contains(&r.command_timeout_ms)
-            || r.command_timeout_ms > self.limits.request_timeout_ms
-        {
-            return Err(invalid(
-                "redis.commandTimeoutMs",
-                format!(
-                    "must be between 1 and {MAX_COMMAND_TIMEOUT_MS} and at most \
-                     limits.requestTimeoutMs"
-                ),
-            ));
-        }
-        if !(1..=MAX_RETENTION_SECONDS).contains(&r.order_retention_seconds) {
-            return Err(invalid(
-                "redis.orderRetentionSeconds",
-                format!("must be between 1 and {MAX_RETENTION_SECONDS}"),
-            ));
-        }
         if let Some(token) = &self.admin_token
             && (token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace))
         {
@@ -374,6 +348,34 @@ impl RelayerConfig {
             return Err(invalid(
                 "shutdown.drainTimeoutMs",
                 format!("must be between 1 and {MAX_DRAIN_MS}"),
+            ));
+        }
+        let r = &self.redis;
+        if r.key_prefix.len() > 64
+            || r.key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
+            return Err(invalid(
+                "redis.keyPrefix",
+                "must be at most 64 characters without white space, `{` or `}`",
+            ));
+        }
+        if !(1..=MAX_COMMAND_TIMEOUT_MS).contains(&r.command_timeout_ms)
+            || r.command_timeout_ms > self.limits.request_timeout_ms
+        {
+            return Err(invalid(
+                "redis.commandTimeoutMs",
+                format!(
+                    "must be between 1 and {MAX_COMMAND_TIMEOUT_MS} and at most \
+                     limits.requestTimeoutMs"
+                ),
+            ));
+        }
+        if !(1..=MAX_RETENTION_SECONDS).contains(&r.order_retention_seconds) {
+            return Err(invalid(
+                "redis.orderRetentionSeconds",
+                format!("must be between 1 and {MAX_RETENTION_SECONDS}"),
             ));
         }
         if self.log.filter.trim().is_empty() {
@@ -512,7 +514,8 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_key() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut RelayerConfig)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut RelayerConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("listen", Box::new(|c| c.listen = "nope".into())),
             (
                 "redisUrl",

@@ -6,6 +6,15 @@
 //! each fill and release what cancelled or completed orders no longer need → record the answer
 //! on the claim. A step refused for a business reason (insufficient balance) undoes the steps
 //! before it.
+//!
+//! Once the book has changed (a match or a cancel), the balance steps that follow must happen:
+//! the counterparty's order already shows the trade. They run in a task of their own, each at
+//! most once (an operation id per step), so neither a store outage nor a cancelled request
+//! leaves a trade half-settled while this process lives: on a store error the caller gets the
+//! error at once and the task keeps retrying until the store answers. A process that dies with
+//! such a task pending leaves it to the durable saga (a later issue).
+
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -37,6 +46,18 @@ pub enum ExchangeError {
     /// A step that must not fail did: state needs an operator's attention.
     #[error("internal inconsistency: {0}")]
     Internal(String),
+}
+
+/// First and largest pause between retries of a balance step that must happen.
+const STEP_RETRY_MIN: Duration = Duration::from_millis(50);
+const STEP_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// One account's part of a book change: moves applied at most once under `op_id`.
+#[derive(Debug, Clone)]
+struct Step {
+    user: UserId,
+    op_id: String,
+    moves: Vec<Move>,
 }
 
 /// A validated order to place.
@@ -145,18 +166,17 @@ impl Exchange {
         }
 
         let outcome = self.store.match_order(order).await?;
-        for cancelled in &outcome.self_trade_cancelled {
-            self.release(cancelled).await?;
-        }
-        for fill in &outcome.fills {
-            self.settle_balances(fill).await?;
-        }
+        let mut steps: Vec<Step> = outcome
+            .self_trade_cancelled
+            .iter()
+            .filter_map(release_step)
+            .collect();
+        steps.extend(outcome.fills.iter().flat_map(fill_steps));
         let record = PlacementRecord {
             order: outcome.order,
             fills: outcome.fills,
         };
-        self.store
-            .finish_claim(&new.order_id, record.clone())
+        self.roll_forward(steps, Some((new.order_id, record.clone())))
             .await?;
         Ok(Placement {
             record,
@@ -164,48 +184,80 @@ impl Exchange {
         })
     }
 
-    /// Moves collateral and shares between buyer and seller for one fill, and releases the
-    /// buyer's leftover reservation when the buy order completed with it.
-    async fn settle_balances(&self, fill: &Fill) -> Result<(), ExchangeError> {
-        let shares = Asset::Shares(fill.market_key.clone());
-        let mut buyer = vec![
-            Move::debit_reserved(Asset::Collateral, fill.collateral),
-            Move::credit(shares.clone(), fill.amount),
-        ];
-        if fill.buyer_refund > 0 {
-            buyer.push(Move::release(Asset::Collateral, fill.buyer_refund));
-        }
-        let seller = [
-            Move::debit_reserved(shares, fill.amount),
-            Move::credit(Asset::Collateral, fill.collateral),
-        ];
-        self.must_apply(&fill.buyer, &buyer).await?;
-        self.must_apply(&fill.seller, &seller).await
+    /// Runs the balance steps that follow a book change, then records `finish` on its claim.
+    /// The caller gets the first store error at once; the steps go on in their own task until
+    /// they are all done (see the module docs).
+    async fn roll_forward(
+        &self,
+        steps: Vec<Step>,
+        finish: Option<(String, PlacementRecord)>,
+    ) -> Result<(), ExchangeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(self.clone().run_steps(steps, finish, tx));
+        rx.await.unwrap_or_else(|_| {
+            Err(ExchangeError::Internal(
+                "the balance steps stopped without an answer".to_owned(),
+            ))
+        })
     }
 
-    /// Releases what an order that left the book still had reserved.
-    async fn release(&self, order: &Order) -> Result<(), ExchangeError> {
-        let amount = order.still_reserved();
-        if amount == 0 {
-            return Ok(());
-        }
-        self.must_apply(
-            &order.user_id,
-            &[Move::release(order.reserved_asset(), amount)],
-        )
-        .await
-    }
-
-    /// Applies moves that the book's own accounting guarantees are covered.
-    async fn must_apply(&self, user: &UserId, moves: &[Move]) -> Result<(), ExchangeError> {
-        match self.store.apply_moves(user, moves).await? {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::error!(%user, error = %e, ?moves, "balance move refused although the book accounted for it");
-                Err(ExchangeError::Internal(format!(
-                    "balance move for {user} refused: {e}"
-                )))
+    async fn run_steps(
+        self,
+        steps: Vec<Step>,
+        finish: Option<(String, PlacementRecord)>,
+        tx: tokio::sync::oneshot::Sender<Result<(), ExchangeError>>,
+    ) {
+        let mut tx = Some(tx);
+        let mut delay = STEP_RETRY_MIN;
+        let mut retried = false;
+        let mut pause = |error: StoreError,
+                         tx: &mut Option<
+            tokio::sync::oneshot::Sender<Result<(), ExchangeError>>,
+        >| {
+            retried = true;
+            if let Some(tx) = tx.take() {
+                tracing::warn!(%error, "store failed after a book change; retrying the balance steps in the background");
+                let _ = tx.send(Err(ExchangeError::Store(error)));
             }
+            let wait = delay;
+            delay = (delay * 2).min(STEP_RETRY_MAX);
+            tokio::time::sleep(wait)
+        };
+        for step in &steps {
+            loop {
+                match self
+                    .store
+                    .apply_moves_once(&step.user, &step.op_id, &step.moves)
+                    .await
+                {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(refused)) => {
+                        tracing::error!(user = %step.user, op_id = step.op_id, error = %refused, moves = ?step.moves, "balance move refused although the book accounted for it");
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(Err(ExchangeError::Internal(format!(
+                                "balance move for {} refused: {refused}",
+                                step.user
+                            ))));
+                        }
+                        return;
+                    }
+                    Err(error) => pause(error, &mut tx).await,
+                }
+            }
+        }
+        if let Some((order_id, record)) = finish {
+            while let Err(error) = self.store.finish_claim(&order_id, record.clone()).await {
+                pause(error, &mut tx).await;
+            }
+        }
+        if retried {
+            tracing::info!(
+                steps = steps.len(),
+                "balance steps completed after the store recovered"
+            );
+        }
+        if let Some(tx) = tx.take() {
+            let _ = tx.send(Ok(()));
         }
     }
 
@@ -244,7 +296,8 @@ impl Exchange {
                 ));
             }
         };
-        self.release(&cancelled).await?;
+        self.roll_forward(release_step(&cancelled).into_iter().collect(), None)
+            .await?;
         Ok(cancelled)
     }
 
@@ -317,6 +370,45 @@ impl Exchange {
     pub async fn revoke_api_key(&self, key_id: &str) -> Result<bool, ExchangeError> {
         Ok(self.store.delete_api_key(key_id).await?)
     }
+}
+
+/// The buyer's and the seller's steps of one fill: collateral and shares change hands, and the
+/// buyer gets back what a completed buy order no longer needs.
+fn fill_steps(fill: &Fill) -> [Step; 2] {
+    let shares = Asset::Shares(fill.market_key.clone());
+    let mut buyer = vec![
+        Move::debit_reserved(Asset::Collateral, fill.collateral),
+        Move::credit(shares.clone(), fill.amount),
+    ];
+    if fill.buyer_refund > 0 {
+        buyer.push(Move::release(Asset::Collateral, fill.buyer_refund));
+    }
+    let seller = vec![
+        Move::debit_reserved(shares, fill.amount),
+        Move::credit(Asset::Collateral, fill.collateral),
+    ];
+    [
+        Step {
+            user: fill.buyer.clone(),
+            op_id: format!("fill:{}:buyer", fill.trade_id),
+            moves: buyer,
+        },
+        Step {
+            user: fill.seller.clone(),
+            op_id: format!("fill:{}:seller", fill.trade_id),
+            moves: seller,
+        },
+    ]
+}
+
+/// Releases what an order that left the book still had reserved (an order leaves once).
+fn release_step(order: &Order) -> Option<Step> {
+    let amount = order.still_reserved();
+    (amount > 0).then(|| Step {
+        user: order.user_id.clone(),
+        op_id: format!("release:{}", order.order_id),
+        moves: vec![Move::release(order.reserved_asset(), amount)],
+    })
 }
 
 /// SHA-256 of an API key, hex. Keys carry 256 random bits, so an unsalted fast hash is enough.

@@ -28,16 +28,11 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_tracing(&config)?;
-    if config.redis_url.is_some() {
-        anyhow::bail!(
-            "invalid config key `redisUrl`: the Redis store is not available in this build yet"
-        );
-    }
-    let store = Store::memory();
+    let store = Store::from_config(&config).context("invalid config key `redisUrl`")?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, store = "memory", admin = config.admin_token.is_some(), "relayer listening");
+    tracing::info!(addr = %listener.local_addr()?, store = store.backend(), admin = config.admin_token.is_some(), "relayer listening");
     let state = relayer::AppState::new(config, store);
     relayer::serve(listener, state, relayer::shutdown_signal()).await?;
     tracing::info!("relayer stopped");

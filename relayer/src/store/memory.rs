@@ -4,7 +4,7 @@
 //! keys sit behind one mutex per table, held only for a map operation. Lock order, where two are
 //! taken: `markets` (read, to find the book) then that book's mutex; nothing else nests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, StoreError};
@@ -19,11 +19,19 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    accounts: Mutex<HashMap<UserId, Account>>,
+    accounts: Mutex<Accounts>,
     markets: RwLock<HashMap<MarketKey, Arc<Mutex<OrderBook>>>>,
     claims: Mutex<HashMap<String, Claim>>,
     /// API keys by hash, and key id → hash for revocation.
     api_keys: Mutex<(HashMap<String, ApiKeyRecord>, HashMap<String, String>)>,
+}
+
+/// Accounts and the operation ids already applied to them (one lock: checked and recorded
+/// atomically with the moves).
+#[derive(Debug, Default)]
+struct Accounts {
+    by_user: HashMap<UserId, Account>,
+    applied: HashSet<(UserId, String)>,
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: every critical section
@@ -68,15 +76,26 @@ impl MemoryStore {
     pub(super) fn apply_moves(
         &self,
         user: &UserId,
+        op_id: Option<&str>,
         moves: &[Move],
     ) -> Result<Result<Account, BalanceError>, StoreError> {
         let mut accounts = lock(&self.inner.accounts);
-        let account = accounts.entry(user.clone()).or_default();
-        Ok(account.apply(moves).map(|()| account.clone()))
+        let Accounts { by_user, applied } = &mut *accounts;
+        let op = op_id.map(|id| (user.clone(), id.to_owned()));
+        if op.as_ref().is_some_and(|op| applied.contains(op)) {
+            return Ok(Ok(by_user.get(user).cloned().unwrap_or_default()));
+        }
+        let account = by_user.entry(user.clone()).or_default();
+        let result = account.apply(moves).map(|()| account.clone());
+        if let (Ok(_), Some(op)) = (&result, op) {
+            applied.insert(op);
+        }
+        Ok(result)
     }
 
     pub(super) fn account(&self, user: &UserId) -> Result<Account, StoreError> {
         Ok(lock(&self.inner.accounts)
+            .by_user
             .get(user)
             .cloned()
             .unwrap_or_default())

@@ -1,0 +1,77 @@
+-- One market's book, shared by the market scripts. Every key derives from KEYS[1], the
+-- market's base key "<prefix>{m:<marketKey>}", so all of them sit in its hash slot:
+--   <base>:meta       hash: "seq", the next arrival number minus one
+--   <base>:o:<id>     hash: one order (fields below), expiring after retention once finished
+--   <base>:q:b, :q:a  sorted sets of resting bids / asks: score -price (bids) or price (asks),
+--                     member "<seq, 20 digits>:<id>", so ZRANGE 0 0 is the best price, earliest
+--   <base>:p:b, :p:a  sorted sets of the prices that have resting orders (score = member = price)
+--   <base>:l:b, :l:a  hashes: "<price>" -> sum of the remaining shares resting at that price,
+--                     "<price>:n" -> number of resting orders at that price
+-- Order fields: id, user, side ("buy"/"sell"), price, amount, filled, notional, reserved, paid,
+-- status ("open", "partially_filled", "filled", "cancelled"), seq, created: all strings.
+local base = KEYS[1]
+
+local function okey(id) return base .. ':o:' .. id end
+local function sidekey(kind, side) return base .. ':' .. kind .. (side == 'buy' and ':b' or ':a') end
+
+local function load_order(id)
+  local flat = redis.call('HGETALL', okey(id))
+  if #flat == 0 then return nil end
+  local o = {}
+  for i = 1, #flat, 2 do o[flat[i]] = flat[i + 1] end
+  return o
+end
+
+local function save_order(o, retention)
+  local k = okey(o.id)
+  redis.call('HSET', k, 'id', o.id, 'user', o.user, 'side', o.side, 'price', o.price,
+    'amount', o.amount, 'filled', o.filled, 'notional', o.notional, 'reserved', o.reserved,
+    'paid', o.paid, 'status', o.status, 'seq', o.seq, 'created', o.created)
+  if o.status == 'filled' or o.status == 'cancelled' then
+    redis.call('PEXPIRE', k, retention)
+  end
+end
+
+local function encode_order(o)
+  return cjson.encode({ id = o.id, user = o.user, side = o.side, price = o.price,
+    amount = o.amount, filled = o.filled, notional = o.notional, reserved = o.reserved,
+    paid = o.paid, status = o.status, seq = o.seq, created = o.created })
+end
+
+local function remaining(o) return n_sub(o.amount, o.filled) end
+local function is_open(o) return o.status == 'open' or o.status == 'partially_filled' end
+local function queue_member(o) return string.format('%020d', tonumber(o.seq)) .. ':' .. o.id end
+local function queue_score(o)
+  if o.side == 'buy' then return '-' .. o.price end
+  return o.price
+end
+
+-- A new order rests at its price.
+local function level_add(o)
+  local l, p, amount = sidekey('l', o.side), o.price, remaining(o)
+  local cur = redis.call('HGET', l, p)
+  if cur then
+    redis.call('HSET', l, p, n_add(cur, amount))
+    redis.call('HINCRBY', l, p .. ':n', 1)
+  else
+    redis.call('HSET', l, p, amount, p .. ':n', 1)
+    redis.call('ZADD', sidekey('p', o.side), p, p)
+  end
+  redis.call('ZADD', sidekey('q', o.side), queue_score(o), queue_member(o))
+end
+
+-- `amount` shares of a resting order leave its level; `leaves` when the order itself does.
+local function level_sub(o, amount, leaves)
+  local l, p = sidekey('l', o.side), o.price
+  local left = n_sub(redis.call('HGET', l, p) or '0', amount)
+  if leaves then
+    redis.call('ZREM', sidekey('q', o.side), queue_member(o))
+    if redis.call('HINCRBY', l, p .. ':n', -1) <= 0 then
+      redis.call('HDEL', l, p, p .. ':n')
+      redis.call('ZREM', sidekey('p', o.side), p)
+      return
+    end
+  end
+  redis.call('HSET', l, p, left)
+end
+

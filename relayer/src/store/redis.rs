@@ -1,0 +1,859 @@
+//! The Redis backend: the state every relayer replica shares.
+//!
+//! Each store operation is one Redis round trip, and each one that changes state is a Lua script
+//! (`redis::Script`: EVALSHA, reloaded automatically after a Redis restart) that touches the keys
+//! of exactly one hash slot, so it runs unchanged on Redis Cluster:
+//!
+//! | slot (hash tag)          | keys                                   | scripts                      |
+//! |--------------------------|----------------------------------------|------------------------------|
+//! | `{u:<userId>}`           | the account hash, operation-id markers | `apply_moves`                |
+//! | `{m:<marketKey>}`        | book queues, price levels, orders      | `match_order`, `cancel_order`, `depth`, `open_orders` |
+//! | `{c:<orderId>}`          | the order id's claim                   | `claim`, `finish_claim`      |
+//! | `{apikeys}`              | API-key records by hash and by id      | `delete_api_key`             |
+//!
+//! Every key starts with the configured prefix (`redis.keyPrefix`). Quantities are canonical
+//! decimal strings and the scripts compute on them exactly (`lua/num.lua`), so the limits are
+//! the same as the in-memory backend's: u64 per order field and per deposit, u128 notionals.
+//!
+//! Every call is bounded by `redis.commandTimeoutMs`; an error or a late answer becomes
+//! [`StoreError::Unavailable`] (HTTP 503). The connection manager reconnects in the background.
+//!
+//! Retention: an order that is filled or cancelled expires `redis.orderRetentionSeconds` later,
+//! and so does its claim. The claim of a maker order finished by someone else's placement lives
+//! in another slot; its expiry is set after the match by a best-effort follow-up (a claim whose
+//! follow-up was lost keeps no TTL: the durable saga's sweeper is to collect it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use serde::Deserialize;
+
+use super::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, StoreError};
+use crate::book::{CancelError, Level, MatchOutcome};
+use crate::domain::{
+    Account, Asset, Balance, BalanceError, Bucket, Fill, MarketKey, Move, Order, OrderStatus, Side,
+    UserId,
+};
+
+const NUM_LUA: &str = include_str!("lua/num.lua");
+const BOOK_LUA: &str = include_str!("lua/book.lua");
+
+/// How to reach Redis and how to lay keys out in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL.
+    pub url: String,
+    /// Prepended to every key, e.g. `foresight:`.
+    pub key_prefix: String,
+    /// Bound on every Redis call (connecting included).
+    pub command_timeout: Duration,
+    /// How long filled and cancelled orders (and their claims) are kept.
+    pub order_retention: Duration,
+}
+
+/// State kept in Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Multiplexed connection that reconnects after an I/O error; cloned per call.
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    retention_ms: u64,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    apply_moves: Script,
+    match_order: Script,
+    cancel_order: Script,
+    depth: Script,
+    open_orders: Script,
+    claim: Script,
+    finish_claim: Script,
+    delete_api_key: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let book = |body: &str| Script::new(&format!("{NUM_LUA}{BOOK_LUA}{body}"));
+        Self {
+            apply_moves: Script::new(&format!("{NUM_LUA}{}", include_str!("lua/apply_moves.lua"))),
+            match_order: book(include_str!("lua/match_order.lua")),
+            cancel_order: book(include_str!("lua/cancel_order.lua")),
+            depth: book(include_str!("lua/depth.lua")),
+            open_orders: book(include_str!("lua/open_orders.lua")),
+            claim: Script::new(include_str!("lua/claim.lua")),
+            finish_claim: Script::new(include_str!("lua/finish_claim.lua")),
+            delete_api_key: Script::new(include_str!("lua/delete_api_key.lua")),
+        }
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("retention_ms", &self.inner.retention_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(what: &str, e: impl fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("redis {what}: {e}"))
+}
+
+fn corrupt(what: &str, detail: impl fmt::Display) -> StoreError {
+    tracing::error!(%detail, what, "unexpected data in redis");
+    StoreError::Corrupt(format!("redis {what}: {detail}"))
+}
+
+/// A server's refusal of our own script or an answer we cannot read is a defect or corrupt
+/// data; everything else (I/O, refused connections, LOADING, BUSY, …) means "not now".
+fn classify(what: &str, e: RedisError) -> StoreError {
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::ResponseError)
+        | ErrorKind::Parse
+        | ErrorKind::UnexpectedReturnType => corrupt(what, e),
+        _ => unavailable(what, e),
+    }
+}
+
+impl RedisStore {
+    /// A store over the Redis at `settings.url`. Connects lazily: a Redis that is down at start
+    /// makes calls fail with [`StoreError::Unavailable`] (and `/ready` false) until it is up.
+    pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis URL: {e}")))?;
+        // NB: the manager's own retries would make one call wait through several reconnection
+        // attempts; one attempt per call, bounded by the timeout, keeps a 503 prompt.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.command_timeout))
+            .set_response_timeout(Some(settings.command_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(settings.command_timeout);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| unavailable("connect", e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: settings.key_prefix.clone(),
+                timeout: settings.command_timeout,
+                retention_ms: u64::try_from(settings.order_retention.as_millis())
+                    .unwrap_or(u64::MAX),
+                scripts: Scripts::new(),
+            }),
+        })
+    }
+
+    /// Runs one Redis call under the command timeout.
+    async fn call<T>(
+        &self,
+        what: &'static str,
+        f: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(classify(what, e)),
+            Err(_) => Err(unavailable(
+                what,
+                format!("no answer within {} ms", self.inner.timeout.as_millis()),
+            )),
+        }
+    }
+
+    async fn script(
+        &self,
+        what: &'static str,
+        script: &Script,
+        key: &str,
+        args: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut invocation = script.key(key);
+        for a in args {
+            invocation.arg(a);
+        }
+        let mut conn = self.inner.conn.clone();
+        self.call(
+            what,
+            async move { invocation.invoke_async(&mut conn).await },
+        )
+        .await
+    }
+
+    fn account_key(&self, user: &UserId) -> String {
+        format!("{}{{u:{user}}}", self.inner.prefix)
+    }
+
+    fn market_key(&self, market: &MarketKey) -> String {
+        format!("{}{{m:{market}}}", self.inner.prefix)
+    }
+
+    fn claim_key(&self, order_id: &str) -> String {
+        format!("{}{{c:{order_id}}}", self.inner.prefix)
+    }
+
+    fn api_keys_key(&self) -> String {
+        format!("{}{{apikeys}}", self.inner.prefix)
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let pong: String = self
+            .call("PING", async move {
+                redis::cmd("PING").query_async(&mut conn).await
+            })
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(corrupt("PING", format!("answered {pong:?}")))
+        }
+    }
+
+    pub(super) async fn apply_moves(
+        &self,
+        user: &UserId,
+        op_id: Option<&str>,
+        moves: &[Move],
+    ) -> Result<Result<Account, BalanceError>, StoreError> {
+        let mut args = Vec::with_capacity(3 + 4 * moves.len());
+        args.push(u64::MAX.to_string());
+        args.push(self.inner.retention_ms.to_string());
+        args.push(op_id.unwrap_or_default().to_owned());
+        for m in moves {
+            args.push(asset_field(&m.asset));
+            args.push(bucket_code(m.from).to_owned());
+            args.push(bucket_code(m.to).to_owned());
+            args.push(m.amount.to_string());
+        }
+        let reply = self
+            .script(
+                "apply_moves",
+                &self.inner.scripts.apply_moves,
+                &self.account_key(user),
+                &args,
+            )
+            .await?;
+        let move_at = |raw: Option<&String>| -> Result<&Move, StoreError> {
+            raw.and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| i.checked_sub(1))
+                .and_then(|i| moves.get(i))
+                .ok_or_else(|| corrupt("apply_moves", format!("bad move index in {reply:?}")))
+        };
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(Ok(parse_account(reply.get(2..).unwrap_or_default())?)),
+            Some("insufficient") => {
+                let m = move_at(reply.get(1))?;
+                let bucket = if reply.get(2).map(String::as_str) == Some("reserved") {
+                    "reserved"
+                } else {
+                    "available"
+                };
+                let has = parse_num::<u128>("balance", reply.get(3))?;
+                Ok(Err(BalanceError::Insufficient {
+                    asset: m.asset.clone(),
+                    bucket,
+                    has,
+                    needs: u128::from(m.amount),
+                }))
+            }
+            Some("overflow") => {
+                let m = move_at(reply.get(1))?;
+                Ok(Err(BalanceError::Overflow {
+                    asset: m.asset.clone(),
+                }))
+            }
+            _ => Err(corrupt(
+                "apply_moves",
+                format!("unexpected reply {reply:?}"),
+            )),
+        }
+    }
+
+    pub(super) async fn account(&self, user: &UserId) -> Result<Account, StoreError> {
+        let key = self.account_key(user);
+        let mut conn = self.inner.conn.clone();
+        let flat: Vec<String> = self
+            .call("HGETALL account", async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await
+            })
+            .await?;
+        parse_account(&flat)
+    }
+
+    pub(super) async fn claim_order_id(
+        &self,
+        order_id: &str,
+        claim: Claim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let json = to_json(&Claim {
+            result: None,
+            ..claim
+        })?;
+        let reply = self
+            .script(
+                "claim",
+                &self.inner.scripts.claim,
+                &self.claim_key(order_id),
+                &[json],
+            )
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("claimed") => Ok(ClaimOutcome::Claimed),
+            Some("existing") => Ok(ClaimOutcome::Existing(parse_claim(
+                reply.get(1),
+                reply.get(2),
+            )?)),
+            _ => Err(corrupt("claim", format!("unexpected reply {reply:?}"))),
+        }
+    }
+
+    pub(super) async fn finish_claim(
+        &self,
+        order_id: &str,
+        result: PlacementRecord,
+    ) -> Result<(), StoreError> {
+        let finished = !result.order.status.is_open();
+        let args = [
+            to_json(&result)?,
+            if finished { "1" } else { "0" }.to_owned(),
+            self.inner.retention_ms.to_string(),
+        ];
+        self.script(
+            "finish_claim",
+            &self.inner.scripts.finish_claim,
+            &self.claim_key(order_id),
+            &args,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn drop_claim(&self, order_id: &str) -> Result<(), StoreError> {
+        let key = self.claim_key(order_id);
+        let mut conn = self.inner.conn.clone();
+        self.call("DEL claim", async move {
+            redis::cmd("DEL")
+                .arg(&key)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn claim(&self, order_id: &str) -> Result<Option<Claim>, StoreError> {
+        let key = self.claim_key(order_id);
+        let mut conn = self.inner.conn.clone();
+        let fields: Vec<Option<String>> = self
+            .call("HMGET claim", async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("claim")
+                    .arg("result")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        match fields.as_slice() {
+            [None, ..] | [] => Ok(None),
+            [Some(claim), result] => parse_claim(Some(claim), result.as_ref()).map(Some),
+            _ => Err(corrupt("claim", format!("unexpected reply {fields:?}"))),
+        }
+    }
+
+    pub(super) async fn match_order(&self, order: Order) -> Result<MatchOutcome, StoreError> {
+        let market = order.market_key.clone();
+        let args = [
+            order.order_id.clone(),
+            order.user_id.to_string(),
+            side_code(order.side).to_owned(),
+            order.price.to_string(),
+            order.amount.to_string(),
+            order.reserved.to_string(),
+            order.created_at_ms.to_string(),
+            self.inner.retention_ms.to_string(),
+        ];
+        let reply = self
+            .script(
+                "match_order",
+                &self.inner.scripts.match_order,
+                &self.market_key(&market),
+                &args,
+            )
+            .await?;
+        let (head, fill_count) = match reply.as_slice() {
+            [head, count, ..] => (head, count),
+            _ => return Err(corrupt("match_order", format!("short reply {reply:?}"))),
+        };
+        let order = parse_order(&market, head)?;
+        let fill_count: usize = parse_num("fill count", Some(fill_count))?;
+        let rest = reply.get(2..).unwrap_or_default();
+        let (fill_json, cancelled_json) = rest.split_at(fill_count.min(rest.len()));
+        let mut fills = Vec::with_capacity(fill_json.len());
+        let mut finished = Vec::new();
+        for raw in fill_json {
+            let (fill, maker_done) = parse_fill(&market, raw)?;
+            if maker_done {
+                finished.push(fill.maker_order_id.clone());
+            }
+            fills.push(fill);
+        }
+        let self_trade_cancelled = cancelled_json
+            .iter()
+            .map(|raw| parse_order(&market, raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        finished.extend(self_trade_cancelled.iter().map(|o| o.order_id.clone()));
+        self.expire_claims(finished);
+        Ok(MatchOutcome {
+            order,
+            fills,
+            self_trade_cancelled,
+        })
+    }
+
+    /// Sets the retention on the claims of orders that another slot's script finished. Runs in
+    /// the background: the match has happened, and the caller must go on to move balances.
+    fn expire_claims(&self, order_ids: Vec<String>) {
+        if order_ids.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut pipe = redis::pipe();
+            for id in &order_ids {
+                pipe.cmd("PEXPIRE")
+                    .arg(this.claim_key(id))
+                    .arg(this.inner.retention_ms)
+                    .ignore();
+            }
+            let mut conn = this.inner.conn.clone();
+            let result = this
+                .call("PEXPIRE claims", async move {
+                    pipe.query_async::<()>(&mut conn).await
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, ?order_ids, "claims of finished orders keep no expiry");
+            }
+        });
+    }
+
+    pub(super) async fn cancel_order(
+        &self,
+        market: &MarketKey,
+        order_id: &str,
+        user: &UserId,
+    ) -> Result<Result<Order, CancelError>, StoreError> {
+        let args = [
+            order_id.to_owned(),
+            user.to_string(),
+            self.inner.retention_ms.to_string(),
+        ];
+        let reply = self
+            .script(
+                "cancel_order",
+                &self.inner.scripts.cancel_order,
+                &self.market_key(market),
+                &args,
+            )
+            .await?;
+        match reply.as_slice() {
+            [tag, json] if tag == "ok" => {
+                let order = parse_order(market, json)?;
+                self.expire_claims(vec![order.order_id.clone()]);
+                Ok(Ok(order))
+            }
+            [tag] if tag == "not_found" => Ok(Err(CancelError::NotFound)),
+            [tag, status] if tag == "not_open" => {
+                Ok(Err(CancelError::NotOpen(parse_status(status)?)))
+            }
+            _ => Err(corrupt(
+                "cancel_order",
+                format!("unexpected reply {reply:?}"),
+            )),
+        }
+    }
+
+    pub(super) async fn order(
+        &self,
+        market: &MarketKey,
+        order_id: &str,
+    ) -> Result<Option<Order>, StoreError> {
+        let key = format!("{}:o:{order_id}", self.market_key(market));
+        let mut conn = self.inner.conn.clone();
+        let fields: HashMap<String, String> = self
+            .call("HGETALL order", async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await
+            })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let wire = WireOrder::from_fields(fields)?;
+        wire.into_order(market).map(Some)
+    }
+
+    pub(super) async fn depth(
+        &self,
+        market: &MarketKey,
+        max_levels: usize,
+    ) -> Result<(Vec<Level>, Vec<Level>), StoreError> {
+        let reply = self
+            .script(
+                "depth",
+                &self.inner.scripts.depth,
+                &self.market_key(market),
+                &[max_levels.to_string()],
+            )
+            .await?;
+        let (count, flat) = reply
+            .split_first()
+            .ok_or_else(|| corrupt("depth", "empty reply"))?;
+        let bid_count: usize = parse_num("bid count", Some(count))?;
+        if flat.len() % 3 != 0 || bid_count * 3 > flat.len() {
+            return Err(corrupt("depth", format!("malformed reply {reply:?}")));
+        }
+        let levels = flat
+            .chunks_exact(3)
+            .map(|c| {
+                Ok(Level {
+                    price: parse_num("price", c.first())?,
+                    amount: parse_num("level amount", c.get(1))?,
+                    orders: parse_num("level orders", c.get(2))?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut bids = levels;
+        let asks = bids.split_off(bid_count);
+        Ok((bids, asks))
+    }
+
+    pub(super) async fn open_orders(
+        &self,
+        market: &MarketKey,
+        user: Option<&UserId>,
+    ) -> Result<Vec<Order>, StoreError> {
+        let user = user.map(ToString::to_string).unwrap_or_default();
+        let reply = self
+            .script(
+                "open_orders",
+                &self.inner.scripts.open_orders,
+                &self.market_key(market),
+                &[user],
+            )
+            .await?;
+        reply.iter().map(|raw| parse_order(market, raw)).collect()
+    }
+
+    pub(super) async fn put_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError> {
+        let key = self.api_keys_key();
+        let json = to_json(&record)?;
+        let mut conn = self.inner.conn.clone();
+        // One HSET of both fields: atomic without a script.
+        self.call("HSET api key", async move {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(format!("h:{}", record.hash))
+                .arg(json)
+                .arg(format!("i:{}", record.key_id))
+                .arg(&record.hash)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn api_key_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let key = self.api_keys_key();
+        let field = format!("h:{hash}");
+        let mut conn = self.inner.conn.clone();
+        let raw: Option<String> = self
+            .call("HGET api key", async move {
+                redis::cmd("HGET")
+                    .arg(&key)
+                    .arg(&field)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        raw.map(|r| from_json("api key", &r)).transpose()
+    }
+
+    pub(super) async fn delete_api_key(&self, key_id: &str) -> Result<bool, StoreError> {
+        let reply = self
+            .script(
+                "delete_api_key",
+                &self.inner.scripts.delete_api_key,
+                &self.api_keys_key(),
+                &[key_id.to_owned()],
+            )
+            .await?;
+        Ok(reply.first().map(String::as_str) == Some("1"))
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| corrupt("encode", e))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|e| corrupt(what, e))
+}
+
+fn parse_num<T: std::str::FromStr>(what: &str, raw: Option<&String>) -> Result<T, StoreError> {
+    raw.and_then(|r| r.parse().ok())
+        .ok_or_else(|| corrupt(what, format!("not a number: {raw:?}")))
+}
+
+fn asset_field(asset: &Asset) -> String {
+    match asset {
+        Asset::Collateral => "c".to_owned(),
+        Asset::Shares(m) => format!("s:{m}"),
+    }
+}
+
+fn bucket_code(bucket: Bucket) -> &'static str {
+    match bucket {
+        Bucket::Available => "a",
+        Bucket::Reserved => "r",
+        Bucket::External => "e",
+    }
+}
+
+fn side_code(side: Side) -> &'static str {
+    match side {
+        Side::Buy => "buy",
+        Side::Sell => "sell",
+    }
+}
+
+fn parse_status(raw: &str) -> Result<OrderStatus, StoreError> {
+    match raw {
+        "open" => Ok(OrderStatus::Open),
+        "partially_filled" => Ok(OrderStatus::PartiallyFilled),
+        "filled" => Ok(OrderStatus::Filled),
+        "cancelled" => Ok(OrderStatus::Cancelled),
+        other => Err(corrupt("order status", other)),
+    }
+}
+
+/// An account from its hash's fields (`c:a`, `c:r`, `s:<market>:a`, `s:<market>:r`).
+fn parse_account(flat: &[String]) -> Result<Account, StoreError> {
+    let mut account = Account::default();
+    let mut shares: BTreeMap<MarketKey, Balance> = BTreeMap::new();
+    for pair in flat.chunks(2) {
+        let [field, value] = pair else {
+            return Err(corrupt("account", "odd number of fields"));
+        };
+        let amount: u128 = parse_num("balance", Some(value))?;
+        let (asset, bucket) = field
+            .rsplit_once(':')
+            .ok_or_else(|| corrupt("account field", field))?;
+        let balance = if asset == "c" {
+            &mut account.collateral
+        } else {
+            let market = asset
+                .strip_prefix("s:")
+                .and_then(|m| MarketKey::parse("marketKey", m).ok())
+                .ok_or_else(|| corrupt("account field", field))?;
+            shares.entry(market).or_default()
+        };
+        match bucket {
+            "a" => balance.available = amount,
+            "r" => balance.reserved = amount,
+            _ => return Err(corrupt("account field", field)),
+        }
+    }
+    account.shares = shares;
+    Ok(account)
+}
+
+fn parse_claim(claim: Option<&String>, result: Option<&String>) -> Result<Claim, StoreError> {
+    let raw = claim.ok_or_else(|| corrupt("claim", "missing"))?;
+    let mut claim: Claim = from_json("claim", raw)?;
+    claim.result = match result.map(String::as_str) {
+        None | Some("") => None,
+        Some(r) => Some(from_json("placement record", r)?),
+    };
+    Ok(claim)
+}
+
+/// An order as the scripts keep it: every field a decimal string.
+#[derive(Debug, Deserialize)]
+struct WireOrder {
+    id: String,
+    user: String,
+    side: String,
+    price: String,
+    amount: String,
+    filled: String,
+    notional: String,
+    reserved: String,
+    paid: String,
+    status: String,
+    seq: String,
+    created: String,
+}
+
+impl WireOrder {
+    fn from_fields(mut f: HashMap<String, String>) -> Result<Self, StoreError> {
+        let mut take = |k: &str| {
+            f.remove(k)
+                .ok_or_else(|| corrupt("order", format!("missing field {k}")))
+        };
+        Ok(Self {
+            id: take("id")?,
+            user: take("user")?,
+            side: take("side")?,
+            price: take("price")?,
+            amount: take("amount")?,
+            filled: take("filled")?,
+            notional: take("notional")?,
+            reserved: take("reserved")?,
+            paid: take("paid")?,
+            status: take("status")?,
+            seq: take("seq")?,
+            created: take("created")?,
+        })
+    }
+
+    fn into_order(self, market: &MarketKey) -> Result<Order, StoreError> {
+        let side = match self.side.as_str() {
+            "buy" => Side::Buy,
+            "sell" => Side::Sell,
+            other => return Err(corrupt("order side", other)),
+        };
+        Ok(Order {
+            market_key: market.clone(),
+            user_id: UserId::parse("userId", &self.user).map_err(|e| corrupt("order user", e))?,
+            side,
+            price: parse_num("price", Some(&self.price))?,
+            amount: parse_num("amount", Some(&self.amount))?,
+            filled: parse_num("filled", Some(&self.filled))?,
+            notional: parse_num("notional", Some(&self.notional))?,
+            reserved: parse_num("reserved", Some(&self.reserved))?,
+            paid: parse_num("paid", Some(&self.paid))?,
+            status: parse_status(&self.status)?,
+            seq: parse_num("seq", Some(&self.seq))?,
+            created_at_ms: parse_num("created", Some(&self.created))?,
+            order_id: self.id,
+        })
+    }
+}
+
+fn parse_order(market: &MarketKey, raw: &str) -> Result<Order, StoreError> {
+    from_json::<WireOrder>("order", raw)?.into_order(market)
+}
+
+/// A fill as `match_order.lua` reports it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireFill {
+    trade_id: String,
+    maker: String,
+    taker: String,
+    buyer: String,
+    seller: String,
+    buy_order: String,
+    sell_order: String,
+    price: String,
+    amount: String,
+    collateral: String,
+    refund: String,
+    maker_done: String,
+}
+
+/// A fill, and whether its maker order finished with it.
+fn parse_fill(market: &MarketKey, raw: &str) -> Result<(Fill, bool), StoreError> {
+    let w: WireFill = from_json("fill", raw)?;
+    let user = |u: &str| UserId::parse("userId", u).map_err(|e| corrupt("fill user", e));
+    let fill = Fill {
+        trade_id: w.trade_id,
+        market_key: market.clone(),
+        maker_order_id: w.maker,
+        taker_order_id: w.taker,
+        buyer: user(&w.buyer)?,
+        seller: user(&w.seller)?,
+        buy_order_id: w.buy_order,
+        sell_order_id: w.sell_order,
+        price: parse_num("price", Some(&w.price))?,
+        amount: parse_num("amount", Some(&w.amount))?,
+        collateral: parse_num("collateral", Some(&w.collateral))?,
+        buyer_refund: parse_num("refund", Some(&w.refund))?,
+    };
+    Ok((fill, w.maker_done == "1"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_parse_from_hash_fields() {
+        let flat: Vec<String> = [
+            "c:a",
+            "10",
+            "c:r",
+            "5",
+            "s:80002:1:a",
+            "7",
+            "s:80002:1:r",
+            "0",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let account = parse_account(&flat).expect("valid");
+        assert_eq!(
+            account.collateral,
+            Balance {
+                available: 10,
+                reserved: 5
+            }
+        );
+        let market = MarketKey::parse("m", "80002:1").expect("valid");
+        assert_eq!(account.balance(&Asset::Shares(market)).available, 7);
+        assert!(parse_account(&["x:a".to_owned(), "1".to_owned()]).is_err());
+        assert!(parse_account(&["c:a".to_owned(), "-1".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn keys_carry_one_hash_tag_per_slot() {
+        // NB: the lazy connection manager spawns a task, so it needs a runtime; it never
+        // connects here.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _guard = rt.enter();
+        let store = RedisStore::new(&RedisSettings {
+            url: "redis://127.0.0.1:1/".to_owned(),
+            key_prefix: "fs:".to_owned(),
+            command_timeout: Duration::from_millis(10),
+            order_retention: Duration::from_secs(1),
+        })
+        .expect("store");
+        let user = UserId::parse("u", &format!("0x{}", "ab".repeat(20))).expect("valid");
+        let market = MarketKey::parse("m", "80002:7").expect("valid");
+        assert_eq!(store.account_key(&user), format!("fs:{{u:{user}}}"));
+        assert_eq!(store.market_key(&market), "fs:{m:80002:7}");
+        assert_eq!(store.claim_key("o-1"), "fs:{c:o-1}");
+        assert_eq!(store.api_keys_key(), "fs:{apikeys}");
+    }
+}

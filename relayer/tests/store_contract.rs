@@ -1,0 +1,1054 @@
+//! The store contract: the same tests against the in-memory and the Redis backend.
+//!
+//! Each test is an `async fn(Store)` below; `contract!` turns it into `memory::<name>` and
+//! `redis::<name>` (each Redis test starts its own `redis-server`). The expected values are the
+//! book rules of `book.rs`; a backend that differs fails here.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use relayer::book::{CancelError, Level};
+use relayer::domain::{
+    Account, Asset, Balance, BalanceError, MarketKey, Move, Order, OrderStatus, Side, UserId,
+};
+use relayer::exchange::{Exchange, NewOrder};
+use relayer::store::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, RedisSettings, Store};
+use support::RedisServer;
+
+/// A store and, for Redis, the server behind it (killed on drop).
+struct Backend {
+    store: Store,
+    _server: Option<RedisServer>,
+}
+
+impl Backend {
+    fn memory() -> Self {
+        Self {
+            store: Store::memory(),
+            _server: None,
+        }
+    }
+
+    fn redis() -> Self {
+        let server = RedisServer::start();
+        let store = Store::redis(&RedisSettings {
+            url: server.url(),
+            key_prefix: "contract:".to_owned(),
+            command_timeout: std::time::Duration::from_secs(5),
+            order_retention: std::time::Duration::from_secs(3600),
+        })
+        .expect("redis store");
+        Self {
+            store,
+            _server: Some(server),
+        }
+    }
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = super::Backend::memory();
+                    super::$name(backend.store.clone()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = super::Backend::redis();
+                    super::$name(backend.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    ping_answers,
+    an_unknown_account_is_empty,
+    moves_apply_all_or_none,
+    a_refusal_names_the_bucket_and_changes_nothing,
+    deposits_are_capped_at_u64_max_exactly,
+    empty_share_balances_disappear,
+    moves_with_an_operation_id_apply_once,
+    a_refused_operation_id_is_not_remembered,
+    claims_are_first_come_and_keep_their_result,
+    a_dropped_claim_frees_the_id,
+    finishing_a_missing_claim_changes_nothing,
+    best_price_fills_first_then_earliest_at_that_price,
+    trades_execute_at_the_maker_price_and_refund_the_improvement,
+    a_sell_taker_hits_the_highest_bid_at_its_price,
+    a_partial_fill_rests_the_remainder,
+    orders_that_do_not_cross_rest,
+    self_trade_cancels_the_resting_order_and_continues,
+    rounding_is_cumulative_per_buy_order,
+    quantities_beyond_two_to_the_53_stay_exact,
+    cancel_is_owner_only_and_once,
+    a_filled_order_cannot_be_cancelled,
+    cancel_in_an_unknown_market_finds_nothing,
+    orders_are_found_by_market_and_id,
+    depth_aggregates_levels_best_first_and_limits_them,
+    open_orders_list_in_arrival_order_optionally_by_user,
+    api_keys_are_found_by_hash_and_revoked_by_id,
+    concurrent_reserves_never_overspend,
+    concurrent_claims_have_one_winner,
+    concurrent_crossing_orders_never_overfill,
+    the_exchange_keeps_collateral_and_shares_conserved,
+);
+
+fn user(n: u8) -> UserId {
+    UserId::parse("userId", &format!("0x{}", format!("{n:02x}").repeat(20))).expect("valid")
+}
+
+fn market(raw: &str) -> MarketKey {
+    MarketKey::parse("marketKey", raw).expect("valid")
+}
+
+fn m1() -> MarketKey {
+    market("80002:1")
+}
+
+fn order(id: &str, u: u8, side: Side, price: u64, amount: u64) -> Order {
+    Order::new(
+        id.to_owned(),
+        m1(),
+        user(u),
+        side,
+        price,
+        amount,
+        1_700_000_000_000,
+    )
+}
+
+fn bal(available: u128, reserved: u128) -> Balance {
+    Balance {
+        available,
+        reserved,
+    }
+}
+
+async fn apply(store: &Store, u: u8, moves: &[Move]) -> Result<Account, BalanceError> {
+    store
+        .apply_moves(&user(u), moves)
+        .await
+        .expect("store answers")
+}
+
+async fn place(store: &Store, o: Order) -> relayer::book::MatchOutcome {
+    store.match_order(o).await.expect("store answers")
+}
+
+async fn ping_answers(store: Store) {
+    store.ping().await.expect("ping");
+}
+
+async fn an_unknown_account_is_empty(store: Store) {
+    assert_eq!(
+        store.account(&user(9)).await.expect("account"),
+        Account::default()
+    );
+}
+
+async fn moves_apply_all_or_none(store: Store) {
+    let shares = Asset::Shares(m1());
+    let after = apply(
+        &store,
+        1,
+        &[
+            Move::credit(Asset::Collateral, 100),
+            Move::credit(shares.clone(), 7),
+            Move::reserve(Asset::Collateral, 30),
+        ],
+    )
+    .await
+    .expect("deposit and reserve");
+    assert_eq!(after.collateral, bal(70, 30));
+    assert_eq!(after.balance(&shares), bal(7, 0));
+    let after = apply(
+        &store,
+        1,
+        &[
+            Move::release(Asset::Collateral, 10),
+            Move::debit_reserved(Asset::Collateral, 20),
+            Move::reserve(shares.clone(), 7),
+        ],
+    )
+    .await
+    .expect("release, debit, reserve");
+    assert_eq!(after.collateral, bal(80, 0));
+    assert_eq!(after.balance(&shares), bal(0, 7));
+    assert_eq!(store.account(&user(1)).await.expect("account"), after);
+}
+
+async fn a_refusal_names_the_bucket_and_changes_nothing(store: Store) {
+    apply(&store, 1, &[Move::credit(Asset::Collateral, 100)])
+        .await
+        .expect("deposit");
+    let err = apply(
+        &store,
+        1,
+        &[
+            Move::reserve(Asset::Collateral, 60),
+            Move::reserve(Asset::Collateral, 60),
+        ],
+    )
+    .await
+    .expect_err("second reserve lacks funds");
+    assert_eq!(
+        err,
+        BalanceError::Insufficient {
+            asset: Asset::Collateral,
+            bucket: "available",
+            has: 40,
+            needs: 60
+        }
+    );
+    let err = apply(&store, 1, &[Move::release(Asset::Collateral, 1)])
+        .await
+        .expect_err("nothing reserved");
+    assert!(matches!(
+        err,
+        BalanceError::Insufficient {
+            bucket: "reserved",
+            has: 0,
+            needs: 1,
+            ..
+        }
+    ));
+    let err = apply(&store, 1, &[Move::reserve(Asset::Shares(m1()), 1)])
+        .await
+        .expect_err("no shares");
+    assert!(matches!(
+        err,
+        BalanceError::Insufficient {
+            asset: Asset::Shares(_),
+            ..
+        }
+    ));
+    assert_eq!(
+        store.account(&user(1)).await.expect("account").collateral,
+        bal(100, 0)
+    );
+}
+
+async fn deposits_are_capped_at_u64_max_exactly(store: Store) {
+    let max = u64::MAX;
+    let a = apply(
+        &store,
+        1,
+        &[
+            Move::credit(Asset::Collateral, max - 1),
+            Move::reserve(Asset::Collateral, max - 2),
+        ],
+    )
+    .await
+    .expect("deposit just below the cap");
+    assert_eq!(a.collateral, bal(1, u128::from(max - 2)));
+    let a = apply(&store, 1, &[Move::credit(Asset::Collateral, 1)])
+        .await
+        .expect("deposit up to the cap");
+    assert_eq!(a.collateral, bal(2, u128::from(max - 2)));
+    assert_eq!(
+        apply(&store, 1, &[Move::credit(Asset::Collateral, 1)]).await,
+        Err(BalanceError::Overflow {
+            asset: Asset::Collateral
+        })
+    );
+    // Fills credit from outside too; the cap holds for them as for deposits.
+    let a = apply(
+        &store,
+        1,
+        &[
+            Move::debit_reserved(Asset::Collateral, max - 3),
+            Move::release(Asset::Collateral, 1),
+        ],
+    )
+    .await
+    .expect("debit and release");
+    assert_eq!(a.collateral, bal(3, 0));
+}
+
+async fn empty_share_balances_disappear(store: Store) {
+    let shares = Asset::Shares(m1());
+    apply(&store, 1, &[Move::credit(shares.clone(), 5)])
+        .await
+        .expect("deposit");
+    let a = apply(
+        &store,
+        1,
+        &[
+            Move::reserve(shares.clone(), 5),
+            Move::debit_reserved(shares.clone(), 5),
+        ],
+    )
+    .await
+    .expect("spend all");
+    assert!(a.shares.is_empty(), "{a:?}");
+    assert_eq!(
+        store.account(&user(1)).await.expect("account"),
+        Account::default()
+    );
+}
+
+async fn moves_with_an_operation_id_apply_once(store: Store) {
+    let first = store
+        .apply_moves_once(
+            &user(1),
+            "fill:t#0:buyer",
+            &[Move::credit(Asset::Collateral, 5)],
+        )
+        .await
+        .expect("store")
+        .expect("applied");
+    assert_eq!(first.collateral, bal(5, 0));
+    let again = store
+        .apply_moves_once(
+            &user(1),
+            "fill:t#0:buyer",
+            &[Move::credit(Asset::Collateral, 5)],
+        )
+        .await
+        .expect("store")
+        .expect("replayed");
+    assert_eq!(again.collateral, bal(5, 0));
+    // Ids are per account: the same id on another account is another operation.
+    let other = store
+        .apply_moves_once(
+            &user(2),
+            "fill:t#0:buyer",
+            &[Move::credit(Asset::Collateral, 5)],
+        )
+        .await
+        .expect("store")
+        .expect("applied");
+    assert_eq!(other.collateral, bal(5, 0));
+}
+
+async fn a_refused_operation_id_is_not_remembered(store: Store) {
+    let reserve = [Move::reserve(Asset::Collateral, 5)];
+    assert!(
+        store
+            .apply_moves_once(&user(1), "op", &reserve)
+            .await
+            .expect("store")
+            .is_err()
+    );
+    apply(&store, 1, &[Move::credit(Asset::Collateral, 5)])
+        .await
+        .expect("deposit");
+    let a = store
+        .apply_moves_once(&user(1), "op", &reserve)
+        .await
+        .expect("store")
+        .expect("applies now");
+    assert_eq!(a.collateral, bal(0, 5));
+}
+
+fn claim(u: u8, fingerprint: &str) -> Claim {
+    Claim {
+        fingerprint: fingerprint.to_owned(),
+        market_key: m1(),
+        user_id: user(u),
+        result: None,
+    }
+}
+
+async fn claims_are_first_come_and_keep_their_result(store: Store) {
+    assert_eq!(
+        store
+            .claim_order_id("o1", claim(1, "f1"))
+            .await
+            .expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    assert_eq!(
+        store
+            .claim_order_id("o1", claim(2, "f2"))
+            .await
+            .expect("claim"),
+        ClaimOutcome::Existing(claim(1, "f1"))
+    );
+    let outcome = place(&store, order("o1", 1, Side::Buy, 500_000, 3)).await;
+    let record = PlacementRecord {
+        order: outcome.order,
+        fills: outcome.fills,
+    };
+    store
+        .finish_claim("o1", record.clone())
+        .await
+        .expect("finish");
+    let expected = Claim {
+        result: Some(record),
+        ..claim(1, "f1")
+    };
+    assert_eq!(
+        store.claim("o1").await.expect("claim"),
+        Some(expected.clone())
+    );
+    assert_eq!(
+        store
+            .claim_order_id("o1", claim(1, "f1"))
+            .await
+            .expect("claim"),
+        ClaimOutcome::Existing(expected)
+    );
+}
+
+async fn a_dropped_claim_frees_the_id(store: Store) {
+    store
+        .claim_order_id("o1", claim(1, "f1"))
+        .await
+        .expect("claim");
+    store.drop_claim("o1").await.expect("drop");
+    assert_eq!(store.claim("o1").await.expect("claim"), None);
+    assert_eq!(
+        store
+            .claim_order_id("o1", claim(2, "f2"))
+            .await
+            .expect("claim"),
+        ClaimOutcome::Claimed
+    );
+}
+
+async fn finishing_a_missing_claim_changes_nothing(store: Store) {
+    let o = order("ghost", 1, Side::Buy, 1, 1);
+    store
+        .finish_claim(
+            "ghost",
+            PlacementRecord {
+                order: o,
+                fills: vec![],
+            },
+        )
+        .await
+        .expect("finish");
+    assert_eq!(store.claim("ghost").await.expect("claim"), None);
+}
+
+async fn best_price_fills_first_then_earliest_at_that_price(store: Store) {
+    place(&store, order("a1", 1, Side::Sell, 600_000, 10)).await;
+    place(&store, order("a2", 2, Side::Sell, 550_000, 10)).await;
+    place(&store, order("a3", 3, Side::Sell, 550_000, 10)).await;
+    let out = place(&store, order("b", 4, Side::Buy, 600_000, 25)).await;
+    let makers: Vec<_> = out
+        .fills
+        .iter()
+        .map(|f| (f.maker_order_id.as_str(), f.amount, f.price, f.collateral))
+        .collect();
+    assert_eq!(
+        makers,
+        vec![
+            ("a2", 10, 550_000, 6),
+            ("a3", 10, 550_000, 5),
+            ("a1", 5, 600_000, 3)
+        ]
+    );
+    let ids: Vec<_> = out.fills.iter().map(|f| f.trade_id.as_str()).collect();
+    assert_eq!(ids, vec!["b#0", "b#1", "b#2"]);
+    assert_eq!(out.order.status, OrderStatus::Filled);
+    assert_eq!(out.order.seq, 3);
+    assert_eq!(out.order.paid, 14);
+    assert_eq!(out.order.notional, 14_000_000);
+    // reserved ceil(0.6 * 25) = 15, paid 14: the completing fill refunds 1.
+    assert_eq!(out.fills[2].buyer_refund, 1);
+    assert_eq!(out.fills[0].buyer_refund, 0);
+    let a1 = store.order(&m1(), "a1").await.expect("order").expect("a1");
+    assert_eq!(
+        (a1.status, a1.filled, a1.paid),
+        (OrderStatus::PartiallyFilled, 5, 3)
+    );
+    let a2 = store.order(&m1(), "a2").await.expect("order").expect("a2");
+    assert_eq!(
+        (a2.status, a2.paid, a2.notional),
+        (OrderStatus::Filled, 6, 5_500_000)
+    );
+}
+
+async fn trades_execute_at_the_maker_price_and_refund_the_improvement(store: Store) {
+    place(&store, order("ask", 1, Side::Sell, 400_000, 10)).await;
+    let out = place(&store, order("bid", 2, Side::Buy, 700_000, 10)).await;
+    assert_eq!(out.fills.len(), 1);
+    let fill = &out.fills[0];
+    assert_eq!(
+        (fill.price, fill.collateral, fill.buyer_refund),
+        (400_000, 4, 3)
+    );
+    assert_eq!(
+        (fill.buyer.clone(), fill.seller.clone()),
+        (user(2), user(1))
+    );
+    assert_eq!(
+        (fill.buy_order_id.as_str(), fill.sell_order_id.as_str()),
+        ("bid", "ask")
+    );
+    assert_eq!(
+        (fill.maker_order_id.as_str(), fill.taker_order_id.as_str()),
+        ("ask", "bid")
+    );
+    assert_eq!(fill.market_key, m1());
+    assert_eq!(out.order.paid, 4);
+}
+
+async fn a_sell_taker_hits_the_highest_bid_at_its_price(store: Store) {
+    place(&store, order("b1", 1, Side::Buy, 300_000, 5)).await;
+    place(&store, order("b2", 2, Side::Buy, 500_000, 5)).await;
+    let out = place(&store, order("s", 3, Side::Sell, 250_000, 7)).await;
+    let got: Vec<_> = out
+        .fills
+        .iter()
+        .map(|f| (f.maker_order_id.as_str(), f.price, f.amount, f.buyer_refund))
+        .collect();
+    assert_eq!(got, vec![("b2", 500_000, 5, 0), ("b1", 300_000, 2, 0)]);
+    assert_eq!(out.order.paid, 4);
+    let b1 = store.order(&m1(), "b1").await.expect("order").expect("b1");
+    assert_eq!(b1.remaining(), 3);
+}
+
+async fn a_partial_fill_rests_the_remainder(store: Store) {
+    place(&store, order("ask", 1, Side::Sell, 500_000, 4)).await;
+    let out = place(&store, order("bid", 2, Side::Buy, 500_000, 10)).await;
+    assert_eq!(out.order.status, OrderStatus::PartiallyFilled);
+    assert_eq!(out.order.remaining(), 6);
+    let (bids, asks) = store.depth(&m1(), 10).await.expect("depth");
+    assert_eq!(
+        bids,
+        vec![Level {
+            price: 500_000,
+            amount: 6,
+            orders: 1
+        }]
+    );
+    assert!(asks.is_empty());
+}
+
+async fn orders_that_do_not_cross_rest(store: Store) {
+    place(&store, order("ask", 1, Side::Sell, 600_000, 4)).await;
+    let out = place(&store, order("bid", 2, Side::Buy, 590_000, 4)).await;
+    assert!(out.fills.is_empty());
+    assert_eq!(out.order.status, OrderStatus::Open);
+    assert_eq!(store.open_orders(&m1(), None).await.expect("open").len(), 2);
+}
+
+async fn self_trade_cancels_the_resting_order_and_continues(store: Store) {
+    place(&store, order("mine", 1, Side::Sell, 500_000, 5)).await;
+    place(&store, order("theirs", 2, Side::Sell, 510_000, 5)).await;
+    let out = place(&store, order("bid", 1, Side::Buy, 600_000, 5)).await;
+    assert_eq!(out.self_trade_cancelled.len(), 1);
+    assert_eq!(out.self_trade_cancelled[0].order_id, "mine");
+    assert_eq!(out.self_trade_cancelled[0].status, OrderStatus::Cancelled);
+    assert_eq!(out.self_trade_cancelled[0].still_reserved(), 5);
+    assert_eq!(out.fills.len(), 1);
+    assert_eq!(out.fills[0].maker_order_id, "theirs");
+    let mine = store
+        .order(&m1(), "mine")
+        .await
+        .expect("order")
+        .expect("mine");
+    assert_eq!(mine.status, OrderStatus::Cancelled);
+    let (bids, asks) = store.depth(&m1(), 10).await.expect("depth");
+    assert!(bids.is_empty() && asks.is_empty(), "{bids:?} {asks:?}");
+}
+
+async fn rounding_is_cumulative_per_buy_order(store: Store) {
+    place(&store, order("bid", 1, Side::Buy, 500_000, 2)).await;
+    let f1 = place(&store, order("s1", 2, Side::Sell, 500_000, 1))
+        .await
+        .fills;
+    let f2 = place(&store, order("s2", 3, Side::Sell, 500_000, 1))
+        .await
+        .fills;
+    assert_eq!((f1[0].collateral, f2[0].collateral), (1, 0));
+    let bid = store
+        .order(&m1(), "bid")
+        .await
+        .expect("order")
+        .expect("bid");
+    assert_eq!(
+        (bid.paid, bid.notional, bid.status),
+        (1, 1_000_000, OrderStatus::Filled)
+    );
+}
+
+async fn quantities_beyond_two_to_the_53_stay_exact(store: Store) {
+    let big = u64::MAX - 1;
+    place(&store, order("ask1", 1, Side::Sell, 999_999, big / 2)).await;
+    place(&store, order("ask2", 2, Side::Sell, 999_999, big / 2)).await;
+    let bid = order("bid", 3, Side::Buy, 999_999, big);
+    assert_eq!(bid.reserved, 18_446_725_626_965_477_905);
+    let out = place(&store, bid).await;
+    assert_eq!(out.order.status, OrderStatus::Filled);
+    assert_eq!(out.order.filled, big);
+    assert_eq!(out.order.notional, 999_999 * u128::from(big));
+    assert_eq!(out.order.paid, 18_446_725_626_965_477_905);
+    let c: Vec<_> = out.fills.iter().map(|f| f.collateral).collect();
+    assert_eq!(
+        c,
+        vec![9_223_362_813_482_738_953, 9_223_362_813_482_738_952]
+    );
+    assert_eq!(out.fills[1].buyer_refund, 0);
+    let (_, asks) = store.depth(&m1(), 5).await.expect("depth");
+    assert!(asks.is_empty());
+    // A level whose total exceeds u64.
+    place(&store, order("x1", 1, Side::Sell, 5, u64::MAX)).await;
+    place(&store, order("x2", 2, Side::Sell, 5, u64::MAX)).await;
+    let (_, asks) = store.depth(&m1(), 5).await.expect("depth");
+    assert_eq!(
+        asks,
+        vec![Level {
+            price: 5,
+            amount: 2 * u128::from(u64::MAX),
+            orders: 2
+        }]
+    );
+}
+
+async fn cancel_is_owner_only_and_once(store: Store) {
+    place(&store, order("bid", 1, Side::Buy, 500_000, 3)).await;
+    assert_eq!(
+        store
+            .cancel_order(&m1(), "bid", &user(2))
+            .await
+            .expect("store"),
+        Err(CancelError::NotFound)
+    );
+    let cancelled = store
+        .cancel_order(&m1(), "bid", &user(1))
+        .await
+        .expect("store")
+        .expect("owner cancels");
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
+    assert_eq!(cancelled.still_reserved(), 2);
+    assert_eq!(
+        store
+            .cancel_order(&m1(), "bid", &user(1))
+            .await
+            .expect("store"),
+        Err(CancelError::NotOpen(OrderStatus::Cancelled))
+    );
+    let (bids, _) = store.depth(&m1(), 10).await.expect("depth");
+    assert!(bids.is_empty());
+    // A cancelled order no longer matches.
+    let out = place(&store, order("ask", 2, Side::Sell, 100_000, 3)).await;
+    assert!(out.fills.is_empty());
+}
+
+async fn a_filled_order_cannot_be_cancelled(store: Store) {
+    place(&store, order("ask", 1, Side::Sell, 500_000, 3)).await;
+    place(&store, order("bid", 2, Side::Buy, 500_000, 3)).await;
+    assert_eq!(
+        store
+            .cancel_order(&m1(), "ask", &user(1))
+            .await
+            .expect("store"),
+        Err(CancelError::NotOpen(OrderStatus::Filled))
+    );
+}
+
+async fn cancel_in_an_unknown_market_finds_nothing(store: Store) {
+    assert_eq!(
+        store
+            .cancel_order(&market("1:nowhere"), "x", &user(1))
+            .await
+            .expect("store"),
+        Err(CancelError::NotFound)
+    );
+}
+
+async fn orders_are_found_by_market_and_id(store: Store) {
+    let placed = place(&store, order("o1", 1, Side::Sell, 123_456, 9))
+        .await
+        .order;
+    assert_eq!(
+        store.order(&m1(), "o1").await.expect("order"),
+        Some(placed.clone())
+    );
+    assert_eq!(placed.created_at_ms, 1_700_000_000_000);
+    assert_eq!(placed.reserved, 9);
+    assert_eq!(store.order(&m1(), "o2").await.expect("order"), None);
+    assert_eq!(
+        store.order(&market("80002:2"), "o1").await.expect("order"),
+        None
+    );
+}
+
+async fn depth_aggregates_levels_best_first_and_limits_them(store: Store) {
+    for (i, (side, price, amount)) in [
+        (Side::Buy, 400_000, 1),
+        (Side::Buy, 450_000, 2),
+        (Side::Buy, 450_000, 3),
+        (Side::Buy, 300_000, 4),
+        (Side::Sell, 600_000, 5),
+        (Side::Sell, 550_000, 6),
+        (Side::Sell, 700_000, 7),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        place(
+            &store,
+            order(&format!("o{i}"), 1 + i as u8, side, price, amount),
+        )
+        .await;
+    }
+    let lvl = |price, amount, orders| Level {
+        price,
+        amount,
+        orders,
+    };
+    let (bids, asks) = store.depth(&m1(), 2).await.expect("depth");
+    assert_eq!(bids, vec![lvl(450_000, 5, 2), lvl(400_000, 1, 1)]);
+    assert_eq!(asks, vec![lvl(550_000, 6, 1), lvl(600_000, 5, 1)]);
+    // A partial fill lowers its level; a complete one removes the order from it.
+    place(&store, order("t", 20, Side::Sell, 450_000, 3)).await;
+    let (bids, _) = store.depth(&m1(), 10).await.expect("depth");
+    assert_eq!(
+        bids,
+        vec![lvl(450_000, 2, 1), lvl(400_000, 1, 1), lvl(300_000, 4, 1)]
+    );
+    let (bids, asks) = store.depth(&market("80002:9"), 10).await.expect("depth");
+    assert!(bids.is_empty() && asks.is_empty());
+}
+
+async fn open_orders_list_in_arrival_order_optionally_by_user(store: Store) {
+    place(&store, order("a", 1, Side::Sell, 600_000, 5)).await;
+    place(&store, order("b", 2, Side::Buy, 400_000, 5)).await;
+    place(&store, order("c", 1, Side::Buy, 300_000, 5)).await;
+    place(&store, order("d", 3, Side::Sell, 700_000, 5)).await;
+    place(&store, order("e", 2, Side::Buy, 600_000, 2)).await; // partly fills "a"
+    store
+        .cancel_order(&m1(), "d", &user(3))
+        .await
+        .expect("store")
+        .expect("cancel");
+    let ids = |orders: Vec<Order>| orders.into_iter().map(|o| o.order_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.open_orders(&m1(), None).await.expect("open")),
+        vec!["a", "b", "c"]
+    );
+    assert_eq!(
+        ids(store
+            .open_orders(&m1(), Some(&user(1)))
+            .await
+            .expect("open")),
+        vec!["a", "c"]
+    );
+    let open = store
+        .open_orders(&m1(), Some(&user(1)))
+        .await
+        .expect("open");
+    assert_eq!(open[0].status, OrderStatus::PartiallyFilled);
+    assert!(
+        store
+            .open_orders(&market("80002:9"), None)
+            .await
+            .expect("open")
+            .is_empty()
+    );
+}
+
+async fn api_keys_are_found_by_hash_and_revoked_by_id(store: Store) {
+    let record = ApiKeyRecord {
+        key_id: "k1".to_owned(),
+        hash: "ab".repeat(32),
+        user_id: user(1),
+        created_at_ms: 5,
+    };
+    store.put_api_key(record.clone()).await.expect("put");
+    assert_eq!(
+        store.api_key_by_hash(&record.hash).await.expect("get"),
+        Some(record.clone())
+    );
+    assert_eq!(
+        store.api_key_by_hash(&"cd".repeat(32)).await.expect("get"),
+        None
+    );
+    assert!(!store.delete_api_key("nope").await.expect("delete"));
+    assert!(store.delete_api_key("k1").await.expect("delete"));
+    assert_eq!(
+        store.api_key_by_hash(&record.hash).await.expect("get"),
+        None
+    );
+    assert!(!store.delete_api_key("k1").await.expect("delete"));
+}
+
+async fn concurrent_reserves_never_overspend(store: Store) {
+    apply(&store, 1, &[Move::credit(Asset::Collateral, 50)])
+        .await
+        .expect("deposit");
+    let tasks: Vec<_> = (0..120)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .apply_moves(&user(1), &[Move::reserve(Asset::Collateral, 1)])
+                    .await
+                    .expect("store")
+                    .is_ok()
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.expect("task"));
+    }
+    assert_eq!(ok, 50);
+    assert_eq!(
+        store.account(&user(1)).await.expect("account").collateral,
+        bal(0, 50)
+    );
+}
+
+async fn concurrent_claims_have_one_winner(store: Store) {
+    let tasks: Vec<_> = (0..40u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_order_id("same", claim(i, &format!("f{i}")))
+                    .await
+                    .expect("store")
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    let mut seen = BTreeSet::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            ClaimOutcome::Claimed => winners += 1,
+            ClaimOutcome::Existing(c) => {
+                seen.insert(c.fingerprint);
+            }
+        }
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(seen.len(), 1, "every loser sees the one winner: {seen:?}");
+}
+
+async fn concurrent_crossing_orders_never_overfill(store: Store) {
+    let store = Arc::new(store);
+    let tasks: Vec<_> = (0..8u8)
+        .map(|client| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..40u64 {
+                    let side = if (i + u64::from(client)) % 2 == 0 {
+                        Side::Buy
+                    } else {
+                        Side::Sell
+                    };
+                    let price = 450_000 + (i * 7 + u64::from(client) * 13) % 10 * 10_000;
+                    let o = order(
+                        &format!("c{client}-{i}"),
+                        client + 1,
+                        side,
+                        price,
+                        1 + i % 5,
+                    );
+                    store.match_order(o).await.expect("store");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let mut ids = Vec::new();
+    for client in 0..8u8 {
+        for i in 0..40u64 {
+            ids.push(format!("c{client}-{i}"));
+        }
+    }
+    let (mut bought, mut sold) = (0u64, 0u64);
+    let (mut paid, mut received) = (0u64, 0u64);
+    for id in &ids {
+        let o = store
+            .order(&m1(), id)
+            .await
+            .expect("order")
+            .expect("every order is kept");
+        assert!(o.filled <= o.amount, "{id} over-filled: {o:?}");
+        assert_eq!(
+            o.status.is_open(),
+            o.filled < o.amount && o.status != OrderStatus::Cancelled
+        );
+        match o.side {
+            Side::Buy => {
+                bought += o.filled;
+                paid += o.paid;
+                assert!(o.paid <= o.reserved, "{id} paid beyond its reservation");
+            }
+            Side::Sell => {
+                sold += o.filled;
+                received += o.paid;
+            }
+        }
+    }
+    assert_eq!(bought, sold, "every fill has a buyer and a seller");
+    assert_eq!(paid, received, "what buyers pay is what sellers get");
+    assert!(bought > 0, "the orders crossed");
+    // The book never rests a crossed market.
+    let (bids, asks) = store.depth(&m1(), 1).await.expect("depth");
+    if let (Some(b), Some(a)) = (bids.first(), asks.first()) {
+        assert!(b.price < a.price, "crossed book: {b:?} {a:?}");
+    }
+}
+
+/// The whole placement flow over this store: balances move with every fill and nothing is
+/// created or lost.
+async fn the_exchange_keeps_collateral_and_shares_conserved(store: Store) {
+    let exchange = Exchange::new(store);
+    for u in 1..=4 {
+        exchange
+            .deposit(&user(u), Asset::Collateral, 1_000)
+            .await
+            .expect("collateral");
+        exchange
+            .deposit(&user(u), Asset::Shares(m1()), 1_000)
+            .await
+            .expect("shares");
+    }
+    let mut seed = 7u64;
+    let mut placed = Vec::new();
+    for i in 0..120u64 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let u = (seed >> 33) as u8 % 4 + 1;
+        let side = if (seed >> 20).is_multiple_of(2) {
+            Side::Buy
+        } else {
+            Side::Sell
+        };
+        let price = 100_000 + (seed >> 40) % 9 * 100_000 - 1;
+        let amount = 1 + (seed >> 50) % 37;
+        let new = NewOrder {
+            order_id: format!("x{i}"),
+            market_key: m1(),
+            user_id: user(u),
+            side,
+            price,
+            amount,
+        };
+        if exchange.place(new, 1).await.is_ok() {
+            placed.push((format!("x{i}"), user(u)));
+        }
+        if i % 5 == 0
+            && let Some((id, owner)) = placed.get((seed % 7) as usize)
+        {
+            let _ = exchange.cancel(id, owner).await;
+        }
+    }
+    let (mut collateral, mut shares, mut reserved_c, mut reserved_s) = (0u128, 0u128, 0u128, 0u128);
+    for u in 1..=4 {
+        let a = exchange.account(&user(u)).await.expect("account");
+        collateral += a.collateral.available + a.collateral.reserved;
+        reserved_c += a.collateral.reserved;
+        let s = a.balance(&Asset::Shares(m1()));
+        shares += s.available + s.reserved;
+        reserved_s += s.reserved;
+    }
+    assert_eq!(collateral, 4_000, "collateral is conserved");
+    assert_eq!(shares, 4_000, "shares are conserved");
+    let open = exchange.open_orders(&m1(), None).await.expect("open");
+    let still: u128 = open
+        .iter()
+        .filter(|o| o.side == Side::Buy)
+        .map(|o| u128::from(o.still_reserved()))
+        .sum();
+    let still_s: u128 = open
+        .iter()
+        .filter(|o| o.side == Side::Sell)
+        .map(|o| u128::from(o.still_reserved()))
+        .sum();
+    assert_eq!(
+        reserved_c, still,
+        "reserved collateral is what open buys still need"
+    );
+    assert_eq!(
+        reserved_s, still_s,
+        "reserved shares are what open sells still need"
+    );
+}
+
+/// Both backends, fed the same operations through the exchange, answer the same: every
+/// placement, every cancel, every balance and the final book.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_backends_answer_identically() {
+    let memory = Exchange::new(Store::memory());
+    let redis_backend = Backend::redis();
+    let redis = Exchange::new(redis_backend.store.clone());
+    let markets = [m1(), market("80002:2")];
+    for ex in [&memory, &redis] {
+        for u in 1..=5 {
+            ex.deposit(&user(u), Asset::Collateral, 5_000)
+                .await
+                .expect("deposit");
+            for m in &markets {
+                ex.deposit(&user(u), Asset::Shares(m.clone()), 3_000)
+                    .await
+                    .expect("deposit");
+            }
+        }
+    }
+    let mut seed = 42u64;
+    for i in 0..300u64 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let u = user((seed >> 33) as u8 % 5 + 1);
+        let m = markets[((seed >> 13) % 2) as usize].clone();
+        let id = if (seed >> 7).is_multiple_of(11) && i > 0 {
+            format!("o{}", (seed >> 17) % i) // a repeat or a conflicting reuse of an id
+        } else {
+            format!("o{i}")
+        };
+        let new = NewOrder {
+            order_id: id.clone(),
+            market_key: m,
+            user_id: u.clone(),
+            side: if (seed >> 21).is_multiple_of(2) {
+                Side::Buy
+            } else {
+                Side::Sell
+            },
+            price: 1 + (seed >> 24) % 999_999 / 50_000 * 50_000 + (seed >> 45) % 3,
+            amount: 1 + (seed >> 50) % 400,
+        };
+        let a = memory
+            .place(new.clone(), i)
+            .await
+            .map_err(|e| e.to_string());
+        let b = redis.place(new, i).await.map_err(|e| e.to_string());
+        assert_eq!(a, b, "placement {i} ({id})");
+        if (seed >> 3).is_multiple_of(6) {
+            let victim = format!("o{}", (seed >> 9) % (i + 1));
+            let a = memory.cancel(&victim, &u).await.map_err(|e| e.to_string());
+            let b = redis.cancel(&victim, &u).await.map_err(|e| e.to_string());
+            assert_eq!(a, b, "cancel of {victim} by {u}");
+        }
+    }
+    for u in 1..=5 {
+        assert_eq!(
+            memory.account(&user(u)).await.expect("account"),
+            redis.account(&user(u)).await.expect("account"),
+            "account of user {u}"
+        );
+    }
+    for m in &markets {
+        assert_eq!(
+            memory.depth(m, 500).await.expect("depth"),
+            redis.depth(m, 500).await.expect("depth")
+        );
+        assert_eq!(
+            memory.open_orders(m, None).await.expect("open"),
+            redis.open_orders(m, None).await.expect("open")
+        );
+    }
+}
