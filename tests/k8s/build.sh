@@ -4,6 +4,7 @@
 # the versions and the recipe, and prints that bin folder as the last line of stdout.
 #
 #   tests/k8s/build.sh            # build if missing, print the bin dir
+#   tests/k8s/build.sh --dir      # print the bin dir only
 #   FORESIGHT_K8S_CACHE=/x tests/k8s/build.sh
 #
 # Go is used for these test binaries only. A cold build takes tens of minutes on two cores;
@@ -13,6 +14,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache_root="${FORESIGHT_K8S_CACHE:-$HOME/.cache/foresight-k8s}"
 
+# Bump when the build flags below change, so the cache key changes with them.
+recipe_rev=1
+
 export PATH="/usr/local/go/bin:$PATH"
 export GOTOOLCHAIN=local
 export GOFLAGS=-trimpath
@@ -20,8 +24,11 @@ export CGO_ENABLED=0
 
 say() { printf '[k8s-build] %s\n' "$*" >&2; }
 
-if ! command -v go >/dev/null 2>&1; then
-    say "go is not installed (looked in PATH and /usr/local/go/bin); it is needed once to build the test binaries"
+# GO names the go command to use (default: go from PATH or /usr/local/go/bin).
+go="${GO:-go}"
+if ! command -v "$go" >/dev/null 2>&1; then
+    say "Go ('$go') is not installed (looked in PATH and /usr/local/go/bin); it is needed once"
+    say "to build the test binaries: install Go >= 1.26, then rerun tests/k8s/build.sh"
     exit 2
 fi
 
@@ -33,7 +40,7 @@ mod_version() { # module-dir module-path
 kube_version="$(mod_version kube k8s.io/kubernetes)"
 etcd_version="$(mod_version etcd go.etcd.io/etcd/server/v3)"
 helm_version="$(mod_version helm helm.sh/helm/v3)"
-go_version="$(go env GOVERSION)"
+go_version="$("$go" env GOVERSION)"
 for v in kube_version etcd_version helm_version; do
     if [[ -z "${!v}" ]]; then
         say "could not read $v from the go.mod files under $here"
@@ -43,12 +50,19 @@ done
 
 # NB: the recipe hash covers go.mod, go.sum and the etcd main, so a bumped dependency gets a
 # fresh folder instead of silently reusing stale binaries.
-recipe_hash="$(cat "$here"/kube/go.mod "$here"/kube/go.sum "$here"/etcd/go.mod "$here"/etcd/go.sum \
-    "$here"/etcd/main.go "$here"/helm/go.mod "$here"/helm/go.sum | sha256sum | cut -c1-12)"
+recipe_hash="$({ echo "$recipe_rev"; cat "$here"/kube/go.mod "$here"/kube/go.sum "$here"/etcd/go.mod "$here"/etcd/go.sum \
+    "$here"/etcd/main.go "$here"/helm/go.mod "$here"/helm/go.sum; } | sha256sum | cut -c1-12)"
 key="k8s-${kube_version}_etcd-${etcd_version}_helm-${helm_version}_${go_version}_${recipe_hash}"
 dir="$cache_root/$key"
 bin="$dir/bin"
 bins=(kube-apiserver kube-controller-manager kubectl etcd helm)
+
+# `--dir` only prints where the binaries go (for CI caches), building nothing.
+if [[ "${1:-}" == "--dir" ]]; then
+    printf '%s
+' "$bin"
+    exit 0
+fi
 
 complete() {
     [[ -f "$dir/.complete" ]] || return 1
@@ -90,10 +104,10 @@ build() { # label module-dir ldflags packages...
     shift 3
     local t0=$SECONDS
     say "$label: downloading modules"
-    (cd "$here/$mod" && go mod download)
+    (cd "$here/$mod" && "$go" mod download)
     say "$label: compiling $*"
     # -v lists packages as they are compiled (on stderr); keep them for the progress counter.
-    if ! (cd "$here/$mod" && go build -v -ldflags="-s -w $ldflags" -o "$staging/" "$@" 2>&1) | progress "$label"; then
+    if ! (cd "$here/$mod" && "$go" build -v -ldflags="-s -w $ldflags" -o "$staging/" "$@" 2>&1) | progress "$label"; then
         say "$label: go build failed; rerun with: cd $here/$mod && go build -v $*"
         exit 1
     fi

@@ -173,6 +173,24 @@ impl TestEnv {
     }
 }
 
+impl Drop for TestEnv {
+    /// On an external cluster, removes the namespace of a test that passed (a failed test's
+    /// namespace stays for inspection). A local control plane goes away as a whole.
+    fn drop(&mut self) {
+        if !self.control_plane.is_external() || std::thread::panicking() {
+            return;
+        }
+        let deleted = self
+            .control_plane
+            .kubectl()
+            .args(["delete", "namespace", &self.namespace, "--wait=false"])
+            .output();
+        if let Err(error) = deleted {
+            eprintln!("could not delete namespace {}: {error}", self.namespace);
+        }
+    }
+}
+
 /// Polls `check` until it yields `Some`, or fails naming `what` after `timeout`.
 ///
 /// For conditions a watch can express, prefer `kube::runtime::wait::await_condition`.
