@@ -2,11 +2,22 @@
 //!
 //! # Layout
 //! - [`Error`] and [`Result`]: the one error type of the operator.
-//! - `crd` (coming with the RelayerDeployment API): the custom resource types.
-//! - `controller`, `resources/`, `rollout`, `gates`: reconciliation, child builders, the
-//!   blue-green state machine and the health gates (later issues).
-//!
-//! Today the package is a compiling skeleton: the binary parses its arguments and exits.
+//! - [`crd`]: the `RelayerDeployment` API types (spec, status, schema and CEL rules).
+//! - [`resources`]: pure builders of every child object from a `RelayerDeployment`.
+//! - [`controller`]: the kube-runtime `Controller`, its `Context`, reconcile and status.
+//! - [`controller::leader`]: Lease-based leader election, so two replicas never both act.
+//! - [`metrics`]: Prometheus metrics of the reconciler; [`telemetry`]: logging setup and the
+//!   `/metrics`, `/health` and `/ready` server.
+//! - `rollout` and `gates` (next issue): the blue-green state machine and the health gates. The
+//!   stable-state reconcile in [`controller`] is where the rollout plan slots in.
+
+#![forbid(unsafe_code)]
+
+pub mod controller;
+pub mod crd;
+pub mod metrics;
+pub mod resources;
+pub mod telemetry;
 
 /// Errors of the operator.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +25,24 @@ pub enum Error {
     /// A call to the Kubernetes API failed.
     #[error("kubernetes api: {0}")]
     Kube(#[source] kube::Error),
+    /// The object cannot be reconciled as written (e.g. an invalid relayer config).
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// A child object could not be serialized or rendered.
+    #[error("rendering {what}: {source}")]
+    Render {
+        /// Which object or document.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The relayer config could not be rendered to YAML.
+    #[error("rendering the relayer config: {0}")]
+    Yaml(#[source] serde_yaml::Error),
+    /// An object the API server returned lacks a field every such object has.
+    #[error("missing {0}")]
+    Missing(&'static str),
 }
 
 impl Error {
@@ -21,7 +50,17 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::Render { .. } => "render",
+            Error::Yaml(_) => "yaml",
+            Error::Missing(_) => "missing",
         }
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(error: kube::Error) -> Self {
+        Error::Kube(error)
     }
 }
 

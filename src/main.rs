@@ -1,6 +1,18 @@
-//! `relayer-operator`: the operator binary (skeleton until the RelayerDeployment API lands).
+//! `relayer-operator`: parses its arguments, then runs the RelayerDeployment controller while
+//! it holds the leader Lease, with `/metrics`, `/health` and `/ready` on the side.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::Parser;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use relayer_operator::controller::{self, leader};
+use relayer_operator::metrics::{Metrics, RequestLabels};
+use relayer_operator::telemetry::{self, Health};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// Command-line arguments of the operator.
 #[derive(Debug, Parser)]
@@ -9,13 +21,165 @@ struct Args {
     /// Log filter, e.g. `info` or `relayer_operator=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "LOG_JSON")]
+    log_json: bool,
+    /// Namespace to watch; all namespaces when absent.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the `/metrics`, `/health` and `/ready` server.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: String,
+    /// Run only while holding the leader Lease (turn off for a single local instance).
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "relayer-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Seconds a leader that stopped renewing keeps the Lease.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Identity in the Lease; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds between resyncs of a converged RelayerDeployment.
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
-        .init();
-    tracing::info!("relayer-operator skeleton: no controllers are wired yet");
+    telemetry::init_logging(&args.log, args.log_json);
+
+    let metrics = Arc::new(Metrics::default());
+    let client = client(&metrics).await?;
+    let health = Health::new(metrics.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let listener = TcpListener::bind(&args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /health and /ready");
+    let server = tokio::spawn(telemetry::serve(
+        listener,
+        health.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
+    let config = controller::Config {
+        namespace: args.namespace.clone(),
+        resync: Duration::from_secs(args.resync_seconds),
+        ..controller::Config::default()
+    };
+
+    let mut exit_code = 0;
+    if args.leader_election {
+        let identity = args
+            .identity
+            .clone()
+            .unwrap_or_else(|| format!("relayer-operator-{}", std::process::id()));
+        let timing =
+            leader::Timing::from_lease_duration(Duration::from_secs(args.lease_duration_seconds));
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
+        let mut elector = leader::Elector::new(leases, &args.lease_name, &identity, timing);
+        health.set_ready(true);
+        tracing::info!(%identity, lease = %args.lease_name, "waiting for the leader lease");
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = stopped(stop_rx.clone()) => {
+                server.await??;
+                return Ok(());
+            }
+        }
+        tracing::info!(%identity, "leading");
+        metrics.leader.set(1);
+        // NB: the receiver only keeps the channel open; losing the Lease ends `keep_renewing`.
+        let (leading_tx, _leading_rx) = watch::channel(true);
+        let lost = tokio::select! {
+            () = controller::run(client.clone(), config, metrics.clone(), stopped(stop_rx.clone())) => false,
+            // Dropping the controller here aborts reconciles in flight: a leader that could not
+            // renew must stop acting before anyone else may take over.
+            () = elector.keep_renewing(leading_tx) => true,
+        };
+        metrics.leader.set(0);
+        if lost {
+            tracing::error!("lost the leader lease; exiting so a restart re-joins the election");
+            exit_code = 1;
+        } else if let Err(error) = elector.release().await {
+            tracing::warn!(%error, "releasing the leader lease");
+        }
+    } else {
+        health.set_ready(true);
+        controller::run(client, config, metrics, stopped(stop_rx.clone())).await;
+    }
+    health.set_ready(false);
+    if exit_code != 0 {
+        std::process::exit(exit_code);
+    }
+    server.await??;
     Ok(())
+}
+
+/// A client whose every request is counted in `relayer_operator_api_requests_total`.
+async fn client(metrics: &Arc<Metrics>) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("no kubeconfig or in-cluster config")?;
+    let counter = metrics.api_requests.clone();
+    let layer =
+        tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+            counter
+                .get_or_create(&RequestLabels {
+                    method: request.method().to_string(),
+                })
+                .inc();
+            request
+        });
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("building the Kubernetes client")?
+        .with_layer(&layer)
+        .build();
+    Ok(client)
+}
+
+/// Completes once `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "listening for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "listening for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
 }
