@@ -256,6 +256,51 @@ async fn pods_wait_for_their_readiness_gates_and_ready_pods_fill_endpoint_slices
 }
 
 #[tokio::test]
+async fn the_simulator_schedules_only_pods_whose_node_selector_the_fake_node_matches() {
+    let env = TestEnv::new("node-selector").await;
+    if env.control_plane.is_external() {
+        eprintln!("not applicable against KUBECONFIG_TEST: a real scheduler places pods there");
+        return;
+    }
+    let pods = env.api::<Pod>();
+    let pod = |name: &str, selector: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": {
+                "nodeSelector": selector,
+                "containers": [{ "name": "main", "image": pod_image() }],
+            },
+        }))
+        .expect("pod fixture")
+    };
+    // NB: created in this order, so by the time the simulator has run the second pod (one
+    // watch stream, in order) it has already decided about the first.
+    pods.create(
+        &PostParams::default(),
+        &pod("unschedulable", json!({ "disktype": "ssd" })),
+    )
+    .await
+    .expect("create unschedulable pod");
+    pods.create(
+        &PostParams::default(),
+        &pod("schedulable", json!({ "kubernetes.io/os": "linux" })),
+    )
+    .await
+    .expect("create schedulable pod");
+    let running = await_condition(pods.clone(), "schedulable", conditions::is_pod_running());
+    tokio::time::timeout(SETTLE, running)
+        .await
+        .expect("schedulable pod running in time")
+        .expect("watch the pod");
+
+    let pending = pods.get("unschedulable").await.expect("get pod");
+    let spec = pending.spec.expect("pod spec");
+    assert_eq!(spec.node_name, None, "no node matches disktype=ssd");
+    let phase = pending.status.and_then(|s| s.phase);
+    assert_eq!(phase.as_deref(), Some("Pending"));
+}
+
+#[tokio::test]
 async fn kubectl_lists_objects_through_the_written_kubeconfig() {
     let env = TestEnv::new("kubectl").await;
     let config_map: ConfigMap = from_yaml("metadata: { name: listed-by-kubectl }\ndata: { a: b }");

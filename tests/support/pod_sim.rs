@@ -1,7 +1,8 @@
 //! The pod simulator: a kubelet and scheduler stand-in for a control plane without a container
 //! runtime.
 //!
-//! It keeps one fake Node Ready, binds unscheduled pods to it (there is no kube-scheduler), and
+//! It keeps one fake Node Ready, binds unscheduled pods whose nodeSelector it matches to it
+//! (there is no kube-scheduler; affinity is not modelled, and the node has no taints), and
 //! gives each bound pod a workload from a [`PodBackend`]: the default [`FakeBackend`] runs
 //! nothing and hands out addresses from 198.18.0.0/15 (RFC 2544's benchmarking range, routed
 //! nowhere; nothing in the harness ever connects to them). The pod then reports Running, and
@@ -13,7 +14,7 @@
 //! A later test can back chosen pods by a real local process by registering its own
 //! [`PodBackend`] with [`PodSimulator::register`]: the first backend that claims a pod runs it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
@@ -139,15 +140,7 @@ impl PodSimulator {
         };
         let nodes: Api<Node> = Api::all(client.clone());
         let node: Node = serde_json::from_value(json!({
-            "metadata": {
-                "name": NODE_NAME,
-                "labels": {
-                    "kubernetes.io/hostname": NODE_NAME,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64",
-                    "foresight.dev/simulated": "true",
-                },
-            },
+            "metadata": { "name": NODE_NAME, "labels": node_labels() },
         }))?;
         match nodes.create(&PostParams::default(), &node).await {
             Ok(_) => {}
@@ -162,6 +155,7 @@ impl PodSimulator {
             sim: sim.clone(),
             pods: Api::all(client),
             running: HashMap::new(),
+            listed: None,
             resync_tx,
         };
         tokio::spawn(runner.run(resync_rx));
@@ -240,6 +234,9 @@ struct Runner {
     pods: Api<Pod>,
     /// Keyed by pod UID.
     running: HashMap<String, Running>,
+    /// UIDs seen during a (re-)list; pods missing from it were deleted while the watch was
+    /// down, which no Delete event reports.
+    listed: Option<HashSet<String>>,
     /// Readiness followers send a pod UID here when its backend's readiness changed.
     resync_tx: mpsc::UnboundedSender<String>,
 }
@@ -251,11 +248,16 @@ impl Runner {
         loop {
             tokio::select! {
                 event = stream.next() => match event {
-                    Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
+                    Some(Ok(watcher::Event::Apply(pod))) => self.on_pod(pod).await,
+                    Some(Ok(watcher::Event::InitApply(pod))) => {
+                        if let (Some(listed), Some(uid)) = (self.listed.as_mut(), pod.uid()) {
+                            listed.insert(uid);
+                        }
                         self.on_pod(pod).await;
                     }
                     Some(Ok(watcher::Event::Delete(pod))) => self.on_gone(pod).await,
-                    Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
+                    Some(Ok(watcher::Event::Init)) => self.listed = Some(HashSet::new()),
+                    Some(Ok(watcher::Event::InitDone)) => self.forget_unlisted().await,
                     Some(Err(error)) => {
                         eprintln!("[pod-sim] pod watch error (retrying): {error}");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -290,7 +292,9 @@ impl Runner {
         let deleting = pod.metadata.deletion_timestamp.is_some();
 
         match spec.node_name.as_deref() {
-            None | Some("") if !deleting => return bind(&api, &pod).await,
+            // Like a scheduler, leave pods Pending whose nodeSelector the node does not match.
+            None | Some("") if !deleting && fits_node(&pod) => return bind(&api, &pod).await,
+            None | Some("") => return Ok(()),
             Some(NODE_NAME) => {}
             _ => return Ok(()),
         }
@@ -384,6 +388,21 @@ impl Runner {
         Ok(())
     }
 
+    async fn forget_unlisted(&mut self) {
+        let Some(listed) = self.listed.take() else {
+            return;
+        };
+        let gone: Vec<Pod> = self
+            .running
+            .iter()
+            .filter(|(uid, _)| !listed.contains(*uid))
+            .map(|(_, running)| running.pod.clone())
+            .collect();
+        for pod in gone {
+            self.on_gone(pod).await;
+        }
+    }
+
     async fn on_gone(&mut self, pod: Pod) {
         let uid = pod.uid().unwrap_or_default();
         // Force-deleted without a grace period: stop the workload anyway.
@@ -393,6 +412,29 @@ impl Runner {
             running.backend.stop(&pod, Duration::ZERO).await;
         }
     }
+}
+
+/// The fake node's labels.
+fn node_labels() -> BTreeMap<String, String> {
+    [
+        ("kubernetes.io/hostname", NODE_NAME),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", "amd64"),
+        ("foresight.dev/simulated", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Whether the pod's nodeSelector matches the fake node (affinity and taints are not
+/// modelled: the node has no taints and every affinity is taken as satisfied).
+fn fits_node(pod: &Pod) -> bool {
+    let labels = node_labels();
+    pod.spec
+        .as_ref()
+        .and_then(|spec| spec.node_selector.as_ref())
+        .is_none_or(|selector| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 async fn bind(api: &Api<Pod>, pod: &Pod) -> anyhow::Result<()> {
