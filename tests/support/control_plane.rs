@@ -117,13 +117,20 @@ impl ControlPlane {
         command
     }
 
-    /// Log tails of every component that is no longer running, for failure messages.
+    /// The pod simulator's latest notes and the log tails of every component that is no
+    /// longer running, for failure messages.
     pub fn diagnose(&self) -> String {
         let mut processes = match self.processes.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         let mut out = String::new();
+        let sim_log = self.work_dir.join("logs").join("pod-sim.log");
+        if let Ok(text) = std::fs::read_to_string(&sim_log) {
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            out += &format!("\npod simulator notes (last 20):\n{}", tail.join("\n"));
+        }
         for process in processes.iter_mut() {
             if let Some(status) = process.exit_status() {
                 out += &format!(
@@ -317,7 +324,7 @@ async fn start() -> anyhow::Result<ControlPlane> {
     wait_for_controller_manager(&client, &mut processes).await?;
     let kcm_took = t_kcm.elapsed();
 
-    let simulator = PodSimulator::start(client).await?;
+    let simulator = PodSimulator::start(client, logs.join("pod-sim.log")).await?;
     let started_in = began.elapsed();
     eprintln!(
         "[k8s] control plane ready in {:.1}s (etcd {:.1}s, kube-apiserver {:.1}s, \

@@ -17,9 +17,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -30,6 +31,29 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
+
+/// Where the simulator's notes go (set once by [`PodSimulator::start`]).
+static LOG: OnceLock<PathBuf> = OnceLock::new();
+
+/// Appends a line to the simulator's log file (stderr would land in whichever test's captured
+/// output happens to own the harness thread).
+fn note(message: &str) {
+    let line = format!("{} {message}\n", k8s_openapi::jiff::Timestamp::now());
+    let written = LOG.get().map(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()))
+    });
+    if !matches!(written, Some(Ok(()))) {
+        eprint!("[pod-sim] {line}");
+    }
+}
+
+macro_rules! note {
+    ($($arg:tt)*) => { note(&format!($($arg)*)) };
+}
 
 /// The fake node every simulated pod runs on.
 pub const NODE_NAME: &str = "foresight-sim-node";
@@ -132,9 +156,11 @@ impl PodSimulator {
             .unwrap_or_else(|| Arc::new(FakeBackend::default()))
     }
 
-    /// Creates the fake node and waits until it is Ready, then spawns the simulator's tasks on
-    /// the current runtime (which must outlive the tests: the harness keeps its own).
-    pub async fn start(client: Client) -> anyhow::Result<Self> {
+    /// Creates the fake node and marks it Ready, then spawns the simulator's tasks on the
+    /// current runtime (which must outlive the tests: the harness keeps its own). Notes about
+    /// failed API calls go to `log`.
+    pub async fn start(client: Client, log: PathBuf) -> anyhow::Result<Self> {
+        let _ = LOG.set(log);
         let sim = Self {
             backends: Arc::new(RwLock::new(vec![Arc::new(FakeBackend::default())])),
         };
@@ -209,7 +235,7 @@ async fn heartbeat(nodes: Api<Node>) {
     loop {
         tokio::time::sleep(NODE_HEARTBEAT).await;
         if let Err(error) = patch_node_ready(&nodes).await {
-            eprintln!("[pod-sim] node heartbeat failed: {error}");
+            note!("node heartbeat failed: {error}");
         }
     }
 }
@@ -259,7 +285,7 @@ impl Runner {
                     Some(Ok(watcher::Event::Init)) => self.listed = Some(HashSet::new()),
                     Some(Ok(watcher::Event::InitDone)) => self.forget_unlisted().await,
                     Some(Err(error)) => {
-                        eprintln!("[pod-sim] pod watch error (retrying): {error}");
+                        note!("pod watch error (retrying): {error}");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     None => return,
@@ -278,7 +304,7 @@ impl Runner {
         let ns = pod.namespace().unwrap_or_default();
         let result = self.reconcile(pod).await;
         if let Err(error) = result {
-            eprintln!("[pod-sim] pod {ns}/{name}: {error:#}");
+            note!("pod {ns}/{name}: {error:#}");
         }
     }
 
@@ -368,7 +394,7 @@ impl Runner {
             )
             .await
         {
-            eprintln!("[pod-sim] marking {} not ready: {error}", pod.name_any());
+            note!("marking {} not ready: {error}", pod.name_any());
         }
         let grace = Duration::from_secs(
             pod.metadata
@@ -382,7 +408,7 @@ impl Runner {
         tokio::spawn(async move {
             backend.stop(&pod, grace).await;
             if let Err(error) = final_delete(&api, &pod).await {
-                eprintln!("[pod-sim] final delete of {}: {error:#}", pod.name_any());
+                note!("final delete of {}: {error:#}", pod.name_any());
             }
         });
         Ok(())
