@@ -22,7 +22,7 @@ use kube::api::{
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
 
-use support::pod_sim::NODE_NAME;
+use support::pod_sim::{BoxFuture, NODE_NAME, PodBackend, Started};
 use support::{TestEnv, expect_forbidden, from_yaml, wait_for};
 
 /// Upper bound for anything the controllers do; on a warm machine it takes seconds.
@@ -298,6 +298,108 @@ async fn the_simulator_schedules_only_pods_whose_node_selector_the_fake_node_mat
     assert_eq!(spec.node_name, None, "no node matches disktype=ssd");
     let phase = pending.status.and_then(|s| s.phase);
     assert_eq!(phase.as_deref(), Some("Pending"));
+}
+
+/// A backend like the one a later test will use to run a real relayer for a chosen pod: it
+/// claims the pods of one namespace, gives them its own address, and reports readiness when
+/// told to.
+struct ScriptedBackend {
+    namespace: String,
+    ip: IpAddr,
+    ready: tokio::sync::watch::Sender<bool>,
+    stopped: std::sync::Mutex<Vec<(String, Duration)>>,
+}
+
+impl PodBackend for ScriptedBackend {
+    fn claims(&self, pod: &Pod) -> bool {
+        pod.namespace().as_deref() == Some(self.namespace.as_str())
+    }
+
+    fn start(&self, _pod: &Pod) -> BoxFuture<anyhow::Result<Started>> {
+        let started = Started {
+            ip: self.ip,
+            ready: self.ready.subscribe(),
+        };
+        Box::pin(async move { Ok(started) })
+    }
+
+    fn stop(&self, pod: &Pod, grace: Duration) -> BoxFuture<()> {
+        if let Ok(mut stopped) = self.stopped.lock() {
+            stopped.push((pod.name_any(), grace));
+        }
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn a_registered_backend_decides_a_pods_address_readiness_and_stop() {
+    let env = TestEnv::new("backend-hook").await;
+    let Some(simulator) = env.control_plane.simulator() else {
+        eprintln!("not applicable against KUBECONFIG_TEST: kubelets run pods there");
+        return;
+    };
+    let backend = std::sync::Arc::new(ScriptedBackend {
+        namespace: env.namespace.clone(),
+        // Inside the simulator's range, which nothing contacts.
+        ip: "198.19.255.7".parse().expect("address"),
+        ready: tokio::sync::watch::channel(false).0,
+        stopped: std::sync::Mutex::new(Vec::new()),
+    });
+    simulator.register(backend.clone());
+
+    let pods = env.api::<Pod>();
+    let pod: Pod = from_yaml(&format!(
+        "metadata: {{ name: backed }}\n\
+         spec: {{ terminationGracePeriodSeconds: 7, containers: [{{ name: main, image: {} }}] }}",
+        pod_image()
+    ));
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    let ready_is = |want: bool| {
+        move |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref())
+                .filter(|s| s.pod_ip.as_deref() == Some("198.19.255.7"))
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+                .is_some_and(|c| c.status == if want { "True" } else { "False" })
+        }
+    };
+    tokio::time::timeout(
+        SETTLE,
+        await_condition(pods.clone(), "backed", ready_is(false)),
+    )
+    .await
+    .expect("running with the backend's address, not ready, in time")
+    .expect("watch the pod");
+
+    backend.ready.send_replace(true);
+    tokio::time::timeout(
+        SETTLE,
+        await_condition(pods.clone(), "backed", ready_is(true)),
+    )
+    .await
+    .expect("ready once the backend says so")
+    .expect("watch the pod");
+
+    let uid = pods
+        .get("backed")
+        .await
+        .expect("get pod")
+        .uid()
+        .expect("uid");
+    pods.delete("backed", &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    tokio::time::timeout(
+        SETTLE,
+        await_condition(pods.clone(), "backed", conditions::is_deleted(&uid)),
+    )
+    .await
+    .expect("pod removed after its backend stopped")
+    .expect("watch the pod");
+    let stopped = backend.stopped.lock().expect("stop log").clone();
+    assert_eq!(stopped, vec![("backed".to_owned(), Duration::from_secs(7))]);
 }
 
 #[tokio::test]
