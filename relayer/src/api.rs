@@ -52,7 +52,12 @@ impl FromRequestParts<AppState> for ApiUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let key = bearer(parts)?;
-        match state.exchange().authenticate(key).await? {
+        // NB: the rate limiter has usually resolved the key already.
+        let resolved = match parts.extensions.get::<crate::ratelimit::ResolvedUser>() {
+            Some(r) => r.0.clone(),
+            None => state.exchange().authenticate(key).await?,
+        };
+        match resolved {
             Some(user) => Ok(ApiUser(user)),
             None => Err(ApiError::unauthorized("unknown or revoked API key")),
         }

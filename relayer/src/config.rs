@@ -58,6 +58,8 @@ pub struct RelayerConfig {
     pub log: LogConfig,
     /// Deliberate faults for game days and tests; off by default.
     pub fault_injection: FaultInjectionConfig,
+    /// The tiered sliding-window rate limiter.
+    pub rate_limit: crate::ratelimit::config::RateLimitConfig,
 }
 
 /// The Redis store.
@@ -167,6 +169,7 @@ impl Default for RelayerConfig {
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
             fault_injection: FaultInjectionConfig::default(),
+            rate_limit: crate::ratelimit::config::RateLimitConfig::default(),
         }
     }
 }
@@ -381,6 +384,9 @@ impl RelayerConfig {
         if self.log.filter.trim().is_empty() {
             return Err(invalid("log.filter", "must not be empty"));
         }
+        self.rate_limit
+            .validate()
+            .map_err(|(key, message)| invalid(&format!("rateLimit.{key}"), message))?;
         let f = &self.fault_injection;
         if !(0.0..=1.0).contains(&f.error_rate) {
             return Err(invalid(

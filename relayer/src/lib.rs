@@ -10,10 +10,13 @@
 //! - [`store`]: where state lives, as atomic single-slot operations; in-memory backend.
 //! - [`exchange`]: the use cases (place, cancel, deposit, …) as sequences of store steps.
 //! - [`api`]: routes, bodies, authentication; [`error`]: the JSON error type and extractors.
+//! - [`ratelimit`]: the tiered sliding-window rate limiter (its `config` is built without the
+//!   `server` feature too).
 //! - [`metrics`]: Prometheus metrics; [`server`]: state, router, graceful shutdown.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod ratelimit;
 
 #[cfg(feature = "server")]
 pub mod api;

@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, store = store.backend(), admin = config.admin_token.is_some(), "relayer listening");
-    let state = relayer::AppState::new(config, store);
+    let state = relayer::AppState::new(config, store)?;
     relayer::serve(listener, state, relayer::shutdown_signal()).await?;
     tracing::info!("relayer stopped");
     Ok(())

@@ -24,7 +24,18 @@ use crate::config::RelayerConfig;
 use crate::error::ApiError;
 use crate::exchange::Exchange;
 use crate::metrics::{self as http_metrics, Metrics};
+use crate::ratelimit::store::{CounterStore, MemoryCounters, RedisCounters, SystemClock};
+use crate::ratelimit::{self, Limiter};
 use crate::store::Store;
+
+/// Keys the in-memory limiter keeps at most (about 200 bytes each): a flood of distinct client
+/// addresses evicts idle and then least recently used keys instead of growing without bound.
+const MEMORY_LIMITER_KEYS: usize = 100_000;
+
+/// Why the application state could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("rate limiter: {0}")]
+pub struct StateError(#[source] ratelimit::store::StoreFailure);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -66,19 +77,73 @@ struct StateInner {
     exchange: Exchange,
     metrics: Metrics,
     lifecycle: Lifecycle,
+    limiter: Option<Limiter>,
 }
 
 impl AppState {
-    /// State over `store` with `config` (assumed validated).
-    pub fn new(config: RelayerConfig, store: Store) -> Self {
+    /// State over `store` with `config` (assumed validated). The rate limiter keeps its
+    /// counters in `rateLimit.redisUrl`, else in `redisUrl`, else in memory.
+    pub fn new(config: RelayerConfig, store: Store) -> Result<Self, StateError> {
+        let mut metrics = Metrics::default();
+        let limits = &config.rate_limit;
+        let limiter = if limits.enabled {
+            let counters: Arc<dyn CounterStore> =
+                match limits.redis_url.as_ref().or(config.redis_url.as_ref()) {
+                    Some(url) => Arc::new(
+                        RedisCounters::connect(
+                            url,
+                            &config.redis.key_prefix,
+                            Duration::from_millis(config.redis.command_timeout_ms),
+                        )
+                        .map_err(StateError)?,
+                    ),
+                    None => Arc::new(MemoryCounters::new(
+                        MEMORY_LIMITER_KEYS,
+                        Arc::new(SystemClock),
+                    )),
+                };
+            Some(Limiter::new(
+                limits.clone(),
+                counters,
+                metrics.registry_mut(),
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            inner: Arc::new(StateInner {
+                config,
+                exchange: Exchange::new(store),
+                metrics,
+                lifecycle: Lifecycle::default(),
+                limiter,
+            }),
+        })
+    }
+
+    /// State with an explicit limiter (or none), for tests and benchmarks of the limiter.
+    pub fn with_limiter(
+        config: RelayerConfig,
+        store: Store,
+        counters: Option<Arc<dyn CounterStore>>,
+    ) -> Self {
+        let mut metrics = Metrics::default();
+        let limiter =
+            counters.map(|c| Limiter::new(config.rate_limit.clone(), c, metrics.registry_mut()));
         Self {
             inner: Arc::new(StateInner {
                 config,
                 exchange: Exchange::new(store),
-                metrics: Metrics::default(),
+                metrics,
                 lifecycle: Lifecycle::default(),
+                limiter,
             }),
         }
+    }
+
+    /// The rate limiter, when enabled.
+    pub fn limiter(&self) -> Option<&Limiter> {
+        self.inner.limiter.as_ref()
     }
 
     /// The configuration.
@@ -109,6 +174,13 @@ pub fn app(state: AppState) -> Router {
     if config.fault_injection.error_rate > 0.0 || config.fault_injection.added_latency_ms > 0 {
         business =
             business.route_layer(middleware::from_fn_with_state(state.clone(), inject_faults));
+    }
+    // NB: outside fault injection, so injected faults are rate limited like real work.
+    if state.limiter().is_some() {
+        business = business.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ));
     }
     let mut router = business.merge(api::ops_routes());
     if config.admin_token.is_some() {

@@ -1,0 +1,266 @@
+//! Sliding-window arithmetic: pure, clock passed in.
+//!
+//! # Algorithm: bucketed sliding window, counted conservatively
+//!
+//! A window of `W` ms is split into `N` buckets of `w = ceil(W / N)` ms. Bucket `i` holds the
+//! requests admitted in `[i·w, (i+1)·w)`. At time `t`, with `b = floor(t / w)`, the estimate is
+//! the sum of buckets `b-N ..= b`, which cover `[(b-N)·w, (b+1)·w)`, a superset of the exact
+//! sliding window `(t-W, t]`. A request is admitted when `estimate + 1 <= L`.
+//!
+//! Guarantees, against an exact sliding log of window `W`:
+//! - **Never more than `L` in any window of length `W`**: the estimate is never below the exact
+//!   count, so there is no over-admission at all, boundary bursts included.
+//! - **At most `w = W/N` late in giving quota back**: the only requests the estimate counts
+//!   beyond the exact log are those in the oldest bucket, older than `W` but younger than
+//!   `W + w`. So the limiter behaves as an exact sliding log whose window lies between `W` and
+//!   `W·(1 + 1/N)`; with the default `N = 10`, at most 10 % longer.
+//! - Memory is `N + 1` counters per key, independent of `L`.
+//!
+//! The Redis store runs the same arithmetic in Lua (`ratelimit.lua`); the tests hold both to
+//! it.
+
+use serde::{Deserialize, Serialize};
+
+/// One tier's limit as the arithmetic needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    /// Window length in ms.
+    pub window_ms: u64,
+    /// Requests admitted per window.
+    pub limit: u64,
+    /// Buckets per window (precision).
+    pub buckets: u64,
+}
+
+impl Spec {
+    /// Bucket width in ms (at least 1).
+    pub fn bucket_ms(&self) -> u64 {
+        self.window_ms.div_ceil(self.buckets.max(1)).max(1)
+    }
+}
+
+/// Counters of one key: `(bucket index, count)`, oldest first, only buckets still counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Window {
+    buckets: Vec<(u64, u64)>,
+}
+
+/// What one key's check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Admitted by this tier.
+    pub allowed: bool,
+    /// Requests counted after this decision (this one included when allowed).
+    pub count: u64,
+    /// The tier's limit.
+    pub limit: u64,
+    /// `limit - count`, never below 0.
+    pub remaining: u64,
+    /// Ms until one more request would be admitted (0 when it would be now).
+    pub retry_after_ms: u64,
+    /// Ms until every counted request has left the window.
+    pub reset_ms: u64,
+}
+
+impl Window {
+    /// Drops buckets that no longer count at `now`.
+    pub fn prune(&mut self, spec: &Spec, now_ms: u64) {
+        let oldest = (now_ms / spec.bucket_ms()).saturating_sub(spec.buckets);
+        self.buckets.retain(|(i, _)| *i >= oldest);
+    }
+
+    /// The conservative estimate at `now` (call [`Window::prune`] first).
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|(_, c)| *c).sum()
+    }
+
+    /// Whether nothing is counted any more (the key can be forgotten).
+    pub fn is_idle(&self, spec: &Spec, now_ms: u64) -> bool {
+        let oldest = (now_ms / spec.bucket_ms()).saturating_sub(spec.buckets);
+        self.buckets.iter().all(|(i, _)| *i < oldest)
+    }
+
+    /// Counts one request at `now`.
+    pub fn record(&mut self, spec: &Spec, now_ms: u64) {
+        let current = now_ms / spec.bucket_ms();
+        match self.buckets.last_mut() {
+            Some((i, c)) if *i == current => *c += 1,
+            _ => self.buckets.push((current, 1)),
+        }
+    }
+
+    /// The outcome of a check at `now`, before (`allowed` decided) and after counting.
+    pub fn outcome(&self, spec: &Spec, now_ms: u64, admitted: bool) -> Outcome {
+        let count = self.count();
+        let w = spec.bucket_ms();
+        // Bucket i stops counting at time (i + N + 1)·w.
+        let leaves = |i: u64| ((i + spec.buckets + 1) * w).saturating_sub(now_ms);
+        let retry_after_ms = if count < spec.limit {
+            0
+        } else {
+            // Drop buckets oldest first until one more request fits.
+            let mut left = count;
+            let mut at = 0;
+            for (i, c) in &self.buckets {
+                left -= c;
+                at = leaves(*i);
+                if left < spec.limit {
+                    break;
+                }
+            }
+            at
+        };
+        Outcome {
+            allowed: admitted,
+            count,
+            limit: spec.limit,
+            remaining: spec.limit.saturating_sub(count),
+            retry_after_ms,
+            reset_ms: self.buckets.last().map_or(0, |(i, _)| leaves(*i)),
+        }
+    }
+}
+
+/// Checks every `(window, spec)` and counts the request in all of them only if all admit it:
+/// a request denied by one tier consumes no quota of the others.
+pub fn check_all(windows: &mut [(&mut Window, Spec)], now_ms: u64) -> Vec<Outcome> {
+    for (window, spec) in windows.iter_mut() {
+        window.prune(spec, now_ms);
+    }
+    let admitted = windows.iter().all(|(w, spec)| w.count() < spec.limit);
+    windows
+        .iter_mut()
+        .map(|(window, spec)| {
+            if admitted {
+                window.record(spec, now_ms);
+            }
+            let mut outcome = window.outcome(spec, now_ms, admitted);
+            // A tier that would itself have admitted reports allowed even when another denied.
+            outcome.allowed = admitted || outcome.count < spec.limit;
+            outcome
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: Spec = Spec {
+        window_ms: 60_000,
+        limit: 100,
+        buckets: 10,
+    };
+
+    fn admit(window: &mut Window, spec: Spec, now: u64) -> Outcome {
+        check_all(&mut [(window, spec)], now)[0]
+    }
+
+    /// Exact sliding log of the admitted requests, for comparison.
+    fn exact_count(log: &[u64], spec: &Spec, now: u64) -> u64 {
+        log.iter().filter(|t| **t + spec.window_ms > now).count() as u64
+    }
+
+    #[test]
+    fn admits_up_to_the_limit_then_denies() {
+        let mut w = Window::default();
+        for i in 0..100 {
+            let o = admit(&mut w, SPEC, 1_000);
+            assert!(o.allowed, "request {i}");
+            assert_eq!(o.remaining, 99 - i);
+        }
+        let o = admit(&mut w, SPEC, 1_000);
+        assert!(!o.allowed);
+        assert_eq!(o.remaining, 0);
+        // Everything sits in bucket 0, which stops counting at (0 + 10 + 1) * 6000 ms.
+        assert_eq!(o.retry_after_ms, 66_000 - 1_000);
+        assert_eq!(o.reset_ms, 65_000);
+    }
+
+    #[test]
+    fn a_burst_at_the_window_boundary_does_not_get_twice_the_limit() {
+        // L requests just before a fixed window would roll over, then L just after: a fixed
+        // window admits 2L within a few ms; the sliding window admits only L.
+        let mut w = Window::default();
+        let admitted_before = (0..100)
+            .filter(|_| admit(&mut w, SPEC, 59_999).allowed)
+            .count();
+        let admitted_after = (0..100)
+            .filter(|_| admit(&mut w, SPEC, 60_001).allowed)
+            .count();
+        assert_eq!(admitted_before, 100);
+        assert_eq!(admitted_after, 0);
+    }
+
+    #[test]
+    fn quota_returns_as_the_window_slides() {
+        let mut w = Window::default();
+        for _ in 0..50 {
+            admit(&mut w, SPEC, 0);
+        }
+        for _ in 0..50 {
+            admit(&mut w, SPEC, 30_000);
+        }
+        assert!(!admit(&mut w, SPEC, 59_000).allowed);
+        // The first 50 (bucket 0) stop counting at 66 s; the next 50 (bucket 5) at 96 s.
+        assert!(!admit(&mut w, SPEC, 65_999).allowed);
+        let o = admit(&mut w, SPEC, 66_000);
+        assert!(o.allowed);
+        assert_eq!(o.count, 51);
+    }
+
+    #[test]
+    fn never_admits_more_than_the_exact_log_and_lags_it_by_at_most_one_bucket() {
+        // Deterministic pseudo-random arrival times over five windows.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut times: Vec<u64> = (0..5_000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed % 300_000
+            })
+            .collect();
+        times.sort_unstable();
+        let mut w = Window::default();
+        let mut log: Vec<u64> = Vec::new();
+        let longer = Spec {
+            window_ms: SPEC.window_ms + SPEC.bucket_ms(),
+            ..SPEC
+        };
+        for t in times {
+            let exact_before = exact_count(&log, &SPEC, t);
+            let o = admit(&mut w, SPEC, t);
+            if o.allowed {
+                log.push(t);
+                assert!(exact_before < SPEC.limit, "over-admitted at {t}");
+            } else {
+                // Denied only when an exact log with a window one bucket longer is full.
+                assert!(
+                    exact_count(&log, &longer, t) >= SPEC.limit,
+                    "denied at {t} without cause"
+                );
+            }
+            assert!(exact_count(&log, &SPEC, t) <= SPEC.limit);
+        }
+    }
+
+    #[test]
+    fn a_denial_by_one_tier_consumes_no_quota_of_the_others() {
+        let tight = Spec {
+            window_ms: 1_000,
+            limit: 1,
+            buckets: 10,
+        };
+        let (mut a, mut b) = (Window::default(), Window::default());
+        let first = check_all(&mut [(&mut a, SPEC), (&mut b, tight)], 0);
+        assert!(first.iter().all(|o| o.allowed));
+        let second = check_all(&mut [(&mut a, SPEC), (&mut b, tight)], 1);
+        assert!(second[0].allowed, "the loose tier alone would admit");
+        assert!(!second[1].allowed);
+        assert_eq!(
+            second[0].count, 1,
+            "nothing counted in the loose tier for a denied request"
+        );
+    }
+}
