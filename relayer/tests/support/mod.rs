@@ -110,6 +110,18 @@ impl RedisServer {
         self.dir.path()
     }
 
+    /// SIGSTOP: the server hangs with connections open, so calls in flight time out instead of
+    /// failing fast (a stalled host, a long fork, a network partition).
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args(["-STOP", &child.id().to_string()])
+                .status()
+                .expect("run kill -STOP");
+            assert!(status.success(), "kill -STOP failed");
+        }
+    }
+
     /// SIGKILL: no shutdown save, exactly what a crash leaves behind.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -178,8 +190,11 @@ impl RelayerProcess {
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env("RELAYER_LISTEN", format!("127.0.0.1:{port}"))
                 .env("RELAYER_LOG__FILTER", "warn")
+                // NB: these tests drive thousands of orders from one address; rate limiting has
+                // its own tests and is switched on per test through `env` where wanted.
+                .env("RELAYER_RATE_LIMIT__ENABLED", "false")
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(file.try_clone().expect("log file"))
                 .stderr(file);
             for (k, v) in env {
                 cmd.env(k, v);
@@ -245,4 +260,193 @@ impl Drop for RelayerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The admin token the relayer processes of these tests run with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A user of the HTTP API: its address and API key.
+#[derive(Debug, Clone)]
+pub struct Trader {
+    pub user_id: String,
+    pub api_key: String,
+}
+
+/// A small client of the relayer's HTTP API.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        }
+    }
+}
+
+impl Api {
+    /// Creates an API key for `user_id` (admin).
+    pub async fn trader(&self, base: &str, user_id: &str) -> Trader {
+        let resp = self
+            .http
+            .post(format!("{base}/admin/api-keys"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "userId": user_id }))
+            .send()
+            .await
+            .expect("create api key");
+        assert_eq!(resp.status(), 201, "create api key");
+        let body: serde_json::Value = resp.json().await.expect("json");
+        Trader {
+            user_id: user_id.to_owned(),
+            api_key: body["apiKey"].as_str().expect("apiKey").to_owned(),
+        }
+    }
+
+    /// Credits `amount` of `asset` (admin).
+    pub async fn deposit(&self, base: &str, user_id: &str, asset: &str, amount: u64) {
+        let resp = self
+            .http
+            .post(format!("{base}/admin/deposits"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "userId": user_id, "asset": asset, "amount": amount.to_string() }))
+            .send()
+            .await
+            .expect("deposit");
+        assert_eq!(resp.status(), 200, "deposit");
+    }
+
+    /// Places an order; the status and the JSON body.
+    pub async fn place(
+        &self,
+        base: &str,
+        trader: &Trader,
+        order: &serde_json::Value,
+    ) -> reqwest::Result<(u16, serde_json::Value)> {
+        let resp = self
+            .http
+            .post(format!("{base}/v2/orders"))
+            .bearer_auth(&trader.api_key)
+            .json(order)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((status, body))
+    }
+
+    /// GET with the trader's key; the status and the JSON body.
+    pub async fn get(&self, url: &str, trader: &Trader) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(&trader.api_key)
+            .send()
+            .await
+            .expect("get");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Status of `/ready`.
+    pub async fn ready(&self, base: &str) -> u16 {
+        match self.http.get(format!("{base}/ready")).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// A decimal string field of a JSON body as u128.
+pub fn num(v: &serde_json::Value) -> u128 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a decimal string: {v}"))
+}
+
+/// `0x` and 40 hex digits made from `n`.
+pub fn address(n: usize) -> String {
+    format!("0x{:040x}", n + 0xa11ce)
+}
+
+/// Every order's state as the relayer reports it, and the balances of every trader; then the
+/// invariants that must hold after any traffic: no order over-filled, buyers and sellers of
+/// each market filled and paid alike, and collateral and shares equal to the deposits.
+pub async fn check_invariants(
+    api: &Api,
+    base: &str,
+    traders: &[Trader],
+    orders: &[(String, usize)],
+    markets: &[&str],
+    collateral_deposited: u128,
+    shares_deposited: u128,
+) -> Result<(), String> {
+    let mut bought: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
+    let mut sold: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
+    for (id, owner) in orders {
+        let (status, o) = api
+            .get(&format!("{base}/v2/orders/{id}"), &traders[*owner])
+            .await;
+        if status == 404 {
+            continue; // refused before it reached the book
+        }
+        if status != 200 {
+            return Err(format!("GET order {id}: {status} {o}"));
+        }
+        let (filled, amount, paid) = (num(&o["filled"]), num(&o["amount"]), num(&o["collateral"]));
+        if filled > amount {
+            return Err(format!("order {id} over-filled: {o}"));
+        }
+        let market = o["marketKey"].as_str().unwrap_or_default().to_owned();
+        let side = if o["side"] == "buy" {
+            &mut bought
+        } else {
+            &mut sold
+        };
+        let e = side.entry(market).or_default();
+        e.0 += filled;
+        e.1 += paid;
+    }
+    if bought != sold {
+        return Err(format!(
+            "fills do not pair up: bought (shares, paid) {bought:?} vs sold {sold:?}"
+        ));
+    }
+    let mut collateral = 0u128;
+    let mut shares: std::collections::BTreeMap<String, u128> = Default::default();
+    for t in traders {
+        let (status, b) = api
+            .get(&format!("{base}/v2/balances/{}", t.user_id), t)
+            .await;
+        if status != 200 {
+            return Err(format!("GET balances: {status} {b}"));
+        }
+        collateral += num(&b["collateral"]["available"]) + num(&b["collateral"]["reserved"]);
+        for m in markets {
+            let s = &b["shares"][*m];
+            if !s.is_null() {
+                *shares.entry((*m).to_owned()).or_default() +=
+                    num(&s["available"]) + num(&s["reserved"]);
+            }
+        }
+    }
+    if collateral != collateral_deposited {
+        return Err(format!(
+            "collateral {collateral} != deposited {collateral_deposited}"
+        ));
+    }
+    for m in markets {
+        let got = shares.get(*m).copied().unwrap_or_default();
+        if got != shares_deposited {
+            return Err(format!(
+                "shares of {m}: {got} != deposited {shares_deposited}"
+            ));
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,210 @@
+//! Redis hung and then killed while requests are in flight: clients get 503s (never a 500, never a request
+//! hung past its bound), `/ready` turns false, and after Redis restarts with its data the same
+//! relayer process serves again with every invariant intact.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{ADMIN_TOKEN, Api, RedisServer, RelayerProcess, address};
+
+const CLIENTS: usize = 8;
+const MARKETS: [&str; 2] = ["80002:1", "80002:2"];
+const COLLATERAL: u64 = 10_000_000;
+const SHARES: u64 = 1_000_000;
+/// `redis.commandTimeoutMs` of the relayer under test.
+const COMMAND_TIMEOUT_MS: u64 = 300;
+/// No request may take longer: a placement makes a handful of store calls, each bounded.
+const REQUEST_BOUND: Duration = Duration::from_secs(3);
+
+async fn wait_for(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_intact() {
+    let mut redis = RedisServer::start();
+    let relayer = RelayerProcess::start(&[
+        ("RELAYER_REDIS_URL", redis.url()),
+        ("RELAYER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        (
+            "RELAYER_REDIS__COMMAND_TIMEOUT_MS",
+            COMMAND_TIMEOUT_MS.to_string(),
+        ),
+    ]);
+    let base = relayer.base.clone();
+    let api = Api::default();
+    let mut traders = Vec::new();
+    for c in 0..CLIENTS {
+        let user = address(100 + c);
+        traders.push(api.trader(&base, &user).await);
+        api.deposit(&base, &user, "collateral", COLLATERAL).await;
+        for m in MARKETS {
+            api.deposit(&base, &user, m, SHARES).await;
+        }
+    }
+    assert_eq!(api.ready(&base).await, 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (api, base, trader, stop) =
+                (api.clone(), base.clone(), traders[c].clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut attempted = Vec::new();
+                let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+                let mut slowest = Duration::ZERO;
+                let mut seed = 0x2545_f491_4f6c_dd1du64 ^ (c as u64 * 0x9e37_79b9);
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) && i < 5_000 {
+                    seed = seed
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    let id = format!("k{c}-{i}");
+                    i += 1;
+                    let buy = (seed >> 33) & 1 == 0;
+                    let tick = (seed >> 40) % 9;
+                    let price = if buy {
+                        460_000 + tick * 10_000
+                    } else {
+                        540_000 - tick * 10_000
+                    };
+                    let order = json!({
+                        "orderId": id,
+                        "marketKey": MARKETS[(seed >> 50) as usize % 2],
+                        "userId": trader.user_id,
+                        "side": if buy { "buy" } else { "sell" },
+                        "price": price.to_string(),
+                        "amount": (1 + (seed >> 20) % 40).to_string(),
+                    });
+                    let started = Instant::now();
+                    let (status, body) = api
+                        .place(&base, &trader, &order)
+                        .await
+                        .expect("every request is answered");
+                    slowest = slowest.max(started.elapsed());
+                    if status == 503 {
+                        assert!(
+                            body["error"]["code"].is_string(),
+                            "a 503 carries a JSON error: {body}"
+                        );
+                        // NB: what a client would do: back off a little.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    *statuses.entry(status).or_default() += 1;
+                    attempted.push((id, c));
+                }
+                (attempted, statuses, slowest)
+            })
+        })
+        .collect();
+
+    // Traffic flows, then Redis hangs with every client's request somewhere in its sequence of
+    // store calls, and dies.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before_kill = Instant::now();
+    redis.freeze();
+    tokio::time::sleep(Duration::from_millis(2 * COMMAND_TIMEOUT_MS)).await;
+    redis.kill();
+    wait_for("/ready to turn 503", Duration::from_secs(5), async || {
+        api.ready(&base).await == 503
+    })
+    .await;
+    let ready_off_after = before_kill.elapsed();
+    // The outage lasts a while under traffic.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(
+        api.ready(&base).await,
+        503,
+        "still not ready while Redis is down"
+    );
+
+    redis.restart();
+    wait_for(
+        "/ready to turn 200 again",
+        Duration::from_secs(15),
+        async || api.ready(&base).await == 200,
+    )
+    .await;
+    // Traffic continues after the restart, then stops.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut orders = Vec::new();
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        let (attempted, s, slow) = t.await.expect("client task");
+        orders.extend(attempted);
+        slowest = slowest.max(slow);
+        for (k, v) in s {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    let unexpected: Vec<_> = statuses
+        .keys()
+        .filter(|s| !matches!(s, 201 | 503))
+        .collect();
+    assert!(unexpected.is_empty(), "only 201 and 503: {statuses:?}");
+    assert!(
+        statuses.get(&503).copied().unwrap_or(0) > 0,
+        "the outage was seen: {statuses:?}"
+    );
+    assert!(
+        statuses.get(&201).copied().unwrap_or(0) > 100,
+        "traffic flowed: {statuses:?}"
+    );
+    assert!(slowest < REQUEST_BOUND, "a request took {slowest:?}");
+    eprintln!(
+        "statuses {statuses:?}, slowest request {slowest:?}, /ready off {ready_off_after:?} after the kill"
+    );
+
+    // The same process serves again: a fresh placement succeeds.
+    let fresh = json!({"orderId": "after", "marketKey": MARKETS[0], "userId": traders[0].user_id,
+        "side": "buy", "price": "100000", "amount": "1"});
+    let (status, _) = api
+        .place(&base, &traders[0], &fresh)
+        .await
+        .expect("answered");
+    assert_eq!(status, 201);
+    orders.push(("after".to_owned(), 0));
+
+    // Balance steps interrupted by the outage complete in the background once Redis is back;
+    // after that, nothing is lost or created.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let verdict = support::check_invariants(
+            &api,
+            &base,
+            &traders,
+            &orders,
+            &MARKETS,
+            u128::from(COLLATERAL) * CLIENTS as u128,
+            u128::from(SHARES) * CLIENTS as u128,
+        )
+        .await;
+        match verdict {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < until, "invariants do not hold: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = relayer.log_text();
+    assert!(!log.contains("panicked"), "the relayer panicked:\n{log}");
+    eprintln!(
+        "placements whose balance steps finished in the background: {}",
+        log.matches("retrying the balance steps in the background")
+            .count()
+    );
+}

@@ -1,0 +1,199 @@
+//! Two relayer processes on one Redis, hammered concurrently with crossing orders in the same
+//! markets: afterwards every order's filled amount is what the trades say, no order is
+//! over-filled, and collateral and shares equal the deposits.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use support::{ADMIN_TOKEN, Api, RedisServer, RelayerProcess, address, num};
+
+const CLIENTS: usize = 8;
+const ORDERS_PER_CLIENT: usize = 260;
+const MARKETS: [&str; 2] = ["80002:1", "80002:2"];
+const COLLATERAL: u64 = 10_000_000;
+const SHARES: u64 = 1_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_redis_keep_every_invariant() {
+    let redis = RedisServer::start();
+    let env = [
+        ("RELAYER_REDIS_URL", redis.url()),
+        ("RELAYER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+    ];
+    let replicas = [RelayerProcess::start(&env), RelayerProcess::start(&env)];
+    let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+    let api = Api::default();
+
+    // Keys issued and funds deposited on one replica are seen by the other.
+    let mut traders = Vec::new();
+    for c in 0..CLIENTS {
+        let base = &bases[c % 2];
+        let user = address(c);
+        traders.push(api.trader(base, &user).await);
+        api.deposit(base, &user, "collateral", COLLATERAL).await;
+        for m in MARKETS {
+            api.deposit(&bases[(c + 1) % 2], &user, m, SHARES).await;
+        }
+    }
+
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let api = api.clone();
+            let bases = bases.clone();
+            let trader = traders[c].clone();
+            tokio::spawn(async move {
+                let mut placed = Vec::new();
+                let mut fills = Vec::new();
+                let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (c as u64 * 0x1000_0001);
+                for i in 0..ORDERS_PER_CLIENT {
+                    seed = seed
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    let id = format!("c{c}-{i}");
+                    let buy = (seed >> 33) & 1 == 0;
+                    // A narrow grid around 0.5 so that most orders cross.
+                    let tick = (seed >> 40) % 9;
+                    let price = if buy {
+                        460_000 + tick * 10_000
+                    } else {
+                        540_000 - tick * 10_000
+                    };
+                    let order = json!({
+                        "orderId": id,
+                        "marketKey": MARKETS[(seed >> 50) as usize % 2],
+                        "userId": trader.user_id,
+                        "side": if buy { "buy" } else { "sell" },
+                        "price": price.to_string(),
+                        "amount": (1 + (seed >> 20) % 40).to_string(),
+                    });
+                    let base = &bases[(c + i) % 2];
+                    let (status, body) = api
+                        .place(base, &trader, &order)
+                        .await
+                        .expect("placement answered");
+                    *statuses.entry(status).or_default() += 1;
+                    if status == 201 {
+                        placed.push((id, c));
+                        for f in body["fills"].as_array().cloned().unwrap_or_default() {
+                            fills.push((
+                                body["order"]["orderId"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .to_owned(),
+                                f["makerOrderId"].as_str().unwrap_or_default().to_owned(),
+                                num(&f["amount"]),
+                            ));
+                        }
+                    }
+                }
+                (placed, fills, statuses)
+            })
+        })
+        .collect();
+
+    let mut orders = Vec::new();
+    let mut traded: BTreeMap<String, u128> = BTreeMap::new();
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    for t in tasks {
+        let (placed, fills, s) = t.await.expect("client task");
+        orders.extend(placed);
+        for (taker, maker, amount) in fills {
+            *traded.entry(taker).or_default() += amount;
+            *traded.entry(maker).or_default() += amount;
+        }
+        for (k, v) in s {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    assert_eq!(
+        statuses,
+        BTreeMap::from([(201, CLIENTS * ORDERS_PER_CLIENT)]),
+        "every placement succeeds"
+    );
+    assert!(
+        traded.len() > 500,
+        "the orders crossed: {} traded",
+        traded.len()
+    );
+
+    // Every order's filled amount is the sum of the trades it took part in, read from either
+    // replica.
+    for (n, (id, owner)) in orders.iter().enumerate() {
+        let (status, o) = api
+            .get(
+                &format!("{}/v2/orders/{id}", bases[n % 2]),
+                &traders[*owner],
+            )
+            .await;
+        assert_eq!(status, 200, "order {id}");
+        assert_eq!(
+            num(&o["filled"]),
+            traded.get(id).copied().unwrap_or_default(),
+            "order {id}: filled vs its trades"
+        );
+    }
+    support::check_invariants(
+        &api,
+        &bases[1],
+        &traders,
+        &orders,
+        &MARKETS,
+        u128::from(COLLATERAL) * CLIENTS as u128,
+        u128::from(SHARES) * CLIENTS as u128,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // What each trader has reserved is what their open orders still need.
+    for (c, t) in traders.iter().enumerate() {
+        let (mut need_c, mut need_s) = (0u128, BTreeMap::<&str, u128>::new());
+        for m in MARKETS {
+            let (_, open) = api
+                .get(
+                    &format!(
+                        "{}/orderbook/orders?marketKey={m}&userId={}",
+                        bases[c % 2],
+                        t.user_id
+                    ),
+                    t,
+                )
+                .await;
+            for o in open["orders"].as_array().cloned().unwrap_or_default() {
+                let (price, amount, filled) =
+                    (num(&o["price"]), num(&o["amount"]), num(&o["filled"]));
+                if o["side"] == "buy" {
+                    need_c += (price * amount).div_ceil(1_000_000) - num(&o["collateral"]);
+                } else {
+                    *need_s.entry(m).or_default() += amount - filled;
+                }
+            }
+        }
+        let (_, b) = api
+            .get(&format!("{}/v2/balances/{}", bases[0], t.user_id), t)
+            .await;
+        assert_eq!(
+            num(&b["collateral"]["reserved"]),
+            need_c,
+            "reserved collateral of {}",
+            t.user_id
+        );
+        for m in MARKETS {
+            let reserved = if b["shares"][m].is_null() {
+                0
+            } else {
+                num(&b["shares"][m]["reserved"])
+            };
+            assert_eq!(
+                reserved,
+                need_s.get(m).copied().unwrap_or_default(),
+                "reserved {m} of {}",
+                t.user_id
+            );
+        }
+    }
+    // NB: keeps the replicas alive until here.
+    drop(replicas);
+}
