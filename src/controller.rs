@@ -293,6 +293,11 @@ fn check(rd: &RelayerDeployment) -> Result<(), String> {
 }
 
 async fn apply(rd: &RelayerDeployment, ctx: &Context) -> Result<Action> {
+    if rd.metadata.deletion_timestamp.is_some() {
+        // NB: the garbage collector is removing the children (foreground deletion waits for
+        // it); applying them again would fight it.
+        return Ok(Action::await_change());
+    }
     let ns = rd.namespace().ok_or(Error::Missing("metadata.namespace"))?;
     let owned = |o: &dyn Owned| o.controlled_by(rd);
     let revisions: Vec<Arc<ControllerRevision>> = ctx

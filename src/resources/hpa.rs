@@ -47,7 +47,7 @@ pub fn hpa(rd: &RelayerDeployment) -> Option<HorizontalPodAutoscaler> {
                 },
                 target: MetricTarget {
                     type_: "AverageValue".to_owned(),
-                    average_value: Some(Quantity(rps.to_string())),
+                    average_value: Some(Quantity(canonical_quantity(i64::from(rps)))),
                     ..MetricTarget::default()
                 },
             }),
@@ -71,8 +71,29 @@ pub fn hpa(rd: &RelayerDeployment) -> Option<HorizontalPodAutoscaler> {
     })
 }
 
+/// `n` in the API server's canonical decimal form (`1000` is stored as `1k`), so the desired
+/// HPA compares equal to the stored one and an idle resync does not re-apply it.
+pub fn canonical_quantity(n: i64) -> String {
+    const SUFFIXES: [&str; 7] = ["", "k", "M", "G", "T", "P", "E"];
+    let (mut mantissa, mut exponent) = (n, 0);
+    while mantissa != 0 && mantissa % 1000 == 0 && exponent + 1 < SUFFIXES.len() {
+        mantissa /= 1000;
+        exponent += 1;
+    }
+    format!("{mantissa}{}", SUFFIXES[exponent])
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quantities_are_written_the_way_the_api_server_stores_them() {
+        assert_eq!(canonical_quantity(1000), "1k");
+        assert_eq!(canonical_quantity(1500), "1500");
+        assert_eq!(canonical_quantity(2_000_000), "2M");
+        assert_eq!(canonical_quantity(7), "7");
+        assert_eq!(canonical_quantity(0), "0");
+    }
+
     use super::super::fixtures::{rd, rd_with};
     use super::*;
     use crate::crd::AutoscalingSpec;
@@ -103,7 +124,7 @@ mod tests {
         assert_eq!(kinds, ["Resource", "Resource", "Pods"]);
         let pods = metrics[2].pods.as_ref().expect("pods metric");
         assert_eq!(pods.metric.name, RPS_METRIC);
-        assert_eq!(pods.target.average_value, Some(Quantity("1000".into())));
+        assert_eq!(pods.target.average_value, Some(Quantity("1k".into())));
     }
 
     #[test]
