@@ -12,6 +12,9 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Go needs a home for its caches; a bare CI environment may not set one.
+HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
 cache_root="${FORESIGHT_K8S_CACHE:-$HOME/.cache/foresight-k8s}"
 
 # Bump when the build flags below change, so the cache key changes with them.

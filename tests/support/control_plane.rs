@@ -26,7 +26,7 @@ use kube::{Client, Config};
 use super::binaries::Binaries;
 use super::pki::Pki;
 use super::pod_sim::PodSimulator;
-use super::process::Supervised;
+use super::process::{Group, Supervised};
 
 /// Names an existing cluster's kubeconfig to test against instead of starting one.
 pub const EXTERNAL_KUBECONFIG_ENV: &str = "KUBECONFIG_TEST";
@@ -52,7 +52,7 @@ pub struct ControlPlane {
     work_dir: PathBuf,
     binaries: Option<Binaries>,
     simulator: Option<PodSimulator>,
-    processes: Mutex<Vec<Supervised>>,
+    processes: Mutex<Group>,
     started_in: Duration,
 }
 
@@ -194,7 +194,7 @@ async fn start() -> anyhow::Result<ControlPlane> {
     }
     let began = Instant::now();
     let binaries = Binaries::locate().map_err(anyhow::Error::msg)?;
-    let keep = std::env::var(KEEP_ENV).is_ok_and(|v| v == "1");
+    let keep = keep_work_dir();
     let work_dir = tempfile::Builder::new()
         .prefix("foresight-k8s-")
         .tempdir()?
@@ -202,15 +202,9 @@ async fn start() -> anyhow::Result<ControlPlane> {
     let logs = work_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
 
-    let mut processes = Vec::new();
+    let mut processes = Group::default();
     if !keep {
-        processes.push(Supervised::spawn_with_cleanup(
-            "janitor",
-            Path::new("sleep"),
-            &["infinity".to_owned()],
-            &logs.join("janitor.log"),
-            Some(&work_dir),
-        )?);
+        processes.push(janitor(&work_dir)?);
     }
 
     let pki = Pki::generate(&work_dir.join("pki"))?;
@@ -362,14 +356,35 @@ async fn start_external(kubeconfig: PathBuf) -> anyhow::Result<ControlPlane> {
         .prefix("foresight-k8s-ext-")
         .tempdir()?
         .keep();
+    let mut processes = Group::default();
+    if !keep_work_dir() {
+        processes.push(janitor(&work_dir)?);
+    }
     Ok(ControlPlane {
         kubeconfig,
         work_dir,
         binaries: Binaries::locate().ok(),
         simulator: None,
-        processes: Mutex::new(Vec::new()),
+        processes: Mutex::new(processes),
         started_in: Duration::ZERO,
     })
+}
+
+fn keep_work_dir() -> bool {
+    std::env::var(KEEP_ENV).is_ok_and(|v| v == "1")
+}
+
+/// A watchdog around `sleep` whose only job is to remove `work_dir` once the test process is
+/// gone (the scratch folder outlives every destructor, like the control plane).
+fn janitor(work_dir: &Path) -> anyhow::Result<Supervised> {
+    // NB: `sleep` prints nothing, and a log inside the folder it removes would be pointless.
+    Supervised::spawn_with_cleanup(
+        "janitor",
+        Path::new("sleep"),
+        &["infinity".to_owned()],
+        Path::new("/dev/null"),
+        Some(work_dir),
+    )
 }
 
 /// How a kubeconfig user authenticates.
@@ -417,7 +432,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Fails with the component's log when any supervised process has exited.
-fn ensure_running(processes: &mut [Supervised]) -> anyhow::Result<()> {
+fn ensure_running(processes: &mut Group) -> anyhow::Result<()> {
     for process in processes.iter_mut() {
         if let Some(status) = process.exit_status() {
             anyhow::bail!(
@@ -430,11 +445,7 @@ fn ensure_running(processes: &mut [Supervised]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_port(
-    port: u16,
-    timeout: Duration,
-    processes: &mut [Supervised],
-) -> anyhow::Result<()> {
+async fn wait_for_port(port: u16, timeout: Duration, processes: &mut Group) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         ensure_running(processes)?;
@@ -448,7 +459,7 @@ async fn wait_for_port(
     }
 }
 
-async fn wait_for_readyz(client: &Client, processes: &mut [Supervised]) -> anyhow::Result<()> {
+async fn wait_for_readyz(client: &Client, processes: &mut Group) -> anyhow::Result<()> {
     let deadline = Instant::now() + APISERVER_START_TIMEOUT;
     loop {
         ensure_running(processes)?;
@@ -469,10 +480,7 @@ async fn wait_for_readyz(client: &Client, processes: &mut [Supervised]) -> anyho
 
 /// The controller-manager is working once its service-account controller has created the
 /// `default` ServiceAccount of the `default` namespace (pods need it to pass admission).
-async fn wait_for_controller_manager(
-    client: &Client,
-    processes: &mut [Supervised],
-) -> anyhow::Result<()> {
+async fn wait_for_controller_manager(client: &Client, processes: &mut Group) -> anyhow::Result<()> {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
     let deadline = Instant::now() + CONTROLLER_MANAGER_START_TIMEOUT;
     loop {

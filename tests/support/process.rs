@@ -145,6 +145,29 @@ impl Supervised {
     }
 }
 
+/// Processes that depend on the ones started before them; dropping the group stops them in
+/// reverse order (the controller-manager before the API server before etcd).
+#[derive(Debug, Default)]
+pub struct Group(Vec<Supervised>);
+
+impl Group {
+    pub fn push(&mut self, process: Supervised) {
+        self.0.push(process);
+    }
+
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, Supervised> {
+        self.0.iter_mut()
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        while let Some(mut process) = self.0.pop() {
+            process.stop();
+        }
+    }
+}
+
 impl Drop for Supervised {
     fn drop(&mut self) {
         self.stop();
