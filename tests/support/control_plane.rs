@@ -269,15 +269,12 @@ async fn start() -> anyhow::Result<ControlPlane> {
         &logs.join("kube-apiserver.log"),
     )?);
     let kubeconfig = work_dir.join("kubeconfig");
-    write_kubeconfig(
+    write_admin_kubeconfig(
         &kubeconfig,
         &server,
         &pki.ca_cert,
-        Credentials::ClientCert {
-            cert: &pki.admin_cert,
-            key: &pki.admin_key,
-        },
-        "admin",
+        &pki.admin_cert,
+        &pki.admin_key,
     )?;
     let client = client_from_kubeconfig(&kubeconfig).await?;
     let t_api = Instant::now();
@@ -387,27 +384,14 @@ fn janitor(work_dir: &Path) -> anyhow::Result<Supervised> {
     )
 }
 
-/// How a kubeconfig user authenticates.
-pub enum Credentials<'a> {
-    ClientCert { cert: &'a Path, key: &'a Path },
-    Token(&'a str),
-}
-
-/// Writes a single-context kubeconfig; certificate material is referenced by absolute path.
-pub fn write_kubeconfig(
+/// Writes the admin kubeconfig; certificate material is referenced by absolute path.
+fn write_admin_kubeconfig(
     path: &Path,
     server: &str,
     ca_cert: &Path,
-    credentials: Credentials<'_>,
-    user: &str,
+    client_cert: &Path,
+    client_key: &Path,
 ) -> anyhow::Result<()> {
-    let user_entry = match credentials {
-        Credentials::ClientCert { cert, key } => serde_json::json!({
-            "client-certificate": cert,
-            "client-key": key,
-        }),
-        Credentials::Token(token) => serde_json::json!({ "token": token }),
-    };
     let config = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -415,12 +399,15 @@ pub fn write_kubeconfig(
             "name": "foresight-test",
             "cluster": { "server": server, "certificate-authority": ca_cert },
         }],
-        "users": [{ "name": user, "user": user_entry }],
-        "contexts": [{
-            "name": format!("foresight-test-{user}"),
-            "context": { "cluster": "foresight-test", "user": user },
+        "users": [{
+            "name": "admin",
+            "user": { "client-certificate": client_cert, "client-key": client_key },
         }],
-        "current-context": format!("foresight-test-{user}"),
+        "contexts": [{
+            "name": "foresight-test-admin",
+            "context": { "cluster": "foresight-test", "user": "admin" },
+        }],
+        "current-context": "foresight-test-admin",
     });
     std::fs::write(path, serde_yaml::to_string(&config)?)?;
     Ok(())

@@ -103,44 +103,64 @@ impl TestEnv {
             "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": self.namespace }],
         }))?;
         self.api::<RoleBinding>().create(&pp, &binding).await?;
+        self.service_account_identity(&self.namespace, name).await
+    }
 
+    /// Acts as an existing ServiceAccount (for example the one a Helm chart created, with the
+    /// RBAC the chart grants it): a token from the TokenRequest API, a kubeconfig file using
+    /// it (for kubectl or helm) and a client.
+    pub async fn service_account_identity(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<(Client, PathBuf)> {
         let request: TokenRequest = serde_json::from_value(serde_json::json!({
             "spec": { "expirationSeconds": 3600 },
         }))?;
-        let issued: TokenRequest = self
-            .api::<ServiceAccount>()
-            .create_subresource("token", name, &pp, &request)
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let issued: TokenRequest = accounts
+            .create_subresource("token", name, &PostParams::default(), &request)
             .await
-            .context("requesting a ServiceAccount token")?;
+            .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{name}"))?;
         let token = issued
             .status
             .context("TokenRequest answered without a status")?
             .token
             .context("TokenRequest answered without a token")?;
 
+        // The admin kubeconfig's current cluster entry, as it is (a file path for the local
+        // control plane, embedded data for kind and friends).
+        let admin = Kubeconfig::read_from(self.control_plane.kubeconfig())?;
+        let cluster_name = admin
+            .current_context
+            .as_ref()
+            .and_then(|current| admin.contexts.iter().find(|c| &c.name == current))
+            .and_then(|c| c.context.as_ref())
+            .map(|c| c.cluster.clone())
+            .or_else(|| admin.clusters.first().map(|c| c.name.clone()))
+            .context("the admin kubeconfig names no cluster")?;
+        let cluster = admin
+            .clusters
+            .iter()
+            .find(|c| c.name == cluster_name)
+            .context("the admin kubeconfig lacks its current cluster")?;
+        let user = format!("{namespace}-{name}");
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [cluster],
+            "users": [{ "name": user, "user": { "token": token } }],
+            "contexts": [{
+                "name": user,
+                "context": { "cluster": cluster_name, "user": user, "namespace": namespace },
+            }],
+            "current-context": user,
+        });
         let path = self
             .control_plane
             .work_dir()
-            .join(format!("kubeconfig-{}-{name}", self.namespace));
-        let admin = Kubeconfig::read_from(self.control_plane.kubeconfig())?;
-        let cluster = admin
-            .clusters
-            .first()
-            .and_then(|c| c.cluster.clone())
-            .context("the admin kubeconfig has no cluster")?;
-        let server = cluster
-            .server
-            .context("the admin kubeconfig has no server")?;
-        let ca = cluster
-            .certificate_authority
-            .context("the admin kubeconfig has no CA file")?;
-        control_plane::write_kubeconfig(
-            &path,
-            &server,
-            std::path::Path::new(&ca),
-            control_plane::Credentials::Token(&token),
-            name,
-        )?;
+            .join(format!("kubeconfig-{user}"));
+        std::fs::write(&path, serde_yaml::to_string(&config)?)?;
         let client = control_plane::client_from_kubeconfig(&path).await?;
         Ok((client, path))
     }
