@@ -403,7 +403,7 @@ async fn a_registered_backend_decides_a_pods_address_readiness_and_stop() {
 }
 
 #[tokio::test]
-async fn kubectl_lists_objects_through_the_written_kubeconfig() {
+async fn kubectl_and_helm_reach_the_cluster_through_the_written_kubeconfig() {
     let env = TestEnv::new("kubectl").await;
     let config_map: ConfigMap = from_yaml("metadata: { name: listed-by-kubectl }\ndata: { a: b }");
     env.api::<ConfigMap>()
@@ -418,6 +418,20 @@ async fn kubectl_lists_objects_through_the_written_kubeconfig() {
         names.lines().any(|l| l == "configmap/listed-by-kubectl"),
         "kubectl listed: {names}"
     );
+
+    // helm, built by the same recipe, reaches the cluster through the same kubeconfig.
+    let helm = env
+        .control_plane
+        .helm()
+        .args(["list", "--namespace", &env.namespace, "--output", "json"])
+        .output()
+        .expect("run helm");
+    assert!(
+        helm.status.success(),
+        "helm list: {}",
+        String::from_utf8_lossy(&helm.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&helm.stdout).trim(), "[]");
 
     let version: serde_json::Value = serde_json::from_str(
         &env.kubectl(&["version", "-o", "json"])
@@ -501,9 +515,7 @@ async fn restricted_identity_is_refused_a_verb_its_role_does_not_grant() {
     // And a real client sees the same refusal through the identity's kubeconfig.
     let output = env
         .control_plane
-        .kubectl()
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
+        .kubectl_as(&kubeconfig)
         .args(["--namespace", &env.namespace, "create", "configmap", "nope"])
         .output()
         .expect("run kubectl");

@@ -112,8 +112,37 @@ impl ControlPlane {
 
     /// `kubectl --kubeconfig <admin kubeconfig>`, ready for more arguments.
     pub fn kubectl(&self) -> Command {
+        self.kubectl_as(&self.kubeconfig)
+    }
+
+    /// kubectl with another identity's kubeconfig.
+    ///
+    /// NB: its discovery cache goes to the scratch folder: every control plane has a new port,
+    /// and kubectl would otherwise leave a cache folder per run in `~/.kube/cache`.
+    pub fn kubectl_as(&self, kubeconfig: &Path) -> Command {
         let mut command = Command::new(self.binary("kubectl"));
-        command.arg("--kubeconfig").arg(&self.kubeconfig);
+        command
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.work_dir.join("kubectl-cache"));
+        command
+    }
+
+    /// helm with the admin kubeconfig, its cache, config and data kept in the scratch folder.
+    pub fn helm(&self) -> Command {
+        self.helm_as(&self.kubeconfig)
+    }
+
+    /// helm with another identity's kubeconfig (for example the chart's ServiceAccount).
+    pub fn helm_as(&self, kubeconfig: &Path) -> Command {
+        let home = self.work_dir.join("helm");
+        let mut command = Command::new(self.binary("helm"));
+        command
+            .env("KUBECONFIG", kubeconfig)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
         command
     }
 
