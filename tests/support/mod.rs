@@ -9,7 +9,18 @@
 //! - [`pod_sim`]: a fake node and kubelet that make pods Running and Ready.
 //! - this file: [`TestEnv`], the per-test view (own namespace, own clients) and small helpers.
 //!
-//! Use it from a test file with `mod support;`.
+//! Use it from a test file with `mod support;`:
+//!
+//! ```ignore
+//! let env = TestEnv::new("my-test").await;          // control plane + own namespace
+//! let deployments = env.api::<Deployment>();         // admin client in that namespace
+//! env.kubectl(&["get", "pods"])?;                    // the built kubectl
+//! env.control_plane.helm().args(["install", ...]);   // the built helm
+//! let (client, kubeconfig) = env.service_account_identity(&ns, "operator").await?;
+//! if let Some(sim) = env.control_plane.simulator() { sim.register(backend) }
+//! ```
+//!
+//! The binaries come from `tests/k8s/build.sh` (see `tests/k8s/README.md`).
 
 // NB: each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
