@@ -400,7 +400,7 @@ fn history(revisions: &[Arc<ControllerRevision>]) -> Vec<RevisionRecord> {
             })
         })
         .collect();
-    records.sort_by(|a, b| b.number.cmp(&a.number));
+    records.sort_by_key(|r| std::cmp::Reverse(r.number));
     records
 }
 
