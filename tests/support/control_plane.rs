@@ -217,12 +217,31 @@ fn start_on_harness_thread() -> Result<ControlPlane, String> {
     }
 }
 
+/// Attempts at starting when a component lost its port to another process.
+const START_ATTEMPTS: usize = 3;
+
 async fn start() -> anyhow::Result<ControlPlane> {
     if let Some(path) = std::env::var_os(EXTERNAL_KUBECONFIG_ENV).filter(|p| !p.is_empty()) {
         return start_external(PathBuf::from(path)).await;
     }
-    let began = Instant::now();
     let binaries = Binaries::locate().map_err(anyhow::Error::msg)?;
+    let mut attempt = 1;
+    loop {
+        match start_local(&binaries).await {
+            Err(error)
+                if attempt < START_ATTEMPTS
+                    && format!("{error:#}").contains("address already in use") =>
+            {
+                eprintln!("[k8s] a port was taken meanwhile, starting again: {error:#}");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn start_local(binaries: &Binaries) -> anyhow::Result<ControlPlane> {
+    let began = Instant::now();
     let keep = keep_work_dir();
     let work_dir = tempfile::Builder::new()
         .prefix("foresight-k8s-")
@@ -358,7 +377,7 @@ async fn start() -> anyhow::Result<ControlPlane> {
     Ok(ControlPlane {
         kubeconfig,
         work_dir,
-        binaries: Some(binaries),
+        binaries: Some(binaries.clone()),
         simulator: Some(simulator),
         processes: Mutex::new(processes),
         started_in,
@@ -443,7 +462,24 @@ fn write_admin_kubeconfig(
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
+///
+/// NB: drawn below Linux's ephemeral range (32768 and up), so the outgoing connections of
+/// other processes cannot take it between this check and the component's own bind; only a
+/// second harness drawing the same number could, and [`start`] retries that case.
 fn free_port() -> anyhow::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    const LOW: u64 = 20_000;
+    const HIGH: u64 = 32_768;
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    for attempt in 0..64u64 {
+        hasher.write_u64(attempt);
+        let Ok(port) = u16::try_from(LOW + hasher.finish() % (HIGH - LOW)) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
