@@ -137,6 +137,17 @@ async fn deployment_becomes_available_and_deleting_it_collects_its_replica_set_a
             assert!(in_simulated_range(ip), "pod IP {ip} outside 198.18.0.0/15");
         }
     }
+    if !env.control_plane.is_external() {
+        // The API server reaches a simulated node's "kubelet" on loopback only, where nothing
+        // listens: `kubectl logs` fails at once instead of dialling out.
+        let error = env
+            .kubectl(&["logs", &owned[0].name_any()])
+            .expect_err("no kubelet serves logs");
+        assert!(
+            format!("{error:#}").contains("127.0.0.1:10250"),
+            "dialled: {error:#}"
+        );
+    }
 
     deployments
         .delete("relayer", &DeleteParams::background())

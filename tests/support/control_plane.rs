@@ -306,6 +306,9 @@ async fn start_local(binaries: &Binaries) -> anyhow::Result<ControlPlane> {
             "--service-account-signing-key-file={}",
             pki.sa_private_key.display()
         ),
+        // NB: never resolve a node's hostname (a DNS query leaves the machine); the simulated
+        // node's only address is loopback.
+        "--kubelet-preferred-address-types=InternalIP".to_owned(),
         "--allow-privileged=true".to_owned(),
         "--profiling=false".to_owned(),
         "--v=1".to_owned(),

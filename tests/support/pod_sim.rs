@@ -3,16 +3,17 @@
 //!
 //! It keeps one fake Node Ready, binds unscheduled pods whose nodeSelector it matches to it
 //! (there is no kube-scheduler; affinity is not modelled, and the node has no taints), and
-//! gives each bound pod a workload from a [`PodBackend`]: the default [`FakeBackend`] runs
-//! nothing and hands out addresses from 198.18.0.0/15 (RFC 2544's benchmarking range, routed
-//! nowhere; nothing in the harness ever connects to them). The pod then reports Running, and
+//! gives each bound pod a workload from a [`PodBackend`]. The pod then reports Running, and
 //! Ready once its backend says so and every readiness gate condition is True, which is what
 //! Deployments (available replicas) and the EndpointSlice controller read. On deletion it
 //! reports the pod not Ready, lets the backend stop within the grace period, then removes the
 //! pod the way a kubelet does (a delete with grace 0).
 //!
-//! A later test can back chosen pods by a real local process by registering its own
-//! [`PodBackend`] with [`PodSimulator::register`]: the first backend that claims a pod runs it.
+//! The default [`FakeBackend`] runs nothing and hands out addresses from 198.18.0.0/15
+//! (RFC 2544's benchmarking range, routed nowhere). NB: nothing may connect to them: a test
+//! that scrapes, probes or proxies to a pod (`pods/proxy`, port-forward, metric gates) needs a
+//! pod backed by a real process through its own [`PodBackend`], registered with
+//! [`PodSimulator::register`]; the first backend that claims a pod runs it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -58,8 +59,11 @@ macro_rules! note {
 /// The fake node every simulated pod runs on.
 pub const NODE_NAME: &str = "foresight-sim-node";
 
-/// The node's own address: TEST-NET-1 (RFC 5737), never contacted.
-const NODE_IP: &str = "192.0.2.10";
+/// The node's only address. NB: loopback on purpose: the API server dials a node's kubelet
+/// for `kubectl logs`, `exec` and `port-forward`; here that fails at once with "connection
+/// refused" on 127.0.0.1:10250 instead of sending packets anywhere (the control plane also
+/// runs with `--kubelet-preferred-address-types=InternalIP`, so no hostname is resolved).
+const NODE_IP: &str = "127.0.0.1";
 
 /// How often the node's Ready condition is refreshed, like a kubelet's status updates.
 const NODE_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -197,7 +201,6 @@ async fn patch_node_ready(nodes: &Api<Node>) -> kube::Result<()> {
             "allocatable": { "cpu": "32", "memory": "128Gi", "pods": "250" },
             "addresses": [
                 { "type": "InternalIP", "address": NODE_IP },
-                { "type": "Hostname", "address": NODE_NAME },
             ],
             "conditions": [{
                 "type": "Ready",
