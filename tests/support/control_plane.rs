@@ -232,7 +232,9 @@ async fn start() -> anyhow::Result<ControlPlane> {
                 if attempt < START_ATTEMPTS
                     && format!("{error:#}").contains("address already in use") =>
             {
-                eprintln!("[k8s] a port was taken meanwhile, starting again: {error:#}");
+                announce(&format!(
+                    "a port was taken meanwhile, starting again: {error:#}"
+                ));
                 attempt += 1;
             }
             result => return result,
@@ -368,15 +370,15 @@ async fn start_local(binaries: &Binaries) -> anyhow::Result<ControlPlane> {
 
     let simulator = PodSimulator::start(client, logs.join("pod-sim.log")).await?;
     let started_in = began.elapsed();
-    eprintln!(
-        "[k8s] control plane ready in {:.1}s (etcd {:.1}s, kube-apiserver {:.1}s, \
+    announce(&format!(
+        "control plane ready in {:.1}s (etcd {:.1}s, kube-apiserver {:.1}s, \
          kube-controller-manager {:.1}s); kubeconfig {}",
         started_in.as_secs_f64(),
         etcd_took.as_secs_f64(),
         api_took.as_secs_f64(),
         kcm_took.as_secs_f64(),
         kubeconfig.display()
-    );
+    ));
     Ok(ControlPlane {
         kubeconfig,
         work_dir,
@@ -395,11 +397,11 @@ async fn start_external(kubeconfig: PathBuf) -> anyhow::Result<ControlPlane> {
             kubeconfig.display()
         )
     })?;
-    eprintln!(
-        "[k8s] using the existing cluster of {EXTERNAL_KUBECONFIG_ENV}={} (Kubernetes {})",
+    announce(&format!(
+        "using the existing cluster of {EXTERNAL_KUBECONFIG_ENV}={} (Kubernetes {})",
         kubeconfig.display(),
         version.git_version
-    );
+    ));
     let work_dir = tempfile::Builder::new()
         .prefix("foresight-k8s-ext-")
         .tempdir()?
@@ -462,6 +464,13 @@ fn write_admin_kubeconfig(
     });
     std::fs::write(path, serde_yaml::to_string(&config)?)?;
     Ok(())
+}
+
+/// One line on the real stderr: libtest captures `eprintln!` of the test that happened to
+/// start the control plane, and these lines (start time, which cluster) matter in CI logs.
+fn announce(message: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "[k8s] {message}");
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
