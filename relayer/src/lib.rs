@@ -12,11 +12,13 @@
 //! - [`api`]: routes, bodies, authentication; [`error`]: the JSON error type and extractors.
 //! - [`ratelimit`]: the tiered sliding-window rate limiter (its `config` is built without the
 //!   `server` feature too).
+//! - [`resilience`]: circuit breakers, retries with backoff and jitter, sagas.
 //! - [`metrics`]: Prometheus metrics; [`server`]: state, router, graceful shutdown.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod ratelimit;
+pub mod resilience;
 
 #[cfg(feature = "server")]
 pub mod api;

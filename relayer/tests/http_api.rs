@@ -11,6 +11,9 @@ const ALICE: &str = "0xa11ce00000000000000000000000000000000001";
 const BOB: &str = "0xb0b0000000000000000000000000000000000002";
 const MARKET: &str = "80002:1";
 
+/// Method, path, bearer token, JSON body.
+type Request<'a> = (Method, &'a str, Option<String>, Option<Value>);
+
 fn order(user: &str, side: &str, price: &str, amount: &str) -> Value {
     json!({"marketKey": MARKET, "userId": user, "side": side, "price": price, "amount": amount})
 }
@@ -48,7 +51,7 @@ async fn bad_requests_are_rejected_with_the_field_named() {
     let good = order(ALICE, "buy", "500000", "10");
     let post = |body: Value| (Method::POST, "/v2/orders", Some(alice.clone()), Some(body));
     #[rustfmt::skip]
-    let table: Vec<(&str, (Method, &str, Option<String>, Option<Value>), StatusCode, &str)> = vec![
+    let table: Vec<(&str, Request<'_>, StatusCode, &str)> = vec![
         ("missing price", post(without(good.clone(), "price")), StatusCode::BAD_REQUEST, "price"),
         ("missing side", post(without(good.clone(), "side")), StatusCode::BAD_REQUEST, "side"),
         ("unknown field", post(with(good.clone(), "leverage", json!("10"))), StatusCode::BAD_REQUEST, "leverage"),

@@ -1,0 +1,15 @@
+//! Resilience building blocks, usable on their own:
+//! - [`breaker`]: circuit breakers and their registry;
+//! - [`retry`]: exponential backoff with full jitter, strategies, classifiers, a retry budget;
+//! - [`saga`]: steps with compensations, an executor with events and metrics.
+//!
+//! [`config`] holds their settings and builds without the `server` feature.
+
+pub mod config;
+
+#[cfg(feature = "server")]
+pub mod breaker;
+#[cfg(feature = "server")]
+pub mod retry;
+#[cfg(feature = "server")]
+pub mod saga;

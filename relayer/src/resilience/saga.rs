@@ -1,0 +1,632 @@
+//! Sagas: a sequence of steps, each with an optional compensation, run in order; on a failure
+//! the completed steps are compensated in reverse order.
+//!
+//! A step may be retried (`retryable`, `maxRetries`) and bounded in time (`timeout`). A
+//! compensation is retried too; one that keeps failing parks the saga as `manual` for a person
+//! to resolve. Every transition is reported to the [`SagaObserver`]s: an event stream for
+//! callers, metrics, and the durable log that lets another process finish the saga.
+//!
+//! The context `C` carries the saga's data between steps; steps receive `&mut C`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+
+/// A step's failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    /// What went wrong.
+    pub message: String,
+    /// Whether another attempt may succeed (only retried when the step is `retryable`).
+    pub transient: bool,
+}
+
+impl StepError {
+    /// A failure that retrying will not fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    /// A failure that a retry may fix.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: true,
+        }
+    }
+}
+
+/// The async body of a step or compensation.
+pub type Action<C> =
+    Arc<dyn for<'a> Fn(&'a mut C) -> BoxFuture<'a, Result<(), StepError>> + Send + Sync>;
+
+/// One step.
+pub struct Step<C> {
+    /// Name (metrics label, logs).
+    pub name: &'static str,
+    /// What it does.
+    pub execute: Action<C>,
+    /// How to undo it; `None` when there is nothing to undo.
+    pub compensate: Option<Action<C>>,
+    /// Whether a transient failure is retried.
+    pub retryable: bool,
+    /// Retries of `execute` (and of `compensate`) after the first attempt.
+    pub max_retries: u32,
+    /// Time limit of one attempt.
+    pub timeout: Option<Duration>,
+}
+
+impl<C> fmt::Debug for Step<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Step")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A named list of steps.
+pub struct SagaDefinition<C> {
+    /// Name (metrics label).
+    pub name: &'static str,
+    /// Steps in execution order.
+    pub steps: Vec<Step<C>>,
+}
+
+impl<C> SagaDefinition<C> {
+    /// An empty saga.
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Appends a step.
+    #[must_use]
+    pub fn step(mut self, step: Step<C>) -> Self {
+        self.steps.push(step);
+        self
+    }
+}
+
+/// What happened, as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SagaEvent {
+    /// Execution began.
+    Started,
+    /// A step completed.
+    StepCompleted(&'static str),
+    /// A step failed for good (after its retries).
+    StepFailed(&'static str, String),
+    /// Every step completed.
+    Completed,
+    /// Compensation began, from the last completed step backwards.
+    Compensating,
+    /// A step's compensation completed.
+    StepCompensated(&'static str),
+    /// Every completed step was compensated.
+    Compensated,
+    /// A compensation kept failing: the saga needs a person.
+    Manual(&'static str, String),
+}
+
+impl SagaEvent {
+    /// The seed's event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SagaEvent::Started => "started",
+            SagaEvent::StepCompleted(_) => "step_completed",
+            SagaEvent::StepFailed(..) => "step_failed",
+            SagaEvent::Completed => "completed",
+            SagaEvent::Compensating => "compensating",
+            SagaEvent::StepCompensated(_) => "step_compensated",
+            SagaEvent::Compensated => "compensated",
+            SagaEvent::Manual(..) => "manual",
+        }
+    }
+}
+
+/// How a saga ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SagaOutcome {
+    /// Every step completed.
+    Completed,
+    /// A step failed; the completed ones were undone.
+    Compensated {
+        /// The step that failed.
+        failed_step: &'static str,
+        /// Its error.
+        error: String,
+    },
+    /// A step failed and a compensation failed too.
+    Manual {
+        /// The step that failed.
+        failed_step: &'static str,
+        /// The compensation that kept failing.
+        compensation: &'static str,
+        /// Its last error.
+        error: String,
+    },
+}
+
+impl SagaOutcome {
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SagaOutcome::Completed => "completed",
+            SagaOutcome::Compensated { .. } => "compensated",
+            SagaOutcome::Manual { .. } => "manual",
+        }
+    }
+}
+
+/// Told of every event of every saga an executor runs, with the context at that moment.
+pub trait SagaObserver<C>: Send + Sync {
+    /// Called in order; awaited before the saga goes on (a durable log writes here).
+    fn on_event<'a>(
+        &'a self,
+        saga: &'static str,
+        event: &'a SagaEvent,
+        ctx: &'a C,
+    ) -> BoxFuture<'a, ()>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SagaLabel {
+    saga: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    saga: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StepLabels {
+    saga: &'static str,
+    step: &'static str,
+    result: &'static str,
+}
+
+/// Saga metrics (`foresight_saga_*`).
+#[derive(Debug, Clone)]
+pub struct SagaMetrics {
+    executions: Family<OutcomeLabels, Counter>,
+    steps: Family<StepLabels, Counter>,
+    duration: Family<SagaLabel, Histogram, fn() -> Histogram>,
+    active: Family<SagaLabel, Gauge>,
+}
+
+fn duration_ms() -> Histogram {
+    Histogram::new(exponential_buckets(0.25, 2.0, 20))
+}
+
+impl SagaMetrics {
+    /// Registers the saga metrics.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            executions: Family::default(),
+            steps: Family::default(),
+            duration: Family::new_with_constructor(duration_ms),
+            active: Family::default(),
+        };
+        registry.register(
+            "foresight_saga_executions",
+            "Sagas finished, by outcome",
+            m.executions.clone(),
+        );
+        registry.register(
+            "foresight_saga_steps",
+            "Saga steps by result",
+            m.steps.clone(),
+        );
+        registry.register(
+            "foresight_saga_duration_ms",
+            "Time from a saga's start to its end, in ms",
+            m.duration.clone(),
+        );
+        registry.register(
+            "foresight_saga_active",
+            "Sagas running now",
+            m.active.clone(),
+        );
+        m
+    }
+
+    fn step(&self, saga: &'static str, step: &'static str, result: &'static str) {
+        self.steps
+            .get_or_create(&StepLabels { saga, step, result })
+            .inc();
+    }
+}
+
+/// Runs sagas of one definition.
+pub struct SagaExecutor<C> {
+    definition: SagaDefinition<C>,
+    observers: Vec<Arc<dyn SagaObserver<C>>>,
+    metrics: Option<SagaMetrics>,
+    /// Pause between attempts of a retried step or compensation.
+    retry_delay: Duration,
+}
+
+impl<C: Send> SagaExecutor<C> {
+    /// An executor for `definition`.
+    pub fn new(definition: SagaDefinition<C>) -> Self {
+        Self {
+            definition,
+            observers: Vec::new(),
+            metrics: None,
+            retry_delay: Duration::from_millis(50),
+        }
+    }
+
+    /// Adds an observer.
+    #[must_use]
+    pub fn observe(mut self, observer: Arc<dyn SagaObserver<C>>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    /// Reports to `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: SagaMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Sets the pause between retries.
+    #[must_use]
+    pub fn with_retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// The definition.
+    pub fn definition(&self) -> &SagaDefinition<C> {
+        &self.definition
+    }
+
+    async fn emit(&self, event: SagaEvent, ctx: &C) {
+        for o in &self.observers {
+            o.on_event(self.definition.name, &event, ctx).await;
+        }
+    }
+
+    /// One action with its retries and timeout.
+    async fn attempt(
+        &self,
+        action: &Action<C>,
+        step: &Step<C>,
+        ctx: &mut C,
+        retryable: bool,
+    ) -> Result<(), StepError> {
+        let mut tries = 0;
+        loop {
+            let run = action(ctx);
+            let result = match step.timeout {
+                Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                    Err(StepError::transient(format!(
+                        "timed out after {} ms",
+                        limit.as_millis()
+                    )))
+                }),
+                None => run.await,
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if retryable && e.transient && tries < step.max_retries => {
+                    tries += 1;
+                    tokio::time::sleep(self.retry_delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs the saga from its first step.
+    pub async fn execute(&self, ctx: &mut C) -> SagaOutcome {
+        self.resume(ctx, 0).await
+    }
+
+    /// Runs the saga from step `from` (the steps before it are taken as completed): how a
+    /// recovered saga goes forward.
+    pub async fn resume(&self, ctx: &mut C, from: usize) -> SagaOutcome {
+        let saga = self.definition.name;
+        let started = Instant::now();
+        if let Some(m) = &self.metrics {
+            m.active.get_or_create(&SagaLabel { saga }).inc();
+        }
+        self.emit(SagaEvent::Started, ctx).await;
+        let mut outcome = SagaOutcome::Completed;
+        for (i, step) in self.definition.steps.iter().enumerate().skip(from) {
+            match self.attempt(&step.execute, step, ctx, step.retryable).await {
+                Ok(()) => {
+                    if let Some(m) = &self.metrics {
+                        m.step(saga, step.name, "completed");
+                    }
+                    self.emit(SagaEvent::StepCompleted(step.name), ctx).await;
+                }
+                Err(e) => {
+                    if let Some(m) = &self.metrics {
+                        m.step(saga, step.name, "failed");
+                    }
+                    self.emit(SagaEvent::StepFailed(step.name, e.message.clone()), ctx)
+                        .await;
+                    outcome = self.compensate(ctx, i, step.name, e.message).await;
+                    break;
+                }
+            }
+        }
+        if outcome == SagaOutcome::Completed {
+            self.emit(SagaEvent::Completed, ctx).await;
+        }
+        if let Some(m) = &self.metrics {
+            m.active.get_or_create(&SagaLabel { saga }).dec();
+            m.executions
+                .get_or_create(&OutcomeLabels {
+                    saga,
+                    outcome: outcome.label(),
+                })
+                .inc();
+            m.duration
+                .get_or_create(&SagaLabel { saga })
+                .observe(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        outcome
+    }
+
+    /// Compensates steps `failed - 1 ..= 0` in reverse order (the failed step itself did not
+    /// complete, so it is not compensated).
+    pub async fn compensate(
+        &self,
+        ctx: &mut C,
+        failed: usize,
+        failed_step: &'static str,
+        error: String,
+    ) -> SagaOutcome {
+        let saga = self.definition.name;
+        self.emit(SagaEvent::Compensating, ctx).await;
+        for step in self.definition.steps[..failed].iter().rev() {
+            let Some(compensate) = &step.compensate else {
+                continue;
+            };
+            match self.attempt(compensate, step, ctx, true).await {
+                Ok(()) => {
+                    if let Some(m) = &self.metrics {
+                        m.step(saga, step.name, "compensated");
+                    }
+                    self.emit(SagaEvent::StepCompensated(step.name), ctx).await;
+                }
+                Err(e) => {
+                    if let Some(m) = &self.metrics {
+                        m.step(saga, step.name, "compensation_failed");
+                    }
+                    self.emit(SagaEvent::Manual(step.name, e.message.clone()), ctx)
+                        .await;
+                    tracing::error!(saga, step = step.name, error = %e, "compensation failed: saga needs manual handling");
+                    return SagaOutcome::Manual {
+                        failed_step,
+                        compensation: step.name,
+                        error: e.message,
+                    };
+                }
+            }
+        }
+        self.emit(SagaEvent::Compensated, ctx).await;
+        SagaOutcome::Compensated { failed_step, error }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// The context records what ran; `fail_at` makes that step (or compensation) fail.
+    #[derive(Debug, Default)]
+    struct Ctx {
+        log: Vec<String>,
+        fail_step: Option<&'static str>,
+        fail_compensation: Option<&'static str>,
+        transient_failures_left: u32,
+    }
+
+    fn step(name: &'static str) -> Step<Ctx> {
+        Step {
+            name,
+            execute: Arc::new(move |ctx: &mut Ctx| {
+                Box::pin(async move {
+                    if ctx.fail_step == Some(name) {
+                        if ctx.transient_failures_left > 0 {
+                            ctx.transient_failures_left -= 1;
+                            ctx.log.push(format!("{name} failed (transient)"));
+                            return Err(StepError::transient("flaky"));
+                        }
+                        if ctx.transient_failures_left == 0
+                            && ctx.log.iter().any(|l| l.starts_with(name))
+                        {
+                            ctx.log.push(format!("{name} done"));
+                            return Ok(());
+                        }
+                        return Err(StepError::permanent(format!("{name} broke")));
+                    }
+                    ctx.log.push(format!("{name} done"));
+                    Ok(())
+                })
+            }),
+            compensate: Some(Arc::new(move |ctx: &mut Ctx| {
+                Box::pin(async move {
+                    if ctx.fail_compensation == Some(name) {
+                        return Err(StepError::transient(format!("undo {name} broke")));
+                    }
+                    ctx.log.push(format!("{name} undone"));
+                    Ok(())
+                })
+            })),
+            retryable: true,
+            max_retries: 2,
+            timeout: None,
+        }
+    }
+
+    const STEPS: [&str; 5] = ["validate", "reserve", "match", "settle", "update"];
+
+    fn saga() -> SagaExecutor<Ctx> {
+        let mut def = SagaDefinition::new("order");
+        for name in STEPS {
+            def = def.step(step(name));
+        }
+        SagaExecutor::new(def).with_retry_delay(Duration::ZERO)
+    }
+
+    #[derive(Default)]
+    struct Events(Mutex<Vec<String>>);
+
+    impl SagaObserver<Ctx> for Events {
+        fn on_event<'a>(
+            &'a self,
+            _: &'static str,
+            event: &'a SagaEvent,
+            _: &'a Ctx,
+        ) -> BoxFuture<'a, ()> {
+            Box::pin(async move {
+                self.0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(event.name().to_owned());
+            })
+        }
+    }
+
+    use std::sync::PoisonError;
+
+    #[tokio::test]
+    async fn a_failure_at_each_step_compensates_exactly_the_completed_steps_in_reverse() {
+        for (i, failing) in STEPS.iter().enumerate() {
+            let mut ctx = Ctx {
+                fail_step: Some(failing),
+                ..Ctx::default()
+            };
+            let outcome = saga().execute(&mut ctx).await;
+            assert_eq!(
+                outcome,
+                SagaOutcome::Compensated {
+                    failed_step: failing,
+                    error: format!("{failing} broke")
+                }
+            );
+            let mut expected: Vec<String> =
+                STEPS[..i].iter().map(|s| format!("{s} done")).collect();
+            expected.extend(STEPS[..i].iter().rev().map(|s| format!("{s} undone")));
+            assert_eq!(ctx.log, expected, "failing at {failing}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_compensation_parks_the_saga_as_manual() {
+        let events = Arc::new(Events::default());
+        let executor = saga().observe(events.clone());
+        let mut ctx = Ctx {
+            fail_step: Some("settle"),
+            fail_compensation: Some("reserve"),
+            ..Ctx::default()
+        };
+        let outcome = executor.execute(&mut ctx).await;
+        assert_eq!(
+            outcome,
+            SagaOutcome::Manual {
+                failed_step: "settle",
+                compensation: "reserve",
+                error: "undo reserve broke".to_owned()
+            }
+        );
+        // "match" was undone, "reserve" could not be, so "validate" was not touched.
+        assert_eq!(
+            ctx.log,
+            vec![
+                "validate done",
+                "reserve done",
+                "match done",
+                "match undone"
+            ]
+        );
+        let names = events
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        assert_eq!(
+            names,
+            vec![
+                "started",
+                "step_completed",
+                "step_completed",
+                "step_completed",
+                "step_failed",
+                "compensating",
+                "step_compensated",
+                "manual"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_up_to_max_retries() {
+        let mut ctx = Ctx {
+            fail_step: Some("match"),
+            transient_failures_left: 2,
+            ..Ctx::default()
+        };
+        assert_eq!(saga().execute(&mut ctx).await, SagaOutcome::Completed);
+        assert_eq!(
+            ctx.log.iter().filter(|l| l.contains("transient")).count(),
+            2
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_over_its_timeout_fails_and_compensates() {
+        let mut def = SagaDefinition::new("slow").step(step("validate"));
+        def = def.step(Step {
+            name: "hang",
+            execute: Arc::new(|_: &mut Ctx| {
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok(())
+                })
+            }),
+            compensate: None,
+            retryable: false,
+            max_retries: 0,
+            timeout: Some(Duration::from_millis(100)),
+        });
+        let mut ctx = Ctx::default();
+        let outcome = SagaExecutor::new(def).execute(&mut ctx).await;
+        assert!(
+            matches!(
+                outcome,
+                SagaOutcome::Compensated {
+                    failed_step: "hang",
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(ctx.log, vec!["validate done", "validate undone"]);
+    }
+}
