@@ -1,0 +1,337 @@
+//! Rate-limiter benchmark on `GET /v2/depth`, all scenarios in one run, interleaved in rounds:
+//!
+//! - `off`: the relayer with the limiter off (the baseline);
+//! - `memory`: all four tiers, in-memory counters;
+//! - `redis`: all four tiers, Redis counters (one EVALSHA per request);
+//! - `naive-zset`: the naive reference design, one Redis sorted-set sliding log per tier and a
+//!   round trip per tier (MULTI: ZREMRANGEBYSCORE, ZADD, ZCARD, PEXPIRE).
+//!
+//! Limits are set high so nothing is denied: this measures the limiter's cost, not its answers.
+//! Each request carries an API key, so the per-user tier applies too.
+//!
+//! Run with `scripts/bench-ratelimit.sh` (it installs `wrk` and `redis-server` when missing), or
+//! `cargo run --release -p relayer --example ratelimit_bench -- [seconds per run] [rounds]`.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use relayer::AppState;
+use relayer::config::RelayerConfig;
+use relayer::ratelimit::config::TierLimit;
+use relayer::ratelimit::store::{
+    Check, Clock, CounterStore, Decision, MemoryCounters, RedisCounters, StoreFailure, SystemClock,
+};
+use relayer::ratelimit::window::Outcome;
+use relayer::store::Store;
+
+const USER: &str = "0xa11ce00000000000000000000000000000000001";
+const ADMIN: &str = "bench-admin-token-0123456789";
+const SCENARIOS: [&str; 4] = ["off", "memory", "redis", "naive-zset"];
+
+/// The naive reference: a sorted-set log per tier, one MULTI round trip per tier, checked one
+/// tier after another (a request denied late still consumed the earlier tiers' quota).
+struct NaiveZsetLog {
+    conn: ConnectionManager,
+    seq: AtomicU64,
+}
+
+impl std::fmt::Debug for NaiveZsetLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NaiveZsetLog")
+    }
+}
+
+impl CounterStore for NaiveZsetLog {
+    fn check<'a>(&'a self, checks: &'a [Check]) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
+        Box::pin(async move {
+            let now = SystemClock.now_ms();
+            let mut outcomes = Vec::with_capacity(checks.len());
+            for c in checks {
+                let member = format!("{now}-{}", self.seq.fetch_add(1, Ordering::Relaxed));
+                let key = format!("naive:{}", c.key);
+                let mut conn = self.conn.clone();
+                let (count,): (u64,) = redis::pipe()
+                    .atomic()
+                    .zrembyscore(&key, "-inf", now.saturating_sub(c.spec.window_ms))
+                    .ignore()
+                    .zadd(&key, &member, now)
+                    .ignore()
+                    .zcard(&key)
+                    .pexpire(&key, i64::try_from(c.spec.window_ms).unwrap_or(i64::MAX))
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| StoreFailure(e.to_string()))?;
+                outcomes.push(Outcome {
+                    allowed: count <= c.spec.limit,
+                    count,
+                    limit: c.spec.limit,
+                    remaining: c.spec.limit.saturating_sub(count),
+                    retry_after_ms: 0,
+                    reset_ms: c.spec.window_ms,
+                });
+            }
+            Ok(Decision {
+                outcomes,
+                now_ms: now,
+            })
+        })
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_redis() -> anyhow::Result<Redis> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start redis-server (apt-get install redis-server)")?;
+    let redis = Redis {
+        child,
+        port,
+        _dir: dir,
+    };
+    for _ in 0..100 {
+        if redis_cli(port, &["PING"]).is_ok_and(|o| o.contains("PONG")) {
+            return Ok(redis);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("redis-server did not answer on port {port}")
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .context("run redis-cli")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn commandstat(port: u16, command: &str) -> anyhow::Result<u64> {
+    let info = redis_cli(port, &["INFO", "commandstats"])?;
+    let prefix = format!("cmdstat_{command}:calls=");
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}
+
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+}
+
+fn parse_ms(text: &str) -> Option<f64> {
+    let text = text.trim();
+    if let Some(v) = text.strip_suffix("us") {
+        v.parse::<f64>().ok().map(|v| v / 1000.0)
+    } else if let Some(v) = text.strip_suffix("ms") {
+        v.parse().ok()
+    } else if let Some(v) = text.strip_suffix('s') {
+        v.parse::<f64>().ok().map(|v| v * 1000.0)
+    } else {
+        None
+    }
+}
+
+fn wrk(url: &str, key: &str, seconds: u64) -> anyhow::Result<Run> {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c32", &format!("-d{seconds}s"), "--latency", "-H"])
+        .arg(format!("authorization: Bearer {key}"))
+        .arg(url)
+        .output()
+        .context("run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
+    };
+    let rps = field("Requests/sec:").and_then(|v| v.trim().parse().ok());
+    let p50 = field("50%").and_then(|v| parse_ms(&v));
+    let p99 = field("99%").and_then(|v| parse_ms(&v));
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    let non_2xx = field("Non-2xx or 3xx responses:");
+    if let Some(n) = non_2xx {
+        bail!("{n} non-2xx responses: the benchmark must not be rate limited\n{text}");
+    }
+    match (rps, p50, p99, requests) {
+        (Some(rps), Some(p50_ms), Some(p99_ms), Some(requests)) => Ok(Run {
+            rps,
+            p50_ms,
+            p99_ms,
+            requests,
+        }),
+        _ => bail!("cannot read wrk's output:\n{text}"),
+    }
+}
+
+fn config() -> RelayerConfig {
+    let mut config = RelayerConfig {
+        admin_token: Some(ADMIN.to_owned()),
+        ..RelayerConfig::default()
+    };
+    let huge = |window_ms| TierLimit {
+        window_ms,
+        max_requests: 1_000_000_000,
+    };
+    let limits = &mut config.rate_limit;
+    limits.global = Some(huge(1_000));
+    limits.per_ip = Some(huge(60_000));
+    limits.per_user = Some(huge(60_000));
+    limits.per_endpoint = BTreeMap::from([("GET /v2/depth".to_owned(), huge(60_000))]);
+    config.log.filter = "error".to_owned();
+    config
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let seconds: u64 = args
+        .next()
+        .map_or(Ok(5), |s| s.parse())
+        .context("seconds per run")?;
+    let rounds: usize = args.next().map_or(Ok(3), |s| s.parse()).context("rounds")?;
+    let redis = start_redis()?;
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let client = redis::Client::open(url.as_str())?;
+    let naive_conn = ConnectionManager::new(client).await?;
+
+    let mut results: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+    let mut round_trips = Vec::new();
+    for round in 0..rounds {
+        for scenario in SCENARIOS {
+            let counters: Option<Arc<dyn CounterStore>> = match scenario {
+                "off" => None,
+                "memory" => Some(Arc::new(MemoryCounters::new(
+                    100_000,
+                    Arc::new(SystemClock),
+                ))),
+                "redis" => Some(Arc::new(RedisCounters::connect(
+                    &url,
+                    &format!("bench{round}:"),
+                    Duration::from_secs(1),
+                )?)),
+                _ => Some(Arc::new(NaiveZsetLog {
+                    conn: naive_conn.clone(),
+                    seq: AtomicU64::new(0),
+                })),
+            };
+            let state = AppState::with_limiter(config(), Store::memory(), counters);
+            let user = relayer::domain::UserId::parse("userId", USER)?;
+            let (_, key) = state.exchange().issue_api_key(&user, 0).await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(relayer::serve(listener, state, async move {
+                let _ = stopped.await;
+            }));
+            let target = format!("http://{addr}/v2/depth?marketKey=80002:1");
+            redis_cli(redis.port, &["CONFIG", "RESETSTAT"])?;
+            let run = tokio::task::spawn_blocking({
+                let key = key.clone();
+                move || wrk(&target, &key, seconds)
+            })
+            .await??;
+            if scenario == "redis" {
+                let evalsha = commandstat(redis.port, "evalsha")?;
+                #[allow(clippy::cast_precision_loss)]
+                round_trips.push(evalsha as f64 / run.requests as f64);
+            }
+            let _ = stop.send(());
+            let _ = server.await;
+            eprintln!(
+                "round {} {scenario:>10}: {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+                round + 1,
+                run.rps,
+                run.p50_ms,
+                run.p99_ms
+            );
+            results.entry(scenario).or_default().push(run);
+        }
+    }
+
+    let stat = |s: &str, f: fn(&Run) -> f64| median(results[s].iter().map(f).collect());
+    let base_rps = stat("off", |r| r.rps);
+    let base_p99 = stat("off", |r| r.p99_ms);
+    println!(
+        "\nGET /v2/depth, {rounds} rounds of {seconds} s per scenario, medians (wrk -t1 -c32):"
+    );
+    println!(
+        "{:<11} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "scenario", "req/s", "p50 ms", "p99 ms", "rps/off", "p99/off"
+    );
+    for s in SCENARIOS {
+        let rps = stat(s, |r| r.rps);
+        let p99 = stat(s, |r| r.p99_ms);
+        println!(
+            "{s:<11} {rps:>9.0} {:>9.2} {p99:>9.2} {:>10.3} {:>10.3}",
+            stat(s, |r| r.p50_ms),
+            rps / base_rps,
+            p99 / base_p99
+        );
+    }
+    println!(
+        "redis limiter vs naive-zset throughput: {:.2}x",
+        stat("redis", |r| r.rps) / stat("naive-zset", |r| r.rps)
+    );
+    println!(
+        "redis round trips per request (EVALSHA calls / requests served, per round): {:?}",
+        round_trips
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}

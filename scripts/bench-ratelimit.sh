@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Rate-limiter benchmark (see relayer/examples/ratelimit_bench.rs): GET /v2/depth with the
+# limiter off, in memory, in Redis, and the naive sorted-set reference, interleaved in rounds.
+#   scripts/bench-ratelimit.sh [seconds per run, default 5] [rounds, default 3]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if ((${#need[@]})); then
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+exec cargo run --release --locked -p relayer --example ratelimit_bench -- "$@"
