@@ -536,6 +536,62 @@ async fn restricted_identity_is_refused_a_verb_its_role_does_not_grant() {
 }
 
 #[tokio::test]
+async fn a_certificate_user_gets_what_its_group_is_bound_to_and_nothing_more() {
+    let env = TestEnv::new("user-cert").await;
+    if env.control_plane.pki().is_none() {
+        eprintln!("not applicable against KUBECONFIG_TEST: needs the local cluster CA");
+        return;
+    }
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = from_yaml(
+        "metadata: { name: viewers }\n\
+         roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view }\n\
+         subjects: [{ apiGroup: rbac.authorization.k8s.io, kind: Group, name: foresight-viewers }]",
+    );
+    env.api::<k8s_openapi::api::rbac::v1::RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("bind the group to the view ClusterRole");
+    let (client, kubeconfig) = env
+        .user_identity("jane@example.test", Some("foresight-viewers"))
+        .await
+        .expect("user identity");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client, &env.namespace);
+    wait_for("the group binding to allow listing", SETTLE, || {
+        let config_maps = config_maps.clone();
+        async move {
+            match config_maps.list(&ListParams::default()).await {
+                Ok(_) => Ok(Some(())),
+                Err(kube::Error::Api(s)) if s.code == 403 => Ok(None),
+                Err(error) => Err(error.into()),
+            }
+        }
+    })
+    .await;
+    let status = expect_forbidden(
+        config_maps
+            .create(
+                &PostParams::default(),
+                &from_yaml("metadata: { name: nope }"),
+            )
+            .await,
+        "a viewer creating a configmap",
+    );
+    assert!(
+        status.message.contains("User \"jane@example.test\""),
+        "names the user: {}",
+        status.message
+    );
+    let whoami = env
+        .control_plane
+        .kubectl_as(&kubeconfig)
+        .args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.groups}"])
+        .output()
+        .expect("run kubectl auth whoami");
+    let groups = String::from_utf8_lossy(&whoami.stdout);
+    assert!(groups.contains("foresight-viewers"), "groups: {groups}");
+}
+
+#[tokio::test]
 async fn crd_applied_with_server_side_apply_becomes_established_and_serves_its_resource() {
     let env = TestEnv::new("crd").await;
     let crd: CustomResourceDefinition = serde_json::from_value(json!({

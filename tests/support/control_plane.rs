@@ -51,6 +51,8 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     work_dir: PathBuf,
     binaries: Option<Binaries>,
+    /// The cluster CA and friends (`None` for an external cluster).
+    pki: Option<Pki>,
     simulator: Option<PodSimulator>,
     processes: Mutex<Group>,
     started_in: Duration,
@@ -103,6 +105,11 @@ impl ControlPlane {
             Some(binaries) => binaries.path(name),
             None => PathBuf::from(name),
         }
+    }
+
+    /// The local control plane's certificates (`None` against `KUBECONFIG_TEST`).
+    pub fn pki(&self) -> Option<&Pki> {
+        self.pki.as_ref()
     }
 
     /// A fresh admin client for the calling test's runtime.
@@ -383,6 +390,7 @@ async fn start_local(binaries: &Binaries) -> anyhow::Result<ControlPlane> {
         kubeconfig,
         work_dir,
         binaries: Some(binaries.clone()),
+        pki: Some(pki),
         simulator: Some(simulator),
         processes: Mutex::new(processes),
         started_in,
@@ -414,6 +422,7 @@ async fn start_external(kubeconfig: PathBuf) -> anyhow::Result<ControlPlane> {
         kubeconfig,
         work_dir,
         binaries: Binaries::locate().ok(),
+        pki: None,
         simulator: None,
         processes: Mutex::new(processes),
         started_in: Duration::ZERO,

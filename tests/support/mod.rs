@@ -17,6 +17,7 @@
 //! env.kubectl(&["get", "pods"])?;                    // the built kubectl
 //! env.control_plane.helm().args(["install", ...]);   // the built helm
 //! let (client, kubeconfig) = env.service_account_identity(&ns, "operator").await?;
+//! let (client, kubeconfig) = env.user_identity("jane", Some("viewers")).await?;
 //! if let Some(sim) = env.control_plane.simulator() { sim.register(backend) }
 //! ```
 //!
@@ -171,6 +172,50 @@ impl TestEnv {
             .control_plane
             .work_dir()
             .join(format!("kubeconfig-{user}"));
+        std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+        let client = control_plane::client_from_kubeconfig(&path).await?;
+        Ok((client, path))
+    }
+
+    /// A user authenticated by a client certificate from the cluster CA (CN `user`, O
+    /// `group`), with whatever RBAC the test binds to that user or group; for example a
+    /// platform engineer running kubectl. Only on the local control plane, whose CA key the
+    /// harness holds.
+    pub async fn user_identity(
+        &self,
+        user: &str,
+        group: Option<&str>,
+    ) -> anyhow::Result<(Client, PathBuf)> {
+        let pki = self.control_plane.pki().context(
+            "client certificates need the local control plane's CA; against KUBECONFIG_TEST \
+             use service_account_identity",
+        )?;
+        let dir = self.control_plane.work_dir().join("users");
+        std::fs::create_dir_all(&dir)?;
+        let (cert, key) = pki.issue_client(&dir, user, group)?;
+        let admin = Kubeconfig::read_from(self.control_plane.kubeconfig())?;
+        let cluster = admin
+            .clusters
+            .first()
+            .context("the admin kubeconfig has no cluster")?;
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [cluster],
+            "users": [{
+                "name": user,
+                "user": { "client-certificate": cert, "client-key": key },
+            }],
+            "contexts": [{
+                "name": user,
+                "context": { "cluster": cluster.name, "user": user, "namespace": self.namespace },
+            }],
+            "current-context": user,
+        });
+        let path = dir.join(format!(
+            "kubeconfig-{}",
+            cert.file_stem().unwrap_or_default().to_string_lossy()
+        ));
         std::fs::write(&path, serde_yaml::to_string(&config)?)?;
         let client = control_plane::client_from_kubeconfig(&path).await?;
         Ok((client, path))
