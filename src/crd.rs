@@ -347,25 +347,37 @@ pub struct Strategy {
 /// Blue-green rollout settings.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.previewReplicas) || self.previewReplicas >= 1").message("strategy.blueGreen.previewReplicas must be at least 1"))]
+#[x_kube(
+    validation = Rule::new("!has(self.previewReplicas) || self.previewReplicas >= 1").message("strategy.blueGreen.previewReplicas must be at least 1"),
+    validation = Rule::new("self.maxScaleDownWaitSeconds >= self.scaleDownDelaySeconds").message("strategy.blueGreen.maxScaleDownWaitSeconds must be at least scaleDownDelaySeconds"),
+)]
 pub struct BlueGreenStrategy {
     /// Promote the preview colour as soon as it is available and its pre-promotion gates pass.
-    /// False: wait for a manual promote.
+    /// False: wait for a manual promote (annotation `relayer.foresight.dev/command: promote`).
     #[serde(default = "default_true")]
     pub auto_promote: bool,
-    /// Pods of the preview colour before promotion. Absent: the active colour's current size.
+    /// Pods of the preview colour before promotion. Absent: the active colour's current size
+    /// (what the autoscaler asks for now, never less than the active colour runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub preview_replicas: Option<i32>,
-    /// Seconds the previous colour stays warm after promotion before it is scaled to zero.
+    /// Least seconds the previous colour stays warm after promotion. It is scaled to zero
+    /// only once, in addition, the active Service's EndpointSlices no longer list its pods and
+    /// they report no request in flight and no active saga.
     #[serde(default = "default_scale_down_delay")]
     #[schemars(range(min = 0, max = 86400))]
     pub scale_down_delay_seconds: i32,
-    /// Seconds the preview colour has to become available before the rollout fails.
+    /// Most seconds the previous colour waits for that evidence; then it is scaled to zero
+    /// anyway and a warning Event says so.
+    #[serde(default = "default_max_scale_down_wait")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub max_scale_down_wait_seconds: i32,
+    /// Seconds the preview colour has to become available before the rollout is aborted.
     #[serde(default = "default_progress_deadline")]
     #[schemars(range(min = 10, max = 86400))]
     pub progress_deadline_seconds: i32,
-    /// Return traffic to the last good colour when a gate or the deadline fails.
+    /// Return traffic to the previous (still warm) colour when a post-promotion gate fails.
+    /// False: keep the new colour active and wait for a command (`abort` or `promote`).
     #[serde(default = "default_true")]
     pub auto_rollback: bool,
     /// Health gates on the preview pods before promotion. Absent: none.
@@ -374,7 +386,8 @@ pub struct BlueGreenStrategy {
     /// Health gates on the new active pods after promotion. Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_promotion: Option<GateSpec>,
-    /// Hold the rollout where it is; nothing progresses until false again.
+    /// Hold the rollout where it is; nothing progresses until false again (an abort still
+    /// works).
     #[serde(default)]
     pub paused: bool,
 }
@@ -387,6 +400,10 @@ fn default_scale_down_delay() -> i32 {
     30
 }
 
+fn default_max_scale_down_wait() -> i32 {
+    300
+}
+
 fn default_progress_deadline() -> i32 {
     600
 }
@@ -397,6 +414,7 @@ impl Default for BlueGreenStrategy {
             auto_promote: true,
             preview_replicas: None,
             scale_down_delay_seconds: default_scale_down_delay(),
+            max_scale_down_wait_seconds: default_max_scale_down_wait(),
             progress_deadline_seconds: default_progress_deadline(),
             auto_rollback: true,
             pre_promotion: None,
@@ -406,27 +424,31 @@ impl Default for BlueGreenStrategy {
     }
 }
 
-/// What a gate decides when the pods saw fewer than `minRequests` requests.
+/// What a gate does with a sample of fewer than `minRequests` requests (no data is not bad
+/// data).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum InconclusivePolicy {
-    /// Too little traffic counts as a failed sample.
+    /// Take another sample; after `inconclusiveLimit` inconclusive samples the gate fails.
     #[default]
-    Fail,
-    /// Too little traffic counts as a passed sample.
+    Wait,
+    /// Count it as a passed sample.
     Pass,
+    /// Count it as a failed sample.
+    Fail,
 }
 
 /// Health gates: the relayer's own metrics scraped from the pods under test. Rates are in
-/// basis points (1 = 0.01 %, 10000 = 100 %); an absent threshold is not checked.
+/// basis points (1 = 0.01 %, 10000 = 100 %); an absent threshold is not checked. Requests to
+/// `/health`, `/ready` and `/metrics` are not counted.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.failureLimit < self.samples").message("gate failureLimit must be less than samples"))]
 pub struct GateSpec {
-    /// Seconds between two scrapes of the pods.
-    #[serde(default = "default_gate_interval")]
-    #[schemars(range(min = 1, max = 3600))]
-    pub interval_seconds: i32,
-    /// Samples (deltas between scrapes) taken before the gate decides.
+    /// Milliseconds between two scrapes of the pods.
+    #[serde(default = "default_gate_interval_ms")]
+    #[schemars(range(min = 100, max = 3600000))]
+    pub interval_ms: i64,
+    /// Conclusive samples (deltas between two scrapes) the gate needs to pass.
     #[serde(default = "default_gate_samples")]
     #[schemars(range(min = 1, max = 1000))]
     pub samples: i32,
@@ -441,11 +463,20 @@ pub struct GateSpec {
     /// Verdict of a sample with fewer than `minRequests` requests.
     #[serde(default)]
     pub inconclusive: InconclusivePolicy,
+    /// With `inconclusive: Wait`, inconclusive samples tolerated before the gate fails.
+    #[serde(default = "default_inconclusive_limit")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub inconclusive_limit: i32,
+    /// Failed scrapes tolerated (a pod that does not answer `/metrics`); one more fails the
+    /// gate.
+    #[serde(default = "default_scrape_error_limit")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub scrape_error_limit: i32,
     /// Highest share of 5xx answers, in basis points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
     pub max_error_rate_basis_points: Option<i32>,
-    /// Highest p99 request latency in milliseconds.
+    /// Highest p99 request latency in milliseconds (from the latency histogram).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 600000))]
     pub max_p99_latency_ms: Option<i32>,
@@ -453,23 +484,30 @@ pub struct GateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub max_open_breakers: Option<i32>,
-    /// Highest share of sagas compensated, in basis points.
+    /// Highest share of finished sagas that were compensated, in basis points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
     pub max_saga_compensation_rate_basis_points: Option<i32>,
+    /// Highest share of finished sagas parked for manual handling, in basis points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub max_saga_manual_rate_basis_points: Option<i32>,
     /// Highest share of requests rejected by the rate limiter, in basis points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
     pub max_rate_limit_rejection_rate_basis_points: Option<i32>,
-    /// Probe load the operator sends to the preview Service so a preview without traffic can
-    /// still be judged. Absent: no probe load.
+    /// Judge the pods under test against the active colour as well: no worse than it by these
+    /// margins. Absent: absolute thresholds only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
-    pub probe_requests_per_second: Option<i32>,
+    pub relative_to_active: Option<RelativeGate>,
+    /// Probe load the operator sends to the pods under test (the ready addresses of the
+    /// Service under test) so that a colour without traffic can still be judged. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSpec>,
 }
 
-fn default_gate_interval() -> i32 {
-    10
+fn default_gate_interval_ms() -> i64 {
+    10_000
 }
 
 fn default_gate_samples() -> i32 {
@@ -478,6 +516,51 @@ fn default_gate_samples() -> i32 {
 
 fn default_gate_min_requests() -> i64 {
     100
+}
+
+fn default_inconclusive_limit() -> i32 {
+    30
+}
+
+fn default_scrape_error_limit() -> i32 {
+    3
+}
+
+/// Margins by which the pods under test may be worse than the active colour.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RelativeGate {
+    /// Error rate no higher than the active colour's plus this many basis points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub error_rate_margin_basis_points: Option<i32>,
+    /// p99 latency no higher than the active colour's plus this many percent of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub p99_latency_margin_percent: Option<i32>,
+}
+
+/// A bounded, read-only probe load.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.path.startsWith('/')").message("probe.path must start with /"))]
+pub struct ProbeSpec {
+    /// Path (and query) of a read-only `GET` request.
+    #[serde(default = "default_probe_path")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: String,
+    /// Requests per second, spread over the pods under test.
+    #[serde(default = "default_probe_rate")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub requests_per_second: i32,
+}
+
+fn default_probe_path() -> String {
+    "/v2/depth?marketKey=80002:1".to_owned()
+}
+
+fn default_probe_rate() -> i32 {
+    20
 }
 
 /// One of the two Deployments of a RelayerDeployment.
@@ -582,6 +665,127 @@ pub struct RelayerDeploymentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// The blue-green cutover: where it is, why, and what the gates measured. Absent before
+    /// the first reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Step of a blue-green cutover (see `rollout.rs` for the transitions).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RolloutStep {
+    /// No cutover: the active colour runs the stable revision, the other colour is at zero.
+    #[default]
+    Stable,
+    /// The new revision is starting on the preview colour.
+    Deploying,
+    /// Pre-promotion gates run on the preview pods.
+    PrePromotion,
+    /// Gates passed; waiting for a `promote` command (`autoPromote: false`).
+    AwaitingPromotion,
+    /// The active Service selects the new colour; post-promotion gates run on it.
+    PostPromotion,
+    /// A post-promotion gate failed and `autoRollback` is off: the new colour stays active
+    /// until an `abort` (back to the previous colour) or a `promote` (keep it).
+    Failed,
+    /// Traffic is on `activeColor`; the other colour stays warm until the evidence says it is
+    /// drained, then it is scaled to zero.
+    ScalingDown,
+    /// The cutover was aborted: traffic is on the last good colour; see `abortReason`.
+    Aborted,
+}
+
+/// Progress of the cutover, kept in status so a restarted operator (or a new leader)
+/// continues where the last one stopped.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Current step.
+    pub step: RolloutStep,
+    /// Revision running on the active colour.
+    pub active_revision: String,
+    /// Revision on the other colour (the preview before promotion, the previous revision
+    /// after it); absent when that colour is at zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_revision: Option<String>,
+    /// Revision the cutover brings in (kept after an abort, so it is not retried by itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<String>,
+    /// A promotion was decided (gates passed or a `promote` command) and waits for the
+    /// preview colour to be available at full size.
+    #[serde(default)]
+    pub promote_requested: bool,
+    /// Pods the colours keep while the cutover is in flight (the active colour's size when it
+    /// started, raised when the autoscaler asks for more; never lowered mid-cutover).
+    #[serde(default)]
+    pub hold_replicas: i32,
+    /// Whether the step ends in `Aborted` (a drain after a rollback) rather than `Stable`.
+    #[serde(default)]
+    pub aborting: bool,
+    /// When the cutover started (milliseconds since the Unix epoch).
+    #[serde(default)]
+    pub started_ms: i64,
+    /// When the current step started (milliseconds since the Unix epoch).
+    #[serde(default)]
+    pub step_started_ms: i64,
+    /// Whether the rollout was paused when the step was last evaluated.
+    #[serde(default)]
+    pub paused: bool,
+    /// Why the cutover was aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
+    /// The gate that failed, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_gate: Option<String>,
+    /// What the scale-down of the previous colour waits for, or why it went ahead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<String>,
+    /// Last results of the pre- and post-promotion gates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateStatus>,
+    /// Milliseconds spent in each step of the last cutover, by step name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub step_durations_ms: BTreeMap<String, i64>,
+}
+
+/// Verdict of a gate.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GateVerdict {
+    /// Still sampling.
+    #[default]
+    Running,
+    /// Enough conclusive samples within the failure limit.
+    Passed,
+    /// The failure, inconclusive or scrape-error limit was exceeded.
+    Failed,
+}
+
+/// What one gate has measured so far.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GateStatus {
+    /// `prePromotion` or `postPromotion`.
+    pub name: String,
+    /// Revision under test.
+    pub revision: String,
+    /// Verdict so far.
+    pub verdict: GateVerdict,
+    /// Samples taken (conclusive or not).
+    pub samples: i32,
+    /// Samples that passed.
+    pub passed: i32,
+    /// Samples that failed.
+    pub failed: i32,
+    /// Samples with too little traffic.
+    pub inconclusive: i32,
+    /// Scrapes that failed.
+    pub scrape_errors: i32,
+    /// The last sample's measured values, e.g. `requests=120 errorRate=0.0% p99=4ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_values: Option<String>,
+    /// Why the gate failed, naming the check and its threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[cfg(test)]

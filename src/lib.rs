@@ -8,15 +8,19 @@
 //! - [`controller::leader`]: Lease-based leader election, so two replicas never both act.
 //! - [`metrics`]: Prometheus metrics of the reconciler; [`telemetry`]: logging setup and the
 //!   `/metrics`, `/health` and `/ready` server.
-//! - `rollout` and `gates` (next issue): the blue-green state machine and the health gates. The
-//!   stable-state reconcile in [`controller`] is where the rollout plan slots in.
+//! - [`rollout`]: the blue-green state machine (pure: state × event → next state + actions) and
+//!   the layout of both colours it implies.
+//! - [`gates`]: health gates: parsing the relayer's `/metrics`, deltas, verdicts, and the
+//!   scrape, probe and drain-evidence tasks around them.
 
 #![forbid(unsafe_code)]
 
 pub mod controller;
 pub mod crd;
+pub mod gates;
 pub mod metrics;
 pub mod resources;
+pub mod rollout;
 pub mod telemetry;
 
 /// Errors of the operator.

@@ -54,6 +54,13 @@ pub fn hpa(rd: &RelayerDeployment) -> Option<HorizontalPodAutoscaler> {
             ..MetricSpec::default()
         });
     }
+    // NB: the scale-down select policy is always written (the user's, or the API's default
+    // `Max`), so that lifting a cutover's hold is a visible difference to apply.
+    let mut behavior = autoscaling.behavior.clone().unwrap_or_default();
+    let scale_down = behavior.scale_down.get_or_insert_with(Default::default);
+    if scale_down.select_policy.is_none() {
+        scale_down.select_policy = Some("Max".to_owned());
+    }
     Some(HorizontalPodAutoscaler {
         metadata: child_meta(rd, rd.name_any(), common_labels(rd)),
         spec: HorizontalPodAutoscalerSpec {
@@ -65,10 +72,20 @@ pub fn hpa(rd: &RelayerDeployment) -> Option<HorizontalPodAutoscaler> {
             min_replicas: Some(autoscaling.min_replicas),
             max_replicas: autoscaling.max_replicas,
             metrics: Some(metrics),
-            behavior: autoscaling.behavior.clone(),
+            behavior: Some(behavior),
         },
         status: None,
     })
+}
+
+/// `hpa` with its scale-down disabled (`behavior.scaleDown.selectPolicy: Disabled`), so the
+/// autoscaler cannot shrink the RelayerDeployment while a cutover is in flight. Scale-up
+/// keeps working.
+pub fn hold_scale_down(mut hpa: HorizontalPodAutoscaler) -> HorizontalPodAutoscaler {
+    let behavior = hpa.spec.behavior.get_or_insert_with(Default::default);
+    let scale_down = behavior.scale_down.get_or_insert_with(Default::default);
+    scale_down.select_policy = Some("Disabled".to_owned());
+    hpa
 }
 
 /// `n` in the API server's canonical decimal form (`1000` is stored as `1k`), so the desired

@@ -25,10 +25,10 @@ use crate::{Error, Result};
 
 pub use config::{CONFIG_FILE, CONFIG_MOUNT, config_map, config_map_name, render_config};
 pub use deployment::{container_port, deployment, deployment_name};
-pub use hpa::{RPS_METRIC, hpa};
+pub use hpa::{RPS_METRIC, hold_scale_down, hpa};
 pub use ingress::ingress;
 pub use pdb::pdb;
-pub use revision::{controller_revision, controller_revision_name};
+pub use revision::{ANNOTATION_AUTOSCALING, controller_revision, controller_revision_name};
 pub use service::{preview_service_name, service, service_name};
 
 /// Field manager of every server-side apply the operator makes.
@@ -62,6 +62,57 @@ pub struct Plan {
     pub revision: String,
     /// Ordinal of that revision (its ControllerRevision's `revision`).
     pub revision_number: i64,
+}
+
+/// What one revision runs and how it scales: the whole bundle a rollback restores.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bundle {
+    /// Container image.
+    pub image: String,
+    /// Pod overrides.
+    #[serde(default)]
+    pub pod: crate::crd::PodOverrides,
+    /// Relayer config.
+    #[serde(default)]
+    pub config: relayer::config::RelayerConfig,
+    /// Autoscaling settings last used with this revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<crate::crd::AutoscalingSpec>,
+}
+
+impl Bundle {
+    /// The bundle the spec asks for.
+    pub fn of(rd: &RelayerDeployment) -> Self {
+        Self {
+            image: rd.spec.image.clone(),
+            pod: rd.spec.pod.clone(),
+            config: rd.spec.config.clone(),
+            autoscaling: rd.spec.autoscaling.clone(),
+        }
+    }
+
+    /// The bundle a ControllerRevision kept (template and config from its data, autoscaling
+    /// from its annotation); `None` when its data is not one.
+    pub fn from_revision(cr: &k8s_openapi::api::apps::v1::ControllerRevision) -> Option<Self> {
+        let mut bundle: Bundle = serde_json::from_value(cr.data.0.clone()).ok()?;
+        bundle.autoscaling = cr
+            .annotations()
+            .get(ANNOTATION_AUTOSCALING)
+            .and_then(|a| serde_json::from_str(a).ok())
+            .flatten();
+        Some(bundle)
+    }
+
+    /// `rd` as if its spec ran this bundle at `replicas` pods, for the builders.
+    pub fn apply_to(&self, rd: &RelayerDeployment, replicas: i32) -> RelayerDeployment {
+        let mut rd = rd.clone();
+        rd.spec.image = self.image.clone();
+        rd.spec.pod = self.pod.clone();
+        rd.spec.config = self.config.clone();
+        rd.spec.replicas = replicas;
+        rd
+    }
 }
 
 /// Every desired child of one RelayerDeployment for one [`Plan`].

@@ -12,6 +12,11 @@ use super::{
 use crate::Result;
 use crate::crd::RelayerDeployment;
 
+/// Annotation of a ControllerRevision with the autoscaling settings last used with it (JSON;
+/// `null` for none). Data is immutable; these settings are not part of the revision hash, so
+/// they live here and follow the spec while the revision is the current one.
+pub const ANNOTATION_AUTOSCALING: &str = "relayer.foresight.dev/autoscaling";
+
 /// `<name>-<revision hash>`.
 pub fn controller_revision_name(rd: &RelayerDeployment, revision: &str) -> String {
     format!("{}-{revision}", rd.name_any())
@@ -27,8 +32,18 @@ pub fn controller_revision(rd: &RelayerDeployment, plan: &Plan) -> Result<Contro
     }
     let mut labels = common_labels(rd);
     labels.insert(LABEL_REVISION.to_owned(), plan.revision.clone());
+    let mut metadata = child_meta(rd, controller_revision_name(rd, &plan.revision), labels);
+    let autoscaling =
+        serde_json::to_string(&rd.spec.autoscaling).map_err(|source| crate::Error::Render {
+            what: "autoscaling annotation",
+            source,
+        })?;
+    metadata.annotations = Some(std::collections::BTreeMap::from([(
+        ANNOTATION_AUTOSCALING.to_owned(),
+        autoscaling,
+    )]));
     Ok(ControllerRevision {
-        metadata: child_meta(rd, controller_revision_name(rd, &plan.revision), labels),
+        metadata,
         data: RawExtension(json!({
             "image": rd.spec.image,
             "pod": rd.spec.pod,

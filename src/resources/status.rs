@@ -159,6 +159,7 @@ pub fn status(
         desired_replicas: desired,
         selector: Some(selector_string(&color_selector(rd, plan.active))),
         conditions: vec![available_c, progressing_c, degraded_c],
+        rollout: previous.rollout.clone(),
     }
 }
 

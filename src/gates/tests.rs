@@ -1,0 +1,205 @@
+use super::runner::parse_response;
+use super::*;
+use crate::crd::RelativeGate;
+
+/// The shape of a relayer's `/metrics` (OpenMetrics text from prometheus-client).
+fn exposition(ok: u64, errors: u64, fast: u64, slow: u64, in_flight: u64) -> String {
+    let total = fast + slow;
+    format!(
+        r#"# HELP foresight_http_requests HTTP requests answered, by method, route template and status.
+# TYPE foresight_http_requests counter
+foresight_http_requests_total{{method="GET",route="/v2/depth",status="200"}} {ok}
+foresight_http_requests_total{{method="POST",route="/v2/orders",status="500"}} {errors}
+foresight_http_requests_total{{method="GET",route="/ready",status="200"}} 999
+foresight_http_requests_total{{method="GET",route="/metrics",status="200"}} 50
+# TYPE foresight_http_request_duration_seconds histogram
+# UNIT foresight_http_request_duration_seconds seconds
+foresight_http_request_duration_seconds_sum{{method="GET",route="/v2/depth"}} 1.5
+foresight_http_request_duration_seconds_count{{method="GET",route="/v2/depth"}} {total}
+foresight_http_request_duration_seconds_bucket{{le="0.001",method="GET",route="/v2/depth"}} {fast}
+foresight_http_request_duration_seconds_bucket{{le="0.256",method="GET",route="/v2/depth"}} {fast}
+foresight_http_request_duration_seconds_bucket{{le="0.512",method="GET",route="/v2/depth"}} {total}
+foresight_http_request_duration_seconds_bucket{{le="+Inf",method="GET",route="/v2/depth"}} {total}
+foresight_http_request_duration_seconds_bucket{{le="0.001",method="GET",route="/ready"}} 999
+foresight_http_request_duration_seconds_bucket{{le="+Inf",method="GET",route="/ready"}} 999
+# TYPE foresight_http_requests_in_flight gauge
+foresight_http_requests_in_flight {in_flight}
+# TYPE foresight_circuit_breaker_state gauge
+foresight_circuit_breaker_state{{name="settlement"}} 1
+foresight_circuit_breaker_state{{name="other"}} 2
+# TYPE foresight_saga_executions counter
+foresight_saga_executions_total{{saga="order",outcome="completed"}} 8
+foresight_saga_executions_total{{saga="order",outcome="compensated"}} 2
+# EOF
+"#
+    )
+}
+
+fn spec() -> GateSpec {
+    serde_json::from_value(serde_json::json!({
+        "samples": 3, "failureLimit": 1, "minRequests": 10,
+        "maxErrorRateBasisPoints": 100, "maxP99LatencyMs": 300,
+    }))
+    .expect("gate spec")
+}
+
+#[test]
+fn parse_reads_traffic_but_not_probes_or_scrapes() {
+    let s = parse(&exposition(90, 10, 95, 5, 3)).expect("parse");
+    assert_eq!(s.requests, 100.0);
+    assert_eq!(s.errors, 10.0);
+    assert_eq!(s.in_flight, 3.0);
+    assert_eq!(s.open_breakers, 1.0, "half-open is not open");
+    assert_eq!(s.sagas["compensated"], 2.0);
+    assert_eq!(
+        s.latency_buckets,
+        vec![(0.001, 95.0), (0.256, 95.0), (0.512, 100.0), (f64::INFINITY, 100.0)]
+    );
+    assert_eq!(parse("").expect("empty"), Scrape::default(), "absent families are zero");
+}
+
+#[test]
+fn parse_handles_escapes_and_rejects_garbage_with_the_line() {
+    let line = r#"m{a="x\"y,z}",b="\\"} 2 1700000000"#;
+    let s = parse_line(line, 1).expect("parse").expect("a sample");
+    assert_eq!(s.labels, vec![("a".into(), "x\"y,z}".into()), ("b".into(), "\\".into())]);
+    assert_eq!(s.value, 2.0);
+    let err = parse("ok 1\nfoo{a=\"1\"} notanumber\n").expect_err("bad value");
+    assert_eq!(err.line, 2);
+    assert!(parse("m{a=1} 1").is_err());
+}
+
+#[test]
+fn deltas_take_the_window_and_survive_a_restart() {
+    let before = parse(&exposition(100, 0, 100, 0, 1)).expect("parse");
+    let after = parse(&exposition(180, 20, 190, 10, 1)).expect("parse");
+    let w = after.delta(&before);
+    assert_eq!((w.requests, w.errors), (100.0, 20.0));
+    assert_eq!(w.error_rate(), 0.2);
+    assert_eq!(w.p99_ms(), Some(512.0));
+    let restarted = parse(&exposition(5, 0, 5, 0, 1)).expect("parse");
+    let w = restarted.delta(&after);
+    assert_eq!(w.requests, 5.0, "after a reset the later value is the increase");
+    assert_eq!(w.p99_ms(), Some(1.0));
+}
+
+fn window(requests: f64, errors: f64, slow: f64) -> Window {
+    Window {
+        requests,
+        errors,
+        latency_buckets: vec![(0.01, requests - slow), (1.0, requests), (f64::INFINITY, requests)],
+        ..Window::default()
+    }
+}
+
+#[test]
+fn judge_passes_fails_and_calls_too_little_traffic_inconclusive() {
+    assert_eq!(judge(&spec(), &window(100.0, 0.0, 0.0), None), Sample::Pass);
+    match judge(&spec(), &window(100.0, 5.0, 0.0), None) {
+        Sample::Fail(why) => assert!(why.contains("error rate 5.00% > 1.00%"), "{why}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    match judge(&spec(), &window(100.0, 0.0, 5.0), None) {
+        Sample::Fail(why) => assert!(why.contains("p99 latency 1000.0ms > 300ms"), "{why}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert!(matches!(
+        judge(&spec(), &window(9.0, 9.0, 9.0), None),
+        Sample::Inconclusive(_)
+    ));
+    let mut breakers = spec();
+    breakers.max_open_breakers = Some(0);
+    let mut quiet = window(0.0, 0.0, 0.0);
+    quiet.open_breakers = 1.0;
+    assert!(
+        matches!(judge(&breakers, &quiet, None), Sample::Fail(_)),
+        "an open breaker fails even without traffic"
+    );
+}
+
+#[test]
+fn relative_gates_compare_with_the_active_colour_when_it_has_traffic() {
+    let mut relative = spec();
+    relative.max_error_rate_basis_points = None;
+    relative.relative_to_active = Some(RelativeGate {
+        error_rate_margin_basis_points: Some(100),
+        p99_latency_margin_percent: Some(50),
+    });
+    let active = window(100.0, 3.0, 0.0);
+    assert_eq!(judge(&relative, &window(100.0, 4.0, 0.0), Some(&active)), Sample::Pass);
+    assert!(matches!(
+        judge(&relative, &window(100.0, 5.0, 0.0), Some(&active)),
+        Sample::Fail(_)
+    ));
+    let idle_active = window(2.0, 0.0, 0.0);
+    assert_eq!(
+        judge(&relative, &window(100.0, 5.0, 0.0), Some(&idle_active)),
+        Sample::Pass,
+        "no comparison against a colour without traffic"
+    );
+}
+
+#[test]
+fn a_tally_passes_after_enough_samples_and_fails_past_the_limit() {
+    let spec = spec();
+    let mut t = Tally::new("prePromotion", "r2");
+    t.record(&spec, Sample::Pass, "v".into());
+    t.record(&spec, Sample::Fail("x".into()), "v".into());
+    assert!(!t.decided());
+    t.record(&spec, Sample::Pass, "v".into());
+    assert_eq!(t.0.verdict, GateVerdict::Passed);
+
+    let mut t = Tally::new("prePromotion", "r2");
+    t.record(&spec, Sample::Fail("error rate 50%".into()), "v".into());
+    t.record(&spec, Sample::Fail("error rate 50%".into()), "v".into());
+    assert_eq!(t.0.verdict, GateVerdict::Failed);
+    assert!(t.0.reason.as_deref().is_some_and(|r| r.contains("failureLimit 1")));
+}
+
+#[test]
+fn inconclusive_samples_wait_pass_or_fail_as_the_policy_says() {
+    let mut spec = spec();
+    spec.inconclusive_limit = 2;
+    let quiet = || Sample::Inconclusive("1 requests < minRequests 10".into());
+    let mut wait = Tally::new("g", "r");
+    for _ in 0..2 {
+        wait.record(&spec, quiet(), "v".into());
+    }
+    assert!(!wait.decided(), "waiting within the limit");
+    wait.record(&spec, quiet(), "v".into());
+    assert_eq!(wait.0.verdict, GateVerdict::Failed);
+
+    spec.inconclusive = InconclusivePolicy::Pass;
+    let mut pass = Tally::new("g", "r");
+    for _ in 0..3 {
+        pass.record(&spec, quiet(), "v".into());
+    }
+    assert_eq!(pass.0.verdict, GateVerdict::Passed);
+
+    spec.inconclusive = InconclusivePolicy::Fail;
+    let mut fail = Tally::new("g", "r");
+    fail.record(&spec, quiet(), "v".into());
+    fail.record(&spec, quiet(), "v".into());
+    assert_eq!(fail.0.verdict, GateVerdict::Failed);
+}
+
+#[test]
+fn scrape_errors_have_their_own_budget() {
+    let spec = spec();
+    let mut t = Tally::new("g", "r");
+    for _ in 0..spec.scrape_error_limit {
+        t.scrape_error(&spec, "connection refused");
+    }
+    assert!(!t.decided());
+    t.scrape_error(&spec, "connection refused");
+    assert_eq!(t.0.verdict, GateVerdict::Failed);
+}
+
+#[test]
+fn responses_are_read_plain_or_chunked() {
+    let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+    assert_eq!(parse_response(plain), Ok((200, "hello".into())));
+    let chunked = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
+    assert_eq!(parse_response(chunked), Ok((503, "hello".into())));
+    assert!(parse_response(b"garbage").is_err());
+}

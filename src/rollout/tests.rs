@@ -1,0 +1,504 @@
+//! Every step × every event, and a property test over random event sequences.
+
+use super::*;
+
+const T0: i64 = 1_000_000;
+
+fn settings() -> Settings {
+    Settings {
+        auto_promote: true,
+        auto_rollback: true,
+        pre_gate: true,
+        post_gate: true,
+        progress_deadline_ms: 60_000,
+        scale_down_delay_ms: 5_000,
+        max_scale_down_wait_ms: 30_000,
+    }
+}
+
+fn facts(now_ms: i64) -> Facts {
+    Facts {
+        now_ms,
+        other_available: true,
+        desired_replicas: 3,
+    }
+}
+
+/// A state in `step`, consistent with how the machine gets there: r1 was stable on blue and
+/// r2 is the new revision.
+fn in_step(step: RolloutStep) -> State {
+    use RolloutStep as S;
+    let mut s = State::new("r1");
+    let r = &mut s.rollout;
+    r.step = step;
+    r.step_started_ms = T0;
+    r.started_ms = T0;
+    match step {
+        S::Stable => {}
+        S::Deploying | S::PrePromotion | S::AwaitingPromotion => {
+            r.other_revision = Some("r2".into());
+            r.target_revision = Some("r2".into());
+            r.hold_replicas = 3;
+        }
+        S::PostPromotion | S::Failed | S::ScalingDown => {
+            s.active = Color::Green;
+            r.active_revision = "r2".into();
+            r.other_revision = Some("r1".into());
+            r.target_revision = Some("r2".into());
+            r.hold_replicas = 3;
+        }
+        S::Aborted => {
+            r.target_revision = Some("r2".into());
+            r.abort_reason = Some("prePromotion failed".into());
+        }
+    }
+    s
+}
+
+const STEPS: [RolloutStep; 8] = [
+    RolloutStep::Stable,
+    RolloutStep::Deploying,
+    RolloutStep::PrePromotion,
+    RolloutStep::AwaitingPromotion,
+    RolloutStep::PostPromotion,
+    RolloutStep::Failed,
+    RolloutStep::ScalingDown,
+    RolloutStep::Aborted,
+];
+
+/// The events of the table, with the time they happen at.
+fn events() -> Vec<(&'static str, Event, i64)> {
+    let spec = |r: &str| Event::SpecChanged {
+        revision: r.to_owned(),
+    };
+    let failed = Event::Gate(GateOutcome::Failed {
+        gate: "prePromotion".into(),
+        reason: "error rate 50.00% > 1.00%".into(),
+    });
+    let early = T0 + 1;
+    let late = T0 + 10 * 60_000;
+    vec![
+        ("spec r3", spec("r3"), early),
+        ("spec r1", spec("r1"), early),
+        ("spec r2", spec("r2"), early),
+        ("pods ready", Event::PodsReady, early),
+        ("tick early", Event::Tick, early),
+        ("tick late", Event::Tick, late),
+        ("gate passed", Event::Gate(GateOutcome::Passed), early),
+        ("gate failed", failed, early),
+        (
+            "gate inconclusive",
+            Event::Gate(GateOutcome::Inconclusive),
+            early,
+        ),
+        ("promote", Event::Command(Command::Promote), early),
+        ("abort", Event::Command(Command::Abort), early),
+        ("retry", Event::Command(Command::Retry), early),
+        ("pause", Event::Command(Command::Pause), early),
+        ("resume", Event::Command(Command::Resume), early),
+        ("drained early", Event::Drained, early),
+        ("drained late", Event::Drained, late),
+        ("restart", Event::Restart, early),
+    ]
+}
+
+/// Expected next step, active colour after the event, and whether it switched.
+fn expected(step: RolloutStep, event: &str) -> (RolloutStep, Color) {
+    use Color::{Blue, Green};
+    use RolloutStep as S;
+    match (step, event) {
+        (S::Stable, "spec r3" | "spec r2") => (S::Deploying, Blue),
+        (S::Stable, _) => (S::Stable, Blue),
+
+        (S::Deploying, "spec r3") => (S::Deploying, Blue),
+        (S::Deploying, "spec r1") => (S::Stable, Blue),
+        (S::Deploying, "pods ready") => (S::PrePromotion, Blue),
+        (S::Deploying, "tick late" | "abort") => (S::Aborted, Blue),
+        (S::Deploying, "promote") => (S::PostPromotion, Green),
+        (S::Deploying, _) => (S::Deploying, Blue),
+
+        (S::PrePromotion, "spec r3") => (S::Deploying, Blue),
+        (S::PrePromotion, "spec r1") => (S::Stable, Blue),
+        (S::PrePromotion, "gate passed" | "promote") => (S::PostPromotion, Green),
+        (S::PrePromotion, "gate failed" | "abort") => (S::Aborted, Blue),
+        (S::PrePromotion, _) => (S::PrePromotion, Blue),
+
+        (S::AwaitingPromotion, "spec r3") => (S::Deploying, Blue),
+        (S::AwaitingPromotion, "spec r1") => (S::Stable, Blue),
+        (S::AwaitingPromotion, "promote") => (S::PostPromotion, Green),
+        (S::AwaitingPromotion, "abort") => (S::Aborted, Blue),
+        (S::AwaitingPromotion, _) => (S::AwaitingPromotion, Blue),
+
+        (S::PostPromotion, "spec r1" | "gate failed" | "abort") => (S::ScalingDown, Blue),
+        (S::PostPromotion, "gate passed") => (S::ScalingDown, Green),
+        (S::PostPromotion, _) => (S::PostPromotion, Green),
+
+        (S::Failed, "spec r1" | "abort") => (S::ScalingDown, Blue),
+        (S::Failed, "promote") => (S::ScalingDown, Green),
+        (S::Failed, _) => (S::Failed, Green),
+
+        (S::ScalingDown, "spec r1" | "abort") => (S::ScalingDown, Blue),
+        (S::ScalingDown, "tick late" | "drained late") => (S::Stable, Green),
+        (S::ScalingDown, _) => (S::ScalingDown, Green),
+
+        (S::Aborted, "spec r3" | "retry") => (S::Deploying, Blue),
+        (S::Aborted, "spec r1") => (S::Stable, Blue),
+        (S::Aborted, _) => (S::Aborted, Blue),
+    }
+}
+
+#[test]
+fn every_step_and_event_gives_the_documented_next_step() {
+    let mut checked = 0;
+    for step in STEPS {
+        for (name, event, now) in events() {
+            let state = in_step(step);
+            let (next, actions) = transition(&state, &event, &settings(), &facts(now));
+            let (want_step, want_active) = expected(step, name);
+            assert_eq!(
+                (next.rollout.step, next.active),
+                (want_step, want_active),
+                "{step:?} + {name}"
+            );
+            let switched = actions
+                .iter()
+                .any(|a| matches!(a, Action::SwitchActive(c) if *c == want_active));
+            assert_eq!(
+                switched,
+                state.active != want_active,
+                "{step:?} + {name}: SwitchActive exactly when the active colour changes"
+            );
+            if next.rollout.step == RolloutStep::Aborted && step != RolloutStep::Aborted {
+                assert!(next.rollout.abort_reason.is_some(), "{step:?} + {name}");
+                assert_eq!(next.rollout.other_revision, None, "{step:?} + {name}");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, STEPS.len() * events().len());
+}
+
+#[test]
+fn a_paused_rollout_only_hears_abort_and_resume() {
+    for step in STEPS {
+        for (name, event, now) in events() {
+            let mut state = in_step(step);
+            state.rollout.paused = true;
+            let (next, _) = transition(&state, &event, &settings(), &facts(now));
+            match name {
+                "abort" => assert_eq!(next.rollout.step, expected(step, name).0, "{step:?}"),
+                "resume" => {
+                    assert!(!next.rollout.paused);
+                    assert_eq!(next.rollout.step, step);
+                }
+                _ => assert_eq!(
+                    (next.rollout.step, next.active),
+                    (step, state.active),
+                    "paused {step:?} + {name}"
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn resuming_restarts_the_progress_deadline() {
+    let mut state = in_step(RolloutStep::Deploying);
+    state.rollout.paused = true;
+    let resume_at = T0 + 50_000;
+    let (resumed, _) = transition(
+        &state,
+        &Event::Command(Command::Resume),
+        &settings(),
+        &facts(resume_at),
+    );
+    let (later, _) = transition(&resumed, &Event::Tick, &settings(), &facts(T0 + 70_000));
+    assert_eq!(later.rollout.step, RolloutStep::Deploying, "20 s after resume");
+    let (expired, _) = transition(
+        &resumed,
+        &Event::Tick,
+        &settings(),
+        &facts(resume_at + 60_000),
+    );
+    assert_eq!(expired.rollout.step, RolloutStep::Aborted);
+}
+
+#[test]
+fn an_unavailable_preview_is_never_promoted_and_the_decision_waits_for_it() {
+    let state = in_step(RolloutStep::PrePromotion);
+    let unavailable = Facts {
+        other_available: false,
+        ..facts(T0 + 1)
+    };
+    let (waiting, actions) = transition(
+        &state,
+        &Event::Gate(GateOutcome::Passed),
+        &settings(),
+        &unavailable,
+    );
+    assert_eq!(waiting.active, Color::Blue);
+    assert_eq!(waiting.rollout.step, RolloutStep::AwaitingPromotion);
+    assert!(waiting.rollout.promote_requested);
+    assert!(!actions.iter().any(|a| matches!(a, Action::SwitchActive(_))));
+    let (promoted, actions) = transition(&waiting, &Event::PodsReady, &settings(), &facts(T0 + 2));
+    assert_eq!(promoted.active, Color::Green);
+    assert!(actions.contains(&Action::SwitchActive(Color::Green)));
+}
+
+#[test]
+fn without_gates_or_auto_promotion_the_steps_are_skipped_or_held() {
+    let no_gates = Settings {
+        pre_gate: false,
+        post_gate: false,
+        ..settings()
+    };
+    let (next, _) = transition(
+        &in_step(RolloutStep::Deploying),
+        &Event::PodsReady,
+        &no_gates,
+        &facts(T0 + 1),
+    );
+    assert_eq!(
+        (next.rollout.step, next.active),
+        (RolloutStep::ScalingDown, Color::Green)
+    );
+    let manual = Settings {
+        auto_promote: false,
+        ..settings()
+    };
+    let (next, _) = transition(
+        &in_step(RolloutStep::PrePromotion),
+        &Event::Gate(GateOutcome::Passed),
+        &manual,
+        &facts(T0 + 1),
+    );
+    assert_eq!(
+        (next.rollout.step, next.active),
+        (RolloutStep::AwaitingPromotion, Color::Blue)
+    );
+}
+
+#[test]
+fn a_post_promotion_failure_without_auto_rollback_holds_for_a_command() {
+    let held = Settings {
+        auto_rollback: false,
+        ..settings()
+    };
+    let failed = Event::Gate(GateOutcome::Failed {
+        gate: "postPromotion".into(),
+        reason: "p99 900 ms > 250 ms".into(),
+    });
+    let (next, _) = transition(
+        &in_step(RolloutStep::PostPromotion),
+        &failed,
+        &held,
+        &facts(T0 + 1),
+    );
+    assert_eq!(
+        (next.rollout.step, next.active),
+        (RolloutStep::Failed, Color::Green)
+    );
+    assert_eq!(next.rollout.failed_gate.as_deref(), Some("postPromotion"));
+}
+
+#[test]
+fn a_rollback_after_a_failed_gate_ends_aborted_and_a_spec_rollback_ends_stable() {
+    let failed = Event::Gate(GateOutcome::Failed {
+        gate: "postPromotion".into(),
+        reason: "error rate".into(),
+    });
+    let (draining, _) = transition(
+        &in_step(RolloutStep::PostPromotion),
+        &failed,
+        &settings(),
+        &facts(T0 + 1),
+    );
+    assert!(draining.rollout.aborting);
+    let (done, _) = transition(&draining, &Event::Drained, &settings(), &facts(T0 + 10_000));
+    assert_eq!(done.rollout.step, RolloutStep::Aborted);
+    assert_eq!(done.rollout.active_revision, "r1");
+    assert_eq!(done.rollout.other_revision, None);
+    assert_eq!(done.rollout.target_revision.as_deref(), Some("r2"));
+    // The failed revision is not retried by itself; a command or a new spec does it.
+    let (same, _) = transition(
+        &done,
+        &Event::SpecChanged {
+            revision: "r2".into(),
+        },
+        &settings(),
+        &facts(T0 + 20_000),
+    );
+    assert_eq!(same.rollout.step, RolloutStep::Aborted);
+
+    let (reverted, _) = transition(
+        &in_step(RolloutStep::ScalingDown),
+        &Event::SpecChanged {
+            revision: "r1".into(),
+        },
+        &settings(),
+        &facts(T0 + 1),
+    );
+    assert!(!reverted.rollout.aborting);
+    let (done, _) = transition(&reverted, &Event::Drained, &settings(), &facts(T0 + 10_000));
+    assert_eq!(
+        (done.rollout.step, done.active),
+        (RolloutStep::Stable, Color::Blue)
+    );
+}
+
+#[test]
+fn restart_resumes_the_gate_of_the_step_and_changes_nothing_else() {
+    for step in STEPS {
+        let state = in_step(step);
+        let (next, actions) = transition(&state, &Event::Restart, &settings(), &facts(T0 + 1));
+        assert_eq!(next, state, "{step:?}");
+        let resumed: Vec<_> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::StartGate(_)))
+            .collect();
+        assert_eq!(resumed.len(), usize::from(state.gate().is_some()), "{step:?}");
+    }
+}
+
+#[test]
+fn the_held_size_never_drops_mid_cutover_and_follows_the_autoscaler_up() {
+    let mut state = in_step(RolloutStep::Deploying);
+    state.rollout.hold_replicas = 7;
+    let shrink = Facts {
+        desired_replicas: 3,
+        ..facts(T0 + 1)
+    };
+    let (next, _) = transition(&state, &Event::Tick, &settings(), &shrink);
+    assert_eq!(next.rollout.hold_replicas, 7);
+    let l = layout(&next, 3, None);
+    assert_eq!((l.active_plan.replicas, l.other_plan.replicas), (7, 7));
+    assert!(l.hold_scale_down);
+    let grow = Facts {
+        desired_replicas: 9,
+        ..facts(T0 + 2)
+    };
+    let (next, _) = transition(&next, &Event::Tick, &settings(), &grow);
+    assert_eq!(next.rollout.hold_replicas, 9);
+    let stable = layout(&in_step(RolloutStep::Stable), 3, None);
+    assert_eq!((stable.active_plan.replicas, stable.other_plan.replicas), (3, 0));
+    assert!(!stable.hold_scale_down);
+}
+
+#[test]
+fn a_smaller_preview_grows_to_full_size_before_the_switch() {
+    let state = in_step(RolloutStep::PrePromotion);
+    assert_eq!(layout(&state, 5, Some(1)).other_plan.replicas, 1);
+    let small = Facts {
+        other_available: false,
+        desired_replicas: 5,
+        ..facts(T0 + 1)
+    };
+    let (waiting, _) = transition(&state, &Event::Gate(GateOutcome::Passed), &settings(), &small);
+    assert_eq!(layout(&waiting, 5, Some(1)).other_plan.replicas, 5);
+    assert_eq!(waiting.active, Color::Blue);
+}
+
+/// xorshift64*: a small deterministic generator, so failures reproduce from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn random_event(rng: &mut Rng) -> Event {
+    let revision = || ["r1", "r2", "r3", "r4"];
+    match rng.below(11) {
+        0 => Event::SpecChanged {
+            revision: revision()[rng.below(4) as usize].to_owned(),
+        },
+        1 => Event::PodsReady,
+        2 | 3 => Event::Tick,
+        4 => Event::Gate(GateOutcome::Passed),
+        5 => Event::Gate(GateOutcome::Failed {
+            gate: "g".into(),
+            reason: "r".into(),
+        }),
+        6 => Event::Gate(GateOutcome::Inconclusive),
+        7 => Event::Command(
+            [
+                Command::Promote,
+                Command::Abort,
+                Command::Retry,
+                Command::Pause,
+                Command::Resume,
+            ][rng.below(5) as usize],
+        ),
+        8 => Event::Drained,
+        9 => Event::Restart,
+        _ => Event::Tick,
+    }
+}
+
+/// Property: over random event sequences with random availability, the active colour only
+/// ever changes to a colour reported available at that moment, always through one
+/// `SwitchActive`, the active colour always runs a revision, and layouts never scale the
+/// active colour to zero while the spec asks for pods.
+#[test]
+fn the_active_selector_only_ever_points_at_a_colour_that_was_available() {
+    let mut switches = 0;
+    for seed in 1..=3_000u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let settings = Settings {
+            auto_promote: rng.below(2) == 0,
+            auto_rollback: rng.below(2) == 0,
+            pre_gate: rng.below(2) == 0,
+            post_gate: rng.below(2) == 0,
+            progress_deadline_ms: 10_000,
+            scale_down_delay_ms: 1_000,
+            max_scale_down_wait_ms: 20_000,
+        };
+        let mut state = State::new("r1");
+        let mut now = T0;
+        for _ in 0..80 {
+            now += i64::try_from(rng.below(4_000)).unwrap_or(0);
+            let facts = Facts {
+                now_ms: now,
+                other_available: rng.below(3) != 0,
+                desired_replicas: 1 + i32::try_from(rng.below(8)).unwrap_or(0),
+            };
+            let event = random_event(&mut rng);
+            let (next, actions) = transition(&state, &event, &settings, &facts);
+            let switched: Vec<Color> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::SwitchActive(c) => Some(*c),
+                    _ => None,
+                })
+                .collect();
+            if next.active != state.active {
+                switches += 1;
+                assert!(
+                    facts.other_available,
+                    "seed {seed}: switched to {} which was not available ({event:?} in {:?})",
+                    next.active, state.rollout.step
+                );
+                assert_eq!(switched, vec![next.active], "seed {seed}");
+            } else {
+                assert!(switched.is_empty(), "seed {seed}: a switch without a change");
+            }
+            assert!(!next.rollout.active_revision.is_empty(), "seed {seed}");
+            let l = layout(&next, facts.desired_replicas, None);
+            assert_eq!(l.active, next.active);
+            assert!(l.active_plan.replicas >= facts.desired_replicas, "seed {seed}");
+            if next.rollout.other_revision.is_none() {
+                assert_eq!(l.other_plan.replicas, 0, "seed {seed}");
+            }
+            state = next;
+        }
+    }
+    assert!(switches > 1_000, "the sequences exercise switches ({switches})");
+}
