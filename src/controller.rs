@@ -6,9 +6,10 @@
 //! A resync of a converged RelayerDeployment therefore sends no request at all. The rollout
 //! state machine of the next issue replaces [`plan`]'s fixed active colour.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ use futures::{StreamExt, future};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -45,6 +47,55 @@ pub struct Config {
     pub resync: Duration,
     /// Reconciles running at once.
     pub concurrency: u16,
+    /// Networks of pod addresses the operator may contact (gate scrapes, probe load, drain
+    /// evidence). NB: empty by default, so that a library user contacts no pod unless told
+    /// to; the binary's `--pod-networks` defaults to every address.
+    pub pod_networks: Vec<Network>,
+}
+
+/// An IP network (`10.244.0.0/16`), for [`Config::pod_networks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// Whether `ip` is inside this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or(format!("{s:?} is not ADDRESS/PREFIX"))?;
+        let addr: IpAddr = addr.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let prefix: u8 = prefix.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(format!("{s:?}: prefix longer than {max}"));
+        }
+        Ok(Self { addr, prefix })
+    }
 }
 
 impl Default for Config {
@@ -54,6 +105,7 @@ impl Default for Config {
             // NB: five minutes, like controller-runtime's default; drift arrives by watch anyway.
             resync: Duration::from_secs(300),
             concurrency: 4,
+            pod_networks: Vec::new(),
         }
     }
 }
@@ -83,6 +135,10 @@ pub struct Stores {
     pub pdbs: Store<PodDisruptionBudget>,
     /// ControllerRevisions.
     pub revisions: Store<ControllerRevision>,
+    /// Relayer pods (for gate targets and drain evidence).
+    pub pods: Store<Pod>,
+    /// EndpointSlices of the Services (for drain evidence).
+    pub slices: Store<EndpointSlice>,
 }
 
 impl Stores {
@@ -95,6 +151,8 @@ impl Stores {
             boxed_ready(&self.ingresses),
             boxed_ready(&self.pdbs),
             boxed_ready(&self.revisions),
+            boxed_ready(&self.pods),
+            boxed_ready(&self.slices),
         ]);
         tokio::time::timeout(CACHE_SYNC_TIMEOUT, all)
             .await
@@ -128,6 +186,12 @@ pub struct Context {
     pub failures: Mutex<HashMap<ObjectRef<RelayerDeployment>, u32>>,
     /// How the controller runs.
     pub config: Config,
+    /// The gate running per object (at most one: a cutover has one step at a time).
+    pub gates: Mutex<HashMap<ObjectRef<RelayerDeployment>, cutover::ActiveGate>>,
+    /// Objects reconciled since this process started (the first reconcile is a restart).
+    pub seen: Mutex<HashSet<ObjectRef<RelayerDeployment>>>,
+    /// Wakes the reconcile of an object (a gate took a sample).
+    pub wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<RelayerDeployment>>,
 }
 
 impl Context {
@@ -202,6 +266,9 @@ pub async fn run(
     let (ingresses, ingress_stream) = child_stream::<Ingress>(&client, ns);
     let (pdbs, pdb_stream) = child_stream::<PodDisruptionBudget>(&client, ns);
     let (revisions, revision_stream) = child_stream::<ControllerRevision>(&client, ns);
+    let (pods, pod_stream) = child_stream::<Pod>(&client, ns);
+    let (slices, slice_stream) = child_stream::<EndpointSlice>(&client, ns);
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), Reporter::from(MANAGER)),
         client,
@@ -213,10 +280,15 @@ pub async fn run(
             ingresses,
             pdbs,
             revisions,
+            pods,
+            slices,
         },
         metrics,
         failures: Mutex::new(HashMap::new()),
         config: config.clone(),
+        gates: Mutex::new(HashMap::new()),
+        seen: Mutex::new(HashSet::new()),
+        wake,
     });
     let controller_config =
         kube::runtime::controller::Config::default().concurrency(config.concurrency);
@@ -229,6 +301,11 @@ pub async fn run(
         .owns_stream(ingress_stream)
         .owns_stream(pdb_stream)
         .owns_stream(revision_stream)
+        // NB: pods and EndpointSlices are not owned by the RelayerDeployment (ReplicaSets and
+        // Services own them); their instance label names it.
+        .watches_stream(pod_stream, instance_of)
+        .watches_stream(slice_stream, instance_of)
+        .reconcile_on(tokio_stream_of(woken))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -238,6 +315,19 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The RelayerDeployment an object belongs to, by its instance label.
+fn instance_of<K: Resource>(obj: K) -> Option<ObjectRef<RelayerDeployment>> {
+    let name = obj.labels().get(LABEL_INSTANCE)?.clone();
+    let ns = obj.namespace()?;
+    Some(ObjectRef::new(&name).within(&ns))
+}
+
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Reconciles one RelayerDeployment.
@@ -261,8 +351,8 @@ pub fn error_policy(rd: Arc<RelayerDeployment>, error: &Error, ctx: Arc<Context>
     Action::requeue(delay)
 }
 
-/// The colour and revision to realise. Stable state only: the active colour stays where it is
-/// (blue for a new object) and the spec's revision runs on it.
+/// The spec's revision and its ordinal (the colours and sizes come from the rollout state; see
+/// [`crate::cutover`]). `active` is the colour status says is active (blue for a new object).
 pub fn plan(rd: &RelayerDeployment, known: &[Arc<ControllerRevision>]) -> Result<Plan> {
     let active = rd
         .status
@@ -328,68 +418,11 @@ async fn apply(rd: &RelayerDeployment, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     }
 
-    let plan = plan(rd, &revisions)?;
-    let children = resources::children(rd, &plan)?;
-    let s = &ctx.stores;
-    let mut changed = Vec::new();
-    // NB: ConfigMap and ControllerRevision first, so pods never reference a missing config.
-    ensure(ctx, &s.config_maps, &children.config_map, &mut changed).await?;
-    ensure(ctx, &s.revisions, &children.revision, &mut changed).await?;
-    ensure(ctx, &s.deployments, &children.deployment, &mut changed).await?;
-    ensure(ctx, &s.services, &children.service, &mut changed).await?;
-    ensure(ctx, &s.services, &children.preview_service, &mut changed).await?;
-    ensure(ctx, &s.pdbs, &children.pdb, &mut changed).await?;
-    let name = rd.name_any();
-    match &children.hpa {
-        Some(hpa) => ensure(ctx, &s.hpas, hpa, &mut changed).await?,
-        None => remove(ctx, rd, &s.hpas, &name, &mut changed).await?,
-    }
-    match &children.ingress {
-        Some(ingress) => ensure(ctx, &s.ingresses, ingress, &mut changed).await?,
-        None => remove(ctx, rd, &s.ingresses, &name, &mut changed).await?,
-    }
-    prune(ctx, rd, &plan, &revisions, &mut changed).await?;
-
-    if !changed.is_empty() {
-        let converged_before = rd.status.as_ref().is_some_and(|st| {
-            st.observed_generation == rd.metadata.generation
-                && st.current_revision.as_deref() == Some(plan.revision.as_str())
-        });
-        let (reason, verb) = if converged_before {
-            ("DriftRepaired", "restored")
-        } else {
-            ("Applied", "applied")
-        };
-        let note = format!("{verb} {}", changed.join(", "));
-        tracing::info!(name = %name, namespace = %ns, "{note}");
-        publish(ctx, rd, EventType::Normal, reason, &note).await;
-    }
-
-    let observed_deployment = s
-        .deployments
-        .get(&ObjectRef::new(&resources::deployment_name(rd, plan.active)).within(&ns));
-    let observed = Observed {
-        deployment: observed_deployment.as_deref(),
-        invalid: None,
-    };
-    let next = status::status(rd, Some(&plan), observed, history(&revisions), &now);
-    let phase_before = rd.status.as_ref().map(|st| st.phase);
-    if phase_before != Some(next.phase) {
-        publish(
-            ctx,
-            rd,
-            EventType::Normal,
-            "PhaseChanged",
-            &format!("phase {:?}", next.phase),
-        )
-        .await;
-    }
-    write_status(ctx, rd, next).await?;
-    Ok(Action::requeue(ctx.config.resync))
+    cutover::reconcile(rd, ctx, &ns, &revisions, &now).await
 }
 
 /// Revision records of the known ControllerRevisions, newest first.
-fn history(revisions: &[Arc<ControllerRevision>]) -> Vec<RevisionRecord> {
+pub(crate) fn history(revisions: &[Arc<ControllerRevision>]) -> Vec<RevisionRecord> {
     let mut records: Vec<RevisionRecord> = revisions
         .iter()
         .filter_map(|r| {
@@ -405,7 +438,7 @@ fn history(revisions: &[Arc<ControllerRevision>]) -> Vec<RevisionRecord> {
 }
 
 /// Objects that can say whether a RelayerDeployment controls them.
-trait Owned {
+pub(crate) trait Owned {
     fn controlled_by(&self, rd: &RelayerDeployment) -> bool;
 }
 
@@ -421,7 +454,7 @@ impl<K: Resource> Owned for K {
 }
 
 /// Server-side applies `desired` unless the cached object already matches it.
-async fn ensure<K>(
+pub(crate) async fn ensure<K>(
     ctx: &Context,
     store: &Store<K>,
     desired: &K,
@@ -458,7 +491,7 @@ where
 }
 
 /// Deletes the child `name` of kind `K` if `rd` controls it.
-async fn remove<K>(
+pub(crate) async fn remove<K>(
     ctx: &Context,
     rd: &RelayerDeployment,
     store: &Store<K>,
@@ -483,7 +516,7 @@ where
     Ok(())
 }
 
-async fn delete<K>(ctx: &Context, ns: &str, name: &str) -> Result<()>
+pub(crate) async fn delete<K>(ctx: &Context, ns: &str, name: &str) -> Result<()>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -502,21 +535,30 @@ where
 
 /// Keeps the newest `revisionHistoryLimit` ControllerRevisions (always the planned one) and
 /// the ConfigMaps they name; deletes the rest.
-async fn prune(
+pub(crate) async fn prune(
     ctx: &Context,
     rd: &RelayerDeployment,
     plan: &Plan,
     revisions: &[Arc<ControllerRevision>],
+    in_use: &[String],
     changed: &mut Vec<String>,
 ) -> Result<()> {
     let ns = rd.namespace().ok_or(Error::Missing("metadata.namespace"))?;
     let current = resources::controller_revision_name(rd, &plan.revision);
+    let used: Vec<String> = in_use
+        .iter()
+        .map(|r| resources::controller_revision_name(rd, r))
+        .collect();
     let limit = usize::try_from(rd.spec.revision_history_limit.max(1)).unwrap_or(1);
     let mut sorted: Vec<&Arc<ControllerRevision>> = revisions.iter().collect();
     sorted.sort_by_key(|r| std::cmp::Reverse(r.revision.unwrap_or(0)));
     let (mut keep, mut drop_) = (Vec::new(), Vec::new());
     for r in sorted {
-        if r.name_any() == current || keep.len() < limit.saturating_sub(1) {
+        // NB: revisions a colour runs (the warm previous one too) are never pruned.
+        if r.name_any() == current
+            || used.contains(&r.name_any())
+            || keep.len() < limit.saturating_sub(1)
+        {
             keep.push(r);
         } else {
             drop_.push(r);
@@ -553,33 +595,45 @@ async fn prune(
     Ok(())
 }
 
-/// Writes `next` as the status (server-side apply) unless it is already the status.
-async fn write_status(
+/// Writes `next` as the status (server-side apply) unless it is already the status. The apply
+/// carries the `resourceVersion` the decision was based on: `false` when the object changed
+/// meanwhile (a newer write, or another leader), and nothing was written.
+pub(crate) async fn write_status(
     ctx: &Context,
     rd: &RelayerDeployment,
     next: crate::crd::RelayerDeploymentStatus,
-) -> Result<()> {
+) -> Result<bool> {
     if rd.status.as_ref() == Some(&next) {
-        return Ok(());
+        return Ok(true);
     }
     let ns = rd.namespace().ok_or(Error::Missing("metadata.namespace"))?;
     let api: Api<RelayerDeployment> = Api::namespaced(ctx.client.clone(), &ns);
     let body = serde_json::json!({
         "apiVersion": RelayerDeployment::api_version(&()),
         "kind": RelayerDeployment::kind(&()),
+        "metadata": { "resourceVersion": rd.resource_version() },
         "status": next,
     });
-    api.patch_status(
-        &rd.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
+    match api
+        .patch_status(
+            &rd.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            tracing::debug!(name = %rd.name_any(), "status changed meanwhile; reconciling again");
+            return Ok(false);
+        }
+        Err(error) => return Err(error.into()),
+    }
     ctx.metrics.status_writes.inc();
-    Ok(())
+    Ok(true)
 }
 
-async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     rd: &RelayerDeployment,
     type_: EventType,
@@ -634,6 +688,8 @@ fn is_empty(v: &Value) -> bool {
         _ => false,
     }
 }
+
+pub mod cutover;
 
 pub mod leader {
     //! Lease-based leader election (`coordination.k8s.io/v1`), after client-go's: a candidate

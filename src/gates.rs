@@ -375,10 +375,7 @@ pub fn judge(spec: &GateSpec, window: &Window, active: Option<&Window>) -> Sampl
     if let Some(max) = spec.max_open_breakers
         && window.open_breakers > f64::from(max)
     {
-        failures.push(format!(
-            "open breakers {} > {max}",
-            window.open_breakers
-        ));
+        failures.push(format!("open breakers {} > {max}", window.open_breakers));
     }
     #[allow(clippy::cast_precision_loss)]
     let min_requests = spec.min_requests as f64;

@@ -45,6 +45,15 @@ struct Args {
     /// Identity in the Lease; the pod name in a cluster.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Networks of pod addresses the operator may contact for health gates, probe load and
+    /// drain evidence (comma-separated CIDRs).
+    #[arg(
+        long,
+        env = "POD_NETWORKS",
+        default_value = "0.0.0.0/0,::/0",
+        value_delimiter = ','
+    )]
+    pod_networks: Vec<controller::Network>,
     /// Seconds between resyncs of a converged RelayerDeployment.
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
@@ -77,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let config = controller::Config {
         namespace: args.namespace.clone(),
         resync: Duration::from_secs(args.resync_seconds),
+        pod_networks: args.pod_networks.clone(),
         ..controller::Config::default()
     };
 

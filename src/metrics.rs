@@ -36,6 +36,22 @@ pub struct WriteLabels {
     pub action: String,
 }
 
+/// Labels of a cutover Event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    /// Event reason (`CutoverStarted`, `Promoted`, `Aborted`, `RolledBack`, ...).
+    pub reason: String,
+}
+
+/// Labels of a gate decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GateLabels {
+    /// `prePromotion` or `postPromotion`.
+    pub gate: String,
+    /// `passed` or `failed`.
+    pub verdict: String,
+}
+
 /// The operator's metrics and the registry that exposes them.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -54,6 +70,12 @@ pub struct Metrics {
     pub status_writes: Counter,
     /// 1 while this instance holds the leader Lease.
     pub leader: Gauge,
+    /// Cutover Events, by reason (aborts and rollbacks included).
+    pub rollout_events: Family<RolloutLabels, Counter>,
+    /// Gate decisions, by gate and verdict.
+    pub gate_decisions: Family<GateLabels, Counter>,
+    /// Gates running now.
+    pub gates_running: Gauge,
 }
 
 impl Default for Metrics {
@@ -70,6 +92,24 @@ impl Default for Metrics {
         let child_writes = Family::<WriteLabels, Counter>::default();
         let status_writes = Counter::default();
         let leader = Gauge::default();
+        let rollout_events = Family::<RolloutLabels, Counter>::default();
+        let gate_decisions = Family::<GateLabels, Counter>::default();
+        let gates_running = Gauge::default();
+        registry.register(
+            "rollout_events",
+            "Cutover Events, by reason",
+            rollout_events.clone(),
+        );
+        registry.register(
+            "gate_decisions",
+            "Health gate decisions, by gate and verdict",
+            gate_decisions.clone(),
+        );
+        registry.register(
+            "gates_running",
+            "Health gates running now",
+            gates_running.clone(),
+        );
         registry.register("reconcile", "Reconciles started", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -106,6 +146,9 @@ impl Default for Metrics {
             child_writes,
             status_writes,
             leader,
+            rollout_events,
+            gate_decisions,
+            gates_running,
         }
     }
 }

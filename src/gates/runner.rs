@@ -165,7 +165,10 @@ fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
 }
 
 /// The summed window of the pods seen in the previous round too; `None` when none was.
-fn windows(previous: &mut HashMap<String, Scrape>, scrapes: Vec<(String, Scrape)>) -> Option<Window> {
+fn windows(
+    previous: &mut HashMap<String, Scrape>,
+    scrapes: Vec<(String, Scrape)>,
+) -> Option<Window> {
     let mut total: Option<Window> = None;
     let mut next = HashMap::new();
     for (key, scrape) in scrapes {

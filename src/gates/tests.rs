@@ -53,16 +53,28 @@ fn parse_reads_traffic_but_not_probes_or_scrapes() {
     assert_eq!(s.sagas["compensated"], 2.0);
     assert_eq!(
         s.latency_buckets,
-        vec![(0.001, 95.0), (0.256, 95.0), (0.512, 100.0), (f64::INFINITY, 100.0)]
+        vec![
+            (0.001, 95.0),
+            (0.256, 95.0),
+            (0.512, 100.0),
+            (f64::INFINITY, 100.0)
+        ]
     );
-    assert_eq!(parse("").expect("empty"), Scrape::default(), "absent families are zero");
+    assert_eq!(
+        parse("").expect("empty"),
+        Scrape::default(),
+        "absent families are zero"
+    );
 }
 
 #[test]
 fn parse_handles_escapes_and_rejects_garbage_with_the_line() {
     let line = r#"m{a="x\"y,z}",b="\\"} 2 1700000000"#;
     let s = parse_line(line, 1).expect("parse").expect("a sample");
-    assert_eq!(s.labels, vec![("a".into(), "x\"y,z}".into()), ("b".into(), "\\".into())]);
+    assert_eq!(
+        s.labels,
+        vec![("a".into(), "x\"y,z}".into()), ("b".into(), "\\".into())]
+    );
     assert_eq!(s.value, 2.0);
     let err = parse("ok 1\nfoo{a=\"1\"} notanumber\n").expect_err("bad value");
     assert_eq!(err.line, 2);
@@ -79,7 +91,10 @@ fn deltas_take_the_window_and_survive_a_restart() {
     assert_eq!(w.p99_ms(), Some(512.0));
     let restarted = parse(&exposition(5, 0, 5, 0, 1)).expect("parse");
     let w = restarted.delta(&after);
-    assert_eq!(w.requests, 5.0, "after a reset the later value is the increase");
+    assert_eq!(
+        w.requests, 5.0,
+        "after a reset the later value is the increase"
+    );
     assert_eq!(w.p99_ms(), Some(1.0));
 }
 
@@ -87,7 +102,11 @@ fn window(requests: f64, errors: f64, slow: f64) -> Window {
     Window {
         requests,
         errors,
-        latency_buckets: vec![(0.01, requests - slow), (1.0, requests), (f64::INFINITY, requests)],
+        latency_buckets: vec![
+            (0.01, requests - slow),
+            (1.0, requests),
+            (f64::INFINITY, requests),
+        ],
         ..Window::default()
     }
 }
@@ -126,7 +145,10 @@ fn relative_gates_compare_with_the_active_colour_when_it_has_traffic() {
         p99_latency_margin_percent: Some(50),
     });
     let active = window(100.0, 3.0, 0.0);
-    assert_eq!(judge(&relative, &window(100.0, 4.0, 0.0), Some(&active)), Sample::Pass);
+    assert_eq!(
+        judge(&relative, &window(100.0, 4.0, 0.0), Some(&active)),
+        Sample::Pass
+    );
     assert!(matches!(
         judge(&relative, &window(100.0, 5.0, 0.0), Some(&active)),
         Sample::Fail(_)
@@ -153,7 +175,11 @@ fn a_tally_passes_after_enough_samples_and_fails_past_the_limit() {
     t.record(&spec, Sample::Fail("error rate 50%".into()), "v".into());
     t.record(&spec, Sample::Fail("error rate 50%".into()), "v".into());
     assert_eq!(t.0.verdict, GateVerdict::Failed);
-    assert!(t.0.reason.as_deref().is_some_and(|r| r.contains("failureLimit 1")));
+    assert!(
+        t.0.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("failureLimit 1"))
+    );
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub use hpa::{RPS_METRIC, hold_scale_down, hpa};
 pub use ingress::ingress;
 pub use pdb::pdb;
 pub use revision::{ANNOTATION_AUTOSCALING, controller_revision, controller_revision_name};
-pub use service::{preview_service_name, service, service_name};
+pub use service::{preview_service, preview_service_name, service, service_name};
 
 /// Field manager of every server-side apply the operator makes.
 pub const MANAGER: &str = "relayer-operator";

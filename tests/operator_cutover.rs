@@ -1,0 +1,603 @@
+//! Blue-green cutovers against the test control plane, with every pod backed by a real relayer
+//! process in its own network namespace, so the health gates read real metrics.
+//!
+//! Run with `cargo build -p relayer && cargo test --test operator_cutover` as root (network
+//! namespaces); add `-- --nocapture` to see the measured timings.
+
+mod cutover_support;
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cutover_support::{InvariantWatcher, Load, NetnsBackend, NetnsGuard, Proxy};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Patch, PatchParams};
+use relayer_operator::controller;
+use relayer_operator::crd::{RelayerDeployment, RolloutStep};
+use relayer_operator::metrics::Metrics;
+use serde_json::{Value, json};
+use support::{TestEnv, wait_for};
+
+const SETTLE: Duration = Duration::from_secs(90);
+const NAME: &str = "market";
+const GATE_INTERVAL_MS: i64 = 300;
+const GATE_SAMPLES: i64 = 3;
+
+fn gate(extra: Value) -> Value {
+    let mut g = json!({
+        "intervalMs": GATE_INTERVAL_MS, "samples": GATE_SAMPLES, "failureLimit": 0,
+        "minRequests": 5, "maxErrorRateBasisPoints": 100,
+        "probe": { "requestsPerSecond": 40 },
+    });
+    if let (Some(g), Some(extra)) = (g.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            g.insert(k.clone(), v.clone());
+        }
+    }
+    g
+}
+
+fn spec(replicas: i32, blue_green: Value) -> Value {
+    let mut strategy = json!({
+        "scaleDownDelaySeconds": 1, "maxScaleDownWaitSeconds": 30, "progressDeadlineSeconds": 60,
+        "prePromotion": gate(json!({})), "postPromotion": gate(json!({})),
+    });
+    if let (Some(s), Some(extra)) = (strategy.as_object_mut(), blue_green.as_object()) {
+        for (k, v) in extra {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    json!({
+        "image": "ghcr.io/foresight/relayer:test", "replicas": replicas,
+        "config": {
+            "rateLimit": { "enabled": false },
+            "shutdown": { "readinessDelayMs": 500, "drainTimeoutMs": 2000 },
+        },
+        "strategy": { "blueGreen": strategy },
+    })
+}
+
+/// The controller in this test process, allowed to contact the test's pod network only.
+struct Operator {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    fn start(env: &TestEnv) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = controller::Config {
+            namespace: Some(env.namespace.clone()),
+            pod_networks: vec!["10.244.0.0/16".parse().expect("network")],
+            ..controller::Config::default()
+        };
+        let task = tokio::spawn(controller::run(
+            env.client.clone(),
+            config,
+            Arc::new(Metrics::default()),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+struct Harness {
+    env: TestEnv,
+    backend: Arc<NetnsBackend>,
+    _guard: NetnsGuard,
+}
+
+async fn install_crds(env: &TestEnv) {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async {
+            let crds = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
+            env.kubectl(&["apply", "--server-side", "-f", &crds.display().to_string()])
+                .expect("kubectl apply -f crds/");
+            env.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/relayerdeployments.relayer.foresight.dev",
+            ])
+            .expect("the CRD becomes established");
+        })
+        .await;
+}
+
+impl Harness {
+    async fn new(test: &str) -> Self {
+        assert!(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/debug/relayer")
+                .exists(),
+            "build the relayer first: cargo build -p relayer"
+        );
+        let env = TestEnv::new(test).await;
+        install_crds(&env).await;
+        let (backend, guard) = NetnsBackend::register(&env.namespace);
+        Self {
+            env,
+            backend,
+            _guard: guard,
+        }
+    }
+
+    async fn apply(&self, spec: Value) {
+        let rd = json!({
+            "apiVersion": "relayer.foresight.dev/v1alpha1", "kind": "RelayerDeployment",
+            "metadata": { "name": NAME }, "spec": spec,
+        });
+        self.env
+            .api::<RelayerDeployment>()
+            .patch(
+                NAME,
+                &PatchParams::apply("cutover-test").force(),
+                &Patch::Apply(&rd),
+            )
+            .await
+            .expect("apply the RelayerDeployment");
+    }
+
+    async fn patch(&self, patch: Value) {
+        self.env
+            .api::<RelayerDeployment>()
+            .patch(NAME, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch the RelayerDeployment");
+    }
+
+    async fn rd(&self) -> RelayerDeployment {
+        self.env
+            .api::<RelayerDeployment>()
+            .get(NAME)
+            .await
+            .expect("get the RelayerDeployment")
+    }
+
+    /// Waits until the cutover (if any) is over in `step` on `colour` for the current spec.
+    async fn wait_step(&self, step: RolloutStep, colour: &str) -> RelayerDeployment {
+        let api = self.env.api::<RelayerDeployment>();
+        wait_for(&format!("{step:?} on {colour}"), SETTLE, || {
+            let api = api.clone();
+            async move {
+                let rd = api.get(NAME).await?;
+                let done = rd.status.as_ref().is_some_and(|s| {
+                    s.observed_generation == rd.metadata.generation
+                        && s.rollout.as_ref().is_some_and(|r| r.step == step)
+                        && s.active_color.map(|c| c.as_str()) == Some(colour)
+                        && (step != RolloutStep::Stable || s.ready_replicas >= s.desired_replicas)
+                });
+                Ok(done.then_some(rd))
+            }
+        })
+        .await
+    }
+
+    async fn selector(&self) -> String {
+        let svc = self.env.api::<Service>().get(NAME).await.expect("service");
+        svc.spec
+            .and_then(|s| s.selector)
+            .and_then(|s| s.get("relayer.foresight.dev/color").cloned())
+            .unwrap_or_default()
+    }
+
+    async fn replicas(&self, colour: &str) -> i32 {
+        self.env
+            .api::<Deployment>()
+            .get(&format!("{NAME}-{colour}"))
+            .await
+            .ok()
+            .and_then(|d| d.spec.replicas)
+            .unwrap_or(0)
+    }
+}
+
+fn step_ms(rd: &RelayerDeployment, step: &str) -> i64 {
+    rd.status
+        .as_ref()
+        .and_then(|s| s.rollout.as_ref())
+        .and_then(|r| r.step_durations_ms.get(step).copied())
+        .unwrap_or(0)
+}
+
+fn rollout(rd: &RelayerDeployment) -> relayer_operator::crd::RolloutStatus {
+    rd.status
+        .as_ref()
+        .and_then(|s| s.rollout.clone())
+        .expect("rollout status")
+}
+
+#[tokio::test]
+async fn a_good_release_cuts_over_with_zero_failed_requests_and_drains_on_evidence() {
+    let h = Harness::new("cut-good").await;
+    let _operator = Operator::start(&h.env);
+    h.apply(spec(2, json!({}))).await;
+    h.wait_step(RolloutStep::Stable, "blue").await;
+    let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
+    let proxy = Proxy::start(h.env.client.clone(), &h.env.namespace, NAME).await;
+    wait_for("the proxy to know blue's endpoints", SETTLE, || {
+        let addr = proxy.addr;
+        async move {
+            Ok(matches!(
+                cutover_support::http_get(addr, "/ready").await,
+                Ok((200, _))
+            )
+            .then_some(()))
+        }
+    })
+    .await;
+    let load = Load::start(proxy.addr, "/v2/depth?marketKey=80002:1", 4);
+    wait_for("some load before the change", SETTLE, || {
+        let n = load.ok.load(std::sync::atomic::Ordering::Relaxed);
+        async move { Ok((n >= 500).then_some(())) }
+    })
+    .await;
+
+    let changed = Instant::now();
+    h.patch(json!({ "spec": { "pod": { "env": [{ "name": "RELEASE", "value": "2" }] } } }))
+        .await;
+    let rd = h.wait_step(RolloutStep::Stable, "green").await;
+    let to_stable = changed.elapsed();
+    // Keep the load on through the scale-down of blue and until at least 5,000 requests.
+    wait_for("blue to be scaled down and gone", SETTLE, || {
+        let backend = h.backend.clone();
+        let env = &h.env;
+        async move {
+            let blue = env.api::<Deployment>().get(&format!("{NAME}-blue")).await?;
+            let gone =
+                blue.status.and_then(|s| s.replicas).unwrap_or(0) == 0 && backend.running() == 2;
+            Ok(gone.then_some(()))
+        }
+    })
+    .await;
+    wait_for("5,000 requests", SETTLE, || {
+        let n = load.ok.load(std::sync::atomic::Ordering::Relaxed);
+        async move { Ok((n >= 5_000).then_some(())) }
+    })
+    .await;
+    let report = load.stop().await;
+    let invariants = watcher.snapshot();
+
+    let r = rollout(&rd);
+    let deploying = step_ms(&rd, "Deploying");
+    let pre = step_ms(&rd, "PrePromotion");
+    let post = step_ms(&rd, "PostPromotion");
+    let scaling = step_ms(&rd, "ScalingDown");
+    let gate_floor = (GATE_SAMPLES + 1) * GATE_INTERVAL_MS;
+    let configured = 2 * gate_floor + 1_000;
+    let measured = i64::try_from(to_stable.as_millis()).unwrap_or(i64::MAX);
+    let overhead = measured - deploying - configured;
+    eprintln!(
+        "cutover: spec change → Stable {measured} ms = waiting for pods {deploying} ms + gate windows {pre} + {post} ms (configured floor {gate_floor} ms each) + drain {scaling} ms (scaleDownDelay 1000 ms); operator overhead beyond pods and configured waits: {overhead} ms"
+    );
+    eprintln!(
+        "zero downtime: {} ok, {} failed {:?}; invariant checks {}, selected {:?}; scale-down: {:?}",
+        report.ok,
+        report.failed,
+        report.failures,
+        invariants.checks,
+        invariants.selected,
+        r.scale_down
+    );
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    assert!(report.ok >= 5_000, "{} requests", report.ok);
+    assert!(
+        invariants.violations.is_empty(),
+        "{:?}",
+        invariants.violations
+    );
+    assert_eq!(
+        invariants.selected,
+        vec!["blue", "green"],
+        "one switch, no flapping"
+    );
+    assert!(
+        r.scale_down
+            .as_deref()
+            .is_some_and(|s| s.contains("drained")),
+        "scaled down on evidence, not on the timer: {:?}",
+        r.scale_down
+    );
+    assert!(
+        r.gates
+            .iter()
+            .all(|g| g.verdict == relayer_operator::crd::GateVerdict::Passed)
+    );
+    assert!(overhead < 1_000, "operator overhead {overhead} ms");
+}
+
+#[tokio::test]
+async fn a_bad_release_fails_the_pre_promotion_gate_and_traffic_never_leaves_blue() {
+    let h = Harness::new("cut-bad").await;
+    let _operator = Operator::start(&h.env);
+    h.apply(spec(2, json!({}))).await;
+    h.wait_step(RolloutStep::Stable, "blue").await;
+    let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
+    h.patch(json!({ "spec": { "pod": { "env": [
+        { "name": "RELAYER_FAULT_INJECTION__ERROR_RATE", "value": "0.5" },
+        { "name": "RELAYER_FAULT_INJECTION__ADDED_LATENCY_MS", "value": "20" },
+    ] } } }))
+    .await;
+    let rd = h.wait_step(RolloutStep::Aborted, "blue").await;
+    let r = rollout(&rd);
+    assert_eq!(r.failed_gate.as_deref(), Some("prePromotion"));
+    let reason = r.abort_reason.clone().unwrap_or_default();
+    assert!(reason.contains("error rate"), "{reason}");
+    let pre = r
+        .gates
+        .iter()
+        .find(|g| g.name == "prePromotion")
+        .expect("gate status");
+    assert_eq!(pre.verdict, relayer_operator::crd::GateVerdict::Failed);
+    assert!(
+        pre.last_values
+            .as_deref()
+            .is_some_and(|v| v.contains("errorRate"))
+    );
+    assert_eq!(
+        rd.status.as_ref().map(|s| s.phase),
+        Some(relayer_operator::crd::Phase::Degraded)
+    );
+    wait_for("green to be scaled to zero", SETTLE, || {
+        let h = &h;
+        async move { Ok((h.replicas("green").await == 0).then_some(())) }
+    })
+    .await;
+    assert_eq!(h.selector().await, "blue");
+    let invariants = watcher.snapshot();
+    assert_eq!(invariants.selected, vec!["blue"], "traffic never left blue");
+    assert!(
+        invariants.violations.is_empty(),
+        "{:?}",
+        invariants.violations
+    );
+    let events = h
+        .env
+        .kubectl(&["get", "events", "-o", "jsonpath={.items[*].reason}"])
+        .expect("events");
+    assert!(
+        events.contains("GateFailed") && events.contains("Aborted"),
+        "{events}"
+    );
+}
+
+#[tokio::test]
+async fn a_release_failing_after_promotion_rolls_back_to_the_still_warm_colour() {
+    let h = Harness::new("cut-post").await;
+    let _operator = Operator::start(&h.env);
+    // The pre-promotion gate checks latency only; the fault (errors) shows after promotion.
+    let pre = gate(json!({ "maxErrorRateBasisPoints": null, "maxP99LatencyMs": 1000 }));
+    h.apply(spec(2, json!({ "prePromotion": pre }))).await;
+    h.wait_step(RolloutStep::Stable, "blue").await;
+    let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
+    let blue_pods_before = h.backend.running();
+    h.patch(json!({ "spec": { "pod": { "env": [
+        { "name": "RELAYER_FAULT_INJECTION__ERROR_RATE", "value": "0.5" },
+    ] } } }))
+    .await;
+    let rd = h.wait_step(RolloutStep::Aborted, "blue").await;
+    let r = rollout(&rd);
+    assert_eq!(r.failed_gate.as_deref(), Some("postPromotion"), "{r:?}");
+    let invariants = watcher.snapshot();
+    assert_eq!(
+        invariants.selected,
+        vec!["blue", "green", "blue"],
+        "promoted, then back"
+    );
+    assert!(
+        invariants.violations.is_empty(),
+        "{:?}",
+        invariants.violations
+    );
+    assert!(blue_pods_before >= 2);
+    // Blue stayed warm: its Deployment never went below 2 while green was active.
+    assert_eq!(
+        invariants
+            .min_replicas
+            .get(&format!("{NAME}-blue"))
+            .copied(),
+        Some(2)
+    );
+    assert_eq!(h.selector().await, "blue");
+}
+
+#[tokio::test]
+async fn rollback_to_a_named_revision_restores_its_config() {
+    let h = Harness::new("cut-rollback").await;
+    let _operator = Operator::start(&h.env);
+    let mut first = spec(1, json!({ "prePromotion": null, "postPromotion": null }));
+    first["config"]["limits"] = json!({ "maxOrderAmount": 1111 });
+    h.apply(first).await;
+    let rd = h.wait_step(RolloutStep::Stable, "blue").await;
+    let revision_one = rd
+        .status
+        .and_then(|s| s.current_revision)
+        .expect("revision");
+    h.patch(json!({ "spec": { "config": { "limits": { "maxOrderAmount": 2222 } } } }))
+        .await;
+    let rd = h.wait_step(RolloutStep::Stable, "green").await;
+    let revision_two = rd
+        .status
+        .and_then(|s| s.current_revision)
+        .expect("revision");
+    assert_ne!(revision_one, revision_two);
+
+    h.env
+        .kubectl(&[
+            "annotate",
+            "rd",
+            NAME,
+            &format!("relayer.foresight.dev/rollback-to={revision_one}"),
+        ])
+        .expect("kubectl annotate rollback-to");
+    let rd = h.wait_step(RolloutStep::Stable, "blue").await;
+    let status = rd.status.clone().expect("status");
+    assert_eq!(
+        status.current_revision.as_deref(),
+        Some(revision_one.as_str())
+    );
+    assert_eq!(
+        rd.spec.config.limits.max_order_amount, 1111,
+        "the spec got the old config"
+    );
+    assert!(
+        !rd.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("relayer.foresight.dev/rollback-to")
+    );
+    // The pods that now serve read the old config.
+    let blue = h
+        .env
+        .api::<Deployment>()
+        .get(&format!("{NAME}-blue"))
+        .await
+        .expect("blue");
+    let config_map = blue
+        .spec
+        .template
+        .spec
+        .and_then(|p| p.volumes)
+        .and_then(|v| v.into_iter().find_map(|v| v.config_map.map(|c| c.name)))
+        .expect("config volume");
+    let cm = h
+        .env
+        .api::<ConfigMap>()
+        .get(&config_map)
+        .await
+        .expect("config map");
+    let text = cm
+        .data
+        .unwrap_or_default()
+        .remove("config.yaml")
+        .unwrap_or_default();
+    assert!(text.contains("maxOrderAmount: 1111"), "{text}");
+    let started = h.backend.started();
+    let newest_blue = started
+        .iter()
+        .filter(|(pod, _)| pod.starts_with(&format!("{NAME}-blue")))
+        .map(|(_, (config, _))| config.clone())
+        .collect::<Vec<_>>();
+    assert!(
+        newest_blue
+            .iter()
+            .any(|c| c.contains("maxOrderAmount: 1111"))
+    );
+}
+
+#[tokio::test]
+async fn with_the_hpa_at_seven_the_preview_comes_up_at_seven_and_scale_down_is_held() {
+    let h = Harness::new("cut-hpa").await;
+    let _operator = Operator::start(&h.env);
+    let mut s = spec(3, json!({ "prePromotion": gate(json!({ "samples": 4 })) }));
+    s["autoscaling"] = json!({ "minReplicas": 3, "maxReplicas": 10 });
+    h.apply(s).await;
+    h.wait_step(RolloutStep::Stable, "blue").await;
+    // Act as the HPA: it scales the RelayerDeployment through its scale subresource.
+    h.env
+        .kubectl(&["scale", "rd", NAME, "--replicas=7"])
+        .expect("kubectl scale");
+    let api = h.env.api::<RelayerDeployment>();
+    wait_for("blue at 7 ready pods", SETTLE, || {
+        let api = api.clone();
+        async move {
+            let rd = api.get(NAME).await?;
+            Ok(rd
+                .status
+                .is_some_and(|s| s.ready_replicas == 7)
+                .then_some(()))
+        }
+    })
+    .await;
+    let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
+    h.patch(json!({ "spec": { "pod": { "env": [{ "name": "RELEASE", "value": "2" }] } } }))
+        .await;
+    h.wait_step(RolloutStep::PrePromotion, "blue").await;
+    // The HPA tries to shrink mid-cutover: the operator holds both colours.
+    h.env
+        .kubectl(&["scale", "rd", NAME, "--replicas=4"])
+        .expect("kubectl scale");
+    let hpa = h
+        .env
+        .api::<HorizontalPodAutoscaler>()
+        .get(NAME)
+        .await
+        .expect("hpa");
+    let policy = hpa
+        .spec
+        .behavior
+        .and_then(|b| b.scale_down)
+        .and_then(|s| s.select_policy);
+    assert_eq!(
+        policy.as_deref(),
+        Some("Disabled"),
+        "HPA scale-down held mid-cutover"
+    );
+    h.wait_step(RolloutStep::Stable, "green").await;
+    let invariants = watcher.snapshot();
+    assert_eq!(
+        invariants
+            .first_replicas
+            .get(&format!("{NAME}-green"))
+            .copied(),
+        Some(7),
+        "green came up at the HPA's 7, not minReplicas"
+    );
+    assert_eq!(
+        invariants
+            .min_replicas
+            .get(&format!("{NAME}-green"))
+            .copied(),
+        Some(7),
+        "never shrunk before the switch"
+    );
+    assert_eq!(
+        invariants
+            .min_replicas
+            .get(&format!("{NAME}-blue"))
+            .copied(),
+        Some(7),
+        "blue held while green was active"
+    );
+    assert!(
+        invariants.violations.is_empty(),
+        "{:?}",
+        invariants.violations
+    );
+    // After the cutover the hold is lifted and the active colour follows the HPA.
+    wait_for("green to follow the HPA down to 4", SETTLE, || {
+        let h = &h;
+        async move { Ok((h.replicas("green").await == 4).then_some(())) }
+    })
+    .await;
+    let hpa = h
+        .env
+        .api::<HorizontalPodAutoscaler>()
+        .get(NAME)
+        .await
+        .expect("hpa");
+    let policy = hpa
+        .spec
+        .behavior
+        .and_then(|b| b.scale_down)
+        .and_then(|s| s.select_policy);
+    assert_eq!(policy.as_deref(), Some("Max"));
+}
