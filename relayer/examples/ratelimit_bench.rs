@@ -10,7 +10,8 @@
 //! Each request carries an API key, so the per-user tier applies too.
 //!
 //! Run with `scripts/bench-ratelimit.sh` (it installs `wrk` and `redis-server` when missing), or
-//! `cargo run --release -p relayer --example ratelimit_bench -- [seconds per run] [rounds]`.
+//! `cargo run --release -p relayer --example ratelimit_bench -- [seconds per run] [rounds]
+//! [scenarios, e.g. off,memory]`.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener as StdListener;
@@ -86,6 +87,37 @@ impl CounterStore for NaiveZsetLog {
     }
 }
 
+/// A command for the load side (wrk, redis-server): pinned to `BENCH_CLIENT_CPU` when set, so
+/// the relayer (pinned to another CPU by the caller) does not share its core with the client.
+fn client_command(program: &str) -> Command {
+    match std::env::var("BENCH_CLIENT_CPU") {
+        Ok(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu, program]);
+            c
+        }
+        Err(_) => Command::new(program),
+    }
+}
+
+/// CPU time this process (the relayer under test) has used, in µs, from /proc/self/stat.
+fn process_cpu_us() -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // NB: fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/self/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+    // Linux reports these in USER_HZ, 100 per second on every supported architecture.
+    Ok(ticks * 10_000)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -106,7 +138,7 @@ impl Drop for Redis {
 fn start_redis() -> anyhow::Result<Redis> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
-    let child = Command::new("redis-server")
+    let child = client_command("redis-server")
         .args([
             "--port",
             &port.to_string(),
@@ -159,6 +191,8 @@ fn commandstat(port: u16, command: &str) -> anyhow::Result<u64> {
 
 struct Run {
     rps: f64,
+    /// Relayer CPU time per request served, µs.
+    cpu_us: f64,
     p50_ms: f64,
     p99_ms: f64,
     requests: u64,
@@ -178,7 +212,7 @@ fn parse_ms(text: &str) -> Option<f64> {
 }
 
 fn wrk(url: &str, key: &str, seconds: u64) -> anyhow::Result<Run> {
-    let out = Command::new("wrk")
+    let out = client_command("wrk")
         .args(["-t1", "-c32", &format!("-d{seconds}s"), "--latency", "-H"])
         .arg(format!("authorization: Bearer {key}"))
         .arg(url)
@@ -204,6 +238,7 @@ fn wrk(url: &str, key: &str, seconds: u64) -> anyhow::Result<Run> {
     match (rps, p50, p99, requests) {
         (Some(rps), Some(p50_ms), Some(p99_ms), Some(requests)) => Ok(Run {
             rps,
+            cpu_us: 0.0,
             p50_ms,
             p99_ms,
             requests,
@@ -235,7 +270,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+// NB: one worker: the script pins this process to one CPU and the load to the other.
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let seconds: u64 = args
@@ -243,6 +279,17 @@ async fn main() -> anyhow::Result<()> {
         .map_or(Ok(5), |s| s.parse())
         .context("seconds per run")?;
     let rounds: usize = args.next().map_or(Ok(3), |s| s.parse()).context("rounds")?;
+    // Optional: a comma-separated subset of the scenarios (for profiling one of them).
+    let only: Option<Vec<String>> = args
+        .next()
+        .map(|s| s.split(',').map(str::to_owned).collect());
+    let scenarios: Vec<&str> = SCENARIOS
+        .into_iter()
+        .filter(|s| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s)))
+        .collect();
+    if !scenarios.contains(&"off") {
+        bail!("the scenarios must include `off`, the baseline");
+    }
     let redis = start_redis()?;
     let url = format!("redis://127.0.0.1:{}/0", redis.port);
     let client = redis::Client::open(url.as_str())?;
@@ -251,7 +298,7 @@ async fn main() -> anyhow::Result<()> {
     let mut results: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
     let mut round_trips = Vec::new();
     for round in 0..rounds {
-        for scenario in SCENARIOS {
+        for &scenario in &scenarios {
             let counters: Option<Arc<dyn CounterStore>> = match scenario {
                 "off" => None,
                 "memory" => Some(Arc::new(MemoryCounters::new(
@@ -279,11 +326,17 @@ async fn main() -> anyhow::Result<()> {
             }));
             let target = format!("http://{addr}/v2/depth?marketKey=80002:1");
             redis_cli(redis.port, &["CONFIG", "RESETSTAT"])?;
-            let run = tokio::task::spawn_blocking({
+            let cpu_before = process_cpu_us()?;
+            let mut run = tokio::task::spawn_blocking({
                 let key = key.clone();
                 move || wrk(&target, &key, seconds)
             })
             .await??;
+            #[allow(clippy::cast_precision_loss)]
+            {
+                run.cpu_us = process_cpu_us()?.saturating_sub(cpu_before) as f64
+                    / run.requests.max(1) as f64;
+            }
             if scenario == "redis" {
                 let evalsha = commandstat(redis.port, "evalsha")?;
                 #[allow(clippy::cast_precision_loss)]
@@ -292,9 +345,10 @@ async fn main() -> anyhow::Result<()> {
             let _ = stop.send(());
             let _ = server.await;
             eprintln!(
-                "round {} {scenario:>10}: {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+                "round {} {scenario:>10}: {:>8.0} req/s  {:>5.1} µs CPU/req  p50 {:>6.2} ms  p99 {:>6.2} ms",
                 round + 1,
                 run.rps,
+                run.cpu_us,
                 run.p50_ms,
                 run.p99_ms
             );
@@ -308,24 +362,29 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\nGET /v2/depth, {rounds} rounds of {seconds} s per scenario, medians (wrk -t1 -c32):"
     );
+    let base_cpu = stat("off", |r| r.cpu_us);
     println!(
-        "{:<11} {:>9} {:>9} {:>9} {:>10} {:>10}",
-        "scenario", "req/s", "p50 ms", "p99 ms", "rps/off", "p99/off"
+        "{:<11} {:>9} {:>9} {:>9} {:>11} {:>10} {:>10} {:>10}",
+        "scenario", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "rps/off", "p99/off", "CPU/off"
     );
-    for s in SCENARIOS {
+    for &s in &scenarios {
         let rps = stat(s, |r| r.rps);
         let p99 = stat(s, |r| r.p99_ms);
+        let cpu = stat(s, |r| r.cpu_us);
         println!(
-            "{s:<11} {rps:>9.0} {:>9.2} {p99:>9.2} {:>10.3} {:>10.3}",
+            "{s:<11} {rps:>9.0} {:>9.2} {p99:>9.2} {cpu:>11.1} {:>10.3} {:>10.3} {:>10.3}",
             stat(s, |r| r.p50_ms),
             rps / base_rps,
-            p99 / base_p99
+            p99 / base_p99,
+            cpu / base_cpu
         );
     }
-    println!(
-        "redis limiter vs naive-zset throughput: {:.2}x",
-        stat("redis", |r| r.rps) / stat("naive-zset", |r| r.rps)
-    );
+    if results.contains_key("redis") && results.contains_key("naive-zset") {
+        println!(
+            "redis limiter vs naive-zset throughput: {:.2}x",
+            stat("redis", |r| r.rps) / stat("naive-zset", |r| r.rps)
+        );
+    }
     println!(
         "redis round trips per request (EVALSHA calls / requests served, per round): {:?}",
         round_trips

@@ -23,7 +23,6 @@ pub use server_side::*;
 
 #[cfg(feature = "server")]
 mod server_side {
-    use std::fmt::Write as _;
     use std::net::{IpAddr, SocketAddr};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -86,14 +85,29 @@ mod server_side {
     #[derive(Debug, Clone)]
     pub struct ResolvedUser(pub Option<UserId>);
 
+    const TIERS: [Tier; 4] = [Tier::Global, Tier::PerIp, Tier::PerUser, Tier::PerEndpoint];
+    const RESULTS: [&str; 4] = ["allowed", "denied", "error_allowed", "error_denied"];
+
+    /// One tier's metric handles, resolved once so a decision only touches atomics.
+    #[derive(Debug)]
+    struct TierMetrics {
+        /// Counters by [`RESULTS`] index.
+        results: [Counter; 4],
+        usage: Gauge<f64, AtomicU64>,
+        /// `"<tier>";q=<quota>;w=<window s>` when the tier has one limit (not per endpoint).
+        policy: Option<String>,
+    }
+
     /// The limiter of one relayer process.
     #[derive(Debug)]
     pub struct Limiter {
         config: RateLimitConfig,
         trusted: Vec<IpNet>,
         store: Arc<dyn CounterStore>,
-        requests: Family<TierResult, Counter>,
-        usage: Family<TierLabel, Gauge<f64, AtomicU64>>,
+        /// By [`TIERS`] index.
+        metrics: [TierMetrics; 4],
+        /// `perEndpoint` parsed: (method or any, route template, config key, limit).
+        endpoints: Vec<(Option<String>, String, String, TierLimit)>,
         /// Set while the store is failing: the incident is logged once, on the way in, and once
         /// on recovery.
         failing: AtomicBool,
@@ -142,14 +156,55 @@ mod server_side {
                 "Share of its limit used by the key of each tier at the latest decision (0 to 1)",
                 usage.clone(),
             );
+            let metrics = TIERS.map(|tier| {
+                let limit = match tier {
+                    Tier::Global => config.global,
+                    Tier::PerIp => config.per_ip,
+                    Tier::PerUser => config.per_user,
+                    Tier::PerEndpoint => None,
+                };
+                TierMetrics {
+                    results: RESULTS.map(|result| {
+                        requests
+                            .get_or_create(&TierResult {
+                                tier: tier.as_str(),
+                                result,
+                            })
+                            .clone()
+                    }),
+                    usage: usage
+                        .get_or_create(&TierLabel {
+                            tier: tier.as_str(),
+                        })
+                        .clone(),
+                    policy: limit.map(|l| policy_item(tier, l.max_requests, l.window_ms)),
+                }
+            });
+            let endpoints = config
+                .per_endpoint
+                .iter()
+                .map(|(key, limit)| match key.split_once(' ') {
+                    Some((method, route)) => (
+                        Some(method.to_owned()),
+                        route.to_owned(),
+                        key.clone(),
+                        *limit,
+                    ),
+                    None => (None, key.clone(), key.clone(), *limit),
+                })
+                .collect();
             Self {
+                endpoints,
                 trusted: config.trusted_cidrs(),
                 config,
                 store,
-                requests,
-                usage,
+                metrics,
                 failing: AtomicBool::new(false),
             }
+        }
+
+        fn tier_metrics(&self, tier: Tier) -> &TierMetrics {
+            &self.metrics[TIERS.iter().position(|t| *t == tier).unwrap_or(0)]
         }
 
         /// The configuration.
@@ -241,13 +296,13 @@ mod server_side {
                     },
                 ));
             }
-            let exact = format!("{method} {route}");
+            // `METHOD /route` wins over `/route`; matched without building the key.
             let endpoint = self
-                .config
-                .per_endpoint
-                .get(&exact)
-                .map(|t| (exact.as_str(), t))
-                .or_else(|| self.config.per_endpoint.get(route).map(|t| (route, t)));
+                .endpoints
+                .iter()
+                .filter(|(m, r, _, _)| r == route && m.as_deref().is_none_or(|m| m == method))
+                .min_by_key(|(m, ..)| m.is_none())
+                .map(|(_, _, name, t)| (name.as_str(), t));
             if let Some((name, t)) = endpoint {
                 let client = user.map_or_else(|| format!("ip:{ip}"), |u| format!("u:{u}"));
                 checks.push((
@@ -267,9 +322,16 @@ mod server_side {
                 return Verdict::Allowed(Vec::new(), 0);
             }
             let (tiers, checks): (Vec<Tier>, Vec<Check>) = checks.into_iter().unzip();
-            match self.store.check(&checks).await {
+            let decided = match self.store.check_sync(&checks) {
+                Some(decision) => Ok(decision),
+                None => self.store.check(&checks).await,
+            };
+            match decided {
                 Ok(Decision { outcomes, now_ms }) => {
-                    if self.failing.swap(false, Ordering::AcqRel) {
+                    // NB: load first: a swap on every request would bounce the cache line.
+                    if self.failing.load(Ordering::Relaxed)
+                        && self.failing.swap(false, Ordering::AcqRel)
+                    {
                         tracing::info!("rate-limit store recovered");
                     }
                     let mut tiered: Vec<TierOutcome> = tiers
@@ -285,25 +347,17 @@ mod server_side {
                     let denied = tiered.iter().any(|t| !t.outcome.allowed);
                     for t in &tiered {
                         let result = match (denied, t.outcome.allowed) {
-                            (false, _) => "allowed",
-                            (true, false) => "denied",
+                            (false, _) => 0,
+                            (true, false) => 1,
                             // Admissible by this tier, refused by another: not counted here.
                             (true, true) => continue,
                         };
-                        self.requests
-                            .get_or_create(&TierResult {
-                                tier: t.tier.as_str(),
-                                result,
-                            })
-                            .inc();
+                        let m = self.tier_metrics(t.tier);
+                        m.results[result].inc();
                         // NB: counts are far below 2^53; the ratio is exact enough for a gauge.
                         #[allow(clippy::cast_precision_loss)]
                         let used = t.outcome.count as f64 / t.outcome.limit.max(1) as f64;
-                        self.usage
-                            .get_or_create(&TierLabel {
-                                tier: t.tier.as_str(),
-                            })
-                            .set(used.min(1.0));
+                        m.usage.set(used.min(1.0));
                     }
                     if denied {
                         // The denying tier with the longest wait goes first.
@@ -323,16 +377,11 @@ mod server_side {
                         tracing::warn!(%error, policy = ?self.config.on_store_error, "rate-limit store failing");
                     }
                     let result = match self.config.on_store_error {
-                        OnStoreError::Allow => "error_allowed",
-                        OnStoreError::Deny => "error_denied",
+                        OnStoreError::Allow => 2,
+                        OnStoreError::Deny => 3,
                     };
                     for tier in tiers {
-                        self.requests
-                            .get_or_create(&TierResult {
-                                tier: tier.as_str(),
-                                result,
-                            })
-                            .inc();
+                        self.tier_metrics(tier).results[result].inc();
                     }
                     match self.config.on_store_error {
                         OnStoreError::Allow => Verdict::FailedOpen,
@@ -343,57 +392,60 @@ mod server_side {
         }
     }
 
-    fn header_value(value: impl ToString) -> HeaderValue {
-        // NB: only numbers and tier names go through here; both are valid header text.
-        HeaderValue::from_str(&value.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    fn policy_item(tier: Tier, quota: u64, window_ms: u64) -> String {
+        format!(
+            "\"{}\";q={quota};w={}",
+            tier.as_str(),
+            window_ms.div_ceil(1000)
+        )
     }
 
     /// `X-RateLimit-*` of the tightest tier, and the IETF `RateLimit-Policy` / `RateLimit`
     /// fields (draft-ietf-httpapi-ratelimit-headers: `"<tier>";q=<quota>;w=<window s>` and
     /// `"<tier>";r=<remaining>;t=<seconds to reset>`).
     fn set_headers(
+        limiter: &Limiter,
         headers: &mut HeaderMap,
         tiers: &[TierOutcome],
         tightest: &TierOutcome,
         now_ms: u64,
     ) {
         let o = &tightest.outcome;
-        let reset_s = o.reset_ms.div_ceil(1000);
+        headers.reserve(5);
         headers.insert(
             HeaderName::from_static("x-ratelimit-limit"),
-            header_value(o.limit),
+            HeaderValue::from(o.limit),
         );
         headers.insert(
             HeaderName::from_static("x-ratelimit-remaining"),
-            header_value(o.remaining),
+            HeaderValue::from(o.remaining),
         );
         headers.insert(
             HeaderName::from_static("x-ratelimit-reset"),
-            header_value((now_ms + o.reset_ms).div_ceil(1000)),
+            HeaderValue::from((now_ms + o.reset_ms).div_ceil(1000)),
         );
-        let mut policy = String::new();
-        for (i, t) in tiers.iter().enumerate() {
-            let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(
-                policy,
-                "{sep}\"{}\";q={};w={}",
-                t.tier.as_str(),
-                t.outcome.limit,
-                t.window_ms.div_ceil(1000)
-            );
+        let mut policy = String::with_capacity(96);
+        for t in tiers {
+            if !policy.is_empty() {
+                policy.push_str(", ");
+            }
+            match &limiter.tier_metrics(t.tier).policy {
+                Some(cached) => policy.push_str(cached),
+                None => policy.push_str(&policy_item(t.tier, t.outcome.limit, t.window_ms)),
+            }
         }
-        headers.insert(
-            HeaderName::from_static("ratelimit-policy"),
-            header_value(policy),
+        let current = format!(
+            "\"{}\";r={};t={}",
+            tightest.tier.as_str(),
+            o.remaining,
+            o.reset_ms.div_ceil(1000)
         );
-        headers.insert(
-            HeaderName::from_static("ratelimit"),
-            header_value(format!(
-                "\"{}\";r={};t={reset_s}",
-                tightest.tier.as_str(),
-                o.remaining
-            )),
-        );
+        for (name, value) in [("ratelimit-policy", policy), ("ratelimit", current)] {
+            // NB: tier names and numbers only: always valid header text.
+            if let Ok(v) = HeaderValue::try_from(value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        }
     }
 
     fn error_body(status: StatusCode, code: &str, message: String, tier: Option<Tier>) -> Response {
@@ -419,10 +471,6 @@ mod server_side {
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
         let ip = limiter.client_ip(peer, request.headers());
-        let route = request.extensions().get::<MatchedPath>().map_or_else(
-            || request.uri().path().to_owned(),
-            |p| p.as_str().to_owned(),
-        );
         let mut user = None;
         if limiter.wants_user()
             && let Some(key) = request
@@ -434,13 +482,22 @@ mod server_side {
             // NB: a store failure here leaves the user unknown; the handler's own lookup then
             // answers 503 as usual.
             if let Ok(resolved) = state.exchange().authenticate(key.trim()).await {
-                request
-                    .extensions_mut()
-                    .insert(ResolvedUser(resolved.clone()));
-                user = resolved;
+                user = Some(resolved);
             }
         }
-        let checks = limiter.checks(ip, user.as_ref(), request.method().as_str(), &route);
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| request.uri().path(), |p| p.as_str());
+        let checks = limiter.checks(
+            ip,
+            user.as_ref().and_then(Option::as_ref),
+            request.method().as_str(),
+            route,
+        );
+        if let Some(resolved) = user {
+            request.extensions_mut().insert(ResolvedUser(resolved));
+        }
         match limiter.decide(checks).await {
             Verdict::Allowed(tiers, now_ms) => {
                 let mut response = next.run(request).await;
@@ -448,7 +505,7 @@ mod server_side {
                     .iter()
                     .min_by_key(|t| (t.outcome.remaining, std::cmp::Reverse(t.outcome.reset_ms)))
                 {
-                    set_headers(response.headers_mut(), &tiers, tightest, now_ms);
+                    set_headers(limiter, response.headers_mut(), &tiers, tightest, now_ms);
                 }
                 response
             }
@@ -466,10 +523,10 @@ mod server_side {
                     ),
                     Some(first.tier),
                 );
-                set_headers(response.headers_mut(), &tiers, &first, now_ms);
+                set_headers(limiter, response.headers_mut(), &tiers, &first, now_ms);
                 response
                     .headers_mut()
-                    .insert(header::RETRY_AFTER, header_value(retry_s));
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_s));
                 response
             }
             Verdict::FailedOpen => next.run(request).await,

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::window::{Outcome, Spec, Window, check_all};
+use super::window::{Outcome, Spec, Window, admits, settle};
 
 /// Source of the current time, injected so the arithmetic can be tested without sleeping.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -60,6 +60,12 @@ pub struct Decision {
 pub trait CounterStore: Send + Sync + fmt::Debug {
     /// Checks every counter; counts the request in all of them only if all admit it.
     fn check<'a>(&'a self, checks: &'a [Check]) -> BoxFuture<'a, Result<Decision, StoreFailure>>;
+
+    /// The same decision without a future, for stores that never wait (in memory); `None`
+    /// means "use [`CounterStore::check`]".
+    fn check_sync(&self, _checks: &[Check]) -> Option<Decision> {
+        None
+    }
 }
 
 /// Shards of the in-memory store: enough that two cores rarely contend on one.
@@ -132,55 +138,50 @@ impl MemoryCounters {
         }
     }
 
-    /// The synchronous core of [`CounterStore::check`].
+    /// The synchronous core of [`CounterStore::check`]: the two phases of
+    /// [`super::window::check_all`] on the entries in place, under the locks of their shards.
     pub fn check_now(&self, checks: &[Check]) -> Decision {
         let now_ms = self.clock.now_ms();
-        let mut order: Vec<usize> = checks.iter().map(|c| shard_of(&c.key)).collect();
+        let shards: Vec<usize> = checks.iter().map(|c| shard_of(&c.key)).collect();
+        let mut order = shards.clone();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, HashMap<String, Entry>>)> = order
-            .into_iter()
-            .map(|i| (i, lock(&self.shards[i])))
-            .collect();
-        let guard_of = |key: &str| -> usize {
-            let shard = shard_of(key);
-            guards.iter().position(|(i, _)| *i == shard).unwrap_or(0)
-        };
-        let slots: Vec<usize> = checks.iter().map(|c| guard_of(&c.key)).collect();
+        let mut guards: Vec<MutexGuard<'_, HashMap<String, Entry>>> =
+            order.iter().map(|i| lock(&self.shards[*i])).collect();
+        // NB: `order` is sorted and holds every shard of `shards`, so the search always hits.
+        let slot = |shard: usize| order.binary_search(&shard).unwrap_or(0);
 
-        let mut windows: Vec<Window> = checks
-            .iter()
-            .zip(&slots)
-            .map(|(c, slot)| {
-                guards[*slot]
-                    .1
-                    .get(&c.key)
-                    .map(|e| e.window.clone())
-                    .unwrap_or_default()
-            })
-            .collect();
-        let mut pairs: Vec<(&mut Window, Spec)> = windows
-            .iter_mut()
-            .zip(checks.iter().map(|c| c.spec))
-            .collect();
-        let outcomes = check_all(&mut pairs, now_ms);
-
-        for ((check, slot), window) in checks.iter().zip(&slots).zip(windows) {
-            let map = &mut guards[*slot].1;
-            if !map.contains_key(&check.key) {
-                if window.count() == 0 {
-                    continue;
-                }
-                Self::make_room(map, self.per_shard, now_ms);
+        let mut admitted = true;
+        for (check, shard) in checks.iter().zip(&shards) {
+            if let Some(entry) = guards[slot(*shard)].get_mut(&check.key) {
+                admitted &= admits(&mut entry.window, &check.spec, now_ms);
+            } else {
+                admitted &= check.spec.limit > 0;
             }
-            map.insert(
-                check.key.clone(),
-                Entry {
-                    window,
-                    spec: Some(check.spec),
-                    last_seen_ms: now_ms,
-                },
-            );
+        }
+        let mut outcomes = Vec::with_capacity(checks.len());
+        for (check, shard) in checks.iter().zip(&shards) {
+            let map = &mut guards[slot(*shard)];
+            if let Some(entry) = map.get_mut(&check.key) {
+                entry.spec = Some(check.spec);
+                entry.last_seen_ms = now_ms;
+                outcomes.push(settle(&mut entry.window, &check.spec, now_ms, admitted));
+                continue;
+            }
+            // A key seen for the first time: tracked only when the request is counted.
+            let mut window = Window::default();
+            outcomes.push(settle(&mut window, &check.spec, now_ms, admitted));
+            if admitted {
+                Self::make_room(map, self.per_shard, now_ms);
+                map.insert(
+                    check.key.clone(),
+                    Entry {
+                        window,
+                        spec: Some(check.spec),
+                        last_seen_ms: now_ms,
+                    },
+                );
+            }
         }
         Decision { outcomes, now_ms }
     }
@@ -190,6 +191,10 @@ impl CounterStore for MemoryCounters {
     fn check<'a>(&'a self, checks: &'a [Check]) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
         let decision = self.check_now(checks);
         Box::pin(async move { Ok(decision) })
+    }
+
+    fn check_sync(&self, checks: &[Check]) -> Option<Decision> {
+        Some(self.check_now(checks))
     }
 }
 

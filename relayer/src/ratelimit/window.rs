@@ -121,24 +121,34 @@ impl Window {
     }
 }
 
+/// Phase one of a decision: drops what left the window and says whether this tier admits one
+/// more request at `now`.
+pub fn admits(window: &mut Window, spec: &Spec, now_ms: u64) -> bool {
+    window.prune(spec, now_ms);
+    window.count() < spec.limit
+}
+
+/// Phase two: counts the request when every tier admitted it, and reports this tier's outcome.
+/// A tier that would itself have admitted reports `allowed` even when another tier denied.
+pub fn settle(window: &mut Window, spec: &Spec, now_ms: u64, admitted: bool) -> Outcome {
+    if admitted {
+        window.record(spec, now_ms);
+    }
+    let mut outcome = window.outcome(spec, now_ms, admitted);
+    outcome.allowed = admitted || outcome.count < spec.limit;
+    outcome
+}
+
 /// Checks every `(window, spec)` and counts the request in all of them only if all admit it:
 /// a request denied by one tier consumes no quota of the others.
 pub fn check_all(windows: &mut [(&mut Window, Spec)], now_ms: u64) -> Vec<Outcome> {
+    let mut admitted = true;
     for (window, spec) in windows.iter_mut() {
-        window.prune(spec, now_ms);
+        admitted &= admits(window, spec, now_ms);
     }
-    let admitted = windows.iter().all(|(w, spec)| w.count() < spec.limit);
     windows
         .iter_mut()
-        .map(|(window, spec)| {
-            if admitted {
-                window.record(spec, now_ms);
-            }
-            let mut outcome = window.outcome(spec, now_ms, admitted);
-            // A tier that would itself have admitted reports allowed even when another denied.
-            outcome.allowed = admitted || outcome.count < spec.limit;
-            outcome
-        })
+        .map(|(window, spec)| settle(window, spec, now_ms, admitted))
         .collect()
 }
 
