@@ -281,12 +281,13 @@ async fn a_good_release_cuts_over_with_zero_failed_requests_and_drains_on_eviden
     let pre = step_ms(&rd, "PrePromotion");
     let post = step_ms(&rd, "PostPromotion");
     let scaling = step_ms(&rd, "ScalingDown");
-    let gate_floor = (GATE_SAMPLES + 1) * GATE_INTERVAL_MS;
+    // A gate needs a baseline scrape and then `samples` more, one interval apart.
+    let gate_floor = GATE_SAMPLES * GATE_INTERVAL_MS;
     let configured = 2 * gate_floor + 1_000;
     let measured = i64::try_from(to_stable.as_millis()).unwrap_or(i64::MAX);
     let overhead = measured - deploying - configured;
     eprintln!(
-        "cutover: spec change → Stable {measured} ms = waiting for pods {deploying} ms + gate windows {pre} + {post} ms (configured floor {gate_floor} ms each) + drain {scaling} ms (scaleDownDelay 1000 ms); operator overhead beyond pods and configured waits: {overhead} ms"
+        "cutover: spec change → Stable {measured} ms = waiting for pods {deploying} ms + gate windows {pre} + {post} ms (configured {gate_floor} ms each) + drain {scaling} ms (scaleDownDelay 1000 ms); operator overhead beyond pods and configured waits: {overhead} ms"
     );
     eprintln!(
         "zero downtime: {} ok, {} failed {:?}; invariant checks {}, selected {:?}; scale-down: {:?}",

@@ -174,7 +174,11 @@ pub(crate) async fn reconcile(
         if preview_ready {
             derived.push(Event::PodsReady);
         }
-        if let Some(outcome) = gate_outcome(ctx, rd, &key, &state, &mut actions) {
+        let (outcome, tally) = gate_outcome(ctx, rd, &key, &state, &mut actions);
+        if let Some(tally) = tally {
+            record_gate(&mut state.rollout, tally.0);
+        }
+        if let Some(outcome) = outcome {
             derived.push(Event::Gate(outcome));
         }
         if state.rollout.step == RolloutStep::ScalingDown
@@ -419,20 +423,23 @@ fn gate_outcome(
     key: &ObjectRef<RelayerDeployment>,
     state: &State,
     actions: &mut Vec<Action>,
-) -> Option<GateOutcome> {
-    let kind = state.gate()?;
+) -> (Option<GateOutcome>, Option<Tally>) {
+    let Some(kind) = state.gate() else {
+        return (None, None);
+    };
     let bg = &rd.spec.strategy.blue_green;
-    let (spec, under_test, revision) = match kind {
-        GateKind::PrePromotion => (
-            bg.pre_promotion.clone()?,
-            state.other(),
-            state.rollout.other_revision.clone()?,
-        ),
-        GateKind::PostPromotion => (
-            bg.post_promotion.clone()?,
-            state.active,
-            state.rollout.active_revision.clone(),
-        ),
+    let gate = match kind {
+        GateKind::PrePromotion => bg
+            .pre_promotion
+            .clone()
+            .zip(state.rollout.other_revision.clone())
+            .map(|(spec, revision)| (spec, state.other(), revision)),
+        GateKind::PostPromotion => bg.post_promotion.clone().map(|spec| {
+            (spec, state.active, state.rollout.active_revision.clone())
+        }),
+    };
+    let Some((spec, under_test, revision)) = gate else {
+        return (None, None);
     };
     let mut gates = lock(&ctx.gates);
     let current = gates
@@ -482,9 +489,11 @@ fn gate_outcome(
             ctx.metrics.gates_running.inc();
         }
     }
-    let tally = gates.get(key)?.run.tally();
+    let Some(tally) = gates.get(key).map(|g| g.run.tally()) else {
+        return (None, None);
+    };
     drop(gates);
-    match tally.0.verdict {
+    let outcome = match tally.0.verdict {
         GateVerdict::Running => {
             (tally.0.inconclusive > 0 && tally.0.samples > 0).then_some(GateOutcome::Inconclusive)
         }
@@ -506,7 +515,8 @@ fn gate_outcome(
                 reason: format!("{reason} [{values}]"),
             })
         }
-    }
+    };
+    (outcome, Some(tally))
 }
 
 fn count_decision(ctx: &Context, kind: GateKind, verdict: &str) {

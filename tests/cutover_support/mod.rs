@@ -415,10 +415,11 @@ impl Proxy {
         let selector = format!("kubernetes.io/service-name={service}");
         let follow = tokio::spawn(async move {
             let (reader, writer) = kube::runtime::reflector::store();
+            // NB: every event, not only applied objects: the store shows the initial list only
+            // once it is complete (InitDone).
             let stream = watcher(slices, watcher::Config::default().labels(&selector))
                 .default_backoff()
-                .reflect(writer)
-                .applied_objects();
+                .reflect(writer);
             let mut stream = std::pin::pin!(stream);
             while stream.next().await.is_some() {
                 let mut ready = Vec::new();
@@ -443,6 +444,9 @@ impl Proxy {
                     }
                 }
                 ready.sort();
+                if std::env::var_os("CUTOVER_DEBUG").is_some() {
+                    eprintln!("proxy endpoints: {ready:?}");
+                }
                 let _ = tx.send(ready);
             }
         });
@@ -592,12 +596,10 @@ impl InvariantWatcher {
             )
             .default_backoff()
             .reflect(svc_writer)
-            .applied_objects()
             .map(|_| ());
             let dep = watcher(deployments, watcher::Config::default())
                 .default_backoff()
                 .reflect(dep_writer)
-                .applied_objects()
                 .map(|_| ());
             let both = futures::stream::select(svc, dep);
             let mut both = std::pin::pin!(both);
