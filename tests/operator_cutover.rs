@@ -602,3 +602,124 @@ async fn with_the_hpa_at_seven_the_preview_comes_up_at_seven_and_scale_down_is_h
         .and_then(|s| s.select_policy);
     assert_eq!(policy.as_deref(), Some("Max"));
 }
+
+/// The operator binary, killed with SIGKILL when dropped.
+struct OperatorProcess(std::process::Child);
+
+impl OperatorProcess {
+    fn spawn(env: &TestEnv, n: usize) -> Self {
+        let log = env
+            .control_plane
+            .work_dir()
+            .join(format!("operator-{}-{n}.log", env.namespace));
+        let log = std::fs::File::create(&log).expect("operator log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_relayer-operator"))
+            .env("KUBECONFIG", env.control_plane.kubeconfig())
+            .env("RUST_LOG", "info")
+            .args(["--namespace", &env.namespace])
+            .args(["--leader-election", "false"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--pod-networks", "10.244.0.0/16"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start relayer-operator");
+        Self(child)
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_operator_killed_in_every_phase_still_finishes_the_cutover_once() {
+    let h = Harness::new("cut-kill").await;
+    let mut runs = 0;
+    let mut operator = OperatorProcess::spawn(&h.env, runs);
+    let slow_gate = gate(json!({ "intervalMs": 400, "samples": 4 }));
+    h.apply(spec(
+        2,
+        json!({
+            "autoPromote": false, "scaleDownDelaySeconds": 3,
+            "prePromotion": slow_gate.clone(), "postPromotion": slow_gate,
+        }),
+    ))
+    .await;
+    h.wait_step(RolloutStep::Stable, "blue").await;
+    let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
+    h.patch(json!({ "spec": { "pod": { "env": [{ "name": "RELEASE", "value": "2" }] } } }))
+        .await;
+    let api = h.env.api::<RelayerDeployment>();
+    let mut killed = Vec::new();
+    for step in [
+        RolloutStep::Deploying,
+        RolloutStep::PrePromotion,
+        RolloutStep::AwaitingPromotion,
+        RolloutStep::PostPromotion,
+        RolloutStep::ScalingDown,
+    ] {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let rd = api.get(NAME).await.expect("get");
+            let now = rd
+                .status
+                .as_ref()
+                .and_then(|s| s.rollout.as_ref())
+                .map(|r| r.step);
+            if now == Some(step) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never saw {step:?} (at {now:?})");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(operator); // SIGKILL mid-step
+        killed.push(step);
+        runs += 1;
+        operator = OperatorProcess::spawn(&h.env, runs);
+        if step == RolloutStep::AwaitingPromotion {
+            h.env
+                .kubectl(&[
+                    "annotate",
+                    "rd",
+                    NAME,
+                    "relayer.foresight.dev/command=promote",
+                ])
+                .expect("kubectl annotate promote");
+        }
+    }
+    let rd = h.wait_step(RolloutStep::Stable, "green").await;
+    drop(operator);
+    let invariants = watcher.snapshot();
+    eprintln!("killed in {killed:?}; selected {:?}", invariants.selected);
+    assert_eq!(killed.len(), 5);
+    assert_eq!(
+        invariants.selected,
+        vec!["blue", "green"],
+        "promoted exactly once"
+    );
+    assert!(
+        invariants.violations.is_empty(),
+        "{:?}",
+        invariants.violations
+    );
+    let r = rollout(&rd);
+    assert!(
+        r.gates
+            .iter()
+            .all(|g| g.verdict == relayer_operator::crd::GateVerdict::Passed),
+        "{:?}",
+        r.gates
+    );
+    assert!(
+        !rd.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("relayer.foresight.dev/command")
+    );
+    assert_eq!(h.replicas("blue").await, 0);
+}

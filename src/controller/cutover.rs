@@ -434,9 +434,10 @@ fn gate_outcome(
             .clone()
             .zip(state.rollout.other_revision.clone())
             .map(|(spec, revision)| (spec, state.other(), revision)),
-        GateKind::PostPromotion => bg.post_promotion.clone().map(|spec| {
-            (spec, state.active, state.rollout.active_revision.clone())
-        }),
+        GateKind::PostPromotion => bg
+            .post_promotion
+            .clone()
+            .map(|spec| (spec, state.active, state.rollout.active_revision.clone())),
     };
     let Some((spec, under_test, revision)) = gate else {
         return (None, None);
