@@ -164,14 +164,6 @@ impl Harness {
             .expect("patch the RelayerDeployment");
     }
 
-    async fn rd(&self) -> RelayerDeployment {
-        self.env
-            .api::<RelayerDeployment>()
-            .get(NAME)
-            .await
-            .expect("get the RelayerDeployment")
-    }
-
     /// Waits until the cutover (if any) is over in `step` on `colour` for the current spec.
     async fn wait_step(&self, step: RolloutStep, colour: &str) -> RelayerDeployment {
         let api = self.env.api::<RelayerDeployment>();
