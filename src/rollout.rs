@@ -56,7 +56,10 @@ impl State {
 
     /// Whether a cutover is in flight (the HPA's scale-down is held meanwhile).
     pub fn in_flight(&self) -> bool {
-        !matches!(self.rollout.step, RolloutStep::Stable | RolloutStep::Aborted)
+        !matches!(
+            self.rollout.step,
+            RolloutStep::Stable | RolloutStep::Aborted
+        )
     }
 
     /// The gate the current step runs, if any.
@@ -305,7 +308,8 @@ impl Machine<'_> {
                 }
             }
             Event::Drained => {
-                if self.step() == S::ScalingDown && self.elapsed() >= self.settings.scale_down_delay_ms
+                if self.step() == S::ScalingDown
+                    && self.elapsed() >= self.settings.scale_down_delay_ms
                 {
                     self.s.rollout.scale_down = Some(format!(
                         "{} drained: no endpoints, requests or sagas left",
@@ -519,7 +523,10 @@ impl Machine<'_> {
             if !self.s.rollout.promote_requested {
                 self.actions.push(emit(
                     "PromotionWaiting",
-                    format!("waiting for {} to be available at full size", self.s.other()),
+                    format!(
+                        "waiting for {} to be available at full size",
+                        self.s.other()
+                    ),
                 ));
             }
             self.s.rollout.promote_requested = true;

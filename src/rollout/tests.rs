@@ -213,7 +213,11 @@ fn resuming_restarts_the_progress_deadline() {
         &facts(resume_at),
     );
     let (later, _) = transition(&resumed, &Event::Tick, &settings(), &facts(T0 + 70_000));
-    assert_eq!(later.rollout.step, RolloutStep::Deploying, "20 s after resume");
+    assert_eq!(
+        later.rollout.step,
+        RolloutStep::Deploying,
+        "20 s after resume"
+    );
     let (expired, _) = transition(
         &resumed,
         &Event::Tick,
@@ -356,7 +360,11 @@ fn restart_resumes_the_gate_of_the_step_and_changes_nothing_else() {
             .iter()
             .filter(|a| matches!(a, Action::StartGate(_)))
             .collect();
-        assert_eq!(resumed.len(), usize::from(state.gate().is_some()), "{step:?}");
+        assert_eq!(
+            resumed.len(),
+            usize::from(state.gate().is_some()),
+            "{step:?}"
+        );
     }
 }
 
@@ -380,7 +388,10 @@ fn the_held_size_never_drops_mid_cutover_and_follows_the_autoscaler_up() {
     let (next, _) = transition(&next, &Event::Tick, &settings(), &grow);
     assert_eq!(next.rollout.hold_replicas, 9);
     let stable = layout(&in_step(RolloutStep::Stable), 3, None);
-    assert_eq!((stable.active_plan.replicas, stable.other_plan.replicas), (3, 0));
+    assert_eq!(
+        (stable.active_plan.replicas, stable.other_plan.replicas),
+        (3, 0)
+    );
     assert!(!stable.hold_scale_down);
 }
 
@@ -393,7 +404,12 @@ fn a_smaller_preview_grows_to_full_size_before_the_switch() {
         desired_replicas: 5,
         ..facts(T0 + 1)
     };
-    let (waiting, _) = transition(&state, &Event::Gate(GateOutcome::Passed), &settings(), &small);
+    let (waiting, _) = transition(
+        &state,
+        &Event::Gate(GateOutcome::Passed),
+        &settings(),
+        &small,
+    );
     assert_eq!(layout(&waiting, 5, Some(1)).other_plan.replicas, 5);
     assert_eq!(waiting.active, Color::Blue);
 }
@@ -488,17 +504,26 @@ fn the_active_selector_only_ever_points_at_a_colour_that_was_available() {
                 );
                 assert_eq!(switched, vec![next.active], "seed {seed}");
             } else {
-                assert!(switched.is_empty(), "seed {seed}: a switch without a change");
+                assert!(
+                    switched.is_empty(),
+                    "seed {seed}: a switch without a change"
+                );
             }
             assert!(!next.rollout.active_revision.is_empty(), "seed {seed}");
             let l = layout(&next, facts.desired_replicas, None);
             assert_eq!(l.active, next.active);
-            assert!(l.active_plan.replicas >= facts.desired_replicas, "seed {seed}");
+            assert!(
+                l.active_plan.replicas >= facts.desired_replicas,
+                "seed {seed}"
+            );
             if next.rollout.other_revision.is_none() {
                 assert_eq!(l.other_plan.replicas, 0, "seed {seed}");
             }
             state = next;
         }
     }
-    assert!(switches > 1_000, "the sequences exercise switches ({switches})");
+    assert!(
+        switches > 1_000,
+        "the sequences exercise switches ({switches})"
+    );
 }
