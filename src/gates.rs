@@ -31,7 +31,7 @@ pub struct Scrape {
     pub rate_limited: f64,
     /// Cumulative latency histogram over all non-ops routes: (upper bound in s, count).
     pub latency_buckets: Vec<(f64, f64)>,
-    /// `foresight_http_requests_in_flight` (NB: includes the scrape that reads it).
+    /// `foresight_http_requests_in_flight` (business requests; probes and scrapes excluded).
     pub in_flight: f64,
     /// Sum of `foresight_saga_active`.
     pub sagas_active: f64,

@@ -71,7 +71,7 @@ impl Default for Metrics {
         let http_in_flight = Gauge::default();
         registry.register(
             "foresight_http_requests_in_flight",
-            "HTTP requests being processed now",
+            "HTTP requests being processed now (probes and /metrics excluded)",
             http_in_flight.clone(),
         );
         Self {
@@ -120,8 +120,13 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    metrics.http_in_flight.inc();
-    let guard = InFlight(&metrics.http_in_flight);
+    // NB: probes and scrapes are not work to drain: counting them would make a scrape of an
+    // idle relayer read "1 in flight".
+    let ops = matches!(route.as_str(), "/metrics" | "/health" | "/ready");
+    let guard = (!ops).then(|| {
+        metrics.http_in_flight.inc();
+        InFlight(&metrics.http_in_flight)
+    });
     let start = Instant::now();
     let response = next.run(request).await;
     drop(guard);

@@ -247,12 +247,11 @@ pub async fn drain_evidence(pods: &[Target]) -> Drain {
         Err(what) => Drain::Busy(what),
         Ok(scrapes) => {
             for (key, s) in scrapes {
-                // NB: the relayer counts the `/metrics` request itself as in flight.
-                if s.in_flight > 1.0 || s.sagas_active > 0.0 {
+                // NB: the relayer leaves probes and scrapes out of its in-flight gauge.
+                if s.in_flight > 0.0 || s.sagas_active > 0.0 {
                     return Drain::Busy(format!(
                         "{key} has {} requests in flight and {} active sagas",
-                        s.in_flight - 1.0,
-                        s.sagas_active
+                        s.in_flight, s.sagas_active
                     ));
                 }
             }
