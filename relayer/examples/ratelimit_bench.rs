@@ -315,7 +315,8 @@ async fn main() -> anyhow::Result<()> {
                     seq: AtomicU64::new(0),
                 })),
             };
-            let state = AppState::with_limiter(config(), Store::memory(), counters);
+            let state = AppState::with_limiter(config(), Store::memory(), counters)
+                .expect("state builds without a settlement URL");
             let user = relayer::domain::UserId::parse("userId", USER)?;
             let (_, key) = state.exchange().issue_api_key(&user, 0).await?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -687,6 +687,42 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 }
 
 /// The business routes (subject to fault injection and, later, rate limiting).
+/// `GET /admin/breakers`: statistics of every circuit breaker.
+async fn admin_breakers(State(state): State<AppState>, _admin: Admin) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "breakers": state.breakers().stats() }))
+}
+
+/// Query of `GET /admin/sagas`.
+#[derive(Debug, serde::Deserialize)]
+struct SagaQuery {
+    state: Option<String>,
+}
+
+/// `GET /admin/sagas?state=manual`: entries of the saga log, optionally in one state
+/// (`running`, `pending`, `compensating`, `manual`).
+async fn admin_sagas(
+    State(state): State<AppState>,
+    _admin: Admin,
+    query: Result<axum::extract::Query<SagaQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(query_error)?;
+    if let Some(s) = &q.state
+        && !["running", "pending", "compensating", "manual"].contains(&s.as_str())
+    {
+        return Err(ApiError::field(
+            "state",
+            "must be running, pending, compensating or manual",
+        ));
+    }
+    let sagas = state
+        .exchange()
+        .sagas()
+        .list(q.state.as_deref())
+        .await
+        .map_err(|e| ApiError::from(crate::exchange::ExchangeError::Store(e)))?;
+    Ok(Json(serde_json::json!({ "sagas": sagas })))
+}
+
 pub(crate) fn business_routes() -> Router<AppState> {
     Router::new()
         .route("/v2/orders", routing::post(place_order))
@@ -714,4 +750,6 @@ pub(crate) fn admin_routes() -> Router<AppState> {
         .route("/admin/api-keys", routing::post(create_api_key))
         .route("/admin/api-keys/{id}", routing::delete(revoke_api_key))
         .route("/admin/deposits", routing::post(deposit))
+        .route("/admin/breakers", routing::get(admin_breakers))
+        .route("/admin/sagas", routing::get(admin_sagas))
 }

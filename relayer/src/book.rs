@@ -12,6 +12,17 @@
 //!   matching continues.
 //! - Whatever is left of the incoming order rests in the book (limit orders, good till
 //!   cancelled).
+//!
+//! Undoing a match ([`OrderBook::undo`], the order saga's compensation when settlement says
+//! "not settled") reverts each fill of one placement on its maker: a maker still resting gets
+//! the shares back; a maker that left the book with that very fill goes back in at its original
+//! priority (its arrival number); a maker that left the book since (cancelled, or filled by a
+//! later trade) stays out, and what the undone fill would have taken from its reservation is
+//! handed back to the caller to release. The incoming (taker) order is cancelled with its own
+//! fills reverted. Self-trade-prevention cancellations are not undone (the resting order's
+//! owner was already told, and the release of its reservation has happened or is due).
+//! A placement is recorded by order id, so matching the same id again replays the first
+//! outcome, and an undone placement cannot be matched again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -26,6 +37,54 @@ pub struct MatchOutcome {
     pub fills: Vec<Fill>,
     /// Resting orders of the same user cancelled by self-trade prevention.
     pub self_trade_cancelled: Vec<Order>,
+}
+
+/// What undoing a placement's match did ([`OrderBook::undo`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UndoOutcome {
+    /// The taker as it is now (cancelled), when the placement had reached the book.
+    pub taker: Option<Order>,
+    /// The fills that were reverted.
+    pub fills: Vec<Fill>,
+    /// Orders the placement cancelled by self-trade prevention (not undone).
+    pub self_trade_cancelled: Vec<Order>,
+    /// Reservations to release for makers that are no longer in the book: (order id, user,
+    /// asset, amount).
+    pub maker_releases: Vec<MakerRelease>,
+}
+
+/// A reservation a maker no longer needs once a fill on it is undone.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MakerRelease {
+    /// The undone trade.
+    pub trade_id: String,
+    /// The maker order.
+    pub order_id: String,
+    /// Its owner.
+    pub user_id: crate::domain::UserId,
+    /// What to release.
+    pub asset: crate::domain::Asset,
+    /// How much.
+    pub amount: u64,
+}
+
+/// A placement as the book remembers it by order id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Recorded {
+    /// Matched: the outcome, and per fill whether the maker left the book with it.
+    Matched(MatchOutcome, Vec<bool>),
+    /// Undone: what the undo did.
+    Undone(UndoOutcome),
+}
+
+/// Why a placement cannot be matched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// The placement was matched and then undone; its order id is spent.
+    #[error("placement {0} was undone")]
+    Undone(String),
 }
 
 /// Why an order could not be cancelled.
@@ -61,6 +120,8 @@ pub struct OrderBook {
     orders: HashMap<String, Order>,
     /// Next arrival sequence number.
     next_seq: u64,
+    /// Placements by taker order id (see the module docs).
+    recorded: HashMap<String, Recorded>,
 }
 
 impl OrderBook {
@@ -169,6 +230,132 @@ impl OrderBook {
         }
     }
 
+    /// [`OrderBook::place`] at most once per order id: a repeat answers the first outcome.
+    pub fn place_once(
+        &mut self,
+        order: Order,
+        trade_id: impl Fn(&str, usize) -> String,
+    ) -> Result<MatchOutcome, PlaceError> {
+        match self.recorded.get(&order.order_id) {
+            Some(Recorded::Matched(outcome, _)) => return Ok(outcome.clone()),
+            Some(Recorded::Undone(_)) => return Err(PlaceError::Undone(order.order_id)),
+            None => {}
+        }
+        let id = order.order_id.clone();
+        let outcome = self.place(order, trade_id);
+        let done = outcome
+            .fills
+            .iter()
+            .map(|f| {
+                self.orders
+                    .get(&f.maker_order_id)
+                    .is_some_and(|m| m.remaining() == 0)
+            })
+            .collect::<Vec<_>>();
+        // NB: a maker filled by an earlier fill of the same placement cannot trade again in it,
+        // so "remaining is zero now" marks exactly the fill that finished it (the last one).
+        let done = mark_last_only(&outcome.fills, done);
+        self.recorded
+            .insert(id, Recorded::Matched(outcome.clone(), done));
+        Ok(outcome)
+    }
+
+    /// Undoes the match of placement `taker_id` (see the module docs). Idempotent: a repeat
+    /// answers the first undo. A placement that never reached the book is marked undone, so a
+    /// late match of it is refused, and the answer has no taker.
+    pub fn undo(&mut self, taker_id: &str) -> UndoOutcome {
+        let (outcome, done) = match self.recorded.get(taker_id) {
+            Some(Recorded::Undone(u)) => return u.clone(),
+            Some(Recorded::Matched(o, d)) => (o.clone(), d.clone()),
+            None => {
+                let u = UndoOutcome {
+                    taker: None,
+                    fills: Vec::new(),
+                    self_trade_cancelled: Vec::new(),
+                    maker_releases: Vec::new(),
+                };
+                self.recorded
+                    .insert(taker_id.to_owned(), Recorded::Undone(u.clone()));
+                return u;
+            }
+        };
+        let mut maker_releases = Vec::new();
+        for (fill, maker_done) in outcome.fills.iter().zip(done).rev() {
+            let Some(mut maker) = self.orders.get(&fill.maker_order_id).cloned() else {
+                continue;
+            };
+            let was_open = maker.status.is_open();
+            let back_in = maker.status == OrderStatus::Filled && maker_done;
+            revert(&mut maker, fill);
+            if was_open || back_in {
+                maker.status = reopened_status(&maker);
+                if back_in {
+                    self.insert_by_seq(&maker);
+                }
+            } else {
+                maker.status = OrderStatus::Cancelled;
+                let amount = match maker.side {
+                    Side::Buy => fill.collateral,
+                    Side::Sell => fill.amount,
+                };
+                maker_releases.push(MakerRelease {
+                    trade_id: fill.trade_id.clone(),
+                    order_id: maker.order_id.clone(),
+                    user_id: maker.user_id.clone(),
+                    asset: maker.reserved_asset(),
+                    amount,
+                });
+            }
+            self.orders.insert(maker.order_id.clone(), maker);
+        }
+        let taker = self.orders.get(taker_id).cloned().map(|mut t| {
+            if t.status.is_open() {
+                self.remove_from_queue(&t);
+            }
+            for fill in &outcome.fills {
+                revert(&mut t, fill);
+            }
+            t.status = OrderStatus::Cancelled;
+            self.orders.insert(t.order_id.clone(), t.clone());
+            t
+        });
+        let u = UndoOutcome {
+            taker,
+            fills: outcome.fills,
+            self_trade_cancelled: outcome.self_trade_cancelled,
+            maker_releases,
+        };
+        self.recorded
+            .insert(taker_id.to_owned(), Recorded::Undone(u.clone()));
+        u
+    }
+
+    fn insert_by_seq(&mut self, order: &Order) {
+        let levels = match order.side {
+            Side::Buy => &mut self.bids,
+            Side::Sell => &mut self.asks,
+        };
+        let queue = levels.entry(order.price).or_default();
+        let at = queue
+            .iter()
+            .position(|id| self.orders.get(id).is_some_and(|o| o.seq > order.seq))
+            .unwrap_or(queue.len());
+        queue.insert(at, order.order_id.clone());
+    }
+
+    fn remove_from_queue(&mut self, order: &Order) {
+        let levels = match order.side {
+            Side::Buy => &mut self.bids,
+            Side::Sell => &mut self.asks,
+        };
+        if let Some(queue) = levels.get_mut(&order.price) {
+            queue.retain(|id| id != &order.order_id);
+            if queue.is_empty() {
+                levels.remove(&order.price);
+            }
+        }
+    }
+
     /// Cancels an open order of `user`. The returned order carries what is still reserved
     /// ([`Order::still_reserved`]) for the caller to release.
     pub fn cancel(
@@ -264,6 +451,35 @@ fn execute(buy: &mut Order, sell: &mut Order, price: u64, amount: u64) -> u64 {
         };
     }
     collateral
+}
+
+/// Keeps `true` only on the last fill of each maker (see [`OrderBook::place_once`]).
+fn mark_last_only(fills: &[Fill], done: Vec<bool>) -> Vec<bool> {
+    done.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            *d && !fills[i + 1..]
+                .iter()
+                .any(|later| later.maker_order_id == fills[i].maker_order_id)
+        })
+        .collect()
+}
+
+/// Takes one fill back out of an order's figures (either side of it).
+fn revert(order: &mut Order, fill: &Fill) {
+    order.filled = order.filled.saturating_sub(fill.amount);
+    order.notional = order
+        .notional
+        .saturating_sub(u128::from(fill.price) * u128::from(fill.amount));
+    order.paid = order.paid.saturating_sub(fill.collateral);
+}
+
+fn reopened_status(order: &Order) -> OrderStatus {
+    if order.filled == 0 {
+        OrderStatus::Open
+    } else {
+        OrderStatus::PartiallyFilled
+    }
 }
 
 impl Side {

@@ -60,6 +60,73 @@ pub struct RelayerConfig {
     pub fault_injection: FaultInjectionConfig,
     /// The tiered sliding-window rate limiter.
     pub rate_limit: crate::ratelimit::config::RateLimitConfig,
+    /// Where trades are settled.
+    pub settlement: SettlementConfig,
+    /// Circuit breakers by name (today: `settlement`).
+    pub circuit_breakers: CircuitBreakersConfig,
+    /// The order saga's durable log and recovery.
+    pub saga: SagaConfig,
+}
+
+/// The settlement endpoint (`settlement`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SettlementConfig {
+    /// URL trades are POSTed to; absent: the embedded in-process ledger settles them.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text::optional"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub url: Option<String>,
+    /// Time limit of one HTTP attempt, in ms (the breaker's `timeout` bounds it too).
+    #[schemars(range(min = 1))]
+    pub timeout_ms: u64,
+    /// Retries of a settlement call.
+    pub retry: SettlementRetryConfig,
+}
+
+/// Retry settings of settlement: a named strategy, optionally overridden key by key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SettlementRetryConfig {
+    /// `fast`, `standard`, `slow` or `blockchain`.
+    pub strategy: String,
+    /// Overrides the strategy's retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Overrides the strategy's first delay bound, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_delay_ms: Option<u64>,
+    /// Overrides the strategy's largest delay bound, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_delay_ms: Option<u64>,
+    /// Share of calls that may be retried (the retry budget), 0 to 1.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub budget_ratio: f64,
+}
+
+/// Breakers by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CircuitBreakersConfig {
+    /// The breaker in front of the settlement endpoint.
+    pub settlement: crate::resilience::config::BreakerConfig,
+}
+
+/// The order saga (`saga`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SagaConfig {
+    /// Write the saga log to the store before and after each step (off only to measure its
+    /// cost: without it a relayer that dies mid-saga leaves work nobody finishes).
+    pub durable_log: bool,
+    /// How long a replica holds a saga without renewing its lease, ms.
+    #[schemars(range(min = 100))]
+    pub lease_ms: u64,
+    /// How often abandoned sagas are looked for, ms.
+    #[schemars(range(min = 100))]
+    pub recovery_interval_ms: u64,
 }
 
 /// The Redis store.
@@ -156,7 +223,16 @@ pub struct FaultInjectionConfig {
     /// Latency added to every request, in milliseconds.
     #[schemars(range(max = 60000))]
     pub added_latency_ms: u64,
+    /// Abort the process (`std::process::abort`) when an order saga reaches this point:
+    /// `before:<step>`, `after:<step>` (steps `validate`, `reserve`, `match`, `settle`,
+    /// `update`) or `during:settle` (settlement answered, the answer not yet recorded). Tests
+    /// only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash_at_step: Option<String>,
 }
+
+/// The order saga's steps, in order (names in logs, metrics and `faultInjection.crashAtStep`).
+pub const ORDER_SAGA_STEPS: [&str; 5] = ["validate", "reserve", "match", "settle", "update"];
 
 impl Default for RelayerConfig {
     fn default() -> Self {
@@ -170,6 +246,41 @@ impl Default for RelayerConfig {
             log: LogConfig::default(),
             fault_injection: FaultInjectionConfig::default(),
             rate_limit: crate::ratelimit::config::RateLimitConfig::default(),
+            settlement: SettlementConfig::default(),
+            circuit_breakers: CircuitBreakersConfig::default(),
+            saga: SagaConfig::default(),
+        }
+    }
+}
+
+impl Default for SettlementConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout_ms: 10_000,
+            retry: SettlementRetryConfig::default(),
+        }
+    }
+}
+
+impl Default for SettlementRetryConfig {
+    fn default() -> Self {
+        Self {
+            strategy: "blockchain".to_owned(),
+            max_retries: None,
+            initial_delay_ms: None,
+            max_delay_ms: None,
+            budget_ratio: 0.2,
+        }
+    }
+}
+
+impl Default for SagaConfig {
+    fn default() -> Self {
+        Self {
+            durable_log: true,
+            lease_ms: 15_000,
+            recovery_interval_ms: 5_000,
         }
     }
 }
@@ -210,6 +321,7 @@ impl Default for FaultInjectionConfig {
         Self {
             error_rate: 0.0,
             added_latency_ms: 0,
+            crash_at_step: None,
         }
     }
 }
@@ -399,6 +511,60 @@ impl RelayerConfig {
                 "faultInjection.addedLatencyMs",
                 "must be at most 60000",
             ));
+        }
+        if let Some(point) = &f.crash_at_step {
+            let ok = point == "during:settle"
+                || point.split_once(':').is_some_and(|(when, step)| {
+                    matches!(when, "before" | "after") && ORDER_SAGA_STEPS.contains(&step)
+                });
+            if !ok {
+                return Err(invalid(
+                    "faultInjection.crashAtStep",
+                    "must be before:<step>, after:<step> or during:settle, with step one of validate, reserve, match, settle, update",
+                ));
+            }
+        }
+        let s = &self.settlement;
+        if let Some(url) = &s.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "settlement.url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if s.timeout_ms == 0 {
+            return Err(invalid("settlement.timeoutMs", "must be at least 1"));
+        }
+        if !["fast", "standard", "slow", "blockchain"].contains(&s.retry.strategy.as_str()) {
+            return Err(invalid(
+                "settlement.retry.strategy",
+                "must be fast, standard, slow or blockchain",
+            ));
+        }
+        if s.retry.max_delay_ms == Some(0) || s.retry.initial_delay_ms == Some(0) {
+            return Err(invalid(
+                "settlement.retry",
+                "initialDelayMs and maxDelayMs must be at least 1",
+            ));
+        }
+        if !(0.0..=1.0).contains(&s.retry.budget_ratio) {
+            return Err(invalid(
+                "settlement.retry.budgetRatio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        self.circuit_breakers
+            .settlement
+            .validate()
+            .map_err(|(key, message)| {
+                invalid(&format!("circuitBreakers.settlement.{key}"), message)
+            })?;
+        if self.saga.lease_ms < 100 {
+            return Err(invalid("saga.leaseMs", "must be at least 100"));
+        }
+        if self.saga.recovery_interval_ms < 100 {
+            return Err(invalid("saga.recoveryIntervalMs", "must be at least 100"));
         }
         Ok(())
     }

@@ -129,6 +129,21 @@ impl From<ExchangeError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "order_not_open", e.to_string())
             }
             ExchangeError::Internal(detail) => ApiError::internal(detail),
+            ExchangeError::SettlementUnavailable(detail) => {
+                tracing::warn!(%detail, "settlement unavailable: order undone");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "settlement_unavailable",
+                    "settlement is unavailable; the order was not placed and nothing stays reserved",
+                )
+            }
+            ExchangeError::SettlementPending(_) => {
+                ApiError::new(StatusCode::ACCEPTED, "settlement_pending", e.to_string())
+            }
+            ExchangeError::Manual(order, detail) => {
+                tracing::error!(%order, %detail, "order saga parked for manual handling");
+                ApiError::internal(format!("order {order} needs manual handling"))
+            }
         }
     }
 }

@@ -2,11 +2,12 @@
 //! balances, API keys. Inputs arrive validated (see [`crate::api`]); this module decides
 //! business outcomes and keeps every balance move paired with its counterpart.
 //!
-//! Placement: claim the order id → reserve the balance → match in the book → move balances for
-//! each fill and release what cancelled or completed orders no longer need → record the answer
-//! on the claim. A step refused for a business reason (insufficient balance) undoes the steps
-//! before it.
+//! Placement: claim the order id (idempotency), then run the order saga
+//! ([`crate::order_saga`]: validate → reserve → match → settle → update balances, with its
+//! compensations and durable log). A step refused for a business reason (insufficient
+//! balance) undoes the steps before it.
 //!
+//! Cancellation:
 //! Once the book has changed (a match or a cancel), the balance steps that follow must happen:
 //! the counterparty's order already shows the trade. They run in a task of their own, each at
 //! most once (an operation id per step), so neither a store outage nor a cancelled request
@@ -19,7 +20,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::book::{CancelError, Level};
-use crate::domain::{Account, Asset, BalanceError, Fill, MarketKey, Move, Order, Side, UserId};
+use crate::domain::{Account, Asset, BalanceError, MarketKey, Move, Order, Side, UserId};
+use crate::order_saga::{Ended, OrderSagas};
 use crate::store::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, Store, StoreError};
 
 /// A business or infrastructure failure of a use case.
@@ -46,6 +48,15 @@ pub enum ExchangeError {
     /// A step that must not fail did: state needs an operator's attention.
     #[error("internal inconsistency: {0}")]
     Internal(String),
+    /// Settlement said "not settled"; the order was undone and nothing stays reserved.
+    #[error("settlement unavailable: {0}")]
+    SettlementUnavailable(String),
+    /// Settlement could not be confirmed; the order will be completed by recovery.
+    #[error("settlement of order {0} is not confirmed yet; it will be completed")]
+    SettlementPending(String),
+    /// The saga could neither finish nor compensate: parked for manual handling.
+    #[error("order {0} needs manual handling: {1}")]
+    Manual(String, String),
 }
 
 /// First and largest pause between retries of a balance step that must happen.
@@ -101,12 +112,30 @@ pub struct Placement {
 #[derive(Debug, Clone)]
 pub struct Exchange {
     store: Store,
+    sagas: OrderSagas,
 }
 
 impl Exchange {
-    /// An exchange over `store`.
+    /// An exchange over `store` with the default saga settings and the embedded settlement
+    /// ledger (no metrics).
     pub fn new(store: Store) -> Self {
-        Self { store }
+        let sagas = OrderSagas::new(
+            &crate::config::RelayerConfig::default(),
+            store.clone(),
+            crate::settlement::Settlement::Embedded(std::sync::Arc::default()),
+            None,
+        );
+        Self { store, sagas }
+    }
+
+    /// An exchange over `store` running order sagas with `sagas`.
+    pub fn with_sagas(store: Store, sagas: OrderSagas) -> Self {
+        Self { store, sagas }
+    }
+
+    /// The order sagas.
+    pub fn sagas(&self) -> &OrderSagas {
+        &self.sagas
     }
 
     /// The store behind it.
@@ -151,37 +180,27 @@ impl Exchange {
             new.amount,
             now_ms,
         );
-        let reserve = Move::reserve(order.reserved_asset(), order.reserved);
-        match self.store.apply_moves(&new.user_id, &[reserve]).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(refused)) => {
-                self.store.drop_claim(&new.order_id).await?;
-                return Err(refused.into());
+        match self.sagas.run(order).await {
+            Ended::Completed(record) => Ok(Placement {
+                record,
+                replayed: false,
+            }),
+            Ended::Refused(refused) => Err(ExchangeError::Balance(refused)),
+            Ended::NotSettled(why) => Err(ExchangeError::SettlementUnavailable(why)),
+            Ended::Compensated(why) => Err(ExchangeError::Internal(format!(
+                "order {} was undone: {why}",
+                new.order_id
+            ))),
+            Ended::Pending {
+                settlement: true, ..
+            } => Err(ExchangeError::SettlementPending(new.order_id)),
+            // NB: as before the saga: the caller gets the store's 503 at once and the
+            // placement is carried on in the background.
+            Ended::Pending { error, .. } => {
+                Err(ExchangeError::Store(StoreError::Unavailable(error)))
             }
-            Err(e) => {
-                // NB: the reservation may or may not have happened; keep the claim so a retry
-                // of the same id cannot trade twice. The durable saga resolves such orders.
-                return Err(e.into());
-            }
+            Ended::Manual(why) => Err(ExchangeError::Manual(new.order_id, why)),
         }
-
-        let outcome = self.store.match_order(order).await?;
-        let mut steps: Vec<Step> = outcome
-            .self_trade_cancelled
-            .iter()
-            .filter_map(release_step)
-            .collect();
-        steps.extend(outcome.fills.iter().flat_map(fill_steps));
-        let record = PlacementRecord {
-            order: outcome.order,
-            fills: outcome.fills,
-        };
-        self.roll_forward(steps, Some((new.order_id, record.clone())))
-            .await?;
-        Ok(Placement {
-            record,
-            replayed: false,
-        })
     }
 
     /// Runs the balance steps that follow a book change, then records `finish` on its claim.
@@ -370,35 +389,6 @@ impl Exchange {
     pub async fn revoke_api_key(&self, key_id: &str) -> Result<bool, ExchangeError> {
         Ok(self.store.delete_api_key(key_id).await?)
     }
-}
-
-/// The buyer's and the seller's steps of one fill: collateral and shares change hands, and the
-/// buyer gets back what a completed buy order no longer needs.
-fn fill_steps(fill: &Fill) -> [Step; 2] {
-    let shares = Asset::Shares(fill.market_key.clone());
-    let mut buyer = vec![
-        Move::debit_reserved(Asset::Collateral, fill.collateral),
-        Move::credit(shares.clone(), fill.amount),
-    ];
-    if fill.buyer_refund > 0 {
-        buyer.push(Move::release(Asset::Collateral, fill.buyer_refund));
-    }
-    let seller = vec![
-        Move::debit_reserved(shares, fill.amount),
-        Move::credit(Asset::Collateral, fill.collateral),
-    ];
-    [
-        Step {
-            user: fill.buyer.clone(),
-            op_id: format!("fill:{}:buyer", fill.trade_id),
-            moves: buyer,
-        },
-        Step {
-            user: fill.seller.clone(),
-            op_id: format!("fill:{}:seller", fill.trade_id),
-            moves: seller,
-        },
-    ]
 }
 
 /// Releases what an order that left the book still had reserved (an order leaves once).

@@ -13,6 +13,8 @@
 //! - [`ratelimit`]: the tiered sliding-window rate limiter (its `config` is built without the
 //!   `server` feature too).
 //! - [`resilience`]: circuit breakers, retries with backoff and jitter, sagas.
+//! - [`settlement`]: the settlement client (breaker, retries) and the embedded ledger.
+//! - [`order_saga`]: the order saga, its durable log and the recovery of abandoned sagas.
 //! - [`metrics`]: Prometheus metrics; [`server`]: state, router, graceful shutdown.
 #![forbid(unsafe_code)]
 
@@ -33,7 +35,11 @@ pub mod exchange;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod order_saga;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod settlement;
 #[cfg(feature = "server")]
 pub mod store;
 

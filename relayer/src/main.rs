@@ -33,7 +33,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, store = store.backend(), admin = config.admin_token.is_some(), "relayer listening");
+    let recovery_interval = std::time::Duration::from_millis(config.saga.recovery_interval_ms);
     let state = relayer::AppState::new(config, store)?;
+    // Finishes or compensates sagas abandoned by dead replicas: at start, then periodically.
+    let sagas = state.exchange().sagas().clone();
+    tokio::spawn(sagas.recover_periodically(recovery_interval, std::future::pending()));
     relayer::serve(listener, state, relayer::shutdown_signal()).await?;
     tracing::info!("relayer stopped");
     Ok(())

@@ -24,8 +24,13 @@ use crate::config::RelayerConfig;
 use crate::error::ApiError;
 use crate::exchange::Exchange;
 use crate::metrics::{self as http_metrics, Metrics};
+use crate::order_saga::OrderSagas;
 use crate::ratelimit::store::{CounterStore, MemoryCounters, RedisCounters, SystemClock};
 use crate::ratelimit::{self, Limiter};
+use crate::resilience::breaker::BreakerRegistry;
+use crate::resilience::retry::RetryMetrics;
+use crate::resilience::saga::SagaMetrics;
+use crate::settlement::Settlement;
 use crate::store::Store;
 
 /// Keys the in-memory limiter keeps at most (about 200 bytes each): a flood of distinct client
@@ -34,8 +39,32 @@ const MEMORY_LIMITER_KEYS: usize = 100_000;
 
 /// Why the application state could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("rate limiter: {0}")]
-pub struct StateError(#[source] ratelimit::store::StoreFailure);
+pub enum StateError {
+    /// The rate limiter's store.
+    #[error("rate limiter: {0}")]
+    Limiter(#[source] ratelimit::store::StoreFailure),
+    /// The settlement client.
+    #[error("settlement client: {0}")]
+    Settlement(#[source] reqwest::Error),
+}
+
+/// The exchange with its order sagas, settlement and breakers, reporting into `metrics`.
+fn build_exchange(
+    config: &RelayerConfig,
+    store: Store,
+    metrics: &mut Metrics,
+) -> Result<(Exchange, BreakerRegistry), StateError> {
+    let registry = metrics.registry_mut();
+    let breakers = BreakerRegistry::new(registry);
+    let retry_metrics = RetryMetrics::register(registry);
+    let saga_metrics = SagaMetrics::register(registry);
+    let settlement = Settlement::from_config(config, &breakers, Some(retry_metrics))
+        .map_err(StateError::Settlement)?;
+    // NB: the breaker exists (state gauge 0) from the start, so health gates can read it.
+    breakers.get_or_create("settlement", &config.circuit_breakers.settlement);
+    let sagas = OrderSagas::new(config, store.clone(), settlement, Some(saga_metrics));
+    Ok((Exchange::with_sagas(store, sagas), breakers))
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -78,6 +107,7 @@ struct StateInner {
     metrics: Metrics,
     lifecycle: Lifecycle,
     limiter: Option<Limiter>,
+    breakers: BreakerRegistry,
 }
 
 impl AppState {
@@ -95,7 +125,7 @@ impl AppState {
                             &config.redis.key_prefix,
                             Duration::from_millis(config.redis.command_timeout_ms),
                         )
-                        .map_err(StateError)?,
+                        .map_err(StateError::Limiter)?,
                     ),
                     None => Arc::new(MemoryCounters::new(
                         MEMORY_LIMITER_KEYS,
@@ -110,13 +140,15 @@ impl AppState {
         } else {
             None
         };
+        let (exchange, breakers) = build_exchange(&config, store, &mut metrics)?;
         Ok(Self {
             inner: Arc::new(StateInner {
                 config,
-                exchange: Exchange::new(store),
+                exchange,
                 metrics,
                 lifecycle: Lifecycle::default(),
                 limiter,
+                breakers,
             }),
         })
     }
@@ -126,19 +158,26 @@ impl AppState {
         config: RelayerConfig,
         store: Store,
         counters: Option<Arc<dyn CounterStore>>,
-    ) -> Self {
+    ) -> Result<Self, StateError> {
         let mut metrics = Metrics::default();
         let limiter =
             counters.map(|c| Limiter::new(config.rate_limit.clone(), c, metrics.registry_mut()));
-        Self {
+        let (exchange, breakers) = build_exchange(&config, store, &mut metrics)?;
+        Ok(Self {
             inner: Arc::new(StateInner {
                 config,
-                exchange: Exchange::new(store),
+                exchange,
                 metrics,
                 lifecycle: Lifecycle::default(),
                 limiter,
+                breakers,
             }),
-        }
+        })
+    }
+
+    /// The circuit breakers.
+    pub fn breakers(&self) -> &BreakerRegistry {
+        &self.inner.breakers
     }
 
     /// The rate limiter, when enabled.

@@ -350,7 +350,10 @@ async fn two_orders_match_through_every_route() {
     );
     assert!(!text.contains("bid-1"), "raw ids must not become labels");
     // The scrape reading it is not work in flight: an idle relayer reads 0.
-    assert!(text.contains("foresight_http_requests_in_flight 0\n"), "{text}");
+    assert!(
+        text.contains("foresight_http_requests_in_flight 0\n"),
+        "{text}"
+    );
     assert!(
         text.contains("foresight_http_request_duration_seconds_bucket"),
         "{text}"

@@ -29,6 +29,10 @@ pub struct StepError {
     pub message: String,
     /// Whether another attempt may succeed (only retried when the step is `retryable`).
     pub transient: bool,
+    /// Whether the step may have taken effect although it failed (an answer lost in transit).
+    /// Such a step is never compensated: the saga stops as [`SagaOutcome::Pending`] and is
+    /// carried forward later (from its durable log).
+    pub in_doubt: bool,
 }
 
 impl StepError {
@@ -37,6 +41,7 @@ impl StepError {
         Self {
             message: message.into(),
             transient: false,
+            in_doubt: false,
         }
     }
 
@@ -45,6 +50,17 @@ impl StepError {
         Self {
             message: message.into(),
             transient: true,
+            in_doubt: false,
+        }
+    }
+
+    /// A failure after which the step may or may not have taken effect: the saga must go
+    /// forward (retry later), never back.
+    pub fn in_doubt(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+            in_doubt: true,
         }
     }
 }
@@ -107,6 +123,8 @@ impl<C> SagaDefinition<C> {
 pub enum SagaEvent {
     /// Execution began.
     Started,
+    /// A step is about to run (a durable log records this before the step's effects).
+    StepStarted(&'static str),
     /// A step completed.
     StepCompleted(&'static str),
     /// A step failed for good (after its retries).
@@ -121,6 +139,9 @@ pub enum SagaEvent {
     Compensated,
     /// A compensation kept failing: the saga needs a person.
     Manual(&'static str, String),
+    /// A step's effect is in doubt: the saga stopped without compensating, to be carried
+    /// forward later.
+    Pending(&'static str, String),
 }
 
 impl SagaEvent {
@@ -128,6 +149,7 @@ impl SagaEvent {
     pub fn name(&self) -> &'static str {
         match self {
             SagaEvent::Started => "started",
+            SagaEvent::StepStarted(_) => "step_started",
             SagaEvent::StepCompleted(_) => "step_completed",
             SagaEvent::StepFailed(..) => "step_failed",
             SagaEvent::Completed => "completed",
@@ -135,6 +157,7 @@ impl SagaEvent {
             SagaEvent::StepCompensated(_) => "step_compensated",
             SagaEvent::Compensated => "compensated",
             SagaEvent::Manual(..) => "manual",
+            SagaEvent::Pending(..) => "pending",
         }
     }
 }
@@ -160,6 +183,14 @@ pub enum SagaOutcome {
         /// Its last error.
         error: String,
     },
+    /// A step's effect is in doubt ([`StepError::in_doubt`]): nothing was compensated; the
+    /// saga is to be resumed at that step.
+    Pending {
+        /// The step in doubt.
+        step: &'static str,
+        /// Its error.
+        error: String,
+    },
 }
 
 impl SagaOutcome {
@@ -169,6 +200,7 @@ impl SagaOutcome {
             SagaOutcome::Completed => "completed",
             SagaOutcome::Compensated { .. } => "compensated",
             SagaOutcome::Manual { .. } => "manual",
+            SagaOutcome::Pending { .. } => "pending",
         }
     }
 }
@@ -353,12 +385,25 @@ impl<C: Send> SagaExecutor<C> {
         self.emit(SagaEvent::Started, ctx).await;
         let mut outcome = SagaOutcome::Completed;
         for (i, step) in self.definition.steps.iter().enumerate().skip(from) {
+            self.emit(SagaEvent::StepStarted(step.name), ctx).await;
             match self.attempt(&step.execute, step, ctx, step.retryable).await {
                 Ok(()) => {
                     if let Some(m) = &self.metrics {
                         m.step(saga, step.name, "completed");
                     }
                     self.emit(SagaEvent::StepCompleted(step.name), ctx).await;
+                }
+                Err(e) if e.in_doubt => {
+                    if let Some(m) = &self.metrics {
+                        m.step(saga, step.name, "in_doubt");
+                    }
+                    self.emit(SagaEvent::Pending(step.name, e.message.clone()), ctx)
+                        .await;
+                    outcome = SagaOutcome::Pending {
+                        step: step.name,
+                        error: e.message,
+                    };
+                    break;
                 }
                 Err(e) => {
                     if let Some(m) = &self.metrics {
@@ -574,9 +619,13 @@ mod tests {
             names,
             vec![
                 "started",
+                "step_started",
                 "step_completed",
+                "step_started",
                 "step_completed",
+                "step_started",
                 "step_completed",
+                "step_started",
                 "step_failed",
                 "compensating",
                 "step_compensated",
@@ -628,5 +677,33 @@ mod tests {
             "{outcome:?}"
         );
         assert_eq!(ctx.log, vec!["validate done", "validate undone"]);
+    }
+
+    #[tokio::test]
+    async fn a_step_in_doubt_stops_the_saga_pending_without_compensating() {
+        let def = SagaDefinition::new("pivot")
+            .step(step("validate"))
+            .step(step("reserve"))
+            .step(Step {
+                name: "settle",
+                execute: Arc::new(|_: &mut Ctx| {
+                    Box::pin(async { Err(StepError::in_doubt("answer lost")) })
+                }),
+                compensate: None,
+                retryable: true,
+                max_retries: 3,
+                timeout: None,
+            })
+            .step(step("update"));
+        let mut ctx = Ctx::default();
+        let outcome = SagaExecutor::new(def).execute(&mut ctx).await;
+        assert_eq!(
+            outcome,
+            SagaOutcome::Pending {
+                step: "settle",
+                error: "answer lost".to_owned()
+            }
+        );
+        assert_eq!(ctx.log, vec!["validate done", "reserve done"]);
     }
 }

@@ -7,8 +7,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use super::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, StoreError};
-use crate::book::{CancelError, Level, MatchOutcome, OrderBook};
+use super::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, SagaEntry, StoreError};
+use crate::book::{CancelError, Level, MatchOutcome, OrderBook, UndoOutcome};
 use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
 
 /// State kept in process memory.
@@ -24,6 +24,8 @@ struct Inner {
     claims: Mutex<HashMap<String, Claim>>,
     /// API keys by hash, and key id → hash for revocation.
     api_keys: Mutex<(HashMap<String, ApiKeyRecord>, HashMap<String, String>)>,
+    /// Saga log entries by saga id.
+    sagas: Mutex<HashMap<String, SagaEntry>>,
 }
 
 /// Accounts and the operation ids already applied to them (one lock: checked and recorded
@@ -137,7 +139,61 @@ impl MemoryStore {
     pub(super) fn match_order(&self, order: Order) -> Result<MatchOutcome, StoreError> {
         let book = self.book(&order.market_key);
         let mut book = lock(&book);
-        Ok(book.place(order, |taker, i| format!("{taker}#{i}")))
+        book.place_once(order, |taker, i| format!("{taker}#{i}"))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    pub(super) fn undo_match(
+        &self,
+        market: &MarketKey,
+        taker_id: &str,
+    ) -> Result<UndoOutcome, StoreError> {
+        let book = self.book(market);
+        let mut book = lock(&book);
+        Ok(book.undo(taker_id))
+    }
+
+    pub(super) fn saga_write(&self, entry: &SagaEntry) -> Result<bool, StoreError> {
+        let mut sagas = lock(&self.inner.sagas);
+        if sagas.get(&entry.id).is_some_and(|e| e.owner != entry.owner) {
+            return Ok(false);
+        }
+        sagas.insert(entry.id.clone(), entry.clone());
+        Ok(true)
+    }
+
+    pub(super) fn saga_claim(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<SagaEntry>, StoreError> {
+        let mut sagas = lock(&self.inner.sagas);
+        let Some(entry) = sagas.get_mut(id) else {
+            return Ok(None);
+        };
+        if !entry.claimable_by(owner, now_ms) {
+            return Ok(None);
+        }
+        entry.owner = owner.to_owned();
+        entry.lease_until_ms = lease_until_ms;
+        Ok(Some(entry.clone()))
+    }
+
+    pub(super) fn saga_delete(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
+        let mut sagas = lock(&self.inner.sagas);
+        if sagas.get(id).is_some_and(|e| e.owner == owner) {
+            sagas.remove(id);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    pub(super) fn saga_list(&self) -> Result<Vec<SagaEntry>, StoreError> {
+        let mut all: Vec<SagaEntry> = lock(&self.inner.sagas).values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all)
     }
 
     pub(super) fn cancel_order(

@@ -24,7 +24,7 @@ use crate::config::RelayerConfig;
 
 use serde::{Deserialize, Serialize};
 
-use crate::book::{CancelError, Level, MatchOutcome};
+use crate::book::{CancelError, Level, MatchOutcome, UndoOutcome};
 use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
 
 /// A store failure that is not a business outcome.
@@ -71,6 +71,33 @@ pub enum ClaimOutcome {
     Claimed,
     /// The id is already claimed; here is its record.
     Existing(Claim),
+}
+
+/// One saga's entry in the durable saga log (see [`crate::order_saga`]).
+///
+/// The lease fences the saga: only `owner` writes it, and another replica may take it over
+/// ([`Store::saga_claim`]) only once `lease_until_ms` has passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaEntry {
+    /// Saga id (the order id for order sagas).
+    pub id: String,
+    /// The replica running it.
+    pub owner: String,
+    /// Until when the owner's lease runs, ms since the Unix epoch.
+    pub lease_until_ms: u64,
+    /// `running`, `pending`, `compensating` or `manual`.
+    pub state: String,
+    /// The saga's data and progress, JSON (its shape belongs to the saga).
+    pub record: String,
+}
+
+impl SagaEntry {
+    /// Whether `owner` may take the saga over at `now_ms`: it is not parked as manual, and
+    /// the lease is `owner`'s or has run out.
+    pub fn claimable_by(&self, owner: &str, now_ms: u64) -> bool {
+        self.state != "manual" && (self.owner == owner || self.lease_until_ms < now_ms)
+    }
 }
 
 /// An API key as stored: only the hash of the secret.
@@ -197,9 +224,50 @@ impl Store {
         dispatch!(self, s => s.claim(order_id))
     }
 
-    /// Matches an order in its market's book and rests the remainder.
+    /// Matches an order in its market's book and rests the remainder. At most once per order
+    /// id: a repeat answers the first outcome (so a step whose answer was lost can be retried);
+    /// a placement that was undone is refused.
     pub async fn match_order(&self, order: Order) -> Result<MatchOutcome, StoreError> {
         dispatch!(self, s => s.match_order(order))
+    }
+
+    /// Undoes the match of placement `taker_id` (idempotent; see [`crate::book`] for the
+    /// rules). A placement that never reached the book is marked so that a late match of it is
+    /// refused.
+    pub async fn undo_match(
+        &self,
+        market: &MarketKey,
+        taker_id: &str,
+    ) -> Result<UndoOutcome, StoreError> {
+        dispatch!(self, s => s.undo_match(market, taker_id))
+    }
+
+    /// Writes a saga log entry unless another owner holds it; false when it does (the lease
+    /// was lost: the caller must stop working on the saga).
+    pub async fn saga_write(&self, entry: &SagaEntry) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.saga_write(entry))
+    }
+
+    /// Takes over saga `id` for `owner` until `lease_until_ms` when
+    /// [`SagaEntry::claimable_by`]; answers the entry then.
+    pub async fn saga_claim(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<SagaEntry>, StoreError> {
+        dispatch!(self, s => s.saga_claim(id, owner, lease_until_ms, now_ms))
+    }
+
+    /// Removes a finished saga's entry if `owner` holds it.
+    pub async fn saga_delete(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.saga_delete(id, owner))
+    }
+
+    /// Every saga log entry (running, pending, compensating and manual).
+    pub async fn saga_list(&self) -> Result<Vec<SagaEntry>, StoreError> {
+        dispatch!(self, s => s.saga_list())
     }
 
     /// Cancels an open order of `user`.

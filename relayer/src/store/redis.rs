@@ -10,6 +10,12 @@
 //! | `{m:<marketKey>}`        | book queues, price levels, orders      | `match_order`, `cancel_order`, `depth`, `open_orders` |
 //! | `{c:<orderId>}`          | the order id's claim                   | `claim`, `finish_claim`      |
 //! | `{apikeys}`              | API-key records by hash and by id      | `delete_api_key`             |
+//! | `{s:<sagaId>}`           | one saga's log entry (hash)            | `saga_write`, `saga_claim`, `saga_delete` |
+//!
+//! A market slot also records each placement's match reply under `:x:<orderId>` (for the
+//! order retention), which makes `match_order` idempotent and lets `undo_match` revert it.
+//! The saga log has no index: recovery and `/admin/sagas` find entries with `SCAN` (a
+//! cursor walk, a few round trips per sweep), so writing the log costs no extra round trip.
 //!
 //! Every key starts with the configured prefix (`redis.keyPrefix`). Quantities are canonical
 //! decimal strings and the scripts compute on them exactly (`lua/num.lua`), so the limits are
@@ -33,8 +39,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use serde::Deserialize;
 
-use super::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, StoreError};
-use crate::book::{CancelError, Level, MatchOutcome};
+use super::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, SagaEntry, StoreError};
+use crate::book::{CancelError, Level, MakerRelease, MatchOutcome, UndoOutcome};
 use crate::domain::{
     Account, Asset, Balance, BalanceError, Bucket, Fill, MarketKey, Move, Order, OrderStatus, Side,
     UserId,
@@ -80,6 +86,10 @@ struct Scripts {
     claim: Script,
     finish_claim: Script,
     delete_api_key: Script,
+    undo_match: Script,
+    saga_write: Script,
+    saga_claim: Script,
+    saga_delete: Script,
 }
 
 impl Scripts {
@@ -94,6 +104,10 @@ impl Scripts {
             claim: Script::new(include_str!("lua/claim.lua")),
             finish_claim: Script::new(include_str!("lua/finish_claim.lua")),
             delete_api_key: Script::new(include_str!("lua/delete_api_key.lua")),
+            undo_match: book(include_str!("lua/undo_match.lua")),
+            saga_write: Script::new(include_str!("lua/saga_write.lua")),
+            saga_claim: Script::new(include_str!("lua/saga_claim.lua")),
+            saga_delete: Script::new(include_str!("lua/saga_delete.lua")),
         }
     }
 }
@@ -201,6 +215,10 @@ impl RedisStore {
 
     fn claim_key(&self, order_id: &str) -> String {
         format!("{}{{c:{order_id}}}", self.inner.prefix)
+    }
+
+    fn saga_key(&self, id: &str) -> String {
+        format!("{}{{s:{id}}}", self.inner.prefix)
     }
 
     fn api_keys_key(&self) -> String {
@@ -394,6 +412,12 @@ impl RedisStore {
             )
             .await?;
         let (head, fill_count) = match reply.as_slice() {
+            [tag] if tag == "undone" => {
+                return Err(StoreError::Corrupt(format!(
+                    "placement {} was undone",
+                    order.order_id
+                )));
+            }
             [head, count, ..] => (head, count),
             _ => return Err(corrupt("match_order", format!("short reply {reply:?}"))),
         };
@@ -448,6 +472,233 @@ impl RedisStore {
                 tracing::warn!(%error, ?order_ids, "claims of finished orders keep no expiry");
             }
         });
+    }
+
+    pub(super) async fn undo_match(
+        &self,
+        market: &MarketKey,
+        taker_id: &str,
+    ) -> Result<UndoOutcome, StoreError> {
+        let args = [taker_id.to_owned(), self.inner.retention_ms.to_string()];
+        let reply = self
+            .script(
+                "undo_match",
+                &self.inner.scripts.undo_match,
+                &self.market_key(market),
+                &args,
+            )
+            .await?;
+        let bad = || corrupt("undo_match", format!("unexpected reply {reply:?}"));
+        let (taker_json, rest) = match reply.as_slice() {
+            [tag, taker, rest @ ..] if tag == "undone" => (taker, rest),
+            _ => return Err(bad()),
+        };
+        let taker = if taker_json.is_empty() {
+            None
+        } else {
+            Some(parse_order(market, taker_json)?)
+        };
+        let (count, rest) = rest.split_first().ok_or_else(bad)?;
+        let n: usize = parse_num("fill count", Some(count))?;
+        if rest.len() < n + 1 {
+            return Err(bad());
+        }
+        let (fill_json, rest) = rest.split_at(n);
+        let fills = fill_json
+            .iter()
+            .map(|raw| parse_fill(market, raw).map(|(f, _)| f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (count, rest) = rest.split_first().ok_or_else(bad)?;
+        let c: usize = parse_num("cancelled count", Some(count))?;
+        if rest.len() < c {
+            return Err(bad());
+        }
+        let (cancelled_json, release_json) = rest.split_at(c);
+        let self_trade_cancelled = cancelled_json
+            .iter()
+            .map(|raw| parse_order(market, raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        let maker_releases = release_json
+            .iter()
+            .map(|raw| {
+                let w: WireRelease = from_json("release", raw)?;
+                Ok(MakerRelease {
+                    trade_id: w.trade_id,
+                    order_id: w.order_id,
+                    user_id: UserId::parse("userId", &w.user)
+                        .map_err(|e| corrupt("release user", e))?,
+                    asset: if w.side == "buy" {
+                        Asset::Collateral
+                    } else {
+                        Asset::Shares(market.clone())
+                    },
+                    amount: parse_num("release amount", Some(&w.amount))?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // NB: makers back in the book had their claims set to expire; best effort, like
+        // `expire_claims`, since the claims live in other slots.
+        self.persist_claims(
+            fills
+                .iter()
+                .map(|f| f.maker_order_id.clone())
+                .collect::<Vec<_>>(),
+        );
+        Ok(UndoOutcome {
+            taker,
+            fills,
+            self_trade_cancelled,
+            maker_releases,
+        })
+    }
+
+    fn persist_claims(&self, order_ids: Vec<String>) {
+        if order_ids.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut pipe = redis::pipe();
+            for id in &order_ids {
+                pipe.cmd("PERSIST").arg(this.claim_key(id)).ignore();
+            }
+            let mut conn = this.inner.conn.clone();
+            if let Err(error) = this
+                .call("PERSIST claims", async move {
+                    pipe.query_async::<()>(&mut conn).await
+                })
+                .await
+            {
+                tracing::warn!(%error, ?order_ids, "claims of reopened orders keep their expiry");
+            }
+        });
+    }
+
+    pub(super) async fn saga_write(&self, entry: &SagaEntry) -> Result<bool, StoreError> {
+        let args = [
+            entry.owner.clone(),
+            entry.lease_until_ms.to_string(),
+            entry.state.clone(),
+            entry.record.clone(),
+        ];
+        let reply = self
+            .script(
+                "saga_write",
+                &self.inner.scripts.saga_write,
+                &self.saga_key(&entry.id),
+                &args,
+            )
+            .await?;
+        Ok(reply.first().map(String::as_str) == Some("1"))
+    }
+
+    pub(super) async fn saga_claim(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<SagaEntry>, StoreError> {
+        let args = [
+            owner.to_owned(),
+            lease_until_ms.to_string(),
+            now_ms.to_string(),
+        ];
+        let reply = self
+            .script(
+                "saga_claim",
+                &self.inner.scripts.saga_claim,
+                &self.saga_key(id),
+                &args,
+            )
+            .await?;
+        match reply.as_slice() {
+            [] => Ok(None),
+            [owner, lease, state, record] => Ok(Some(SagaEntry {
+                id: id.to_owned(),
+                owner: owner.clone(),
+                lease_until_ms: parse_num("saga lease", Some(lease))?,
+                state: state.clone(),
+                record: record.clone(),
+            })),
+            _ => Err(corrupt("saga_claim", format!("unexpected reply {reply:?}"))),
+        }
+    }
+
+    pub(super) async fn saga_delete(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
+        let reply = self
+            .script(
+                "saga_delete",
+                &self.inner.scripts.saga_delete,
+                &self.saga_key(id),
+                &[owner.to_owned()],
+            )
+            .await?;
+        Ok(reply.first().map(String::as_str) == Some("1"))
+    }
+
+    /// Bound on the SCAN walk of one listing (keys visited = this × COUNT).
+    const SCAN_ROUNDS: usize = 10_000;
+
+    pub(super) async fn saga_list(&self) -> Result<Vec<SagaEntry>, StoreError> {
+        let pattern = format!("{}{{s:*", self.inner.prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        for _ in 0..Self::SCAN_ROUNDS {
+            let mut conn = self.inner.conn.clone();
+            let pattern = pattern.clone();
+            let (next, batch): (u64, Vec<String>) = self
+                .call("SCAN sagas", async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
+            let id = key
+                .strip_prefix(&format!("{}{{s:", self.inner.prefix))
+                .and_then(|k| k.strip_suffix('}'))
+                .ok_or_else(|| corrupt("saga key", &key))?
+                .to_owned();
+            let mut conn = self.inner.conn.clone();
+            let f: Vec<Option<String>> = self
+                .call("HMGET saga", async move {
+                    redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg("owner")
+                        .arg("lease")
+                        .arg("state")
+                        .arg("record")
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            // NB: an entry deleted between SCAN and HMGET is simply gone.
+            if let [Some(owner), Some(lease), Some(state), Some(record)] = f.as_slice() {
+                entries.push(SagaEntry {
+                    id,
+                    owner: owner.clone(),
+                    lease_until_ms: parse_num("saga lease", Some(lease))?,
+                    state: state.clone(),
+                    record: record.clone(),
+                });
+            }
+        }
+        Ok(entries)
     }
 
     pub(super) async fn cancel_order(
@@ -777,6 +1028,17 @@ struct WireFill {
     collateral: String,
     refund: String,
     maker_done: String,
+}
+
+/// A maker release as `undo_match.lua` reports it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireRelease {
+    trade_id: String,
+    order_id: String,
+    user: String,
+    side: String,
+    amount: String,
 }
 
 /// A fill, and whether its maker order finished with it.

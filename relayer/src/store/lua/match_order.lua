@@ -6,7 +6,15 @@
 -- ARGV: orderId, userId, side, price, amount, reserved, createdAtMs, retentionMs.
 -- Returns {orderJson, fillCount, fillJson..., cancelledJson...}. A fill's "makerDone" is "1"
 -- when the maker order finished with it.
+-- A placement is recorded under "<base>:x:<orderId>" (the reply, for retention): a repeat
+-- answers the recorded reply; an undone placement (see undo_match.lua) answers {"undone"}.
 local retention = ARGV[8]
+local recorded = redis.call('GET', base .. ':x:' .. ARGV[1])
+if recorded then
+  local r = cjson.decode(recorded)
+  if r[1] == 'undone' then return { 'undone' } end
+  return r
+end
 if redis.call('EXISTS', okey(ARGV[1])) == 1 then
   return redis.error_reply('order ' .. ARGV[1] .. ' already exists in this market')
 end
@@ -70,4 +78,5 @@ save_order(o, retention)
 local reply = { encode_order(o), tostring(#fills) }
 for _, f in ipairs(fills) do reply[#reply + 1] = f end
 for _, c in ipairs(cancelled) do reply[#reply + 1] = c end
+redis.call('SET', base .. ':x:' .. o.id, cjson.encode(reply), 'PX', retention)
 return reply
