@@ -408,6 +408,12 @@ async fn settle(c: &mut OrderCtx) -> Result<(), StepError> {
                 crash_if(&c.deps, "during:settle");
                 c.data.settled.push(key);
             }
+            Err(e @ SettleError::RejectedInDoubt(_)) => {
+                // NB: maybe settled and refused: the undo-match compensation refuses, so the
+                // saga parks as manual.
+                c.data.in_doubt = true;
+                return Err(StepError::permanent(e.to_string()));
+            }
             Err(SettleError::InDoubt(e)) => {
                 c.data.in_doubt = true;
                 return Err(StepError::in_doubt(format!(

@@ -10,7 +10,8 @@
 //!   are retried; other 4xx are [`SettleError::Rejected`];
 //! - in doubt: a timeout or a connection lost after the request was sent. Retried with the same
 //!   key; if no attempt confirms it, the answer is [`SettleError::InDoubt`] even when a later
-//!   attempt said "not settled" (an earlier one may have been accepted).
+//!   attempt said "not settled" (an earlier one may have been accepted), and
+//!   [`SettleError::RejectedInDoubt`] when the last attempt was a 4xx refusal.
 //!
 //! Depends on [`crate::resilience`] and [`crate::domain`]; knows nothing of sagas.
 
@@ -41,6 +42,10 @@ pub enum SettleError {
     /// May have been settled: no attempt confirmed it.
     #[error("settlement not confirmed: {0}")]
     InDoubt(String),
+    /// Refused for good (a 4xx) after an earlier attempt may have been accepted: neither
+    /// forward nor backward is safe.
+    #[error("settlement rejected a trade that may have been settled: {0}")]
+    RejectedInDoubt(String),
 }
 
 /// The trade as the settlement endpoint receives it.
@@ -263,14 +268,13 @@ impl HttpSettlement {
             BreakerError::Inner(Attempt::Refused(e) | Attempt::Lost(e)) => e.clone(),
             BreakerError::Inner(Attempt::Status(s, _)) => format!("HTTP {s}"),
         };
-        if doubt.load(Ordering::Relaxed) {
-            return Err(SettleError::InDoubt(detail));
-        }
-        match last {
-            BreakerError::Inner(Attempt::Status(s, _)) if !is_retryable_status(s) => {
-                Err(SettleError::Rejected(detail))
-            }
-            _ => Err(SettleError::NotSettled(detail)),
+        let rejected =
+            matches!(last, BreakerError::Inner(Attempt::Status(s, _)) if !is_retryable_status(s));
+        match (doubt.load(Ordering::Relaxed), rejected) {
+            (true, true) => Err(SettleError::RejectedInDoubt(detail)),
+            (true, false) => Err(SettleError::InDoubt(detail)),
+            (false, true) => Err(SettleError::Rejected(detail)),
+            (false, false) => Err(SettleError::NotSettled(detail)),
         }
     }
 }

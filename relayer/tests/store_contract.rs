@@ -101,6 +101,14 @@ contract!(
     concurrent_claims_have_one_winner,
     concurrent_crossing_orders_never_overfill,
     the_exchange_keeps_collateral_and_shares_conserved,
+    matching_the_same_order_id_again_replays_the_first_outcome,
+    undoing_a_match_restores_the_book_and_the_makers_priority,
+    undo_is_idempotent_and_refuses_a_later_match,
+    undoing_a_placement_that_never_matched_refuses_a_late_match,
+    undo_releases_what_makers_that_left_the_book_since_still_reserve,
+    undo_reopens_a_buy_maker_it_filled_with_its_paid_collateral_reverted,
+    self_trade_cancellations_are_not_undone,
+    saga_entries_are_fenced_by_their_lease,
 );
 
 fn user(n: u8) -> UserId {
@@ -1051,4 +1059,243 @@ async fn both_backends_answer_identically() {
             redis.open_orders(m, None).await.expect("open")
         );
     }
+}
+
+async fn matching_the_same_order_id_again_replays_the_first_outcome(store: Store) {
+    place(&store, order("a1", 1, Side::Sell, 600_000, 10)).await;
+    let first = place(&store, order("b1", 2, Side::Buy, 600_000, 4)).await;
+    let again = place(&store, order("b1", 2, Side::Buy, 600_000, 4)).await;
+    assert_eq!(first, again);
+    let (_, asks) = store.depth(&m1(), 10).await.expect("depth");
+    assert_eq!(
+        asks,
+        vec![Level {
+            price: 600_000,
+            amount: 6,
+            orders: 1
+        }],
+        "the repeat traded nothing"
+    );
+}
+
+async fn undoing_a_match_restores_the_book_and_the_makers_priority(store: Store) {
+    place(&store, order("a1", 1, Side::Sell, 600_000, 10)).await;
+    place(&store, order("a2", 2, Side::Sell, 600_000, 5)).await;
+    place(&store, order("a3", 3, Side::Sell, 610_000, 5)).await;
+    place(&store, order("bid", 6, Side::Buy, 500_000, 3)).await;
+    let before = store.depth(&m1(), 10).await.expect("depth");
+    let a1 = store.order(&m1(), "a1").await.expect("store").expect("a1");
+    let taker = place(&store, order("t", 4, Side::Buy, 610_000, 12)).await;
+    assert_eq!(taker.fills.len(), 2);
+
+    let undo = store.undo_match(&m1(), "t").await.expect("undo");
+    assert_eq!(undo.fills, taker.fills);
+    assert!(undo.maker_releases.is_empty(), "{undo:?}");
+    let t = undo.taker.expect("taker reached the book");
+    assert_eq!(
+        (t.status, t.filled, t.paid, t.notional),
+        (OrderStatus::Cancelled, 0, 0, 0)
+    );
+    assert_eq!(store.depth(&m1(), 10).await.expect("depth"), before);
+    assert_eq!(
+        store.order(&m1(), "a1").await.expect("store").expect("a1"),
+        a1,
+        "the maker is exactly as before the match"
+    );
+    let a2 = store.order(&m1(), "a2").await.expect("store").expect("a2");
+    assert_eq!((a2.status, a2.filled, a2.paid), (OrderStatus::Open, 0, 0));
+    assert!(
+        store
+            .open_orders(&m1(), Some(&user(4)))
+            .await
+            .expect("open")
+            .is_empty(),
+        "the taker left the book"
+    );
+    // Priority: a1 (earliest at the best price) trades first again.
+    let next = place(&store, order("n", 5, Side::Buy, 600_000, 11)).await;
+    let makers: Vec<&str> = next
+        .fills
+        .iter()
+        .map(|f| f.maker_order_id.as_str())
+        .collect();
+    assert_eq!(makers, vec!["a1", "a2"]);
+}
+
+async fn undo_is_idempotent_and_refuses_a_later_match(store: Store) {
+    place(&store, order("a1", 1, Side::Sell, 600_000, 10)).await;
+    place(&store, order("t", 2, Side::Buy, 600_000, 4)).await;
+    let first = store.undo_match(&m1(), "t").await.expect("undo");
+    let depth = store.depth(&m1(), 10).await.expect("depth");
+    let again = store.undo_match(&m1(), "t").await.expect("undo again");
+    assert_eq!(first, again);
+    assert_eq!(store.depth(&m1(), 10).await.expect("depth"), depth);
+    assert!(
+        store
+            .match_order(order("t", 2, Side::Buy, 600_000, 4))
+            .await
+            .is_err(),
+        "an undone placement is not matched again"
+    );
+    assert_eq!(store.depth(&m1(), 10).await.expect("depth"), depth);
+}
+
+async fn undoing_a_placement_that_never_matched_refuses_a_late_match(store: Store) {
+    place(&store, order("a1", 1, Side::Sell, 600_000, 10)).await;
+    let undo = store.undo_match(&m1(), "ghost").await.expect("undo");
+    assert_eq!(undo.taker, None);
+    assert!(undo.fills.is_empty());
+    assert!(
+        store
+            .match_order(order("ghost", 2, Side::Buy, 600_000, 4))
+            .await
+            .is_err()
+    );
+    let a1 = store.order(&m1(), "a1").await.expect("store").expect("a1");
+    assert_eq!(a1.filled, 0, "the late match traded nothing");
+}
+
+async fn undo_releases_what_makers_that_left_the_book_since_still_reserve(store: Store) {
+    place(&store, order("a1", 1, Side::Sell, 600_000, 10)).await;
+    place(&store, order("t", 2, Side::Buy, 600_000, 4)).await;
+    let cancelled = store
+        .cancel_order(&m1(), "a1", &user(1))
+        .await
+        .expect("store")
+        .expect("open");
+    assert_eq!(cancelled.still_reserved(), 6);
+    let undo = store.undo_match(&m1(), "t").await.expect("undo");
+    assert_eq!(undo.maker_releases.len(), 1);
+    let r = &undo.maker_releases[0];
+    assert_eq!(
+        (r.order_id.as_str(), &r.user_id, &r.asset, r.amount),
+        ("a1", &user(1), &Asset::Shares(m1()), 4)
+    );
+    let a1 = store.order(&m1(), "a1").await.expect("store").expect("a1");
+    assert_eq!((a1.status, a1.filled), (OrderStatus::Cancelled, 0));
+    let (bids, asks) = store.depth(&m1(), 10).await.expect("depth");
+    assert!(bids.is_empty() && asks.is_empty(), "{bids:?} {asks:?}");
+}
+
+async fn undo_reopens_a_buy_maker_it_filled_with_its_paid_collateral_reverted(store: Store) {
+    place(&store, order("bid", 1, Side::Buy, 333_333, 3)).await;
+    let before = store
+        .order(&m1(), "bid")
+        .await
+        .expect("store")
+        .expect("bid");
+    let t = place(&store, order("t", 2, Side::Sell, 300_000, 3)).await;
+    assert_eq!(t.fills[0].collateral, 1, "ceil(0.999999)");
+    store.undo_match(&m1(), "t").await.expect("undo");
+    assert_eq!(
+        store
+            .order(&m1(), "bid")
+            .await
+            .expect("store")
+            .expect("bid"),
+        before
+    );
+    let (bids, _) = store.depth(&m1(), 10).await.expect("depth");
+    assert_eq!(
+        bids,
+        vec![Level {
+            price: 333_333,
+            amount: 3,
+            orders: 1
+        }]
+    );
+}
+
+async fn self_trade_cancellations_are_not_undone(store: Store) {
+    place(&store, order("a1", 1, Side::Sell, 600_000, 5)).await;
+    let t = place(&store, order("t", 1, Side::Buy, 600_000, 5)).await;
+    assert_eq!(t.self_trade_cancelled.len(), 1);
+    let undo = store.undo_match(&m1(), "t").await.expect("undo");
+    assert_eq!(
+        undo.self_trade_cancelled
+            .iter()
+            .map(|o| o.order_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a1"]
+    );
+    let a1 = store.order(&m1(), "a1").await.expect("store").expect("a1");
+    assert_eq!(a1.status, OrderStatus::Cancelled);
+    let (bids, asks) = store.depth(&m1(), 10).await.expect("depth");
+    assert!(bids.is_empty() && asks.is_empty(), "{bids:?} {asks:?}");
+}
+
+async fn saga_entries_are_fenced_by_their_lease(store: Store) {
+    let entry = |owner: &str, lease: u64, state: &str| relayer::store::SagaEntry {
+        id: "o-1".to_owned(),
+        owner: owner.to_owned(),
+        lease_until_ms: lease,
+        state: state.to_owned(),
+        record: format!("{{\"by\":\"{owner}\"}}"),
+    };
+    assert!(
+        store
+            .saga_write(&entry("a", 1_000, "running"))
+            .await
+            .expect("write")
+    );
+    assert!(
+        !store
+            .saga_write(&entry("b", 1_000, "running"))
+            .await
+            .expect("write")
+    );
+    assert_eq!(
+        store
+            .saga_claim("o-1", "b", 3_000, 999)
+            .await
+            .expect("claim"),
+        None,
+        "the lease still runs"
+    );
+    assert_eq!(
+        store
+            .saga_claim("missing", "b", 3_000, 2_000)
+            .await
+            .expect("claim"),
+        None
+    );
+    let taken = store
+        .saga_claim("o-1", "b", 3_000, 1_001)
+        .await
+        .expect("claim")
+        .expect("the lease ran out");
+    assert_eq!(
+        (
+            taken.owner.as_str(),
+            taken.lease_until_ms,
+            taken.record.as_str()
+        ),
+        ("b", 3_000, "{\"by\":\"a\"}")
+    );
+    assert!(
+        !store
+            .saga_write(&entry("a", 9_000, "running"))
+            .await
+            .expect("write"),
+        "the old owner is fenced off"
+    );
+    assert!(!store.saga_delete("o-1", "a").await.expect("delete"));
+    assert!(
+        store
+            .saga_write(&entry("b", 4_000, "manual"))
+            .await
+            .expect("write")
+    );
+    assert_eq!(
+        store
+            .saga_claim("o-1", "c", 9_000, 5_000)
+            .await
+            .expect("claim"),
+        None,
+        "a manual saga is not claimed"
+    );
+    let listed = store.saga_list().await.expect("list");
+    assert_eq!(listed, vec![entry("b", 4_000, "manual")]);
+    assert!(store.saga_delete("o-1", "b").await.expect("delete"));
+    assert!(store.saga_list().await.expect("list").is_empty());
 }

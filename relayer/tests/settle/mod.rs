@@ -1,0 +1,141 @@
+//! A test settlement endpoint on `127.0.0.1:0`: told to succeed, fail with a status, hang, or
+//! settle and then hang (the answer is lost); it records every request's idempotency key and
+//! settles each key at most once (as a real idempotent endpoint would).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// What the endpoint does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Settles (once per key) and answers 200.
+    Succeed,
+    /// Answers this status without settling.
+    Fail(u16),
+    /// Never answers (nothing settled).
+    Hang,
+    /// Settles, then never answers.
+    SettleThenHang,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    mode: Option<Mode>,
+    /// Modes for the next requests, before `mode` applies again.
+    script: VecDeque<Mode>,
+    /// Idempotency keys of every request, in arrival order.
+    requests: Vec<String>,
+    /// Settled keys → how many times a settlement was recorded (always 1 when idempotent).
+    settled: BTreeMap<String, u32>,
+    /// Requests whose header and body keys differed or were missing.
+    malformed: usize,
+}
+
+/// The running endpoint.
+pub struct SettlementServer {
+    pub url: String,
+    inner: Arc<Mutex<Inner>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SettlementServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn settle(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let header = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let key = body["idempotencyKey"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mode = {
+        let mut s = lock(&inner);
+        if header.is_empty() || header != key {
+            s.malformed += 1;
+        }
+        s.requests.push(key.clone());
+        let mode = s.script.pop_front().or(s.mode).unwrap_or(Mode::Succeed);
+        if matches!(mode, Mode::Succeed | Mode::SettleThenHang) {
+            s.settled.entry(key.clone()).or_insert(1);
+        }
+        mode
+    };
+    match mode {
+        Mode::Succeed => (StatusCode::OK, Json(json!({"settled": key}))),
+        Mode::Fail(status) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Json(json!({"error": "told to fail"})),
+        ),
+        Mode::Hang | Mode::SettleThenHang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            (StatusCode::OK, Json(json!({})))
+        }
+    }
+}
+
+impl SettlementServer {
+    /// Starts on a free loopback port, succeeding.
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let url = format!("http://{}/settle", listener.local_addr().expect("addr"));
+        let app = axum::Router::new()
+            .route("/settle", post(settle))
+            .with_state(inner.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, inner, task }
+    }
+
+    /// What every later request does.
+    pub fn set_mode(&self, mode: Mode) {
+        let mut s = lock(&self.inner);
+        s.mode = Some(mode);
+        s.script.clear();
+    }
+
+    /// What the next requests do, one mode each, before the standing mode applies again.
+    pub fn script(&self, modes: &[Mode]) {
+        lock(&self.inner).script.extend(modes.iter().copied());
+    }
+
+    /// Idempotency keys of every request so far.
+    pub fn requests(&self) -> Vec<String> {
+        lock(&self.inner).requests.clone()
+    }
+
+    /// Settled keys and how often each was settled.
+    pub fn settled(&self) -> BTreeMap<String, u32> {
+        lock(&self.inner).settled.clone()
+    }
+
+    /// Requests without matching header and body keys.
+    pub fn malformed(&self) -> usize {
+        lock(&self.inner).malformed
+    }
+}

@@ -1,0 +1,336 @@
+//! The order saga against a test settlement endpoint (in-process relayer, in-memory store):
+//! an outage opens the `settlement` breaker, orders fail fast while it is open, half-open
+//! probes close it when the endpoint recovers, and every failed order leaves balances and book
+//! exactly as they were; an unconfirmed settlement is carried forward with the same keys; a
+//! trade rejected after it may have settled parks the saga as `manual`.
+
+mod common;
+mod settle;
+
+use std::time::{Duration, Instant};
+
+use common::{ADMIN, Server};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use settle::{Mode, SettlementServer};
+
+const MARKET: &str = "80002:1";
+const SELLER: &str = "0x1111111111111111111111111111111111111111";
+const BUYER: &str = "0x2222222222222222222222222222222222222222";
+
+async fn wait_for(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+struct Market {
+    server: Server,
+    seller: String,
+    buyer: String,
+}
+
+impl Market {
+    /// A relayer settling at `settlement`, with a seller of 1000 shares and a buyer of
+    /// 1_000_000 collateral.
+    async fn start(settlement: &SettlementServer) -> Self {
+        let url = settlement.url.clone();
+        let server = Server::start(move |c| {
+            c.rate_limit.enabled = false;
+            c.settlement.url = Some(url);
+            c.settlement.timeout_ms = 300;
+            c.settlement.retry.max_retries = Some(1);
+            c.settlement.retry.initial_delay_ms = Some(5);
+            c.settlement.retry.max_delay_ms = Some(10);
+            let b = &mut c.circuit_breakers.settlement;
+            b.failure_threshold = 3;
+            b.success_threshold = 2;
+            b.open_duration = 400;
+            b.timeout = 300;
+            b.min_requests = 1_000;
+            b.half_open_max_calls = 1;
+        })
+        .await;
+        server.deposit(SELLER, MARKET, 1_000).await;
+        server.deposit(BUYER, "collateral", 1_000_000).await;
+        let seller = server.api_key(SELLER).await;
+        let buyer = server.api_key(BUYER).await;
+        Self {
+            server,
+            seller,
+            buyer,
+        }
+    }
+
+    async fn place(
+        &self,
+        key: &str,
+        user: &str,
+        id: &str,
+        side: &str,
+        price: u64,
+        amount: u64,
+    ) -> (StatusCode, Value) {
+        self.server
+            .call(
+                Method::POST,
+                "/v2/orders",
+                Some(key),
+                Some(
+                    json!({"orderId": id, "marketKey": MARKET, "userId": user, "side": side,
+                    "price": price.to_string(), "amount": amount.to_string()}),
+                ),
+            )
+            .await
+    }
+
+    async fn ask(&self, id: &str, price: u64, amount: u64) -> (StatusCode, Value) {
+        let key = self.seller.clone();
+        self.place(&key, SELLER, id, "sell", price, amount).await
+    }
+
+    async fn bid(&self, id: &str, price: u64, amount: u64) -> (StatusCode, Value) {
+        let key = self.buyer.clone();
+        self.place(&key, BUYER, id, "buy", price, amount).await
+    }
+
+    /// Both users' balances and the market's depth.
+    async fn snapshot(&self) -> Value {
+        let (_, s) = self
+            .server
+            .call(
+                Method::GET,
+                &format!("/v2/balances/{SELLER}"),
+                Some(&self.seller),
+                None,
+            )
+            .await;
+        let (_, b) = self
+            .server
+            .call(
+                Method::GET,
+                &format!("/v2/balances/{BUYER}"),
+                Some(&self.buyer),
+                None,
+            )
+            .await;
+        let (_, d) = self
+            .server
+            .call(
+                Method::GET,
+                &format!("/v2/depth?marketKey={MARKET}"),
+                None,
+                None,
+            )
+            .await;
+        json!({"seller": s, "buyer": b, "depth": d})
+    }
+
+    async fn breaker_state(&self) -> String {
+        let (status, body) = self
+            .server
+            .call(Method::GET, "/admin/breakers", Some(ADMIN), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["breakers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|b| b["name"] == "settlement"))
+            .map(|b| b["state"].as_str().unwrap_or_default().to_owned())
+            .expect("the settlement breaker is listed")
+    }
+
+    async fn metrics(&self) -> String {
+        let (_, text) = self.server.call(Method::GET, "/metrics", None, None).await;
+        text.as_str().unwrap_or_default().to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_opens_the_breaker_orders_fail_fast_and_probes_close_it_with_balances_restored() {
+    let endpoint = SettlementServer::start().await;
+    let m = Market::start(&endpoint).await;
+    assert_eq!(m.ask("a1", 600_000, 10).await.0, StatusCode::CREATED);
+    assert_eq!(m.ask("a2", 610_000, 10).await.0, StatusCode::CREATED);
+    let (status, body) = m.bid("b0", 600_000, 2).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(endpoint.settled().len(), 1);
+
+    endpoint.set_mode(Mode::Fail(500));
+    // Each failed order: 503 with a clear error, balances and book exactly as before.
+    let mut failed = 0;
+    while m.breaker_state().await == "CLOSED" {
+        assert!(failed < 5, "the breaker opens after 3 failures");
+        let before = m.snapshot().await;
+        let (status, body) = m.bid(&format!("f{failed}"), 610_000, 12).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "settlement_unavailable", "{body}");
+        assert_eq!(m.snapshot().await, before, "order f{failed} left no trace");
+        failed += 1;
+    }
+    assert_eq!(m.breaker_state().await, "OPEN");
+    // 3 consecutive failures opened it: 2 attempts for the first order, 1 for the second.
+    assert_eq!(failed, 2);
+    assert_eq!(endpoint.requests().len(), 1 + 3);
+    assert!(
+        m.metrics()
+            .await
+            .contains("foresight_circuit_breaker_state{name=\"settlement\"} 1"),
+        "the state gauge reads open"
+    );
+
+    // Open: orders that would trade fail fast without a call; orders that rest still work.
+    let calls = endpoint.requests().len();
+    let before = m.snapshot().await;
+    let started = Instant::now();
+    let (status, body) = m.bid("fast", 610_000, 3).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(endpoint.requests().len(), calls, "no call while open");
+    assert_eq!(m.snapshot().await, before);
+    assert_eq!(m.bid("rest", 100_000, 1).await.0, StatusCode::CREATED);
+    let (status, _) = m
+        .server
+        .call(Method::DELETE, "/v2/orders/rest", Some(&m.buyer), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The endpoint recovers; after openDuration the breaker lets probes through.
+    endpoint.set_mode(Mode::Succeed);
+    wait_for("HALF_OPEN", Duration::from_secs(5), async || {
+        m.breaker_state().await == "HALF_OPEN"
+    })
+    .await;
+    let (status, body) = m.bid("p1", 600_000, 1).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(m.breaker_state().await, "HALF_OPEN", "one success of two");
+    let (status, body) = m.bid("p2", 600_000, 1).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(m.breaker_state().await, "CLOSED");
+
+    // Every trade settled exactly once, with its key in header and body.
+    let settled = endpoint.settled();
+    assert_eq!(
+        settled.keys().cloned().collect::<Vec<_>>(),
+        vec!["trade:b0#0", "trade:p1#0", "trade:p2#0"]
+    );
+    assert!(settled.values().all(|n| *n == 1));
+    assert_eq!(endpoint.malformed(), 0);
+    // Balances: exactly the three successful trades at 0.6 (2 + 1 + 1 shares).
+    let snap = m.snapshot().await;
+    assert_eq!(snap["buyer"]["shares"][MARKET]["available"], "4");
+    // Collateral rounds up per buy order: ceil(1.2) + ceil(0.6) + ceil(0.6).
+    assert_eq!(snap["buyer"]["collateral"]["available"], "999996");
+    assert_eq!(snap["buyer"]["collateral"]["reserved"], "0");
+    assert_eq!(snap["seller"]["collateral"]["available"], "4");
+    assert_eq!(snap["seller"]["shares"][MARKET]["reserved"], "16");
+    let metrics = m.metrics().await;
+    assert!(
+        metrics
+            .contains("foresight_saga_executions_total{saga=\"order\",outcome=\"compensated\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("foresight_saga_active{saga=\"order\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("foresight_retry_attempts_total{operation=\"settlement\"} 2"),
+        "{metrics}"
+    );
+    // f1's retry and "fast" were refused by the open breaker without a call.
+    assert!(
+        metrics.contains(
+            "foresight_circuit_breaker_calls_total{name=\"settlement\",result=\"rejected\"} 2"
+        ),
+        "{metrics}"
+    );
+    m.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_settlement_is_carried_forward_with_the_same_key() {
+    let endpoint = SettlementServer::start().await;
+    let m = Market::start(&endpoint).await;
+    assert_eq!(m.ask("a1", 500_000, 10).await.0, StatusCode::CREATED);
+    // Settled, but the answer is lost, twice (the first attempt and its retry).
+    endpoint.script(&[Mode::SettleThenHang, Mode::Hang]);
+    let (status, body) = m.bid("b1", 500_000, 4).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["error"]["code"], "settlement_pending", "{body}");
+    // Carried on in the background: the trade completes, settled once.
+    wait_for(
+        "the trade to complete",
+        Duration::from_secs(10),
+        async || m.snapshot().await["buyer"]["shares"][MARKET]["available"] == "4",
+    )
+    .await;
+    let requests = endpoint.requests();
+    assert!(requests.len() >= 3, "{requests:?}");
+    assert!(requests.iter().all(|k| k == "trade:b1#0"), "{requests:?}");
+    assert_eq!(endpoint.settled().get("trade:b1#0"), Some(&1));
+    let snap = m.snapshot().await;
+    assert_eq!(snap["buyer"]["collateral"]["available"], "999998");
+    assert_eq!(snap["buyer"]["collateral"]["reserved"], "0");
+    assert_eq!(snap["seller"]["collateral"]["available"], "2");
+    let (status, order) = m
+        .server
+        .call(Method::GET, "/v2/orders/b1", Some(&m.buyer), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(order["status"], "filled", "{order}");
+    let (_, sagas) = m
+        .server
+        .call(Method::GET, "/admin/sagas", Some(ADMIN), None)
+        .await;
+    assert_eq!(
+        sagas["sagas"],
+        json!([]),
+        "a finished saga leaves no log entry"
+    );
+    m.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_after_a_settlement_that_may_have_happened_parks_the_saga_as_manual() {
+    let endpoint = SettlementServer::start().await;
+    let m = Market::start(&endpoint).await;
+    assert_eq!(m.ask("a1", 500_000, 10).await.0, StatusCode::CREATED);
+    endpoint.script(&[Mode::SettleThenHang, Mode::Fail(422)]);
+    let before = m.snapshot().await;
+    let (status, body) = m.bid("b1", 500_000, 4).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    // The match stands (settlement may have happened); nothing moved balances yet.
+    let after = m.snapshot().await;
+    assert_eq!(after["buyer"]["collateral"]["reserved"], "2");
+    assert_eq!(after["seller"], before["seller"]);
+    let (status, sagas) = m
+        .server
+        .call(Method::GET, "/admin/sagas?state=manual", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sagas}");
+    let list = sagas["sagas"].as_array().expect("list");
+    assert_eq!(list.len(), 1, "{sagas}");
+    assert_eq!(list[0]["sagaId"], "b1");
+    assert_eq!(list[0]["state"], "manual");
+    assert_eq!(list[0]["data"]["inDoubt"], true);
+    let (status, _) = m
+        .server
+        .call(Method::GET, "/admin/sagas?state=bogus", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        m.metrics()
+            .await
+            .contains("foresight_saga_executions_total{saga=\"order\",outcome=\"manual\"} 1")
+    );
+    m.server.stop().await;
+}
