@@ -22,7 +22,8 @@
 //!   "unreserve:<id>"), so it never releases what was not reserved.
 //!
 //! # Durable log
-//! Before each step and at each compensation the saga's data is written to the store
+//! Before each step (from reserve on), after settlement (with the keys settled), and at each
+//! compensation the saga's data is written to the store
 //! ([`Store::saga_write`]) under a lease; a finished saga's entry is deleted, a `manual` one is
 //! kept for `GET /admin/sagas?state=manual`. A write that fails (store down, lease taken over)
 //! stops the saga at its next step as `pending`. Recovery ([`Recovery::sweep`]) claims entries
@@ -618,7 +619,16 @@ impl SagaObserver<OrderCtx> for DurableLog {
                     }
                     crash_if(deps, &format!("before:{name}"));
                 }
-                SagaEvent::StepCompleted(name) => crash_if(deps, &format!("after:{name}")),
+                SagaEvent::StepCompleted(name) => {
+                    // NB: the settled keys are recorded at once, so a recovery after this point
+                    // does not send them again; the other steps' completion is recorded by the
+                    // next step's start (nothing happens in between).
+                    let settled_something = !ctx.data.settled.is_empty();
+                    if durable && *name == ORDER_SAGA_STEPS[3] && settled_something {
+                        Self::write(ctx, "running", None).await;
+                    }
+                    crash_if(deps, &format!("after:{name}"));
+                }
                 SagaEvent::Compensating | SagaEvent::StepCompensated(_) if durable => {
                     Self::write(ctx, "compensating", None).await;
                 }
@@ -794,7 +804,7 @@ impl OrderSagas {
                 ctx.backward.store(true, Ordering::Release);
                 ctx.step.store(n, Ordering::Release);
                 let name = ORDER_SAGA_STEPS.get(n).copied().unwrap_or("recovery");
-                self.executor.compensate(ctx, n, name, error).await
+                self.executor.resume_compensation(ctx, n, name, error).await
             }
         }
     }

@@ -434,6 +434,36 @@ impl<C: Send> SagaExecutor<C> {
         outcome
     }
 
+    /// [`SagaExecutor::compensate`] as an execution of its own (counted in the metrics like
+    /// [`SagaExecutor::resume`]): how a recovered saga goes backward.
+    pub async fn resume_compensation(
+        &self,
+        ctx: &mut C,
+        failed: usize,
+        failed_step: &'static str,
+        error: String,
+    ) -> SagaOutcome {
+        let saga = self.definition.name;
+        let started = Instant::now();
+        if let Some(m) = &self.metrics {
+            m.active.get_or_create(&SagaLabel { saga }).inc();
+        }
+        let outcome = self.compensate(ctx, failed, failed_step, error).await;
+        if let Some(m) = &self.metrics {
+            m.active.get_or_create(&SagaLabel { saga }).dec();
+            m.executions
+                .get_or_create(&OutcomeLabels {
+                    saga,
+                    outcome: outcome.label(),
+                })
+                .inc();
+            m.duration
+                .get_or_create(&SagaLabel { saga })
+                .observe(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        outcome
+    }
+
     /// Compensates steps `failed - 1 ..= 0` in reverse order (the failed step itself did not
     /// complete, so it is not compensated).
     pub async fn compensate(
