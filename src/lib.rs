@@ -19,6 +19,7 @@ pub mod controller;
 pub mod crd;
 pub mod gates;
 pub mod metrics;
+pub mod plugin;
 pub mod resources;
 pub mod rollout;
 pub mod telemetry;
