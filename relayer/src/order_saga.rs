@@ -484,6 +484,10 @@ async fn update_balances(c: &mut OrderCtx) -> Result<(), StepError> {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::error!(%user, op, error = %e, "balance move refused although the book accounted for it");
+                    // NB: the executor does not compensate the step that failed; this step
+                    // rolls back its own partial moves so the saga parks with balances as
+                    // they were before it.
+                    roll_back_balances(c).await?;
                     return Err(StepError::permanent(format!(
                         "balance move for {user} refused: {e}"
                     )));
@@ -700,7 +704,18 @@ impl OrderSagas {
         settlement: Settlement,
         metrics: Option<SagaMetrics>,
     ) -> Self {
-        let mut executor = SagaExecutor::new(definition())
+        Self::with_definition(config, store, settlement, metrics, definition())
+    }
+
+    /// Order sagas running `definition` (the order saga's, or a variant of it in tests).
+    fn with_definition(
+        config: &RelayerConfig,
+        store: Store,
+        settlement: Settlement,
+        metrics: Option<SagaMetrics>,
+        definition: SagaDefinition<OrderCtx>,
+    ) -> Self {
+        let mut executor = SagaExecutor::new(definition)
             .with_retry_delay(Duration::from_millis(50))
             .observe(Arc::new(DurableLog));
         if let Some(m) = metrics {
@@ -1005,4 +1020,148 @@ enum Drive {
     Forward(usize),
     /// Compensate the first `n` steps (in reverse), with why.
     Backward(usize, String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::domain::{MarketKey, Side};
+
+    fn user(n: u8) -> UserId {
+        UserId::parse("u", &format!("0x{}", format!("{n:02x}").repeat(20))).expect("valid")
+    }
+
+    fn market() -> MarketKey {
+        MarketKey::parse("m", "80002:1").expect("valid")
+    }
+
+    fn order(id: &str, u: u8, side: Side, price: u64, amount: u64) -> Order {
+        Order::new(id.to_owned(), market(), user(u), side, price, amount, 0)
+    }
+
+    /// Records the names of compensated steps and the manual event.
+    #[derive(Default)]
+    struct Compensations(Mutex<Vec<String>>);
+
+    impl SagaObserver<OrderCtx> for Compensations {
+        fn on_event<'a>(
+            &'a self,
+            _: &'static str,
+            event: &'a SagaEvent,
+            _: &'a OrderCtx,
+        ) -> BoxFuture<'a, ()> {
+            Box::pin(async move {
+                let name = match event {
+                    SagaEvent::StepCompensated(s) => format!("undone {s}"),
+                    SagaEvent::Manual(s, _) => format!("manual at {s}"),
+                    _ => return,
+                };
+                self.0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(name);
+            })
+        }
+    }
+
+    async fn snapshot(store: &Store) -> (Vec<crate::domain::Account>, String) {
+        let accounts = vec![
+            store.account(&user(1)).await.expect("account"),
+            store.account(&user(2)).await.expect("account"),
+        ];
+        let depth = store.depth(&market(), 10).await.expect("depth");
+        let ask = store.order(&market(), "ask").await.expect("order");
+        (accounts, format!("{depth:?} {ask:?}"))
+    }
+
+    #[tokio::test]
+    async fn a_failure_at_each_step_compensates_exactly_the_completed_steps_in_reverse() {
+        let expected: [(&[&str], &str); 5] = [
+            (&[], "compensated"),
+            (&[], "compensated"),
+            (&["undone reserve"], "compensated"),
+            (&["undone match", "undone reserve"], "compensated"),
+            (&["manual at settle"], "manual"),
+        ];
+        for (failing, (undone, outcome)) in expected.iter().enumerate() {
+            let store = Store::memory();
+            let config = RelayerConfig::default();
+            let plain = OrderSagas::new(
+                &config,
+                store.clone(),
+                Settlement::Embedded(Arc::default()),
+                None,
+            );
+            store
+                .apply_moves(&user(1), &[Move::credit(Asset::Shares(market()), 10)])
+                .await
+                .expect("store")
+                .expect("deposit");
+            store
+                .apply_moves(&user(2), &[Move::credit(Asset::Collateral, 1_000)])
+                .await
+                .expect("store")
+                .expect("deposit");
+            assert!(matches!(
+                plain.run(order("ask", 1, Side::Sell, 400_000, 10)).await,
+                Ended::Completed(_)
+            ));
+            let before = snapshot(&store).await;
+
+            let mut def = definition();
+            def.steps[failing].execute =
+                Arc::new(|_| Box::pin(async { Err(StepError::permanent("injected")) }));
+            let events = Arc::new(Compensations::default());
+            let mut failing_sagas = OrderSagas::with_definition(
+                &config,
+                store.clone(),
+                Settlement::Embedded(Arc::default()),
+                None,
+                SagaDefinition::new(SAGA),
+            );
+            failing_sagas.executor = Arc::new(
+                SagaExecutor::new(def)
+                    .with_retry_delay(Duration::from_millis(1))
+                    .observe(Arc::new(DurableLog))
+                    .observe(events.clone()),
+            );
+            let ended = failing_sagas
+                .run(order("bid", 2, Side::Buy, 400_000, 4))
+                .await;
+            let log = events
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            assert_eq!(log, *undone, "failing at {}", ORDER_SAGA_STEPS[failing]);
+            let entries = store.saga_list().await.expect("list");
+            match *outcome {
+                "compensated" => {
+                    assert!(
+                        matches!(ended, Ended::Compensated(ref e) if e == "injected"),
+                        "{ended:?}"
+                    );
+                    assert_eq!(
+                        snapshot(&store).await,
+                        before,
+                        "failing at {}",
+                        ORDER_SAGA_STEPS[failing]
+                    );
+                    assert!(entries.is_empty(), "{entries:?}");
+                }
+                _ => {
+                    assert!(matches!(ended, Ended::Manual(_)), "{ended:?}");
+                    assert_eq!(entries.len(), 1);
+                    assert_eq!(entries[0].state, "manual");
+                    // Settled, balances not moved: the buyer's collateral stays reserved for
+                    // the person resolving it, nothing else changed.
+                    let (accounts, _) = snapshot(&store).await;
+                    assert_eq!(accounts[1].collateral.reserved, 2);
+                    assert_eq!(accounts[0], before.0[0]);
+                }
+            }
+        }
+    }
 }
