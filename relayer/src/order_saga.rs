@@ -30,10 +30,13 @@
 //! whose lease ran out and, by the step they reached: before settlement, compensates
 //! (including the step that had started); at settlement or after, goes forward.
 //!
-//! Known limits: the order id is claimed before the log's first write, so a crash in between
-//! leaves the id "being placed" with nothing reserved; a settlement retried for longer than the
-//! lease can be taken over by another replica (both then send the same keys, which the endpoint
-//! deduplicates, and the first owner stops at its next log write).
+//! While a saga runs, a heartbeat renews its lease every third of `saga.leaseMs`, so a long
+//! step (settlement retries) keeps it; a replica that finds its lease taken (it was frozen
+//! longer than the lease) stops at its next step, and every write is fenced by the owner.
+//! A process also carries its own pending sagas forward in the background.
+//!
+//! Known limit: the order id is claimed before the log's first write, so a crash in between
+//! leaves the id "being placed" with nothing reserved or matched.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -136,15 +139,29 @@ impl Deps {
     }
 }
 
+/// Whether a saga may take its next step.
+#[derive(Debug, Default)]
+struct Fence {
+    /// Set when a log write failed: the saga must not take another step.
+    fenced: AtomicBool,
+    /// Set when another replica took the saga over: this process must leave it.
+    lease_lost: AtomicBool,
+}
+
+impl Fence {
+    fn lose_lease(&self) {
+        self.lease_lost.store(true, Ordering::Release);
+        self.fenced.store(true, Ordering::Release);
+    }
+}
+
 /// One running saga.
 pub struct OrderCtx {
     deps: Arc<Deps>,
     /// The saga's data.
     pub data: OrderSagaData,
-    /// Set when a log write failed: the saga must not take another step.
-    fenced: AtomicBool,
-    /// Set when another replica took the saga over: this process must leave it.
-    lease_lost: AtomicBool,
+    /// Shared with the lease heartbeat.
+    fence: Arc<Fence>,
     /// Index of the step started last, or of the step that failed once compensating.
     step: AtomicUsize,
     /// Whether the saga is compensating.
@@ -153,7 +170,7 @@ pub struct OrderCtx {
 
 impl OrderCtx {
     fn check_fence(&self) -> Result<(), StepError> {
-        if self.fenced.load(Ordering::Acquire) {
+        if self.fence.fenced.load(Ordering::Acquire) {
             Err(StepError::in_doubt(
                 "the saga log could not be written (store unavailable or lease lost)",
             ))
@@ -563,7 +580,7 @@ impl DurableLog {
             Ok(r) => r,
             Err(error) => {
                 tracing::error!(%error, "saga record cannot be encoded");
-                ctx.fenced.store(true, Ordering::Release);
+                ctx.fence.fenced.store(true, Ordering::Release);
                 return;
             }
         };
@@ -582,11 +599,11 @@ impl DurableLog {
                     saga = entry.id,
                     "saga lease lost to another replica: stopping"
                 );
-                ctx.fenced.store(true, Ordering::Release);
+                ctx.fence.fenced.store(true, Ordering::Release);
             }
             Err(error) => {
                 tracing::warn!(%error, saga = entry.id, "saga log write failed: stopping");
-                ctx.fenced.store(true, Ordering::Release);
+                ctx.fence.fenced.store(true, Ordering::Release);
             }
         }
     }
@@ -749,8 +766,7 @@ impl OrderSagas {
         OrderCtx {
             deps: self.deps.clone(),
             data,
-            fenced: AtomicBool::new(false),
-            lease_lost: AtomicBool::new(false),
+            fence: Arc::default(),
             step: AtomicUsize::new(0),
             backward: AtomicBool::new(false),
         }
@@ -772,7 +788,7 @@ impl OrderSagas {
         self.deps.set_active(&id, true);
         let outcome = self.drive(&mut ctx, Drive::Forward(0)).await;
         if let SagaOutcome::Pending { error, .. } = &outcome
-            && !ctx.lease_lost.load(Ordering::Acquire)
+            && !ctx.fence.lease_lost.load(Ordering::Acquire)
         {
             let answer = Ended::Pending {
                 settlement: ctx.data.in_doubt,
@@ -795,7 +811,7 @@ impl OrderSagas {
         loop {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(CARRY_ON_MAX_DELAY);
-            ctx.fenced.store(false, Ordering::Release);
+            ctx.fence.fenced.store(false, Ordering::Release);
             let from = ctx.step.load(Ordering::Acquire);
             let outcome = self.drive(&mut ctx, Drive::Forward(from)).await;
             let pending = matches!(outcome, SagaOutcome::Pending { .. });
@@ -804,7 +820,9 @@ impl OrderSagas {
                 tracing::info!(saga = id, ?ended, "pending saga ended");
                 break;
             }
-            if ctx.lease_lost.load(Ordering::Acquire) || tokio::time::Instant::now() >= deadline {
+            if ctx.fence.lease_lost.load(Ordering::Acquire)
+                || tokio::time::Instant::now() >= deadline
+            {
                 tracing::warn!(saga = id, "pending saga left to recovery");
                 break;
             }
@@ -813,13 +831,58 @@ impl OrderSagas {
     }
 
     async fn drive(&self, ctx: &mut OrderCtx, how: Drive) -> SagaOutcome {
-        match how {
-            Drive::Forward(from) => self.executor.resume(ctx, from).await,
-            Drive::Backward(n, error) => {
-                ctx.backward.store(true, Ordering::Release);
-                ctx.step.store(n, Ordering::Release);
-                let name = ORDER_SAGA_STEPS.get(n).copied().unwrap_or("recovery");
-                self.executor.resume_compensation(ctx, n, name, error).await
+        let heartbeat = self.heartbeat(ctx.data.order.order_id.clone(), ctx.fence.clone());
+        let run = async {
+            match how {
+                Drive::Forward(from) => self.executor.resume(ctx, from).await,
+                Drive::Backward(n, error) => {
+                    ctx.backward.store(true, Ordering::Release);
+                    ctx.step.store(n, Ordering::Release);
+                    let name = ORDER_SAGA_STEPS.get(n).copied().unwrap_or("recovery");
+                    self.executor.resume_compensation(ctx, n, name, error).await
+                }
+            }
+        };
+        tokio::pin!(run, heartbeat);
+        // NB: biased, so a saga that completes at its first poll (the in-memory store with the
+        // embedded ledger) never starts the heartbeat's timer.
+        tokio::select! {
+            biased;
+            outcome = &mut run => outcome,
+            () = &mut heartbeat => run.await,
+        }
+    }
+
+    /// Renews the lease of a running saga every third of it, so a long step (settlement
+    /// retries) keeps it; marks the lease lost when another replica holds it. Never ends
+    /// while it renews (a lost lease or a log that is off ends it).
+    async fn heartbeat(&self, id: String, fence: Arc<Fence>) {
+        if !self.deps.durable {
+            return;
+        }
+        let every = Duration::from_millis((self.deps.lease_ms / 3).max(1));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = now_ms();
+            match self
+                .deps
+                .store
+                .saga_claim(
+                    &id,
+                    &self.deps.owner,
+                    now.saturating_add(self.deps.lease_ms),
+                    now,
+                )
+                .await
+            {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::warn!(saga = id, "saga lease lost: stopping at the next step");
+                    fence.lose_lease();
+                    return;
+                }
+                // NB: the next log write finds out whether the store is back.
+                Err(error) => tracing::warn!(%error, saga = id, "saga lease not renewed"),
             }
         }
     }

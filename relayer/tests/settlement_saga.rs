@@ -334,3 +334,79 @@ async fn a_rejection_after_a_settlement_that_may_have_happened_parks_the_saga_as
     );
     m.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_saga_keeps_its_lease_through_a_long_settlement_so_no_replica_takes_it_over() {
+    let endpoint = SettlementServer::start().await;
+    let mut config = relayer::config::RelayerConfig {
+        admin_token: Some(ADMIN.to_owned()),
+        ..Default::default()
+    };
+    config.rate_limit.enabled = false;
+    config.shutdown.readiness_delay_ms = 0;
+    config.settlement.url = Some(endpoint.url.clone());
+    config.settlement.timeout_ms = 1_200;
+    config.settlement.retry.max_retries = Some(0);
+    config.circuit_breakers.settlement.timeout = 1_200;
+    config.saga.lease_ms = 300;
+    config.validate().expect("valid");
+    // Two replicas on one store; only A serves HTTP, B only sweeps.
+    let store = relayer::store::Store::memory();
+    let a = relayer::AppState::new(config.clone(), store.clone()).expect("state A");
+    let b = relayer::AppState::new(config, store).expect("state B");
+    let server = Server::serve(a).await;
+    server.deposit(SELLER, MARKET, 1_000).await;
+    server.deposit(BUYER, "collateral", 1_000_000).await;
+    let seller = server.api_key(SELLER).await;
+    let buyer = server.api_key(BUYER).await;
+    let m = Market {
+        server,
+        seller,
+        buyer,
+    };
+    assert_eq!(m.ask("a1", 500_000, 10).await.0, StatusCode::CREATED);
+
+    // The first settlement attempt hangs for four leases (until the client's timeout).
+    endpoint.script(&[Mode::Hang]);
+    let placing = {
+        let client = m.server.client.clone();
+        let url = format!("{}/v2/orders", m.server.base);
+        let key = m.buyer.clone();
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(key)
+                .json(
+                    &json!({"orderId": "b1", "marketKey": MARKET, "userId": BUYER,
+                    "side": "buy", "price": "500000", "amount": "4"}),
+                )
+                .send()
+                .await
+                .expect("answered")
+                .status()
+        })
+    };
+    let mut sweeps = 0;
+    while !placing.is_finished() {
+        assert_eq!(
+            b.exchange().sagas().sweep().await.expect("sweep"),
+            0,
+            "B took over a saga A is still running"
+        );
+        sweeps += 1;
+        assert!(sweeps < 1_000, "the placement ends within its timeout");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sweeps > 10, "B swept while A's settlement hung ({sweeps})");
+    assert_eq!(placing.await.expect("task"), StatusCode::ACCEPTED);
+    // A carries it forward with the same key.
+    wait_for(
+        "the trade to complete",
+        Duration::from_secs(10),
+        async || m.snapshot().await["buyer"]["shares"][MARKET]["available"] == "4",
+    )
+    .await;
+    assert_eq!(endpoint.settled().get("trade:b1#0"), Some(&1));
+    m.server.stop().await;
+}
