@@ -736,6 +736,7 @@ impl OrderSagas {
             .with_retry_delay(Duration::from_millis(50))
             .observe(Arc::new(DurableLog));
         if let Some(m) = metrics {
+            m.touch(SAGA);
             executor = executor.with_metrics(m);
         }
         Self {

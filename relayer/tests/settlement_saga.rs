@@ -156,6 +156,17 @@ async fn an_outage_opens_the_breaker_orders_fail_fast_and_probes_close_it_with_b
     let m = Market::start(&endpoint).await;
     assert_eq!(m.ask("a1", 600_000, 10).await.0, StatusCode::CREATED);
     assert_eq!(m.ask("a2", 610_000, 10).await.0, StatusCode::CREATED);
+    let metrics = m.metrics().await;
+    for series in [
+        "foresight_saga_active{saga=\"order\"} 0",
+        "foresight_saga_executions_total{saga=\"order\",outcome=\"manual\"} 0",
+        "foresight_circuit_breaker_state{name=\"settlement\"} 0",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} before any trade:\n{metrics}"
+        );
+    }
     let (status, body) = m.bid("b0", 600_000, 2).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(endpoint.settled().len(), 1);

@@ -279,6 +279,18 @@ impl SagaMetrics {
         m
     }
 
+    /// Creates the series of `saga` at zero (active, and executions by every outcome), so a
+    /// reader such as a health gate finds them before the first saga ends.
+    pub fn touch(&self, saga: &'static str) {
+        drop(self.active.get_or_create(&SagaLabel { saga }));
+        for outcome in ["completed", "compensated", "manual", "pending"] {
+            drop(
+                self.executions
+                    .get_or_create(&OutcomeLabels { saga, outcome }),
+            );
+        }
+    }
+
     fn step(&self, saga: &'static str, step: &'static str, result: &'static str) {
         self.steps
             .get_or_create(&StepLabels { saga, step, result })

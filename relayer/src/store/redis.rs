@@ -10,12 +10,13 @@
 //! | `{m:<marketKey>}`        | book queues, price levels, orders      | `match_order`, `cancel_order`, `depth`, `open_orders` |
 //! | `{c:<orderId>}`          | the order id's claim                   | `claim`, `finish_claim`      |
 //! | `{apikeys}`              | API-key records by hash and by id      | `delete_api_key`             |
-//! | `{s:<sagaId>}`           | one saga's log entry (hash)            | `saga_write`, `saga_claim`, `saga_delete` |
+//! | `{sagas:<n>}`, n < 16    | saga log entries of one shard (hash)   | `saga_write`, `saga_claim`, `saga_delete` |
 //!
 //! A market slot also records each placement's match reply under `:x:<orderId>` (for the
 //! order retention), which makes `match_order` idempotent and lets `undo_match` revert it.
-//! The saga log has no index: recovery and `/admin/sagas` find entries with `SCAN` (a
-//! cursor walk, a few round trips per sweep), so writing the log costs no extra round trip.
+//! A saga's entry (fields `<id>:meta` and `<id>:rec`) lives in one of [`SAGA_SHARDS`] hashes
+//! chosen by a hash of its id: one slot per saga, one script per log write, and recovery and
+//! `/admin/sagas` read the log with one `HGETALL` per shard (no keyspace scan).
 //!
 //! Every key starts with the configured prefix (`redis.keyPrefix`). Quantities are canonical
 //! decimal strings and the scripts compute on them exactly (`lua/num.lua`), so the limits are
@@ -218,7 +219,11 @@ impl RedisStore {
     }
 
     fn saga_key(&self, id: &str) -> String {
-        format!("{}{{s:{id}}}", self.inner.prefix)
+        self.saga_shard_key(saga_shard(id))
+    }
+
+    fn saga_shard_key(&self, shard: u64) -> String {
+        format!("{}{{sagas:{shard}}}", self.inner.prefix)
     }
 
     fn api_keys_key(&self) -> String {
@@ -576,6 +581,7 @@ impl RedisStore {
 
     pub(super) async fn saga_write(&self, entry: &SagaEntry) -> Result<bool, StoreError> {
         let args = [
+            entry.id.clone(),
             entry.owner.clone(),
             entry.lease_until_ms.to_string(),
             entry.state.clone(),
@@ -600,6 +606,7 @@ impl RedisStore {
         now_ms: u64,
     ) -> Result<Option<SagaEntry>, StoreError> {
         let args = [
+            id.to_owned(),
             owner.to_owned(),
             lease_until_ms.to_string(),
             now_ms.to_string(),
@@ -631,73 +638,45 @@ impl RedisStore {
                 "saga_delete",
                 &self.inner.scripts.saga_delete,
                 &self.saga_key(id),
-                &[owner.to_owned()],
+                &[id.to_owned(), owner.to_owned()],
             )
             .await?;
         Ok(reply.first().map(String::as_str) == Some("1"))
     }
 
-    /// Bound on the SCAN walk of one listing (keys visited = this × COUNT).
-    const SCAN_ROUNDS: usize = 10_000;
-
     pub(super) async fn saga_list(&self) -> Result<Vec<SagaEntry>, StoreError> {
-        let pattern = format!("{}{{s:*", self.inner.prefix);
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        for _ in 0..Self::SCAN_ROUNDS {
+        let mut entries = Vec::new();
+        for shard in 0..SAGA_SHARDS {
+            let key = self.saga_shard_key(shard);
             let mut conn = self.inner.conn.clone();
-            let pattern = pattern.clone();
-            let (next, batch): (u64, Vec<String>) = self
-                .call("SCAN sagas", async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn)
-                        .await
+            let fields: HashMap<String, String> = self
+                .call("HGETALL sagas", async move {
+                    redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await
                 })
                 .await?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        keys.sort();
-        keys.dedup();
-        let mut entries = Vec::with_capacity(keys.len());
-        for key in keys {
-            let id = key
-                .strip_prefix(&format!("{}{{s:", self.inner.prefix))
-                .and_then(|k| k.strip_suffix('}'))
-                .ok_or_else(|| corrupt("saga key", &key))?
-                .to_owned();
-            let mut conn = self.inner.conn.clone();
-            let f: Vec<Option<String>> = self
-                .call("HMGET saga", async move {
-                    redis::cmd("HMGET")
-                        .arg(&key)
-                        .arg("owner")
-                        .arg("lease")
-                        .arg("state")
-                        .arg("record")
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?;
-            // NB: an entry deleted between SCAN and HMGET is simply gone.
-            if let [Some(owner), Some(lease), Some(state), Some(record)] = f.as_slice() {
+            for (field, meta) in &fields {
+                let Some(id) = field.strip_suffix(":meta") else {
+                    continue;
+                };
+                let mut parts = meta.split(' ');
+                let (Some(owner), Some(lease), Some(state), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(corrupt("saga meta", meta));
+                };
                 entries.push(SagaEntry {
-                    id,
-                    owner: owner.clone(),
-                    lease_until_ms: parse_num("saga lease", Some(lease))?,
-                    state: state.clone(),
-                    record: record.clone(),
+                    id: id.to_owned(),
+                    owner: owner.to_owned(),
+                    lease_until_ms: parse_num("saga lease", Some(&lease.to_owned()))?,
+                    state: state.to_owned(),
+                    record: fields
+                        .get(&format!("{id}:rec"))
+                        .cloned()
+                        .unwrap_or_default(),
                 });
             }
         }
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(entries)
     }
 
@@ -857,6 +836,17 @@ impl RedisStore {
             .await?;
         Ok(reply.first().map(String::as_str) == Some("1"))
     }
+}
+
+/// Number of hashes the saga log is spread over.
+pub const SAGA_SHARDS: u64 = 16;
+
+/// The shard of a saga id (FNV-1a, stable across processes and builds).
+fn saga_shard(id: &str) -> u64 {
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash % SAGA_SHARDS
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
@@ -1117,5 +1107,13 @@ mod tests {
         assert_eq!(store.market_key(&market), "fs:{m:80002:7}");
         assert_eq!(store.claim_key("o-1"), "fs:{c:o-1}");
         assert_eq!(store.api_keys_key(), "fs:{apikeys}");
+        assert_eq!(
+            store.saga_key("o-1"),
+            format!("fs:{{sagas:{}}}", saga_shard("o-1"))
+        );
+        let shards: std::collections::BTreeSet<u64> = (0..200)
+            .map(|i| saga_shard(&format!("order-{i}")))
+            .collect();
+        assert_eq!(shards.len(), 16, "ids spread over every shard");
     }
 }
