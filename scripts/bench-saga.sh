@@ -108,16 +108,17 @@ for log in on off; do
   done
   sleep 0.5
   kill "$monitor_pid" 2>/dev/null || true
-  # NB: the recovery sweep's SCAN runs on its own clock; it is counted apart.
+  # NB: the recovery sweep (one HGETALL per saga-log shard every saga.recoveryIntervalMs) runs on
+  # its own clock; it is counted apart.
   client="$(grep '\[0 127\.0\.0\.1:' "$work/monitor-$log.txt" || true)"
-  scans="$(grep -ci '"scan"' <<<"$client" || true)"
+  scans="$(grep -ci '"hgetall" "[^"]*{sagas:' <<<"$client" || true)"
   total="$(grep -c . <<<"$client" || true)"
   per_order="$(python3 -c "print(f'{($total-$scans)/200:.2f}')")"
-  breakdown="$(grep -vi '"scan"' <<<"$client" | awk '{print toupper($4)}' | sort | uniq -c | sort -rn | tr -s ' ' | paste -sd, -)"
+  breakdown="$(grep -vi '"hgetall" "[^"]*{sagas:' <<<"$client" | awk '{print toupper($4)}' | sort | uniq -c | sort -rn | tr -s ' ' | paste -sd, -)"
   kill "$relayer_pid"
   wait "$relayer_pid" 2>/dev/null || true
   results+=("saga log $log:  POST /v2/orders $(summary "$work/post-$log.txt")")
-  results+=("  Redis round trips per placed order (100 crossing pairs): $per_order  [$breakdown]; recovery SCANs in the window: $scans")
+  results+=("  Redis round trips per placed order (100 crossing pairs): $per_order  [$breakdown]; recovery sweep reads in the window: $scans")
 done
 
 echo
