@@ -114,46 +114,32 @@ impl AppState {
     /// State over `store` with `config` (assumed validated). The rate limiter keeps its
     /// counters in `rateLimit.redisUrl`, else in `redisUrl`, else in memory.
     pub fn new(config: RelayerConfig, store: Store) -> Result<Self, StateError> {
-        let mut metrics = Metrics::default();
         let limits = &config.rate_limit;
-        let limiter = if limits.enabled {
-            let counters: Arc<dyn CounterStore> =
-                match limits.redis_url.as_ref().or(config.redis_url.as_ref()) {
-                    Some(url) => Arc::new(
-                        RedisCounters::connect(
-                            url,
-                            &config.redis.key_prefix,
-                            Duration::from_millis(config.redis.command_timeout_ms),
-                        )
-                        .map_err(StateError::Limiter)?,
-                    ),
-                    None => Arc::new(MemoryCounters::new(
-                        MEMORY_LIMITER_KEYS,
-                        Arc::new(SystemClock),
-                    )),
-                };
-            Some(Limiter::new(
-                limits.clone(),
-                counters,
-                metrics.registry_mut(),
-            ))
-        } else {
+        let counters: Option<Arc<dyn CounterStore>> = if !limits.enabled {
             None
+        } else if let Some(url) = &limits.redis_url {
+            let timeout = Duration::from_millis(config.redis.command_timeout_ms);
+            let redis = RedisCounters::connect(url, &config.redis.key_prefix, timeout)
+                .map_err(StateError::Limiter)?;
+            Some(Arc::new(redis))
+        } else if let Some(conn) = store.redis_connection() {
+            // NB: the store's own multiplexed connection: one connection per replica, not two.
+            let timeout = Duration::from_millis(config.redis.command_timeout_ms);
+            Some(Arc::new(RedisCounters::new(
+                conn,
+                &config.redis.key_prefix,
+                timeout,
+            )))
+        } else {
+            Some(Arc::new(MemoryCounters::new(
+                MEMORY_LIMITER_KEYS,
+                Arc::new(SystemClock),
+            )))
         };
-        let (exchange, breakers) = build_exchange(&config, store, &mut metrics)?;
-        Ok(Self {
-            inner: Arc::new(StateInner {
-                config,
-                exchange,
-                metrics,
-                lifecycle: Lifecycle::default(),
-                limiter,
-                breakers,
-            }),
-        })
+        Self::with_limiter(config, store, counters)
     }
 
-    /// State with an explicit limiter (or none), for tests and benchmarks of the limiter.
+    /// State with an explicit limiter store (or no limiter), for tests and benchmarks.
     pub fn with_limiter(
         config: RelayerConfig,
         store: Store,

@@ -156,6 +156,14 @@ impl Store {
         }
     }
 
+    /// The Redis connection of a Redis store, shared with the rate limiter.
+    pub fn redis_connection(&self) -> Option<::redis::aio::ConnectionManager> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(s) => Some(s.connection()),
+        }
+    }
+
     /// `memory` or `redis`, for logs.
     pub fn backend(&self) -> &'static str {
         match self {

@@ -144,6 +144,11 @@ fn classify(what: &str, e: RedisError) -> StoreError {
 }
 
 impl RedisStore {
+    /// The multiplexed connection, for other users of the same Redis (the rate limiter).
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
     /// A store over the Redis at `settings.url`. Connects lazily: a Redis that is down at start
     /// makes calls fail with [`StoreError::Unavailable`] (and `/ready` false) until it is up.
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
