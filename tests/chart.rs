@@ -6,14 +6,15 @@
 //! Run with `cargo test --test chart`. The full cutover under the chart's RBAC, and the check
 //! that the chart grants nothing unused, are in `tests/chart_rbac.rs`.
 
+mod chart_support;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use chart_support::ChartOperator;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
@@ -498,95 +499,6 @@ async fn helm_install_deploys_two_operator_replicas_with_their_account_and_metri
     assert!(gone.is_err(), "the ClusterRole goes with the release");
 }
 
-/// The operator binary, started with the container arguments and environment of the chart's
-/// Deployment as installed, and a kubeconfig; killed when dropped.
-struct ChartOperator {
-    child: Child,
-    metrics: SocketAddr,
-    log: PathBuf,
-}
-
-impl ChartOperator {
-    async fn start(env: &TestEnv, deployment: &str, kubeconfig: &Path, pod: &str) -> Self {
-        let deployment = env
-            .api::<Deployment>()
-            .get(deployment)
-            .await
-            .expect("the chart's Deployment");
-        let container = deployment
-            .spec
-            .template
-            .spec
-            .map(|p| p.containers[0].clone())
-            .expect("a container");
-        let metrics = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port");
-        let log = env
-            .control_plane
-            .work_dir()
-            .join(format!("operator-{}-{pod}.log", env.namespace));
-        let file = std::fs::File::create(&log).expect("operator log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_relayer-operator"));
-        command
-            .env_remove("KUBECONFIG")
-            .env("KUBECONFIG", kubeconfig);
-        for arg in container.args.unwrap_or_default() {
-            // NB: the pod's 0.0.0.0:8080 would collide on the test machine.
-            if arg.starts_with("--metrics-addr=") {
-                command.arg(format!("--metrics-addr={metrics}"));
-            } else {
-                command.arg(arg);
-            }
-        }
-        for var in container.env.unwrap_or_default() {
-            let value = match (var.value, var.value_from.and_then(|f| f.field_ref)) {
-                (Some(value), _) => value,
-                (None, Some(field)) if field.field_path == "metadata.name" => pod.to_owned(),
-                (None, Some(field)) if field.field_path == "metadata.namespace" => {
-                    env.namespace.clone()
-                }
-                other => panic!("unexpected env source of {}: {other:?}", var.name),
-            };
-            command.env(&var.name, value);
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log handle"))
-            .stderr(file)
-            .spawn()
-            .expect("start relayer-operator");
-        Self {
-            child,
-            metrics,
-            log,
-        }
-    }
-
-    fn get(&self, path: &str) -> Option<String> {
-        let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(1)).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        Some(text)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ChartOperator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_operator_under_the_charts_service_account_reconciles_the_sample_to_available() {
     let env = TestEnv::new("chart-sample").await;
@@ -604,7 +516,14 @@ async fn the_operator_under_the_charts_service_account_reconciles_the_sample_to_
         .service_account_identity(&env.namespace, "ops-relayer-operator")
         .await
         .expect("act as the chart's ServiceAccount");
-    let operator = ChartOperator::start(&env, "ops-relayer-operator", &kubeconfig, "ops-0").await;
+    let operator = ChartOperator::start(
+        &env,
+        &env.namespace,
+        "ops-relayer-operator",
+        &kubeconfig,
+        "ops-0",
+    )
+    .await;
 
     let sample = repo().join("crds/samples/relayerdeployment.yaml");
     env.kubectl(&["apply", "-f", &sample.display().to_string()])

@@ -14,20 +14,21 @@
 //! Run as root (network namespaces) with `cargo build -p relayer && cargo test --test
 //! chart_rbac`.
 
+mod chart_support;
 mod cutover_support;
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
+use chart_support::ChartOperator;
 use cutover_support::NetnsBackend;
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
 use relayer_operator::crd::{RelayerDeployment, RolloutStep};
 use serde_json::{Value, json};
@@ -215,77 +216,6 @@ impl Drop for RecordingProxy {
     }
 }
 
-/// The operator binary with the container arguments and environment of the chart's
-/// Deployment as installed; killed when dropped.
-struct ChartOperator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ChartOperator {
-    async fn start(env: &TestEnv, release_ns: &str, kubeconfig: &Path, pod: &str) -> Self {
-        let deployments: kube::Api<Deployment> =
-            kube::Api::namespaced(env.client.clone(), release_ns);
-        let deployment = deployments
-            .get(&format!("{RELEASE}-relayer-operator"))
-            .await
-            .expect("the chart's Deployment");
-        let container = deployment
-            .spec
-            .template
-            .spec
-            .map(|p| p.containers[0].clone())
-            .expect("a container");
-        let metrics = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port");
-        let log = env
-            .control_plane
-            .work_dir()
-            .join(format!("operator-{}-{pod}.log", env.namespace));
-        let file = std::fs::File::create(&log).expect("operator log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_relayer-operator"));
-        command.env("KUBECONFIG", kubeconfig);
-        for arg in container.args.unwrap_or_default() {
-            // NB: the pod's 0.0.0.0:8080 would collide on the test machine.
-            if arg.starts_with("--metrics-addr=") {
-                command.arg(format!("--metrics-addr={metrics}"));
-            } else {
-                command.arg(arg);
-            }
-        }
-        for var in container.env.unwrap_or_default() {
-            let value = match (var.value, var.value_from.and_then(|f| f.field_ref)) {
-                (Some(value), _) => value,
-                (None, Some(field)) if field.field_path == "metadata.name" => pod.to_owned(),
-                (None, Some(field)) if field.field_path == "metadata.namespace" => {
-                    release_ns.to_owned()
-                }
-                other => panic!("unexpected env source of {}: {other:?}", var.name),
-            };
-            command.env(&var.name, value);
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log handle"))
-            .stderr(file)
-            .spawn()
-            .expect("start relayer-operator");
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ChartOperator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn helm_values(env: &TestEnv) -> Vec<String> {
     vec![
         format!("operator.watchNamespace={}", env.namespace),
@@ -419,7 +349,14 @@ async fn under_the_charts_account_the_operator_completes_cutovers_and_uses_every
         .expect("act as the chart's ServiceAccount");
     let proxy = RecordingProxy::start(account).await;
     let kubeconfig = proxy.kubeconfig(env.control_plane.work_dir(), &env.namespace);
-    let operator = ChartOperator::start(&env, &release_ns, &kubeconfig, "ops-0").await;
+    let operator = ChartOperator::start(
+        &env,
+        &release_ns,
+        &format!("{RELEASE}-relayer-operator"),
+        &kubeconfig,
+        "ops-0",
+    )
+    .await;
 
     // 1. A relayer with an Ingress, an HPA, gates and manual promotion.
     let rd = json!({

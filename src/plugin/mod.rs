@@ -209,11 +209,19 @@ fn numbers(history: &[crate::crd::RevisionRecord]) -> String {
         .join(", ")
 }
 
-/// Whether status describes the current spec and no cutover is in flight; `Some(true)` when
-/// it settled on the spec's revision, `Some(false)` when the cutover was aborted.
+/// Whether status describes the current spec, no command is pending and no cutover is in
+/// flight; `Some(true)` when it settled on the spec's revision, `Some(false)` when the cutover
+/// was aborted.
 pub fn settled(rd: &RelayerDeployment) -> Option<bool> {
     let status = rd.status.as_ref()?;
     if status.observed_generation != rd.metadata.generation {
+        return None;
+    }
+    // NB: a command or rollback the operator has not taken yet is still to come.
+    let annotations = rd.metadata.annotations.as_ref();
+    if annotations.is_some_and(|a| {
+        a.contains_key(ANNOTATION_COMMAND) || a.contains_key(ANNOTATION_ROLLBACK_TO)
+    }) {
         return None;
     }
     match status.rollout.as_ref().map(|r| r.step) {

@@ -181,4 +181,11 @@ fn settled_is_stable_on_the_current_generation_or_aborted() {
     assert_eq!(settled(&done), Some(true));
     done.metadata.generation = Some(3);
     assert_eq!(settled(&done), None, "status of an older spec");
+    let mut pending = rd("Stable");
+    pending.metadata.annotations = Some(
+        [(ANNOTATION_ROLLBACK_TO.to_owned(), "previous".to_owned())]
+            .into_iter()
+            .collect(),
+    );
+    assert_eq!(settled(&pending), None, "a rollback not taken yet");
 }

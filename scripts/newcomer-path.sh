@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The README's newcomer path, end to end, so the README cannot drift from what works (CI runs
+# this script):
+#   1. install the CRDs and the chart;
+#   2. apply the sample RelayerDeployment;
+#   3. watch it become Available;
+#   4. roll a new image with the plugin (kubectl relayer set-image), and
+#   5. with plain kubectl (kubectl patch);
+#   6. roll back, with the plugin and with plain kubectl (kubectl annotate).
+#
+#   scripts/newcomer-path.sh                      # on a local test control plane it starts
+#   KUBECONFIG_TEST=~/.kube/kind scripts/newcomer-path.sh   # on a cluster of yours
+#
+# On the local control plane pods are simulated (there is no kubelet), so the chart's operator
+# pods do not run a process: the script runs the operator binary on this machine with the
+# chart's arguments and the chart's ServiceAccount token instead, which is what the pod would
+# do. Simulated pods have no process whose drain could be read, so the sample's scale-down
+# waits are shortened there. On a real cluster nothing is substituted.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+cd "$root"
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+fail() { echo "newcomer path FAILED: $*" >&2; exit 1; }
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --locked --bin relayer-operator --bin kubectl-relayer
+k8s_bin="$(tests/k8s/build.sh | tail -n 1)"
+# kubectl and helm from the test binaries; kubectl finds the plugin `kubectl-relayer` on PATH.
+export PATH="$root/target/debug:$k8s_bin:$PATH"
+export HELM_CACHE_HOME="$work/helm/cache" HELM_CONFIG_HOME="$work/helm/config" HELM_DATA_HOME="$work/helm/data"
+
+local_cluster=0
+if [[ -n "${KUBECONFIG_TEST:-}" ]]; then
+  export KUBECONFIG="$KUBECONFIG_TEST"
+else
+  local_cluster=1
+  step "0. start a local control plane (etcd, kube-apiserver, kube-controller-manager, pod simulator)"
+  FORESIGHT_K8S_UP_SECONDS=1800 cargo test --locked --test k8s_up -- --ignored --nocapture \
+    >"$work/control-plane.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 600); do
+    kc="$(sed -n 's/.*export KUBECONFIG=\(.*\)$/\1/p' "$work/control-plane.log" | head -n 1)"
+    [[ -n "$kc" ]] && break
+    kill -0 "${pids[0]}" 2>/dev/null || { cat "$work/control-plane.log" >&2; fail "the control plane did not start"; }
+    sleep 1
+  done
+  [[ -n "${kc:-}" ]] || fail "no kubeconfig from the control plane"
+  export KUBECONFIG="$kc"
+fi
+kubectl version
+
+step "1. install the CRDs and the chart"
+kubectl apply --server-side -f crds/
+kubectl wait --for=condition=Established --timeout=60s crd/relayerdeployments.relayer.foresight.dev
+helm_args=()
+# NB: simulated pods get addresses nothing may contact; allow only a range no pod is in.
+((local_cluster)) && helm_args+=(--set 'operator.podNetworks={10.244.0.0/16}')
+helm install relayer-operator charts/relayer-operator \
+  --namespace relayer-system --create-namespace --wait --timeout 3m "${helm_args[@]}"
+kubectl -n relayer-system get deployment,serviceaccount,service -l app.kubernetes.io/instance=relayer-operator
+
+if ((local_cluster)); then
+  # What the chart's pod does in a cluster: the operator with the Deployment's arguments,
+  # authenticated as the chart's ServiceAccount.
+  token="$(kubectl -n relayer-system create token relayer-operator --duration=1h)"
+  kubectl config view --raw --minify --flatten >"$work/operator.kubeconfig"
+  kubectl --kubeconfig "$work/operator.kubeconfig" config set-credentials relayer-operator --token="$token" >/dev/null
+  kubectl --kubeconfig "$work/operator.kubeconfig" config set-context --current --user=relayer-operator >/dev/null
+  read -r -a args <<<"$(kubectl -n relayer-system get deployment relayer-operator \
+    -o jsonpath='{.spec.template.spec.containers[0].args[*]}')"
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  args=("${args[@]/#--metrics-addr=*/--metrics-addr=127.0.0.1:$port}")
+  KUBECONFIG="$work/operator.kubeconfig" POD_NAME=relayer-operator-local POD_NAMESPACE=relayer-system \
+    RUST_LOG=info LOG_JSON=false target/debug/relayer-operator "${args[@]}" >"$work/operator.log" 2>&1 &
+  pids+=($!)
+  echo "operator running as system:serviceaccount:relayer-system:relayer-operator (log: $work/operator.log)"
+fi
+
+step "2. apply the sample RelayerDeployment"
+kubectl apply -f crds/samples/relayerdeployment.yaml
+if ((local_cluster)); then
+  kubectl patch rd market-relayer --type merge \
+    -p '{"spec":{"strategy":{"blueGreen":{"scaleDownDelaySeconds":1,"maxScaleDownWaitSeconds":2}}}}'
+fi
+
+step "3. watch it become Available"
+kubectl wait --for=condition=Available --timeout=180s rd/market-relayer
+kubectl get rd market-relayer
+kubectl relayer status market-relayer
+
+# Waits with plain kubectl until the operator has seen the latest spec (and any rollback
+# annotation) and the cutover is over.
+wait_stable() {
+  local deadline=$((SECONDS + 300)) gen observed step pending
+  while ((SECONDS < deadline)); do
+    read -r gen observed step pending < <(kubectl get rd market-relayer -o jsonpath='{.metadata.generation} {.status.observedGeneration} {.status.rollout.step} {.metadata.annotations.relayer\.foresight\.dev/rollback-to}{"\n"}')
+    # (a rollback annotation still there has not been taken by the operator yet)
+    [[ -z "$pending" && "$gen" == "$observed" && "$step" == Stable ]] && return 0
+    [[ "$gen" == "$observed" && "$step" == Aborted ]] && fail "the cutover was aborted"
+    sleep 1
+  done
+  fail "no Stable within 300 s"
+}
+image() { kubectl get rd market-relayer -o jsonpath='{.spec.image}'; }
+expect_image() { [[ "$(image)" == "$1" ]] || fail "image is $(image), expected $1"; }
+
+step "4. roll a new image with the plugin"
+kubectl relayer set-image market-relayer ghcr.io/foresight/relayer:0.2.0
+kubectl relayer status market-relayer --watch --timeout 5m
+expect_image ghcr.io/foresight/relayer:0.2.0
+
+step "5. roll a new image with plain kubectl"
+kubectl patch rd market-relayer --type merge -p '{"spec":{"image":"ghcr.io/foresight/relayer:0.3.0"}}'
+wait_stable
+kubectl get rd market-relayer
+expect_image ghcr.io/foresight/relayer:0.3.0
+
+step "6. roll back, with the plugin and with plain kubectl"
+kubectl relayer history market-relayer
+kubectl relayer rollback market-relayer
+kubectl relayer status market-relayer --watch --timeout 5m
+expect_image ghcr.io/foresight/relayer:0.2.0
+kubectl annotate rd market-relayer relayer.foresight.dev/rollback-to=previous
+wait_stable
+expect_image ghcr.io/foresight/relayer:0.3.0
+kubectl relayer history market-relayer
+kubectl get rd market-relayer -o wide
+
+echo
+echo "newcomer path: ok"
