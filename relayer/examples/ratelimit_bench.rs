@@ -7,6 +7,8 @@
 //!   round trip per tier (MULTI: ZREMRANGEBYSCORE, ZADD, ZCARD, PEXPIRE).
 //!
 //! Limits are set high so nothing is denied: this measures the limiter's cost, not its answers.
+//! The market holds `BOOK_LEVELS` (default 100) resting levels per side; `BOOK_LEVELS=0` gives
+//! the empty book, where the limiter's share of each request is largest.
 //! Each request carries an API key, so the per-user tier applies too.
 //!
 //! Run with `scripts/bench-ratelimit.sh` (it installs `wrk` and `redis-server` when missing), or
@@ -271,6 +273,37 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 // NB: one worker: the script pins this process to one CPU and the load to the other.
+/// Rests `levels` bids and `levels` asks, one order per price, in the benchmarked market.
+async fn populate(state: &AppState, levels: u64) -> anyhow::Result<()> {
+    use relayer::domain::{Asset, MarketKey, Side, UserId};
+    let maker = UserId::parse("userId", "0xb0b0000000000000000000000000000000000002")?;
+    let market = MarketKey::parse("marketKey", "80002:1")?;
+    let exchange = state.exchange();
+    exchange
+        .deposit(&maker, Asset::Collateral, 1_000_000_000)
+        .await?;
+    exchange
+        .deposit(&maker, Asset::Shares(market.clone()), 1_000_000_000)
+        .await?;
+    for i in 0..levels {
+        for (side, price) in [
+            (Side::Buy, 100_000 + i * 1_000),
+            (Side::Sell, 600_000 + i * 1_000),
+        ] {
+            let order = relayer::exchange::NewOrder {
+                order_id: format!("book-{side:?}-{i}"),
+                market_key: market.clone(),
+                user_id: maker.clone(),
+                side,
+                price,
+                amount: 10,
+            };
+            exchange.place(order, 0).await?;
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -280,6 +313,10 @@ async fn main() -> anyhow::Result<()> {
         .context("seconds per run")?;
     let rounds: usize = args.next().map_or(Ok(3), |s| s.parse()).context("rounds")?;
     // Optional: a comma-separated subset of the scenarios (for profiling one of them).
+    // Resting levels per side in the market (GET /v2/depth returns up to 50 of them).
+    let levels: u64 = std::env::var("BOOK_LEVELS")
+        .map_or(Ok(100), |v| v.parse())
+        .context("BOOK_LEVELS")?;
     let only: Option<Vec<String>> = args
         .next()
         .map(|s| s.split(',').map(str::to_owned).collect());
@@ -319,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
                 .expect("state builds without a settlement URL");
             let user = relayer::domain::UserId::parse("userId", USER)?;
             let (_, key) = state.exchange().issue_api_key(&user, 0).await?;
+            populate(&state, levels).await?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -361,7 +399,7 @@ async fn main() -> anyhow::Result<()> {
     let base_rps = stat("off", |r| r.rps);
     let base_p99 = stat("off", |r| r.p99_ms);
     println!(
-        "\nGET /v2/depth, {rounds} rounds of {seconds} s per scenario, medians (wrk -t1 -c32):"
+        "\nGET /v2/depth of a book with {levels} levels per side, {rounds} rounds of {seconds} s per scenario, medians (wrk -t1 -c32):"
     );
     let base_cpu = stat("off", |r| r.cpu_us);
     println!(
