@@ -533,6 +533,34 @@ where
     Ok(())
 }
 
+/// Which revisions (name, number) to keep: `limit` in all, counting the current one; the
+/// current revision and every revision a colour runs are always kept, the newest others fill
+/// the remaining places.
+fn revisions_to_keep(
+    revisions: &[(String, i64)],
+    current: &str,
+    used: &[String],
+    limit: usize,
+) -> Vec<String> {
+    let mut keep: Vec<String> = revisions
+        .iter()
+        .filter(|(name, _)| name == current || used.contains(name))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut others: Vec<&(String, i64)> = revisions
+        .iter()
+        .filter(|(name, _)| !keep.contains(name))
+        .collect();
+    others.sort_by_key(|(_, number)| std::cmp::Reverse(*number));
+    for (name, _) in others {
+        if keep.len() >= limit {
+            break;
+        }
+        keep.push(name.clone());
+    }
+    keep
+}
+
 /// Keeps the newest `revisionHistoryLimit` ControllerRevisions (always the planned one) and
 /// the ConfigMaps they name; deletes the rest.
 pub(crate) async fn prune(
@@ -550,20 +578,14 @@ pub(crate) async fn prune(
         .map(|r| resources::controller_revision_name(rd, r))
         .collect();
     let limit = usize::try_from(rd.spec.revision_history_limit.max(1)).unwrap_or(1);
-    let mut sorted: Vec<&Arc<ControllerRevision>> = revisions.iter().collect();
-    sorted.sort_by_key(|r| std::cmp::Reverse(r.revision.unwrap_or(0)));
-    let (mut keep, mut drop_) = (Vec::new(), Vec::new());
-    for r in sorted {
-        // NB: revisions a colour runs (the warm previous one too) are never pruned.
-        if r.name_any() == current
-            || used.contains(&r.name_any())
-            || keep.len() < limit.saturating_sub(1)
-        {
-            keep.push(r);
-        } else {
-            drop_.push(r);
-        }
-    }
+    let listed: Vec<(String, i64)> = revisions
+        .iter()
+        .map(|r| (r.name_any(), r.revision.unwrap_or(0)))
+        .collect();
+    let kept_names = revisions_to_keep(&listed, &current, &used, limit);
+    let (keep, drop_): (Vec<&Arc<ControllerRevision>>, Vec<&Arc<ControllerRevision>>) = revisions
+        .iter()
+        .partition(|r| kept_names.contains(&r.name_any()));
     for r in drop_ {
         delete::<ControllerRevision>(ctx, &ns, &r.name_any()).await?;
         changed.push(format!("pruned ControllerRevision {}", r.name_any()));
@@ -1015,5 +1037,34 @@ mod tests {
             plan(&rd, &[Arc::new(same)]).expect("plan").revision_number,
             3
         );
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::revisions_to_keep;
+
+    fn revs(n: i64) -> Vec<(String, i64)> {
+        (1..=n).map(|i| (format!("r{i}"), i)).collect()
+    }
+
+    #[test]
+    fn the_limit_counts_the_current_revision() {
+        // Limit 2: the current one and the newest other, so a rollback to "previous" works.
+        let mut kept = revisions_to_keep(&revs(4), "r4", &[], 2);
+        kept.sort();
+        assert_eq!(kept, vec!["r3", "r4"]);
+        assert_eq!(revisions_to_keep(&revs(4), "r4", &[], 1), vec!["r4"]);
+    }
+
+    #[test]
+    fn revisions_in_use_are_kept_even_beyond_the_limit() {
+        // After a rollback the current revision is an old one and a colour still runs r4.
+        let mut kept = revisions_to_keep(&revs(4), "r2", &["r4".to_owned()], 2);
+        kept.sort();
+        assert_eq!(kept, vec!["r2", "r4"]);
+        let mut kept = revisions_to_keep(&revs(4), "r2", &[], 3);
+        kept.sort();
+        assert_eq!(kept, vec!["r2", "r3", "r4"]);
     }
 }
