@@ -390,10 +390,7 @@ impl<C: Send> SagaExecutor<C> {
     /// recovered saga goes forward.
     pub async fn resume(&self, ctx: &mut C, from: usize) -> SagaOutcome {
         let saga = self.definition.name;
-        let started = Instant::now();
-        if let Some(m) = &self.metrics {
-            m.active.get_or_create(&SagaLabel { saga }).inc();
-        }
+        let started = self.began();
         self.emit(SagaEvent::Started, ctx).await;
         let mut outcome = SagaOutcome::Completed;
         for (i, step) in self.definition.steps.iter().enumerate().skip(from) {
@@ -431,6 +428,25 @@ impl<C: Send> SagaExecutor<C> {
         if outcome == SagaOutcome::Completed {
             self.emit(SagaEvent::Completed, ctx).await;
         }
+        self.ended(started, &outcome);
+        outcome
+    }
+
+    /// Counts an execution as active; returns its start.
+    fn began(&self) -> Instant {
+        if let Some(m) = &self.metrics {
+            m.active
+                .get_or_create(&SagaLabel {
+                    saga: self.definition.name,
+                })
+                .inc();
+        }
+        Instant::now()
+    }
+
+    /// Counts an execution's end: no longer active, its outcome and its duration.
+    fn ended(&self, started: Instant, outcome: &SagaOutcome) {
+        let saga = self.definition.name;
         if let Some(m) = &self.metrics {
             m.active.get_or_create(&SagaLabel { saga }).dec();
             m.executions
@@ -443,7 +459,6 @@ impl<C: Send> SagaExecutor<C> {
                 .get_or_create(&SagaLabel { saga })
                 .observe(started.elapsed().as_secs_f64() * 1000.0);
         }
-        outcome
     }
 
     /// [`SagaExecutor::compensate`] as an execution of its own (counted in the metrics like
@@ -455,24 +470,9 @@ impl<C: Send> SagaExecutor<C> {
         failed_step: &'static str,
         error: String,
     ) -> SagaOutcome {
-        let saga = self.definition.name;
-        let started = Instant::now();
-        if let Some(m) = &self.metrics {
-            m.active.get_or_create(&SagaLabel { saga }).inc();
-        }
+        let started = self.began();
         let outcome = self.compensate(ctx, failed, failed_step, error).await;
-        if let Some(m) = &self.metrics {
-            m.active.get_or_create(&SagaLabel { saga }).dec();
-            m.executions
-                .get_or_create(&OutcomeLabels {
-                    saga,
-                    outcome: outcome.label(),
-                })
-                .inc();
-            m.duration
-                .get_or_create(&SagaLabel { saga })
-                .observe(started.elapsed().as_secs_f64() * 1000.0);
-        }
+        self.ended(started, &outcome);
         outcome
     }
 
