@@ -17,62 +17,8 @@ for tool in redis-server redis-cli wrk curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y redis-server wrk curl" >&2; exit 1; }
 done
 
-cargo build --release --locked -p relayer --bin relayer >&2
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 200); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
-
-redis_port="$(free_port)"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
-  --logfile "$work/redis.log" --daemonize no &
-pids+=($!)
-for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
-
-token="bench-admin-token-0123456789"
-user_a="0x00000000000000000000000000000000000000a1"
-user_b="0x00000000000000000000000000000000000000b2"
-market="80002:1"
-
-cat >"$work/orders.lua" <<'LUA'
--- Alternates a buy of user A at 0.51 and a sell of user B at 0.49: every pair trades.
-local keys = { os.getenv("KEY_A"), os.getenv("KEY_B") }
-local users = { os.getenv("USER_A"), os.getenv("USER_B") }
-local n = 0
-request = function()
-  n = n + 1
-  local i = n % 2 + 1
-  local side = i == 1 and "buy" or "sell"
-  local price = i == 1 and "510000" or "490000"
-  local body = string.format(
-    '{"marketKey":"80002:1","userId":"%s","side":"%s","price":"%s","amount":"1"}',
-    users[i], side, price)
-  return wrk.format("POST", "/v2/orders",
-    { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. keys[i] }, body)
-end
-LUA
-
-api_key() {
-  curl -fsS -X POST "$1/admin/api-keys" -H "Authorization: Bearer $token" \
-    -H 'Content-Type: application/json' -d "{\"userId\":\"$2\"}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["apiKey"])'
-}
-deposit() {
-  curl -fsS -X POST "$1/admin/deposits" -H "Authorization: Bearer $token" \
-    -H 'Content-Type: application/json' -d "{\"userId\":\"$2\",\"asset\":\"$3\",\"amount\":\"$4\"}" >/dev/null
-}
-# "Requests/sec", p50 and p99 from wrk --latency output.
-summary() {
-  awk '/Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
-       /Non-2xx/ {bad=$NF} END {printf "%10s req/s  p50 %8s  p99 %8s  non-2xx %s\n", rps, p50, p99, (bad==""?0:bad)}' "$1"
-}
+# shellcheck source=bench-common.sh
+source "$here/bench-common.sh"
 
 results=()
 for backend in memory redis; do
