@@ -460,26 +460,42 @@ impl RedisStore {
     /// Sets the retention on the claims of orders that another slot's script finished. Runs in
     /// the background: the match has happened, and the caller must go on to move balances.
     fn expire_claims(&self, order_ids: Vec<String>) {
+        let retention = self.inner.retention_ms.to_string();
+        self.claims_in_background(
+            "PEXPIRE claims",
+            &["PEXPIRE", retention.as_str()],
+            order_ids,
+            "claims of finished orders keep no expiry",
+        );
+    }
+
+    /// Sends `command` (a name and the arguments after the key) for every claim in one
+    /// pipeline, in the background; a failure is logged with `on_error`.
+    fn claims_in_background(
+        &self,
+        what: &'static str,
+        command: &[&str],
+        order_ids: Vec<String>,
+        on_error: &'static str,
+    ) {
+        let Some((name, args)) = command.split_first() else {
+            return;
+        };
         if order_ids.is_empty() {
             return;
         }
+        let mut pipe = redis::pipe();
+        for id in &order_ids {
+            pipe.cmd(name).arg(self.claim_key(id)).arg(args).ignore();
+        }
         let this = self.clone();
         tokio::spawn(async move {
-            let mut pipe = redis::pipe();
-            for id in &order_ids {
-                pipe.cmd("PEXPIRE")
-                    .arg(this.claim_key(id))
-                    .arg(this.inner.retention_ms)
-                    .ignore();
-            }
             let mut conn = this.inner.conn.clone();
             let result = this
-                .call("PEXPIRE claims", async move {
-                    pipe.query_async::<()>(&mut conn).await
-                })
+                .call(what, async move { pipe.query_async::<()>(&mut conn).await })
                 .await;
             if let Err(error) = result {
-                tracing::warn!(%error, ?order_ids, "claims of finished orders keep no expiry");
+                tracing::warn!(%error, ?order_ids, "{on_error}");
             }
         });
     }
@@ -563,25 +579,12 @@ impl RedisStore {
     }
 
     fn persist_claims(&self, order_ids: Vec<String>) {
-        if order_ids.is_empty() {
-            return;
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut pipe = redis::pipe();
-            for id in &order_ids {
-                pipe.cmd("PERSIST").arg(this.claim_key(id)).ignore();
-            }
-            let mut conn = this.inner.conn.clone();
-            if let Err(error) = this
-                .call("PERSIST claims", async move {
-                    pipe.query_async::<()>(&mut conn).await
-                })
-                .await
-            {
-                tracing::warn!(%error, ?order_ids, "claims of reopened orders keep their expiry");
-            }
-        });
+        self.claims_in_background(
+            "PERSIST claims",
+            &["PERSIST"],
+            order_ids,
+            "claims of reopened orders keep their expiry",
+        );
     }
 
     pub(super) async fn saga_write(&self, entry: &SagaEntry) -> Result<bool, StoreError> {
