@@ -17,8 +17,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Patch, PatchParams};
 use relayer_operator::controller;
 use relayer_operator::crd::{RelayerDeployment, RolloutStep};
-use relayer_operator::metrics::Metrics;
 use serde_json::{Value, json};
+use support::operator::InProcessOperator;
 use support::{TestEnv, wait_for};
 
 const SETTLE: Duration = Duration::from_secs(90);
@@ -60,42 +60,17 @@ fn spec(replicas: i32, blue_green: Value) -> Value {
     })
 }
 
-/// The controller in this test process, allowed to contact the test's pod network only.
-struct Operator {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Operator {
-    fn start(env: &TestEnv) -> Self {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let config = controller::Config {
+/// Starts the controller in this test process; it may contact the test's pod network only.
+fn start_operator(env: &TestEnv) -> InProcessOperator {
+    InProcessOperator::start(
+        env.client.clone(),
+        controller::Config {
             namespace: Some(env.namespace.clone()),
+            // NB: simulated pods have addresses in 198.18.0.0/15 that nothing may contact.
             pod_networks: vec!["10.244.0.0/16".parse().expect("network")],
             ..controller::Config::default()
-        };
-        let task = tokio::spawn(controller::run(
-            env.client.clone(),
-            config,
-            Arc::new(Metrics::default()),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        Self {
-            stop: Some(stop),
-            task,
-        }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
-    }
+        },
+    )
 }
 
 struct Harness {
@@ -220,7 +195,7 @@ fn rollout(rd: &RelayerDeployment) -> relayer_operator::crd::RolloutStatus {
 #[tokio::test]
 async fn a_good_release_cuts_over_with_zero_failed_requests_and_drains_on_evidence() {
     let h = Harness::new("cut-good").await;
-    let _operator = Operator::start(&h.env);
+    let _operator = start_operator(&h.env);
     h.apply(spec(2, json!({}))).await;
     h.wait_step(RolloutStep::Stable, "blue").await;
     let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
@@ -320,7 +295,7 @@ async fn a_good_release_cuts_over_with_zero_failed_requests_and_drains_on_eviden
 #[tokio::test]
 async fn a_bad_release_fails_the_pre_promotion_gate_and_traffic_never_leaves_blue() {
     let h = Harness::new("cut-bad").await;
-    let _operator = Operator::start(&h.env);
+    let _operator = start_operator(&h.env);
     h.apply(spec(2, json!({}))).await;
     h.wait_step(RolloutStep::Stable, "blue").await;
     let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
@@ -375,7 +350,7 @@ async fn a_bad_release_fails_the_pre_promotion_gate_and_traffic_never_leaves_blu
 #[tokio::test]
 async fn a_release_failing_after_promotion_rolls_back_to_the_still_warm_colour() {
     let h = Harness::new("cut-post").await;
-    let _operator = Operator::start(&h.env);
+    let _operator = start_operator(&h.env);
     // The pre-promotion gate checks latency only; the fault (errors) shows after promotion.
     let pre = gate(json!({ "maxErrorRateBasisPoints": null, "maxP99LatencyMs": 1000 }));
     h.apply(spec(2, json!({ "prePromotion": pre }))).await;
@@ -415,7 +390,7 @@ async fn a_release_failing_after_promotion_rolls_back_to_the_still_warm_colour()
 #[tokio::test]
 async fn rollback_to_a_named_revision_restores_its_config() {
     let h = Harness::new("cut-rollback").await;
-    let _operator = Operator::start(&h.env);
+    let _operator = start_operator(&h.env);
     let mut first = spec(1, json!({ "prePromotion": null, "postPromotion": null }));
     first["config"]["limits"] = json!({ "maxOrderAmount": 1111 });
     h.apply(first).await;
@@ -499,7 +474,7 @@ async fn rollback_to_a_named_revision_restores_its_config() {
 #[tokio::test]
 async fn with_the_hpa_at_seven_the_preview_comes_up_at_seven_and_scale_down_is_held() {
     let h = Harness::new("cut-hpa").await;
-    let _operator = Operator::start(&h.env);
+    let _operator = start_operator(&h.env);
     let mut s = spec(3, json!({ "prePromotion": gate(json!({ "samples": 4 })) }));
     s["autoscaling"] = json!({ "minReplicas": 3, "maxReplicas": 10 });
     h.apply(s).await;

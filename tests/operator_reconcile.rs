@@ -9,7 +9,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
@@ -21,9 +20,9 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use relayer_operator::controller;
 use relayer_operator::crd::{Phase, RelayerDeployment};
-use relayer_operator::metrics::Metrics;
 use relayer_operator::resources::MANAGED_SELECTOR;
 use serde_json::json;
+use support::operator::InProcessOperator;
 use support::{TestEnv, wait_for};
 
 /// Upper bound for anything the control plane and the operator do; seconds when warm.
@@ -39,58 +38,33 @@ fn sample_path() -> PathBuf {
 }
 
 /// The operator's controller running in this test process, watching only the test namespace.
-struct Operator {
-    metrics: Arc<Metrics>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
+struct Operator(InProcessOperator);
 
 impl Operator {
     fn start(env: &TestEnv, resync: Duration) -> Self {
-        let metrics = Arc::new(Metrics::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let config = controller::Config {
-            namespace: Some(env.namespace.clone()),
-            resync,
-            ..controller::Config::default()
-        };
-        let task = tokio::spawn(controller::run(
+        Self(InProcessOperator::start(
             env.client.clone(),
-            config,
-            metrics.clone(),
-            async {
-                let _ = stopped.await;
+            controller::Config {
+                namespace: Some(env.namespace.clone()),
+                resync,
+                ..controller::Config::default()
             },
-        ));
-        Self {
-            metrics,
-            stop: Some(stop),
-            task,
-        }
+        ))
     }
 
     fn reconciles(&self) -> u64 {
-        self.metrics.reconciles.get()
+        self.0.metrics.reconciles.get()
     }
 
     /// Child applies and deletes plus status writes: every write the operator made.
     fn writes(&self) -> u64 {
-        let text = self.metrics.encode().expect("metrics encode");
+        let text = self.0.metrics.encode().expect("metrics encode");
         let children: u64 = text
             .lines()
             .filter(|l| l.starts_with("relayer_operator_child_writes_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum();
-        children + self.metrics.status_writes.get()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
+        children + self.0.metrics.status_writes.get()
     }
 }
 
@@ -737,7 +711,7 @@ async fn resyncs_of_a_converged_relayer_deployment_change_nothing() {
         operator.writes(),
         writes,
         "idle resyncs wrote nothing: {}",
-        operator.metrics.encode().expect("metrics")
+        operator.0.metrics.encode().expect("metrics")
     );
     let rd_after = env
         .api::<RelayerDeployment>()

@@ -11,57 +11,30 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::{Patch, PatchParams};
 use relayer_operator::controller;
 use relayer_operator::crd::{RelayerDeployment, RolloutStep};
-use relayer_operator::metrics::Metrics;
 use serde_json::{Value, json};
+use support::operator::InProcessOperator;
 use support::{TestEnv, wait_for};
 
 const SETTLE: Duration = Duration::from_secs(90);
 const NAME: &str = "market";
 
-/// The controller in this test process, for this test's namespace.
-struct Operator {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Operator {
-    fn start(env: &TestEnv) -> Self {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let config = controller::Config {
+/// Starts the controller in this test process, for this test's namespace.
+fn start_operator(env: &TestEnv) -> InProcessOperator {
+    InProcessOperator::start(
+        env.client.clone(),
+        controller::Config {
             namespace: Some(env.namespace.clone()),
             // NB: simulated pods have addresses in 198.18.0.0/15 that nothing may contact.
             pod_networks: vec!["10.244.0.0/16".parse().expect("network")],
             ..controller::Config::default()
-        };
-        let task = tokio::spawn(controller::run(
-            env.client.clone(),
-            config,
-            Arc::new(Metrics::default()),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        Self {
-            stop: Some(stop),
-            task,
-        }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
-    }
+        },
+    )
 }
 
 async fn install_crds(env: &TestEnv) {
@@ -185,7 +158,7 @@ async fn a_missing_object_exits_3_naming_it() {
 async fn every_command_drives_a_cutover_and_refuses_what_does_not_apply() {
     let env = TestEnv::new("plugin-cutover").await;
     install_crds(&env).await;
-    let _operator = Operator::start(&env);
+    let _operator = start_operator(&env);
     apply(&env).await;
 
     // status --watch follows until Stable and exits 0.

@@ -28,6 +28,7 @@
 
 pub mod binaries;
 pub mod control_plane;
+pub mod operator;
 pub mod pki;
 pub mod pod_sim;
 pub mod process;
