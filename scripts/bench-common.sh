@@ -57,3 +57,20 @@ summary() {
   awk '/Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
        /Non-2xx/ {bad=$NF} END {printf "%10s req/s  p50 %8s  p99 %8s  non-2xx %s\n", rps, p50, p99, (bad==""?0:bad)}' "$1"
 }
+
+# Starts the release relayer with the `env` assignments after NAME (logging to relayer-NAME.log),
+# waits until it is ready, issues API keys for user A and B and funds them. Sets relayer_pid,
+# base, key_a and key_b.
+start_relayer() {
+  local name="$1"
+  shift
+  env "$@" target/release/relayer >"$work/relayer-$name.log" 2>&1 &
+  relayer_pid=$!
+  pids+=("$relayer_pid")
+  base="http://127.0.0.1:$port"
+  wait_http "$base/ready"
+  key_a="$(api_key "$base" "$user_a")"
+  key_b="$(api_key "$base" "$user_b")"
+  deposit "$base" "$user_a" collateral 1000000000000
+  deposit "$base" "$user_b" "$market" 1000000000000
+}

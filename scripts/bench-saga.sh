@@ -30,15 +30,7 @@ for log in on off; do
   env=(RELAYER_LISTEN="127.0.0.1:$port" RELAYER_ADMIN_TOKEN="$token" RELAYER_LOG__FILTER=warn
     RELAYER_RATE_LIMIT__ENABLED=false RELAYER_REDIS_URL="redis://127.0.0.1:$redis_port/"
     RELAYER_SAGA__DURABLE_LOG="$durable")
-  env "${env[@]}" target/release/relayer >"$work/relayer-$log.log" 2>&1 &
-  relayer_pid=$!
-  pids+=("$relayer_pid")
-  base="http://127.0.0.1:$port"
-  wait_http "$base/ready"
-  key_a="$(api_key "$base" "$user_a")"
-  key_b="$(api_key "$base" "$user_b")"
-  deposit "$base" "$user_a" collateral 1000000000000
-  deposit "$base" "$user_b" "$market" 1000000000000
+  start_relayer "$log" "${env[@]}"
 
   KEY_A="$key_a" KEY_B="$key_b" USER_A="$user_a" USER_B="$user_b" \
     wrk -t2 -c"$connections" -d"$duration" --latency -s "$work/orders.lua" "$base" >"$work/post-$log.txt"

@@ -30,15 +30,7 @@ for backend in memory redis; do
     redis-cli -p "$redis_port" flushall >/dev/null
     env+=(RELAYER_REDIS_URL="redis://127.0.0.1:$redis_port/")
   fi
-  env "${env[@]}" target/release/relayer >"$work/relayer-$backend.log" 2>&1 &
-  relayer_pid=$!
-  pids+=("$relayer_pid")
-  base="http://127.0.0.1:$port"
-  wait_http "$base/ready"
-  key_a="$(api_key "$base" "$user_a")"
-  key_b="$(api_key "$base" "$user_b")"
-  deposit "$base" "$user_a" collateral 1000000000000
-  deposit "$base" "$user_b" "$market" 1000000000000
+  start_relayer "$backend" "${env[@]}"
 
   KEY_A="$key_a" KEY_B="$key_b" USER_A="$user_a" USER_B="$user_b" \
     wrk -t2 -c"$connections" -d"$duration" --latency -s "$work/orders.lua" "$base" >"$work/post-$backend.txt"
