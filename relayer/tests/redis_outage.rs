@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{ADMIN_TOKEN, Api, RedisServer, RelayerProcess, address};
+use support::{ADMIN_TOKEN, Api, MARKETS, RedisServer, RelayerProcess, address, crossing_order};
 
 const CLIENTS: usize = 8;
-const MARKETS: [&str; 2] = ["80002:1", "80002:2"];
 const COLLATERAL: u64 = 10_000_000;
 const SHARES: u64 = 1_000_000;
 /// `redis.commandTimeoutMs` of the relayer under test.
@@ -73,21 +72,7 @@ async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_inta
                         .wrapping_add(1_442_695_040_888_963_407);
                     let id = format!("k{c}-{i}");
                     i += 1;
-                    let buy = (seed >> 33) & 1 == 0;
-                    let tick = (seed >> 40) % 9;
-                    let price = if buy {
-                        460_000 + tick * 10_000
-                    } else {
-                        540_000 - tick * 10_000
-                    };
-                    let order = json!({
-                        "orderId": id,
-                        "marketKey": MARKETS[(seed >> 50) as usize % 2],
-                        "userId": trader.user_id,
-                        "side": if buy { "buy" } else { "sell" },
-                        "price": price.to_string(),
-                        "amount": (1 + (seed >> 20) % 40).to_string(),
-                    });
+                    let order = crossing_order(seed, &id, &trader.user_id);
                     let started = Instant::now();
                     let (status, body) = api
                         .place(&base, &trader, &order)

@@ -6,12 +6,12 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
-use support::{ADMIN_TOKEN, Api, RedisServer, RelayerProcess, address, num};
+use support::{
+    ADMIN_TOKEN, Api, MARKETS, RedisServer, RelayerProcess, address, crossing_order, num,
+};
 
 const CLIENTS: usize = 8;
 const ORDERS_PER_CLIENT: usize = 260;
-const MARKETS: [&str; 2] = ["80002:1", "80002:2"];
 const COLLATERAL: u64 = 10_000_000;
 const SHARES: u64 = 1_000_000;
 
@@ -53,22 +53,7 @@ async fn two_replicas_on_one_redis_keep_every_invariant() {
                         .wrapping_mul(6_364_136_223_846_793_005)
                         .wrapping_add(1_442_695_040_888_963_407);
                     let id = format!("c{c}-{i}");
-                    let buy = (seed >> 33) & 1 == 0;
-                    // A narrow grid around 0.5 so that most orders cross.
-                    let tick = (seed >> 40) % 9;
-                    let price = if buy {
-                        460_000 + tick * 10_000
-                    } else {
-                        540_000 - tick * 10_000
-                    };
-                    let order = json!({
-                        "orderId": id,
-                        "marketKey": MARKETS[(seed >> 50) as usize % 2],
-                        "userId": trader.user_id,
-                        "side": if buy { "buy" } else { "sell" },
-                        "price": price.to_string(),
-                        "amount": (1 + (seed >> 20) % 40).to_string(),
-                    });
+                    let order = crossing_order(seed, &id, &trader.user_id);
                     let base = &bases[(c + i) % 2];
                     let (status, body) = api
                         .place(base, &trader, &order)

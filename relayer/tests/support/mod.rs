@@ -450,3 +450,26 @@ pub async fn check_invariants(
     }
     Ok(())
 }
+
+/// The markets the multi-client tests trade in.
+pub const MARKETS: [&str; 2] = ["80002:1", "80002:2"];
+
+/// A pseudo-random order from `seed` (one step of a 64-bit LCG): buy or sell in one of
+/// [`MARKETS`], on a narrow grid around 0.5 so that most orders cross, 1 to 40 shares.
+pub fn crossing_order(seed: u64, order_id: &str, user_id: &str) -> serde_json::Value {
+    let buy = (seed >> 33) & 1 == 0;
+    let tick = (seed >> 40) % 9;
+    let price = if buy {
+        460_000 + tick * 10_000
+    } else {
+        540_000 - tick * 10_000
+    };
+    serde_json::json!({
+        "orderId": order_id,
+        "marketKey": MARKETS[(seed >> 50) as usize % 2],
+        "userId": user_id,
+        "side": if buy { "buy" } else { "sell" },
+        "price": price.to_string(),
+        "amount": (1 + (seed >> 20) % 40).to_string(),
+    })
+}
