@@ -380,9 +380,17 @@ impl Exchange {
     pub async fn authenticate(&self, key: &str) -> Result<Option<UserId>, ExchangeError> {
         Ok(self
             .store
-            .api_key_by_hash(&hash_api_key(key))
-            .await?
-            .map(|r| r.user_id))
+            .user_by_api_key_hash(ApiKeyHash::of(key).as_str())
+            .await?)
+    }
+
+    /// [`Exchange::authenticate`] when the store answers without waiting (in memory); `None`
+    /// when it would wait.
+    pub fn authenticate_now(&self, key: &str) -> Option<Result<Option<UserId>, ExchangeError>> {
+        let found = self
+            .store
+            .user_by_api_key_hash_now(ApiKeyHash::of(key).as_str())?;
+        Some(found.map_err(ExchangeError::from))
     }
 
     /// Revokes an API key; false when no key has that id.
@@ -403,5 +411,25 @@ fn release_step(order: &Order) -> Option<Step> {
 
 /// SHA-256 of an API key, hex. Keys carry 256 random bits, so an unsalted fast hash is enough.
 pub fn hash_api_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    ApiKeyHash::of(key).as_str().to_owned()
+}
+
+/// [`hash_api_key`] on the stack, for the lookup every authenticated request makes.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiKeyHash([u8; 64]);
+
+impl ApiKeyHash {
+    /// The hash of `key`.
+    pub fn of(key: &str) -> Self {
+        let mut hex = [0; 64];
+        // NB: 32 bytes always fill exactly 64 hex digits; the error cannot happen.
+        let _ = hex::encode_to_slice(Sha256::digest(key.as_bytes()), &mut hex);
+        Self(hex)
+    }
+
+    /// The 64 lower-case hex digits.
+    pub fn as_str(&self) -> &str {
+        // NB: hex digits are ASCII; an impossible failure yields "", which matches no key.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }

@@ -7,6 +7,12 @@ use clap::Parser;
 use relayer::config::{LogFormat, RelayerConfig};
 use relayer::store::Store;
 
+/// mimalloc instead of the system allocator: glibc's malloc spends a large and erratic share of
+/// each request consolidating its free lists under the relayer's allocation pattern (many small
+/// blocks beside response bodies of a few KiB); see "Benchmarks" in README.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command-line arguments; every config key can also be set with a `RELAYER_*` variable.
 #[derive(Debug, Parser)]
 #[command(version, about = "The Foresight order relayer")]

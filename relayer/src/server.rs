@@ -202,10 +202,7 @@ pub fn app(state: AppState) -> Router {
     }
     // NB: outside fault injection, so injected faults are rate limited like real work.
     if state.limiter().is_some() {
-        business = business.route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            ratelimit::limit,
-        ));
+        business = business.route_layer(ratelimit::RateLimitLayer::new(state.clone()));
     }
     let mut router = business.merge(api::ops_routes());
     if config.admin_token.is_some() {

@@ -5,13 +5,16 @@
 mod common;
 mod support;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Server;
 use relayer::config::RelayerConfig;
 use relayer::ratelimit::config::{OnStoreError, TierLimit};
-use relayer::ratelimit::store::{Check, CounterStore, MemoryCounters, RedisCounters, SystemClock};
+use relayer::ratelimit::store::{
+    Check, Client, CounterStore, Key, MemoryCounters, RedisCounters, SystemClock,
+};
 use relayer::ratelimit::window::Spec;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -49,9 +52,30 @@ fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("missing header {name}"))
 }
 
+/// The limiter decides in the route's `call` when the API keys and counters are in memory, and
+/// in a future that waits for them when they are in Redis: both ways must answer alike.
 #[tokio::test]
 async fn over_the_limit_answers_429_naming_the_tier_with_headers() {
-    let server = Server::start(|c| per_ip_only(c, 3)).await;
+    limits_with_headers(None).await;
+}
+
+#[tokio::test]
+async fn over_the_limit_answers_429_naming_the_tier_with_headers_from_redis() {
+    let redis = RedisServer::start();
+    limits_with_headers(Some(&redis)).await;
+}
+
+/// The Redis store (and with it the Redis counters) when `redis` is given.
+fn on(redis: Option<&RedisServer>, config: &mut RelayerConfig) {
+    config.redis_url = redis.map(RedisServer::url);
+}
+
+async fn limits_with_headers(redis: Option<&RedisServer>) {
+    let server = Server::start(|c| {
+        on(redis, c);
+        per_ip_only(c, 3);
+    })
+    .await;
     for remaining in ["2", "1", "0"] {
         let resp = get(&server, DEPTH, None).await;
         assert_eq!(resp.status(), StatusCode::OK);
@@ -101,7 +125,18 @@ async fn over_the_limit_answers_429_naming_the_tier_with_headers() {
 
 #[tokio::test]
 async fn per_user_and_per_endpoint_tiers_follow_the_api_key() {
+    per_user_and_per_endpoint(None).await;
+}
+
+#[tokio::test]
+async fn per_user_and_per_endpoint_tiers_follow_the_api_key_from_redis() {
+    let redis = RedisServer::start();
+    per_user_and_per_endpoint(Some(&redis)).await;
+}
+
+async fn per_user_and_per_endpoint(redis: Option<&RedisServer>) {
     let server = Server::start(|c| {
+        on(redis, c);
         per_ip_only(c, 1_000);
         c.rate_limit.per_endpoint.clear();
         c.rate_limit.per_endpoint.insert(
@@ -205,11 +240,13 @@ async fn hammer(
         let store = store.clone();
         let checks = vec![
             Check {
-                key: "g".to_owned(),
+                key: Key::Global,
                 spec: spec(global),
             },
             Check {
-                key: format!("ip:{}", i % ips),
+                key: Key::Client(Client::Ip(IpAddr::from(
+                    u32::try_from(i % ips).expect("few IPs").to_be_bytes(),
+                ))),
                 spec: spec(per_ip),
             },
         ];

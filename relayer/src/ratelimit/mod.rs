@@ -5,7 +5,9 @@
 //! - [`store`]: counters in memory (per replica) or in Redis (shared), both deciding every tier
 //!   of a request in one atomic step.
 //! - This module: the [`Limiter`] (client identity, which counters a request touches, metrics,
-//!   the store-failure policy) and the axum middleware [`limit`] with its response headers.
+//!   the store-failure policy) and the tower layer [`RateLimitLayer`] with its response fields.
+//!   With the API keys and the counters in memory the layer decides inside `call`, without a
+//!   future of its own; with Redis it waits for them in one boxed future.
 //!
 //! Tiers: `global` (one key), `perIp`, `perUser` (when the request carries a valid API key) and
 //! `perEndpoint` (route template and method, per client: the user when authenticated, else the
@@ -23,23 +25,31 @@ pub use server_side::*;
 
 #[cfg(feature = "server")]
 mod server_side {
+    use std::convert::Infallible;
+    use std::future::{Future, Ready, ready};
     use std::net::{IpAddr, SocketAddr};
+    use std::pin::Pin;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::task::{Context, Poll, ready};
 
-    use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+    use axum::extract::{ConnectInfo, MatchedPath, Request};
     use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-    use axum::middleware::Next;
     use axum::response::{IntoResponse, Response};
+    use bytes::BytesMut;
+    use futures::future::BoxFuture;
     use ipnet::IpNet;
+    use pin_project_lite::pin_project;
     use prometheus_client::encoding::EncodeLabelSet;
     use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
     use prometheus_client::registry::Registry;
+    use smallvec::SmallVec;
+    use tower::{Layer, Service};
 
     use super::config::{OnStoreError, RateLimitConfig, TierLimit};
-    use super::store::{Check, CounterStore, Decision};
+    use super::store::{Check, Client, CounterStore, Decision, Key, StoreFailure};
     use super::window::{Outcome, Spec};
     use crate::domain::UserId;
     use crate::server::AppState;
@@ -94,8 +104,18 @@ mod server_side {
         /// Counters by [`RESULTS`] index.
         results: [Counter; 4],
         usage: Gauge<f64, AtomicU64>,
-        /// `"<tier>";q=<quota>;w=<window s>` when the tier has one limit (not per endpoint).
-        policy: Option<String>,
+    }
+
+    /// One `perEndpoint` entry, parsed.
+    #[derive(Debug)]
+    struct Endpoint {
+        /// The method, or `None` for any.
+        method: Option<String>,
+        /// The route template.
+        route: String,
+        /// The entry's key in config (`METHOD /route` or `/route`), which names its counters.
+        name: String,
+        limit: TierLimit,
     }
 
     /// The limiter of one relayer process.
@@ -106,8 +126,9 @@ mod server_side {
         store: Arc<dyn CounterStore>,
         /// By [`TIERS`] index.
         metrics: [TierMetrics; 4],
-        /// `perEndpoint` parsed: (method or any, route template, config key, limit).
-        endpoints: Vec<(Option<String>, String, String, TierLimit)>,
+        endpoints: Vec<Endpoint>,
+        /// `RateLimit-Policy` values, built once, by [`policy_index`].
+        policies: Vec<HeaderValue>,
         /// Set while the store is failing: the incident is logged once, on the way in, and once
         /// on recovery.
         failing: AtomicBool,
@@ -124,17 +145,78 @@ mod server_side {
         pub outcome: Outcome,
     }
 
+    /// The tiers of one decision (at most four).
+    pub type TierOutcomes = SmallVec<[TierOutcome; 4]>;
+
     /// What the limiter decided for a request.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum Verdict {
         /// Admitted; the tiers as counted.
-        Allowed(Vec<TierOutcome>, u64),
+        Allowed(TierOutcomes, u64),
         /// Denied by the first tier listed; all tiers as checked.
-        Denied(Vec<TierOutcome>, u64),
+        Denied(TierOutcomes, u64),
         /// The store failed and the policy admits.
         FailedOpen,
         /// The store failed and the policy denies.
         FailedClosed,
+    }
+
+    /// The counters one request touches, in tier order (at most one per tier).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Checks<'a> {
+        len: usize,
+        tiers: [Tier; 4],
+        checks: [Check<'a>; 4],
+        /// Which `RateLimit-Policy` value describes these tiers.
+        policy: usize,
+    }
+
+    /// Fills the unused places of [`Checks`].
+    const UNUSED: Check<'static> = Check {
+        key: Key::Global,
+        spec: Spec {
+            window_ms: 0,
+            limit: 0,
+            buckets: 1,
+        },
+    };
+
+    impl<'a> Checks<'a> {
+        fn new() -> Self {
+            Self {
+                len: 0,
+                tiers: TIERS,
+                checks: [UNUSED; 4],
+                policy: 0,
+            }
+        }
+
+        fn push(&mut self, tier: Tier, key: Key<'a>, spec: Spec) {
+            // NB: one check per tier, and there are four tiers.
+            if let (Some(t), Some(c)) =
+                (self.tiers.get_mut(self.len), self.checks.get_mut(self.len))
+            {
+                *t = tier;
+                *c = Check { key, spec };
+                self.len += 1;
+            }
+        }
+
+        /// The tier of each check.
+        pub fn tiers(&self) -> &[Tier] {
+            &self.tiers[..self.len]
+        }
+
+        /// The counters, as the store takes them.
+        pub fn checks(&self) -> &[Check<'a>] {
+            &self.checks[..self.len]
+        }
+    }
+
+    /// Where the `RateLimit-Policy` value for a request lives: by the endpoint entry that applies
+    /// (0 for none, else its index + 1) and whether the per-user tier applies.
+    fn policy_index(endpoint: Option<usize>, per_user: bool) -> usize {
+        endpoint.map_or(0, |i| i + 1) * 2 + usize::from(per_user)
     }
 
     impl Limiter {
@@ -156,45 +238,67 @@ mod server_side {
                 "Share of its limit used by the key of each tier at the latest decision (0 to 1)",
                 usage.clone(),
             );
-            let metrics = TIERS.map(|tier| {
-                let limit = match tier {
-                    Tier::Global => config.global,
-                    Tier::PerIp => config.per_ip,
-                    Tier::PerUser => config.per_user,
-                    Tier::PerEndpoint => None,
-                };
-                TierMetrics {
-                    results: RESULTS.map(|result| {
-                        requests
-                            .get_or_create(&TierResult {
-                                tier: tier.as_str(),
-                                result,
-                            })
-                            .clone()
-                    }),
-                    usage: usage
-                        .get_or_create(&TierLabel {
+            let metrics = TIERS.map(|tier| TierMetrics {
+                results: RESULTS.map(|result| {
+                    requests
+                        .get_or_create(&TierResult {
                             tier: tier.as_str(),
+                            result,
                         })
-                        .clone(),
-                    policy: limit.map(|l| policy_item(tier, l.max_requests, l.window_ms)),
-                }
+                        .clone()
+                }),
+                usage: usage
+                    .get_or_create(&TierLabel {
+                        tier: tier.as_str(),
+                    })
+                    .clone(),
             });
-            let endpoints = config
+            let endpoints: Vec<Endpoint> = config
                 .per_endpoint
                 .iter()
-                .map(|(key, limit)| match key.split_once(' ') {
-                    Some((method, route)) => (
-                        Some(method.to_owned()),
-                        route.to_owned(),
-                        key.clone(),
-                        *limit,
-                    ),
-                    None => (None, key.clone(), key.clone(), *limit),
+                .map(|(name, limit)| {
+                    let (method, route) = match name.split_once(' ') {
+                        Some((method, route)) => (Some(method.to_owned()), route.to_owned()),
+                        None => (None, name.clone()),
+                    };
+                    Endpoint {
+                        method,
+                        route,
+                        name: name.clone(),
+                        limit: *limit,
+                    }
+                })
+                .collect();
+            let policies = (0..=endpoints.len())
+                .flat_map(|slot| [(slot, false), (slot, true)])
+                .map(|(slot, per_user)| {
+                    let endpoint = slot.checked_sub(1).map(|i| &endpoints[i].limit);
+                    let items: Vec<String> = [
+                        (Tier::Global, config.global.as_ref()),
+                        (Tier::PerIp, config.per_ip.as_ref()),
+                        (Tier::PerUser, config.per_user.as_ref().filter(|_| per_user)),
+                        (Tier::PerEndpoint, endpoint),
+                    ]
+                    .into_iter()
+                    .filter_map(|(tier, limit)| {
+                        limit.map(|l| {
+                            format!(
+                                "\"{}\";q={};w={}",
+                                tier.as_str(),
+                                l.max_requests,
+                                l.window_ms.div_ceil(1000)
+                            )
+                        })
+                    })
+                    .collect();
+                    // NB: tier names and numbers only: always valid header text.
+                    HeaderValue::try_from(items.join(", "))
+                        .unwrap_or_else(|_| HeaderValue::from_static(""))
                 })
                 .collect();
             Self {
                 endpoints,
+                policies,
                 trusted: config.trusted_cidrs(),
                 config,
                 store,
@@ -212,9 +316,9 @@ mod server_side {
             &self.config
         }
 
-        /// Whether a request to `route` needs the caller's user resolved.
+        /// Whether a tier needs the caller's user resolved.
         fn wants_user(&self) -> bool {
-            self.config.per_user.is_some() || !self.config.per_endpoint.is_empty()
+            self.config.per_user.is_some() || !self.endpoints.is_empty()
         }
 
         /// The client's IP: the socket peer, unless the peer is a trusted proxy; then the
@@ -256,76 +360,77 @@ mod server_side {
         }
 
         /// The counters a request touches, with their tiers.
-        pub fn checks(
-            &self,
+        pub fn checks<'a>(
+            &'a self,
             ip: IpAddr,
-            user: Option<&UserId>,
+            user: Option<&'a UserId>,
             method: &str,
             route: &str,
-        ) -> Vec<(Tier, Check)> {
+        ) -> Checks<'a> {
             let spec = |t: &TierLimit| Spec {
                 window_ms: t.window_ms,
                 limit: t.max_requests,
                 buckets: u64::from(self.config.buckets),
             };
-            let mut checks = Vec::with_capacity(4);
+            let mut checks = Checks::new();
             if let Some(t) = &self.config.global {
-                checks.push((
-                    Tier::Global,
-                    Check {
-                        key: "g".to_owned(),
-                        spec: spec(t),
-                    },
-                ));
+                checks.push(Tier::Global, Key::Global, spec(t));
             }
             if let Some(t) = &self.config.per_ip {
-                checks.push((
-                    Tier::PerIp,
-                    Check {
-                        key: format!("ip:{ip}"),
-                        spec: spec(t),
-                    },
-                ));
+                checks.push(Tier::PerIp, Key::Client(Client::Ip(ip)), spec(t));
             }
-            if let (Some(t), Some(user)) = (&self.config.per_user, user) {
-                checks.push((
-                    Tier::PerUser,
-                    Check {
-                        key: format!("u:{user}"),
-                        spec: spec(t),
-                    },
-                ));
-            }
-            // `METHOD /route` wins over `/route`; matched without building the key.
+            let per_user = match (&self.config.per_user, user) {
+                (Some(t), Some(user)) => {
+                    checks.push(Tier::PerUser, Key::Client(Client::User(user)), spec(t));
+                    true
+                }
+                _ => false,
+            };
+            // `METHOD /route` wins over `/route`.
             let endpoint = self
                 .endpoints
                 .iter()
-                .filter(|(m, r, _, _)| r == route && m.as_deref().is_none_or(|m| m == method))
-                .min_by_key(|(m, ..)| m.is_none())
-                .map(|(_, _, name, t)| (name.as_str(), t));
-            if let Some((name, t)) = endpoint {
-                let client = user.map_or_else(|| format!("ip:{ip}"), |u| format!("u:{u}"));
-                checks.push((
+                .enumerate()
+                .filter(|(_, e)| {
+                    e.route == route && e.method.as_deref().is_none_or(|m| m == method)
+                })
+                .min_by_key(|(_, e)| e.method.is_none());
+            if let Some((_, e)) = endpoint {
+                let client = user.map_or(Client::Ip(ip), Client::User);
+                checks.push(
                     Tier::PerEndpoint,
-                    Check {
-                        key: format!("ep:{name}:{client}"),
-                        spec: spec(t),
-                    },
-                ));
+                    Key::Endpoint(&e.name, client),
+                    spec(&e.limit),
+                );
             }
+            checks.policy = policy_index(endpoint.map(|(i, _)| i), per_user);
             checks
         }
 
         /// Decides one request.
-        pub async fn decide(&self, checks: Vec<(Tier, Check)>) -> Verdict {
-            if checks.is_empty() {
-                return Verdict::Allowed(Vec::new(), 0);
+        pub async fn decide(&self, checks: &Checks<'_>) -> Verdict {
+            if checks.checks().is_empty() {
+                return Verdict::Allowed(TierOutcomes::new(), 0);
             }
-            let (tiers, checks): (Vec<Tier>, Vec<Check>) = checks.into_iter().unzip();
-            let decided = match self.store.check_sync(&checks) {
+            let decided = match self.store.check_sync(checks.checks()) {
                 Some(decision) => Ok(decision),
-                None => self.store.check(&checks).await,
+                None => self.store.check(checks.checks()).await,
             };
+            self.verdict(checks, decided)
+        }
+
+        /// [`Limiter::decide`] when the store answers without waiting (in memory); `None` when
+        /// it would wait, and then nothing was counted.
+        pub fn decide_now(&self, checks: &Checks<'_>) -> Option<Verdict> {
+            if checks.checks().is_empty() {
+                return Some(Verdict::Allowed(TierOutcomes::new(), 0));
+            }
+            let decision = self.store.check_sync(checks.checks())?;
+            Some(self.verdict(checks, Ok(decision)))
+        }
+
+        /// The verdict on what the store answered, counted in the metrics.
+        fn verdict(&self, checks: &Checks<'_>, decided: Result<Decision, StoreFailure>) -> Verdict {
             match decided {
                 Ok(Decision { outcomes, now_ms }) => {
                     // NB: load first: a swap on every request would bounce the cache line.
@@ -334,9 +439,10 @@ mod server_side {
                     {
                         tracing::info!("rate-limit store recovered");
                     }
-                    let mut tiered: Vec<TierOutcome> = tiers
+                    let mut tiered: TierOutcomes = checks
+                        .tiers()
                         .iter()
-                        .zip(&checks)
+                        .zip(checks.checks())
                         .zip(outcomes)
                         .map(|((tier, check), outcome)| TierOutcome {
                             tier: *tier,
@@ -380,8 +486,8 @@ mod server_side {
                         OnStoreError::Allow => 2,
                         OnStoreError::Deny => 3,
                     };
-                    for tier in tiers {
-                        self.tier_metrics(tier).results[result].inc();
+                    for tier in checks.tiers() {
+                        self.tier_metrics(*tier).results[result].inc();
                     }
                     match self.config.on_store_error {
                         OnStoreError::Allow => Verdict::FailedOpen,
@@ -392,58 +498,168 @@ mod server_side {
         }
     }
 
-    fn policy_item(tier: Tier, quota: u64, window_ms: u64) -> String {
-        format!(
-            "\"{}\";q={quota};w={}",
-            tier.as_str(),
-            window_ms.div_ceil(1000)
-        )
+    /// The rate-limit fields of an admitted response, decided before the route runs.
+    #[derive(Debug)]
+    pub struct RateHeaders {
+        policy: HeaderValue,
+        tightest: TierOutcome,
+        now_ms: u64,
     }
 
-    /// `X-RateLimit-*` of the tightest tier, and the IETF `RateLimit-Policy` / `RateLimit`
-    /// fields (draft-ietf-httpapi-ratelimit-headers: `"<tier>";q=<quota>;w=<window s>` and
-    /// `"<tier>";r=<remaining>;t=<seconds to reset>`).
-    fn set_headers(
-        limiter: &Limiter,
-        headers: &mut HeaderMap,
-        tiers: &[TierOutcome],
-        tightest: &TierOutcome,
-        now_ms: u64,
-    ) {
-        let o = &tightest.outcome;
-        headers.reserve(5);
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-limit"),
-            HeaderValue::from(o.limit),
-        );
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-remaining"),
-            HeaderValue::from(o.remaining),
-        );
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-reset"),
-            HeaderValue::from((now_ms + o.reset_ms).div_ceil(1000)),
-        );
-        let mut policy = String::with_capacity(96);
-        for t in tiers {
-            if !policy.is_empty() {
-                policy.push_str(", ");
+    impl RateHeaders {
+        /// `X-RateLimit-*` of the tightest tier, and the IETF `RateLimit-Policy` / `RateLimit`
+        /// fields (draft-ietf-httpapi-ratelimit-headers: `"<tier>";q=<quota>;w=<window s>` for
+        /// every tier, and `"<tier>";r=<remaining>;t=<seconds to reset>` for the tightest).
+        fn apply(self, headers: &mut HeaderMap) {
+            let o = &self.tightest.outcome;
+            // NB: the four values share one buffer (slices of it), not an allocation each.
+            let mut buf = BytesMut::with_capacity(96);
+            let mut digits = itoa::Buffer::new();
+            let mut ends = [0; 4];
+            for (end, n) in ends.iter_mut().zip([
+                o.limit,
+                o.remaining,
+                (self.now_ms + o.reset_ms).div_ceil(1000),
+            ]) {
+                buf.extend_from_slice(digits.format(n).as_bytes());
+                *end = buf.len();
             }
-            match &limiter.tier_metrics(t.tier).policy {
-                Some(cached) => policy.push_str(cached),
-                None => policy.push_str(&policy_item(t.tier, t.outcome.limit, t.window_ms)),
+            for part in [
+                "\"",
+                self.tightest.tier.as_str(),
+                "\";r=",
+                digits.format(o.remaining),
+                ";t=",
+            ] {
+                buf.extend_from_slice(part.as_bytes());
+            }
+            buf.extend_from_slice(digits.format(o.reset_ms.div_ceil(1000)).as_bytes());
+            ends[3] = buf.len();
+            let buf = buf.freeze();
+            headers.reserve(5);
+            let mut start = 0;
+            for (name, end) in [
+                X_RATELIMIT_LIMIT,
+                X_RATELIMIT_REMAINING,
+                X_RATELIMIT_RESET,
+                RATELIMIT,
+            ]
+            .into_iter()
+            .zip(ends)
+            {
+                // NB: digits and tier names only: always valid header text.
+                if let Ok(value) = HeaderValue::from_maybe_shared(buf.slice(start..end)) {
+                    headers.insert(name, value);
+                }
+                start = end;
+            }
+            headers.insert(RATELIMIT_POLICY, self.policy);
+        }
+    }
+
+    const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+    const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+    const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+    /// What the limiter does with a request.
+    #[derive(Debug)]
+    enum Step {
+        /// Pass it to the route, then add these fields to the response (none when the store
+        /// failed open, or no tier applies).
+        Admit(Option<RateHeaders>),
+        /// Answer it: 429, or 503 when the store fails closed.
+        Refuse(Response),
+    }
+
+    /// The parts of a request the limiter reads.
+    struct Caller<'r> {
+        ip: IpAddr,
+        /// The API key, when the limiter needs the user.
+        api_key: Option<&'r str>,
+        method: &'r str,
+        /// The matched route template.
+        route: &'r str,
+    }
+
+    impl Limiter {
+        fn caller<'r>(&self, request: &'r Request) -> Caller<'r> {
+            let peer = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+            let api_key = if self.wants_user() {
+                request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim)
+            } else {
+                None
+            };
+            Caller {
+                ip: self.client_ip(peer, request.headers()),
+                api_key,
+                method: request.method().as_str(),
+                route: request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or_else(|| request.uri().path(), |p| p.as_str()),
             }
         }
-        let current = format!(
-            "\"{}\";r={};t={}",
-            tightest.tier.as_str(),
-            o.remaining,
-            o.reset_ms.div_ceil(1000)
-        );
-        for (name, value) in [("ratelimit-policy", policy), ("ratelimit", current)] {
-            // NB: tier names and numbers only: always valid header text.
-            if let Ok(v) = HeaderValue::try_from(value) {
-                headers.insert(HeaderName::from_static(name), v);
+
+        /// The step a verdict on `checks` calls for.
+        fn step(&self, checks: &Checks<'_>, verdict: Verdict) -> Step {
+            let headers = |tightest: TierOutcome, now_ms| RateHeaders {
+                policy: self
+                    .policies
+                    .get(checks.policy)
+                    .cloned()
+                    .unwrap_or_else(|| HeaderValue::from_static("")),
+                tightest,
+                now_ms,
+            };
+            match verdict {
+                Verdict::Allowed(tiers, now_ms) => Step::Admit(
+                    tiers
+                        .iter()
+                        .min_by_key(|t| {
+                            (t.outcome.remaining, std::cmp::Reverse(t.outcome.reset_ms))
+                        })
+                        .map(|tightest| headers(*tightest, now_ms)),
+                ),
+                Verdict::Denied(tiers, now_ms) => {
+                    // NB: a denial always names its tier; an empty one cannot happen.
+                    let Some(first) = tiers.first().copied() else {
+                        return Step::Admit(None);
+                    };
+                    let retry_s = first.outcome.retry_after_ms.div_ceil(1000).max(1);
+                    let mut response = error_body(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        format!(
+                            "rate limit of tier {} exceeded ({} requests per {} ms); retry in {retry_s} s",
+                            first.tier.as_str(),
+                            first.outcome.limit,
+                            first.window_ms
+                        ),
+                        Some(first.tier),
+                    );
+                    headers(first, now_ms).apply(response.headers_mut());
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(retry_s));
+                    Step::Refuse(response)
+                }
+                Verdict::FailedOpen => Step::Admit(None),
+                Verdict::FailedClosed => Step::Refuse(error_body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rate_limiter_unavailable",
+                    "the rate limiter's store is unavailable; retry later".to_owned(),
+                    None,
+                )),
             }
         }
     }
@@ -456,86 +672,175 @@ mod server_side {
         (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
     }
 
-    /// Middleware: decides the request, answers 429 (or 503 when the store fails closed), and
-    /// adds the rate-limit headers to admitted responses.
-    pub async fn limit(
-        State(state): State<AppState>,
-        mut request: Request,
-        next: Next,
-    ) -> Response {
-        let Some(limiter) = state.limiter() else {
-            return next.run(request).await;
+    /// Leaves the user an API key resolved to for the handler, when the request goes on.
+    fn hand_over(request: &mut Request, step: &Step, user: Option<Option<UserId>>) {
+        if let (Step::Admit(_), Some(user)) = (step, user) {
+            request.extensions_mut().insert(ResolvedUser(user));
+        }
+    }
+
+    /// Decides `request` when neither the API keys nor the counters need waiting for (both in
+    /// memory); `None` when one would wait, and then nothing was counted.
+    fn admit_now(state: &AppState, limiter: &Limiter, request: &mut Request) -> Option<Step> {
+        let caller = limiter.caller(request);
+        // `None`: no key looked up (or the lookup failed: the handler's own lookup then answers
+        // 503 as usual); `Some(None)`: a key that names no user.
+        let user = match caller.api_key {
+            Some(key) => state.exchange().authenticate_now(key)?.ok(),
+            None => None,
         };
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-        let ip = limiter.client_ip(peer, request.headers());
-        let mut user = None;
-        if limiter.wants_user()
-            && let Some(key) = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        {
-            // NB: a store failure here leaves the user unknown; the handler's own lookup then
-            // answers 503 as usual.
-            if let Ok(resolved) = state.exchange().authenticate(key.trim()).await {
-                user = Some(resolved);
-            }
-        }
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or_else(|| request.uri().path(), |p| p.as_str());
         let checks = limiter.checks(
-            ip,
+            caller.ip,
             user.as_ref().and_then(Option::as_ref),
-            request.method().as_str(),
-            route,
+            caller.method,
+            caller.route,
         );
-        if let Some(resolved) = user {
-            request.extensions_mut().insert(ResolvedUser(resolved));
+        let step = limiter.step(&checks, limiter.decide_now(&checks)?);
+        hand_over(request, &step, user);
+        Some(step)
+    }
+
+    /// [`admit_now`], waiting for the stores.
+    async fn admit(state: &AppState, limiter: &Limiter, request: &mut Request) -> Step {
+        let caller = limiter.caller(request);
+        let user = match caller.api_key {
+            Some(key) => state.exchange().authenticate(key).await.ok(),
+            None => None,
+        };
+        let checks = limiter.checks(
+            caller.ip,
+            user.as_ref().and_then(Option::as_ref),
+            caller.method,
+            caller.route,
+        );
+        let step = limiter.step(&checks, limiter.decide(&checks).await);
+        hand_over(request, &step, user);
+        step
+    }
+
+    /// The limiter as a tower layer over the business routes. Applied with
+    /// [`axum::Router::route_layer`], so the matched route template is known.
+    #[derive(Debug, Clone)]
+    pub struct RateLimitLayer {
+        state: AppState,
+    }
+
+    impl RateLimitLayer {
+        /// The layer for the relayer's state (a no-op when its limiter is off).
+        pub fn new(state: AppState) -> Self {
+            Self { state }
         }
-        match limiter.decide(checks).await {
-            Verdict::Allowed(tiers, now_ms) => {
-                let mut response = next.run(request).await;
-                if let Some(tightest) = tiers
-                    .iter()
-                    .min_by_key(|t| (t.outcome.remaining, std::cmp::Reverse(t.outcome.reset_ms)))
-                {
-                    set_headers(limiter, response.headers_mut(), &tiers, tightest, now_ms);
+    }
+
+    impl<S> Layer<S> for RateLimitLayer {
+        type Service = RateLimit<S>;
+
+        fn layer(&self, inner: S) -> RateLimit<S> {
+            RateLimit {
+                inner,
+                state: self.state.clone(),
+            }
+        }
+    }
+
+    /// The service [`RateLimitLayer`] wraps a route in. With both stores in memory it decides
+    /// in `call` and wraps the route's own future; otherwise it waits for the stores in a boxed
+    /// future.
+    #[derive(Debug, Clone)]
+    pub struct RateLimit<S> {
+        inner: S,
+        state: AppState,
+    }
+
+    pin_project! {
+        /// The future of [`RateLimit`].
+        #[project = Projection]
+        pub enum ResponseFuture<F> {
+            /// Admitted: the route's future, then the rate-limit fields.
+            Admitted { #[pin] inner: F, headers: Option<RateHeaders> },
+            /// Answered by the limiter.
+            Refused { #[pin] response: Ready<Result<Response, Infallible>> },
+            /// Waiting for the stores, then maybe for the route.
+            Waiting { future: BoxFuture<'static, Response> },
+        }
+    }
+
+    impl<F> Future for ResponseFuture<F>
+    where
+        F: Future<Output = Result<Response, Infallible>>,
+    {
+        type Output = Result<Response, Infallible>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            match self.project() {
+                Projection::Admitted { inner, headers } => {
+                    let Ok(mut response) = ready!(inner.poll(cx));
+                    if let Some(headers) = headers.take() {
+                        headers.apply(response.headers_mut());
+                    }
+                    Poll::Ready(Ok(response))
                 }
-                response
+                Projection::Refused { response } => response.poll(cx),
+                Projection::Waiting { future } => future.as_mut().poll(cx).map(Ok),
             }
-            Verdict::Denied(tiers, now_ms) => {
-                let first = tiers[0];
-                let retry_s = first.outcome.retry_after_ms.div_ceil(1000).max(1);
-                let mut response = error_body(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!(
-                        "rate limit of tier {} exceeded ({} requests per {} ms); retry in {retry_s} s",
-                        first.tier.as_str(),
-                        first.outcome.limit,
-                        first.window_ms
-                    ),
-                    Some(first.tier),
-                );
-                set_headers(limiter, response.headers_mut(), &tiers, &first, now_ms);
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_s));
-                response
+        }
+    }
+
+    impl<S> Service<Request> for RateLimit<S>
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = ResponseFuture<S::Future>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, mut request: Request) -> Self::Future {
+            let Some(limiter) = self.state.limiter() else {
+                return ResponseFuture::Admitted {
+                    inner: self.inner.call(request),
+                    headers: None,
+                };
+            };
+            match admit_now(&self.state, limiter, &mut request) {
+                Some(Step::Admit(headers)) => ResponseFuture::Admitted {
+                    inner: self.inner.call(request),
+                    headers,
+                },
+                Some(Step::Refuse(response)) => ResponseFuture::Refused {
+                    response: ready(Ok(response)),
+                },
+                None => {
+                    // NB: `poll_ready` readied this instance, not its clones: the ready one goes
+                    // into the future, the clone stays for the next call.
+                    let clone = self.inner.clone();
+                    let mut inner = std::mem::replace(&mut self.inner, clone);
+                    let state = self.state.clone();
+                    let future = async move {
+                        let Some(limiter) = state.limiter() else {
+                            let Ok(response) = inner.call(request).await;
+                            return response;
+                        };
+                        match admit(&state, limiter, &mut request).await {
+                            Step::Admit(headers) => {
+                                let Ok(mut response) = inner.call(request).await;
+                                if let Some(headers) = headers {
+                                    headers.apply(response.headers_mut());
+                                }
+                                response
+                            }
+                            Step::Refuse(response) => response,
+                        }
+                    };
+                    ResponseFuture::Waiting {
+                        future: Box::pin(future),
+                    }
+                }
             }
-            Verdict::FailedOpen => next.run(request).await,
-            Verdict::FailedClosed => error_body(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "rate_limiter_unavailable",
-                "the rate limiter's store is unavailable; retry later".to_owned(),
-                None,
-            ),
         }
     }
 
@@ -597,29 +902,68 @@ mod server_side {
         }
 
         #[test]
+        fn the_policy_field_lists_exactly_the_tiers_a_request_is_counted_in() {
+            // Seed defaults: global 10000/1 s, per IP 100/60 s, per user 200/60 s, and
+            // `POST /v2/orders` 30/60 s.
+            let l = limiter(&[]);
+            let user = UserId::parse("userId", "0x1111111111111111111111111111111111111111")
+                .expect("user");
+            let policy = |checks: &Checks<'_>| {
+                l.policies
+                    .get(checks.policy)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let order = l.checks(ip("127.0.0.1"), Some(&user), "POST", "/v2/orders");
+            assert_eq!(
+                policy(&order).as_deref(),
+                Some(
+                    r#""global";q=10000;w=1, "perIp";q=100;w=60, "perUser";q=200;w=60, "perEndpoint";q=30;w=60"#
+                )
+            );
+            let anonymous = l.checks(ip("127.0.0.1"), None, "POST", "/v2/orders");
+            assert_eq!(
+                policy(&anonymous).as_deref(),
+                Some(r#""global";q=10000;w=1, "perIp";q=100;w=60, "perEndpoint";q=30;w=60"#)
+            );
+            let depth = l.checks(ip("127.0.0.1"), Some(&user), "GET", "/v2/depth");
+            assert_eq!(
+                policy(&depth).as_deref(),
+                Some(r#""global";q=10000;w=1, "perIp";q=100;w=60, "perUser";q=200;w=60"#)
+            );
+            assert_eq!(depth.tiers(), [Tier::Global, Tier::PerIp, Tier::PerUser]);
+        }
+
+        #[test]
         fn endpoint_keys_match_method_and_template_per_client() {
             let l = limiter(&[]);
             let user = UserId::parse("userId", "0x1111111111111111111111111111111111111111")
                 .expect("user");
             let checks = l.checks(ip("127.0.0.1"), Some(&user), "POST", "/v2/orders");
             let tiers: Vec<_> = checks
+                .tiers()
                 .iter()
-                .map(|(t, c)| (t.as_str(), c.key.as_str()))
+                .zip(checks.checks())
+                .map(|(t, c)| (t.as_str(), c.key.to_string()))
                 .collect();
             assert_eq!(
                 tiers,
                 vec![
-                    ("global", "g"),
-                    ("perIp", "ip:127.0.0.1"),
-                    ("perUser", "u:0x1111111111111111111111111111111111111111"),
+                    ("global", "g".to_owned()),
+                    ("perIp", "ip:127.0.0.1".to_owned()),
+                    (
+                        "perUser",
+                        "u:0x1111111111111111111111111111111111111111".to_owned()
+                    ),
                     (
                         "perEndpoint",
                         "ep:POST /v2/orders:u:0x1111111111111111111111111111111111111111"
+                            .to_owned()
                     ),
                 ]
             );
             let get = l.checks(ip("127.0.0.1"), None, "GET", "/v2/orders/{id}");
-            assert_eq!(get.len(), 2, "no user, no endpoint limit for GET");
+            assert_eq!(get.checks().len(), 2, "no user, no endpoint limit for GET");
         }
     }
 }

@@ -2,18 +2,20 @@
 //! every replica). Both check and count all tiers of a request in one atomic step, with the
 //! arithmetic of [`super::window`].
 
-use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
+use hashbrown::HashTable;
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use smallvec::SmallVec;
 
 use super::window::{Outcome, Spec, Window, admits, settle};
+use crate::domain::UserId;
 
 /// Source of the current time, injected so the arithmetic can be tested without sleeping.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -33,11 +35,53 @@ impl Clock for SystemClock {
     }
 }
 
+/// Whose requests a per-client counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Client<'a> {
+    /// A client IP.
+    Ip(IpAddr),
+    /// An authenticated user.
+    User(&'a UserId),
+}
+
+impl fmt::Display for Client<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Client::Ip(ip) => write!(f, "ip:{ip}"),
+            Client::User(user) => write!(f, "u:{user}"),
+        }
+    }
+}
+
+/// Which counter: borrowed from the request, so deciding a request builds no strings. Its
+/// [`fmt::Display`] is the counter's name in Redis (`g`, `ip:10.0.0.1`, `u:0x…`,
+/// `ep:POST /v2/orders:u:0x…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key<'a> {
+    /// The global tier's one counter.
+    Global,
+    /// A per-IP or per-user counter.
+    Client(Client<'a>),
+    /// A per-endpoint counter: the endpoint as configured (`METHOD /route` or `/route`) and the
+    /// client.
+    Endpoint(&'a str, Client<'a>),
+}
+
+impl fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Global => f.write_str("g"),
+            Key::Client(client) => client.fmt(f),
+            Key::Endpoint(endpoint, client) => write!(f, "ep:{endpoint}:{client}"),
+        }
+    }
+}
+
 /// One counter to check: which key, under which limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    /// Counter key, e.g. `ip:10.0.0.1`.
-    pub key: String,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Check<'a> {
+    /// The counter.
+    pub key: Key<'a>,
     /// Its limit.
     pub spec: Spec,
 }
@@ -47,11 +91,14 @@ pub struct Check {
 #[error("rate-limit store: {0}")]
 pub struct StoreFailure(pub String);
 
+/// One outcome per tier; a request has at most four.
+pub type Outcomes = SmallVec<[Outcome; 4]>;
+
 /// The answers to one request's checks, in order, and the store's clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     /// One outcome per check.
-    pub outcomes: Vec<Outcome>,
+    pub outcomes: Outcomes,
     /// The time the decision was taken at (ms since the epoch).
     pub now_ms: u64,
 }
@@ -59,11 +106,14 @@ pub struct Decision {
 /// Checks and counts requests.
 pub trait CounterStore: Send + Sync + fmt::Debug {
     /// Checks every counter; counts the request in all of them only if all admit it.
-    fn check<'a>(&'a self, checks: &'a [Check]) -> BoxFuture<'a, Result<Decision, StoreFailure>>;
+    fn check<'a>(
+        &'a self,
+        checks: &'a [Check<'a>],
+    ) -> BoxFuture<'a, Result<Decision, StoreFailure>>;
 
     /// The same decision without a future, for stores that never wait (in memory); `None`
     /// means "use [`CounterStore::check`]".
-    fn check_sync(&self, _checks: &[Check]) -> Option<Decision> {
+    fn check_sync(&self, _checks: &[Check<'_>]) -> Option<Decision> {
         None
     }
 }
@@ -71,22 +121,76 @@ pub trait CounterStore: Send + Sync + fmt::Debug {
 /// Shards of the in-memory store: enough that two cores rarely contend on one.
 const SHARDS: usize = 64;
 
+/// A [`Key`] the in-memory store keeps: allocated once, when a key is first counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StoredKey {
+    Global,
+    Client(StoredClient),
+    Endpoint(Box<str>, StoredClient),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StoredClient {
+    Ip(IpAddr),
+    User(UserId),
+}
+
+impl StoredClient {
+    fn new(client: Client<'_>) -> Self {
+        match client {
+            Client::Ip(ip) => StoredClient::Ip(ip),
+            Client::User(user) => StoredClient::User(user.clone()),
+        }
+    }
+
+    fn get(&self) -> Client<'_> {
+        match self {
+            StoredClient::Ip(ip) => Client::Ip(*ip),
+            StoredClient::User(user) => Client::User(user),
+        }
+    }
+}
+
+impl StoredKey {
+    fn new(key: Key<'_>) -> Self {
+        match key {
+            Key::Global => StoredKey::Global,
+            Key::Client(client) => StoredKey::Client(StoredClient::new(client)),
+            Key::Endpoint(endpoint, client) => {
+                StoredKey::Endpoint(endpoint.into(), StoredClient::new(client))
+            }
+        }
+    }
+
+    fn get(&self) -> Key<'_> {
+        match self {
+            StoredKey::Global => Key::Global,
+            StoredKey::Client(client) => Key::Client(client.get()),
+            StoredKey::Endpoint(endpoint, client) => Key::Endpoint(endpoint, client.get()),
+        }
+    }
+}
+
 /// In-process counters, sharded by key; each request locks only the shards of its keys, in
-/// ascending order (so two requests can never deadlock).
+/// ascending order (so two requests can never deadlock). A key is hashed once per request (with
+/// the standard library's randomly keyed SipHash: client IPs are chosen by the network), and
+/// that hash picks both the shard and the slot in it.
 ///
 /// Memory is bounded: at most `max_keys` counters. A shard over its share first forgets idle
 /// keys (nothing left in their window); if none is idle, the least recently used key.
 #[derive(Debug)]
 pub struct MemoryCounters {
-    shards: Vec<Mutex<HashMap<String, Entry>>>,
+    shards: Box<[Mutex<HashTable<Entry>>]>,
+    hasher: RandomState,
     per_shard: usize,
     clock: Arc<dyn Clock>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Entry {
+    key: StoredKey,
     window: Window,
-    spec: Option<Spec>,
+    spec: Spec,
     last_seen_ms: u64,
 }
 
@@ -96,18 +200,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn shard_of(key: &str) -> usize {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    // NB: `SHARDS` fits in u64 and the remainder in usize.
-    (h.finish() % SHARDS as u64) as usize
+/// The shard of a key's hash: bits the table does not use (it indexes by the low bits and tags
+/// by the top seven), so one shard's keys still spread over its table.
+fn shard_of(hash: u64) -> usize {
+    // NB: the remainder is below `SHARDS`, which fits in usize.
+    ((hash >> 32) % SHARDS as u64) as usize
 }
 
 impl MemoryCounters {
     /// Counters for at most `max_keys` keys, on `clock`.
     pub fn new(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
+            hasher: RandomState::new(),
             per_shard: (max_keys / SHARDS).max(1),
             clock,
         }
@@ -123,47 +228,49 @@ impl MemoryCounters {
         self.len() == 0
     }
 
-    fn make_room(map: &mut HashMap<String, Entry>, per_shard: usize, now_ms: u64) {
-        if map.len() < per_shard {
+    fn make_room(&self, table: &mut HashTable<Entry>, now_ms: u64) {
+        if table.len() < self.per_shard {
             return;
         }
-        map.retain(|_, e| e.spec.is_some_and(|spec| !e.window.is_idle(&spec, now_ms)));
-        if map.len() >= per_shard
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, e)| e.last_seen_ms)
-                .map(|(k, _)| k.clone())
+        table.retain(|e| !e.window.is_idle(&e.spec, now_ms));
+        if table.len() >= self.per_shard
+            && let Some(oldest) = table.iter().map(|e| e.last_seen_ms).min()
         {
-            map.remove(&oldest);
+            let mut dropped = false;
+            table.retain(|e| {
+                let drop = !dropped && e.last_seen_ms == oldest;
+                dropped |= drop;
+                !drop
+            });
         }
     }
 
     /// The synchronous core of [`CounterStore::check`]: the two phases of
     /// [`super::window::check_all`] on the entries in place, under the locks of their shards.
-    pub fn check_now(&self, checks: &[Check]) -> Decision {
+    pub fn check_now(&self, checks: &[Check<'_>]) -> Decision {
         let now_ms = self.clock.now_ms();
-        let shards: Vec<usize> = checks.iter().map(|c| shard_of(&c.key)).collect();
-        let mut order = shards.clone();
+        let hashes: SmallVec<[u64; 4]> =
+            checks.iter().map(|c| self.hasher.hash_one(c.key)).collect();
+        let mut order: SmallVec<[usize; 4]> = hashes.iter().map(|h| shard_of(*h)).collect();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<MutexGuard<'_, HashMap<String, Entry>>> =
+        let mut guards: SmallVec<[MutexGuard<'_, HashTable<Entry>>; 4]> =
             order.iter().map(|i| lock(&self.shards[*i])).collect();
-        // NB: `order` is sorted and holds every shard of `shards`, so the search always hits.
-        let slot = |shard: usize| order.binary_search(&shard).unwrap_or(0);
+        // NB: `order` is sorted and holds the shard of every hash, so the search always hits.
+        let slot = |hash: u64| order.binary_search(&shard_of(hash)).unwrap_or(0);
 
         let mut admitted = true;
-        for (check, shard) in checks.iter().zip(&shards) {
-            if let Some(entry) = guards[slot(*shard)].get_mut(&check.key) {
-                admitted &= admits(&mut entry.window, &check.spec, now_ms);
-            } else {
-                admitted &= check.spec.limit > 0;
+        for (check, hash) in checks.iter().zip(&hashes) {
+            match guards[slot(*hash)].find_mut(*hash, |e| e.key.get() == check.key) {
+                Some(entry) => admitted &= admits(&mut entry.window, &check.spec, now_ms),
+                None => admitted &= check.spec.limit > 0,
             }
         }
-        let mut outcomes = Vec::with_capacity(checks.len());
-        for (check, shard) in checks.iter().zip(&shards) {
-            let map = &mut guards[slot(*shard)];
-            if let Some(entry) = map.get_mut(&check.key) {
-                entry.spec = Some(check.spec);
+        let mut outcomes = Outcomes::new();
+        for (check, hash) in checks.iter().zip(&hashes) {
+            let table = &mut guards[slot(*hash)];
+            if let Some(entry) = table.find_mut(*hash, |e| e.key.get() == check.key) {
+                entry.spec = check.spec;
                 entry.last_seen_ms = now_ms;
                 outcomes.push(settle(&mut entry.window, &check.spec, now_ms, admitted));
                 continue;
@@ -172,15 +279,14 @@ impl MemoryCounters {
             let mut window = Window::default();
             outcomes.push(settle(&mut window, &check.spec, now_ms, admitted));
             if admitted {
-                Self::make_room(map, self.per_shard, now_ms);
-                map.insert(
-                    check.key.clone(),
-                    Entry {
-                        window,
-                        spec: Some(check.spec),
-                        last_seen_ms: now_ms,
-                    },
-                );
+                self.make_room(table, now_ms);
+                let entry = Entry {
+                    key: StoredKey::new(check.key),
+                    window,
+                    spec: check.spec,
+                    last_seen_ms: now_ms,
+                };
+                table.insert_unique(*hash, entry, |e| self.hasher.hash_one(e.key.get()));
             }
         }
         Decision { outcomes, now_ms }
@@ -188,12 +294,15 @@ impl MemoryCounters {
 }
 
 impl CounterStore for MemoryCounters {
-    fn check<'a>(&'a self, checks: &'a [Check]) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
+    fn check<'a>(
+        &'a self,
+        checks: &'a [Check<'a>],
+    ) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
         let decision = self.check_now(checks);
         Box::pin(async move { Ok(decision) })
     }
 
-    fn check_sync(&self, checks: &[Check]) -> Option<Decision> {
+    fn check_sync(&self, checks: &[Check<'_>]) -> Option<Decision> {
         Some(self.check_now(checks))
     }
 }
@@ -245,7 +354,7 @@ impl RedisCounters {
         Ok(Self::new(conn, prefix, timeout))
     }
 
-    async fn run(&self, checks: &[Check]) -> Result<Decision, StoreFailure> {
+    async fn run(&self, checks: &[Check<'_>]) -> Result<Decision, StoreFailure> {
         let mut invocation = self.script.prepare_invoke();
         for c in checks {
             invocation
@@ -266,13 +375,13 @@ impl RedisCounters {
     }
 }
 
-fn decode(checks: &[Check], reply: Vec<redis::Value>) -> Result<Decision, StoreFailure> {
+fn decode(checks: &[Check<'_>], reply: Vec<redis::Value>) -> Result<Decision, StoreFailure> {
     let bad = |what: &str| StoreFailure(format!("unexpected script reply: {what}"));
     if reply.len() != checks.len() + 1 {
         return Err(bad("wrong length"));
     }
     let mut values = reply.into_iter();
-    let mut outcomes = Vec::with_capacity(checks.len());
+    let mut outcomes = Outcomes::new();
     for check in checks {
         let row: Vec<u64> =
             redis::from_redis_value(values.next().ok_or_else(|| bad("missing row"))?)
@@ -295,7 +404,10 @@ fn decode(checks: &[Check], reply: Vec<redis::Value>) -> Result<Decision, StoreF
 }
 
 impl CounterStore for RedisCounters {
-    fn check<'a>(&'a self, checks: &'a [Check]) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
+    fn check<'a>(
+        &'a self,
+        checks: &'a [Check<'a>],
+    ) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
         Box::pin(self.run(checks))
     }
 }
@@ -315,9 +427,9 @@ mod tests {
         }
     }
 
-    fn check(key: &str, limit: u64) -> Check {
+    fn check(ip: u32, limit: u64) -> Check<'static> {
         Check {
-            key: key.to_owned(),
+            key: Key::Client(Client::Ip(IpAddr::from(ip.to_be_bytes()))),
             spec: Spec {
                 window_ms: 1_000,
                 limit,
@@ -331,12 +443,12 @@ mod tests {
         let clock = Arc::new(ManualClock::default());
         let store = MemoryCounters::new(SHARDS * 2, clock.clone());
         for i in 0..1_000 {
-            store.check_now(&[check(&format!("ip:{i}"), 5)]);
+            store.check_now(&[check(i, 5)]);
         }
         assert!(store.len() <= SHARDS * 2, "{} keys held", store.len());
         // Once their windows have passed, keys are idle and make room for new ones first.
         clock.0.store(10_000, Ordering::SeqCst);
-        let hot = check("ip:hot", 1);
+        let hot = check(u32::MAX, 1);
         assert!(store.check_now(std::slice::from_ref(&hot)).outcomes[0].allowed);
         assert!(
             !store.check_now(&[hot]).outcomes[0].allowed,

@@ -252,6 +252,13 @@ impl MemoryStore {
         Ok(lock(&self.inner.api_keys).0.get(hash).cloned())
     }
 
+    pub(super) fn user_by_api_key_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError> {
+        Ok(lock(&self.inner.api_keys)
+            .0
+            .get(hash)
+            .map(|r| r.user_id.clone()))
+    }
+
     pub(super) fn delete_api_key(&self, key_id: &str) -> Result<bool, StoreError> {
         let mut keys = lock(&self.inner.api_keys);
         match keys.1.remove(key_id) {

@@ -325,6 +325,27 @@ impl Store {
         dispatch!(self, s => s.api_key_by_hash(hash))
     }
 
+    /// The user of the API key with this hash: the lookup of every authenticated request,
+    /// without copying the whole record.
+    pub async fn user_by_api_key_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError> {
+        match self {
+            Store::Memory(s) => s.user_by_api_key_hash(hash),
+            Store::Redis(s) => Ok(s.api_key_by_hash(hash).await?.map(|r| r.user_id)),
+        }
+    }
+
+    /// [`Store::user_by_api_key_hash`] when the store answers without waiting (in memory);
+    /// `None` when it would wait (Redis).
+    pub fn user_by_api_key_hash_now(
+        &self,
+        hash: &str,
+    ) -> Option<Result<Option<UserId>, StoreError>> {
+        match self {
+            Store::Memory(s) => Some(s.user_by_api_key_hash(hash)),
+            Store::Redis(_) => None,
+        }
+    }
+
     /// Revokes an API key; false when there was none with that id.
     pub async fn delete_api_key(&self, key_id: &str) -> Result<bool, StoreError> {
         dispatch!(self, s => s.delete_api_key(key_id))

@@ -22,7 +22,7 @@ pub struct Server {
 
 impl Server {
     /// Starts a server whose config is the default with an admin token, small limits, no
-    /// readiness delay, and whatever `tweak` changes.
+    /// readiness delay, and whatever `tweak` changes (a `redisUrl` selects the Redis store).
     pub async fn start(tweak: impl FnOnce(&mut RelayerConfig)) -> Self {
         let mut config = RelayerConfig {
             admin_token: Some(ADMIN.to_owned()),
@@ -33,7 +33,8 @@ impl Server {
         config.shutdown.readiness_delay_ms = 0;
         tweak(&mut config);
         config.validate().expect("test config is valid");
-        let state = relayer::AppState::new(config, Store::memory()).expect("state");
+        let store = Store::from_config(&config).expect("store");
+        let state = relayer::AppState::new(config, store).expect("state");
         Self::serve(state).await
     }
 
