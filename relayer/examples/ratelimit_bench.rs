@@ -9,7 +9,8 @@
 //! Limits are set high so nothing is denied: this measures the limiter's cost, not its answers.
 //! The market holds `BOOK_LEVELS` (default 100) resting levels per side; `BOOK_LEVELS=0` gives
 //! the empty book, where the limiter's share of each request is largest.
-//! Each request carries an API key, so the per-user tier applies too.
+//! Each request carries an API key, so the per-user tier applies too. `BENCH_CONNECTIONS` sets
+//! wrk's connections (default 32).
 //!
 //! Run with `scripts/bench-ratelimit.sh` (it installs `wrk` and `redis-server` when missing), or
 //! `cargo run --release -p relayer --example ratelimit_bench -- [seconds per run] [rounds]
@@ -29,10 +30,15 @@ use relayer::AppState;
 use relayer::config::RelayerConfig;
 use relayer::ratelimit::config::TierLimit;
 use relayer::ratelimit::store::{
-    Check, Clock, CounterStore, Decision, MemoryCounters, RedisCounters, StoreFailure, SystemClock,
+    Check, Clock, CounterStore, Decision, MemoryCounters, Outcomes, RedisCounters, StoreFailure,
+    SystemClock,
 };
 use relayer::ratelimit::window::Outcome;
 use relayer::store::Store;
+
+/// The relayer binary's allocator, so the relayer measured here is the one that ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USER: &str = "0xa11ce00000000000000000000000000000000001";
 const ADMIN: &str = "bench-admin-token-0123456789";
@@ -52,10 +58,13 @@ impl std::fmt::Debug for NaiveZsetLog {
 }
 
 impl CounterStore for NaiveZsetLog {
-    fn check<'a>(&'a self, checks: &'a [Check]) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
+    fn check<'a>(
+        &'a self,
+        checks: &'a [Check<'a>],
+    ) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
         Box::pin(async move {
             let now = SystemClock.now_ms();
-            let mut outcomes = Vec::with_capacity(checks.len());
+            let mut outcomes = Outcomes::new();
             for c in checks {
                 let member = format!("{now}-{}", self.seq.fetch_add(1, Ordering::Relaxed));
                 let key = format!("naive:{}", c.key);
@@ -215,7 +224,13 @@ fn parse_ms(text: &str) -> Option<f64> {
 
 fn wrk(url: &str, key: &str, seconds: u64) -> anyhow::Result<Run> {
     let out = client_command("wrk")
-        .args(["-t1", "-c32", &format!("-d{seconds}s"), "--latency", "-H"])
+        .args([
+            "-t1",
+            &format!("-c{}", connections()),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-H",
+        ])
         .arg(format!("authorization: Bearer {key}"))
         .arg(url)
         .output()
@@ -309,9 +324,9 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let seconds: u64 = args
         .next()
-        .map_or(Ok(5), |s| s.parse())
+        .map_or(Ok(3), |s| s.parse())
         .context("seconds per run")?;
-    let rounds: usize = args.next().map_or(Ok(3), |s| s.parse()).context("rounds")?;
+    let rounds: usize = args.next().map_or(Ok(7), |s| s.parse()).context("rounds")?;
     // Optional: a comma-separated subset of the scenarios (for profiling one of them).
     // Resting levels per side in the market (GET /v2/depth returns up to 50 of them).
     let levels: u64 = std::env::var("BOOK_LEVELS")
@@ -335,7 +350,13 @@ async fn main() -> anyhow::Result<()> {
     let mut results: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
     let mut round_trips = Vec::new();
     for round in 0..rounds {
-        for &scenario in &scenarios {
+        // Every other round runs the scenarios in reverse, so a drift of the machine's speed
+        // during a round does not favour the scenarios that run first.
+        let mut order = scenarios.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for &scenario in &order {
             let counters: Option<Arc<dyn CounterStore>> = match scenario {
                 "off" => None,
                 "memory" => Some(Arc::new(MemoryCounters::new(
@@ -396,32 +417,54 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let stat = |s: &str, f: fn(&Run) -> f64| median(results[s].iter().map(f).collect());
-    let base_rps = stat("off", |r| r.rps);
-    let base_p99 = stat("off", |r| r.p99_ms);
+    // Ratios are paired: each round's run over the same round's baseline (run next to it), then
+    // the median over rounds. The machine's speed drifts between rounds; a pair shares it.
+    let ratio = |s: &str, base: &str, f: fn(&Run) -> f64| {
+        median(
+            results[s]
+                .iter()
+                .zip(&results[base])
+                .map(|(r, b)| f(r) / f(b))
+                .collect(),
+        )
+    };
     println!(
-        "\nGET /v2/depth of a book with {levels} levels per side, {rounds} rounds of {seconds} s per scenario, medians (wrk -t1 -c32):"
+        "\nGET /v2/depth of a book with {levels} levels per side, {rounds} rounds of {seconds} s per scenario (wrk -t1 -c{}).",
+        connections()
     );
-    let base_cpu = stat("off", |r| r.cpu_us);
+    println!(
+        "Absolute figures are medians over rounds; ratios are medians of each round's ratio to that round's `off` run."
+    );
     println!(
         "{:<11} {:>9} {:>9} {:>9} {:>11} {:>10} {:>10} {:>10}",
         "scenario", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "rps/off", "p99/off", "CPU/off"
     );
     for &s in &scenarios {
-        let rps = stat(s, |r| r.rps);
-        let p99 = stat(s, |r| r.p99_ms);
-        let cpu = stat(s, |r| r.cpu_us);
         println!(
-            "{s:<11} {rps:>9.0} {:>9.2} {p99:>9.2} {cpu:>11.1} {:>10.3} {:>10.3} {:>10.3}",
+            "{s:<11} {:>9.0} {:>9.2} {:>9.2} {:>11.1} {:>10.3} {:>10.3} {:>10.3}",
+            stat(s, |r| r.rps),
             stat(s, |r| r.p50_ms),
-            rps / base_rps,
-            p99 / base_p99,
-            cpu / base_cpu
+            stat(s, |r| r.p99_ms),
+            stat(s, |r| r.cpu_us),
+            ratio(s, "off", |r| r.rps),
+            ratio(s, "off", |r| r.p99_ms),
+            ratio(s, "off", |r| r.cpu_us)
+        );
+    }
+    if results.contains_key("memory") {
+        println!(
+            "memory/off throughput per round: {:?}",
+            results["memory"]
+                .iter()
+                .zip(&results["off"])
+                .map(|(m, o)| format!("{:.3}", m.rps / o.rps))
+                .collect::<Vec<_>>()
         );
     }
     if results.contains_key("redis") && results.contains_key("naive-zset") {
         println!(
             "redis limiter vs naive-zset throughput: {:.2}x",
-            stat("redis", |r| r.rps) / stat("naive-zset", |r| r.rps)
+            ratio("redis", "naive-zset", |r| r.rps)
         );
     }
     println!(
@@ -432,4 +475,12 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
     );
     Ok(())
+}
+
+/// Concurrent connections wrk keeps open (`BENCH_CONNECTIONS`, default 32).
+fn connections() -> u32 {
+    std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(32)
 }
