@@ -299,6 +299,42 @@ async fn concurrent_requests_admit_exactly_the_limit_in_redis() {
     assert_eq!(scripts, 640, "{calls:?}");
 }
 
+/// Redis keeps a counter only while one of its buckets still counts: the key's lifetime is set
+/// when a bucket is created and covers that bucket's last counting moment.
+#[tokio::test]
+async fn redis_counters_expire_when_nothing_in_them_counts_any_more() {
+    let redis = RedisServer::start();
+    let counters =
+        RedisCounters::connect(&redis.url(), "ttl:", Duration::from_secs(2)).expect("connect");
+    // Buckets of 100 ms: a bucket counts for at most 300 ms after it starts.
+    let checks = [Check {
+        key: Key::Global,
+        spec: Spec {
+            window_ms: 200,
+            limit: 1_000,
+            buckets: 2,
+        },
+    }];
+    for _ in 0..5 {
+        let decision = counters.check(&checks).await.expect("store answers");
+        assert!(decision.outcomes[0].allowed);
+    }
+    let ttl: i64 = redis
+        .cli(&["PTTL", "{ttl:rl}g"])
+        .and_then(|s| s.trim().parse().ok())
+        .expect("PTTL answers");
+    assert!((1..=300).contains(&ttl), "PTTL {ttl} ms");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(
+        redis
+            .cli(&["EXISTS", "{ttl:rl}g"])
+            .as_deref()
+            .map(str::trim),
+        Some("0"),
+        "the key outlived its buckets"
+    );
+}
+
 #[tokio::test]
 async fn two_relayers_on_one_redis_share_one_global_and_one_per_ip_budget() {
     let redis = RedisServer::start();

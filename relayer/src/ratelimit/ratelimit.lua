@@ -47,8 +47,11 @@ local out = {}
 for i = 1, n do
   local tier = tiers[i]
   if admitted then
-    redis.call('HINCRBY', KEYS[i], tier.current, 1)
-    redis.call('PEXPIRE', KEYS[i], (tier.nb + 1) * tier.width)
+    -- A new bucket sets the key's lifetime to when that bucket stops counting; requests that
+    -- land in an existing bucket leave nothing that counts longer, so they skip the PEXPIRE.
+    if redis.call('HINCRBY', KEYS[i], tier.current, 1) == 1 then
+      redis.call('PEXPIRE', KEYS[i], (tier.nb + 1) * tier.width)
+    end
     local last = tier.buckets[#tier.buckets]
     if last and last[1] == tier.current then
       last[2] = last[2] + 1
