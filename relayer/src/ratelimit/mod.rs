@@ -583,6 +583,13 @@ mod server_side {
         route: &'r str,
     }
 
+    impl Caller<'_> {
+        /// The counters this caller's request touches, as `user` when its API key named one.
+        fn checks<'a>(&self, limiter: &'a Limiter, user: Option<&'a UserId>) -> Checks<'a> {
+            limiter.checks(self.ip, user, self.method, self.route)
+        }
+    }
+
     impl Limiter {
         fn caller<'r>(&self, request: &'r Request) -> Caller<'r> {
             let peer = request
@@ -689,12 +696,7 @@ mod server_side {
             Some(key) => state.exchange().authenticate_now(key)?.ok(),
             None => None,
         };
-        let checks = limiter.checks(
-            caller.ip,
-            user.as_ref().and_then(Option::as_ref),
-            caller.method,
-            caller.route,
-        );
+        let checks = caller.checks(limiter, user.as_ref().and_then(Option::as_ref));
         let step = limiter.step(&checks, limiter.decide_now(&checks)?);
         hand_over(request, &step, user);
         Some(step)
@@ -707,12 +709,7 @@ mod server_side {
             Some(key) => state.exchange().authenticate(key).await.ok(),
             None => None,
         };
-        let checks = limiter.checks(
-            caller.ip,
-            user.as_ref().and_then(Option::as_ref),
-            caller.method,
-            caller.route,
-        );
+        let checks = caller.checks(limiter, user.as_ref().and_then(Option::as_ref));
         let step = limiter.step(&checks, limiter.decide(&checks).await);
         hand_over(request, &step, user);
         step
