@@ -33,7 +33,7 @@ use crate::resilience::saga::SagaMetrics;
 use crate::settlement::Settlement;
 use crate::store::Store;
 
-/// Keys the in-memory limiter keeps at most (about 200 bytes each): a flood of distinct client
+/// Keys the in-memory limiter keeps at most (about 300 bytes each): a flood of distinct client
 /// addresses evicts idle and then least recently used keys instead of growing without bound.
 const MEMORY_LIMITER_KEYS: usize = 100_000;
 

@@ -20,6 +20,7 @@
 //! it.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// One tier's limit as the arithmetic needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,9 +41,11 @@ impl Spec {
 }
 
 /// Counters of one key: `(bucket index, count)`, oldest first, only buckets still counted.
+/// Inline up to the default 10 buckets (plus the one being filled), so a key's counters sit
+/// beside the key rather than behind another pointer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Window {
-    buckets: Vec<(u64, u64)>,
+    buckets: SmallVec<[(u64, u64); 11]>,
 }
 
 /// What one key's check found.
