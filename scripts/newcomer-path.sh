@@ -28,7 +28,12 @@ fail() { echo "newcomer path FAILED: $*" >&2; exit 1; }
 work="$(mktemp -d)"
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  # NB: each background job leads its own process group (setsid), so cargo and what it started
+  # (the test binary holding the control plane) stop together.
+  for pid in "${pids[@]}"; do
+    kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -45,7 +50,7 @@ if [[ -n "${KUBECONFIG_TEST:-}" ]]; then
 else
   local_cluster=1
   step "0. start a local control plane (etcd, kube-apiserver, kube-controller-manager, pod simulator)"
-  FORESIGHT_K8S_UP_SECONDS=1800 cargo test --locked --test k8s_up -- --ignored --nocapture \
+  FORESIGHT_K8S_UP_SECONDS=1800 setsid cargo test --locked --test k8s_up -- --ignored --nocapture \
     >"$work/control-plane.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 600); do
