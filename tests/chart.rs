@@ -276,25 +276,6 @@ fn documents(rendered: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// `kubectl apply -f crds/` once per test binary, then waits until the CRD is established.
-async fn install_crds(env: &TestEnv) {
-    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    INSTALLED
-        .get_or_init(|| async {
-            let crds = chart().join("crds");
-            env.kubectl(&["apply", "--server-side", "-f", &crds.display().to_string()])
-                .expect("kubectl apply -f charts/relayer-operator/crds/");
-            env.kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/relayerdeployments.relayer.foresight.dev",
-            ])
-            .expect("the CRD becomes established");
-        })
-        .await;
-}
-
 /// A stand-in for the Prometheus Operator's ServiceMonitor CRD (not available offline): the
 /// group, version, kind and scope are real; the schema accepts any spec.
 const SERVICE_MONITOR_CRD: &str = r#"
@@ -345,7 +326,7 @@ fn kubectl_with_stdin(env: &TestEnv, args: &[&str], stdin: &str) -> Result<Strin
 #[tokio::test]
 async fn every_rendering_is_accepted_by_the_api_server_in_a_server_side_dry_run() {
     let env = TestEnv::new("chart-dry-run").await;
-    install_crds(&env).await;
+    env.install_crds(&chart().join("crds")).await;
     kubectl_with_stdin(
         &env,
         &["apply", "--server-side", "-f", "-"],

@@ -79,24 +79,6 @@ struct Harness {
     _guard: NetnsGuard,
 }
 
-async fn install_crds(env: &TestEnv) {
-    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    INSTALLED
-        .get_or_init(|| async {
-            let crds = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
-            env.kubectl(&["apply", "--server-side", "-f", &crds.display().to_string()])
-                .expect("kubectl apply -f crds/");
-            env.kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/relayerdeployments.relayer.foresight.dev",
-            ])
-            .expect("the CRD becomes established");
-        })
-        .await;
-}
-
 impl Harness {
     async fn new(test: &str) -> Self {
         assert!(
@@ -106,7 +88,8 @@ impl Harness {
             "build the relayer first: cargo build -p relayer"
         );
         let env = TestEnv::new(test).await;
-        install_crds(&env).await;
+        env.install_crds(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds"))
+            .await;
         let (backend, guard) = NetnsBackend::register(&env.namespace);
         Self {
             env,

@@ -108,23 +108,6 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn install_crds(env: &TestEnv) {
-    env.kubectl(&[
-        "apply",
-        "--server-side",
-        "-f",
-        &repo().join("crds").display().to_string(),
-    ])
-    .expect("kubectl apply -f crds/");
-    env.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/relayerdeployments.relayer.foresight.dev",
-    ])
-    .expect("the CRD becomes established");
-}
-
 fn relayer_deployment(name: &str, replicas: i32) -> RelayerDeployment {
     serde_json::from_value(json!({
         "apiVersion": "relayer.foresight.dev/v1alpha1",
@@ -159,7 +142,7 @@ async fn wait_deployment(env: &TestEnv, name: &str) {
 #[tokio::test]
 async fn only_the_leader_reconciles_and_killing_it_hands_over_within_the_lease_time() {
     let env = TestEnv::new("rd-leader").await;
-    install_crds(&env);
+    env.install_crds(&repo().join("crds")).await;
     let mut a = OperatorProcess::spawn(&env, "operator-a", &[]);
     // Give `a` the head start that makes it the leader, so the roles are known.
     wait_for("operator-a to lead", SETTLE, || {
@@ -277,7 +260,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 async fn measure_two_hundred_relayer_deployments() {
     const COUNT: usize = 200;
     let env = TestEnv::new("rd-measure").await;
-    install_crds(&env);
+    env.install_crds(&repo().join("crds")).await;
     let operator = OperatorProcess::spawn(
         &env,
         "measure",

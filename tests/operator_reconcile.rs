@@ -68,27 +68,8 @@ impl Operator {
     }
 }
 
-/// `kubectl apply -f crds/` once per test binary, then waits until the CRD is established.
-async fn install_crds(env: &TestEnv) {
-    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    INSTALLED
-        .get_or_init(|| async {
-            let crds = repo().join("crds");
-            env.kubectl(&["apply", "--server-side", "-f", &crds.display().to_string()])
-                .expect("kubectl apply -f crds/");
-            env.kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/relayerdeployments.relayer.foresight.dev",
-            ])
-            .expect("the CRD becomes established");
-        })
-        .await;
-}
-
 async fn apply_sample(env: &TestEnv) -> Operator {
-    install_crds(env).await;
+    env.install_crds(&repo().join("crds")).await;
     let operator = Operator::start(env, Duration::from_secs(300));
     env.kubectl(&["apply", "-f", &sample_path().display().to_string()])
         .expect("kubectl apply the sample");
@@ -297,7 +278,7 @@ fn apply_invalid(env: &TestEnv, dir: &Path, name: &str, rd: serde_json::Value) -
 #[tokio::test]
 async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
     let env = TestEnv::new("rd-invalid").await;
-    install_crds(&env).await;
+    env.install_crds(&repo().join("crds")).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let base = |name: &str, spec: serde_json::Value| {
         let mut full = json!({ "image": "relayer:1" });
@@ -662,7 +643,7 @@ async fn child_versions(env: &TestEnv) -> BTreeMap<String, String> {
 async fn resyncs_of_a_converged_relayer_deployment_change_nothing() {
     const RESYNCS: u64 = 10;
     let env = TestEnv::new("rd-idle").await;
-    install_crds(&env).await;
+    env.install_crds(&repo().join("crds")).await;
     let operator = Operator::start(&env, Duration::from_millis(500));
     env.kubectl(&["apply", "-f", &sample_path().display().to_string()])
         .expect("apply the sample");

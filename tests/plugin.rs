@@ -37,24 +37,6 @@ fn start_operator(env: &TestEnv) -> InProcessOperator {
     )
 }
 
-async fn install_crds(env: &TestEnv) {
-    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    INSTALLED
-        .get_or_init(|| async {
-            let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
-            env.kubectl(&["apply", "--server-side", "-f", &crds.display().to_string()])
-                .expect("kubectl apply -f crds/");
-            env.kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/relayerdeployments.relayer.foresight.dev",
-            ])
-            .expect("the CRD becomes established");
-        })
-        .await;
-}
-
 /// What one run of the plugin printed and how it exited.
 #[derive(Debug)]
 struct Run {
@@ -134,7 +116,8 @@ fn json_of(run: &Run) -> Value {
 #[tokio::test]
 async fn a_missing_object_exits_3_naming_it() {
     let env = TestEnv::new("plugin-missing").await;
-    install_crds(&env).await;
+    env.install_crds(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await;
     for args in [
         &["status", "nope"][..],
         &["promote", "nope"],
@@ -157,7 +140,8 @@ async fn a_missing_object_exits_3_naming_it() {
 #[tokio::test]
 async fn every_command_drives_a_cutover_and_refuses_what_does_not_apply() {
     let env = TestEnv::new("plugin-cutover").await;
-    install_crds(&env).await;
+    env.install_crds(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await;
     let _operator = start_operator(&env);
     apply(&env).await;
 
@@ -327,7 +311,8 @@ async fn every_command_drives_a_cutover_and_refuses_what_does_not_apply() {
 #[tokio::test]
 async fn a_caller_without_write_access_gets_exit_5_and_the_servers_reason() {
     let env = TestEnv::new("plugin-forbidden").await;
-    install_crds(&env).await;
+    env.install_crds(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await;
     apply(&env).await;
     let read_only = PolicyRule {
         api_groups: Some(vec!["relayer.foresight.dev".to_owned()]),
@@ -365,7 +350,8 @@ async fn a_caller_without_write_access_gets_exit_5_and_the_servers_reason() {
 #[tokio::test]
 async fn kubectl_runs_the_plugin_found_on_path() {
     let env = TestEnv::new("plugin-path").await;
-    install_crds(&env).await;
+    env.install_crds(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await;
     apply(&env).await;
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_kubectl-relayer"))
         .parent()

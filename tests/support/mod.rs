@@ -222,6 +222,25 @@ impl TestEnv {
         Ok((client, path))
     }
 
+    /// `kubectl apply --server-side -f <dir>` of the CRDs in `dir`, once per test binary, then
+    /// waits until the RelayerDeployment CRD is established.
+    pub async fn install_crds(&self, dir: &std::path::Path) {
+        static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        INSTALLED
+            .get_or_init(|| async {
+                self.kubectl(&["apply", "--server-side", "-f", &dir.display().to_string()])
+                    .unwrap_or_else(|e| panic!("kubectl apply -f {}: {e:#}", dir.display()));
+                self.kubectl(&[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/relayerdeployments.relayer.foresight.dev",
+                ])
+                .expect("the CRD becomes established");
+            })
+            .await;
+    }
+
     /// Runs the built kubectl against the admin kubeconfig in this namespace; returns stdout,
     /// or an error carrying stderr.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
