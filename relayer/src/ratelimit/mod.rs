@@ -45,7 +45,6 @@ mod server_side {
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
     use prometheus_client::registry::Registry;
-    use smallvec::SmallVec;
     use tower::{Layer, Service};
 
     use super::config::{OnStoreError, RateLimitConfig, TierLimit};
@@ -145,16 +144,15 @@ mod server_side {
         pub outcome: Outcome,
     }
 
-    /// The tiers of one decision (at most four).
-    pub type TierOutcomes = SmallVec<[TierOutcome; 4]>;
-
-    /// What the limiter decided for a request.
-    #[derive(Debug, Clone, PartialEq, Eq)]
+    /// What the limiter decided for a request, with the one tier its response describes and
+    /// the store's clock (ms since the epoch).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Verdict {
-        /// Admitted; the tiers as counted.
-        Allowed(TierOutcomes, u64),
-        /// Denied by the first tier listed; all tiers as checked.
-        Denied(TierOutcomes, u64),
+        /// Admitted; the tightest tier (least remaining, then latest reset), `None` when no tier
+        /// applies.
+        Allowed(Option<TierOutcome>, u64),
+        /// Denied; of the tiers that deny, the one with the longest wait.
+        Denied(TierOutcome, u64),
         /// The store failed and the policy admits.
         FailedOpen,
         /// The store failed and the policy denies.
@@ -410,7 +408,7 @@ mod server_side {
         /// Decides one request.
         pub async fn decide(&self, checks: &Checks<'_>) -> Verdict {
             if checks.checks().is_empty() {
-                return Verdict::Allowed(TierOutcomes::new(), 0);
+                return Verdict::Allowed(None, 0);
             }
             let decided = match self.store.check_sync(checks.checks()) {
                 Some(decision) => Ok(decision),
@@ -423,7 +421,7 @@ mod server_side {
         /// it would wait, and then nothing was counted.
         pub fn decide_now(&self, checks: &Checks<'_>) -> Option<Verdict> {
             if checks.checks().is_empty() {
-                return Some(Verdict::Allowed(TierOutcomes::new(), 0));
+                return Some(Verdict::Allowed(None, 0));
             }
             let decision = self.store.check_sync(checks.checks())?;
             Some(self.verdict(checks, Ok(decision)))
@@ -439,20 +437,20 @@ mod server_side {
                     {
                         tracing::info!("rate-limit store recovered");
                     }
-                    let mut tiered: TierOutcomes = checks
-                        .tiers()
-                        .iter()
-                        .zip(checks.checks())
-                        .zip(outcomes)
-                        .map(|((tier, check), outcome)| TierOutcome {
+                    let denied = outcomes.iter().any(|o| !o.allowed);
+                    // One pass: the metrics, the tightest tier and the denying tier with the
+                    // longest wait (the earlier tier on ties).
+                    let mut tightest: Option<TierOutcome> = None;
+                    let mut denying: Option<TierOutcome> = None;
+                    for ((tier, check), outcome) in
+                        checks.tiers().iter().zip(checks.checks()).zip(&outcomes)
+                    {
+                        let t = TierOutcome {
                             tier: *tier,
                             window_ms: check.spec.window_ms,
-                            outcome,
-                        })
-                        .collect();
-                    let denied = tiered.iter().any(|t| !t.outcome.allowed);
-                    for t in &tiered {
-                        let result = match (denied, t.outcome.allowed) {
+                            outcome: *outcome,
+                        };
+                        let result = match (denied, outcome.allowed) {
                             (false, _) => 0,
                             (true, false) => 1,
                             // Admissible by this tier, refused by another: not counted here.
@@ -462,20 +460,24 @@ mod server_side {
                         m.results[result].inc();
                         // NB: counts are far below 2^53; the ratio is exact enough for a gauge.
                         #[allow(clippy::cast_precision_loss)]
-                        let used = t.outcome.count as f64 / t.outcome.limit.max(1) as f64;
+                        let used = outcome.count as f64 / outcome.limit.max(1) as f64;
                         m.usage.set(used.min(1.0));
+                        if denied {
+                            if denying
+                                .is_none_or(|d| outcome.retry_after_ms > d.outcome.retry_after_ms)
+                            {
+                                denying = Some(t);
+                            }
+                        } else if tightest.is_none_or(|b| {
+                            (outcome.remaining, std::cmp::Reverse(outcome.reset_ms))
+                                < (b.outcome.remaining, std::cmp::Reverse(b.outcome.reset_ms))
+                        }) {
+                            tightest = Some(t);
+                        }
                     }
-                    if denied {
-                        // The denying tier with the longest wait goes first.
-                        tiered.sort_by_key(|t| {
-                            (
-                                t.outcome.allowed,
-                                std::cmp::Reverse(t.outcome.retry_after_ms),
-                            )
-                        });
-                        Verdict::Denied(tiered, now_ms)
-                    } else {
-                        Verdict::Allowed(tiered, now_ms)
+                    match denying {
+                        Some(first) => Verdict::Denied(first, now_ms),
+                        None => Verdict::Allowed(tightest, now_ms),
                     }
                 }
                 Err(error) => {
@@ -629,19 +631,10 @@ mod server_side {
                 now_ms,
             };
             match verdict {
-                Verdict::Allowed(tiers, now_ms) => Step::Admit(
-                    tiers
-                        .iter()
-                        .min_by_key(|t| {
-                            (t.outcome.remaining, std::cmp::Reverse(t.outcome.reset_ms))
-                        })
-                        .map(|tightest| headers(*tightest, now_ms)),
-                ),
-                Verdict::Denied(tiers, now_ms) => {
-                    // NB: a denial always names its tier; an empty one cannot happen.
-                    let Some(first) = tiers.first().copied() else {
-                        return Step::Admit(None);
-                    };
+                Verdict::Allowed(tightest, now_ms) => {
+                    Step::Admit(tightest.map(|tightest| headers(tightest, now_ms)))
+                }
+                Verdict::Denied(first, now_ms) => {
                     let retry_s = first.outcome.retry_after_ms.div_ceil(1000).max(1);
                     let mut response = error_body(
                         StatusCode::TOO_MANY_REQUESTS,
@@ -896,6 +889,69 @@ mod server_side {
                 l.client_ip(ip("10.0.0.2"), &xff("garbage, 10.0.0.1")),
                 ip("10.0.0.1")
             );
+        }
+
+        /// A limiter with only global and per-IP tiers, as given.
+        fn two_tiers(global: (u64, u64), per_ip: (u64, u64)) -> Limiter {
+            let tier = |(max_requests, window_ms)| {
+                Some(TierLimit {
+                    window_ms,
+                    max_requests,
+                })
+            };
+            let config = RateLimitConfig {
+                global: tier(global),
+                per_ip: tier(per_ip),
+                per_user: None,
+                per_endpoint: Default::default(),
+                ..RateLimitConfig::default()
+            };
+            Limiter::new(
+                config,
+                Arc::new(MemoryCounters::new(1_000, Arc::new(SystemClock))),
+                &mut Registry::default(),
+            )
+        }
+
+        /// Sends `n` requests from one IP; the last one's verdict.
+        fn verdict_after(l: &Limiter, n: usize) -> Option<Verdict> {
+            let checks = l.checks(ip("192.0.2.1"), None, "GET", "/v2/depth");
+            (0..n).filter_map(|_| l.decide_now(&checks)).last()
+        }
+
+        #[test]
+        fn a_verdict_names_the_tightest_tier_or_the_longest_wait() {
+            // Admitted: the tier with the least left, whichever comes first.
+            for (global, per_ip, tightest) in [
+                ((10, 60_000), (3, 60_000), Tier::PerIp),
+                ((3, 60_000), (10, 60_000), Tier::Global),
+            ] {
+                let Some(Verdict::Allowed(Some(t), _)) =
+                    verdict_after(&two_tiers(global, per_ip), 1)
+                else {
+                    panic!("the first request is admitted with a tier");
+                };
+                assert_eq!((t.tier, t.outcome.remaining), (tightest, 2));
+            }
+            // Denied by both: the tier with the longer wait, whichever comes first.
+            for (global, per_ip, longest) in [
+                ((3, 1_000), (3, 60_000), Tier::PerIp),
+                ((3, 60_000), (3, 1_000), Tier::Global),
+            ] {
+                let Some(Verdict::Denied(t, _)) = verdict_after(&two_tiers(global, per_ip), 4)
+                else {
+                    panic!("the fourth request is denied");
+                };
+                assert_eq!(t.tier, longest);
+                assert!(t.outcome.retry_after_ms > 1_000, "{t:?}");
+            }
+            // Denied by one: that tier, though the other is listed first.
+            let Some(Verdict::Denied(t, _)) =
+                verdict_after(&two_tiers((10, 60_000), (3, 60_000)), 4)
+            else {
+                panic!("the fourth request is denied");
+            };
+            assert_eq!(t.tier, Tier::PerIp);
         }
 
         #[test]

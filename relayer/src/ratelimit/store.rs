@@ -3,7 +3,7 @@
 //! arithmetic of [`super::window`].
 
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -194,6 +194,15 @@ struct Entry {
     last_seen_ms: u64,
 }
 
+/// One check's way to its entry in [`MemoryCounters::check_now`].
+struct Probe {
+    hash: u64,
+    /// The shard, then the index of its guard.
+    shard: usize,
+    /// The entry's slot in the shard's table, when the key is there.
+    slot: Option<usize>,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // NB: entries are replaced whole after the decision, never left half-written, so a poisoned
     // shard still holds consistent data.
@@ -216,6 +225,40 @@ impl MemoryCounters {
             per_shard: (max_keys / SHARDS).max(1),
             clock,
         }
+    }
+
+    /// A key's hash: one keyed SipHash pass over the key's bytes (rather than a pass per field,
+    /// as a derived `Hash` does). The one global counter needs no hashing. Keys that hash alike
+    /// only share a probe sequence: the table compares whole keys.
+    fn hash(&self, key: Key<'_>) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        let client = match key {
+            Key::Global => return 0,
+            Key::Client(client) => client,
+            Key::Endpoint(endpoint, client) => {
+                hasher.write(endpoint.as_bytes());
+                client
+            }
+        };
+        match client {
+            Client::Ip(ip) => {
+                let mut bytes = [0; 17];
+                let len = match ip {
+                    IpAddr::V4(v4) => {
+                        bytes[1..5].copy_from_slice(&v4.octets());
+                        5
+                    }
+                    IpAddr::V6(v6) => {
+                        bytes[0] = 6;
+                        bytes[1..].copy_from_slice(&v6.octets());
+                        17
+                    }
+                };
+                hasher.write(&bytes[..len]);
+            }
+            Client::User(user) => hasher.write(user.as_str().as_bytes()),
+        }
+        hasher.finish()
     }
 
     /// Keys currently held (for tests and metrics).
@@ -249,36 +292,64 @@ impl MemoryCounters {
     /// [`super::window::check_all`] on the entries in place, under the locks of their shards.
     pub fn check_now(&self, checks: &[Check<'_>]) -> Decision {
         let now_ms = self.clock.now_ms();
-        let hashes: SmallVec<[u64; 4]> =
-            checks.iter().map(|c| self.hasher.hash_one(c.key)).collect();
-        let mut order: SmallVec<[usize; 4]> = hashes.iter().map(|h| shard_of(*h)).collect();
-        order.sort_unstable();
-        order.dedup();
+        // One probe per check: its key's hash, the guard of its shard, and (once found) its
+        // slot in the shard's table, so phase two need not search again.
+        let mut probes: SmallVec<[Probe; 4]> = checks
+            .iter()
+            .map(|c| {
+                let hash = self.hash(c.key);
+                Probe {
+                    hash,
+                    shard: shard_of(hash),
+                    slot: None,
+                }
+            })
+            .collect();
+        let mut shards: SmallVec<[usize; 4]> = probes.iter().map(|p| p.shard).collect();
+        shards.sort_unstable();
+        shards.dedup();
         let mut guards: SmallVec<[MutexGuard<'_, HashTable<Entry>>; 4]> =
-            order.iter().map(|i| lock(&self.shards[*i])).collect();
-        // NB: `order` is sorted and holds the shard of every hash, so the search always hits.
-        let slot = |hash: u64| order.binary_search(&shard_of(hash)).unwrap_or(0);
+            shards.iter().map(|i| lock(&self.shards[*i])).collect();
+        for probe in &mut probes {
+            // NB: `shards` holds every probe's shard, so this always finds it.
+            probe.shard = shards.iter().position(|s| *s == probe.shard).unwrap_or(0);
+        }
 
+        // Phase one: find each key and ask its window.
         let mut admitted = true;
-        for (check, hash) in checks.iter().zip(&hashes) {
-            match guards[slot(*hash)].find_mut(*hash, |e| e.key.get() == check.key) {
+        for (check, probe) in checks.iter().zip(&mut probes) {
+            let table = &mut guards[probe.shard];
+            probe.slot = table.find_bucket_index(probe.hash, |e| e.key.get() == check.key);
+            match probe.slot.and_then(|i| table.get_bucket_mut(i)) {
                 Some(entry) => admitted &= admits(&mut entry.window, &check.spec, now_ms),
                 None => admitted &= check.spec.limit > 0,
             }
         }
+        // Phase two: count in the keys found, then add the new ones (adding may move entries
+        // of the same shard, so it comes after every kept slot is used).
         let mut outcomes = Outcomes::new();
-        for (check, hash) in checks.iter().zip(&hashes) {
-            let table = &mut guards[slot(*hash)];
-            if let Some(entry) = table.find_mut(*hash, |e| e.key.get() == check.key) {
-                entry.spec = check.spec;
-                entry.last_seen_ms = now_ms;
-                outcomes.push(settle(&mut entry.window, &check.spec, now_ms, admitted));
+        for (check, probe) in checks.iter().zip(&probes) {
+            let entry = probe
+                .slot
+                .and_then(|i| guards[probe.shard].get_bucket_mut(i));
+            outcomes.push(match entry {
+                Some(entry) => {
+                    entry.spec = check.spec;
+                    entry.last_seen_ms = now_ms;
+                    settle(&mut entry.window, &check.spec, now_ms, admitted)
+                }
+                None => Outcome::default(),
+            });
+        }
+        for ((check, probe), outcome) in checks.iter().zip(&probes).zip(&mut outcomes) {
+            if probe.slot.is_some() {
                 continue;
             }
             // A key seen for the first time: tracked only when the request is counted.
             let mut window = Window::default();
-            outcomes.push(settle(&mut window, &check.spec, now_ms, admitted));
+            *outcome = settle(&mut window, &check.spec, now_ms, admitted);
             if admitted {
+                let table = &mut guards[probe.shard];
                 self.make_room(table, now_ms);
                 let entry = Entry {
                     key: StoredKey::new(check.key),
@@ -286,7 +357,7 @@ impl MemoryCounters {
                     spec: check.spec,
                     last_seen_ms: now_ms,
                 };
-                table.insert_unique(*hash, entry, |e| self.hasher.hash_one(e.key.get()));
+                table.insert_unique(probe.hash, entry, |e| self.hash(e.key.get()));
             }
         }
         Decision { outcomes, now_ms }

@@ -49,7 +49,7 @@ pub struct Window {
 }
 
 /// What one key's check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// Admitted by this tier.
     pub allowed: bool,
