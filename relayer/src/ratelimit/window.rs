@@ -46,6 +46,8 @@ impl Spec {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Window {
     buckets: SmallVec<[(u64, u64); 11]>,
+    /// The sum of the buckets' counts.
+    total: u64,
 }
 
 /// What one key's check found.
@@ -69,27 +71,35 @@ impl Window {
     /// Drops buckets that no longer count at `now`.
     pub fn prune(&mut self, spec: &Spec, now_ms: u64) {
         let oldest = (now_ms / spec.bucket_ms()).saturating_sub(spec.buckets);
-        self.buckets.retain(|(i, _)| *i >= oldest);
+        // NB: oldest first, so the buckets that left form a prefix (usually empty).
+        let gone = self.buckets.iter().take_while(|(i, _)| *i < oldest).count();
+        if gone > 0 {
+            let left: u64 = self.buckets.drain(..gone).map(|(_, c)| c).sum();
+            self.total = self.total.saturating_sub(left);
+        }
     }
 
     /// The conservative estimate at `now` (call [`Window::prune`] first).
     pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|(_, c)| *c).sum()
+        self.total
     }
 
     /// Whether nothing is counted any more (the key can be forgotten).
     pub fn is_idle(&self, spec: &Spec, now_ms: u64) -> bool {
         let oldest = (now_ms / spec.bucket_ms()).saturating_sub(spec.buckets);
-        self.buckets.iter().all(|(i, _)| *i < oldest)
+        self.buckets.last().is_none_or(|(i, _)| *i < oldest)
     }
 
     /// Counts one request at `now`.
     pub fn record(&mut self, spec: &Spec, now_ms: u64) {
         let current = now_ms / spec.bucket_ms();
         match self.buckets.last_mut() {
-            Some((i, c)) if *i == current => *c += 1,
+            // NB: a clock that stepped back counts into the newest bucket, which keeps the
+            // buckets in order and the request counted at least as long as it should be.
+            Some((i, c)) if *i >= current => *c += 1,
             _ => self.buckets.push((current, 1)),
         }
+        self.total += 1;
     }
 
     /// The outcome of a check at `now`, before (`allowed` decided) and after counting.
@@ -255,7 +265,23 @@ mod tests {
                 );
             }
             assert!(exact_count(&log, &SPEC, t) <= SPEC.limit);
+            assert_eq!(w.count(), w.buckets.iter().map(|(_, c)| c).sum::<u64>());
         }
+    }
+
+    #[test]
+    fn a_clock_that_steps_back_keeps_requests_counted_in_order() {
+        let mut w = Window::default();
+        assert!(admit(&mut w, SPEC, 30_000).allowed);
+        // The clock steps back by more than a bucket: counted in the newest bucket.
+        let o = admit(&mut w, SPEC, 10_000);
+        assert_eq!(o.count, 2);
+        assert_eq!(w.buckets.as_slice(), &[(5, 2)]);
+        // Both leave together, when the newest bucket does: (5 + 10 + 1) * 6000 ms.
+        w.prune(&SPEC, 95_999);
+        assert_eq!(w.count(), 2);
+        assert!(w.is_idle(&SPEC, 96_000));
+        assert_eq!(admit(&mut w, SPEC, 96_000).count, 1);
     }
 
     #[test]
