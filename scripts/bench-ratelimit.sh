@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rate-limiter benchmark (see relayer/examples/ratelimit_bench.rs): GET /v2/depth with the
-# limiter off, in memory, in Redis, and the naive sorted-set reference, interleaved in rounds.
+# limiter off (twice: the second is a control), in memory, in Redis, and the naive sorted-set
+# reference, interleaved in rounds; then the in-process ones side by side, at the same time.
 #   scripts/bench-ratelimit.sh [seconds per run, default 3] [rounds, default 7] [scenarios]
 # The relayer runs pinned to CPU 1 and the load (wrk, redis-server) to CPU 0, so the figures
 # are the relayer's own throughput rather than a tug of war over both cores.

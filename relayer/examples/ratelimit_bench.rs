@@ -1,10 +1,19 @@
 //! Rate-limiter benchmark on `GET /v2/depth`, all scenarios in one run, interleaved in rounds:
 //!
 //! - `off`: the relayer with the limiter off (the baseline);
+//! - `off-again`: the same relayer again, a control: its ratio to `off` shows how far two runs
+//!   of the same code differ on this machine (the noise floor of every other ratio);
 //! - `memory`: all four tiers, in-memory counters;
 //! - `redis`: all four tiers, Redis counters (one EVALSHA per request);
 //! - `naive-zset`: the naive reference design, one Redis sorted-set sliding log per tier and a
 //!   round trip per tier (MULTI: ZREMRANGEBYSCORE, ZADD, ZCARD, PEXPIRE).
+//!
+//! Then, side by side, `off`, `off-again` and `memory` (those of them chosen) once more, served
+//! at the same time on the same core, each by a relayer thread of its own and loaded by a wrk of
+//! its own. Each thread's CPU time over the requests it served is its cost per request, taken in
+//! the same seconds as the others': the machine's drift, which moves one-after-another runs by
+//! ±20 %, reaches them all alike. `off`'s cost over another's is that one's capacity relative to
+//! `off` (requests/s the core serves when it does nothing else), split into user and kernel time.
 //!
 //! Limits are set high so nothing is denied: this measures the limiter's cost, not its answers.
 //! The market holds `BOOK_LEVELS` (default 100) resting levels per side; `BOOK_LEVELS=0` gives
@@ -42,7 +51,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USER: &str = "0xa11ce00000000000000000000000000000000001";
 const ADMIN: &str = "bench-admin-token-0123456789";
-const SCENARIOS: [&str; 4] = ["off", "memory", "redis", "naive-zset"];
+const SCENARIOS: [&str; 5] = ["off", "off-again", "memory", "redis", "naive-zset"];
 
 /// The naive reference: a sorted-set log per tier, one MULTI round trip per tier, checked one
 /// tier after another (a request denied late still consumed the earlier tiers' quota).
@@ -111,22 +120,58 @@ fn client_command(program: &str) -> Command {
     }
 }
 
-/// CPU time this process (the relayer under test) has used, in µs, from /proc/self/stat.
-fn process_cpu_us() -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
+/// CPU time used so far, in µs: in user space and in the kernel.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    user: u64,
+    kernel: u64,
+}
+
+impl Cpu {
+    fn total(self) -> u64 {
+        self.user + self.kernel
+    }
+}
+
+/// CPU time this process (the relayer under test) has used, from /proc/self/stat.
+fn process_cpu() -> anyhow::Result<Cpu> {
+    cpu("/proc/self/stat")
+}
+
+/// CPU time one thread of this process has used.
+fn thread_cpu(tid: u32) -> anyhow::Result<Cpu> {
+    cpu(&format!("/proc/self/task/{tid}/stat"))
+}
+
+/// User and system time from a `/proc` stat file.
+fn cpu(path: &str) -> anyhow::Result<Cpu> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
     // NB: fields after the command name, which is in parentheses and may contain spaces.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, r)| r)
-        .context("malformed /proc/self/stat")?;
+        .with_context(|| format!("malformed {path}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // Linux reports these in USER_HZ, 100 per second on every supported architecture.
-    Ok(ticks * 10_000)
+    Ok(Cpu {
+        user: ticks(11) * 10_000,
+        kernel: ticks(12) * 10_000,
+    })
+}
+
+/// This thread's id (as `/proc/self/task` names it).
+fn thread_id() -> anyhow::Result<u32> {
+    let link = std::fs::read_link("/proc/thread-self").context("read /proc/thread-self")?;
+    link.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no thread id in {}", link.display()))
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -204,6 +249,8 @@ struct Run {
     rps: f64,
     /// Relayer CPU time per request served, µs.
     cpu_us: f64,
+    /// The part of it spent in the kernel, µs.
+    kernel_us: f64,
     p50_ms: f64,
     p99_ms: f64,
     requests: u64,
@@ -256,6 +303,7 @@ fn wrk(url: &str, key: &str, seconds: u64) -> anyhow::Result<Run> {
         (Some(rps), Some(p50_ms), Some(p99_ms), Some(requests)) => Ok(Run {
             rps,
             cpu_us: 0.0,
+            kernel_us: 0.0,
             p50_ms,
             p99_ms,
             requests,
@@ -319,6 +367,181 @@ async fn populate(state: &AppState, levels: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A relayer on a thread of its own (a current-thread runtime), so that its CPU time can be
+/// read apart from the other relayers served side by side in this process.
+struct Threaded {
+    target: String,
+    key: String,
+    tid: u32,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts `scenario` (`off`, `off-again` or `memory`) on a thread of its own.
+fn start_threaded(scenario: &'static str, levels: u64) -> anyhow::Result<Threaded> {
+    let (ready, readied) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let counters: Option<Arc<dyn CounterStore>> = match scenario {
+                "memory" => Some(Arc::new(MemoryCounters::new(
+                    100_000,
+                    Arc::new(SystemClock),
+                ))),
+                _ => None,
+            };
+            let state = AppState::with_limiter(config(), Store::memory(), counters)?;
+            let user = relayer::domain::UserId::parse("userId", USER)?;
+            let (_, key) = state.exchange().issue_api_key(&user, 0).await?;
+            populate(&state, levels).await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let target = format!(
+                "http://{}/v2/depth?marketKey=80002:1",
+                listener.local_addr()?
+            );
+            let _ = ready.send((target, key, thread_id()?));
+            relayer::serve(listener, state, async move {
+                let _ = stopped.await;
+            })
+            .await?;
+            Ok(())
+        })
+    });
+    match readied.recv() {
+        Ok((target, key, tid)) => Ok(Threaded {
+            target,
+            key,
+            tid,
+            stop,
+            thread,
+        }),
+        Err(_) => match thread.join() {
+            Ok(Err(e)) => Err(e.context(format!("start the {scenario} relayer"))),
+            _ => bail!("the {scenario} relayer's thread stopped before serving"),
+        },
+    }
+}
+
+/// One side-by-side round: every scenario served at once, on this process's one core, each by a
+/// relayer thread of its own and loaded by a wrk of its own for `seconds`. Per scenario: the
+/// requests/s it served and its thread's CPU µs per request, both from the same seconds as the
+/// others', so a drift of the machine's speed reaches them all alike.
+fn side_by_side_round(
+    scenarios: &[&'static str],
+    levels: u64,
+    seconds: u64,
+) -> anyhow::Result<Vec<Run>> {
+    let relayers = scenarios
+        .iter()
+        .map(|s| start_threaded(s, levels))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let before = relayers
+        .iter()
+        .map(|r| thread_cpu(r.tid))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let loads: Vec<_> = relayers
+        .iter()
+        .map(|r| {
+            let (target, key) = (r.target.clone(), r.key.clone());
+            std::thread::spawn(move || wrk(&target, &key, seconds))
+        })
+        .collect();
+    let mut runs = Vec::new();
+    for load in loads {
+        runs.push(
+            load.join()
+                .map_err(|_| anyhow::anyhow!("a wrk thread panicked"))??,
+        );
+    }
+    for ((run, relayer), before) in runs.iter_mut().zip(&relayers).zip(before) {
+        let after = thread_cpu(relayer.tid)?;
+        #[allow(clippy::cast_precision_loss)]
+        {
+            let requests = run.requests.max(1) as f64;
+            run.cpu_us = after.total().saturating_sub(before.total()) as f64 / requests;
+            run.kernel_us = after.kernel.saturating_sub(before.kernel) as f64 / requests;
+        }
+    }
+    for relayer in relayers {
+        let _ = relayer.stop.send(());
+        relayer
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a relayer thread panicked"))??;
+    }
+    Ok(runs)
+}
+
+/// The side-by-side measurement of the in-process scenarios among `scenarios`, over `rounds`.
+fn side_by_side(
+    scenarios: &[&'static str],
+    levels: u64,
+    seconds: u64,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let chosen: Vec<&'static str> = ["off", "off-again", "memory"]
+        .into_iter()
+        .filter(|s| scenarios.contains(s))
+        .collect();
+    if chosen.len() < 2 {
+        return Ok(());
+    }
+    let mut results: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+    for round in 0..rounds {
+        let runs = side_by_side_round(&chosen, levels, seconds)?;
+        for (scenario, run) in chosen.iter().zip(runs) {
+            eprintln!(
+                "side by side, round {} {scenario:>10}: {:>8.0} req/s  {:>5.1} µs CPU/req ({:.1} in the kernel)",
+                round + 1,
+                run.rps,
+                run.cpu_us,
+                run.kernel_us,
+            );
+            results.entry(scenario).or_default().push(run);
+        }
+    }
+    println!(
+        "\nSide by side: {} served at once on the one core, each by its own thread and its own wrk (-t1 -c{}), {rounds} rounds of {seconds} s.",
+        chosen.join(", "),
+        connections()
+    );
+    println!(
+        "CPU µs/req is each relayer thread's own CPU time over the requests it served, taken in the same seconds as the others'; capacity/off is off's CPU/req over this one's (requests/s the core would serve, as a ratio), median of the rounds."
+    );
+    println!(
+        "{:<11} {:>9} {:>11} {:>10} {:>11} {:>13}",
+        "scenario", "req/s", "CPU µs/req", "user µs", "kernel µs", "capacity/off"
+    );
+    for s in &chosen {
+        let capacity: Vec<f64> = results["off"]
+            .iter()
+            .zip(&results[s])
+            .map(|(o, r)| o.cpu_us / r.cpu_us)
+            .collect();
+        println!(
+            "{s:<11} {:>9.0} {:>11.1} {:>10.1} {:>11.1} {:>13.3}",
+            median(results[s].iter().map(|r| r.rps).collect()),
+            median(results[s].iter().map(|r| r.cpu_us).collect()),
+            median(results[s].iter().map(|r| r.cpu_us - r.kernel_us).collect()),
+            median(results[s].iter().map(|r| r.kernel_us).collect()),
+            median(capacity.clone())
+        );
+        if *s != "off" {
+            println!(
+                "  {s}/off capacity per round: {:?}",
+                capacity
+                    .iter()
+                    .map(|c| format!("{c:.3}"))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -358,7 +581,7 @@ async fn main() -> anyhow::Result<()> {
         }
         for &scenario in &order {
             let counters: Option<Arc<dyn CounterStore>> = match scenario {
-                "off" => None,
+                "off" | "off-again" => None,
                 "memory" => Some(Arc::new(MemoryCounters::new(
                     100_000,
                     Arc::new(SystemClock),
@@ -386,7 +609,7 @@ async fn main() -> anyhow::Result<()> {
             }));
             let target = format!("http://{addr}/v2/depth?marketKey=80002:1");
             redis_cli(redis.port, &["CONFIG", "RESETSTAT"])?;
-            let cpu_before = process_cpu_us()?;
+            let cpu_before = process_cpu()?.total();
             let mut run = tokio::task::spawn_blocking({
                 let key = key.clone();
                 move || wrk(&target, &key, seconds)
@@ -394,7 +617,7 @@ async fn main() -> anyhow::Result<()> {
             .await??;
             #[allow(clippy::cast_precision_loss)]
             {
-                run.cpu_us = process_cpu_us()?.saturating_sub(cpu_before) as f64
+                run.cpu_us = process_cpu()?.total().saturating_sub(cpu_before) as f64
                     / run.requests.max(1) as f64;
             }
             if scenario == "redis" {
@@ -451,15 +674,16 @@ async fn main() -> anyhow::Result<()> {
             ratio(s, "off", |r| r.cpu_us)
         );
     }
-    if results.contains_key("memory") {
-        println!(
-            "memory/off throughput per round: {:?}",
-            results["memory"]
-                .iter()
-                .zip(&results["off"])
-                .map(|(m, o)| format!("{:.3}", m.rps / o.rps))
-                .collect::<Vec<_>>()
-        );
+    for s in ["off-again", "memory"] {
+        if let Some(runs) = results.get(s) {
+            println!(
+                "{s}/off throughput per round: {:?}",
+                runs.iter()
+                    .zip(&results["off"])
+                    .map(|(m, o)| format!("{:.3}", m.rps / o.rps))
+                    .collect::<Vec<_>>()
+            );
+        }
     }
     if results.contains_key("redis") && results.contains_key("naive-zset") {
         println!(
@@ -474,6 +698,8 @@ async fn main() -> anyhow::Result<()> {
             .map(|r| format!("{r:.3}"))
             .collect::<Vec<_>>()
     );
+    let chosen = scenarios.clone();
+    tokio::task::spawn_blocking(move || side_by_side(&chosen, levels, seconds, rounds)).await??;
     Ok(())
 }
 
