@@ -25,6 +25,8 @@
 //! `cargo run --release -p relayer --example ratelimit_bench -- [seconds per run] [rounds]
 //! [scenarios, e.g. off,memory]`.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
@@ -44,6 +46,7 @@ use relayer::ratelimit::store::{
 };
 use relayer::ratelimit::window::Outcome;
 use relayer::store::Store;
+use support::median;
 
 /// The relayer binary's allocator, so the relayer measured here is the one that ships.
 #[global_allocator]
@@ -330,11 +333,6 @@ fn config() -> RelayerConfig {
     config
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 // NB: one worker: the script pins this process to one CPU and the load to the other.
 /// Rests `levels` bids and `levels` asks, one order per price, in the benchmarked market.
 async fn populate(state: &AppState, levels: u64) -> anyhow::Result<()> {
@@ -532,10 +530,7 @@ fn side_by_side(
         if *s != "off" {
             println!(
                 "  {s}/off capacity per round: {:?}",
-                capacity
-                    .iter()
-                    .map(|c| format!("{c:.3}"))
-                    .collect::<Vec<_>>()
+                per_round(capacity.iter().copied())
             );
         }
     }
@@ -550,20 +545,14 @@ async fn main() -> anyhow::Result<()> {
         .map_or(Ok(3), |s| s.parse())
         .context("seconds per run")?;
     let rounds: usize = args.next().map_or(Ok(7), |s| s.parse()).context("rounds")?;
-    // Optional: a comma-separated subset of the scenarios (for profiling one of them).
     // Resting levels per side in the market (GET /v2/depth returns up to 50 of them).
     let levels: u64 = std::env::var("BOOK_LEVELS")
         .map_or(Ok(100), |v| v.parse())
         .context("BOOK_LEVELS")?;
-    let only: Option<Vec<String>> = args
-        .next()
-        .map(|s| s.split(',').map(str::to_owned).collect());
-    let scenarios: Vec<&str> = SCENARIOS
-        .into_iter()
-        .filter(|s| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s)))
-        .collect();
-    if !scenarios.contains(&"off") {
-        bail!("the scenarios must include `off`, the baseline");
+    // Optional: a comma-separated subset of the scenarios (for profiling one of them).
+    let scenarios = support::scenarios(&SCENARIOS, args.next())?;
+    if !scenarios.contains(&"off") || rounds == 0 {
+        bail!("the scenarios must include `off`, the baseline, and there must be a round");
     }
     let redis = start_redis()?;
     let url = format!("redis://127.0.0.1:{}/0", redis.port);
@@ -678,10 +667,7 @@ async fn main() -> anyhow::Result<()> {
         if let Some(runs) = results.get(s) {
             println!(
                 "{s}/off throughput per round: {:?}",
-                runs.iter()
-                    .zip(&results["off"])
-                    .map(|(m, o)| format!("{:.3}", m.rps / o.rps))
-                    .collect::<Vec<_>>()
+                per_round(runs.iter().zip(&results["off"]).map(|(m, o)| m.rps / o.rps))
             );
         }
     }
@@ -693,14 +679,16 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "redis round trips per request (EVALSHA calls / requests served, per round): {:?}",
-        round_trips
-            .iter()
-            .map(|r| format!("{r:.3}"))
-            .collect::<Vec<_>>()
+        per_round(round_trips.iter().copied())
     );
     let chosen = scenarios.clone();
     tokio::task::spawn_blocking(move || side_by_side(&chosen, levels, seconds, rounds)).await??;
     Ok(())
+}
+
+/// Per-round figures, three decimals each.
+fn per_round(values: impl Iterator<Item = f64>) -> Vec<String> {
+    values.map(|v| format!("{v:.3}")).collect()
 }
 
 /// Concurrent connections wrk keeps open (`BENCH_CONNECTIONS`, default 32).

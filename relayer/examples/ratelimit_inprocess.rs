@@ -17,6 +17,8 @@
 //! does not touch: `valgrind --tool=cachegrind` at two request counts, and the difference over
 //! the difference in requests is instructions per request.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use relayer::config::RelayerConfig;
 use relayer::ratelimit::config::TierLimit;
 use relayer::ratelimit::store::{CounterStore, MemoryCounters, SystemClock};
 use relayer::store::Store;
+use support::median;
 use tower::{Service, ServiceExt};
 
 /// The relayer binary's allocator, so the relayer measured here is the one that ships.
@@ -104,11 +107,6 @@ async fn run(scenario: &str, n: u32) -> anyhow::Result<f64> {
     Ok(started.elapsed().as_secs_f64() * 1e9 / f64::from(n))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -117,15 +115,9 @@ async fn main() -> anyhow::Result<()> {
         .map_or(Ok(100_000), |s| s.parse())
         .context("requests per run")?;
     let rounds: usize = args.next().map_or(Ok(9), |s| s.parse()).context("rounds")?;
-    let only: Option<Vec<String>> = args
-        .next()
-        .map(|s| s.split(',').map(str::to_owned).collect());
-    let scenarios: Vec<&str> = SCENARIOS
-        .into_iter()
-        .filter(|s| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s)))
-        .collect();
-    if scenarios.is_empty() {
-        bail!("no such scenario; the scenarios are {SCENARIOS:?}");
+    let scenarios = support::scenarios(&SCENARIOS, args.next())?;
+    if scenarios.is_empty() || rounds == 0 {
+        bail!("nothing to run: name at least one scenario and one round");
     }
     let mut results: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
