@@ -197,8 +197,8 @@ struct Entry {
 /// One check's way to its entry in [`MemoryCounters::check_now`].
 struct Probe {
     hash: u64,
-    /// The shard, then the index of its guard.
-    shard: usize,
+    /// The index of its shard's guard.
+    guard: usize,
     /// The entry's slot in the shard's table, when the key is there.
     slot: Option<usize>,
 }
@@ -300,25 +300,26 @@ impl MemoryCounters {
                 let hash = self.hash(c.key);
                 Probe {
                     hash,
-                    shard: shard_of(hash),
+                    guard: 0,
                     slot: None,
                 }
             })
             .collect();
-        let mut shards: SmallVec<[usize; 4]> = probes.iter().map(|p| p.shard).collect();
+        let mut shards: SmallVec<[usize; 4]> = probes.iter().map(|p| shard_of(p.hash)).collect();
         shards.sort_unstable();
         shards.dedup();
         let mut guards: SmallVec<[MutexGuard<'_, HashTable<Entry>>; 4]> =
             shards.iter().map(|i| lock(&self.shards[*i])).collect();
         for probe in &mut probes {
             // NB: `shards` holds every probe's shard, so this always finds it.
-            probe.shard = shards.iter().position(|s| *s == probe.shard).unwrap_or(0);
+            let shard = shard_of(probe.hash);
+            probe.guard = shards.iter().position(|s| *s == shard).unwrap_or(0);
         }
 
         // Phase one: find each key and ask its window.
         let mut admitted = true;
         for (check, probe) in checks.iter().zip(&mut probes) {
-            let table = &mut guards[probe.shard];
+            let table = &mut guards[probe.guard];
             probe.slot = table.find_bucket_index(probe.hash, |e| e.key.get() == check.key);
             match probe.slot.and_then(|i| table.get_bucket_mut(i)) {
                 Some(entry) => admitted &= admits(&mut entry.window, &check.spec, now_ms),
@@ -331,7 +332,7 @@ impl MemoryCounters {
         for (check, probe) in checks.iter().zip(&probes) {
             let entry = probe
                 .slot
-                .and_then(|i| guards[probe.shard].get_bucket_mut(i));
+                .and_then(|i| guards[probe.guard].get_bucket_mut(i));
             outcomes.push(match entry {
                 Some(entry) => {
                     entry.spec = check.spec;
@@ -349,7 +350,7 @@ impl MemoryCounters {
             let mut window = Window::default();
             *outcome = settle(&mut window, &check.spec, now_ms, admitted);
             if admitted {
-                let table = &mut guards[probe.shard];
+                let table = &mut guards[probe.guard];
                 self.make_room(table, now_ms);
                 let entry = Entry {
                     key: StoredKey::new(check.key),
