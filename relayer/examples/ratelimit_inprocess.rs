@@ -8,7 +8,9 @@
 //! - `layer`: the limiter with no tier configured (its fixed cost: the layer and the caller's
 //!   identity);
 //! - `global`: one tier (adds a counter and the five response fields);
-//! - `all`: the four tiers in memory, with the API key resolved for the per-user tier.
+//! - `all`: the four tiers in memory, with the API key resolved for the per-user tier;
+//! - `churn`: `all`, each request from a client IP never seen before, into a store of 10,000
+//!   keys that fills within the first tenth of a run: from then on every request evicts a key.
 //!
 //! `cargo run --release -p relayer --example ratelimit_inprocess -- [requests per run] [rounds]
 //! [scenarios, e.g. off,all]`
@@ -40,7 +42,7 @@ use tower::{Service, ServiceExt};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SCENARIOS: [&str; 4] = ["off", "layer", "global", "all"];
+const SCENARIOS: [&str; 5] = ["off", "layer", "global", "all", "churn"];
 
 fn config(scenario: &str) -> RelayerConfig {
     let mut config = RelayerConfig {
@@ -61,7 +63,7 @@ fn config(scenario: &str) -> RelayerConfig {
     limits.per_endpoint.clear();
     match scenario {
         "layer" => limits.global = None,
-        "all" => {
+        "all" | "churn" => {
             limits.per_ip = huge(60_000);
             limits.per_user = huge(60_000);
             if let Some(limit) = huge(60_000) {
@@ -80,6 +82,7 @@ fn config(scenario: &str) -> RelayerConfig {
 async fn run(scenario: &str, n: u32) -> anyhow::Result<f64> {
     let counters: Option<Arc<dyn CounterStore>> = match scenario {
         "off" => None,
+        "churn" => Some(Arc::new(MemoryCounters::new(10_000, Arc::new(SystemClock)))),
         _ => Some(Arc::new(MemoryCounters::new(
             100_000,
             Arc::new(SystemClock),
@@ -90,10 +93,13 @@ async fn run(scenario: &str, n: u32) -> anyhow::Result<f64> {
         relayer::domain::UserId::parse("userId", "0xa11ce00000000000000000000000000000000001")?;
     let (_, key) = state.exchange().issue_api_key(&user, 0).await?;
     let authorization = format!("Bearer {key}");
-    let peer: SocketAddr = "127.0.0.1:40000".parse()?;
+    let mut peer: SocketAddr = "127.0.0.1:40000".parse()?;
     let mut app = relayer::app(state).into_service::<Body>();
     let started = Instant::now();
-    for _ in 0..n {
+    for i in 0..n {
+        if scenario == "churn" {
+            peer.set_ip(std::net::Ipv4Addr::from(0x0a00_0000_u32.wrapping_add(i)).into());
+        }
         let mut request = Request::get("/v2/depth?marketKey=80002:1")
             .header("authorization", &authorization)
             .body(Body::empty())?;

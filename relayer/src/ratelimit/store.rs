@@ -176,11 +176,14 @@ impl StoredKey {
 /// the standard library's randomly keyed SipHash: client IPs are chosen by the network), and
 /// that hash picks both the shard and the slot in it.
 ///
-/// Memory is bounded: at most `max_keys` counters. A shard over its share first forgets idle
-/// keys (nothing left in their window); if none is idle, the least recently used key.
+/// Memory is bounded: at most `max_keys` counters. A shard over its share forgets its idle keys
+/// (nothing left in their window), sweeping for them at most once every [`SWEEP_EVERY_MS`];
+/// otherwise the least recently used key of [`EVICTION_SAMPLE`] keys taken from a random place.
+/// So a flood of new keys (new client IPs) costs each a bounded eviction, never a pass over the
+/// shard.
 #[derive(Debug)]
 pub struct MemoryCounters {
-    shards: Box<[Mutex<HashTable<Entry>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     per_shard: usize,
     clock: Arc<dyn Clock>,
@@ -193,6 +196,19 @@ struct Entry {
     spec: Spec,
     last_seen_ms: u64,
 }
+
+/// One shard of [`MemoryCounters`]: its keys, and when it last swept out the idle ones.
+#[derive(Debug, Default)]
+struct Shard {
+    table: HashTable<Entry>,
+    swept_ms: u64,
+}
+
+/// A full shard sweeps out its idle keys at most this often.
+const SWEEP_EVERY_MS: u64 = 1_000;
+
+/// How many keys an eviction compares, for the least recently used.
+const EVICTION_SAMPLE: usize = 16;
 
 /// One check's way to its entry in [`MemoryCounters::check_now`].
 struct Probe {
@@ -220,7 +236,7 @@ impl MemoryCounters {
     /// Counters for at most `max_keys` keys, on `clock`.
     pub fn new(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             per_shard: (max_keys / SHARDS).max(1),
             clock,
@@ -263,7 +279,7 @@ impl MemoryCounters {
 
     /// Keys currently held (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| lock(s).table.len()).sum()
     }
 
     /// Whether no key is held.
@@ -271,20 +287,32 @@ impl MemoryCounters {
         self.len() == 0
     }
 
-    fn make_room(&self, table: &mut HashTable<Entry>, now_ms: u64) {
-        if table.len() < self.per_shard {
+    /// Makes room for one more key in a full shard: its idle keys if it has not swept for
+    /// them lately, else the least recently used of [`EVICTION_SAMPLE`] keys found from a place
+    /// that `seed` (a keyed hash, unknown to clients) picks.
+    fn make_room(&self, shard: &mut Shard, now_ms: u64, seed: u64) {
+        if shard.table.len() < self.per_shard {
             return;
         }
-        table.retain(|e| !e.window.is_idle(&e.spec, now_ms));
-        if table.len() >= self.per_shard
-            && let Some(oldest) = table.iter().map(|e| e.last_seen_ms).min()
-        {
-            let mut dropped = false;
-            table.retain(|e| {
-                let drop = !dropped && e.last_seen_ms == oldest;
-                dropped |= drop;
-                !drop
-            });
+        // NB: a clock that stepped back sweeps again at once rather than waiting.
+        if now_ms.abs_diff(shard.swept_ms) >= SWEEP_EVERY_MS {
+            shard.swept_ms = now_ms;
+            shard.table.retain(|e| !e.window.is_idle(&e.spec, now_ms));
+            if shard.table.len() < self.per_shard {
+                return;
+            }
+        }
+        let slots = shard.table.num_buckets();
+        // NB: the remainder is below `slots`, a usize.
+        let start = (seed.rotate_right(16) % slots as u64) as usize;
+        // NB: the shard is full, so it holds a key and the search ends.
+        let oldest = (0..slots)
+            .map(|i| (start + i) % slots)
+            .filter_map(|i| shard.table.get_bucket(i).map(|e| (e.last_seen_ms, i)))
+            .take(EVICTION_SAMPLE)
+            .min();
+        if let Some(Ok(entry)) = oldest.map(|(_, i)| shard.table.get_bucket_entry(i)) {
+            entry.remove();
         }
     }
 
@@ -308,7 +336,7 @@ impl MemoryCounters {
         let mut shards: SmallVec<[usize; 4]> = probes.iter().map(|p| shard_of(p.hash)).collect();
         shards.sort_unstable();
         shards.dedup();
-        let mut guards: SmallVec<[MutexGuard<'_, HashTable<Entry>>; 4]> =
+        let mut guards: SmallVec<[MutexGuard<'_, Shard>; 4]> =
             shards.iter().map(|i| lock(&self.shards[*i])).collect();
         for probe in &mut probes {
             // NB: `shards` holds every probe's shard, so this always finds it.
@@ -319,7 +347,7 @@ impl MemoryCounters {
         // Phase one: find each key and ask its window.
         let mut admitted = true;
         for (check, probe) in checks.iter().zip(&mut probes) {
-            let table = &mut guards[probe.guard];
+            let table = &mut guards[probe.guard].table;
             probe.slot = table.find_bucket_index(probe.hash, |e| e.key.get() == check.key);
             match probe.slot.and_then(|i| table.get_bucket_mut(i)) {
                 Some(entry) => admitted &= admits(&mut entry.window, &check.spec, now_ms),
@@ -332,7 +360,7 @@ impl MemoryCounters {
         for (check, probe) in checks.iter().zip(&probes) {
             let entry = probe
                 .slot
-                .and_then(|i| guards[probe.guard].get_bucket_mut(i));
+                .and_then(|i| guards[probe.guard].table.get_bucket_mut(i));
             outcomes.push(match entry {
                 Some(entry) => {
                     entry.spec = check.spec;
@@ -350,15 +378,17 @@ impl MemoryCounters {
             let mut window = Window::default();
             *outcome = settle(&mut window, &check.spec, now_ms, admitted);
             if admitted {
-                let table = &mut guards[probe.guard];
-                self.make_room(table, now_ms);
+                let shard = &mut guards[probe.guard];
+                self.make_room(shard, now_ms, probe.hash);
                 let entry = Entry {
                     key: StoredKey::new(check.key),
                     window,
                     spec: check.spec,
                     last_seen_ms: now_ms,
                 };
-                table.insert_unique(probe.hash, entry, |e| self.hash(e.key.get()));
+                shard
+                    .table
+                    .insert_unique(probe.hash, entry, |e| self.hash(e.key.get()));
             }
         }
         Decision { outcomes, now_ms }
@@ -508,6 +538,31 @@ mod tests {
                 buckets: 10,
             },
         }
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_evicts_the_least_recently_used_and_stays_bounded() {
+        let clock = Arc::new(ManualClock::default());
+        let store = MemoryCounters::new(SHARDS * 4, clock.clone());
+        let long = |ip: u32, limit: u64| Check {
+            spec: Spec {
+                window_ms: 600_000,
+                limit,
+                buckets: 10,
+            },
+            ..check(ip, limit)
+        };
+        let hot = long(u32::MAX, 1_000_000);
+        for i in 0..20_000_u32 {
+            // Nothing goes idle (ten-minute windows): every new key needs an eviction.
+            clock.0.store(u64::from(i), Ordering::SeqCst);
+            store.check_now(&[long(i, 5)]);
+            let count = store.check_now(std::slice::from_ref(&hot)).outcomes[0].count;
+            assert_eq!(count, u64::from(i) + 1, "the key in use was never evicted");
+            assert!(store.len() <= SHARDS * 4, "{} keys held", store.len());
+        }
+        // The newest key is tracked, not evicted at once.
+        assert_eq!(store.check_now(&[long(19_999, 5)]).outcomes[0].count, 2);
     }
 
     #[test]
