@@ -540,11 +540,8 @@ fn side_by_side(
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let seconds: u64 = args
-        .next()
-        .map_or(Ok(3), |s| s.parse())
-        .context("seconds per run")?;
-    let rounds: usize = args.next().map_or(Ok(7), |s| s.parse()).context("rounds")?;
+    let seconds: u64 = support::arg(args.next(), 3, "seconds per run")?;
+    let rounds: usize = support::arg(args.next(), 7, "rounds")?;
     // Resting levels per side in the market (GET /v2/depth returns up to 50 of them).
     let levels: u64 = std::env::var("BOOK_LEVELS")
         .map_or(Ok(100), |v| v.parse())

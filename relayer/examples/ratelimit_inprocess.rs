@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
@@ -116,11 +116,8 @@ async fn run(scenario: &str, n: u32) -> anyhow::Result<f64> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let n: u32 = args
-        .next()
-        .map_or(Ok(100_000), |s| s.parse())
-        .context("requests per run")?;
-    let rounds: usize = args.next().map_or(Ok(9), |s| s.parse()).context("rounds")?;
+    let n: u32 = support::arg(args.next(), 100_000, "requests per run")?;
+    let rounds: usize = support::arg(args.next(), 9, "rounds")?;
     let scenarios = support::scenarios(&SCENARIOS, args.next())?;
     if scenarios.is_empty() || rounds == 0 {
         bail!("nothing to run: name at least one scenario and one round");

@@ -1,6 +1,20 @@
 //! What the rate-limit benchmarks share: picking scenarios from the command line, and medians.
 
-use anyhow::bail;
+use std::str::FromStr;
+
+use anyhow::{Context as _, bail};
+
+/// An optional positional argument: `default` when it is absent, an error naming `what` when it
+/// does not parse.
+pub fn arg<T>(given: Option<String>, default: T, what: &str) -> anyhow::Result<T>
+where
+    T: FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    given
+        .map_or(Ok(default), |s| s.parse())
+        .context(what.to_owned())
+}
 
 /// The scenarios named in `arg` (comma-separated), in the order of `all`; every one of them
 /// when there is no `arg`. A name that is not one of `all` is an error, not a silent skip.
