@@ -379,35 +379,39 @@ struct Threaded {
 fn start_threaded(scenario: &'static str, levels: u64) -> anyhow::Result<Threaded> {
     let (ready, readied) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
-            let counters: Option<Arc<dyn CounterStore>> = match scenario {
-                "memory" => Some(Arc::new(MemoryCounters::new(
-                    100_000,
-                    Arc::new(SystemClock),
-                ))),
-                _ => None,
-            };
-            let state = AppState::with_limiter(config(), Store::memory(), counters)?;
-            let user = relayer::domain::UserId::parse("userId", USER)?;
-            let (_, key) = state.exchange().issue_api_key(&user, 0).await?;
-            populate(&state, levels).await?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let target = format!(
-                "http://{}/v2/depth?marketKey=80002:1",
-                listener.local_addr()?
-            );
-            let _ = ready.send((target, key, thread_id()?));
-            relayer::serve(listener, state, async move {
-                let _ = stopped.await;
+    // NB: named after the scenario, so a profiler tells the three relayers apart.
+    let thread = std::thread::Builder::new()
+        .name(scenario.to_owned())
+        .spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let counters: Option<Arc<dyn CounterStore>> = match scenario {
+                    "memory" => Some(Arc::new(MemoryCounters::new(
+                        100_000,
+                        Arc::new(SystemClock),
+                    ))),
+                    _ => None,
+                };
+                let state = AppState::with_limiter(config(), Store::memory(), counters)?;
+                let user = relayer::domain::UserId::parse("userId", USER)?;
+                let (_, key) = state.exchange().issue_api_key(&user, 0).await?;
+                populate(&state, levels).await?;
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let target = format!(
+                    "http://{}/v2/depth?marketKey=80002:1",
+                    listener.local_addr()?
+                );
+                let _ = ready.send((target, key, thread_id()?));
+                relayer::serve(listener, state, async move {
+                    let _ = stopped.await;
+                })
+                .await?;
+                Ok(())
             })
-            .await?;
-            Ok(())
         })
-    });
+        .context("spawn a relayer thread")?;
     match readied.recv() {
         Ok((target, key, tid)) => Ok(Threaded {
             target,
