@@ -6,12 +6,15 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::handler::Handler;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::{Json, Router, routing};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use tower::layer::util::Stack;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::domain::{
@@ -20,7 +23,8 @@ use crate::domain::{
 };
 use crate::error::{ApiError, ValidJson};
 use crate::exchange::NewOrder;
-use crate::server::{AppState, now_ms};
+use crate::ratelimit::RateLimitLayer;
+use crate::server::{AppState, FaultLayer, now_ms};
 
 /// Default and largest number of depth levels per side.
 const DEFAULT_DEPTH_LEVELS: usize = 50;
@@ -723,16 +727,55 @@ async fn admin_sagas(
     Ok(Json(serde_json::json!({ "sagas": sagas })))
 }
 
-pub(crate) fn business_routes() -> Router<AppState> {
+pub(crate) fn business_routes(layers: &BusinessLayers) -> Router<AppState> {
     Router::new()
-        .route("/v2/orders", routing::post(place_order))
+        .route("/v2/orders", on(MethodFilter::POST, place_order, layers))
         .route(
             "/v2/orders/{id}",
-            routing::get(get_order).delete(cancel_order),
+            on(MethodFilter::GET, get_order, layers).merge(on(
+                MethodFilter::DELETE,
+                cancel_order,
+                layers,
+            )),
         )
-        .route("/v2/depth", routing::get(depth))
-        .route("/v2/balances/{userId}", routing::get(balances))
-        .route("/orderbook/orders", routing::get(open_orders))
+        .route("/v2/depth", on(MethodFilter::GET, depth, layers))
+        .route(
+            "/v2/balances/{userId}",
+            on(MethodFilter::GET, balances, layers),
+        )
+        .route(
+            "/orderbook/orders",
+            on(MethodFilter::GET, open_orders, layers),
+        )
+}
+
+/// What every business handler runs inside, outermost first: the rate limiter, then injected
+/// faults (so injected faults are rate limited like real work).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BusinessLayers {
+    pub(crate) limit: Option<RateLimitLayer>,
+    pub(crate) faults: Option<FaultLayer>,
+}
+
+/// `handler` for the methods of `filter`, inside `layers`.
+///
+/// NB: the layers wrap the handler itself ([`Handler::layer`]) rather than the route
+/// ([`Router::route_layer`]): a route layer is one more boxed service level, and axum clones a
+/// route's boxed service, with every level nested in it, on each request.
+fn on<H, T>(filter: MethodFilter, handler: H, layers: &BusinessLayers) -> MethodRouter<AppState>
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    match (&layers.limit, &layers.faults) {
+        (None, None) => routing::on(filter, handler),
+        (Some(limit), None) => routing::on(filter, handler.layer(limit.clone())),
+        (None, Some(faults)) => routing::on(filter, handler.layer(faults.clone())),
+        (Some(limit), Some(faults)) => routing::on(
+            filter,
+            handler.layer(Stack::new(faults.clone(), limit.clone())),
+        ),
+    }
 }
 
 /// Probes, metrics and the API document.

@@ -6,10 +6,12 @@
 //! closes, new requests on open connections get 503, in-flight requests run to completion →
 //! after `shutdown.drainTimeoutMs` the process stops waiting for stragglers.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -17,7 +19,9 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
 use tokio::net::TcpListener;
+use tower::{Layer, Service};
 
 use crate::api;
 use crate::config::RelayerConfig;
@@ -195,15 +199,16 @@ impl AppState {
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     let config = state.config();
-    let mut business = api::business_routes();
-    if config.fault_injection.error_rate > 0.0 || config.fault_injection.added_latency_ms > 0 {
-        business =
-            business.route_layer(middleware::from_fn_with_state(state.clone(), inject_faults));
-    }
-    // NB: outside fault injection, so injected faults are rate limited like real work.
-    if state.limiter().is_some() {
-        business = business.route_layer(ratelimit::RateLimitLayer::new(state.clone()));
-    }
+    let faults = &config.fault_injection;
+    let layers = api::BusinessLayers {
+        limit: state
+            .limiter()
+            .is_some()
+            .then(|| ratelimit::RateLimitLayer::new(state.clone())),
+        faults: (faults.error_rate > 0.0 || faults.added_latency_ms > 0)
+            .then(|| FaultLayer(state.clone())),
+    };
+    let business = api::business_routes(&layers);
     let mut router = business.merge(api::ops_routes());
     if config.admin_token.is_some() {
         router = router.merge(api::admin_routes());
@@ -259,21 +264,64 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
     }
 }
 
-/// Adds the configured latency and errors (game days and tests only).
-async fn inject_faults(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let faults = &state.config().fault_injection;
-    if faults.added_latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(faults.added_latency_ms)).await;
+/// Injects the configured faults before a business handler runs: the added latency, then
+/// errors at the configured rate (game days and tests only).
+#[derive(Debug, Clone)]
+pub(crate) struct FaultLayer(AppState);
+
+impl<S> Layer<S> for FaultLayer {
+    type Service = Faults<S>;
+
+    fn layer(&self, inner: S) -> Faults<S> {
+        Faults {
+            inner,
+            state: self.0.clone(),
+        }
     }
-    if faults.error_rate > 0.0 && rand::random::<f64>() < faults.error_rate {
-        return ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "injected_fault",
-            "fault injected by configuration",
-        )
-        .into_response();
+}
+
+/// The service of [`FaultLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct Faults<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> Service<Request> for Faults<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
-    next.run(request).await
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // NB: `poll_ready` readied this instance, not its clones: the ready one goes into the
+        // future, the clone stays for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        Box::pin(async move {
+            let faults = &state.config().fault_injection;
+            if faults.added_latency_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(faults.added_latency_ms)).await;
+            }
+            if faults.error_rate > 0.0 && rand::random::<f64>() < faults.error_rate {
+                return Ok(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "injected_fault",
+                    "fault injected by configuration",
+                )
+                .into_response());
+            }
+            inner.call(request).await
+        })
+    }
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains as described in the

@@ -179,6 +179,23 @@ async fn per_user_and_per_endpoint(redis: Option<&RedisServer>) {
     server.stop().await;
 }
 
+/// The limiter runs before injected faults: a failing route still spends its callers' quota,
+/// and once that is gone they get 429, not the injected 500.
+#[tokio::test]
+async fn injected_faults_are_rate_limited_like_real_work() {
+    let server = Server::start(|c| {
+        per_ip_only(c, 2);
+        c.fault_injection.error_rate = 1.0;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(get(&server, DEPTH, None).await.status().as_u16());
+    }
+    assert_eq!(statuses, [500, 500, 429]);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_spoofed_forwarded_for_from_an_untrusted_peer_does_not_change_the_key() {
     let server = Server::start(|c| per_ip_only(c, 3)).await;

@@ -538,7 +538,8 @@ mod server_side {
             buf.extend_from_slice(digits.format(o.reset_ms.div_ceil(1000)).as_bytes());
             ends[3] = buf.len();
             let buf = buf.freeze();
-            headers.reserve(5);
+            // NB: five fields here, and the content-length axum adds afterwards.
+            headers.reserve(6);
             let mut start = 0;
             for (name, end) in [
                 X_RATELIMIT_LIMIT,
@@ -708,8 +709,9 @@ mod server_side {
         step
     }
 
-    /// The limiter as a tower layer over the business routes. Applied with
-    /// [`axum::Router::route_layer`], so the matched route template is known.
+    /// The limiter as a tower layer over the business routes. It wraps each business handler
+    /// (`axum::handler::Handler::layer`), inside the router, so the matched route template is
+    /// known.
     #[derive(Debug, Clone)]
     pub struct RateLimitLayer {
         state: AppState,
