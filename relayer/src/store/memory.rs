@@ -23,7 +23,12 @@ struct Inner {
     markets: RwLock<HashMap<MarketKey, Arc<Mutex<OrderBook>>>>,
     claims: Mutex<HashMap<String, Claim>>,
     /// API keys by hash, and key id → hash for revocation.
-    api_keys: Mutex<(HashMap<String, ApiKeyRecord>, HashMap<String, String>)>,
+    /// NB: the first map is looked up on every authenticated request, by a SHA-256 digest that
+    /// no client can choose: hashbrown's fast default hasher suits it better than SipHash.
+    api_keys: Mutex<(
+        hashbrown::HashMap<String, ApiKeyRecord>,
+        HashMap<String, String>,
+    )>,
     /// Saga log entries by saga id.
     sagas: Mutex<HashMap<String, SagaEntry>>,
 }
