@@ -751,7 +751,7 @@ pub(crate) fn business_routes(layers: &BusinessLayers) -> Router<AppState> {
 
 /// What every business handler runs inside, outermost first: the rate limiter, then injected
 /// faults (so injected faults are rate limited like real work).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct BusinessLayers {
     pub(crate) limit: Option<RateLimitLayer>,
     pub(crate) faults: Option<FaultLayer>,

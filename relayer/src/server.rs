@@ -301,10 +301,7 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        // NB: `poll_ready` readied this instance, not its clones: the ready one goes into the
-        // future, the clone stays for the next call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_readied(&mut self.inner);
         let state = self.state.clone();
         Box::pin(async move {
             let faults = &state.config().fault_injection;
@@ -322,6 +319,13 @@ where
             inner.call(request).await
         })
     }
+}
+
+/// The service `poll_ready` readied, for a future that calls it later; a clone takes its place
+/// for the next call. (Only the readied instance may be called: its clones are not ready.)
+pub(crate) fn take_readied<S: Clone>(service: &mut S) -> S {
+    let clone = service.clone();
+    std::mem::replace(service, clone)
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains as described in the

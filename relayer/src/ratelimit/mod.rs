@@ -807,10 +807,7 @@ mod server_side {
                     response: ready(Ok(response)),
                 },
                 None => {
-                    // NB: `poll_ready` readied this instance, not its clones: the ready one goes
-                    // into the future, the clone stays for the next call.
-                    let clone = self.inner.clone();
-                    let mut inner = std::mem::replace(&mut self.inner, clone);
+                    let mut inner = crate::server::take_readied(&mut self.inner);
                     let state = self.state.clone();
                     let future = async move {
                         let Some(limiter) = state.limiter() else {
