@@ -14,6 +14,7 @@ use axum::routing::{MethodFilter, MethodRouter};
 use axum::{Json, Router, routing};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use tower::Layer;
 use tower::layer::util::Stack;
 use utoipa::{OpenApi, ToSchema};
 
@@ -753,27 +754,32 @@ pub(crate) fn business_routes(layers: &BusinessLayers) -> Router<AppState> {
 /// faults (so injected faults are rate limited like real work).
 #[derive(Debug, Clone)]
 pub(crate) struct BusinessLayers {
+    /// The state the handlers are bound to when a layer wraps them.
+    pub(crate) state: AppState,
     pub(crate) limit: Option<RateLimitLayer>,
     pub(crate) faults: Option<FaultLayer>,
 }
 
 /// `handler` for the methods of `filter`, inside `layers`.
 ///
-/// NB: the layers wrap the handler itself ([`Handler::layer`]) rather than the route
-/// ([`Router::route_layer`]): a route layer is one more boxed service level, and axum clones a
-/// route's boxed service, with every level nested in it, on each request.
+/// NB: the layers wrap the handler's own service (`handler.with_state(..)`), the endpoint the
+/// route calls, rather than the route ([`Router::route_layer`]) or the handler
+/// ([`Handler::layer`]). A route layer is one more boxed service level, which axum clones on
+/// every request; a handler layer builds its service anew on every request and drives it
+/// through a oneshot future of its own. Wrapping the endpoint costs neither.
 fn on<H, T>(filter: MethodFilter, handler: H, layers: &BusinessLayers) -> MethodRouter<AppState>
 where
     H: Handler<T, AppState>,
     T: 'static,
 {
+    let endpoint = || handler.clone().with_state(layers.state.clone());
     match (&layers.limit, &layers.faults) {
         (None, None) => routing::on(filter, handler),
-        (Some(limit), None) => routing::on(filter, handler.layer(limit.clone())),
-        (None, Some(faults)) => routing::on(filter, handler.layer(faults.clone())),
-        (Some(limit), Some(faults)) => routing::on(
+        (Some(limit), None) => routing::on_service(filter, limit.layer(endpoint())),
+        (None, Some(faults)) => routing::on_service(filter, faults.layer(endpoint())),
+        (Some(limit), Some(faults)) => routing::on_service(
             filter,
-            handler.layer(Stack::new(faults.clone(), limit.clone())),
+            Stack::new(faults.clone(), limit.clone()).layer(endpoint()),
         ),
     }
 }

@@ -201,6 +201,7 @@ pub fn app(state: AppState) -> Router {
     let config = state.config();
     let faults = &config.fault_injection;
     let layers = api::BusinessLayers {
+        state: state.clone(),
         limit: state
             .limiter()
             .is_some()

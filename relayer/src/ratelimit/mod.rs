@@ -709,9 +709,9 @@ mod server_side {
         step
     }
 
-    /// The limiter as a tower layer over the business routes. It wraps each business handler
-    /// (`axum::handler::Handler::layer`), inside the router, so the matched route template is
-    /// known.
+    /// The limiter as a tower layer over the business routes. It wraps each business handler's
+    /// service (`handler.with_state(..)`), the endpoint the router calls once it has matched
+    /// the route, so the matched route template is known.
     #[derive(Debug, Clone)]
     pub struct RateLimitLayer {
         state: AppState,
