@@ -461,7 +461,11 @@ mod server_side {
                         // NB: counts are far below 2^53; the ratio is exact enough for a gauge.
                         #[allow(clippy::cast_precision_loss)]
                         let used = outcome.count as f64 / outcome.limit.max(1) as f64;
-                        m.usage.set(used.min(1.0));
+                        // NB: a plain store: `Gauge::set` swaps, a locked instruction, for the old
+                        // value nobody reads.
+                        m.usage
+                            .inner()
+                            .store(used.min(1.0).to_bits(), Ordering::Relaxed);
                         if denied {
                             if denying
                                 .is_none_or(|d| outcome.retry_after_ms > d.outcome.retry_after_ms)
