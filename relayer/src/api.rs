@@ -728,21 +728,24 @@ async fn admin_sagas(
     Ok(Json(serde_json::json!({ "sagas": sagas })))
 }
 
+/// The business routes inside `layers`; those whose handler reads the caller's user
+/// ([`ApiUser`]) are handed the user the rate limiter resolved.
 pub(crate) fn business_routes(layers: &BusinessLayers) -> Router<AppState> {
+    let user = &layers.for_api_user();
     Router::new()
-        .route("/v2/orders", on(MethodFilter::POST, place_order, layers))
+        .route("/v2/orders", on(MethodFilter::POST, place_order, user))
         .route(
             "/v2/orders/{id}",
-            on(MethodFilter::GET, get_order, layers).merge(on(
+            on(MethodFilter::GET, get_order, user).merge(on(
                 MethodFilter::DELETE,
                 cancel_order,
-                layers,
+                user,
             )),
         )
         .route("/v2/depth", on(MethodFilter::GET, depth, layers))
         .route(
             "/v2/balances/{userId}",
-            on(MethodFilter::GET, balances, layers),
+            on(MethodFilter::GET, balances, user),
         )
         .route(
             "/orderbook/orders",
@@ -758,6 +761,17 @@ pub(crate) struct BusinessLayers {
     pub(crate) state: AppState,
     pub(crate) limit: Option<RateLimitLayer>,
     pub(crate) faults: Option<FaultLayer>,
+}
+
+impl BusinessLayers {
+    /// The layers for a handler that reads the caller's user ([`ApiUser`]): the limiter hands
+    /// over the user it resolved the API key to.
+    fn for_api_user(&self) -> Self {
+        Self {
+            limit: self.limit.clone().map(RateLimitLayer::handing_over_user),
+            ..self.clone()
+        }
+    }
 }
 
 /// `handler` for the methods of `filter`, inside `layers`.

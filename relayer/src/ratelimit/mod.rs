@@ -89,8 +89,9 @@ mod server_side {
         tier: &'static str,
     }
 
-    /// The user an API key resolved to, left in the request's extensions by the limiter so the
-    /// handler does not look the key up again.
+    /// The user an API key resolved to, left in the request's extensions by a limiter that hands
+    /// it over ([`RateLimitLayer::handing_over_user`]) so the handler does not look the key up
+    /// again.
     #[derive(Debug, Clone)]
     pub struct ResolvedUser(pub Option<UserId>);
 
@@ -677,16 +678,27 @@ mod server_side {
         (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
     }
 
-    /// Leaves the user an API key resolved to for the handler, when the request goes on.
-    fn hand_over(request: &mut Request, step: &Step, user: Option<Option<UserId>>) {
-        if let (Step::Admit(_), Some(user)) = (step, user) {
+    /// Leaves the user an API key resolved to for the handler, when the request goes on and the
+    /// handler reads it (`to_handler`).
+    fn hand_over(
+        request: &mut Request,
+        step: &Step,
+        user: Option<Option<UserId>>,
+        to_handler: bool,
+    ) {
+        if let (true, Step::Admit(_), Some(user)) = (to_handler, step, user) {
             request.extensions_mut().insert(ResolvedUser(user));
         }
     }
 
     /// Decides `request` when neither the API keys nor the counters need waiting for (both in
     /// memory); `None` when one would wait, and then nothing was counted.
-    fn admit_now(state: &AppState, limiter: &Limiter, request: &mut Request) -> Option<Step> {
+    fn admit_now(
+        state: &AppState,
+        limiter: &Limiter,
+        request: &mut Request,
+        hand_over_user: bool,
+    ) -> Option<Step> {
         let caller = limiter.caller(request);
         // `None`: no key looked up (or the lookup failed: the handler's own lookup then answers
         // 503 as usual); `Some(None)`: a key that names no user.
@@ -696,12 +708,17 @@ mod server_side {
         };
         let checks = caller.checks(limiter, user.as_ref().and_then(Option::as_ref));
         let step = limiter.step(&checks, limiter.decide_now(&checks)?);
-        hand_over(request, &step, user);
+        hand_over(request, &step, user, hand_over_user);
         Some(step)
     }
 
     /// [`admit_now`], waiting for the stores.
-    async fn admit(state: &AppState, limiter: &Limiter, request: &mut Request) -> Step {
+    async fn admit(
+        state: &AppState,
+        limiter: &Limiter,
+        request: &mut Request,
+        hand_over_user: bool,
+    ) -> Step {
         let caller = limiter.caller(request);
         let user = match caller.api_key {
             Some(key) => state.exchange().authenticate(key).await.ok(),
@@ -709,7 +726,7 @@ mod server_side {
         };
         let checks = caller.checks(limiter, user.as_ref().and_then(Option::as_ref));
         let step = limiter.step(&checks, limiter.decide(&checks).await);
-        hand_over(request, &step, user);
+        hand_over(request, &step, user, hand_over_user);
         step
     }
 
@@ -719,12 +736,28 @@ mod server_side {
     #[derive(Debug, Clone)]
     pub struct RateLimitLayer {
         state: AppState,
+        hand_over_user: bool,
     }
 
     impl RateLimitLayer {
         /// The layer for the relayer's state (a no-op when its limiter is off).
         pub fn new(state: AppState) -> Self {
-            Self { state }
+            Self {
+                state,
+                hand_over_user: false,
+            }
+        }
+
+        /// The layer for a handler that reads the caller's user: the user the limiter resolved
+        /// an API key to is left in the request as [`ResolvedUser`]. Other handlers are spared
+        /// the clone and the extension (a handler that reads the user without it looks the key
+        /// up itself).
+        #[must_use]
+        pub fn handing_over_user(self) -> Self {
+            Self {
+                hand_over_user: true,
+                ..self
+            }
         }
     }
 
@@ -735,6 +768,7 @@ mod server_side {
             RateLimit {
                 inner,
                 state: self.state.clone(),
+                hand_over_user: self.hand_over_user,
             }
         }
     }
@@ -746,6 +780,7 @@ mod server_side {
     pub struct RateLimit<S> {
         inner: S,
         state: AppState,
+        hand_over_user: bool,
     }
 
     pin_project! {
@@ -802,7 +837,7 @@ mod server_side {
                     headers: None,
                 };
             };
-            match admit_now(&self.state, limiter, &mut request) {
+            match admit_now(&self.state, limiter, &mut request, self.hand_over_user) {
                 Some(Step::Admit(headers)) => ResponseFuture::Admitted {
                     inner: self.inner.call(request),
                     headers,
@@ -813,12 +848,13 @@ mod server_side {
                 None => {
                     let mut inner = crate::server::take_readied(&mut self.inner);
                     let state = self.state.clone();
+                    let hand_over_user = self.hand_over_user;
                     let future = async move {
                         let Some(limiter) = state.limiter() else {
                             let Ok(response) = inner.call(request).await;
                             return response;
                         };
-                        match admit(&state, limiter, &mut request).await {
+                        match admit(&state, limiter, &mut request, hand_over_user).await {
                             Step::Admit(headers) => {
                                 let Ok(mut response) = inner.call(request).await;
                                 if let Some(headers) = headers {
@@ -988,6 +1024,59 @@ mod server_side {
                 Some(r#""global";q=10000;w=1, "perIp";q=100;w=60, "perUser";q=200;w=60"#)
             );
             assert_eq!(depth.tiers(), [Tier::Global, Tier::PerIp, Tier::PerUser]);
+        }
+
+        /// Whether the handler behind a [`RateLimit`] finds the user the limiter resolved.
+        async fn handler_finds_user(layer: RateLimitLayer, key: &str) -> Option<Option<UserId>> {
+            let handler = tower::service_fn(|request: Request| async move {
+                let found = request.extensions().get::<ResolvedUser>().cloned();
+                let mut response = Response::new(axum::body::Body::empty());
+                response.extensions_mut().insert(found);
+                Ok::<_, Infallible>(response)
+            });
+            let mut service = layer.layer(handler);
+            let mut request = Request::new(axum::body::Body::empty());
+            *request.uri_mut() = axum::http::Uri::from_static("/v2/orders");
+            request.headers_mut().insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {key}")).expect("header"),
+            );
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 9))));
+            let Ok(response) = service.call(request).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert!(response.headers().contains_key(X_RATELIMIT_LIMIT));
+            response
+                .extensions()
+                .get::<Option<ResolvedUser>>()
+                .cloned()
+                .flatten()
+                .map(|r| r.0)
+        }
+
+        #[tokio::test]
+        async fn the_resolved_user_is_handed_only_to_handlers_that_read_it() {
+            let state = AppState::with_limiter(
+                crate::config::RelayerConfig::default(),
+                crate::store::Store::memory(),
+                Some(Arc::new(MemoryCounters::new(1_000, Arc::new(SystemClock)))),
+            )
+            .expect("state");
+            let user = UserId::parse("userId", "0x1111111111111111111111111111111111111111")
+                .expect("user");
+            let (_, key) = state.exchange().issue_api_key(&user, 0).await.expect("key");
+            let layer = RateLimitLayer::new(state);
+            assert_eq!(
+                handler_finds_user(layer.clone().handing_over_user(), &key).await,
+                Some(Some(user.clone()))
+            );
+            assert_eq!(
+                handler_finds_user(layer.clone().handing_over_user(), "not-a-key").await,
+                Some(None),
+                "a key that names nobody is handed over as such"
+            );
+            assert_eq!(handler_finds_user(layer, &key).await, None);
         }
 
         #[test]
