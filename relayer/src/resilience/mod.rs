@@ -1,10 +1,12 @@
 //! Resilience building blocks, usable on their own:
 //! - [`breaker`]: circuit breakers and their registry;
+//! - [`backoff`]: the one backoff schedule every retry loop uses (built without `server`);
 //! - [`retry`]: exponential backoff with full jitter, strategies, classifiers, a retry budget;
 //! - [`saga`]: steps with compensations, an executor with events and metrics.
 //!
 //! [`config`] holds their settings and builds without the `server` feature.
 
+pub mod backoff;
 pub mod config;
 
 #[cfg(feature = "server")]

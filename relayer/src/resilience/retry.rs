@@ -19,76 +19,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-/// Backoff settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// Upper bound of the first delay.
-    pub initial_delay: Duration,
-    /// Upper bound of any delay.
-    pub max_delay: Duration,
-    /// Growth of the bound per retry.
-    pub backoff_multiplier: f64,
-    /// Full jitter (true) or the bound itself (false).
-    pub jitter: bool,
-}
-
-impl RetryPolicy {
-    const fn strategy(max_retries: u32, initial_ms: u64, max_ms: u64) -> Self {
-        Self {
-            max_retries,
-            initial_delay: Duration::from_millis(initial_ms),
-            max_delay: Duration::from_millis(max_ms),
-            backoff_multiplier: 2.0,
-            jitter: true,
-        }
-    }
-
-    /// Idempotent, latency-sensitive calls: 3 retries, 100 ms to 1 s.
-    pub const FAST: Self = Self::strategy(3, 100, 1_000);
-    /// General purpose: 3 retries, 1 s to 10 s.
-    pub const STANDARD: Self = Self::strategy(3, 1_000, 10_000);
-    /// External services: 5 retries, 2 s to 60 s.
-    pub const SLOW: Self = Self::strategy(5, 2_000, 60_000);
-    /// On-chain operations: 5 retries, 3 s to 30 s.
-    pub const BLOCKCHAIN: Self = Self::strategy(5, 3_000, 30_000);
-
-    /// A strategy by its seed name: `fast`, `standard`, `slow`, `blockchain`.
-    pub fn named(name: &str) -> Option<Self> {
-        match name {
-            "fast" => Some(Self::FAST),
-            "standard" => Some(Self::STANDARD),
-            "slow" => Some(Self::SLOW),
-            "blockchain" => Some(Self::BLOCKCHAIN),
-            _ => None,
-        }
-    }
-
-    /// The upper bound of the delay before retry `retry` (0-based).
-    pub fn bound(&self, retry: u32) -> Duration {
-        let exp = self
-            .backoff_multiplier
-            .max(1.0)
-            .powi(i32::try_from(retry).unwrap_or(i32::MAX));
-        let bound = self.initial_delay.as_secs_f64() * exp;
-        if !bound.is_finite() || bound >= self.max_delay.as_secs_f64() {
-            self.max_delay
-        } else {
-            Duration::from_secs_f64(bound)
-        }
-    }
-
-    /// The delay before retry `retry`, with `unit` a uniform draw from `[0, 1)`.
-    pub fn delay(&self, retry: u32, unit: f64) -> Duration {
-        let bound = self.bound(retry);
-        if self.jitter {
-            bound.mul_f64(unit.clamp(0.0, 1.0))
-        } else {
-            bound
-        }
-    }
-}
+pub use super::backoff::RetryPolicy;
 
 /// HTTP statuses worth retrying: 408, 429, 500, 502, 503, 504.
 pub fn is_retryable_status(status: u16) -> bool {
