@@ -30,25 +30,28 @@
 //! in another slot; its expiry is set after the match by a best-effort follow-up (a claim whose
 //! follow-up was lost keeps no TTL: the durable saga's sweeper is to collect it).
 
-use std::collections::{BTreeMap, HashMap};
+mod keys;
+mod scripts;
+mod wire;
+
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
-use serde::Deserialize;
+use redis::{RedisError, Script};
 
+use self::keys::SAGA_SHARDS;
+use self::scripts::Scripts;
+use self::wire::{
+    WireOrder, WireRelease, asset_field, bucket_code, classify, corrupt, from_json, parse_account,
+    parse_claim, parse_fill, parse_num, parse_order, parse_status, side_code, to_json, unavailable,
+};
 use super::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, SagaEntry, StoreError};
 use crate::book::{CancelError, Level, MakerRelease, MatchOutcome, UndoOutcome};
-use crate::domain::{
-    Account, Asset, Balance, BalanceError, Bucket, Fill, MarketKey, Move, Order, OrderStatus, Side,
-    UserId,
-};
-
-const NUM_LUA: &str = include_str!("lua/num.lua");
-const BOOK_LUA: &str = include_str!("lua/book.lua");
+use crate::domain::{Account, Asset, BalanceError, MarketKey, Move, Order, UserId};
 
 /// How to reach Redis and how to lay keys out in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,41 +81,6 @@ struct Inner {
     scripts: Scripts,
 }
 
-struct Scripts {
-    apply_moves: Script,
-    match_order: Script,
-    cancel_order: Script,
-    depth: Script,
-    open_orders: Script,
-    claim: Script,
-    finish_claim: Script,
-    delete_api_key: Script,
-    undo_match: Script,
-    saga_write: Script,
-    saga_claim: Script,
-    saga_delete: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        let book = |body: &str| Script::new(&format!("{NUM_LUA}{BOOK_LUA}{body}"));
-        Self {
-            apply_moves: Script::new(&format!("{NUM_LUA}{}", include_str!("lua/apply_moves.lua"))),
-            match_order: book(include_str!("lua/match_order.lua")),
-            cancel_order: book(include_str!("lua/cancel_order.lua")),
-            depth: book(include_str!("lua/depth.lua")),
-            open_orders: book(include_str!("lua/open_orders.lua")),
-            claim: Script::new(include_str!("lua/claim.lua")),
-            finish_claim: Script::new(include_str!("lua/finish_claim.lua")),
-            delete_api_key: Script::new(include_str!("lua/delete_api_key.lua")),
-            undo_match: book(include_str!("lua/undo_match.lua")),
-            saga_write: Script::new(include_str!("lua/saga_write.lua")),
-            saga_claim: Script::new(include_str!("lua/saga_claim.lua")),
-            saga_delete: Script::new(include_str!("lua/saga_delete.lua")),
-        }
-    }
-}
-
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
@@ -120,26 +88,6 @@ impl fmt::Debug for RedisStore {
             .field("timeout", &self.inner.timeout)
             .field("retention_ms", &self.inner.retention_ms)
             .finish_non_exhaustive()
-    }
-}
-
-fn unavailable(what: &str, e: impl fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("redis {what}: {e}"))
-}
-
-fn corrupt(what: &str, detail: impl fmt::Display) -> StoreError {
-    tracing::error!(%detail, what, "unexpected data in redis");
-    StoreError::Corrupt(format!("redis {what}: {detail}"))
-}
-
-/// A server's refusal of our own script or an answer we cannot read is a defect or corrupt
-/// data; everything else (I/O, refused connections, LOADING, BUSY, …) means "not now".
-fn classify(what: &str, e: RedisError) -> StoreError {
-    match e.kind() {
-        ErrorKind::Server(ServerErrorKind::ResponseError)
-        | ErrorKind::Parse
-        | ErrorKind::UnexpectedReturnType => corrupt(what, e),
-        _ => unavailable(what, e),
     }
 }
 
@@ -209,30 +157,6 @@ impl RedisStore {
             async move { invocation.invoke_async(&mut conn).await },
         )
         .await
-    }
-
-    fn account_key(&self, user: &UserId) -> String {
-        format!("{}{{u:{user}}}", self.inner.prefix)
-    }
-
-    fn market_key(&self, market: &MarketKey) -> String {
-        format!("{}{{m:{market}}}", self.inner.prefix)
-    }
-
-    fn claim_key(&self, order_id: &str) -> String {
-        format!("{}{{c:{order_id}}}", self.inner.prefix)
-    }
-
-    fn saga_key(&self, id: &str) -> String {
-        self.saga_shard_key(saga_shard(id))
-    }
-
-    fn saga_shard_key(&self, shard: u64) -> String {
-        format!("{}{{sagas:{shard}}}", self.inner.prefix)
-    }
-
-    fn api_keys_key(&self) -> String {
-        format!("{}{{apikeys}}", self.inner.prefix)
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
@@ -843,285 +767,5 @@ impl RedisStore {
             )
             .await?;
         Ok(reply.first().map(String::as_str) == Some("1"))
-    }
-}
-
-/// Number of hashes the saga log is spread over.
-pub const SAGA_SHARDS: u64 = 16;
-
-/// The shard of a saga id (FNV-1a, stable across processes and builds).
-fn saga_shard(id: &str) -> u64 {
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    hash % SAGA_SHARDS
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| corrupt("encode", e))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> Result<T, StoreError> {
-    serde_json::from_str(raw).map_err(|e| corrupt(what, e))
-}
-
-fn parse_num<T: std::str::FromStr>(what: &str, raw: Option<&String>) -> Result<T, StoreError> {
-    raw.and_then(|r| r.parse().ok())
-        .ok_or_else(|| corrupt(what, format!("not a number: {raw:?}")))
-}
-
-fn asset_field(asset: &Asset) -> String {
-    match asset {
-        Asset::Collateral => "c".to_owned(),
-        Asset::Shares(m) => format!("s:{m}"),
-    }
-}
-
-fn bucket_code(bucket: Bucket) -> &'static str {
-    match bucket {
-        Bucket::Available => "a",
-        Bucket::Reserved => "r",
-        Bucket::External => "e",
-    }
-}
-
-fn side_code(side: Side) -> &'static str {
-    match side {
-        Side::Buy => "buy",
-        Side::Sell => "sell",
-    }
-}
-
-fn parse_status(raw: &str) -> Result<OrderStatus, StoreError> {
-    match raw {
-        "open" => Ok(OrderStatus::Open),
-        "partially_filled" => Ok(OrderStatus::PartiallyFilled),
-        "filled" => Ok(OrderStatus::Filled),
-        "cancelled" => Ok(OrderStatus::Cancelled),
-        other => Err(corrupt("order status", other)),
-    }
-}
-
-/// An account from its hash's fields (`c:a`, `c:r`, `s:<market>:a`, `s:<market>:r`).
-fn parse_account(flat: &[String]) -> Result<Account, StoreError> {
-    let mut account = Account::default();
-    let mut shares: BTreeMap<MarketKey, Balance> = BTreeMap::new();
-    for pair in flat.chunks(2) {
-        let [field, value] = pair else {
-            return Err(corrupt("account", "odd number of fields"));
-        };
-        let amount: u128 = parse_num("balance", Some(value))?;
-        let (asset, bucket) = field
-            .rsplit_once(':')
-            .ok_or_else(|| corrupt("account field", field))?;
-        let balance = if asset == "c" {
-            &mut account.collateral
-        } else {
-            let market = asset
-                .strip_prefix("s:")
-                .and_then(|m| MarketKey::parse("marketKey", m).ok())
-                .ok_or_else(|| corrupt("account field", field))?;
-            shares.entry(market).or_default()
-        };
-        match bucket {
-            "a" => balance.available = amount,
-            "r" => balance.reserved = amount,
-            _ => return Err(corrupt("account field", field)),
-        }
-    }
-    account.shares = shares;
-    Ok(account)
-}
-
-fn parse_claim(claim: Option<&String>, result: Option<&String>) -> Result<Claim, StoreError> {
-    let raw = claim.ok_or_else(|| corrupt("claim", "missing"))?;
-    let mut claim: Claim = from_json("claim", raw)?;
-    claim.result = match result.map(String::as_str) {
-        None | Some("") => None,
-        Some(r) => Some(from_json("placement record", r)?),
-    };
-    Ok(claim)
-}
-
-/// An order as the scripts keep it: every field a decimal string.
-#[derive(Debug, Deserialize)]
-struct WireOrder {
-    id: String,
-    user: String,
-    side: String,
-    price: String,
-    amount: String,
-    filled: String,
-    notional: String,
-    reserved: String,
-    paid: String,
-    status: String,
-    seq: String,
-    created: String,
-}
-
-impl WireOrder {
-    fn from_fields(mut f: HashMap<String, String>) -> Result<Self, StoreError> {
-        let mut take = |k: &str| {
-            f.remove(k)
-                .ok_or_else(|| corrupt("order", format!("missing field {k}")))
-        };
-        Ok(Self {
-            id: take("id")?,
-            user: take("user")?,
-            side: take("side")?,
-            price: take("price")?,
-            amount: take("amount")?,
-            filled: take("filled")?,
-            notional: take("notional")?,
-            reserved: take("reserved")?,
-            paid: take("paid")?,
-            status: take("status")?,
-            seq: take("seq")?,
-            created: take("created")?,
-        })
-    }
-
-    fn into_order(self, market: &MarketKey) -> Result<Order, StoreError> {
-        let side = match self.side.as_str() {
-            "buy" => Side::Buy,
-            "sell" => Side::Sell,
-            other => return Err(corrupt("order side", other)),
-        };
-        Ok(Order {
-            market_key: market.clone(),
-            user_id: UserId::parse("userId", &self.user).map_err(|e| corrupt("order user", e))?,
-            side,
-            price: parse_num("price", Some(&self.price))?,
-            amount: parse_num("amount", Some(&self.amount))?,
-            filled: parse_num("filled", Some(&self.filled))?,
-            notional: parse_num("notional", Some(&self.notional))?,
-            reserved: parse_num("reserved", Some(&self.reserved))?,
-            paid: parse_num("paid", Some(&self.paid))?,
-            status: parse_status(&self.status)?,
-            seq: parse_num("seq", Some(&self.seq))?,
-            created_at_ms: parse_num("created", Some(&self.created))?,
-            order_id: self.id,
-        })
-    }
-}
-
-fn parse_order(market: &MarketKey, raw: &str) -> Result<Order, StoreError> {
-    from_json::<WireOrder>("order", raw)?.into_order(market)
-}
-
-/// A fill as `match_order.lua` reports it.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireFill {
-    trade_id: String,
-    maker: String,
-    taker: String,
-    buyer: String,
-    seller: String,
-    buy_order: String,
-    sell_order: String,
-    price: String,
-    amount: String,
-    collateral: String,
-    refund: String,
-    maker_done: String,
-}
-
-/// A maker release as `undo_match.lua` reports it.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireRelease {
-    trade_id: String,
-    order_id: String,
-    user: String,
-    side: String,
-    amount: String,
-}
-
-/// A fill, and whether its maker order finished with it.
-fn parse_fill(market: &MarketKey, raw: &str) -> Result<(Fill, bool), StoreError> {
-    let w: WireFill = from_json("fill", raw)?;
-    let user = |u: &str| UserId::parse("userId", u).map_err(|e| corrupt("fill user", e));
-    let fill = Fill {
-        trade_id: w.trade_id,
-        market_key: market.clone(),
-        maker_order_id: w.maker,
-        taker_order_id: w.taker,
-        buyer: user(&w.buyer)?,
-        seller: user(&w.seller)?,
-        buy_order_id: w.buy_order,
-        sell_order_id: w.sell_order,
-        price: parse_num("price", Some(&w.price))?,
-        amount: parse_num("amount", Some(&w.amount))?,
-        collateral: parse_num("collateral", Some(&w.collateral))?,
-        buyer_refund: parse_num("refund", Some(&w.refund))?,
-    };
-    Ok((fill, w.maker_done == "1"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accounts_parse_from_hash_fields() {
-        let flat: Vec<String> = [
-            "c:a",
-            "10",
-            "c:r",
-            "5",
-            "s:80002:1:a",
-            "7",
-            "s:80002:1:r",
-            "0",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let account = parse_account(&flat).expect("valid");
-        assert_eq!(
-            account.collateral,
-            Balance {
-                available: 10,
-                reserved: 5
-            }
-        );
-        let market = MarketKey::parse("m", "80002:1").expect("valid");
-        assert_eq!(account.balance(&Asset::Shares(market)).available, 7);
-        assert!(parse_account(&["x:a".to_owned(), "1".to_owned()]).is_err());
-        assert!(parse_account(&["c:a".to_owned(), "-1".to_owned()]).is_err());
-    }
-
-    #[test]
-    fn keys_carry_one_hash_tag_per_slot() {
-        // NB: the lazy connection manager spawns a task, so it needs a runtime; it never
-        // connects here.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let _guard = rt.enter();
-        let store = RedisStore::new(&RedisSettings {
-            url: "redis://127.0.0.1:1/".to_owned(),
-            key_prefix: "fs:".to_owned(),
-            command_timeout: Duration::from_millis(10),
-            order_retention: Duration::from_secs(1),
-        })
-        .expect("store");
-        let user = UserId::parse("u", &format!("0x{}", "ab".repeat(20))).expect("valid");
-        let market = MarketKey::parse("m", "80002:7").expect("valid");
-        assert_eq!(store.account_key(&user), format!("fs:{{u:{user}}}"));
-        assert_eq!(store.market_key(&market), "fs:{m:80002:7}");
-        assert_eq!(store.claim_key("o-1"), "fs:{c:o-1}");
-        assert_eq!(store.api_keys_key(), "fs:{apikeys}");
-        assert_eq!(
-            store.saga_key("o-1"),
-            format!("fs:{{sagas:{}}}", saga_shard("o-1"))
-        );
-        let shards: std::collections::BTreeSet<u64> = (0..200)
-            .map(|i| saga_shard(&format!("order-{i}")))
-            .collect();
-        assert_eq!(shards.len(), 16, "ids spread over every shard");
     }
 }
