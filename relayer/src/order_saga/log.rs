@@ -10,22 +10,66 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::{Deps, OrderCtx, OrderSagaData, OrderSagas, SAGA};
-use crate::config::ORDER_SAGA_STEPS;
+use super::{Deps, OrderCtx, OrderSagaData, OrderSagas, SAGA, Step};
 use crate::resilience::saga::{SagaEvent, SagaObserver};
 use crate::server::now_ms;
 use crate::store::{SagaEntry, StoreError};
 
 /// The log entry's record: the data and where the saga is.
+///
+/// NB: its JSON is what a running (older or newer) replica reads back to recover the saga, so
+/// its shape does not change: the step is its position ([`Step::index`]), the phase
+/// `forward` or `backward`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct LogRecord {
     pub(super) data: OrderSagaData,
-    /// Index of the step started last (forward) or that failed (backward).
-    pub(super) step: usize,
-    /// `forward` or `backward`.
-    pub(super) phase: String,
+    /// Position of the step started last (forward) or that failed (backward); read with
+    /// [`LogRecord::step`].
+    step: usize,
+    pub(super) phase: Phase,
     pub(super) error: Option<String>,
+}
+
+impl LogRecord {
+    /// The record of where `ctx` is now.
+    fn of(ctx: &OrderCtx, error: Option<String>) -> Self {
+        Self {
+            data: ctx.data.clone(),
+            step: ctx.step().index(),
+            phase: ctx.phase(),
+            error,
+        }
+    }
+
+    /// The step recorded; `None` when the position names no step (data this build did not
+    /// write).
+    pub(super) fn step(&self) -> Option<Step> {
+        Step::from_index(self.step)
+    }
+}
+
+/// Which way a saga is going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Compensating.
+    Backward,
+    /// Running its steps.
+    // NB: any phase other than `backward` has always been read as forward (and serde wants
+    // the catch-all last).
+    #[serde(other)]
+    Forward,
+}
+
+impl Phase {
+    /// `forward` or `backward`, as in the log.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Forward => "forward",
+            Phase::Backward => "backward",
+        }
+    }
 }
 
 /// Whether a saga may take its next step.
@@ -57,18 +101,7 @@ pub(super) struct DurableLog;
 impl DurableLog {
     async fn write(ctx: &OrderCtx, state: &str, error: Option<String>) {
         let deps = &ctx.deps;
-        let record = LogRecord {
-            data: ctx.data.clone(),
-            step: ctx.step.load(Ordering::Acquire),
-            phase: if ctx.backward.load(Ordering::Acquire) {
-                "backward"
-            } else {
-                "forward"
-            }
-            .to_owned(),
-            error,
-        };
-        let record = match serde_json::to_string(&record) {
+        let record = match serde_json::to_string(&LogRecord::of(ctx, error)) {
             Ok(r) => r,
             Err(error) => {
                 tracing::error!(%error, "saga record cannot be encoded");
@@ -111,23 +144,23 @@ impl SagaObserver<OrderCtx> for DurableLog {
         Box::pin(async move {
             let deps = &ctx.deps;
             let durable = deps.durable;
-            let index = |name: &str| ORDER_SAGA_STEPS.iter().position(|s| *s == name);
             match event {
                 SagaEvent::StepFailed(name, _) => {
-                    if let Some(i) = index(name) {
-                        ctx.step.store(i, Ordering::Release);
+                    if let Some(step) = Step::named(name) {
+                        ctx.set_step(step);
                     }
                 }
-                SagaEvent::Compensating => ctx.backward.store(true, Ordering::Release),
+                SagaEvent::Compensating => ctx.set_phase(Phase::Backward),
                 _ => {}
             }
             match event {
                 SagaEvent::StepStarted(name) => {
-                    if let Some(i) = index(name) {
-                        ctx.step.store(i, Ordering::Release);
+                    let step = Step::named(name);
+                    if let Some(step) = step {
+                        ctx.set_step(step);
                     }
                     // NB: validate has no effect to recover; the log starts before reserve.
-                    if durable && *name != ORDER_SAGA_STEPS[0] {
+                    if durable && step != Some(Step::Validate) {
                         Self::write(ctx, "running", None).await;
                     }
                     crash_if(deps, &format!("before:{name}"));
@@ -137,7 +170,7 @@ impl SagaObserver<OrderCtx> for DurableLog {
                     // does not send them again; the other steps' completion is recorded by the
                     // next step's start (nothing happens in between).
                     let settled_something = !ctx.data.settled.is_empty();
-                    if durable && *name == ORDER_SAGA_STEPS[3] && settled_something {
+                    if durable && Step::named(name) == Some(Step::Settle) && settled_something {
                         Self::write(ctx, "running", None).await;
                     }
                     crash_if(deps, &format!("after:{name}"));
@@ -184,12 +217,78 @@ impl OrderSagas {
                     "owner": e.owner,
                     "leaseUntilMs": e.lease_until_ms,
                     "step": record.get("step").and_then(serde_json::Value::as_u64)
-                        .and_then(|i| ORDER_SAGA_STEPS.get(usize::try_from(i).unwrap_or(usize::MAX)).copied()),
+                        .and_then(|i| usize::try_from(i).ok())
+                        .and_then(Step::from_index)
+                        .map(Step::name),
                     "phase": record.get("phase"),
                     "error": record.get("error"),
                     "data": record.get("data"),
                 })
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{MarketKey, Order, Side, UserId};
+
+    fn data() -> OrderSagaData {
+        let user = UserId::parse("u", &format!("0x{}", "01".repeat(20))).expect("valid");
+        let market = MarketKey::parse("m", "80002:1").expect("valid");
+        OrderSagaData {
+            order: Order::new("o-1".to_owned(), market, user, Side::Buy, 400_000, 4, 0),
+            matched: None,
+            settled: vec!["trade:t-1".to_owned()],
+            in_doubt: false,
+            undo: None,
+            refused: None,
+            refusal: None,
+            not_settled: None,
+        }
+    }
+
+    #[test]
+    fn a_log_record_keeps_its_wire_form_a_step_position_and_a_lowercase_phase() {
+        let record = LogRecord {
+            data: data(),
+            step: Step::Settle.index(),
+            phase: Phase::Backward,
+            error: Some("why".to_owned()),
+        };
+        let json: serde_json::Value = serde_json::to_value(&record).expect("a record encodes");
+        assert_eq!(json["step"], 3);
+        assert_eq!(json["phase"], "backward");
+        assert_eq!(json["error"], "why");
+        assert_eq!(json["data"]["settled"][0], "trade:t-1");
+        let back: LogRecord = serde_json::from_value(json).expect("a record decodes");
+        assert_eq!(back.step(), Some(Step::Settle));
+        assert_eq!(back.phase, Phase::Backward);
+    }
+
+    #[test]
+    fn a_log_record_written_by_an_older_build_reads_back_the_same() {
+        let mut json = serde_json::to_value(LogRecord {
+            data: data(),
+            step: 0,
+            phase: Phase::Forward,
+            error: None,
+        })
+        .expect("a record encodes");
+        assert_eq!(json["phase"], "forward");
+        json["step"] = 1.into();
+        let read: LogRecord = serde_json::from_value(json.clone()).expect("decodes");
+        assert_eq!(
+            (read.step(), read.phase),
+            (Some(Step::Reserve), Phase::Forward)
+        );
+        // NB: any phase but `backward` was always read as forward.
+        json["phase"] = "sideways".into();
+        let read: LogRecord = serde_json::from_value(json.clone()).expect("decodes");
+        assert_eq!(read.phase, Phase::Forward);
+        json["step"] = 5.into();
+        let read: LogRecord = serde_json::from_value(json).expect("decodes");
+        assert_eq!(read.step(), None);
     }
 }

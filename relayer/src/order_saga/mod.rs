@@ -54,7 +54,8 @@ mod recovery;
 mod runner;
 mod steps;
 
-pub use self::steps::definition;
+pub use self::log::Phase;
+pub use self::steps::{Step, definition};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -143,13 +144,39 @@ pub struct OrderCtx {
     pub data: OrderSagaData,
     /// Shared with the lease heartbeat.
     fence: Arc<Fence>,
-    /// Index of the step started last, or of the step that failed once compensating.
+    /// Position ([`Step::index`]) of the step started last, or of the step that failed once
+    /// compensating. Atomic (like `backward`) because the log observer sees the context
+    /// shared; only [`OrderCtx::set_step`] writes it.
     step: AtomicUsize,
-    /// Whether the saga is compensating.
+    /// Whether the saga is compensating ([`Phase::Backward`]).
     backward: AtomicBool,
 }
 
 impl OrderCtx {
+    /// The step started last, or the step that failed once compensating.
+    fn step(&self) -> Step {
+        // NB: only `set_step` writes the position, so the fallback is never taken.
+        Step::from_index(self.step.load(Ordering::Acquire)).unwrap_or(Step::Validate)
+    }
+
+    fn set_step(&self, step: Step) {
+        self.step.store(step.index(), Ordering::Release);
+    }
+
+    /// Which way the saga is going.
+    fn phase(&self) -> Phase {
+        if self.backward.load(Ordering::Acquire) {
+            Phase::Backward
+        } else {
+            Phase::Forward
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.backward
+            .store(phase == Phase::Backward, Ordering::Release);
+    }
+
     fn check_fence(&self) -> Result<(), StepError> {
         if self.fence.fenced.load(Ordering::Acquire) {
             Err(StepError::in_doubt(
@@ -254,7 +281,7 @@ impl OrderSagas {
             deps: self.deps.clone(),
             data,
             fence: Arc::default(),
-            step: AtomicUsize::new(0),
+            step: AtomicUsize::new(Step::Validate.index()),
             backward: AtomicBool::new(false),
         }
     }
@@ -273,7 +300,7 @@ impl OrderSagas {
         });
         let id = ctx.data.order.order_id.clone();
         self.deps.set_active(&id, true);
-        let outcome = self.drive(&mut ctx, Drive::Forward(0)).await;
+        let outcome = self.drive(&mut ctx, Drive::Forward(Step::Validate)).await;
         if let SagaOutcome::Pending { error, .. } = &outcome
             && !ctx.fence.lease_lost.load(Ordering::Acquire)
         {
@@ -296,7 +323,6 @@ mod tests {
     use futures::future::BoxFuture;
 
     use super::*;
-    use crate::config::ORDER_SAGA_STEPS;
     use crate::domain::{Asset, MarketKey, Move, Side, UserId};
     use crate::resilience::saga::{SagaEvent, SagaObserver};
 
@@ -349,14 +375,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_at_each_step_compensates_exactly_the_completed_steps_in_reverse() {
-        let expected: [(&[&str], &str); 5] = [
-            (&[], "compensated"),
-            (&[], "compensated"),
-            (&["undone reserve"], "compensated"),
-            (&["undone match", "undone reserve"], "compensated"),
-            (&["manual at settle"], "manual"),
+        let expected: [(Step, &[&str], &str); 5] = [
+            (Step::Validate, &[], "compensated"),
+            (Step::Reserve, &[], "compensated"),
+            (Step::Match, &["undone reserve"], "compensated"),
+            (
+                Step::Settle,
+                &["undone match", "undone reserve"],
+                "compensated",
+            ),
+            (Step::Update, &["manual at settle"], "manual"),
         ];
-        for (failing, (undone, outcome)) in expected.iter().enumerate() {
+        for (failing, undone, outcome) in expected {
             let store = Store::memory();
             let config = RelayerConfig::default();
             let plain = OrderSagas::new(
@@ -382,7 +412,7 @@ mod tests {
             let before = snapshot(&store).await;
 
             let mut def = definition();
-            def.steps[failing].execute =
+            def.steps[failing.index()].execute =
                 Arc::new(|_| Box::pin(async { Err(StepError::permanent("injected")) }));
             let events = Arc::new(Compensations::default());
             let mut failing_sagas = OrderSagas::with_definition(
@@ -406,20 +436,15 @@ mod tests {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            assert_eq!(log, *undone, "failing at {}", ORDER_SAGA_STEPS[failing]);
+            assert_eq!(log, undone, "failing at {failing}");
             let entries = store.saga_list().await.expect("list");
-            match *outcome {
+            match outcome {
                 "compensated" => {
                     assert!(
                         matches!(ended, Ended::Compensated(ref e) if e == "injected"),
                         "{ended:?}"
                     );
-                    assert_eq!(
-                        snapshot(&store).await,
-                        before,
-                        "failing at {}",
-                        ORDER_SAGA_STEPS[failing]
-                    );
+                    assert_eq!(snapshot(&store).await, before, "failing at {failing}");
                     assert!(entries.is_empty(), "{entries:?}");
                 }
                 _ => {

@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use super::OrderSagas;
 use super::log::LogRecord;
 use super::runner::Drive;
-use crate::config::ORDER_SAGA_STEPS;
+use super::{OrderSagas, Phase, Step};
 use crate::server::now_ms;
 use crate::store::{SagaEntry, StoreError};
 
@@ -69,35 +68,26 @@ impl OrderSagas {
                     return Ok(false);
                 }
             };
+            let Some(step) = record.step() else {
+                tracing::error!(
+                    saga = entry.id,
+                    "saga record names no step: left for manual handling"
+                );
+                return Ok(false);
+            };
             tracing::info!(
                 saga = entry.id,
-                step = record.step,
-                phase = record.phase,
+                step = step.name(),
+                phase = record.phase.as_str(),
                 state = entry.state,
                 "recovering an abandoned saga"
             );
+            let plan = plan(step, record.phase);
             let mut ctx = self.ctx(record.data);
-            const SETTLE: usize = 3;
-            let how = if record.phase == "backward" {
-                // NB: compensations are idempotent: redo all of those due.
-                Drive::Backward(record.step, "recovered while compensating".to_owned())
-            } else if record.step < SETTLE {
-                // The step that had started may or may not have taken effect: compensate it
-                // too (compensations are safe for steps that did not happen).
-                Drive::Backward(
-                    record.step + 1,
-                    format!(
-                        "abandoned at {}",
-                        ORDER_SAGA_STEPS.get(record.step).copied().unwrap_or("?")
-                    ),
-                )
-            } else {
-                if record.step == SETTLE {
-                    // NB: settlement had started: it may have been accepted. Forward only.
-                    ctx.data.in_doubt = true;
-                }
-                Drive::Forward(record.step)
-            };
+            if plan.settlement_in_doubt {
+                ctx.data.in_doubt = true;
+            }
+            let how = plan.drive;
             let outcome = self.drive(&mut ctx, how).await;
             let ended = self.conclude(ctx, outcome).await;
             tracing::info!(saga = entry.id, ?ended, "recovered saga ended");
@@ -122,6 +112,103 @@ impl OrderSagas {
                 () = &mut stop => return,
                 () = tokio::time::sleep(interval) => {}
             }
+        }
+    }
+}
+
+/// What recovery does with a saga its log shows at `step`, going `phase`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// Which way to drive it, from where.
+    pub(super) drive: Drive,
+    /// Whether its settlement must be taken as in doubt (it had started).
+    pub(super) settlement_in_doubt: bool,
+}
+
+/// Before settlement, compensate (including the step that had started); at settlement or
+/// after, go forward; a saga found compensating compensates again.
+pub(super) fn plan(step: Step, phase: Phase) -> Plan {
+    let (drive, settlement_in_doubt) = match (phase, step) {
+        // NB: compensations are idempotent: redo all of those due.
+        (Phase::Backward, failed) => (
+            Drive::Backward(failed, "recovered while compensating".to_owned()),
+            false,
+        ),
+        // The step that had started may or may not have taken effect: compensate it too
+        // (compensations are safe for steps that did not happen), as if the next one failed.
+        (Phase::Forward, Step::Validate | Step::Reserve | Step::Match) => {
+            let failed = match step {
+                Step::Validate => Step::Reserve,
+                Step::Reserve => Step::Match,
+                _ => Step::Settle,
+            };
+            (
+                Drive::Backward(failed, format!("abandoned at {}", step.name())),
+                false,
+            )
+        }
+        // NB: settlement had started: it may have been accepted. Forward only.
+        (Phase::Forward, Step::Settle) => (Drive::Forward(Step::Settle), true),
+        (Phase::Forward, Step::Update) => (Drive::Forward(Step::Update), false),
+    };
+    Plan {
+        drive,
+        settlement_in_doubt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saga_abandoned_before_settlement_is_compensated_including_the_step_it_had_started() {
+        let cases = [
+            (Step::Validate, Step::Reserve),
+            (Step::Reserve, Step::Match),
+            (Step::Match, Step::Settle),
+        ];
+        for (at, failed) in cases {
+            assert_eq!(
+                plan(at, Phase::Forward),
+                Plan {
+                    drive: Drive::Backward(failed, format!("abandoned at {}", at.name())),
+                    settlement_in_doubt: false,
+                },
+                "abandoned at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_saga_abandoned_at_settlement_or_after_goes_forward_with_settlement_in_doubt_at_settle() {
+        assert_eq!(
+            plan(Step::Settle, Phase::Forward),
+            Plan {
+                drive: Drive::Forward(Step::Settle),
+                settlement_in_doubt: true,
+            }
+        );
+        assert_eq!(
+            plan(Step::Update, Phase::Forward),
+            Plan {
+                drive: Drive::Forward(Step::Update),
+                settlement_in_doubt: false,
+            }
+        );
+    }
+
+    #[test]
+    fn a_saga_abandoned_while_compensating_compensates_again_from_the_step_that_failed() {
+        for failed in Step::ALL {
+            assert_eq!(
+                plan(failed, Phase::Backward),
+                Plan {
+                    drive: Drive::Backward(failed, "recovered while compensating".to_owned()),
+                    settlement_in_doubt: false,
+                },
+                "failed at {failed}"
+            );
         }
     }
 }

@@ -9,8 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::log::Fence;
-use super::{Ended, Matched, OrderCtx, OrderSagas};
-use crate::config::ORDER_SAGA_STEPS;
+use super::{Ended, Matched, OrderCtx, OrderSagas, Phase, Step};
 use crate::resilience::saga::SagaOutcome;
 use crate::server::now_ms;
 use crate::store::PlacementRecord;
@@ -33,7 +32,7 @@ impl OrderSagas {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(CARRY_ON_MAX_DELAY);
             ctx.fence.fenced.store(false, Ordering::Release);
-            let from = ctx.step.load(Ordering::Acquire);
+            let from = ctx.step();
             let outcome = self.drive(&mut ctx, Drive::Forward(from)).await;
             let pending = matches!(outcome, SagaOutcome::Pending { .. });
             if !pending {
@@ -55,12 +54,13 @@ impl OrderSagas {
         let heartbeat = self.heartbeat(ctx.data.order.order_id.clone(), ctx.fence.clone());
         let run = async {
             match how {
-                Drive::Forward(from) => self.executor.resume(ctx, from).await,
-                Drive::Backward(n, error) => {
-                    ctx.backward.store(true, Ordering::Release);
-                    ctx.step.store(n, Ordering::Release);
-                    let name = ORDER_SAGA_STEPS.get(n).copied().unwrap_or("recovery");
-                    self.executor.resume_compensation(ctx, n, name, error).await
+                Drive::Forward(from) => self.executor.resume(ctx, from.index()).await,
+                Drive::Backward(failed, error) => {
+                    ctx.set_phase(Phase::Backward);
+                    ctx.set_step(failed);
+                    self.executor
+                        .resume_compensation(ctx, failed.index(), failed.name(), error)
+                        .await
                 }
             }
         };
@@ -162,9 +162,10 @@ impl OrderSagas {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Drive {
-    /// Run steps from this index on.
-    Forward(usize),
-    /// Compensate the first `n` steps (in reverse), with why.
-    Backward(usize, String),
+    /// Run the steps from this one on.
+    Forward(Step),
+    /// Compensate the steps before this one (in reverse), as if it had failed, with why.
+    Backward(Step, String),
 }

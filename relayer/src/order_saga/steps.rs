@@ -11,11 +11,78 @@ use futures::future::BoxFuture;
 
 use super::log::crash_if;
 use super::{Matched, OrderCtx, SAGA};
-use crate::config::ORDER_SAGA_STEPS;
 use crate::domain::{Asset, BalanceError, Fill, Move, Order, UserId};
-use crate::resilience::saga::{SagaDefinition, Step, StepError};
+use crate::resilience::saga::{self, SagaDefinition, StepError};
 use crate::settlement::SettleError;
 use crate::store::{PlacementRecord, Store, StoreError};
+
+/// One step of the order saga, in execution order.
+///
+/// Its [`name`](Step::name) is what logs, the `step` label of `foresight_saga_steps_total`,
+/// `faultInjection.crashAtStep` and `GET /admin/sagas` show (the same as
+/// [`crate::config::ORDER_SAGA_STEPS`]); the saga log records a step by its position
+/// ([`Step::index`]), which is also its position in [`definition`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Step {
+    /// Checks the order is placeable; nothing to undo.
+    Validate,
+    /// Reserves the order's collateral or shares; undone by releasing them.
+    Reserve,
+    /// Matches the order in the book; undone by reverting the fills.
+    Match,
+    /// Settles the fills: the pivot; once it may have happened, only forward.
+    Settle,
+    /// Moves the balances of the fills; undone by the inverse moves.
+    Update,
+}
+
+impl Step {
+    /// Every step, in execution order.
+    pub const ALL: [Step; 5] = [
+        Step::Validate,
+        Step::Reserve,
+        Step::Match,
+        Step::Settle,
+        Step::Update,
+    ];
+
+    /// The step's name (metric label, logs, crash points).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Step::Validate => "validate",
+            Step::Reserve => "reserve",
+            Step::Match => "match",
+            Step::Settle => "settle",
+            Step::Update => "update",
+        }
+    }
+
+    /// The step's position: in [`definition`], and in the saga log.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The step at `index`, if there is one.
+    pub fn from_index(index: usize) -> Option<Step> {
+        Self::ALL.get(index).copied()
+    }
+
+    /// The step called `name`, if there is one.
+    pub fn named(name: &str) -> Option<Step> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The step after this one; `None` after the last.
+    pub fn next(self) -> Option<Step> {
+        Self::from_index(self.index() + 1)
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 fn store_step(e: &StoreError) -> StepError {
     StepError {
@@ -45,10 +112,10 @@ where
     Arc::new(f)
 }
 
-/// The order saga's definition.
+/// The order saga's definition: the executor's steps in the order of [`Step::ALL`].
 pub fn definition() -> SagaDefinition<OrderCtx> {
-    let step = |name, execute, compensate| Step {
-        name,
+    let step = |step: Step, execute, compensate| saga::Step {
+        name: step.name(),
         execute,
         compensate,
         retryable: true,
@@ -56,28 +123,24 @@ pub fn definition() -> SagaDefinition<OrderCtx> {
         timeout: None,
     };
     SagaDefinition::new(SAGA)
+        .step(step(Step::Validate, act(|c| Box::pin(validate(c))), None))
         .step(step(
-            ORDER_SAGA_STEPS[0],
-            act(|c| Box::pin(validate(c))),
-            None,
-        ))
-        .step(step(
-            ORDER_SAGA_STEPS[1],
+            Step::Reserve,
             act(|c| Box::pin(reserve(c))),
             Some(act(|c| Box::pin(release(c)))),
         ))
         .step(step(
-            ORDER_SAGA_STEPS[2],
+            Step::Match,
             act(|c| Box::pin(match_step(c))),
             Some(act(|c| Box::pin(undo_match(c)))),
         ))
         .step(step(
-            ORDER_SAGA_STEPS[3],
+            Step::Settle,
             act(|c| Box::pin(settle(c))),
             Some(act(|c| Box::pin(manual_handling(c)))),
         ))
         .step(step(
-            ORDER_SAGA_STEPS[4],
+            Step::Update,
             act(|c| Box::pin(update_balances(c))),
             Some(act(|c| Box::pin(roll_back_balances(c)))),
         ))
@@ -387,4 +450,26 @@ async fn roll_back_balances(c: &mut OrderCtx) -> Result<(), StepError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ORDER_SAGA_STEPS;
+
+    #[test]
+    fn steps_keep_the_names_and_positions_of_the_config_metrics_and_log() {
+        assert_eq!(Step::ALL.map(Step::name), ORDER_SAGA_STEPS);
+        let names: Vec<&str> = definition().steps.iter().map(|s| s.name).collect();
+        assert_eq!(names, ORDER_SAGA_STEPS);
+        for (i, step) in Step::ALL.into_iter().enumerate() {
+            assert_eq!(step.index(), i);
+            assert_eq!(Step::from_index(i), Some(step));
+            assert_eq!(Step::named(step.name()), Some(step));
+        }
+        assert_eq!(Step::from_index(5), None);
+        assert_eq!(Step::named("recovery"), None);
+        assert_eq!(Step::Settle.next(), Some(Step::Update));
+        assert_eq!(Step::Update.next(), None);
+    }
 }
