@@ -10,15 +10,21 @@ use std::time::Duration;
 
 use super::log::Fence;
 use super::{Ended, Matched, OrderCtx, OrderSagas, Phase, Step};
+use crate::resilience::backoff::Backoff;
 use crate::resilience::saga::SagaOutcome;
 use crate::server::now_ms;
 use crate::store::PlacementRecord;
 
 /// How long a process retries its own pending saga before leaving it to recovery.
 const CARRY_ON_FOR: Duration = Duration::from_secs(600);
-/// First and largest pause between those retries.
+/// First and largest pause between those retries (doubling in between).
 const CARRY_ON_MIN_DELAY: Duration = Duration::from_millis(50);
 const CARRY_ON_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// The pauses between a pending saga's retries: 50 ms, 100 ms, … up to 2 s.
+fn carry_on_backoff() -> Backoff {
+    Backoff::doubling(CARRY_ON_MIN_DELAY, CARRY_ON_MAX_DELAY)
+}
 
 impl OrderSagas {
     /// Retries a pending saga forward in the background (same idempotency keys and op ids)
@@ -27,10 +33,9 @@ impl OrderSagas {
     pub(super) async fn carry_on(self, mut ctx: OrderCtx) {
         let id = ctx.data.order.order_id.clone();
         let deadline = tokio::time::Instant::now() + CARRY_ON_FOR;
-        let mut delay = CARRY_ON_MIN_DELAY;
+        let mut backoff = carry_on_backoff();
         loop {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(CARRY_ON_MAX_DELAY);
+            tokio::time::sleep(backoff.next_delay()).await;
             ctx.fence.fenced.store(false, Ordering::Release);
             let from = ctx.step();
             let outcome = self.drive(&mut ctx, Drive::Forward(from)).await;
@@ -168,4 +173,16 @@ pub(super) enum Drive {
     Forward(Step),
     /// Compensate the steps before this one (in reverse), as if it had failed, with why.
     Backward(Step, String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_saga_is_retried_after_doubling_pauses_from_50_ms_to_2_s() {
+        let mut backoff = carry_on_backoff();
+        let pauses: Vec<u128> = (0..8).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(pauses, [50, 100, 200, 400, 800, 1_600, 2_000, 2_000]);
+    }
 }
