@@ -18,8 +18,8 @@
 //! - Every step and compensation is idempotent (operation ids on balance moves, recorded
 //!   placements in the book, idempotency keys at settlement), which is what makes re-running
 //!   them after a crash safe. A compensation of a step whose effect is unknown first re-applies
-//!   the step's own idempotent operation and then undoes it (e.g. "reserve:<id>" then
-//!   "unreserve:<id>"), so it never releases what was not reserved.
+//!   the step's own idempotent operation and then undoes it (e.g. `reserve:<id>` then
+//!   `unreserve:<id>`), so it never releases what was not reserved.
 //!
 //! # Durable log
 //! Before each step (from reserve on), after settlement (with the keys settled), and at each

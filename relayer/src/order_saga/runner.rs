@@ -1,6 +1,6 @@
 //! Driving a saga: forward or backward on the executor with the lease heartbeat beside it, the
 //! background carry-on of a process's own pending sagas, and the caller's answer once a saga
-//! ended ([`Ended`](super::Ended)).
+//! ended ([`Ended`]).
 //!
 //! May use: `store`, `resilience`, the clock, and the saga's context and log from its parent.
 

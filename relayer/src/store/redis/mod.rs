@@ -27,8 +27,16 @@
 //!
 //! Retention: an order that is filled or cancelled expires `redis.orderRetentionSeconds` later,
 //! and so does its claim. The claim of a maker order finished by someone else's placement lives
-//! in another slot; its expiry is set after the match by a best-effort follow-up (a claim whose
-//! follow-up was lost keeps no TTL: the durable saga's sweeper is to collect it).
+//! in another slot; its expiry is set after the match by a best-effort follow-up. Known limit:
+//! a claim whose follow-up was lost keeps no TTL, and nothing collects it yet.
+//!
+//! # Layout
+//! - this module: [`RedisStore`], its connection and one method per store operation;
+//! - `scripts`: the Lua scripts (their text in `lua/`);
+//! - `keys`: the key layout above and the sharding of the saga log;
+//! - `wire`: reading replies into domain types, and Redis errors into [`StoreError`]s.
+//!
+//! May use: `domain`, `book`, and the store's own types.
 
 mod keys;
 mod scripts;
@@ -46,12 +54,13 @@ use redis::{RedisError, Script};
 use self::keys::SAGA_SHARDS;
 use self::scripts::Scripts;
 use self::wire::{
-    WireOrder, WireRelease, asset_field, bucket_code, classify, corrupt, from_json, parse_account,
-    parse_claim, parse_fill, parse_num, parse_order, parse_status, side_code, to_json, unavailable,
+    WireOrder, asset_field, bucket_code, classify, corrupt, from_json, parse_account,
+    parse_apply_moves, parse_claim, parse_depth, parse_match, parse_order, parse_saga_claim,
+    parse_saga_shard, parse_status, parse_undo, side_code, to_json, unavailable,
 };
 use super::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, SagaEntry, StoreError};
-use crate::book::{CancelError, Level, MakerRelease, MatchOutcome, UndoOutcome};
-use crate::domain::{Account, Asset, BalanceError, MarketKey, Move, Order, UserId};
+use crate::book::{CancelError, Level, MatchOutcome, UndoOutcome};
+use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
 
 /// How to reach Redis and how to lay keys out in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,40 +206,7 @@ impl RedisStore {
                 &args,
             )
             .await?;
-        let move_at = |raw: Option<&String>| -> Result<&Move, StoreError> {
-            raw.and_then(|i| i.parse::<usize>().ok())
-                .and_then(|i| i.checked_sub(1))
-                .and_then(|i| moves.get(i))
-                .ok_or_else(|| corrupt("apply_moves", format!("bad move index in {reply:?}")))
-        };
-        match reply.first().map(String::as_str) {
-            Some("ok") => Ok(Ok(parse_account(reply.get(2..).unwrap_or_default())?)),
-            Some("insufficient") => {
-                let m = move_at(reply.get(1))?;
-                let bucket = if reply.get(2).map(String::as_str) == Some("reserved") {
-                    "reserved"
-                } else {
-                    "available"
-                };
-                let has = parse_num::<u128>("balance", reply.get(3))?;
-                Ok(Err(BalanceError::Insufficient {
-                    asset: m.asset.clone(),
-                    bucket,
-                    has,
-                    needs: u128::from(m.amount),
-                }))
-            }
-            Some("overflow") => {
-                let m = move_at(reply.get(1))?;
-                Ok(Err(BalanceError::Overflow {
-                    asset: m.asset.clone(),
-                }))
-            }
-            _ => Err(corrupt(
-                "apply_moves",
-                format!("unexpected reply {reply:?}"),
-            )),
-        }
+        parse_apply_moves(&reply, moves)
     }
 
     pub(super) async fn account(&self, user: &UserId) -> Result<Account, StoreError> {
@@ -345,40 +321,9 @@ impl RedisStore {
                 &args,
             )
             .await?;
-        let (head, fill_count) = match reply.as_slice() {
-            [tag] if tag == "undone" => {
-                return Err(StoreError::Corrupt(format!(
-                    "placement {} was undone",
-                    order.order_id
-                )));
-            }
-            [head, count, ..] => (head, count),
-            _ => return Err(corrupt("match_order", format!("short reply {reply:?}"))),
-        };
-        let order = parse_order(&market, head)?;
-        let fill_count: usize = parse_num("fill count", Some(fill_count))?;
-        let rest = reply.get(2..).unwrap_or_default();
-        let (fill_json, cancelled_json) = rest.split_at(fill_count.min(rest.len()));
-        let mut fills = Vec::with_capacity(fill_json.len());
-        let mut finished = Vec::new();
-        for raw in fill_json {
-            let (fill, maker_done) = parse_fill(&market, raw)?;
-            if maker_done {
-                finished.push(fill.maker_order_id.clone());
-            }
-            fills.push(fill);
-        }
-        let self_trade_cancelled = cancelled_json
-            .iter()
-            .map(|raw| parse_order(&market, raw))
-            .collect::<Result<Vec<_>, _>>()?;
-        finished.extend(self_trade_cancelled.iter().map(|o| o.order_id.clone()));
+        let (outcome, finished) = parse_match(&market, &order.order_id, &reply)?;
         self.expire_claims(finished);
-        Ok(MatchOutcome {
-            order,
-            fills,
-            self_trade_cancelled,
-        })
+        Ok(outcome)
     }
 
     /// Sets the retention on the claims of orders that another slot's script finished. Runs in
@@ -438,68 +383,16 @@ impl RedisStore {
                 &args,
             )
             .await?;
-        let bad = || corrupt("undo_match", format!("unexpected reply {reply:?}"));
-        let (taker_json, rest) = match reply.as_slice() {
-            [tag, taker, rest @ ..] if tag == "undone" => (taker, rest),
-            _ => return Err(bad()),
-        };
-        let taker = if taker_json.is_empty() {
-            None
-        } else {
-            Some(parse_order(market, taker_json)?)
-        };
-        let (count, rest) = rest.split_first().ok_or_else(bad)?;
-        let n: usize = parse_num("fill count", Some(count))?;
-        if rest.len() < n + 1 {
-            return Err(bad());
-        }
-        let (fill_json, rest) = rest.split_at(n);
-        let fills = fill_json
-            .iter()
-            .map(|raw| parse_fill(market, raw).map(|(f, _)| f))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (count, rest) = rest.split_first().ok_or_else(bad)?;
-        let c: usize = parse_num("cancelled count", Some(count))?;
-        if rest.len() < c {
-            return Err(bad());
-        }
-        let (cancelled_json, release_json) = rest.split_at(c);
-        let self_trade_cancelled = cancelled_json
-            .iter()
-            .map(|raw| parse_order(market, raw))
-            .collect::<Result<Vec<_>, _>>()?;
-        let maker_releases = release_json
-            .iter()
-            .map(|raw| {
-                let w: WireRelease = from_json("release", raw)?;
-                Ok(MakerRelease {
-                    trade_id: w.trade_id,
-                    order_id: w.order_id,
-                    user_id: UserId::parse("userId", &w.user)
-                        .map_err(|e| corrupt("release user", e))?,
-                    asset: if w.side == "buy" {
-                        Asset::Collateral
-                    } else {
-                        Asset::Shares(market.clone())
-                    },
-                    amount: parse_num("release amount", Some(&w.amount))?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let undo = parse_undo(market, &reply)?;
         // NB: makers back in the book had their claims set to expire; best effort, like
         // `expire_claims`, since the claims live in other slots.
         self.persist_claims(
-            fills
+            undo.fills
                 .iter()
                 .map(|f| f.maker_order_id.clone())
                 .collect::<Vec<_>>(),
         );
-        Ok(UndoOutcome {
-            taker,
-            fills,
-            self_trade_cancelled,
-            maker_releases,
-        })
+        Ok(undo)
     }
 
     fn persist_claims(&self, order_ids: Vec<String>) {
@@ -551,17 +444,7 @@ impl RedisStore {
                 &args,
             )
             .await?;
-        match reply.as_slice() {
-            [] => Ok(None),
-            [owner, lease, state, record] => Ok(Some(SagaEntry {
-                id: id.to_owned(),
-                owner: owner.clone(),
-                lease_until_ms: parse_num("saga lease", Some(lease))?,
-                state: state.clone(),
-                record: record.clone(),
-            })),
-            _ => Err(corrupt("saga_claim", format!("unexpected reply {reply:?}"))),
-        }
+        parse_saga_claim(id, &reply)
     }
 
     pub(super) async fn saga_delete(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
@@ -586,27 +469,7 @@ impl RedisStore {
                     redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await
                 })
                 .await?;
-            for (field, meta) in &fields {
-                let Some(id) = field.strip_suffix(":meta") else {
-                    continue;
-                };
-                let mut parts = meta.split(' ');
-                let (Some(owner), Some(lease), Some(state), None) =
-                    (parts.next(), parts.next(), parts.next(), parts.next())
-                else {
-                    return Err(corrupt("saga meta", meta));
-                };
-                entries.push(SagaEntry {
-                    id: id.to_owned(),
-                    owner: owner.to_owned(),
-                    lease_until_ms: parse_num("saga lease", Some(&lease.to_owned()))?,
-                    state: state.to_owned(),
-                    record: fields
-                        .get(&format!("{id}:rec"))
-                        .cloned()
-                        .unwrap_or_default(),
-                });
-            }
+            entries.extend(parse_saga_shard(&fields)?);
         }
         entries.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(entries)
@@ -680,26 +543,7 @@ impl RedisStore {
                 &[max_levels.to_string()],
             )
             .await?;
-        let (count, flat) = reply
-            .split_first()
-            .ok_or_else(|| corrupt("depth", "empty reply"))?;
-        let bid_count: usize = parse_num("bid count", Some(count))?;
-        if flat.len() % 3 != 0 || bid_count * 3 > flat.len() {
-            return Err(corrupt("depth", format!("malformed reply {reply:?}")));
-        }
-        let levels = flat
-            .chunks_exact(3)
-            .map(|c| {
-                Ok(Level {
-                    price: parse_num("price", c.first())?,
-                    amount: parse_num("level amount", c.get(1))?,
-                    orders: parse_num("level orders", c.get(2))?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let mut bids = levels;
-        let asks = bids.split_off(bid_count);
-        Ok((bids, asks))
+        parse_depth(&reply)
     }
 
     pub(super) async fn open_orders(

@@ -10,10 +10,12 @@ use std::fmt;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 use serde::Deserialize;
 
+use crate::book::{Level, MakerRelease, MatchOutcome, UndoOutcome};
 use crate::domain::{
-    Account, Asset, Balance, Bucket, Fill, MarketKey, Order, OrderStatus, Side, UserId,
+    Account, Asset, Balance, BalanceError, Bucket, Fill, MarketKey, Move, Order, OrderStatus, Side,
+    UserId,
 };
-use crate::store::{Claim, StoreError};
+use crate::store::{Claim, SagaEntry, StoreError};
 
 pub(super) fn unavailable(what: &str, e: impl fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("redis {what}: {e}"))
@@ -218,16 +220,16 @@ struct WireFill {
 /// A maker release as `undo_match.lua` reports it.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct WireRelease {
-    pub(super) trade_id: String,
-    pub(super) order_id: String,
-    pub(super) user: String,
-    pub(super) side: String,
-    pub(super) amount: String,
+struct WireRelease {
+    trade_id: String,
+    order_id: String,
+    user: String,
+    side: String,
+    amount: String,
 }
 
 /// A fill, and whether its maker order finished with it.
-pub(super) fn parse_fill(market: &MarketKey, raw: &str) -> Result<(Fill, bool), StoreError> {
+fn parse_fill(market: &MarketKey, raw: &str) -> Result<(Fill, bool), StoreError> {
     let w: WireFill = from_json("fill", raw)?;
     let user = |u: &str| UserId::parse("userId", u).map_err(|e| corrupt("fill user", e));
     let fill = Fill {
@@ -245,6 +247,221 @@ pub(super) fn parse_fill(market: &MarketKey, raw: &str) -> Result<(Fill, bool), 
         buyer_refund: parse_num("refund", Some(&w.refund))?,
     };
     Ok((fill, w.maker_done == "1"))
+}
+
+/// The reply of `apply_moves.lua`: the account after the moves, or the move refused and why.
+pub(super) fn parse_apply_moves(
+    reply: &[String],
+    moves: &[Move],
+) -> Result<Result<Account, BalanceError>, StoreError> {
+    let move_at = |raw: Option<&String>| -> Result<&Move, StoreError> {
+        raw.and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| moves.get(i))
+            .ok_or_else(|| corrupt("apply_moves", format!("bad move index in {reply:?}")))
+    };
+    match reply.first().map(String::as_str) {
+        Some("ok") => Ok(Ok(parse_account(reply.get(2..).unwrap_or_default())?)),
+        Some("insufficient") => {
+            let m = move_at(reply.get(1))?;
+            let bucket = if reply.get(2).map(String::as_str) == Some("reserved") {
+                "reserved"
+            } else {
+                "available"
+            };
+            let has = parse_num::<u128>("balance", reply.get(3))?;
+            Ok(Err(BalanceError::Insufficient {
+                asset: m.asset.clone(),
+                bucket,
+                has,
+                needs: u128::from(m.amount),
+            }))
+        }
+        Some("overflow") => {
+            let m = move_at(reply.get(1))?;
+            Ok(Err(BalanceError::Overflow {
+                asset: m.asset.clone(),
+            }))
+        }
+        _ => Err(corrupt(
+            "apply_moves",
+            format!("unexpected reply {reply:?}"),
+        )),
+    }
+}
+
+/// The reply of `match_order.lua`: the outcome, and the maker orders it finished (filled or
+/// cancelled by self-trade prevention), whose claims live in other slots.
+pub(super) fn parse_match(
+    market: &MarketKey,
+    order_id: &str,
+    reply: &[String],
+) -> Result<(MatchOutcome, Vec<String>), StoreError> {
+    let (head, fill_count) = match reply {
+        [tag] if tag == "undone" => {
+            return Err(StoreError::Corrupt(format!(
+                "placement {order_id} was undone"
+            )));
+        }
+        [head, count, ..] => (head, count),
+        _ => return Err(corrupt("match_order", format!("short reply {reply:?}"))),
+    };
+    let order = parse_order(market, head)?;
+    let fill_count: usize = parse_num("fill count", Some(fill_count))?;
+    let rest = reply.get(2..).unwrap_or_default();
+    let (fill_json, cancelled_json) = rest.split_at(fill_count.min(rest.len()));
+    let mut fills = Vec::with_capacity(fill_json.len());
+    let mut finished = Vec::new();
+    for raw in fill_json {
+        let (fill, maker_done) = parse_fill(market, raw)?;
+        if maker_done {
+            finished.push(fill.maker_order_id.clone());
+        }
+        fills.push(fill);
+    }
+    let self_trade_cancelled = cancelled_json
+        .iter()
+        .map(|raw| parse_order(market, raw))
+        .collect::<Result<Vec<_>, _>>()?;
+    finished.extend(self_trade_cancelled.iter().map(|o| o.order_id.clone()));
+    Ok((
+        MatchOutcome {
+            order,
+            fills,
+            self_trade_cancelled,
+        },
+        finished,
+    ))
+}
+
+/// The reply of `undo_match.lua`: what undoing the match did.
+pub(super) fn parse_undo(market: &MarketKey, reply: &[String]) -> Result<UndoOutcome, StoreError> {
+    let bad = || corrupt("undo_match", format!("unexpected reply {reply:?}"));
+    let (taker_json, rest) = match reply {
+        [tag, taker, rest @ ..] if tag == "undone" => (taker, rest),
+        _ => return Err(bad()),
+    };
+    let taker = if taker_json.is_empty() {
+        None
+    } else {
+        Some(parse_order(market, taker_json)?)
+    };
+    let (count, rest) = rest.split_first().ok_or_else(bad)?;
+    let n: usize = parse_num("fill count", Some(count))?;
+    if rest.len() < n + 1 {
+        return Err(bad());
+    }
+    let (fill_json, rest) = rest.split_at(n);
+    let fills = fill_json
+        .iter()
+        .map(|raw| parse_fill(market, raw).map(|(f, _)| f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (count, rest) = rest.split_first().ok_or_else(bad)?;
+    let c: usize = parse_num("cancelled count", Some(count))?;
+    if rest.len() < c {
+        return Err(bad());
+    }
+    let (cancelled_json, release_json) = rest.split_at(c);
+    let self_trade_cancelled = cancelled_json
+        .iter()
+        .map(|raw| parse_order(market, raw))
+        .collect::<Result<Vec<_>, _>>()?;
+    let maker_releases = release_json
+        .iter()
+        .map(|raw| {
+            let w: WireRelease = from_json("release", raw)?;
+            Ok(MakerRelease {
+                trade_id: w.trade_id,
+                order_id: w.order_id,
+                user_id: UserId::parse("userId", &w.user)
+                    .map_err(|e| corrupt("release user", e))?,
+                asset: if w.side == "buy" {
+                    Asset::Collateral
+                } else {
+                    Asset::Shares(market.clone())
+                },
+                amount: parse_num("release amount", Some(&w.amount))?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(UndoOutcome {
+        taker,
+        fills,
+        self_trade_cancelled,
+        maker_releases,
+    })
+}
+
+/// The reply of `depth.lua`: the bid count, then (price, amount, orders) per level, bids
+/// first.
+pub(super) fn parse_depth(reply: &[String]) -> Result<(Vec<Level>, Vec<Level>), StoreError> {
+    let (count, flat) = reply
+        .split_first()
+        .ok_or_else(|| corrupt("depth", "empty reply"))?;
+    let bid_count: usize = parse_num("bid count", Some(count))?;
+    if flat.len() % 3 != 0 || bid_count * 3 > flat.len() {
+        return Err(corrupt("depth", format!("malformed reply {reply:?}")));
+    }
+    let levels = flat
+        .chunks_exact(3)
+        .map(|c| {
+            Ok(Level {
+                price: parse_num("price", c.first())?,
+                amount: parse_num("level amount", c.get(1))?,
+                orders: parse_num("level orders", c.get(2))?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let mut bids = levels;
+    let asks = bids.split_off(bid_count);
+    Ok((bids, asks))
+}
+
+/// The reply of `saga_claim.lua`: the entry taken over, or nothing.
+pub(super) fn parse_saga_claim(
+    id: &str,
+    reply: &[String],
+) -> Result<Option<SagaEntry>, StoreError> {
+    match reply {
+        [] => Ok(None),
+        [owner, lease, state, record] => Ok(Some(SagaEntry {
+            id: id.to_owned(),
+            owner: owner.clone(),
+            lease_until_ms: parse_num("saga lease", Some(lease))?,
+            state: state.clone(),
+            record: record.clone(),
+        })),
+        _ => Err(corrupt("saga_claim", format!("unexpected reply {reply:?}"))),
+    }
+}
+
+/// The entries of one saga-log shard from its hash's fields (`<id>:meta`, `<id>:rec`).
+pub(super) fn parse_saga_shard(
+    fields: &HashMap<String, String>,
+) -> Result<Vec<SagaEntry>, StoreError> {
+    let mut entries = Vec::new();
+    for (field, meta) in fields {
+        let Some(id) = field.strip_suffix(":meta") else {
+            continue;
+        };
+        let mut parts = meta.split(' ');
+        let (Some(owner), Some(lease), Some(state), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(corrupt("saga meta", meta));
+        };
+        entries.push(SagaEntry {
+            id: id.to_owned(),
+            owner: owner.to_owned(),
+            lease_until_ms: parse_num("saga lease", Some(&lease.to_owned()))?,
+            state: state.to_owned(),
+            record: fields
+                .get(&format!("{id}:rec"))
+                .cloned()
+                .unwrap_or_default(),
+        });
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]
