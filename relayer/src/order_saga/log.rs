@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Deps, OrderCtx, OrderSagaData, OrderSagas, SAGA, Step};
 use crate::resilience::saga::{SagaEvent, SagaObserver};
-use crate::server::now_ms;
 use crate::store::{SagaEntry, StoreError};
 
 /// The log entry's record: the data and where the saga is.
@@ -109,7 +108,7 @@ impl DurableLog {
                 return;
             }
         };
-        let lease_until_ms = now_ms().saturating_add(deps.lease_ms);
+        let lease_until_ms = deps.now_ms().saturating_add(deps.lease_ms);
         let entry = SagaEntry {
             id: ctx.data.order.order_id.clone(),
             owner: deps.owner.clone(),

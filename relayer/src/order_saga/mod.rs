@@ -124,6 +124,12 @@ pub struct Deps {
 }
 
 impl Deps {
+    /// Wall-clock time, ms since the Unix epoch: lease deadlines and the recovery's "now".
+    // NB: the saga's one read of the clock, so the relayer's injected clock plugs in here.
+    fn now_ms(&self) -> u64 {
+        crate::server::now_ms()
+    }
+
     fn set_active(&self, id: &str, active: bool) -> bool {
         let mut set = self
             .active

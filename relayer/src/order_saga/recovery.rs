@@ -8,7 +8,6 @@ use std::time::Duration;
 use super::log::LogRecord;
 use super::runner::Drive;
 use super::{OrderSagas, Phase, Step};
-use crate::server::now_ms;
 use crate::store::{SagaEntry, StoreError};
 
 impl OrderSagas {
@@ -16,7 +15,7 @@ impl OrderSagas {
     /// took over.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         let store = &self.deps.store;
-        let now = now_ms();
+        let now = self.deps.now_ms();
         let mut taken = 0;
         for entry in store.saga_list().await? {
             if !entry.claimable_by(&self.deps.owner, now) {

@@ -12,7 +12,6 @@ use super::log::Fence;
 use super::{Ended, Matched, OrderCtx, OrderSagas, Phase, Step};
 use crate::resilience::backoff::Backoff;
 use crate::resilience::saga::SagaOutcome;
-use crate::server::now_ms;
 use crate::store::PlacementRecord;
 
 /// How long a process retries its own pending saga before leaving it to recovery.
@@ -89,7 +88,7 @@ impl OrderSagas {
         let every = Duration::from_millis((self.deps.lease_ms / 3).max(1));
         loop {
             tokio::time::sleep(every).await;
-            let now = now_ms();
+            let now = self.deps.now_ms();
             match self
                 .deps
                 .store
