@@ -32,7 +32,7 @@
 //!
 //! # Layout
 //! - this module: [`RedisStore`], its connection and one method per store operation;
-//! - `scripts`: the Lua scripts (their text in `lua/`);
+//! - `scripts`: the Lua scripts (their text in `lua/`) and how one is run;
 //! - `keys`: the key layout above and the sharding of the saga log;
 //! - `wire`: reading replies into domain types, and Redis errors into [`StoreError`]s.
 //!
@@ -48,8 +48,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::RedisError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
 
 use self::keys::SAGA_SHARDS;
 use self::scripts::Scripts;
@@ -147,25 +147,6 @@ impl RedisStore {
                 format!("no answer within {} ms", self.inner.timeout.as_millis()),
             )),
         }
-    }
-
-    async fn script(
-        &self,
-        what: &'static str,
-        script: &Script,
-        key: &str,
-        args: &[String],
-    ) -> Result<Vec<String>, StoreError> {
-        let mut invocation = script.key(key);
-        for a in args {
-            invocation.arg(a);
-        }
-        let mut conn = self.inner.conn.clone();
-        self.call(
-            what,
-            async move { invocation.invoke_async(&mut conn).await },
-        )
-        .await
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {

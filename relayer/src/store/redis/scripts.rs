@@ -1,11 +1,14 @@
 //! The Lua scripts of the Redis backend, one per state-changing operation (each touches one
 //! hash slot), loaded as `redis::Script`s (EVALSHA, reloaded after a Redis restart). The
 //! scripts' text lives in `lua/`; `num.lua` (exact decimal arithmetic) and `book.lua` (the
-//! order book) are prepended to those that need them.
+//! order book) are prepended to those that need them. [`RedisStore::script`] runs one.
 //!
-//! May use: nothing of the crate.
+//! May use: the store's own types (its error, the parent's bounded call).
 
 use redis::Script;
+
+use super::RedisStore;
+use crate::store::StoreError;
 
 const NUM_LUA: &str = include_str!("lua/num.lua");
 const BOOK_LUA: &str = include_str!("lua/book.lua");
@@ -42,5 +45,28 @@ impl Scripts {
             saga_claim: Script::new(include_str!("lua/saga_claim.lua")),
             saga_delete: Script::new(include_str!("lua/saga_delete.lua")),
         }
+    }
+}
+
+impl RedisStore {
+    /// Runs `script` on `key` (the one key, so one slot) with `args`, under the command
+    /// timeout; the reply is a list of strings.
+    pub(super) async fn script(
+        &self,
+        what: &'static str,
+        script: &Script,
+        key: &str,
+        args: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut invocation = script.key(key);
+        for a in args {
+            invocation.arg(a);
+        }
+        let mut conn = self.inner.conn.clone();
+        self.call(
+            what,
+            async move { invocation.invoke_async(&mut conn).await },
+        )
+        .await
     }
 }
