@@ -2,12 +2,15 @@
 //! conserved (they only move between users), no balance goes negative, and what each user has
 //! reserved is exactly what their open orders still need.
 
+mod support;
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use relayer::domain::{Asset, MarketKey, Side, UserId};
-use relayer::exchange::{Exchange, ExchangeError, NewOrder};
+use relayer::exchange::{Exchange, ExchangeError};
 use relayer::store::Store;
+use support::fixtures::Order;
 
 const USERS: usize = 4;
 const MARKETS: usize = 2;
@@ -90,14 +93,13 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 price,
                 amount,
             } => {
-                let new = NewOrder {
-                    order_id: format!("o{i}"),
-                    market_key: market(m),
-                    user_id: user(u),
-                    side: if buy { Side::Buy } else { Side::Sell },
-                    price,
-                    amount,
-                };
+                let new = Order::side(if buy { Side::Buy } else { Side::Sell })
+                    .id(format!("o{i}"))
+                    .market(market(m))
+                    .user(user(u))
+                    .price(price)
+                    .amount(amount)
+                    .new_order();
                 match exchange.place(new, 0).await {
                     Ok(_) => placed.push(format!("o{i}")),
                     Err(ExchangeError::Balance(_)) => {}

@@ -1,11 +1,12 @@
 //! The HTTP API against the real server on a `127.0.0.1:0` listener: a table of bad requests
 //! (status and the field named in the error), and a happy path through every route.
 
-mod common;
+mod support;
 
-use common::{ADMIN, Server};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::fixtures::{ADMIN_TOKEN, Order};
+use support::server::Server;
 
 const ALICE: &str = "0xa11ce00000000000000000000000000000000001";
 const BOB: &str = "0xb0b0000000000000000000000000000000000002";
@@ -13,10 +14,6 @@ const MARKET: &str = "80002:1";
 
 /// Method, path, bearer token, JSON body.
 type Request<'a> = (Method, &'a str, Option<String>, Option<Value>);
-
-fn order(user: &str, side: &str, price: &str, amount: &str) -> Value {
-    json!({"marketKey": MARKET, "userId": user, "side": side, "price": price, "amount": amount})
-}
 
 fn with(mut base: Value, key: &str, value: Value) -> Value {
     base[key] = value;
@@ -39,16 +36,19 @@ async fn bad_requests_are_rejected_with_the_field_named() {
             Method::POST,
             "/v2/orders",
             Some(&alice),
-            Some(with(
-                order(ALICE, "buy", "100000", "1"),
-                "orderId",
-                json!("dup-1"),
-            )),
+            Some(
+                Order::buy()
+                    .id("dup-1")
+                    .user(ALICE)
+                    .price(100_000)
+                    .amount(1)
+                    .json(),
+            ),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
 
-    let good = order(ALICE, "buy", "500000", "10");
+    let good = Order::buy().user(ALICE).price(500_000).amount(10).json();
     let post = |body: Value| (Method::POST, "/v2/orders", Some(alice.clone()), Some(body));
     #[rustfmt::skip]
     let table: Vec<(&str, Request<'_>, StatusCode, &str)> = vec![
@@ -71,7 +71,7 @@ async fn bad_requests_are_rejected_with_the_field_named() {
         ("bad orderId", post(with(good.clone(), "orderId", json!("has space"))), StatusCode::BAD_REQUEST, "orderId"),
         ("orderId reused for another order", post(with(good.clone(), "orderId", json!("dup-1"))), StatusCode::CONFLICT, "orderId"),
         ("insufficient collateral", post(with(good.clone(), "amount", json!("100000"))), StatusCode::UNPROCESSABLE_ENTITY, "amount"),
-        ("other user's userId", post(order(BOB, "buy", "500000", "1")), StatusCode::FORBIDDEN, "userId"),
+        ("other user's userId", post(Order::buy().user(BOB).price(500_000).amount(1).json()), StatusCode::FORBIDDEN, "userId"),
         ("no API key", (Method::POST, "/v2/orders", None, Some(good.clone())), StatusCode::UNAUTHORIZED, "authorization"),
         ("unknown API key", (Method::POST, "/v2/orders", Some("fsk_nope".into()), Some(good.clone())), StatusCode::UNAUTHORIZED, "authorization"),
         ("depth without marketKey", (Method::GET, "/v2/depth", None, None), StatusCode::BAD_REQUEST, "marketKey"),
@@ -81,13 +81,12 @@ async fn bad_requests_are_rejected_with_the_field_named() {
         ("open orders with bad userId", (Method::GET, "/orderbook/orders?marketKey=80002:1&userId=bob", None, None), StatusCode::BAD_REQUEST, "userId"),
         ("balances of another user", (Method::GET, "/v2/balances/0xb0b0000000000000000000000000000000000002", Some(alice.clone()), None), StatusCode::FORBIDDEN, "userId"),
         ("balances with bad userId", (Method::GET, "/v2/balances/0xzz", Some(alice.clone()), None), StatusCode::BAD_REQUEST, "userId"),
-        ("deposit of an unknown asset", (Method::POST, "/admin/deposits", Some(ADMIN.into()), Some(json!({"userId": ALICE, "asset": "gold", "amount": "1"}))), StatusCode::BAD_REQUEST, "asset"),
-        ("deposit of zero", (Method::POST, "/admin/deposits", Some(ADMIN.into()), Some(json!({"userId": ALICE, "asset": "collateral", "amount": "0"}))), StatusCode::BAD_REQUEST, "amount"),
+        ("deposit of an unknown asset", (Method::POST, "/admin/deposits", Some(ADMIN_TOKEN.into()), Some(json!({"userId": ALICE, "asset": "gold", "amount": "1"}))), StatusCode::BAD_REQUEST, "asset"),
+        ("deposit of zero", (Method::POST, "/admin/deposits", Some(ADMIN_TOKEN.into()), Some(json!({"userId": ALICE, "asset": "collateral", "amount": "0"}))), StatusCode::BAD_REQUEST, "amount"),
         ("admin with a user key", (Method::POST, "/admin/deposits", Some(alice.clone()), Some(json!({"userId": ALICE, "asset": "collateral", "amount": "1"}))), StatusCode::UNAUTHORIZED, "authorization"),
-        ("api key for a bad userId", (Method::POST, "/admin/api-keys", Some(ADMIN.into()), Some(json!({"userId": "nobody"}))), StatusCode::BAD_REQUEST, "userId"),
+        ("api key for a bad userId", (Method::POST, "/admin/api-keys", Some(ADMIN_TOKEN.into()), Some(json!({"userId": "nobody"}))), StatusCode::BAD_REQUEST, "userId"),
         ("bad order id in the path", (Method::GET, "/v2/orders/a%20b", Some(alice.clone()), None), StatusCode::BAD_REQUEST, "orderId"),
     ];
-    assert!(table.len() >= 15);
     for (name, (method, path, auth, body), want_status, want_field) in table {
         let (status, body) = server.call(method, path, auth.as_deref(), body).await;
         assert_eq!(status, want_status, "{name}: {body}");
@@ -160,7 +159,7 @@ async fn without_an_admin_token_admin_routes_do_not_exist() {
         .call(
             Method::POST,
             "/admin/deposits",
-            Some(ADMIN),
+            Some(ADMIN_TOKEN),
             Some(json!({"userId": ALICE, "asset": "collateral", "amount": "1"})),
         )
         .await;
@@ -190,20 +189,24 @@ async fn two_orders_match_through_every_route() {
             Method::POST,
             "/v2/orders",
             Some(&bob),
-            Some(with(
-                order(BOB, "sell", "600000", "40"),
-                "orderId",
-                json!("ask-1"),
-            )),
+            Some(
+                Order::sell()
+                    .id("ask-1")
+                    .user(BOB)
+                    .price(600_000)
+                    .amount(40)
+                    .json(),
+            ),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{ask}");
     assert_eq!(ask["order"]["status"], "open");
-    let bid_body = with(
-        order(ALICE, "buy", "700000", "50"),
-        "orderId",
-        json!("bid-1"),
-    );
+    let bid_body = Order::buy()
+        .id("bid-1")
+        .user(ALICE)
+        .price(700_000)
+        .amount(50)
+        .json();
     let (status, bid) = server
         .call(
             Method::POST,
@@ -335,27 +338,40 @@ async fn two_orders_match_through_every_route() {
         json!({"available": "976", "reserved": "0"})
     );
 
-    let (status, metrics) = server.call(Method::GET, "/metrics", None, None).await;
-    assert_eq!(status, StatusCode::OK);
-    let text = metrics.as_str().expect("metrics are text");
-    assert!(
-        text.contains(
-            r#"foresight_http_requests_total{method="POST",route="/v2/orders",status="201"} 3"#
+    let metrics = server.metrics().await;
+    let text = metrics.text();
+    let requests = "foresight_http_requests_total";
+    assert_eq!(
+        metrics.value(
+            requests,
+            &[
+                ("method", "POST"),
+                ("route", "/v2/orders"),
+                ("status", "201")
+            ]
         ),
+        3.0,
         "{text}"
     );
     assert!(
-        text.contains(r#"route="/v2/orders/{id}""#),
+        metrics.series(requests).any(|s| s
+            .labels
+            .get("route")
+            .is_some_and(|r| r == "/v2/orders/{id}")),
         "route templates, not raw paths: {text}"
     );
     assert!(!text.contains("bid-1"), "raw ids must not become labels");
     // The scrape reading it is not work in flight: an idle relayer reads 0.
-    assert!(
-        text.contains("foresight_http_requests_in_flight 0\n"),
+    assert_eq!(
+        metrics.value("foresight_http_requests_in_flight", &[]),
+        0.0,
         "{text}"
     );
     assert!(
-        text.contains("foresight_http_request_duration_seconds_bucket"),
+        metrics
+            .series("foresight_http_request_duration_seconds_bucket")
+            .next()
+            .is_some(),
         "{text}"
     );
 
@@ -377,7 +393,7 @@ async fn two_orders_match_through_every_route() {
         .call(
             Method::POST,
             "/admin/api-keys",
-            Some(ADMIN),
+            Some(ADMIN_TOKEN),
             Some(json!({"userId": BOB})),
         )
         .await;
@@ -387,7 +403,7 @@ async fn two_orders_match_through_every_route() {
         .call(
             Method::DELETE,
             &format!("/admin/api-keys/{key_id}"),
-            Some(ADMIN),
+            Some(ADMIN_TOKEN),
             None,
         )
         .await;
@@ -400,7 +416,7 @@ async fn two_orders_match_through_every_route() {
         .call(
             Method::DELETE,
             &format!("/admin/api-keys/{key_id}"),
-            Some(ADMIN),
+            Some(ADMIN_TOKEN),
             None,
         )
         .await;

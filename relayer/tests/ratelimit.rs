@@ -2,14 +2,12 @@
 //! counter stores, one budget across two relayer processes on one Redis, client identity behind
 //! proxies, and the store-failure policies.
 
-mod common;
 mod support;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Server;
 use relayer::config::RelayerConfig;
 use relayer::ratelimit::config::{OnStoreError, TierLimit};
 use relayer::ratelimit::store::{
@@ -18,7 +16,11 @@ use relayer::ratelimit::store::{
 use relayer::ratelimit::window::Spec;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use support::{RedisServer, RelayerProcess};
+use support::metrics::Metrics;
+use support::process::RelayerProcess;
+use support::redis::RedisServer;
+use support::server::Server;
+use support::wait::wait_for;
 
 const DEPTH: &str = "/v2/depth?marketKey=80002:1";
 
@@ -105,20 +107,13 @@ async fn limits_with_headers(redis: Option<&RedisServer>) {
     assert_eq!(body["error"]["tier"], "perIp");
 
     // Probes and metrics are never limited, and the decisions are counted.
-    let (status, metrics) = server.call(Method::GET, "/metrics", None, None).await;
-    assert_eq!(status, StatusCode::OK);
-    let text = metrics.as_str().expect("text");
-    assert!(
-        text.contains(r#"foresight_ratelimit_requests_total{tier="perIp",result="allowed"} 3"#),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"foresight_ratelimit_requests_total{tier="perIp",result="denied"} 1"#),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"foresight_ratelimit_current_usage{tier="perIp"} 1.0"#),
-        "{text}"
+    let metrics = server.metrics().await;
+    assert_eq!(decisions(&metrics, "allowed"), 3.0, "{metrics}");
+    assert_eq!(decisions(&metrics, "denied"), 1.0, "{metrics}");
+    assert_eq!(
+        metrics.value("foresight_ratelimit_current_usage", &[("tier", "perIp")]),
+        1.0,
+        "{metrics}"
     );
     server.stop().await;
 }
@@ -341,15 +336,19 @@ async fn redis_counters_expire_when_nothing_in_them_counts_any_more() {
         .and_then(|s| s.trim().parse().ok())
         .expect("PTTL answers");
     assert!((1..=300).contains(&ttl), "PTTL {ttl} ms");
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(
-        redis
-            .cli(&["EXISTS", "{ttl:rl}g"])
-            .as_deref()
-            .map(str::trim),
-        Some("0"),
-        "the key outlived its buckets"
-    );
+    // NB: the deadline is the assertion: gone within 450 ms (its PTTL and a margin).
+    wait_for(
+        "the key to expire (it outlived its buckets)",
+        Duration::from_millis(450),
+        async || {
+            redis
+                .cli(&["EXISTS", "{ttl:rl}g"])
+                .as_deref()
+                .map(str::trim)
+                == Some("0")
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -414,27 +413,21 @@ async fn two_relayers_on_one_redis_share_one_global_and_one_per_ip_budget() {
     assert_eq!(allowed, 15);
 }
 
-async fn metric(server: &Server, line_prefix: &str) -> u64 {
-    let (_, metrics) = server.call(Method::GET, "/metrics", None, None).await;
-    metrics
-        .as_str()
-        .expect("text")
-        .lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// `foresight_ratelimit_requests_total` of the per-IP tier with `result`.
+fn decisions(metrics: &Metrics, result: &str) -> f64 {
+    metrics.value(
+        "foresight_ratelimit_requests_total",
+        &[("tier", "perIp"), ("result", result)],
+    )
 }
 
-async fn wait_until_admitted(server: &Server) -> StatusCode {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = get(server, DEPTH, None).await.status();
-        if status == StatusCode::OK || Instant::now() > deadline {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_until_admitted(server: &Server) {
+    wait_for(
+        "a request to be admitted",
+        Duration::from_secs(10),
+        async || get(server, DEPTH, None).await.status() == StatusCode::OK,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -456,14 +449,10 @@ async fn with_redis_down_fail_open_admits_and_counts_then_recovers() {
             "bounded by the command timeout"
         );
     }
-    let failed_open = metric(
-        &server,
-        r#"foresight_ratelimit_requests_total{tier="perIp",result="error_allowed"}"#,
-    )
-    .await;
-    assert_eq!(failed_open, 8);
+    let failed_open = decisions(&server.metrics().await, "error_allowed");
+    assert_eq!(failed_open, 8.0);
     redis.restart();
-    assert_eq!(wait_until_admitted(&server).await, StatusCode::OK);
+    wait_until_admitted(&server).await;
     // Counting resumed from the data Redis kept: 1 before, 1+ after; the limit binds again.
     let mut statuses = Vec::new();
     for _ in 0..6 {
@@ -492,13 +481,9 @@ async fn with_redis_down_fail_closed_answers_503_then_recovers() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["error"]["code"], "rate_limiter_unavailable");
-    let failed_closed = metric(
-        &server,
-        r#"foresight_ratelimit_requests_total{tier="perIp",result="error_denied"}"#,
-    )
-    .await;
-    assert_eq!(failed_closed, 1);
+    let failed_closed = decisions(&server.metrics().await, "error_denied");
+    assert_eq!(failed_closed, 1.0);
     redis.restart();
-    assert_eq!(wait_until_admitted(&server).await, StatusCode::OK);
+    wait_until_admitted(&server).await;
     server.stop().await;
 }

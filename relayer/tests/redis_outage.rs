@@ -6,11 +6,14 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use support::{ADMIN_TOKEN, Api, MARKETS, RedisServer, RelayerProcess, address, crossing_order};
+use support::api::{Api, check_invariants};
+use support::fixtures::{ADMIN_TOKEN, MARKETS, Order, address, crossing_order};
+use support::process::RelayerProcess;
+use support::redis::RedisServer;
+use support::wait::{wait_for, wait_for_ok};
 
 const CLIENTS: usize = 8;
 const COLLATERAL: u64 = 10_000_000;
@@ -19,17 +22,8 @@ const SHARES: u64 = 1_000_000;
 const COMMAND_TIMEOUT_MS: u64 = 300;
 /// No request may take longer: a placement makes a handful of store calls, each bounded.
 const REQUEST_BOUND: Duration = Duration::from_secs(3);
-
-async fn wait_for(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while Instant::now() < until {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+/// Placements answered 201 that show traffic flowing, before the outage and after it.
+const TRAFFIC: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_intact() {
@@ -56,10 +50,17 @@ async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_inta
     assert_eq!(api.ready(&base).await, 200);
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Placements answered 201 so far, over all clients.
+    let placed = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|c| {
-            let (api, base, trader, stop) =
-                (api.clone(), base.clone(), traders[c].clone(), stop.clone());
+            let (api, base, trader, stop, placed) = (
+                api.clone(),
+                base.clone(),
+                traders[c].clone(),
+                stop.clone(),
+                placed.clone(),
+            );
             tokio::spawn(async move {
                 let mut attempted = Vec::new();
                 let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
@@ -72,7 +73,7 @@ async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_inta
                         .wrapping_add(1_442_695_040_888_963_407);
                     let id = format!("k{c}-{i}");
                     i += 1;
-                    let order = crossing_order(seed, &id, &trader.user_id);
+                    let order = crossing_order(seed, &id, &trader.user_id).json();
                     let started = Instant::now();
                     let (status, body) = api
                         .place(&base, &trader, &order)
@@ -87,6 +88,9 @@ async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_inta
                         // NB: what a client would do: back off a little.
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
+                    if status == 201 {
+                        placed.fetch_add(1, Ordering::Relaxed);
+                    }
                     *statuses.entry(status).or_default() += 1;
                     attempted.push((id, c));
                 }
@@ -97,9 +101,14 @@ async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_inta
 
     // Traffic flows, then Redis hangs with every client's request somewhere in its sequence of
     // store calls, and dies.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    wait_for("traffic to flow", Duration::from_secs(10), async || {
+        placed.load(Ordering::Relaxed) >= TRAFFIC
+    })
+    .await;
     let before_kill = Instant::now();
     redis.freeze();
+    // NB: this sleep is the scenario: Redis stays hung for two command timeouts, so that calls
+    // in flight time out rather than fail fast.
     tokio::time::sleep(Duration::from_millis(2 * COMMAND_TIMEOUT_MS)).await;
     redis.kill();
     wait_for("/ready to turn 503", Duration::from_secs(5), async || {
@@ -107,7 +116,7 @@ async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_inta
     })
     .await;
     let ready_off_after = before_kill.elapsed();
-    // The outage lasts a while under traffic.
+    // The outage lasts a while under traffic (NB: this sleep is the scenario, not a wait).
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     assert_eq!(
         api.ready(&base).await,
@@ -123,7 +132,13 @@ async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_inta
     )
     .await;
     // Traffic continues after the restart, then stops.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before_restart_traffic = placed.load(Ordering::Relaxed);
+    wait_for(
+        "traffic to flow after the restart",
+        Duration::from_secs(10),
+        async || placed.load(Ordering::Relaxed) >= before_restart_traffic + TRAFFIC,
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
 
     let mut orders = Vec::new();
@@ -156,8 +171,13 @@ async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_inta
     );
 
     // The same process serves again: a fresh placement succeeds.
-    let fresh = json!({"orderId": "after", "marketKey": MARKETS[0], "userId": traders[0].user_id,
-        "side": "buy", "price": "100000", "amount": "1"});
+    let fresh = Order::buy()
+        .id("after")
+        .market(MARKETS[0])
+        .user(&traders[0].user_id)
+        .price(100_000)
+        .amount(1)
+        .json();
     let (status, _) = api
         .place(&base, &traders[0], &fresh)
         .await
@@ -167,24 +187,23 @@ async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_inta
 
     // Balance steps interrupted by the outage complete in the background once Redis is back;
     // after that, nothing is lost or created.
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let verdict = support::check_invariants(
-            &api,
-            &base,
-            &traders,
-            &orders,
-            &MARKETS,
-            u128::from(COLLATERAL) * CLIENTS as u128,
-            u128::from(SHARES) * CLIENTS as u128,
-        )
-        .await;
-        match verdict {
-            Ok(()) => break,
-            Err(e) => assert!(Instant::now() < until, "invariants do not hold: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_ok(
+        "the invariants to hold",
+        Duration::from_secs(20),
+        async || {
+            check_invariants(
+                &api,
+                &base,
+                &traders,
+                &orders,
+                &MARKETS,
+                u128::from(COLLATERAL) * CLIENTS as u128,
+                u128::from(SHARES) * CLIENTS as u128,
+            )
+            .await
+        },
+    )
+    .await;
     let log = relayer.log_text();
     assert!(!log.contains("panicked"), "the relayer panicked:\n{log}");
     eprintln!(

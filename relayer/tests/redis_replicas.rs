@@ -6,9 +6,10 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use support::{
-    ADMIN_TOKEN, Api, MARKETS, RedisServer, RelayerProcess, address, crossing_order, num,
-};
+use support::api::{Api, check_invariants, num};
+use support::fixtures::{ADMIN_TOKEN, MARKETS, address, crossing_order};
+use support::process::RelayerProcess;
+use support::redis::RedisServer;
 
 const CLIENTS: usize = 8;
 const ORDERS_PER_CLIENT: usize = 260;
@@ -53,7 +54,7 @@ async fn two_replicas_on_one_redis_keep_every_invariant() {
                         .wrapping_mul(6_364_136_223_846_793_005)
                         .wrapping_add(1_442_695_040_888_963_407);
                     let id = format!("c{c}-{i}");
-                    let order = crossing_order(seed, &id, &trader.user_id);
+                    let order = crossing_order(seed, &id, &trader.user_id).json();
                     let base = &bases[(c + i) % 2];
                     let (status, body) = api
                         .place(base, &trader, &order)
@@ -120,7 +121,7 @@ async fn two_replicas_on_one_redis_keep_every_invariant() {
             "order {id}: filled vs its trades"
         );
     }
-    support::check_invariants(
+    check_invariants(
         &api,
         &bases[1],
         &traders,

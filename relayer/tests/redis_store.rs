@@ -5,10 +5,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use relayer::domain::{Asset, MarketKey, Move, Order, Side, UserId};
-use relayer::exchange::{Exchange, NewOrder};
+use relayer::domain::{Asset, MarketKey, Move, UserId};
+use relayer::exchange::Exchange;
 use relayer::store::{RedisSettings, Store, StoreError};
-use support::RedisServer;
+use support::fixtures::Order;
+use support::redis::RedisServer;
+use support::wait::wait_for;
 
 fn store(server: &RedisServer, timeout_ms: u64, retention: Duration) -> Store {
     Store::redis(&RedisSettings {
@@ -42,28 +44,30 @@ async fn finished_orders_and_their_claims_expire_and_open_ones_stay() {
             .await
             .expect("deposit");
     }
-    let new = |id: &str, u: u8, side, amount| NewOrder {
-        order_id: id.to_owned(),
-        market_key: market(),
-        user_id: user(u),
-        side,
-        price: 500_000,
-        amount,
-    };
+    let at_half = |order: Order| order.market(market()).price(500_000).new_order();
     exchange
-        .place(new("maker", 1, Side::Sell, 10), 1)
+        .place(
+            at_half(Order::sell().id("maker").user(user(1)).amount(10)),
+            1,
+        )
         .await
         .expect("maker rests");
     exchange
-        .place(new("open", 1, Side::Sell, 10), 1)
+        .place(
+            at_half(Order::sell().id("open").user(user(1)).amount(10)),
+            1,
+        )
         .await
         .expect("rests");
     exchange
-        .place(new("taker", 2, Side::Buy, 10), 1)
+        .place(
+            at_half(Order::buy().id("taker").user(user(2)).amount(10)),
+            1,
+        )
         .await
         .expect("fills maker");
     exchange
-        .place(new("gone", 2, Side::Buy, 3), 1)
+        .place(at_half(Order::buy().id("gone").user(user(2)).amount(3)), 1)
         .await
         .expect("partly fills open");
     exchange
@@ -71,7 +75,7 @@ async fn finished_orders_and_their_claims_expire_and_open_ones_stay() {
         .await
         .expect_err("already filled");
     exchange
-        .place(new("cxl", 2, Side::Buy, 1), 1)
+        .place(at_half(Order::buy().id("cxl").user(user(2)).amount(1)), 1)
         .await
         .expect("fills open");
     let exists = |key: &str| {
@@ -80,15 +84,17 @@ async fn finished_orders_and_their_claims_expire_and_open_ones_stay() {
             .is_some_and(|out| out.trim() == "1")
     };
     assert!(exists("ret:{c:maker}") && exists("ret:{m:80002:1}:o:maker"));
-    let until = Instant::now() + Duration::from_secs(10);
-    while exists("ret:{c:maker}")
-        || exists("ret:{m:80002:1}:o:maker")
-        || exists("ret:{c:taker}")
-        || exists("ret:{m:80002:1}:o:taker")
-    {
-        assert!(Instant::now() < until, "finished orders did not expire");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "finished orders to expire",
+        Duration::from_secs(10),
+        async || {
+            !(exists("ret:{c:maker}")
+                || exists("ret:{m:80002:1}:o:maker")
+                || exists("ret:{c:taker}")
+                || exists("ret:{m:80002:1}:o:taker"))
+        },
+    )
+    .await;
     // The partly filled order rests: it and its claim stay.
     assert!(exists("ret:{c:open}") && exists("ret:{m:80002:1}:o:open"));
     let o = exchange
@@ -121,15 +127,16 @@ async fn calls_fail_as_unavailable_within_the_timeout_and_recover_after_a_restar
         let err = store.ping().await.expect_err("redis is down");
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         let err = store
-            .match_order(Order::new(
-                "x".into(),
-                market(),
-                user(1),
-                Side::Buy,
-                1,
-                1,
-                0,
-            ))
+            .match_order(
+                Order::buy()
+                    .id("x")
+                    .market(market())
+                    .user(user(1))
+                    .price(1)
+                    .amount(1)
+                    .created_at_ms(0)
+                    .book(),
+            )
             .await
             .expect_err("redis is down");
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
@@ -146,11 +153,12 @@ async fn calls_fail_as_unavailable_within_the_timeout_and_recover_after_a_restar
     assert!(store.account(&user(1)).await.is_err());
     assert!(started.elapsed() < Duration::from_millis(1_000));
     server.restart();
-    let until = Instant::now() + Duration::from_secs(10);
-    while store.ping().await.is_err() {
-        assert!(Instant::now() < until, "the store did not reconnect");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "the store to reconnect",
+        Duration::from_secs(10),
+        async || store.ping().await.is_ok(),
+    )
+    .await;
     // The data survived (append-only file) and the scripts reload themselves.
     let a = store
         .apply_moves(&user(1), &[Move::reserve(Asset::Collateral, 5)])

@@ -4,29 +4,21 @@
 //! collateral and shares are conserved, each trade's idempotency key was settled exactly once,
 //! and no reservation is orphaned.
 
-mod settle;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use settle::SettlementServer;
-use support::{ADMIN_TOKEN, Api, RedisServer, RelayerProcess, address, check_invariants, num};
+use support::api::{Api, check_invariants, num};
+use support::fixtures::{ADMIN_TOKEN, Order, address};
+use support::process::RelayerProcess;
+use support::redis::RedisServer;
+use support::settle::SettlementServer;
+use support::wait::wait_for;
 
 const MARKET: &str = "80002:1";
 const SHARES: u64 = 100;
 const COLLATERAL: u64 = 1_000_000;
-
-async fn wait_for(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while Instant::now() < until {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 fn env(
     redis: &RedisServer,
@@ -96,16 +88,26 @@ async fn crash_at(point: &str, expect: Expect) {
         .place(
             &b.base,
             &seller,
-            &json!({"orderId": "ask", "marketKey": MARKET,
-            "userId": seller_id, "side": "sell", "price": "400000", "amount": "10"}),
+            &Order::sell()
+                .id("ask")
+                .market(MARKET)
+                .user(&seller_id)
+                .price(400_000)
+                .amount(10)
+                .json(),
         )
         .await
         .expect("B answers");
     assert_eq!(status, 201, "{body}");
 
     // A dies in the middle of the crossing order's saga.
-    let crossing = json!({"orderId": "bid", "marketKey": MARKET, "userId": buyer_id,
-        "side": "buy", "price": "400000", "amount": "6"});
+    let crossing = Order::buy()
+        .id("bid")
+        .market(MARKET)
+        .user(&buyer_id)
+        .price(400_000)
+        .amount(6)
+        .json();
     let answer = api.place(&a.base, &buyer, &crossing).await;
     assert!(answer.is_err(), "A aborted before answering: {answer:?}");
     wait_for("A to be gone", Duration::from_secs(5), async || {
@@ -206,24 +208,17 @@ async fn crash_at(point: &str, expect: Expect) {
     )
     .await
     .expect("collateral and shares conserved");
-    let metrics = api
-        .http
-        .get(format!("{}/metrics", b.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
     let outcome = match expect {
         Expect::Finished { .. } => "completed",
         Expect::Compensated => "compensated",
     };
+    let recovered = api.metrics(&b.base).await.value(
+        "foresight_saga_executions_total",
+        &[("saga", "order"), ("outcome", outcome)],
+    );
     assert!(
-        metrics.contains(&format!(
-            "foresight_saga_executions_total{{saga=\"order\",outcome=\"{outcome}\"}}"
-        )),
-        "B counted the recovered saga: {metrics}"
+        recovered >= 1.0,
+        "B counted the recovered saga: {recovered}"
     );
     assert!(!b.log_text().contains("panicked"), "{}", b.log_text());
 }

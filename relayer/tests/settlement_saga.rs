@@ -4,30 +4,21 @@
 //! exactly as they were; an unconfirmed settlement is carried forward with the same keys; a
 //! trade rejected after it may have settled parks the saga as `manual`.
 
-mod common;
-mod settle;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Server};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use settle::{Mode, SettlementServer};
+use support::fixtures::{ADMIN_TOKEN, Order};
+use support::metrics::Metrics;
+use support::server::Server;
+use support::settle::{Mode, SettlementServer};
+use support::wait::wait_for;
 
 const MARKET: &str = "80002:1";
 const SELLER: &str = "0x1111111111111111111111111111111111111111";
 const BUYER: &str = "0x2222222222222222222222222222222222222222";
-
-async fn wait_for(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while Instant::now() < until {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 struct Market {
     server: Server,
@@ -67,36 +58,22 @@ impl Market {
         }
     }
 
-    async fn place(
-        &self,
-        key: &str,
-        user: &str,
-        id: &str,
-        side: &str,
-        price: u64,
-        amount: u64,
-    ) -> (StatusCode, Value) {
+    async fn place(&self, key: &str, order: Order) -> (StatusCode, Value) {
         self.server
-            .call(
-                Method::POST,
-                "/v2/orders",
-                Some(key),
-                Some(
-                    json!({"orderId": id, "marketKey": MARKET, "userId": user, "side": side,
-                    "price": price.to_string(), "amount": amount.to_string()}),
-                ),
-            )
+            .call(Method::POST, "/v2/orders", Some(key), Some(order.json()))
             .await
     }
 
     async fn ask(&self, id: &str, price: u64, amount: u64) -> (StatusCode, Value) {
-        let key = self.seller.clone();
-        self.place(&key, SELLER, id, "sell", price, amount).await
+        let order = Order::sell().id(id).market(MARKET).user(SELLER);
+        self.place(&self.seller, order.price(price).amount(amount))
+            .await
     }
 
     async fn bid(&self, id: &str, price: u64, amount: u64) -> (StatusCode, Value) {
-        let key = self.buyer.clone();
-        self.place(&key, BUYER, id, "buy", price, amount).await
+        let order = Order::buy().id(id).market(MARKET).user(BUYER);
+        self.place(&self.buyer, order.price(price).amount(amount))
+            .await
     }
 
     /// Both users' balances and the market's depth.
@@ -134,7 +111,7 @@ impl Market {
     async fn breaker_state(&self) -> String {
         let (status, body) = self
             .server
-            .call(Method::GET, "/admin/breakers", Some(ADMIN), None)
+            .call(Method::GET, "/admin/breakers", Some(ADMIN_TOKEN), None)
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body["breakers"]
@@ -144,9 +121,8 @@ impl Market {
             .expect("the settlement breaker is listed")
     }
 
-    async fn metrics(&self) -> String {
-        let (_, text) = self.server.call(Method::GET, "/metrics", None, None).await;
-        text.as_str().unwrap_or_default().to_owned()
+    async fn metrics(&self) -> Metrics {
+        self.server.metrics().await
     }
 }
 
@@ -157,14 +133,18 @@ async fn an_outage_opens_the_breaker_orders_fail_fast_and_probes_close_it_with_b
     assert_eq!(m.ask("a1", 600_000, 10).await.0, StatusCode::CREATED);
     assert_eq!(m.ask("a2", 610_000, 10).await.0, StatusCode::CREATED);
     let metrics = m.metrics().await;
-    for series in [
-        "foresight_saga_active{saga=\"order\"} 0",
-        "foresight_saga_executions_total{saga=\"order\",outcome=\"manual\"} 0",
-        "foresight_circuit_breaker_state{name=\"settlement\"} 0",
+    for (name, labels) in [
+        ("foresight_saga_active", &[("saga", "order")][..]),
+        (
+            "foresight_saga_executions_total",
+            &[("saga", "order"), ("outcome", "manual")],
+        ),
+        ("foresight_circuit_breaker_state", &[("name", "settlement")]),
     ] {
-        assert!(
-            metrics.contains(series),
-            "{series} before any trade:\n{metrics}"
+        assert_eq!(
+            metrics.value(name, labels),
+            0.0,
+            "{name}{labels:?} before any trade:\n{metrics}"
         );
     }
     let (status, body) = m.bid("b0", 600_000, 2).await;
@@ -187,10 +167,11 @@ async fn an_outage_opens_the_breaker_orders_fail_fast_and_probes_close_it_with_b
     // 3 consecutive failures opened it: 2 attempts for the first order, 1 for the second.
     assert_eq!(failed, 2);
     assert_eq!(endpoint.requests().len(), 1 + 3);
-    assert!(
+    assert_eq!(
         m.metrics()
             .await
-            .contains("foresight_circuit_breaker_state{name=\"settlement\"} 1"),
+            .value("foresight_circuit_breaker_state", &[("name", "settlement")]),
+        1.0,
         "the state gauge reads open"
     );
 
@@ -244,24 +225,34 @@ async fn an_outage_opens_the_breaker_orders_fail_fast_and_probes_close_it_with_b
     assert_eq!(snap["seller"]["collateral"]["available"], "4");
     assert_eq!(snap["seller"]["shares"][MARKET]["reserved"], "16");
     let metrics = m.metrics().await;
-    assert!(
-        metrics
-            .contains("foresight_saga_executions_total{saga=\"order\",outcome=\"compensated\"} 3"),
+    assert_eq!(
+        metrics.value(
+            "foresight_saga_executions_total",
+            &[("saga", "order"), ("outcome", "compensated")]
+        ),
+        3.0,
         "{metrics}"
     );
-    assert!(
-        metrics.contains("foresight_saga_active{saga=\"order\"} 0"),
+    assert_eq!(
+        metrics.value("foresight_saga_active", &[("saga", "order")]),
+        0.0,
         "{metrics}"
     );
-    assert!(
-        metrics.contains("foresight_retry_attempts_total{operation=\"settlement\"} 2"),
+    assert_eq!(
+        metrics.value(
+            "foresight_retry_attempts_total",
+            &[("operation", "settlement")]
+        ),
+        2.0,
         "{metrics}"
     );
     // f1's retry and "fast" were refused by the open breaker without a call.
-    assert!(
-        metrics.contains(
-            "foresight_circuit_breaker_calls_total{name=\"settlement\",result=\"rejected\"} 2"
+    assert_eq!(
+        metrics.value(
+            "foresight_circuit_breaker_calls_total",
+            &[("name", "settlement"), ("result", "rejected")]
         ),
+        2.0,
         "{metrics}"
     );
     m.server.stop().await;
@@ -300,7 +291,7 @@ async fn an_unconfirmed_settlement_is_carried_forward_with_the_same_key() {
     assert_eq!(order["status"], "filled", "{order}");
     let (_, sagas) = m
         .server
-        .call(Method::GET, "/admin/sagas", Some(ADMIN), None)
+        .call(Method::GET, "/admin/sagas", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(
         sagas["sagas"],
@@ -325,7 +316,12 @@ async fn a_rejection_after_a_settlement_that_may_have_happened_parks_the_saga_as
     assert_eq!(after["seller"], before["seller"]);
     let (status, sagas) = m
         .server
-        .call(Method::GET, "/admin/sagas?state=manual", Some(ADMIN), None)
+        .call(
+            Method::GET,
+            "/admin/sagas?state=manual",
+            Some(ADMIN_TOKEN),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{sagas}");
     let list = sagas["sagas"].as_array().expect("list");
@@ -335,13 +331,20 @@ async fn a_rejection_after_a_settlement_that_may_have_happened_parks_the_saga_as
     assert_eq!(list[0]["data"]["inDoubt"], true);
     let (status, _) = m
         .server
-        .call(Method::GET, "/admin/sagas?state=bogus", Some(ADMIN), None)
+        .call(
+            Method::GET,
+            "/admin/sagas?state=bogus",
+            Some(ADMIN_TOKEN),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        m.metrics()
-            .await
-            .contains("foresight_saga_executions_total{saga=\"order\",outcome=\"manual\"} 1")
+    assert_eq!(
+        m.metrics().await.value(
+            "foresight_saga_executions_total",
+            &[("saga", "order"), ("outcome", "manual")]
+        ),
+        1.0
     );
     m.server.stop().await;
 }
@@ -350,7 +353,7 @@ async fn a_rejection_after_a_settlement_that_may_have_happened_parks_the_saga_as
 async fn a_live_saga_keeps_its_lease_through_a_long_settlement_so_no_replica_takes_it_over() {
     let endpoint = SettlementServer::start().await;
     let mut config = relayer::config::RelayerConfig {
-        admin_token: Some(ADMIN.to_owned()),
+        admin_token: Some(ADMIN_TOKEN.to_owned()),
         ..Default::default()
     };
     config.rate_limit.enabled = false;
@@ -388,8 +391,13 @@ async fn a_live_saga_keeps_its_lease_through_a_long_settlement_so_no_replica_tak
                 .post(url)
                 .bearer_auth(key)
                 .json(
-                    &json!({"orderId": "b1", "marketKey": MARKET, "userId": BUYER,
-                    "side": "buy", "price": "500000", "amount": "4"}),
+                    &Order::buy()
+                        .id("b1")
+                        .market(MARKET)
+                        .user(BUYER)
+                        .price(500_000)
+                        .amount(4)
+                        .json(),
                 )
                 .send()
                 .await
@@ -407,6 +415,7 @@ async fn a_live_saga_keeps_its_lease_through_a_long_settlement_so_no_replica_tak
         sweeps += 1;
         assert!(sweeps < 1_000, "the placement ends within its timeout");
         tokio::task::yield_now().await;
+        // NB: the pace of B's sweeps is the scenario (a replica sweeping while A's call hangs).
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(sweeps > 10, "B swept while A's settlement hung ({sweeps})");

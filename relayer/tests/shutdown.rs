@@ -1,64 +1,24 @@
 //! Graceful shutdown of the real binary: on SIGTERM readiness fails first, a request in flight
 //! completes, new connections are refused once the listener closes, and the process exits 0.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
 
 use reqwest::StatusCode;
-
-/// Kills the relayer if the test fails before it exits.
-struct Relayer(Child);
-
-impl Drop for Relayer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the binary on an ephemeral loopback port and reads the bound address from its JSON
-/// log line.
-fn start(env: &[(&str, &str)]) -> (Relayer, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relayer"))
-        .env_clear()
-        .env("RELAYER_LISTEN", "127.0.0.1:0")
-        .env("RELAYER_LOG__FORMAT", "json")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the relayer binary");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let relayer = Relayer(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the relayer logs its address before exiting")
-            .expect("read a log line");
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if event["fields"]["message"] == "relayer listening" {
-            break event["fields"]["addr"]
-                .as_str()
-                .expect("addr field")
-                .to_owned();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (relayer, format!("http://{addr}"))
-}
+use support::metrics::scrape;
+use support::process::JsonLogRelayer;
+use support::wait::{wait_for, wait_for_ok};
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_fails_readiness_first() {
-    let (mut relayer, base) = start(&[
+    let mut relayer = JsonLogRelayer::start(&[
         ("RELAYER_FAULT_INJECTION__ADDED_LATENCY_MS", "1500"),
         ("RELAYER_SHUTDOWN__READINESS_DELAY_MS", "700"),
         ("RELAYER_SHUTDOWN__DRAIN_TIMEOUT_MS", "5000"),
     ]);
+    let base = relayer.base.clone();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -76,34 +36,62 @@ async fn sigterm_drains_in_flight_requests_and_fails_readiness_first() {
         let url = format!("{base}/v2/depth?marketKey=80002:1");
         async move { client.get(url).send().await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for(
+        "the slow request to be in flight",
+        Duration::from_secs(5),
+        async || {
+            scrape(&client, &base)
+                .await
+                .value("foresight_http_requests_in_flight", &[])
+                == 1.0
+        },
+    )
+    .await;
     let status = Command::new("kill")
-        .args(["-TERM", &relayer.0.id().to_string()])
+        .args(["-TERM", &relayer.pid().to_string()])
         .status()
         .expect("run kill");
     assert!(status.success());
 
     // Within the readiness delay, /ready answers 503 on a fresh connection.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let fresh = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
         .expect("client");
-    let during = fresh
-        .get(format!("{base}/ready"))
-        .send()
-        .await
-        .expect("ready during drain");
-    assert_eq!(during.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let during = wait_for_ok(
+        "/ready to answer 503",
+        Duration::from_secs(5),
+        async || match fresh.get(format!("{base}/ready")).send().await {
+            Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => Ok(resp),
+            Ok(resp) => Err(format!("/ready answered {}", resp.status())),
+            Err(e) => panic!("ready during drain: {e}"),
+        },
+    )
+    .await;
     let body: serde_json::Value = during.json().await.expect("json");
     assert_eq!(body["status"], "draining");
 
     // After the delay the listener is closed: a new connection is refused or answered 503.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // NB: a connection accepted just as the listener closes fails otherwise; that is the
+    // transition, so the wait goes on, and the closed state is checked once more after it.
+    let closed = async || match fresh.get(format!("{base}/health")).send().await {
+        Err(e) if e.is_connect() => Ok(()),
+        Err(e) => Err(format!("expected a refused connection, got {e}")),
+        Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => Ok(()),
+        Ok(resp) => {
+            assert_eq!(resp.status(), StatusCode::OK, "/health during the delay");
+            Err("/health still answers 200".to_owned())
+        }
+    };
+    wait_for_ok("the listener to close", Duration::from_secs(5), closed).await;
     match fresh.get(format!("{base}/health")).send().await {
         Err(e) => assert!(e.is_connect(), "expected a refused connection, got {e}"),
         Ok(resp) => assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE),
     }
+    assert!(
+        !slow.is_finished(),
+        "the listener closed while the slow request was still in flight"
+    );
 
     // The in-flight request completes normally.
     let resp = slow
@@ -115,14 +103,10 @@ async fn sigterm_drains_in_flight_requests_and_fails_readiness_first() {
     assert_eq!(depth["marketKey"], "80002:1");
 
     // And the process exits cleanly, well before the drain timeout.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = relayer.0.try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "relayer did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = wait_for_ok("the relayer to exit", Duration::from_secs(10), async || {
+        relayer.try_wait().ok_or_else(|| "still running".to_owned())
+    })
+    .await;
     assert!(exit.success(), "exit status {exit}");
 }
 

@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use relayer::book::{CancelError, Level};
 use relayer::domain::{
-    Account, Asset, Balance, BalanceError, MarketKey, Move, Order, OrderStatus, Side, UserId,
+    Account, Asset, Balance, BalanceError, MarketKey, Move, OrderStatus, Side, UserId,
 };
-use relayer::exchange::{Exchange, NewOrder};
+use relayer::exchange::Exchange;
 use relayer::store::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, RedisSettings, Store};
-use support::RedisServer;
+use support::fixtures::Order;
+use support::redis::RedisServer;
 
 /// A store and, for Redis, the server behind it (killed on drop).
 struct Backend {
@@ -123,18 +124,6 @@ fn m1() -> MarketKey {
     market("80002:1")
 }
 
-fn order(id: &str, u: u8, side: Side, price: u64, amount: u64) -> Order {
-    Order::new(
-        id.to_owned(),
-        m1(),
-        user(u),
-        side,
-        price,
-        amount,
-        1_700_000_000_000,
-    )
-}
-
 fn bal(available: u128, reserved: u128) -> Balance {
     Balance {
         available,
@@ -150,7 +139,7 @@ async fn apply(store: &Store, u: u8, moves: &[Move]) -> Result<Account, BalanceE
 }
 
 async fn place(store: &Store, o: Order) -> relayer::book::MatchOutcome {
-    store.match_order(o).await.expect("store answers")
+    store.match_order(o.book()).await.expect("store answers")
 }
 
 async fn ping_answers(store: Store) {
@@ -383,7 +372,11 @@ async fn claims_are_first_come_and_keep_their_result(store: Store) {
             .expect("claim"),
         ClaimOutcome::Existing(claim(1, "f1"))
     );
-    let outcome = place(&store, order("o1", 1, Side::Buy, 500_000, 3)).await;
+    let outcome = place(
+        &store,
+        Order::buy().id("o1").user(user(1)).price(500_000).amount(3),
+    )
+    .await;
     let record = PlacementRecord {
         order: outcome.order,
         fills: outcome.fills,
@@ -426,7 +419,12 @@ async fn a_dropped_claim_frees_the_id(store: Store) {
 }
 
 async fn finishing_a_missing_claim_changes_nothing(store: Store) {
-    let o = order("ghost", 1, Side::Buy, 1, 1);
+    let o = Order::buy()
+        .id("ghost")
+        .user(user(1))
+        .price(1)
+        .amount(1)
+        .book();
     store
         .finish_claim(
             "ghost",
@@ -441,10 +439,38 @@ async fn finishing_a_missing_claim_changes_nothing(store: Store) {
 }
 
 async fn best_price_fills_first_then_earliest_at_that_price(store: Store) {
-    place(&store, order("a1", 1, Side::Sell, 600_000, 10)).await;
-    place(&store, order("a2", 2, Side::Sell, 550_000, 10)).await;
-    place(&store, order("a3", 3, Side::Sell, 550_000, 10)).await;
-    let out = place(&store, order("b", 4, Side::Buy, 600_000, 25)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("a1")
+            .user(user(1))
+            .price(600_000)
+            .amount(10),
+    )
+    .await;
+    place(
+        &store,
+        Order::sell()
+            .id("a2")
+            .user(user(2))
+            .price(550_000)
+            .amount(10),
+    )
+    .await;
+    place(
+        &store,
+        Order::sell()
+            .id("a3")
+            .user(user(3))
+            .price(550_000)
+            .amount(10),
+    )
+    .await;
+    let out = place(
+        &store,
+        Order::buy().id("b").user(user(4)).price(600_000).amount(25),
+    )
+    .await;
     let makers: Vec<_> = out
         .fills
         .iter()
@@ -480,8 +506,24 @@ async fn best_price_fills_first_then_earliest_at_that_price(store: Store) {
 }
 
 async fn trades_execute_at_the_maker_price_and_refund_the_improvement(store: Store) {
-    place(&store, order("ask", 1, Side::Sell, 400_000, 10)).await;
-    let out = place(&store, order("bid", 2, Side::Buy, 700_000, 10)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("ask")
+            .user(user(1))
+            .price(400_000)
+            .amount(10),
+    )
+    .await;
+    let out = place(
+        &store,
+        Order::buy()
+            .id("bid")
+            .user(user(2))
+            .price(700_000)
+            .amount(10),
+    )
+    .await;
     assert_eq!(out.fills.len(), 1);
     let fill = &out.fills[0];
     assert_eq!(
@@ -505,9 +547,21 @@ async fn trades_execute_at_the_maker_price_and_refund_the_improvement(store: Sto
 }
 
 async fn a_sell_taker_hits_the_highest_bid_at_its_price(store: Store) {
-    place(&store, order("b1", 1, Side::Buy, 300_000, 5)).await;
-    place(&store, order("b2", 2, Side::Buy, 500_000, 5)).await;
-    let out = place(&store, order("s", 3, Side::Sell, 250_000, 7)).await;
+    place(
+        &store,
+        Order::buy().id("b1").user(user(1)).price(300_000).amount(5),
+    )
+    .await;
+    place(
+        &store,
+        Order::buy().id("b2").user(user(2)).price(500_000).amount(5),
+    )
+    .await;
+    let out = place(
+        &store,
+        Order::sell().id("s").user(user(3)).price(250_000).amount(7),
+    )
+    .await;
     let got: Vec<_> = out
         .fills
         .iter()
@@ -520,8 +574,24 @@ async fn a_sell_taker_hits_the_highest_bid_at_its_price(store: Store) {
 }
 
 async fn a_partial_fill_rests_the_remainder(store: Store) {
-    place(&store, order("ask", 1, Side::Sell, 500_000, 4)).await;
-    let out = place(&store, order("bid", 2, Side::Buy, 500_000, 10)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("ask")
+            .user(user(1))
+            .price(500_000)
+            .amount(4),
+    )
+    .await;
+    let out = place(
+        &store,
+        Order::buy()
+            .id("bid")
+            .user(user(2))
+            .price(500_000)
+            .amount(10),
+    )
+    .await;
     assert_eq!(out.order.status, OrderStatus::PartiallyFilled);
     assert_eq!(out.order.remaining(), 6);
     let (bids, asks) = store.depth(&m1(), 10).await.expect("depth");
@@ -537,17 +607,57 @@ async fn a_partial_fill_rests_the_remainder(store: Store) {
 }
 
 async fn orders_that_do_not_cross_rest(store: Store) {
-    place(&store, order("ask", 1, Side::Sell, 600_000, 4)).await;
-    let out = place(&store, order("bid", 2, Side::Buy, 590_000, 4)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("ask")
+            .user(user(1))
+            .price(600_000)
+            .amount(4),
+    )
+    .await;
+    let out = place(
+        &store,
+        Order::buy()
+            .id("bid")
+            .user(user(2))
+            .price(590_000)
+            .amount(4),
+    )
+    .await;
     assert!(out.fills.is_empty());
     assert_eq!(out.order.status, OrderStatus::Open);
     assert_eq!(store.open_orders(&m1(), None).await.expect("open").len(), 2);
 }
 
 async fn self_trade_cancels_the_resting_order_and_continues(store: Store) {
-    place(&store, order("mine", 1, Side::Sell, 500_000, 5)).await;
-    place(&store, order("theirs", 2, Side::Sell, 510_000, 5)).await;
-    let out = place(&store, order("bid", 1, Side::Buy, 600_000, 5)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("mine")
+            .user(user(1))
+            .price(500_000)
+            .amount(5),
+    )
+    .await;
+    place(
+        &store,
+        Order::sell()
+            .id("theirs")
+            .user(user(2))
+            .price(510_000)
+            .amount(5),
+    )
+    .await;
+    let out = place(
+        &store,
+        Order::buy()
+            .id("bid")
+            .user(user(1))
+            .price(600_000)
+            .amount(5),
+    )
+    .await;
     assert_eq!(out.self_trade_cancelled.len(), 1);
     assert_eq!(out.self_trade_cancelled[0].order_id, "mine");
     assert_eq!(out.self_trade_cancelled[0].status, OrderStatus::Cancelled);
@@ -565,13 +675,35 @@ async fn self_trade_cancels_the_resting_order_and_continues(store: Store) {
 }
 
 async fn rounding_is_cumulative_per_buy_order(store: Store) {
-    place(&store, order("bid", 1, Side::Buy, 500_000, 2)).await;
-    let f1 = place(&store, order("s1", 2, Side::Sell, 500_000, 1))
-        .await
-        .fills;
-    let f2 = place(&store, order("s2", 3, Side::Sell, 500_000, 1))
-        .await
-        .fills;
+    place(
+        &store,
+        Order::buy()
+            .id("bid")
+            .user(user(1))
+            .price(500_000)
+            .amount(2),
+    )
+    .await;
+    let f1 = place(
+        &store,
+        Order::sell()
+            .id("s1")
+            .user(user(2))
+            .price(500_000)
+            .amount(1),
+    )
+    .await
+    .fills;
+    let f2 = place(
+        &store,
+        Order::sell()
+            .id("s2")
+            .user(user(3))
+            .price(500_000)
+            .amount(1),
+    )
+    .await
+    .fills;
     assert_eq!((f1[0].collateral, f2[0].collateral), (1, 0));
     let bid = store
         .order(&m1(), "bid")
@@ -586,10 +718,30 @@ async fn rounding_is_cumulative_per_buy_order(store: Store) {
 
 async fn quantities_beyond_two_to_the_53_stay_exact(store: Store) {
     let big = u64::MAX - 1;
-    place(&store, order("ask1", 1, Side::Sell, 999_999, big / 2)).await;
-    place(&store, order("ask2", 2, Side::Sell, 999_999, big / 2)).await;
-    let bid = order("bid", 3, Side::Buy, 999_999, big);
-    assert_eq!(bid.reserved, 18_446_725_626_965_477_905);
+    place(
+        &store,
+        Order::sell()
+            .id("ask1")
+            .user(user(1))
+            .price(999_999)
+            .amount(big / 2),
+    )
+    .await;
+    place(
+        &store,
+        Order::sell()
+            .id("ask2")
+            .user(user(2))
+            .price(999_999)
+            .amount(big / 2),
+    )
+    .await;
+    let bid = Order::buy()
+        .id("bid")
+        .user(user(3))
+        .price(999_999)
+        .amount(big);
+    assert_eq!(bid.book().reserved, 18_446_725_626_965_477_905);
     let out = place(&store, bid).await;
     assert_eq!(out.order.status, OrderStatus::Filled);
     assert_eq!(out.order.filled, big);
@@ -604,8 +756,24 @@ async fn quantities_beyond_two_to_the_53_stay_exact(store: Store) {
     let (_, asks) = store.depth(&m1(), 5).await.expect("depth");
     assert!(asks.is_empty());
     // A level whose total exceeds u64.
-    place(&store, order("x1", 1, Side::Sell, 5, u64::MAX)).await;
-    place(&store, order("x2", 2, Side::Sell, 5, u64::MAX)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("x1")
+            .user(user(1))
+            .price(5)
+            .amount(u64::MAX),
+    )
+    .await;
+    place(
+        &store,
+        Order::sell()
+            .id("x2")
+            .user(user(2))
+            .price(5)
+            .amount(u64::MAX),
+    )
+    .await;
     let (_, asks) = store.depth(&m1(), 5).await.expect("depth");
     assert_eq!(
         asks,
@@ -618,7 +786,15 @@ async fn quantities_beyond_two_to_the_53_stay_exact(store: Store) {
 }
 
 async fn cancel_is_owner_only_and_once(store: Store) {
-    place(&store, order("bid", 1, Side::Buy, 500_000, 3)).await;
+    place(
+        &store,
+        Order::buy()
+            .id("bid")
+            .user(user(1))
+            .price(500_000)
+            .amount(3),
+    )
+    .await;
     assert_eq!(
         store
             .cancel_order(&m1(), "bid", &user(2))
@@ -643,13 +819,37 @@ async fn cancel_is_owner_only_and_once(store: Store) {
     let (bids, _) = store.depth(&m1(), 10).await.expect("depth");
     assert!(bids.is_empty());
     // A cancelled order no longer matches.
-    let out = place(&store, order("ask", 2, Side::Sell, 100_000, 3)).await;
+    let out = place(
+        &store,
+        Order::sell()
+            .id("ask")
+            .user(user(2))
+            .price(100_000)
+            .amount(3),
+    )
+    .await;
     assert!(out.fills.is_empty());
 }
 
 async fn a_filled_order_cannot_be_cancelled(store: Store) {
-    place(&store, order("ask", 1, Side::Sell, 500_000, 3)).await;
-    place(&store, order("bid", 2, Side::Buy, 500_000, 3)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("ask")
+            .user(user(1))
+            .price(500_000)
+            .amount(3),
+    )
+    .await;
+    place(
+        &store,
+        Order::buy()
+            .id("bid")
+            .user(user(2))
+            .price(500_000)
+            .amount(3),
+    )
+    .await;
     assert_eq!(
         store
             .cancel_order(&m1(), "ask", &user(1))
@@ -670,9 +870,16 @@ async fn cancel_in_an_unknown_market_finds_nothing(store: Store) {
 }
 
 async fn orders_are_found_by_market_and_id(store: Store) {
-    let placed = place(&store, order("o1", 1, Side::Sell, 123_456, 9))
-        .await
-        .order;
+    let placed = place(
+        &store,
+        Order::sell()
+            .id("o1")
+            .user(user(1))
+            .price(123_456)
+            .amount(9),
+    )
+    .await
+    .order;
     assert_eq!(
         store.order(&m1(), "o1").await.expect("order"),
         Some(placed.clone())
@@ -701,7 +908,11 @@ async fn depth_aggregates_levels_best_first_and_limits_them(store: Store) {
     {
         place(
             &store,
-            order(&format!("o{i}"), 1 + i as u8, side, price, amount),
+            Order::side(side)
+                .id(format!("o{i}"))
+                .user(user(1 + i as u8))
+                .price(price)
+                .amount(amount),
         )
         .await;
     }
@@ -714,7 +925,15 @@ async fn depth_aggregates_levels_best_first_and_limits_them(store: Store) {
     assert_eq!(bids, vec![lvl(450_000, 5, 2), lvl(400_000, 1, 1)]);
     assert_eq!(asks, vec![lvl(550_000, 6, 1), lvl(600_000, 5, 1)]);
     // A partial fill lowers its level; a complete one removes the order from it.
-    place(&store, order("t", 20, Side::Sell, 450_000, 3)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("t")
+            .user(user(20))
+            .price(450_000)
+            .amount(3),
+    )
+    .await;
     let (bids, _) = store.depth(&m1(), 10).await.expect("depth");
     assert_eq!(
         bids,
@@ -725,17 +944,39 @@ async fn depth_aggregates_levels_best_first_and_limits_them(store: Store) {
 }
 
 async fn open_orders_list_in_arrival_order_optionally_by_user(store: Store) {
-    place(&store, order("a", 1, Side::Sell, 600_000, 5)).await;
-    place(&store, order("b", 2, Side::Buy, 400_000, 5)).await;
-    place(&store, order("c", 1, Side::Buy, 300_000, 5)).await;
-    place(&store, order("d", 3, Side::Sell, 700_000, 5)).await;
-    place(&store, order("e", 2, Side::Buy, 600_000, 2)).await; // partly fills "a"
+    place(
+        &store,
+        Order::sell().id("a").user(user(1)).price(600_000).amount(5),
+    )
+    .await;
+    place(
+        &store,
+        Order::buy().id("b").user(user(2)).price(400_000).amount(5),
+    )
+    .await;
+    place(
+        &store,
+        Order::buy().id("c").user(user(1)).price(300_000).amount(5),
+    )
+    .await;
+    place(
+        &store,
+        Order::sell().id("d").user(user(3)).price(700_000).amount(5),
+    )
+    .await;
+    place(
+        &store,
+        Order::buy().id("e").user(user(2)).price(600_000).amount(2),
+    )
+    .await; // partly fills "a"
     store
         .cancel_order(&m1(), "d", &user(3))
         .await
         .expect("store")
         .expect("cancel");
-    let ids = |orders: Vec<Order>| orders.into_iter().map(|o| o.order_id).collect::<Vec<_>>();
+    let ids = |orders: Vec<relayer::domain::Order>| {
+        orders.into_iter().map(|o| o.order_id).collect::<Vec<_>>()
+    };
     assert_eq!(
         ids(store.open_orders(&m1(), None).await.expect("open")),
         vec!["a", "b", "c"]
@@ -852,14 +1093,12 @@ async fn concurrent_crossing_orders_never_overfill(store: Store) {
                         Side::Sell
                     };
                     let price = 450_000 + (i * 7 + u64::from(client) * 13) % 10 * 10_000;
-                    let o = order(
-                        &format!("c{client}-{i}"),
-                        client + 1,
-                        side,
-                        price,
-                        1 + i % 5,
-                    );
-                    store.match_order(o).await.expect("store");
+                    let o = Order::side(side)
+                        .id(format!("c{client}-{i}"))
+                        .user(user(client + 1))
+                        .price(price)
+                        .amount(1 + i % 5);
+                    store.match_order(o.book()).await.expect("store");
                 }
             })
         })
@@ -936,14 +1175,12 @@ async fn the_exchange_keeps_collateral_and_shares_conserved(store: Store) {
         };
         let price = 100_000 + (seed >> 40) % 9 * 100_000 - 1;
         let amount = 1 + (seed >> 50) % 37;
-        let new = NewOrder {
-            order_id: format!("x{i}"),
-            market_key: m1(),
-            user_id: user(u),
-            side,
-            price,
-            amount,
-        };
+        let new = Order::side(side)
+            .id(format!("x{i}"))
+            .user(user(u))
+            .price(price)
+            .amount(amount)
+            .new_order();
         if exchange.place(new, 1).await.is_ok() {
             placed.push((format!("x{i}"), user(u)));
         }
@@ -1017,18 +1254,18 @@ async fn both_backends_answer_identically() {
         } else {
             format!("o{i}")
         };
-        let new = NewOrder {
-            order_id: id.clone(),
-            market_key: m,
-            user_id: u.clone(),
-            side: if (seed >> 21).is_multiple_of(2) {
-                Side::Buy
-            } else {
-                Side::Sell
-            },
-            price: 1 + (seed >> 24) % 999_999 / 50_000 * 50_000 + (seed >> 45) % 3,
-            amount: 1 + (seed >> 50) % 400,
+        let side = if (seed >> 21).is_multiple_of(2) {
+            Side::Buy
+        } else {
+            Side::Sell
         };
+        let new = Order::side(side)
+            .id(&id)
+            .market(m)
+            .user(&u)
+            .price(1 + (seed >> 24) % 999_999 / 50_000 * 50_000 + (seed >> 45) % 3)
+            .amount(1 + (seed >> 50) % 400)
+            .new_order();
         let a = memory
             .place(new.clone(), i)
             .await
@@ -1062,9 +1299,25 @@ async fn both_backends_answer_identically() {
 }
 
 async fn matching_the_same_order_id_again_replays_the_first_outcome(store: Store) {
-    place(&store, order("a1", 1, Side::Sell, 600_000, 10)).await;
-    let first = place(&store, order("b1", 2, Side::Buy, 600_000, 4)).await;
-    let again = place(&store, order("b1", 2, Side::Buy, 600_000, 4)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("a1")
+            .user(user(1))
+            .price(600_000)
+            .amount(10),
+    )
+    .await;
+    let first = place(
+        &store,
+        Order::buy().id("b1").user(user(2)).price(600_000).amount(4),
+    )
+    .await;
+    let again = place(
+        &store,
+        Order::buy().id("b1").user(user(2)).price(600_000).amount(4),
+    )
+    .await;
     assert_eq!(first, again);
     let (_, asks) = store.depth(&m1(), 10).await.expect("depth");
     assert_eq!(
@@ -1079,13 +1332,49 @@ async fn matching_the_same_order_id_again_replays_the_first_outcome(store: Store
 }
 
 async fn undoing_a_match_restores_the_book_and_the_makers_priority(store: Store) {
-    place(&store, order("a1", 1, Side::Sell, 600_000, 10)).await;
-    place(&store, order("a2", 2, Side::Sell, 600_000, 5)).await;
-    place(&store, order("a3", 3, Side::Sell, 610_000, 5)).await;
-    place(&store, order("bid", 6, Side::Buy, 500_000, 3)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("a1")
+            .user(user(1))
+            .price(600_000)
+            .amount(10),
+    )
+    .await;
+    place(
+        &store,
+        Order::sell()
+            .id("a2")
+            .user(user(2))
+            .price(600_000)
+            .amount(5),
+    )
+    .await;
+    place(
+        &store,
+        Order::sell()
+            .id("a3")
+            .user(user(3))
+            .price(610_000)
+            .amount(5),
+    )
+    .await;
+    place(
+        &store,
+        Order::buy()
+            .id("bid")
+            .user(user(6))
+            .price(500_000)
+            .amount(3),
+    )
+    .await;
     let before = store.depth(&m1(), 10).await.expect("depth");
     let a1 = store.order(&m1(), "a1").await.expect("store").expect("a1");
-    let taker = place(&store, order("t", 4, Side::Buy, 610_000, 12)).await;
+    let taker = place(
+        &store,
+        Order::buy().id("t").user(user(4)).price(610_000).amount(12),
+    )
+    .await;
     assert_eq!(taker.fills.len(), 2);
 
     let undo = store.undo_match(&m1(), "t").await.expect("undo");
@@ -1113,7 +1402,11 @@ async fn undoing_a_match_restores_the_book_and_the_makers_priority(store: Store)
         "the taker left the book"
     );
     // Priority: a1 (earliest at the best price) trades first again.
-    let next = place(&store, order("n", 5, Side::Buy, 600_000, 11)).await;
+    let next = place(
+        &store,
+        Order::buy().id("n").user(user(5)).price(600_000).amount(11),
+    )
+    .await;
     let makers: Vec<&str> = next
         .fills
         .iter()
@@ -1123,8 +1416,20 @@ async fn undoing_a_match_restores_the_book_and_the_makers_priority(store: Store)
 }
 
 async fn undo_is_idempotent_and_refuses_a_later_match(store: Store) {
-    place(&store, order("a1", 1, Side::Sell, 600_000, 10)).await;
-    place(&store, order("t", 2, Side::Buy, 600_000, 4)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("a1")
+            .user(user(1))
+            .price(600_000)
+            .amount(10),
+    )
+    .await;
+    place(
+        &store,
+        Order::buy().id("t").user(user(2)).price(600_000).amount(4),
+    )
+    .await;
     let first = store.undo_match(&m1(), "t").await.expect("undo");
     let depth = store.depth(&m1(), 10).await.expect("depth");
     let again = store.undo_match(&m1(), "t").await.expect("undo again");
@@ -1132,7 +1437,14 @@ async fn undo_is_idempotent_and_refuses_a_later_match(store: Store) {
     assert_eq!(store.depth(&m1(), 10).await.expect("depth"), depth);
     assert!(
         store
-            .match_order(order("t", 2, Side::Buy, 600_000, 4))
+            .match_order(
+                Order::buy()
+                    .id("t")
+                    .user(user(2))
+                    .price(600_000)
+                    .amount(4)
+                    .book()
+            )
             .await
             .is_err(),
         "an undone placement is not matched again"
@@ -1141,13 +1453,28 @@ async fn undo_is_idempotent_and_refuses_a_later_match(store: Store) {
 }
 
 async fn undoing_a_placement_that_never_matched_refuses_a_late_match(store: Store) {
-    place(&store, order("a1", 1, Side::Sell, 600_000, 10)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("a1")
+            .user(user(1))
+            .price(600_000)
+            .amount(10),
+    )
+    .await;
     let undo = store.undo_match(&m1(), "ghost").await.expect("undo");
     assert_eq!(undo.taker, None);
     assert!(undo.fills.is_empty());
     assert!(
         store
-            .match_order(order("ghost", 2, Side::Buy, 600_000, 4))
+            .match_order(
+                Order::buy()
+                    .id("ghost")
+                    .user(user(2))
+                    .price(600_000)
+                    .amount(4)
+                    .book()
+            )
             .await
             .is_err()
     );
@@ -1156,8 +1483,20 @@ async fn undoing_a_placement_that_never_matched_refuses_a_late_match(store: Stor
 }
 
 async fn undo_releases_what_makers_that_left_the_book_since_still_reserve(store: Store) {
-    place(&store, order("a1", 1, Side::Sell, 600_000, 10)).await;
-    place(&store, order("t", 2, Side::Buy, 600_000, 4)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("a1")
+            .user(user(1))
+            .price(600_000)
+            .amount(10),
+    )
+    .await;
+    place(
+        &store,
+        Order::buy().id("t").user(user(2)).price(600_000).amount(4),
+    )
+    .await;
     let cancelled = store
         .cancel_order(&m1(), "a1", &user(1))
         .await
@@ -1178,13 +1517,25 @@ async fn undo_releases_what_makers_that_left_the_book_since_still_reserve(store:
 }
 
 async fn undo_reopens_a_buy_maker_it_filled_with_its_paid_collateral_reverted(store: Store) {
-    place(&store, order("bid", 1, Side::Buy, 333_333, 3)).await;
+    place(
+        &store,
+        Order::buy()
+            .id("bid")
+            .user(user(1))
+            .price(333_333)
+            .amount(3),
+    )
+    .await;
     let before = store
         .order(&m1(), "bid")
         .await
         .expect("store")
         .expect("bid");
-    let t = place(&store, order("t", 2, Side::Sell, 300_000, 3)).await;
+    let t = place(
+        &store,
+        Order::sell().id("t").user(user(2)).price(300_000).amount(3),
+    )
+    .await;
     assert_eq!(t.fills[0].collateral, 1, "ceil(0.999999)");
     store.undo_match(&m1(), "t").await.expect("undo");
     assert_eq!(
@@ -1207,8 +1558,20 @@ async fn undo_reopens_a_buy_maker_it_filled_with_its_paid_collateral_reverted(st
 }
 
 async fn self_trade_cancellations_are_not_undone(store: Store) {
-    place(&store, order("a1", 1, Side::Sell, 600_000, 5)).await;
-    let t = place(&store, order("t", 1, Side::Buy, 600_000, 5)).await;
+    place(
+        &store,
+        Order::sell()
+            .id("a1")
+            .user(user(1))
+            .price(600_000)
+            .amount(5),
+    )
+    .await;
+    let t = place(
+        &store,
+        Order::buy().id("t").user(user(1)).price(600_000).amount(5),
+    )
+    .await;
     assert_eq!(t.self_trade_cancelled.len(), 1);
     let undo = store.undo_match(&m1(), "t").await.expect("undo");
     assert_eq!(

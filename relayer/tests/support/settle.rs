@@ -1,7 +1,8 @@
 //! A test settlement endpoint on `127.0.0.1:0`: told to succeed, fail with a status, hang, or
 //! settle and then hang (the answer is lost); it records every request's idempotency key and
 //! settles each key at most once (as a real idempotent endpoint would).
-#![allow(dead_code)]
+//!
+//! Uses `axum` for the endpoint; no other support module.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -89,6 +90,7 @@ async fn settle(
             Json(json!({"error": "told to fail"})),
         ),
         Mode::Hang | Mode::SettleThenHang => {
+            // NB: this sleep is the scenario (an endpoint that never answers), not a wait.
             tokio::time::sleep(Duration::from_secs(3600)).await;
             (StatusCode::OK, Json(json!({})))
         }

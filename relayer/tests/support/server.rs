@@ -1,5 +1,8 @@
-//! An in-process relayer on a `127.0.0.1:0` listener, with a small HTTP client around it.
-#![allow(dead_code)]
+//! A relayer served in-process on a `127.0.0.1:0` listener ([`Server`]), with a small HTTP
+//! client around it: calls with a bearer token, API keys, deposits, scrapes.
+//!
+//! Uses the relayer crate's config, store and server entry points, [`super::fixtures`] and
+//! [`super::metrics`].
 
 use std::time::Duration;
 
@@ -9,8 +12,8 @@ use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-/// The admin token of every test server.
-pub const ADMIN: &str = "test-admin-token-0123456789";
+use super::fixtures::ADMIN_TOKEN;
+use super::metrics::{self, Metrics};
 
 /// A running server; stop it with [`Server::stop`] to check it exits cleanly.
 pub struct Server {
@@ -25,7 +28,7 @@ impl Server {
     /// readiness delay, and whatever `tweak` changes (a `redisUrl` selects the Redis store).
     pub async fn start(tweak: impl FnOnce(&mut RelayerConfig)) -> Self {
         let mut config = RelayerConfig {
-            admin_token: Some(ADMIN.to_owned()),
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
             ..RelayerConfig::default()
         };
         config.limits.max_body_bytes = 1024;
@@ -108,7 +111,7 @@ impl Server {
             .call(
                 Method::POST,
                 "/admin/api-keys",
-                Some(ADMIN),
+                Some(ADMIN_TOKEN),
                 Some(json!({"userId": user})),
             )
             .await;
@@ -121,11 +124,16 @@ impl Server {
             .call(
                 Method::POST,
                 "/admin/deposits",
-                Some(ADMIN),
+                Some(ADMIN_TOKEN),
                 Some(json!({"userId": user, "asset": asset, "amount": amount.to_string()})),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// A scrape of `/metrics`.
+    pub async fn metrics(&self) -> Metrics {
+        metrics::scrape(&self.client, &self.base).await
     }
 
     pub async fn stop(mut self) {

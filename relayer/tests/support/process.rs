@@ -1,0 +1,176 @@
+//! Launchers of the crate's `relayer` binary as a child process: [`RelayerProcess`]
+//! (configured through `RELAYER_*` variables on a probed free port, waited on until `/health`
+//! answers, its log kept in a file) and [`JsonLogRelayer`] (bound to `127.0.0.1:0`, its address
+//! read from its JSON log, for tests that signal the process and watch it exit).
+//!
+//! Both kill the child when their handle drops. Uses [`super::redis::free_port`], `tempfile`
+//! and `serde_json`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::redis::free_port;
+
+/// A `relayer` process (the crate's binary) configured through `RELAYER_*` variables.
+pub struct RelayerProcess {
+    child: Option<Child>,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RelayerProcess {
+    /// Starts the relayer on a free port with `env` and waits until `/health` answers.
+    pub fn start(env: &[(&str, String)]) -> Self {
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir for relayer log");
+            let log = dir.path().join("relayer.log");
+            let port = free_port();
+            let file = std::fs::File::create(&log).expect("log file");
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_relayer"));
+            cmd.env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("RELAYER_LISTEN", format!("127.0.0.1:{port}"))
+                .env("RELAYER_LOG__FILTER", "warn")
+                // NB: these tests drive thousands of orders from one address; rate limiting has
+                // its own tests and is switched on per test through `env` where wanted.
+                .env("RELAYER_RATE_LIMIT__ENABLED", "false")
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().expect("log file"))
+                .stderr(file);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut process = Self {
+                child: Some(cmd.spawn().expect("spawn relayer")),
+                base: format!("http://127.0.0.1:{port}"),
+                log,
+                _dir: dir,
+            };
+            if process.wait_healthy() {
+                return process;
+            }
+            // NB: most likely another process took the port between the probe and the bind.
+            process.kill();
+            last_log = process.log_text();
+        }
+        panic!("relayer did not become healthy; its last log:\n{last_log}");
+    }
+
+    fn wait_healthy(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false;
+            }
+            if let Ok(mut stream) = std::net::TcpStream::connect(&addr) {
+                use std::io::{Read, Write};
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let req =
+                    format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                let mut buf = String::new();
+                if stream.write_all(req.as_bytes()).is_ok()
+                    && stream.read_to_string(&mut buf).is_ok()
+                    && buf.starts_with("HTTP/1.1 200")
+                {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+
+    /// What the process logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RelayerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `relayer` binary started with a cleared environment plus `env`, listening on an
+/// ephemeral loopback port that it names in its JSON log.
+pub struct JsonLogRelayer {
+    child: Child,
+    /// `http://<addr>` as the relayer logged it.
+    pub base: String,
+}
+
+impl JsonLogRelayer {
+    /// Starts the binary with `RELAYER_LISTEN=127.0.0.1:0` and JSON logs, and reads the bound
+    /// address from its `relayer listening` log line.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relayer"))
+            .env_clear()
+            .env("RELAYER_LISTEN", "127.0.0.1:0")
+            .env("RELAYER_LOG__FORMAT", "json")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the relayer binary");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        // NB: owned from here on, so that a panic below still kills the child.
+        let mut relayer = Self {
+            child,
+            base: String::new(),
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the relayer logs its address before exiting")
+                .expect("read a log line");
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if event["fields"]["message"] == "relayer listening" {
+                break event["fields"]["addr"]
+                    .as_str()
+                    .expect("addr field")
+                    .to_owned();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        relayer.base = format!("http://{addr}");
+        relayer
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait on the relayer")
+    }
+}
+
+impl Drop for JsonLogRelayer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
