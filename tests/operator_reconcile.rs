@@ -22,6 +22,7 @@ use relayer_operator::controller;
 use relayer_operator::crd::{Phase, RelayerDeployment};
 use relayer_operator::resources::MANAGED_SELECTOR;
 use serde_json::json;
+use support::metrics::Exposition;
 use support::operator::InProcessOperator;
 use support::{TestEnv, wait_for};
 
@@ -59,12 +60,11 @@ impl Operator {
     /// Child applies and deletes plus status writes: every write the operator made.
     fn writes(&self) -> u64 {
         let text = self.0.metrics.encode().expect("metrics encode");
-        let children: u64 = text
-            .lines()
-            .filter(|l| l.starts_with("relayer_operator_child_writes_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
-        children + self.0.metrics.status_writes.get()
+        let children = Exposition::parse(&text)
+            .expect("the operator's metrics")
+            .value("relayer_operator_child_writes_total");
+        // NB: counts of writes, exact in an f64.
+        children as u64 + self.0.metrics.status_writes.get()
     }
 }
 
@@ -405,7 +405,6 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
             "metadata.name",
         ),
     ];
-    assert!(cases.len() >= 10);
     for (name, rd, field) in cases {
         let error = apply_invalid(&env, dir.path(), name, rd);
         assert!(
