@@ -18,7 +18,7 @@ use serde_json::json;
 use support::cutover::{InvariantWatcher, Load, NetnsBackend, NetnsGuard, Proxy};
 use support::fixtures::{BlueGreen, Gate, Rd, blue_green, gate, rd};
 use support::operator::{OperatorProcess, POD_NETWORK, start_operator};
-use support::{TestEnv, http, wait_for};
+use support::{TestEnv, http, wait_for, wait_for_every};
 
 const SETTLE: Duration = Duration::from_secs(90);
 const NAME: &str = "market";
@@ -544,20 +544,24 @@ async fn the_operator_killed_in_every_phase_still_finishes_the_cutover_once() {
         RolloutStep::PostPromotion,
         RolloutStep::ScalingDown,
     ] {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let rd = api.get(NAME).await.expect("get");
-            let now = rd
-                .status
-                .as_ref()
-                .and_then(|s| s.rollout.as_ref())
-                .map(|r| r.step);
-            if now == Some(step) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never saw {step:?} (at {now:?})");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // NB: every 20 ms, as some steps last only a moment.
+        let api = &api;
+        wait_for_every(
+            &format!("the cutover to be in {step:?}"),
+            SETTLE,
+            Duration::from_millis(20),
+            || async move {
+                let rd = api.get(NAME).await?;
+                let now = rd
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.rollout.as_ref())
+                    .map(|r| r.step);
+                anyhow::ensure!(now == Some(step), "never saw {step:?} (at {now:?})");
+                Ok(Some(()))
+            },
+        )
+        .await;
         drop(operator); // SIGKILL mid-step
         killed.push(step);
         runs += 1;

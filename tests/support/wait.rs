@@ -18,7 +18,21 @@ const POLL: Duration = Duration::from_millis(200);
 /// `check` is kept (and shown on the timeout) and polling goes on.
 ///
 /// For conditions a watch can express, prefer `kube::runtime::wait::await_condition`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    wait_for_every(what, timeout, POLL, check).await
+}
+
+/// [`wait_for`], checking every `interval`: for states that last only a moment.
+pub async fn wait_for_every<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<T>>>,
@@ -40,7 +54,7 @@ where
                     .unwrap_or_default()
             );
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
