@@ -2,13 +2,13 @@
 //! plane they run against, the ways to run the operator, waits, the metrics reader and the
 //! fixtures.
 //!
-//! Layout (each module uses only the ones listed before it, and this file):
+//! Layout (each module uses only the ones listed before it, and [`TestEnv`] in this file):
 //! - [`binaries`]: finds the binaries built by `tests/k8s/build.sh`.
 //! - [`pki`]: certificates and keys generated per control plane.
 //! - [`process`]: children under a watchdog, so nothing outlives the test process.
-//! - [`control_plane`]: etcd + kube-apiserver + kube-controller-manager, one per test binary
-//!   (or the cluster named by `KUBECONFIG_TEST`).
 //! - [`pod_sim`]: a fake node and kubelet that make pods Running and Ready.
+//! - [`control_plane`]: etcd + kube-apiserver + kube-controller-manager, one per test binary
+//!   (or the cluster named by `KUBECONFIG_TEST`), with its pod simulator.
 //! - [`wait`]: [`wait_for`] a condition with a deadline, [`wait_step`] of a rollout.
 //! - [`http`]: a minimal HTTP `GET` (probes, load, scrapes).
 //! - [`metrics`]: reads a Prometheus text with the operator's own gate parser; a missing
