@@ -6,7 +6,6 @@
 //! Run with `cargo test --test chart`. The full cutover under the chart's RBAC, and the check
 //! that the chart grants nothing unused, are in `tests/chart_rbac.rs`.
 
-mod chart_support;
 mod support;
 
 use std::io::Write;
@@ -14,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use chart_support::ChartOperator;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use relayer_operator::crd::RelayerDeployment;
 use support::binaries::Binaries;
+use support::operator::OperatorProcess;
 use support::{TestEnv, wait_for};
 
 const SETTLE: Duration = Duration::from_secs(120);
@@ -497,7 +496,7 @@ async fn the_operator_under_the_charts_service_account_reconciles_the_sample_to_
         .service_account_identity(&env.namespace, "ops-relayer-operator")
         .await
         .expect("act as the chart's ServiceAccount");
-    let operator = ChartOperator::start(
+    let operator = OperatorProcess::like_the_chart(
         &env,
         &env.namespace,
         "ops-relayer-operator",
@@ -541,8 +540,8 @@ async fn the_operator_under_the_charts_service_account_reconciles_the_sample_to_
         lease.spec.and_then(|s| s.holder_identity).as_deref(),
         Some("ops-0")
     );
-    let metrics = operator.get("/metrics").unwrap_or_default();
-    assert!(metrics.contains("relayer_operator_leader 1"), "{metrics}");
+    let metrics = operator.scrape().await.expect("the operator's metrics");
+    assert_eq!(metrics.value("relayer_operator_leader"), 1.0, "{metrics:?}");
     let log = operator.log();
     assert!(
         !log.contains("forbidden") && !log.contains("403"),

@@ -10,20 +10,18 @@
 //!
 //! (Root for the network namespaces; about a minute when the build is warm.)
 
-mod chart_support;
-mod cutover_support;
 mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chart_support::ChartOperator;
-use cutover_support::{Load, NetnsBackend, Proxy};
 use kube::api::{Patch, PatchParams};
 use relayer_operator::crd::RelayerDeployment;
 use serde_json::{Value, json};
-use support::{TestEnv, wait_for};
+use support::cutover::{Load, NetnsBackend, Proxy};
+use support::operator::OperatorProcess;
+use support::{TestEnv, http, wait_for};
 
 const SETTLE: Duration = Duration::from_secs(180);
 const NAME: &str = "market-relayer";
@@ -100,7 +98,7 @@ async fn demo_a_blue_green_cutover_and_a_rollback_with_real_relayers() {
         .service_account_identity(&release_ns, "relayer-operator")
         .await
         .expect("the chart's ServiceAccount");
-    let operator = ChartOperator::start(
+    let operator = OperatorProcess::like_the_chart(
         &env,
         &release_ns,
         "relayer-operator",
@@ -142,13 +140,7 @@ async fn demo_a_blue_green_cutover_and_a_rollback_with_real_relayers() {
     let proxy = Proxy::start(env.client.clone(), &env.namespace, NAME).await;
     wait_for("the proxy to reach the relayers", SETTLE, || {
         let addr = proxy.addr;
-        async move {
-            Ok(matches!(
-                cutover_support::http_get(addr, "/ready").await,
-                Ok((200, _))
-            )
-            .then_some(()))
-        }
+        async move { Ok(matches!(http::get(addr, "/ready").await, Ok((200, _))).then_some(())) }
     })
     .await;
     let load = Load::start(proxy.addr, "/v2/depth?marketKey=80002:1", 4);

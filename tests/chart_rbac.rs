@@ -14,8 +14,6 @@
 //! Run as root (network namespaces) with `cargo build -p relayer && cargo test --test
 //! chart_rbac`.
 
-mod chart_support;
-mod cutover_support;
 mod support;
 
 use std::collections::BTreeSet;
@@ -27,11 +25,11 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
-use chart_support::ChartOperator;
-use cutover_support::NetnsBackend;
-use kube::api::{Patch, PatchParams};
 use relayer_operator::crd::{RelayerDeployment, RolloutStep};
 use serde_json::{Value, json};
+use support::cutover::NetnsBackend;
+use support::fixtures::{Gate, blue_green, gate, rd};
+use support::operator::OperatorProcess;
 use support::{TestEnv, wait_for};
 
 const SETTLE: Duration = Duration::from_secs(120);
@@ -271,28 +269,28 @@ fn granted(env: &TestEnv, release_ns: &str) -> BTreeSet<Permission> {
 }
 
 async fn wait_step(env: &TestEnv, step: RolloutStep, colour: &str) -> RelayerDeployment {
-    let api = env.api::<RelayerDeployment>();
-    wait_for(&format!("{step:?} on {colour}"), SETTLE, || {
-        let api = api.clone();
-        async move {
-            let rd = api.get(NAME).await?;
-            let done = rd.status.as_ref().is_some_and(|s| {
-                s.observed_generation == rd.metadata.generation
-                    && s.rollout.as_ref().is_some_and(|r| r.step == step)
-                    && s.active_color.map(|c| c.as_str()) == Some(colour)
-                    && (step != RolloutStep::Stable || s.ready_replicas >= s.desired_replicas)
-            });
-            Ok(done.then_some(rd))
-        }
-    })
-    .await
+    support::wait_step(env, NAME, step, colour, SETTLE).await
 }
 
-fn gate() -> Value {
-    json!({
-        "intervalMs": 300, "samples": 2, "failureLimit": 0, "minRequests": 5,
-        "maxErrorRateBasisPoints": 100, "probe": { "requestsPerSecond": 40 },
-    })
+fn rbac_gate() -> Gate {
+    gate()
+        .interval_ms(300)
+        .samples(2)
+        .failure_limit(0)
+        .min_requests(5)
+        .max_error_rate_basis_points(100)
+        .probe(40)
+}
+
+/// Lease updates (renewals) the API server allowed.
+fn lease_updates(seen: &[Seen]) -> usize {
+    seen.iter()
+        .filter(|s| !s.refused())
+        .flat_map(Seen::permissions)
+        .filter(|(group, resource, verb)| {
+            group == "coordination.k8s.io" && resource == "leases" && verb == "update"
+        })
+        .count()
 }
 
 async fn plugin(env: &TestEnv, args: &[&str]) {
@@ -349,7 +347,7 @@ async fn under_the_charts_account_the_operator_completes_cutovers_and_uses_every
         .expect("act as the chart's ServiceAccount");
     let proxy = RecordingProxy::start(account).await;
     let kubeconfig = proxy.kubeconfig(env.control_plane.work_dir(), &env.namespace);
-    let operator = ChartOperator::start(
+    let operator = OperatorProcess::like_the_chart(
         &env,
         &release_ns,
         &format!("{RELEASE}-relayer-operator"),
@@ -359,29 +357,25 @@ async fn under_the_charts_account_the_operator_completes_cutovers_and_uses_every
     .await;
 
     // 1. A relayer with an Ingress, an HPA, gates and manual promotion.
-    let rd = json!({
-        "apiVersion": "relayer.foresight.dev/v1alpha1", "kind": "RelayerDeployment",
-        "metadata": { "name": NAME },
-        "spec": {
-            "image": "ghcr.io/foresight/relayer:1", "replicas": 2, "revisionHistoryLimit": 3,
-            "config": { "rateLimit": { "enabled": false },
-                        "shutdown": { "readinessDelayMs": 500, "drainTimeoutMs": 2000 } },
-            "ingress": { "host": "relayer.example.com" },
-            "autoscaling": { "minReplicas": 2, "maxReplicas": 4 },
-            "strategy": { "blueGreen": {
-                "autoPromote": false, "scaleDownDelaySeconds": 1, "maxScaleDownWaitSeconds": 30,
-                "progressDeadlineSeconds": 60, "prePromotion": gate(), "postPromotion": gate(),
-            } },
-        },
-    });
-    env.api::<RelayerDeployment>()
-        .patch(
-            NAME,
-            &PatchParams::apply("rbac-test").force(),
-            &Patch::Apply(&rd),
+    rd(NAME)
+        .image("ghcr.io/foresight/relayer:1")
+        .replicas(2)
+        .revision_history_limit(3)
+        .rate_limit_disabled()
+        .shutdown(500, 2000)
+        .ingress("relayer.example.com")
+        .autoscaling(2, 4)
+        .blue_green(
+            blue_green()
+                .auto_promote(false)
+                .scale_down_delay_seconds(1)
+                .max_scale_down_wait_seconds(30)
+                .progress_deadline_seconds(60)
+                .pre_promotion(rbac_gate())
+                .post_promotion(rbac_gate()),
         )
-        .await
-        .expect("apply the RelayerDeployment");
+        .apply(&env, "rbac-test")
+        .await;
     wait_step(&env, RolloutStep::Stable, "blue").await;
 
     // 2. A new image and config, promoted by command once the gates passed.
@@ -443,7 +437,12 @@ async fn under_the_charts_account_the_operator_completes_cutovers_and_uses_every
     )
     .await;
     // The leader renews its Lease (update) at least once more.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let renewed = lease_updates(&proxy.seen());
+    wait_for("the leader to renew its Lease once more", SETTLE, || {
+        let more = lease_updates(&proxy.seen()) > renewed;
+        async move { Ok(more.then_some(())) }
+    })
+    .await;
 
     let seen = proxy.seen();
     let refused: Vec<&Seen> = seen.iter().filter(|s| s.refused()).collect();

@@ -4,73 +4,56 @@
 //! Run with `cargo build -p relayer && cargo test --test operator_cutover` as root (network
 //! namespaces); add `-- --nocapture` to see the measured timings.
 
-mod cutover_support;
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cutover_support::{InvariantWatcher, Load, NetnsBackend, NetnsGuard, Proxy};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Patch, PatchParams};
-use relayer_operator::controller;
 use relayer_operator::crd::{RelayerDeployment, RolloutStep};
-use serde_json::{Value, json};
-use support::operator::InProcessOperator;
-use support::{TestEnv, wait_for};
+use serde_json::json;
+use support::cutover::{InvariantWatcher, Load, NetnsBackend, NetnsGuard, Proxy};
+use support::fixtures::{BlueGreen, Gate, Rd, blue_green, gate, rd};
+use support::operator::{OperatorProcess, POD_NETWORK, start_operator};
+use support::{TestEnv, http, wait_for, wait_for_every};
 
 const SETTLE: Duration = Duration::from_secs(90);
 const NAME: &str = "market";
 const GATE_INTERVAL_MS: i64 = 300;
 const GATE_SAMPLES: i64 = 3;
 
-fn gate(extra: Value) -> Value {
-    let mut g = json!({
-        "intervalMs": GATE_INTERVAL_MS, "samples": GATE_SAMPLES, "failureLimit": 0,
-        "minRequests": 5, "maxErrorRateBasisPoints": 100,
-        "probe": { "requestsPerSecond": 40 },
-    });
-    if let (Some(g), Some(extra)) = (g.as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            g.insert(k.clone(), v.clone());
-        }
-    }
-    g
+/// The gate of these tests: a short window of real traffic and the gate's own probe load.
+fn fast_gate() -> Gate {
+    gate()
+        .interval_ms(GATE_INTERVAL_MS)
+        .samples(GATE_SAMPLES)
+        .failure_limit(0)
+        .min_requests(5)
+        .max_error_rate_basis_points(100)
+        .probe(40)
 }
 
-fn spec(replicas: i32, blue_green: Value) -> Value {
-    let mut strategy = json!({
-        "scaleDownDelaySeconds": 1, "maxScaleDownWaitSeconds": 30, "progressDeadlineSeconds": 60,
-        "prePromotion": gate(json!({})), "postPromotion": gate(json!({})),
-    });
-    if let (Some(s), Some(extra)) = (strategy.as_object_mut(), blue_green.as_object()) {
-        for (k, v) in extra {
-            s.insert(k.clone(), v.clone());
-        }
-    }
-    json!({
-        "image": "ghcr.io/foresight/relayer:test", "replicas": replicas,
-        "config": {
-            "rateLimit": { "enabled": false },
-            "shutdown": { "readinessDelayMs": 500, "drainTimeoutMs": 2000 },
-        },
-        "strategy": { "blueGreen": strategy },
-    })
+/// A quick blue-green strategy with [`fast_gate`] before and after promotion.
+fn strategy() -> BlueGreen {
+    blue_green()
+        .scale_down_delay_seconds(1)
+        .max_scale_down_wait_seconds(30)
+        .progress_deadline_seconds(60)
+        .pre_promotion(fast_gate())
+        .post_promotion(fast_gate())
 }
 
-/// Starts the controller in this test process; it may contact the test's pod network only.
-fn start_operator(env: &TestEnv) -> InProcessOperator {
-    InProcessOperator::start(
-        env.client.clone(),
-        controller::Config {
-            namespace: Some(env.namespace.clone()),
-            // NB: simulated pods have addresses in 198.18.0.0/15 that nothing may contact.
-            pod_networks: vec!["10.244.0.0/16".parse().expect("network")],
-            ..controller::Config::default()
-        },
-    )
+/// The relayer of these tests: `replicas` pods with the rate limiter off and a short drain.
+fn market(replicas: i32, strategy: BlueGreen) -> Rd {
+    rd(NAME)
+        .image("ghcr.io/foresight/relayer:test")
+        .replicas(replicas)
+        .rate_limit_disabled()
+        .shutdown(500, 2000)
+        .blue_green(strategy)
 }
 
 struct Harness {
@@ -98,23 +81,11 @@ impl Harness {
         }
     }
 
-    async fn apply(&self, spec: Value) {
-        let rd = json!({
-            "apiVersion": "relayer.foresight.dev/v1alpha1", "kind": "RelayerDeployment",
-            "metadata": { "name": NAME }, "spec": spec,
-        });
-        self.env
-            .api::<RelayerDeployment>()
-            .patch(
-                NAME,
-                &PatchParams::apply("cutover-test").force(),
-                &Patch::Apply(&rd),
-            )
-            .await
-            .expect("apply the RelayerDeployment");
+    async fn apply(&self, rd: Rd) {
+        rd.apply(&self.env, "cutover-test").await;
     }
 
-    async fn patch(&self, patch: Value) {
+    async fn patch(&self, patch: serde_json::Value) {
         self.env
             .api::<RelayerDeployment>()
             .patch(NAME, &PatchParams::default(), &Patch::Merge(&patch))
@@ -124,21 +95,7 @@ impl Harness {
 
     /// Waits until the cutover (if any) is over in `step` on `colour` for the current spec.
     async fn wait_step(&self, step: RolloutStep, colour: &str) -> RelayerDeployment {
-        let api = self.env.api::<RelayerDeployment>();
-        wait_for(&format!("{step:?} on {colour}"), SETTLE, || {
-            let api = api.clone();
-            async move {
-                let rd = api.get(NAME).await?;
-                let done = rd.status.as_ref().is_some_and(|s| {
-                    s.observed_generation == rd.metadata.generation
-                        && s.rollout.as_ref().is_some_and(|r| r.step == step)
-                        && s.active_color.map(|c| c.as_str()) == Some(colour)
-                        && (step != RolloutStep::Stable || s.ready_replicas >= s.desired_replicas)
-                });
-                Ok(done.then_some(rd))
-            }
-        })
-        .await
+        support::wait_step(&self.env, NAME, step, colour, SETTLE).await
     }
 
     async fn selector(&self) -> String {
@@ -179,19 +136,13 @@ fn rollout(rd: &RelayerDeployment) -> relayer_operator::crd::RolloutStatus {
 async fn a_good_release_cuts_over_with_zero_failed_requests_and_drains_on_evidence() {
     let h = Harness::new("cut-good").await;
     let _operator = start_operator(&h.env);
-    h.apply(spec(2, json!({}))).await;
+    h.apply(market(2, strategy())).await;
     h.wait_step(RolloutStep::Stable, "blue").await;
     let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
     let proxy = Proxy::start(h.env.client.clone(), &h.env.namespace, NAME).await;
     wait_for("the proxy to know blue's endpoints", SETTLE, || {
         let addr = proxy.addr;
-        async move {
-            Ok(matches!(
-                cutover_support::http_get(addr, "/ready").await,
-                Ok((200, _))
-            )
-            .then_some(()))
-        }
+        async move { Ok(matches!(http::get(addr, "/ready").await, Ok((200, _))).then_some(())) }
     })
     .await;
     let load = Load::start(proxy.addr, "/v2/depth?marketKey=80002:1", 4);
@@ -279,7 +230,7 @@ async fn a_good_release_cuts_over_with_zero_failed_requests_and_drains_on_eviden
 async fn a_bad_release_fails_the_pre_promotion_gate_and_traffic_never_leaves_blue() {
     let h = Harness::new("cut-bad").await;
     let _operator = start_operator(&h.env);
-    h.apply(spec(2, json!({}))).await;
+    h.apply(market(2, strategy())).await;
     h.wait_step(RolloutStep::Stable, "blue").await;
     let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
     h.patch(json!({ "spec": { "pod": { "env": [
@@ -335,8 +286,10 @@ async fn a_release_failing_after_promotion_rolls_back_to_the_still_warm_colour()
     let h = Harness::new("cut-post").await;
     let _operator = start_operator(&h.env);
     // The pre-promotion gate checks latency only; the fault (errors) shows after promotion.
-    let pre = gate(json!({ "maxErrorRateBasisPoints": null, "maxP99LatencyMs": 1000 }));
-    h.apply(spec(2, json!({ "prePromotion": pre }))).await;
+    let pre = fast_gate()
+        .max_error_rate_basis_points(None)
+        .max_p99_latency_ms(1000);
+    h.apply(market(2, strategy().pre_promotion(pre))).await;
     h.wait_step(RolloutStep::Stable, "blue").await;
     let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
     let blue_pods_before = h.backend.running();
@@ -374,8 +327,8 @@ async fn a_release_failing_after_promotion_rolls_back_to_the_still_warm_colour()
 async fn rollback_to_a_named_revision_restores_its_config() {
     let h = Harness::new("cut-rollback").await;
     let _operator = start_operator(&h.env);
-    let mut first = spec(1, json!({ "prePromotion": null, "postPromotion": null }));
-    first["config"]["limits"] = json!({ "maxOrderAmount": 1111 });
+    let first =
+        market(1, strategy().pre_promotion(None).post_promotion(None)).max_order_amount(1111);
     h.apply(first).await;
     let rd = h.wait_step(RolloutStep::Stable, "blue").await;
     let revision_one = rd
@@ -458,8 +411,7 @@ async fn rollback_to_a_named_revision_restores_its_config() {
 async fn with_the_hpa_at_seven_the_preview_comes_up_at_seven_and_scale_down_is_held() {
     let h = Harness::new("cut-hpa").await;
     let _operator = start_operator(&h.env);
-    let mut s = spec(3, json!({ "prePromotion": gate(json!({ "samples": 4 })) }));
-    s["autoscaling"] = json!({ "minReplicas": 3, "maxReplicas": 10 });
+    let s = market(3, strategy().pre_promotion(fast_gate().samples(4))).autoscaling(3, 10);
     h.apply(s).await;
     h.wait_step(RolloutStep::Stable, "blue").await;
     // Act as the HPA: it scales the RelayerDeployment through its scale subresource.
@@ -553,51 +505,30 @@ async fn with_the_hpa_at_seven_the_preview_comes_up_at_seven_and_scale_down_is_h
     assert_eq!(policy.as_deref(), Some("Max"));
 }
 
-/// The operator binary, killed with SIGKILL when dropped.
-struct OperatorProcess(std::process::Child);
-
-impl OperatorProcess {
-    fn spawn(env: &TestEnv, n: usize) -> Self {
-        let log = env
-            .control_plane
-            .work_dir()
-            .join(format!("operator-{}-{n}.log", env.namespace));
-        let log = std::fs::File::create(&log).expect("operator log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_relayer-operator"))
-            .env("KUBECONFIG", env.control_plane.kubeconfig())
-            .env("RUST_LOG", "info")
-            .args(["--namespace", &env.namespace])
-            .args(["--leader-election", "false"])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .args(["--pod-networks", "10.244.0.0/16"])
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start relayer-operator");
-        Self(child)
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The operator binary (run `n` of the test), without leader election, allowed to contact
+/// [`POD_NETWORK`] only.
+fn spawn_operator(env: &TestEnv, n: usize) -> OperatorProcess {
+    OperatorProcess::launch(env, &n.to_string())
+        .env("RUST_LOG", "info")
+        .args(["--namespace", &env.namespace])
+        .args(["--leader-election", "false"])
+        .args(["--pod-networks", POD_NETWORK])
+        .spawn()
 }
 
 #[tokio::test]
 async fn the_operator_killed_in_every_phase_still_finishes_the_cutover_once() {
     let h = Harness::new("cut-kill").await;
     let mut runs = 0;
-    let mut operator = OperatorProcess::spawn(&h.env, runs);
-    let slow_gate = gate(json!({ "intervalMs": 400, "samples": 4 }));
-    h.apply(spec(
+    let mut operator = spawn_operator(&h.env, runs);
+    let slow_gate = fast_gate().interval_ms(400).samples(4);
+    h.apply(market(
         2,
-        json!({
-            "autoPromote": false, "scaleDownDelaySeconds": 3,
-            "prePromotion": slow_gate.clone(), "postPromotion": slow_gate,
-        }),
+        strategy()
+            .auto_promote(false)
+            .scale_down_delay_seconds(3)
+            .pre_promotion(slow_gate.clone())
+            .post_promotion(slow_gate),
     ))
     .await;
     h.wait_step(RolloutStep::Stable, "blue").await;
@@ -613,24 +544,28 @@ async fn the_operator_killed_in_every_phase_still_finishes_the_cutover_once() {
         RolloutStep::PostPromotion,
         RolloutStep::ScalingDown,
     ] {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let rd = api.get(NAME).await.expect("get");
-            let now = rd
-                .status
-                .as_ref()
-                .and_then(|s| s.rollout.as_ref())
-                .map(|r| r.step);
-            if now == Some(step) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never saw {step:?} (at {now:?})");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // NB: every 20 ms, as some steps last only a moment.
+        let api = &api;
+        wait_for_every(
+            &format!("the cutover to be in {step:?}"),
+            SETTLE,
+            Duration::from_millis(20),
+            || async move {
+                let rd = api.get(NAME).await?;
+                let now = rd
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.rollout.as_ref())
+                    .map(|r| r.step);
+                anyhow::ensure!(now == Some(step), "never saw {step:?} (at {now:?})");
+                Ok(Some(()))
+            },
+        )
+        .await;
         drop(operator); // SIGKILL mid-step
         killed.push(step);
         runs += 1;
-        operator = OperatorProcess::spawn(&h.env, runs);
+        operator = spawn_operator(&h.env, runs);
         if step == RolloutStep::AwaitingPromotion {
             h.env
                 .kubectl(&[

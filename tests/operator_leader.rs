@@ -5,117 +5,45 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use relayer_operator::crd::RelayerDeployment;
-use serde_json::json;
+use support::fixtures::rd;
+use support::metrics::Exposition;
+use support::operator::OperatorProcess;
 use support::{TestEnv, wait_for};
 
 const SETTLE: Duration = Duration::from_secs(120);
 /// Short, so the handover test is quick; the production default is 15 s.
 const LEASE_SECONDS: u64 = 4;
 
-/// One operator process; killed (SIGKILL) when dropped.
-struct OperatorProcess {
-    child: Child,
-    metrics: SocketAddr,
+/// The operator binary as `identity`, electing a leader with a short lease in the test's
+/// namespace.
+fn spawn_operator(env: &TestEnv, identity: &str, extra: &[&str]) -> OperatorProcess {
+    OperatorProcess::launch(env, identity)
+        .env("RUST_LOG", "info,relayer_operator=debug")
+        .args(["--namespace", &env.namespace])
+        .args(["--lease-namespace", &env.namespace])
+        .args(["--lease-duration-seconds", &LEASE_SECONDS.to_string()])
+        .args(["--identity", identity])
+        .args(extra)
+        .spawn()
 }
 
-impl OperatorProcess {
-    fn spawn(env: &TestEnv, identity: &str, extra: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port");
-        let log = env
-            .control_plane
-            .work_dir()
-            .join(format!("operator-{}-{identity}.log", env.namespace));
-        let log = std::fs::File::create(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_relayer-operator"))
-            .env("KUBECONFIG", env.control_plane.kubeconfig())
-            .env("RUST_LOG", "info,relayer_operator=debug")
-            .args(["--namespace", &env.namespace])
-            .args(["--lease-namespace", &env.namespace])
-            .args(["--lease-duration-seconds", &LEASE_SECONDS.to_string()])
-            .args(["--identity", identity])
-            .args(["--metrics-addr", &port.to_string()])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start relayer-operator");
-        Self {
-            child,
-            metrics: port,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The operator's `/metrics` text, or `None` while it is not serving yet.
-    fn metrics_text(&self) -> Option<String> {
-        let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(1)).ok()?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        Some(text)
-    }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        metric_value(&self.metrics_text()?, name)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Sum of the samples of `name` (all label sets) in a Prometheus text exposition.
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
-        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
-        found = Some(found.unwrap_or(0.0) + value);
-    }
-    found
+/// Waits until `operator` serves its metrics and `name` reads `want`.
+async fn wait_metric(what: &str, operator: &OperatorProcess, name: &str, want: f64) {
+    wait_for(what, SETTLE, || async move {
+        let value = operator.scrape().await?.get(name, &[])?;
+        Ok((value == want).then_some(()))
+    })
+    .await;
 }
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn relayer_deployment(name: &str, replicas: i32) -> RelayerDeployment {
-    serde_json::from_value(json!({
-        "apiVersion": "relayer.foresight.dev/v1alpha1",
-        "kind": "RelayerDeployment",
-        "metadata": { "name": name },
-        "spec": { "image": "ghcr.io/foresight/relayer:0.1.0", "replicas": replicas },
-    }))
-    .expect("relayer deployment fixture")
 }
 
 async fn create_rd(env: &TestEnv, name: &str, replicas: i32) {
@@ -123,7 +51,12 @@ async fn create_rd(env: &TestEnv, name: &str, replicas: i32) {
         .patch(
             name,
             &PatchParams::apply("operator-leader-test"),
-            &Patch::Apply(relayer_deployment(name, replicas)),
+            &Patch::Apply(
+                rd(name)
+                    .image("ghcr.io/foresight/relayer:0.1.0")
+                    .replicas(replicas)
+                    .build(),
+            ),
         )
         .await
         .expect("apply a RelayerDeployment");
@@ -143,40 +76,42 @@ async fn wait_deployment(env: &TestEnv, name: &str) {
 async fn only_the_leader_reconciles_and_killing_it_hands_over_within_the_lease_time() {
     let env = TestEnv::new("rd-leader").await;
     env.install_crds(&repo().join("crds")).await;
-    let mut a = OperatorProcess::spawn(&env, "operator-a", &[]);
+    let mut a = spawn_operator(&env, "operator-a", &[]);
     // Give `a` the head start that makes it the leader, so the roles are known.
-    wait_for("operator-a to lead", SETTLE, || {
-        let leading = a.metric("relayer_operator_leader") == Some(1.0);
-        async move { Ok(leading.then_some(())) }
-    })
-    .await;
-    let b = OperatorProcess::spawn(&env, "operator-b", &[]);
-    wait_for("operator-b to serve metrics", SETTLE, || {
-        let up = b.metric("relayer_operator_leader").is_some();
-        async move { Ok(up.then_some(())) }
+    wait_metric("operator-a to lead", &a, "relayer_operator_leader", 1.0).await;
+    let b = spawn_operator(&env, "operator-b", &[]);
+    wait_for("operator-b to serve metrics", SETTLE, || async {
+        b.scrape().await?.get("relayer_operator_leader", &[])?;
+        Ok(Some(()))
     })
     .await;
 
     create_rd(&env, "first", 1).await;
     wait_deployment(&env, "first").await;
-    assert!(a.metric("relayer_operator_reconcile_total").unwrap_or(0.0) >= 1.0);
+    let (a_metrics, b_metrics) = (
+        a.scrape().await.expect("operator-a's metrics"),
+        b.scrape().await.expect("operator-b's metrics"),
+    );
+    assert!(a_metrics.value("relayer_operator_reconcile_total") >= 1.0);
     assert_eq!(
-        b.metric("relayer_operator_leader"),
-        Some(0.0),
+        b_metrics.value("relayer_operator_leader"),
+        0.0,
         "b stands by"
     );
     assert_eq!(
-        b.metric("relayer_operator_reconcile_total"),
-        Some(0.0),
+        b_metrics.value("relayer_operator_reconcile_total"),
+        0.0,
         "the standby reconciled nothing"
     );
 
     let killed = Instant::now();
     a.kill();
-    wait_for("operator-b to take over", SETTLE, || {
-        let leading = b.metric("relayer_operator_leader") == Some(1.0);
-        async move { Ok(leading.then_some(())) }
-    })
+    wait_metric(
+        "operator-b to take over",
+        &b,
+        "relayer_operator_leader",
+        1.0,
+    )
     .await;
     let handover = killed.elapsed();
     create_rd(&env, "second", 1).await;
@@ -199,13 +134,13 @@ async fn only_the_leader_reconciles_and_killing_it_hands_over_within_the_lease_t
     assert_eq!(lease.trim(), "operator-b");
 }
 
-/// Histogram quantile from cumulative `_bucket` lines (upper bound of the bucket that holds it).
-fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
-    quantile(&buckets(text, name), q)
+/// Histogram quantile from cumulative buckets (upper bound of the bucket that holds it).
+fn histogram_quantile(metrics: &Exposition, name: &str, q: f64) -> Option<f64> {
+    quantile(&buckets(metrics, name), q)
 }
 
 /// Quantile of the observations made between two expositions.
-fn window_quantile(before: &str, after: &str, name: &str, q: f64) -> Option<f64> {
+fn window_quantile(before: &Exposition, after: &Exposition, name: &str, q: f64) -> Option<f64> {
     let old = buckets(before, name);
     let window: Vec<(f64, f64)> = buckets(after, name)
         .into_iter()
@@ -225,22 +160,10 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
         .map(|(le, _)| *le)
 }
 
-fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
-    let mut buckets: Vec<(f64, f64)> = text
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(&format!("{name}_bucket{{le=\""))?;
-            let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, count.parse().ok()?))
-        })
-        .collect();
-    buckets.sort_by(|x, y| x.0.total_cmp(&y.0));
-    buckets
+fn buckets(metrics: &Exposition, name: &str) -> Vec<(f64, f64)> {
+    metrics
+        .buckets(name)
+        .unwrap_or_else(|error| panic!("{error:#}"))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -261,7 +184,7 @@ async fn measure_two_hundred_relayer_deployments() {
     const COUNT: usize = 200;
     let env = TestEnv::new("rd-measure").await;
     env.install_crds(&repo().join("crds")).await;
-    let operator = OperatorProcess::spawn(
+    let operator = spawn_operator(
         &env,
         "measure",
         &[
@@ -299,7 +222,7 @@ async fn measure_two_hundred_relayer_deployments() {
     )
     .await;
     let converged = started.elapsed();
-    let text = operator.metrics_text().expect("metrics");
+    let text = operator.scrape().await.expect("metrics");
     let p50 = histogram_quantile(&text, "relayer_operator_reconcile_duration_seconds", 0.5);
     let p99 = histogram_quantile(&text, "relayer_operator_reconcile_duration_seconds", 0.99);
     eprintln!("converged {COUNT} RelayerDeployments in {converged:?}");
@@ -308,13 +231,12 @@ async fn measure_two_hundred_relayer_deployments() {
     );
 
     // Steady state: resyncs every 5 s; count requests and reconciles over a window.
+    // NB: these sleeps are the measurement window, not a wait for a condition.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let before = operator.metrics_text().expect("metrics");
+    let before = operator.scrape().await.expect("metrics");
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let after = operator.metrics_text().expect("metrics");
-    let delta = |name: &str| {
-        metric_value(&after, name).unwrap_or(0.0) - metric_value(&before, name).unwrap_or(0.0)
-    };
+    let after = operator.scrape().await.expect("metrics");
+    let delta = |name: &str| after.value(name) - before.value(name);
     let reconciles = delta("relayer_operator_reconcile_total");
     let requests = delta("relayer_operator_api_requests_total");
     let writes = delta("relayer_operator_child_writes_total")
@@ -334,4 +256,58 @@ async fn measure_two_hundred_relayer_deployments() {
         "every object resynced at least once"
     );
     assert_eq!(writes, 0.0, "steady state writes nothing");
+}
+
+/// The metrics reader of `tests/support` (tested here, in one test binary only).
+mod metrics_reader {
+    use crate::support::metrics::Exposition;
+
+    const TEXT: &str = "# TYPE relayer_operator_leader gauge\n\
+        relayer_operator_leader 1\n\
+        relayer_operator_child_writes_total{kind=\"Deployment\",action=\"apply\"} 2\n\
+        relayer_operator_child_writes_total{kind=\"Service\",action=\"apply\"} 3\n\
+        d_seconds_bucket{le=\"0.1\"} 1\n\
+        d_seconds_bucket{le=\"+Inf\"} 4\n\
+        # EOF\n";
+
+    #[test]
+    fn a_missing_series_is_an_error_naming_it_never_zero() {
+        let exposition = Exposition::parse(TEXT).expect("parse");
+        let error = exposition
+            .get("relayer_operator_leadr", &[])
+            .expect_err("a misspelt name");
+        assert!(
+            format!("{error:#}").contains("relayer_operator_leadr"),
+            "{error:#}"
+        );
+        assert!(
+            exposition
+                .get(
+                    "relayer_operator_child_writes_total",
+                    &[("kind", "Ingress")]
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn values_sum_the_matching_series_and_buckets_sort_by_bound() {
+        let exposition = Exposition::parse(TEXT).expect("parse");
+        assert_eq!(exposition.value("relayer_operator_leader"), 1.0);
+        assert_eq!(exposition.value("relayer_operator_child_writes_total"), 5.0);
+        assert_eq!(
+            exposition
+                .get(
+                    "relayer_operator_child_writes_total",
+                    &[("kind", "Service")]
+                )
+                .expect("a Service series"),
+            3.0
+        );
+        assert_eq!(
+            exposition.buckets("d_seconds").expect("buckets"),
+            vec![(0.1, 1.0), (f64::INFINITY, 4.0)]
+        );
+        assert!(Exposition::parse("not_a_number x\n").is_err());
+    }
 }

@@ -14,28 +14,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
-use kube::api::{Patch, PatchParams};
-use relayer_operator::controller;
 use relayer_operator::crd::{RelayerDeployment, RolloutStep};
-use serde_json::{Value, json};
-use support::operator::InProcessOperator;
+use serde_json::Value;
+use support::fixtures::{blue_green, rd};
+use support::operator::start_operator;
 use support::{TestEnv, wait_for};
 
 const SETTLE: Duration = Duration::from_secs(90);
 const NAME: &str = "market";
-
-/// Starts the controller in this test process, for this test's namespace.
-fn start_operator(env: &TestEnv) -> InProcessOperator {
-    InProcessOperator::start(
-        env.client.clone(),
-        controller::Config {
-            namespace: Some(env.namespace.clone()),
-            // NB: simulated pods have addresses in 198.18.0.0/15 that nothing may contact.
-            pod_networks: vec!["10.244.0.0/16".parse().expect("network")],
-            ..controller::Config::default()
-        },
-    )
-}
 
 /// What one run of the plugin printed and how it exited.
 #[derive(Debug)]
@@ -81,32 +67,22 @@ async fn step(env: &TestEnv) -> Option<RolloutStep> {
 }
 
 async fn wait_step(env: &TestEnv, want: RolloutStep) {
-    wait_for(&format!("step {want:?}"), SETTLE, || async move {
-        Ok((step(env).await == Some(want)).then_some(()))
-    })
-    .await;
+    support::wait_step(env, NAME, want, None, SETTLE).await;
 }
 
 async fn apply(env: &TestEnv) {
-    let rd = json!({
-        "apiVersion": "relayer.foresight.dev/v1alpha1", "kind": "RelayerDeployment",
-        "metadata": { "name": NAME },
-        "spec": {
-            "image": "ghcr.io/foresight/relayer:1", "replicas": 2,
-            "strategy": { "blueGreen": {
-                "autoPromote": false, "scaleDownDelaySeconds": 0, "maxScaleDownWaitSeconds": 1,
-                "progressDeadlineSeconds": 60,
-            } },
-        },
-    });
-    env.api::<RelayerDeployment>()
-        .patch(
-            NAME,
-            &PatchParams::apply("plugin-test").force(),
-            &Patch::Apply(&rd),
+    rd(NAME)
+        .image("ghcr.io/foresight/relayer:1")
+        .replicas(2)
+        .blue_green(
+            blue_green()
+                .auto_promote(false)
+                .scale_down_delay_seconds(0)
+                .max_scale_down_wait_seconds(1)
+                .progress_deadline_seconds(60),
         )
-        .await
-        .expect("apply the RelayerDeployment");
+        .apply(env, "plugin-test")
+        .await;
 }
 
 fn json_of(run: &Run) -> Value {

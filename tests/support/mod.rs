@@ -1,12 +1,23 @@
-//! Support code for integration tests that need a real Kubernetes API server.
+//! The one support module of the operator's integration tests (`tests/*.rs`): the control
+//! plane they run against, the ways to run the operator, waits, the metrics reader and the
+//! fixtures.
 //!
-//! Layout:
+//! Layout (each module uses only the ones listed before it, and [`TestEnv`] in this file):
 //! - [`binaries`]: finds the binaries built by `tests/k8s/build.sh`.
 //! - [`pki`]: certificates and keys generated per control plane.
 //! - [`process`]: children under a watchdog, so nothing outlives the test process.
-//! - [`control_plane`]: etcd + kube-apiserver + kube-controller-manager, one per test binary
-//!   (or the cluster named by `KUBECONFIG_TEST`).
 //! - [`pod_sim`]: a fake node and kubelet that make pods Running and Ready.
+//! - [`control_plane`]: etcd + kube-apiserver + kube-controller-manager, one per test binary
+//!   (or the cluster named by `KUBECONFIG_TEST`), with its pod simulator.
+//! - [`wait`]: [`wait_for`] a condition with a deadline, [`wait_step`] of a rollout.
+//! - [`http`]: a minimal HTTP `GET` (probes, load, scrapes).
+//! - [`metrics`]: reads a Prometheus text with the operator's own gate parser; a missing
+//!   series is an error, never 0.
+//! - [`fixtures`]: fluent RelayerDeployment fixtures (`rd("market").replicas(2)…`).
+//! - [`operator`]: the operator in this process ([`operator::InProcessOperator`]) or as its
+//!   binary ([`operator::OperatorProcess`], also started the way the chart's pod runs it).
+//! - [`cutover`]: pods backed by real relayer processes in network namespaces, a kube-proxy
+//!   stand-in, a load generator and an invariant watcher (cutover, chart RBAC, demo).
 //! - this file: [`TestEnv`], the per-test view (own namespace, own clients) and small helpers.
 //!
 //! Use it from a test file with `mod support;`:
@@ -28,15 +39,18 @@
 
 pub mod binaries;
 pub mod control_plane;
+pub mod cutover;
+pub mod fixtures;
+pub mod http;
+pub mod metrics;
 pub mod operator;
 pub mod pki;
 pub mod pod_sim;
 pub mod process;
+pub mod wait;
 
 use std::fmt::Debug;
-use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -49,6 +63,8 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 pub use control_plane::ControlPlane;
+#[allow(unused_imports)] // NB: not every test binary waits.
+pub use wait::{wait_for, wait_for_every, wait_step};
 
 /// One test's slice of the shared control plane: its own namespace and an admin client.
 pub struct TestEnv {
@@ -284,35 +300,6 @@ impl Drop for TestEnv {
         if let Err(error) = deleted {
             eprintln!("could not delete namespace {}: {error}", self.namespace);
         }
-    }
-}
-
-/// Polls `check` until it yields `Some`, or fails naming `what` after `timeout`.
-///
-/// For conditions a watch can express, prefer `kube::runtime::wait::await_condition`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last_error = None;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return value,
-            Ok(None) => {}
-            Err(error) => last_error = Some(format!("{error:#}")),
-        }
-        if Instant::now() > deadline {
-            let diagnosis = ControlPlane::shared().diagnose();
-            panic!(
-                "timed out after {timeout:?} waiting for {what}{}{diagnosis}",
-                last_error
-                    .map(|e| format!(" (last error: {e})"))
-                    .unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -1,37 +1,32 @@
-//! Support of the cutover tests: pods backed by real relayer processes in their own network
-//! namespaces, a kube-proxy-like TCP proxy that follows the active Service's EndpointSlices, a
-//! load generator, and an invariant watcher.
+//! Pods backed by real relayer processes, each in its own network namespace, registered with
+//! the pod simulator as a [`PodBackend`].
 //!
 //! Networking (as a CNI would do it): per pod a network namespace `fscut-<pid>-<n>`, a veth
 //! pair (`fch<pid>x<n>` on the host, `eth0` inside), an address from 10.244.0.0/16 that exists
 //! only inside that namespace, a host route to it, and inside a route back to the host's own
 //! address only. The relayer runs in the namespace with `ip netns exec`. Namespaces are deleted
-//! (which removes their veth pair and route) by [`NetnsBackend`]'s guard on drop, also on
-//! panic, and namespaces left by a crashed earlier run (whose process is gone) are swept when a
-//! backend starts. All other traffic goes to 127.0.0.1 only.
-
-#![allow(dead_code)]
+//! (which removes their veth pair and route) by [`NetnsGuard`] on drop, also on panic, and
+//! namespaces left by a crashed earlier run (whose process is gone) are swept when a backend
+//! starts. All other traffic goes to 127.0.0.1 only.
+//!
+//! Uses [`crate::support::pod_sim`], [`crate::support::control_plane`] and
+//! [`crate::support::http`] (the kubelet's readiness probe).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::support::ControlPlane;
+use crate::support::http;
 use crate::support::pod_sim::{BoxFuture, PodBackend, Started};
 
 /// Prefix of every network namespace these tests create.
@@ -311,7 +306,7 @@ impl PodBackend for NetnsBackend {
                         let _ = tx.send(false);
                         return;
                     }
-                    let ok = matches!(http_get(target, "/ready").await, Ok((200, _)));
+                    let ok = matches!(http::get(target, "/ready").await, Ok((200, _)));
                     if *tx.borrow() != ok && tx.send(ok).is_err() {
                         return;
                     }
@@ -368,292 +363,5 @@ impl PodBackend for NetnsBackend {
                     .retain(|n| n != &p.netns);
             }
         })
-    }
-}
-
-/// A minimal `GET` with `Connection: close`, bounded by 2 s.
-pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    tokio::time::timeout(Duration::from_secs(2), async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: relayer\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status: u16 = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no status line in {text:?}"))?;
-        Ok((status, text))
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("GET {path} from {addr}: no answer within 2 s"))?
-}
-
-/// A kube-proxy stand-in: a TCP proxy on 127.0.0.1 that forwards each connection to a ready
-/// endpoint of a Service, round robin, following its EndpointSlices with a watch.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-impl Proxy {
-    pub async fn start(client: Client, namespace: &str, service: &str) -> Self {
-        let (tx, endpoints) = watch::channel(Vec::<SocketAddr>::new());
-        let slices: Api<EndpointSlice> = Api::namespaced(client, namespace);
-        let selector = format!("kubernetes.io/service-name={service}");
-        let follow = tokio::spawn(async move {
-            let (reader, writer) = kube::runtime::reflector::store();
-            // NB: every event, not only applied objects: the store shows the initial list only
-            // once it is complete (InitDone).
-            let stream = watcher(slices, watcher::Config::default().labels(&selector))
-                .default_backoff()
-                .reflect(writer);
-            let mut stream = std::pin::pin!(stream);
-            while stream.next().await.is_some() {
-                let mut ready = Vec::new();
-                for slice in reader.state() {
-                    let port = slice
-                        .ports
-                        .iter()
-                        .flatten()
-                        .find_map(|p| p.port)
-                        .and_then(|p| u16::try_from(p).ok())
-                        .unwrap_or(RELAYER_PORT);
-                    for e in slice.endpoints.iter().flatten() {
-                        let is_ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                        if !is_ready {
-                            continue;
-                        }
-                        for a in &e.addresses {
-                            if let Ok(ip) = a.parse::<IpAddr>() {
-                                ready.push(SocketAddr::new(ip, port));
-                            }
-                        }
-                    }
-                }
-                ready.sort();
-                if std::env::var_os("CUTOVER_DEBUG").is_some() {
-                    eprintln!("proxy endpoints: {ready:?}");
-                }
-                let _ = tx.send(ready);
-            }
-        });
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the proxy");
-        let addr = listener.local_addr().expect("proxy address");
-        let serve = tokio::spawn(async move {
-            let mut next = 0usize;
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                let targets = endpoints.borrow().clone();
-                if targets.is_empty() {
-                    drop(inbound); // like kube-proxy's REJECT for a Service without endpoints
-                    continue;
-                }
-                let target = targets[next % targets.len()];
-                next = next.wrapping_add(1);
-                tokio::spawn(async move {
-                    // NB: only addresses from the EndpointSlices, i.e. inside the test's
-                    // network namespaces.
-                    if let Ok(Ok(mut outbound)) =
-                        tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(target))
-                            .await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            tasks: vec![follow, serve],
-        }
-    }
-}
-
-/// Counts of a load run.
-#[derive(Debug, Default, Clone)]
-pub struct LoadReport {
-    pub ok: u64,
-    pub failed: u64,
-    pub failures: BTreeMap<String, u64>,
-}
-
-/// A load generator: `workers` loops of `GET path` through `target`, one connection per
-/// request, until stopped.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<LoadReport>>,
-    pub ok: Arc<AtomicU64>,
-}
-
-impl Load {
-    pub fn start(target: SocketAddr, path: &str, workers: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let tasks = (0..workers)
-            .map(|_| {
-                let stop = stop.clone();
-                let ok = ok.clone();
-                let path = path.to_owned();
-                tokio::spawn(async move {
-                    let mut report = LoadReport::default();
-                    while !stop.load(Ordering::Relaxed) {
-                        match http_get(target, &path).await {
-                            Ok((200, _)) => {
-                                report.ok += 1;
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok((status, _)) => {
-                                report.failed += 1;
-                                *report.failures.entry(format!("HTTP {status}")).or_insert(0) += 1;
-                            }
-                            Err(error) => {
-                                report.failed += 1;
-                                let key: String = error.to_string().chars().take(60).collect();
-                                *report.failures.entry(key).or_insert(0) += 1;
-                            }
-                        }
-                    }
-                    report
-                })
-            })
-            .collect();
-        Self { stop, tasks, ok }
-    }
-
-    pub async fn stop(self) -> LoadReport {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut total = LoadReport::default();
-        for t in self.tasks {
-            if let Ok(r) = t.await {
-                total.ok += r.ok;
-                total.failed += r.failed;
-                for (k, v) in r.failures {
-                    *total.failures.entry(k).or_insert(0) += v;
-                }
-            }
-        }
-        total
-    }
-}
-
-/// Records, at every observed change of the active Service or a colour's Deployment, whether
-/// the Service selects a colour with available pods, and the colours it selected in order.
-pub struct InvariantWatcher {
-    state: Arc<Mutex<Invariants>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct Invariants {
-    /// Colours the active Service selected, in order (repeats collapsed).
-    pub selected: Vec<String>,
-    /// Observations where the selected colour had no available pod.
-    pub violations: Vec<String>,
-    /// Observations made.
-    pub checks: u64,
-    /// Highest `spec.replicas` of each Deployment seen, and the first non-zero one.
-    pub first_replicas: BTreeMap<String, i32>,
-    /// Lowest non-zero `spec.replicas` of each Deployment while the other colour was active.
-    pub min_replicas: BTreeMap<String, i32>,
-}
-
-impl Drop for InvariantWatcher {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl InvariantWatcher {
-    pub fn start(client: Client, namespace: &str, name: &str) -> Self {
-        let state = Arc::new(Mutex::new(Invariants::default()));
-        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-        let deployments: Api<Deployment> = Api::namespaced(client, namespace);
-        let (svc_reader, svc_writer) = kube::runtime::reflector::store();
-        let (dep_reader, dep_writer) = kube::runtime::reflector::store();
-        let name = name.to_owned();
-        let shared = state.clone();
-        let task = tokio::spawn(async move {
-            let svc = watcher(
-                services,
-                watcher::Config::default().fields(&format!("metadata.name={name}")),
-            )
-            .default_backoff()
-            .reflect(svc_writer)
-            .map(|_| ());
-            let dep = watcher(deployments, watcher::Config::default())
-                .default_backoff()
-                .reflect(dep_writer)
-                .map(|_| ());
-            let both = futures::stream::select(svc, dep);
-            let mut both = std::pin::pin!(both);
-            while both.next().await.is_some() {
-                let Some(service) = svc_reader.state().into_iter().next() else {
-                    continue;
-                };
-                let Some(color) = service
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.selector.as_ref())
-                    .and_then(|s| s.get("relayer.foresight.dev/color"))
-                    .cloned()
-                else {
-                    continue;
-                };
-                let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
-                st.checks += 1;
-                if st.selected.last() != Some(&color) {
-                    st.selected.push(color.clone());
-                }
-                let mut available = None;
-                for d in dep_reader.state() {
-                    let dname = d.name_any();
-                    let replicas = d.spec.replicas.unwrap_or(0);
-                    if replicas > 0 {
-                        st.first_replicas.entry(dname.clone()).or_insert(replicas);
-                        if !dname.ends_with(&format!("-{color}")) {
-                            let min = st.min_replicas.entry(dname.clone()).or_insert(replicas);
-                            *min = (*min).min(replicas);
-                        }
-                    }
-                    if dname == format!("{name}-{color}") {
-                        available = Some(
-                            d.status
-                                .as_ref()
-                                .and_then(|s| s.available_replicas)
-                                .unwrap_or(0),
-                        );
-                    }
-                }
-                if let Some(n) = available
-                    && n < 1
-                {
-                    st.violations.push(format!(
-                        "the Service selects {color}, which has {n} available pods"
-                    ));
-                }
-            }
-        });
-        Self { state, task }
-    }
-
-    pub fn snapshot(&self) -> Invariants {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
