@@ -1,7 +1,8 @@
 //! Health gates: the relayer's own metrics, scraped from the pods under test.
 //!
 //! Pure core: [`parse`] reads the Prometheus/OpenMetrics text a relayer serves on `/metrics`
-//! into a [`Scrape`]; [`Scrape::delta`] turns two scrapes of one pod into a [`Window`] (counter
+//! into a [`Scrape`] ([`Exposition`] keeps every line, for readers of one series by name and
+//! labels, where a missing series is an error); [`Scrape::delta`] turns two scrapes of one pod into a [`Window`] (counter
 //! resets handled); [`judge`] gives a sample's [`Sample`] verdict against a [`GateSpec`],
 //! optionally relative to the active colour's window; a [`Tally`] folds samples, inconclusive
 //! samples and scrape errors into the gate's verdict.
@@ -9,9 +10,10 @@
 //! Thin shell ([`runner`]): a task per running gate scrapes every pod under test at the
 //! gate's interval, optionally drives a bounded probe load at them, and reports each new tally;
 //! [`runner::drain_evidence`] reads the in-flight and saga gauges of the pods of a colour being
-//! left. The only network client is a minimal HTTP/1.1 `GET` over TCP, bounded by timeouts.
+//! left. The only network client is [`runner::get`] (hyper's HTTP/1.1 client), bounded by a
+//! timeout and a body cap.
 //!
-//! Depends on [`crate::crd`] only.
+//! May use: [`crate::crd`] only; [`runner`] uses the pure core here and nothing else.
 
 use std::collections::BTreeMap;
 
@@ -63,7 +65,8 @@ pub struct SampleLine {
 }
 
 impl SampleLine {
-    fn label(&self, key: &str) -> Option<&str> {
+    /// The value of label `key`, if the line has it.
+    pub fn label(&self, key: &str) -> Option<&str> {
         self.labels
             .iter()
             .find(|(k, _)| k == key)
@@ -151,6 +154,85 @@ pub fn parse_line(line: &str, number: usize) -> Result<Option<SampleLine>, Parse
         labels,
         value,
     }))
+}
+
+/// A whole text exposition with every sample line kept, for readers of one series by name and
+/// labels (the integration tests); [`parse`] keeps only what a gate needs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Exposition {
+    samples: Vec<SampleLine>,
+}
+
+/// A series an [`Exposition`] was asked for and cannot give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeriesError {
+    /// No sample line has that name and those labels (a misspelt name lands here, not at 0).
+    #[error("no series {0} in the exposition")]
+    Missing(String),
+    /// Several do, where one was asked for.
+    #[error("{count} series match {selector}; name more labels")]
+    Ambiguous {
+        /// The name and labels asked for.
+        selector: String,
+        /// How many lines matched.
+        count: usize,
+    },
+}
+
+fn selector(name: &str, labels: &[(&str, &str)]) -> String {
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{name}{{{}}}", pairs.join(","))
+}
+
+impl Exposition {
+    /// Reads every sample line of `text`.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let mut samples = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            samples.extend(parse_line(line, i + 1)?);
+        }
+        Ok(Self { samples })
+    }
+
+    /// Every sample line, in order.
+    pub fn samples(&self) -> &[SampleLine] {
+        &self.samples
+    }
+
+    /// The lines named `name` (with its suffix: `_total`, `_bucket`, ...) that carry every
+    /// label pair of `labels` (and maybe more).
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a SampleLine> + 'a {
+        self.samples
+            .iter()
+            .filter(move |s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
+    }
+
+    /// The value of the one series `name` with `labels`; an error when there is none or more
+    /// than one.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64, SeriesError> {
+        let found: Vec<&SampleLine> = self.matching(name, labels).collect();
+        match found.as_slice() {
+            [one] => Ok(one.value),
+            [] => Err(SeriesError::Missing(selector(name, labels))),
+            many => Err(SeriesError::Ambiguous {
+                selector: selector(name, labels),
+                count: many.len(),
+            }),
+        }
+    }
+
+    /// The sum over every series `name` with `labels`; an error when there is none.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64, SeriesError> {
+        let mut found = self.matching(name, labels).peekable();
+        if found.peek().is_none() {
+            return Err(SeriesError::Missing(selector(name, labels)));
+        }
+        Ok(found.map(|s| s.value).sum())
+    }
 }
 
 /// Reads the series a gate needs from a `/metrics` text.
