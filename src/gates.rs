@@ -25,7 +25,7 @@ const OPS_ROUTES: [&str; 3] = ["/health", "/ready", "/metrics"];
 /// The series of one `/metrics` text a gate needs (absent families count as zero).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Scrape {
-    /// Requests answered, excluding [`OPS_ROUTES`].
+    /// Requests answered, excluding the ops routes (`/health`, `/ready`, `/metrics`).
     pub requests: f64,
     /// Of those, answered 5xx.
     pub errors: f64,

@@ -1,41 +1,53 @@
-//! The controller: kube-runtime wiring, the shared [`State`], the per-reconcile [`Context`],
-//! reconcile and error policy, and Lease-based leader election ([`leader`]).
+//! The controller: kube-runtime wiring ([`run`]), the caches of the children ([`Stores`]), the
+//! per-controller [`Context`] with its per-object state ([`Failures`], [`Seen`],
+//! [`GateRuns`]), and [`reconcile`] / [`error_policy`].
 //!
-//! Reconcile is level-triggered and idempotent: it plans (pure, [`crate::resources`]), compares
-//! each desired child with the cached observed one, and server-side applies only what differs.
-//! A resync of a converged RelayerDeployment therefore sends no request at all. The rollout
-//! state machine of the next issue replaces [`plan`]'s fixed active colour.
+//! Reconcile is level-triggered and idempotent: it plans ([`plan`], [`crate::resources`]),
+//! decides the cutover step ([`cutover`], around the pure [`crate::rollout`] machine), and
+//! server-side applies only the children that differ from the cached ones (the private
+//! `apply` module: apply, SSA helpers, prune, the status write, Events). A resync of a
+//! converged RelayerDeployment therefore sends no request at all.
+//! Lease-based leader election lives in [`leader`].
+//!
+//! May use: every room of the crate ([`crate::crd`], [`crate::resources`], [`crate::rollout`],
+//! [`crate::gates`], [`crate::metrics`]) and `relayer::resilience::backoff`; nothing uses it but
+//! `main.rs` and the integration tests.
+
+mod apply;
+pub mod cutover;
+mod gate_runs;
+pub mod leader;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::{StreamExt, future};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
+use relayer::resilience::backoff::RetryPolicy;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
-use crate::crd::{Color, RelayerDeployment, RevisionRecord};
+pub use apply::is_subset;
+pub use gate_runs::{GateRuns, RunningGate};
+
+use crate::crd::{Color, RelayerDeployment};
 use crate::metrics::Metrics;
-use crate::resources::status::{self, Observed};
-use crate::resources::{self, LABEL_CONFIG_HASH, LABEL_INSTANCE, LABEL_REVISION, MANAGER, Plan};
+use crate::resources::{self, LABEL_INSTANCE, MANAGER, Plan};
 use crate::{Error, Result};
 
 /// How the controller runs.
@@ -53,37 +65,23 @@ pub struct Config {
     pub pod_networks: Vec<Network>,
 }
 
-/// An IP network (`10.244.0.0/16`), for [`Config::pod_networks`].
+/// An IP network (`10.244.0.0/16`, `fd00::/64`), for [`Config::pod_networks`]. Host bits may
+/// be set (`10.244.1.5/16` is `10.244.0.0/16`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Network {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct Network(ipnet::IpNet);
 
 impl Network {
-    /// Whether `ip` is inside this network.
+    /// Whether `ip` is inside this network (never for an address of the other family).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
 }
 
 impl std::str::FromStr for Network {
     type Err = String;
 
+    // NB: the address and the prefix are read apart so that each mistake gets its own message;
+    // ipnet's own error is a bare "invalid IP address syntax".
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, prefix) = s
             .split_once('/')
@@ -91,10 +89,9 @@ impl std::str::FromStr for Network {
         let addr: IpAddr = addr.parse().map_err(|e| format!("{s:?}: {e}"))?;
         let prefix: u8 = prefix.parse().map_err(|e| format!("{s:?}: {e}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return Err(format!("{s:?}: prefix longer than {max}"));
-        }
-        Ok(Self { addr, prefix })
+        let net = ipnet::IpNet::new(addr, prefix)
+            .map_err(|_| format!("{s:?}: prefix longer than {max}"))?;
+        Ok(Self(net))
     }
 }
 
@@ -110,12 +107,19 @@ impl Default for Config {
     }
 }
 
+/// The requeue schedule after failed reconciles: 1 s doubling per consecutive failure, capped
+/// at 5 min (no jitter: one object's retries need no spreading).
+const REQUEUE_BACKOFF: RetryPolicy = RetryPolicy {
+    max_retries: u32::MAX,
+    initial_delay: Duration::from_secs(1),
+    max_delay: Duration::from_secs(300),
+    backoff_multiplier: 2.0,
+    jitter: false,
+};
+
 /// Backoff after a failed reconcile: 1 s doubling per consecutive failure, capped at 5 min.
 pub fn backoff_delay(failures: u32) -> Duration {
-    const BASE: Duration = Duration::from_secs(1);
-    const CAP: Duration = Duration::from_secs(300);
-    BASE.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-        .min(CAP)
+    REQUEUE_BACKOFF.bound(failures.saturating_sub(1))
 }
 
 /// Caches of the children, filled by the same watches that trigger reconciles.
@@ -183,33 +187,50 @@ pub struct Context {
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for the error backoff.
-    pub failures: Mutex<HashMap<ObjectRef<RelayerDeployment>, u32>>,
+    pub failures: Failures,
     /// How the controller runs.
     pub config: Config,
     /// The gate running per object (at most one: a cutover has one step at a time).
-    pub gates: Mutex<HashMap<ObjectRef<RelayerDeployment>, cutover::ActiveGate>>,
+    pub gates: GateRuns,
     /// Objects reconciled since this process started (the first reconcile is a restart).
-    pub seen: Mutex<HashSet<ObjectRef<RelayerDeployment>>>,
+    pub seen: Seen,
     /// Wakes the reconcile of an object (a gate took a sample).
     pub wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<RelayerDeployment>>,
 }
 
-impl Context {
-    fn record_failure(&self, obj: ObjectRef<RelayerDeployment>) -> u32 {
-        let mut failures = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+/// Consecutive failed reconciles per object, for [`backoff_delay`].
+#[derive(Debug, Default)]
+pub struct Failures(Mutex<HashMap<ObjectRef<RelayerDeployment>, u32>>);
+
+impl Failures {
+    /// Counts one more failure of `obj`; returns how many in a row it has now.
+    pub fn record(&self, obj: ObjectRef<RelayerDeployment>) -> u32 {
+        let mut failures = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let count = failures.entry(obj).or_insert(0);
         *count = count.saturating_add(1);
         *count
     }
 
-    fn clear_failures(&self, obj: &ObjectRef<RelayerDeployment>) {
-        self.failures
+    /// `obj` reconciled: its next failure is the first again.
+    pub fn clear(&self, obj: &ObjectRef<RelayerDeployment>) {
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(obj);
+    }
+}
+
+/// Objects reconciled since this process started.
+#[derive(Debug, Default)]
+pub struct Seen(Mutex<HashSet<ObjectRef<RelayerDeployment>>>);
+
+impl Seen {
+    /// Marks `obj` as seen; `true` the first time (its first reconcile after a restart).
+    pub fn first_time(&self, obj: ObjectRef<RelayerDeployment>) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(obj)
     }
 }
 
@@ -269,6 +290,7 @@ pub async fn run(
     let (pods, pod_stream) = child_stream::<Pod>(&client, ns);
     let (slices, slice_stream) = child_stream::<EndpointSlice>(&client, ns);
     let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+    let metrics_gauge = metrics.gates_running.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), Reporter::from(MANAGER)),
         client,
@@ -284,10 +306,10 @@ pub async fn run(
             slices,
         },
         metrics,
-        failures: Mutex::new(HashMap::new()),
+        failures: Failures::default(),
         config: config.clone(),
-        gates: Mutex::new(HashMap::new()),
-        seen: Mutex::new(HashSet::new()),
+        gates: GateRuns::new(metrics_gauge),
+        seen: Seen::default(),
         wake,
     });
     let controller_config =
@@ -337,22 +359,22 @@ pub async fn reconcile(rd: Arc<RelayerDeployment>, ctx: Arc<Context>) -> Result<
         tracing::warn!("child caches are not synced yet; retrying");
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    let action = apply(&rd, &ctx).await?;
-    ctx.clear_failures(&ObjectRef::from_obj(&*rd));
+    let action = apply::apply(&rd, &ctx).await?;
+    ctx.failures.clear(&ObjectRef::from_obj(&*rd));
     Ok(action)
 }
 
 /// Logs, counts and backs off per object.
 pub fn error_policy(rd: Arc<RelayerDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error);
-    let failures = ctx.record_failure(ObjectRef::from_obj(&*rd));
+    let failures = ctx.failures.record(ObjectRef::from_obj(&*rd));
     let delay = backoff_delay(failures);
     tracing::warn!(%error, name = %rd.name_any(), failures, ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
 /// The spec's revision and its ordinal (the colours and sizes come from the rollout state; see
-/// [`crate::cutover`]). `active` is the colour status says is active (blue for a new object).
+/// [`cutover`]). `active` is the colour status says is active (blue for a new object).
 pub fn plan(rd: &RelayerDeployment, known: &[Arc<ControllerRevision>]) -> Result<Plan> {
     let active = rd
         .status
@@ -372,622 +394,6 @@ pub fn plan(rd: &RelayerDeployment, known: &[Arc<ControllerRevision>]) -> Result
     })
 }
 
-/// Whether the spec can be realised; the reason names the field when it cannot.
-fn check(rd: &RelayerDeployment) -> Result<(), String> {
-    rd.spec
-        .config
-        .validate()
-        .map_err(|e| format!("spec.config: {e}"))?;
-    resources::container_port(rd).map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-async fn apply(rd: &RelayerDeployment, ctx: &Context) -> Result<Action> {
-    if rd.metadata.deletion_timestamp.is_some() {
-        // NB: the garbage collector is removing the children (foreground deletion waits for
-        // it); applying them again would fight it.
-        return Ok(Action::await_change());
-    }
-    let ns = rd.namespace().ok_or(Error::Missing("metadata.namespace"))?;
-    let owned = |o: &dyn Owned| o.controlled_by(rd);
-    let revisions: Vec<Arc<ControllerRevision>> = ctx
-        .stores
-        .revisions
-        .state()
-        .into_iter()
-        .filter(|r| r.namespace().as_deref() == Some(&ns) && owned(&**r))
-        .collect();
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-
-    if let Err(reason) = check(rd) {
-        let observed = Observed {
-            deployment: None,
-            invalid: Some(&reason),
-        };
-        let history = history(&revisions);
-        let next = status::status(rd, None, observed, history, &now);
-        let was_invalid = rd.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == status::DEGRADED && c.reason == "InvalidSpec")
-        });
-        if !was_invalid {
-            publish(ctx, rd, EventType::Warning, "InvalidSpec", &reason).await;
-        }
-        write_status(ctx, rd, next).await?;
-        return Ok(Action::await_change());
-    }
-
-    cutover::reconcile(rd, ctx, &ns, &revisions, &now).await
-}
-
-/// Revision records of the known ControllerRevisions, newest first.
-pub(crate) fn history(revisions: &[Arc<ControllerRevision>]) -> Vec<RevisionRecord> {
-    let mut records: Vec<RevisionRecord> = revisions
-        .iter()
-        .filter_map(|r| {
-            Some(RevisionRecord {
-                revision: r.labels().get(LABEL_REVISION)?.clone(),
-                number: r.revision.unwrap_or(0),
-                image: r.data.0.get("image")?.as_str()?.to_owned(),
-            })
-        })
-        .collect();
-    records.sort_by_key(|r| std::cmp::Reverse(r.number));
-    records
-}
-
-/// Objects that can say whether a RelayerDeployment controls them.
-pub(crate) trait Owned {
-    fn controlled_by(&self, rd: &RelayerDeployment) -> bool;
-}
-
-impl<K: Resource> Owned for K {
-    fn controlled_by(&self, rd: &RelayerDeployment) -> bool {
-        let uid = rd.meta().uid.as_deref();
-        self.meta()
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
-    }
-}
-
-/// Server-side applies `desired` unless the cached object already matches it.
-pub(crate) async fn ensure<K>(
-    ctx: &Context,
-    store: &Store<K>,
-    desired: &K,
-    changed: &mut Vec<String>,
-) -> Result<()>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
-{
-    let name = desired.name_any();
-    let ns = desired
-        .namespace()
-        .ok_or(Error::Missing("child namespace"))?;
-    let desired_json = to_value(desired)?;
-    if let Some(observed) = store.get(&ObjectRef::new(&name).within(&ns))
-        && is_subset(&desired_json, &to_value(&*observed)?)
-    {
-        return Ok(());
-    }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&desired_json),
-    )
-    .await?;
-    let kind = K::kind(&());
-    ctx.metrics.child_written(&kind, "apply");
-    changed.push(format!("{kind} {name}"));
-    Ok(())
-}
-
-/// Deletes the child `name` of kind `K` if `rd` controls it.
-pub(crate) async fn remove<K>(
-    ctx: &Context,
-    rd: &RelayerDeployment,
-    store: &Store<K>,
-    name: &str,
-    changed: &mut Vec<String>,
-) -> Result<()>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + DeserializeOwned,
-{
-    let ns = rd.namespace().ok_or(Error::Missing("metadata.namespace"))?;
-    let Some(observed) = store.get(&ObjectRef::new(name).within(&ns)) else {
-        return Ok(());
-    };
-    if !observed.controlled_by(rd) {
-        return Ok(());
-    }
-    delete::<K>(ctx, &ns, name).await?;
-    changed.push(format!("deleted {} {name}", K::kind(&())));
-    Ok(())
-}
-
-pub(crate) async fn delete<K>(ctx: &Context, ns: &str, name: &str) -> Result<()>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + DeserializeOwned,
-{
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => {}
-        Err(error) => return Err(error.into()),
-    }
-    ctx.metrics.child_written(&K::kind(&()), "delete");
-    Ok(())
-}
-
-/// Which revisions (name, number) to keep: `limit` in all, counting the current one; the
-/// current revision and every revision a colour runs are always kept, the newest others fill
-/// the remaining places.
-fn revisions_to_keep(
-    revisions: &[(String, i64)],
-    current: &str,
-    used: &[String],
-    limit: usize,
-) -> Vec<String> {
-    let mut keep: Vec<String> = revisions
-        .iter()
-        .filter(|(name, _)| name == current || used.contains(name))
-        .map(|(name, _)| name.clone())
-        .collect();
-    let mut others: Vec<&(String, i64)> = revisions
-        .iter()
-        .filter(|(name, _)| !keep.contains(name))
-        .collect();
-    others.sort_by_key(|(_, number)| std::cmp::Reverse(*number));
-    for (name, _) in others {
-        if keep.len() >= limit {
-            break;
-        }
-        keep.push(name.clone());
-    }
-    keep
-}
-
-/// Keeps the newest `revisionHistoryLimit` ControllerRevisions (always the planned one) and
-/// the ConfigMaps they name; deletes the rest.
-pub(crate) async fn prune(
-    ctx: &Context,
-    rd: &RelayerDeployment,
-    plan: &Plan,
-    revisions: &[Arc<ControllerRevision>],
-    in_use: &[String],
-    changed: &mut Vec<String>,
-) -> Result<()> {
-    let ns = rd.namespace().ok_or(Error::Missing("metadata.namespace"))?;
-    let current = resources::controller_revision_name(rd, &plan.revision);
-    let used: Vec<String> = in_use
-        .iter()
-        .map(|r| resources::controller_revision_name(rd, r))
-        .collect();
-    let limit = usize::try_from(rd.spec.revision_history_limit.max(1)).unwrap_or(1);
-    let listed: Vec<(String, i64)> = revisions
-        .iter()
-        .map(|r| (r.name_any(), r.revision.unwrap_or(0)))
-        .collect();
-    let kept_names = revisions_to_keep(&listed, &current, &used, limit);
-    let (keep, drop_): (Vec<&Arc<ControllerRevision>>, Vec<&Arc<ControllerRevision>>) = revisions
-        .iter()
-        .partition(|r| kept_names.contains(&r.name_any()));
-    for r in drop_ {
-        delete::<ControllerRevision>(ctx, &ns, &r.name_any()).await?;
-        changed.push(format!("pruned ControllerRevision {}", r.name_any()));
-    }
-    let mut kept_maps: Vec<String> = keep
-        .iter()
-        .filter_map(|r| r.data.0.get("configMap")?.as_str().map(str::to_owned))
-        .collect();
-    kept_maps.push(resources::config_map_name(rd)?);
-    let instance = rd.name_any();
-    let stale: Vec<String> = ctx
-        .stores
-        .config_maps
-        .state()
-        .into_iter()
-        .filter(|cm| {
-            cm.namespace().as_deref() == Some(&ns)
-                && cm.labels().get(LABEL_INSTANCE) == Some(&instance)
-                && cm.labels().contains_key(LABEL_CONFIG_HASH)
-                && cm.controlled_by(rd)
-                && !kept_maps.contains(&cm.name_any())
-        })
-        .map(|cm| cm.name_any())
-        .collect();
-    for name in stale {
-        delete::<ConfigMap>(ctx, &ns, &name).await?;
-        changed.push(format!("pruned ConfigMap {name}"));
-    }
-    Ok(())
-}
-
-/// Writes `next` as the status (server-side apply) unless it is already the status. The apply
-/// carries the `resourceVersion` the decision was based on: `false` when the object changed
-/// meanwhile (a newer write, or another leader), and nothing was written.
-pub(crate) async fn write_status(
-    ctx: &Context,
-    rd: &RelayerDeployment,
-    next: crate::crd::RelayerDeploymentStatus,
-) -> Result<bool> {
-    if rd.status.as_ref() == Some(&next) {
-        return Ok(true);
-    }
-    let ns = rd.namespace().ok_or(Error::Missing("metadata.namespace"))?;
-    let api: Api<RelayerDeployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let body = serde_json::json!({
-        "apiVersion": RelayerDeployment::api_version(&()),
-        "kind": RelayerDeployment::kind(&()),
-        "metadata": { "resourceVersion": rd.resource_version() },
-        "status": next,
-    });
-    match api
-        .patch_status(
-            &rd.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            tracing::debug!(name = %rd.name_any(), "status changed meanwhile; reconciling again");
-            return Ok(false);
-        }
-        Err(error) => return Err(error.into()),
-    }
-    ctx.metrics.status_writes.inc();
-    Ok(true)
-}
-
-pub(crate) async fn publish(
-    ctx: &Context,
-    rd: &RelayerDeployment,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let reference: ObjectReference = rd.object_ref(&());
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note.chars().take(1024).collect()),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    // NB: an Event is best effort; failing to record one must not fail the reconcile.
-    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-        tracing::warn!(%error, name = %rd.name_any(), "publishing an event");
-    }
-}
-
-fn to_value<T: Serialize>(value: &T) -> Result<Value> {
-    serde_json::to_value(value).map_err(|source| Error::Render {
-        what: "child object",
-        source,
-    })
-}
-
-/// Whether every field set in `desired` has the same value in `observed`. Fields the API
-/// server or other managers added are ignored; lists must match element by element. Empty
-/// lists and maps equal absent ones (the API server drops them).
-pub fn is_subset(desired: &Value, observed: &Value) -> bool {
-    match (desired, observed) {
-        (Value::Object(want), Value::Object(have)) => want.iter().all(|(k, v)| match have.get(k) {
-            Some(h) => is_subset(v, h),
-            None => is_empty(v),
-        }),
-        (Value::Array(want), Value::Array(have)) => {
-            want.len() == have.len() && want.iter().zip(have).all(|(w, h)| is_subset(w, h))
-        }
-        (Value::Number(w), Value::Number(h)) => w.as_f64() == h.as_f64(),
-        (Value::Null, _) => true,
-        (w, Value::Null) => is_empty(w),
-        (w, h) => w == h,
-    }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty(),
-        _ => false,
-    }
-}
-
-pub mod cutover;
-
-pub mod leader {
-    //! Lease-based leader election (`coordination.k8s.io/v1`), after client-go's: a candidate
-    //! takes the Lease when its holder has not renewed it for `leaseDurationSeconds` of the
-    //! candidate's own clock (never comparing clocks across machines), and every write is a
-    //! `replace` with the observed `resourceVersion`, so two candidates cannot both win.
-    //! kube 5 has no leader election of its own.
-
-    use std::time::{Duration, Instant};
-
-    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-    use kube::api::{Api, ObjectMeta, PostParams};
-    use tokio::sync::watch;
-
-    use crate::Result;
-
-    /// Timing of the election.
-    #[derive(Debug, Clone, Copy)]
-    pub struct Timing {
-        /// A holder that has not renewed for this long may be replaced.
-        pub lease_duration: Duration,
-        /// A leader that could not renew for this long steps down (less than the duration,
-        /// so it stops acting before anyone may take over).
-        pub renew_deadline: Duration,
-        /// Pause between attempts to acquire or renew.
-        pub retry_period: Duration,
-    }
-
-    impl Timing {
-        /// client-go's proportions: renew deadline 2/3 and retry period 1/5 of the duration.
-        pub fn from_lease_duration(lease_duration: Duration) -> Self {
-            Self {
-                lease_duration,
-                renew_deadline: lease_duration * 2 / 3,
-                retry_period: lease_duration / 5,
-            }
-        }
-    }
-
-    /// What a candidate does after reading the Lease.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Decision {
-        /// No Lease exists: create it holding it.
-        Create,
-        /// Someone else holds a live Lease: wait.
-        Wait,
-        /// Take the Lease over (free, released or expired).
-        Take,
-        /// We hold it: renew.
-        Renew,
-    }
-
-    /// The decision for `me`, given the Lease's holder and when this candidate last saw the
-    /// Lease's record change.
-    pub fn decide(
-        me: &str,
-        lease: Option<&LeaseSpec>,
-        last_change: Instant,
-        now: Instant,
-        lease_duration: Duration,
-    ) -> Decision {
-        let Some(spec) = lease else {
-            return Decision::Create;
-        };
-        match spec.holder_identity.as_deref() {
-            Some(holder) if holder == me => Decision::Renew,
-            None | Some("") => Decision::Take,
-            Some(_) if now.duration_since(last_change) >= lease_duration => Decision::Take,
-            Some(_) => Decision::Wait,
-        }
-    }
-
-    /// A candidate for the Lease `name`.
-    pub struct Elector {
-        api: Api<Lease>,
-        name: String,
-        identity: String,
-        timing: Timing,
-        /// The Lease's record as last seen, and when this candidate first saw it that way.
-        observed: Option<(LeaseSpec, Instant)>,
-    }
-
-    impl Elector {
-        /// A candidate called `identity` for the Lease `api`/`name`.
-        pub fn new(api: Api<Lease>, name: &str, identity: &str, timing: Timing) -> Self {
-            Self {
-                api,
-                name: name.to_owned(),
-                identity: identity.to_owned(),
-                timing,
-                observed: None,
-            }
-        }
-
-        /// One attempt to acquire or renew; `true` when we hold the Lease afterwards.
-        pub async fn try_acquire_or_renew(&mut self) -> Result<bool> {
-            let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-            let duration_secs = i32::try_from(self.timing.lease_duration.as_secs()).unwrap_or(15);
-            let mine = |acquire: MicroTime, transitions: i32| LeaseSpec {
-                holder_identity: Some(self.identity.clone()),
-                lease_duration_seconds: Some(duration_secs),
-                acquire_time: Some(acquire),
-                renew_time: Some(now.clone()),
-                lease_transitions: Some(transitions),
-                ..LeaseSpec::default()
-            };
-            let current = self.api.get_opt(&self.name).await?;
-            let spec = current.as_ref().and_then(|l| l.spec.clone());
-            let record_changed = match (&self.observed, &spec) {
-                (Some((seen, _)), Some(spec)) => seen != spec,
-                _ => true,
-            };
-            if record_changed {
-                self.observed = spec.clone().map(|s| (s, Instant::now()));
-            }
-            let last_change = self
-                .observed
-                .as_ref()
-                .map_or_else(Instant::now, |(_, at)| *at);
-            let decision = decide(
-                &self.identity,
-                spec.as_ref(),
-                last_change,
-                Instant::now(),
-                self.timing.lease_duration,
-            );
-            let result = match (decision, current) {
-                (Decision::Wait, _) => return Ok(false),
-                (Decision::Create, _) | (_, None) => {
-                    let lease = Lease {
-                        metadata: ObjectMeta {
-                            name: Some(self.name.clone()),
-                            ..ObjectMeta::default()
-                        },
-                        spec: Some(mine(now.clone(), 0)),
-                    };
-                    self.api.create(&PostParams::default(), &lease).await
-                }
-                (decision, Some(mut lease)) => {
-                    let old = lease.spec.clone().unwrap_or_default();
-                    let transitions = old.lease_transitions.unwrap_or(0);
-                    lease.spec = Some(if decision == Decision::Renew {
-                        mine(old.acquire_time.unwrap_or(now.clone()), transitions)
-                    } else {
-                        mine(now.clone(), transitions.saturating_add(1))
-                    });
-                    // NB: `replace` carries the resourceVersion we read: a concurrent writer
-                    // makes this fail with 409 instead of both of us winning.
-                    self.api
-                        .replace(&self.name, &PostParams::default(), &lease)
-                        .await
-                }
-            };
-            match result {
-                Ok(lease) => {
-                    if let Some(spec) = lease.spec {
-                        self.observed = Some((spec, Instant::now()));
-                    }
-                    Ok(true)
-                }
-                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-                Err(error) => Err(error.into()),
-            }
-        }
-
-        /// Waits until this candidate holds the Lease.
-        pub async fn acquire(&mut self) {
-            loop {
-                match self.try_acquire_or_renew().await {
-                    Ok(true) => return,
-                    Ok(false) => {}
-                    Err(error) => tracing::warn!(%error, "acquiring the leader lease"),
-                }
-                tokio::time::sleep(self.timing.retry_period).await;
-            }
-        }
-
-        /// Renews the Lease until renewal fails for `renew_deadline` (then sends `false` on
-        /// `leading` and returns) or `leading` has no receivers left.
-        pub async fn keep_renewing(&mut self, leading: watch::Sender<bool>) {
-            let mut last_renew = Instant::now();
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(self.timing.retry_period) => {}
-                    () = leading.closed() => return,
-                }
-                let attempt =
-                    tokio::time::timeout(self.timing.renew_deadline, self.try_acquire_or_renew())
-                        .await;
-                match attempt {
-                    Ok(Ok(true)) => last_renew = Instant::now(),
-                    Ok(Ok(false)) => {
-                        tracing::warn!("the leader lease was taken by another instance");
-                        let _ = leading.send(false);
-                        return;
-                    }
-                    Ok(Err(error)) => tracing::warn!(%error, "renewing the leader lease"),
-                    Err(_) => tracing::warn!("renewing the leader lease timed out"),
-                }
-                if last_renew.elapsed() >= self.timing.renew_deadline {
-                    tracing::warn!("could not renew the leader lease in time; stepping down");
-                    let _ = leading.send(false);
-                    return;
-                }
-            }
-        }
-
-        /// Gives the Lease up so a standby takes over at once (on graceful shutdown).
-        pub async fn release(&mut self) -> Result<()> {
-            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
-                return Ok(());
-            };
-            let held = lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.as_deref())
-                == Some(self.identity.as_str());
-            if !held {
-                return Ok(());
-            }
-            if let Some(spec) = lease.spec.as_mut() {
-                spec.holder_identity = None;
-                spec.lease_duration_seconds = Some(1);
-            }
-            self.api
-                .replace(&self.name, &PostParams::default(), &lease)
-                .await?;
-            Ok(())
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        fn held_by(holder: &str) -> LeaseSpec {
-            LeaseSpec {
-                holder_identity: Some(holder.to_owned()),
-                ..LeaseSpec::default()
-            }
-        }
-
-        #[test]
-        fn a_missing_lease_is_created_and_a_free_one_taken() {
-            let t = Instant::now();
-            let d = Duration::from_secs(15);
-            assert_eq!(decide("a", None, t, t, d), Decision::Create);
-            assert_eq!(
-                decide("a", Some(&LeaseSpec::default()), t, t, d),
-                Decision::Take
-            );
-        }
-
-        #[test]
-        fn a_live_lease_of_another_is_respected_until_it_stops_changing_for_the_duration() {
-            let t = Instant::now();
-            let d = Duration::from_secs(15);
-            let lease = held_by("b");
-            assert_eq!(
-                decide("a", Some(&lease), t, t + Duration::from_secs(14), d),
-                Decision::Wait
-            );
-            assert_eq!(decide("a", Some(&lease), t, t + d, d), Decision::Take);
-            assert_eq!(decide("b", Some(&lease), t, t + d * 10, d), Decision::Renew);
-        }
-
-        #[test]
-        fn timing_steps_down_before_anyone_may_take_over() {
-            let timing = Timing::from_lease_duration(Duration::from_secs(15));
-            assert!(timing.renew_deadline < timing.lease_duration);
-            assert!(timing.retry_period < timing.renew_deadline);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -1004,17 +410,45 @@ mod tests {
     }
 
     #[test]
-    fn server_defaults_are_ignored_but_edits_are_seen() {
-        let desired = json!({"spec": {"replicas": 3, "ports": [{"port": 80}], "labels": {}}});
-        let observed = json!({"spec": {"replicas": 3, "ports": [{"port": 80, "protocol": "TCP"}],
-            "clusterIP": "10.0.0.1"}, "status": {}});
-        assert!(is_subset(&desired, &observed));
-        let edited = json!({"spec": {"replicas": 5, "ports": [{"port": 80}]}});
-        assert!(!is_subset(&desired, &edited));
-        let extra_port = json!({"spec": {"replicas": 3, "ports": [{"port": 80}, {"port": 81}]}});
-        assert!(!is_subset(&desired, &extra_port));
-        assert!(!is_subset(&json!({"a": 1}), &json!({})));
-        assert!(is_subset(&json!({"a": 1}), &json!({"a": 1.0})));
+    fn failures_count_in_a_row_per_object_until_cleared() {
+        let failures = Failures::default();
+        let a = ObjectRef::new("a").within("ns");
+        let b = ObjectRef::new("b").within("ns");
+        assert_eq!(failures.record(a.clone()), 1);
+        assert_eq!(failures.record(a.clone()), 2);
+        assert_eq!(failures.record(b.clone()), 1);
+        failures.clear(&a);
+        assert_eq!(failures.record(a), 1);
+        let seen = Seen::default();
+        assert!(seen.first_time(b.clone()));
+        assert!(!seen.first_time(b));
+    }
+
+    #[test]
+    fn networks_parse_as_before_and_contain_only_their_own_family() {
+        let net: Network = "10.244.1.5/16".parse().expect("network");
+        assert!(net.contains("10.244.200.1".parse().expect("ip")));
+        assert!(!net.contains("10.245.0.1".parse().expect("ip")));
+        assert!(!net.contains("::1".parse().expect("ip")));
+        let all: Network = "::/0".parse().expect("network");
+        assert!(all.contains("fd00::1".parse().expect("ip")));
+        assert!(!all.contains("10.0.0.1".parse().expect("ip")));
+        let any: Network = "0.0.0.0/0".parse().expect("network");
+        assert!(any.contains("192.168.1.1".parse().expect("ip")));
+        let exact: Network = "10.0.0.7/32".parse().expect("network");
+        assert!(exact.contains("10.0.0.7".parse().expect("ip")));
+        assert!(!exact.contains("10.0.0.8".parse().expect("ip")));
+        assert_eq!(
+            "10.0.0.0".parse::<Network>(),
+            Err("\"10.0.0.0\" is not ADDRESS/PREFIX".to_owned())
+        );
+        assert_eq!(
+            "10.0.0.0/33".parse::<Network>(),
+            Err("\"10.0.0.0/33\": prefix longer than 32".to_owned())
+        );
+        assert!("fd00::/129".parse::<Network>().is_err());
+        assert!("10.0.0/8".parse::<Network>().is_err());
+        assert!("10.0.0.0/x".parse::<Network>().is_err());
     }
 
     #[test]
@@ -1037,34 +471,5 @@ mod tests {
             plan(&rd, &[Arc::new(same)]).expect("plan").revision_number,
             3
         );
-    }
-}
-
-#[cfg(test)]
-mod prune_tests {
-    use super::revisions_to_keep;
-
-    fn revs(n: i64) -> Vec<(String, i64)> {
-        (1..=n).map(|i| (format!("r{i}"), i)).collect()
-    }
-
-    #[test]
-    fn the_limit_counts_the_current_revision() {
-        // Limit 2: the current one and the newest other, so a rollback to "previous" works.
-        let mut kept = revisions_to_keep(&revs(4), "r4", &[], 2);
-        kept.sort();
-        assert_eq!(kept, vec!["r3", "r4"]);
-        assert_eq!(revisions_to_keep(&revs(4), "r4", &[], 1), vec!["r4"]);
-    }
-
-    #[test]
-    fn revisions_in_use_are_kept_even_beyond_the_limit() {
-        // After a rollback the current revision is an old one and a colour still runs r4.
-        let mut kept = revisions_to_keep(&revs(4), "r2", &["r4".to_owned()], 2);
-        kept.sort();
-        assert_eq!(kept, vec!["r2", "r4"]);
-        let mut kept = revisions_to_keep(&revs(4), "r2", &[], 3);
-        kept.sort();
-        assert_eq!(kept, vec!["r2", "r3", "r4"]);
     }
 }
