@@ -1,3 +1,6 @@
+//! The pure gate logic on literal expositions and windows, and the HTTP client against a
+//! local socket.
+
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

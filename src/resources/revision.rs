@@ -1,5 +1,7 @@
 //! The ControllerRevision `<name>-<revision>`: the pod template and config of one revision, so
 //! that a rollback restores exactly what ran.
+//!
+//! May use: [`super`] (names, labels, selectors) and [`crate::crd`]; no I/O.
 
 use std::sync::Arc;
 
