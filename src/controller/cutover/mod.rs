@@ -21,17 +21,16 @@
 //! - `kubectl patch rd NAME --type merge -p '{"spec":{"strategy":{"blueGreen":{"paused":true}}}}'`
 //!
 //! May use: [`super`] ([`Context`], [`super::plan`], the apply helpers, [`super::GateRuns`]),
-//! [`crate::rollout`], [`crate::gates`] (the runner and its targets), [`crate::resources`],
-//! [`crate::crd`], [`crate::metrics`].
+//! [`crate::rollout`], [`crate::gates`] (the runner; its pod targets live in the private
+//! `pods` module), [`crate::resources`], [`crate::crd`], [`crate::metrics`].
 
 pub mod decide;
+mod pods;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -41,13 +40,14 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use super::apply::{Owned, ensure, prune, publish, remove, write_status};
-use super::{Context, Network, plan};
+use super::{Context, plan};
 use crate::crd::{Color, GateVerdict, RelayerDeployment, RolloutStep};
-use crate::gates::runner::{self, Drain, Target, Targets};
-use crate::resources::{self, Bundle, LABEL_COLOR, LABEL_INSTANCE, LABEL_REVISION, Plan};
+use crate::gates::runner;
+use crate::resources::{self, Bundle, LABEL_REVISION, Plan};
 use crate::rollout::{self, Action, State};
 use crate::{Error, Result};
-use decide::{Decision, DrainEvidence, Observation};
+use decide::{Decision, Observation};
+use pods::{PodTargets, drain_evidence};
 
 pub use decide::{settings, state_from_status};
 
@@ -279,151 +279,6 @@ fn needs_fresh_read(rd: &RelayerDeployment) -> bool {
     let commanded = rd.annotations().contains_key(ANNOTATION_COMMAND)
         || rd.annotations().contains_key(ANNOTATION_ROLLBACK_TO);
     in_flight || changed || commanded
-}
-
-/// Pods of one colour, as gate and drain targets.
-struct PodTargets {
-    pods: kube::runtime::reflector::Store<Pod>,
-    namespace: String,
-    instance: String,
-    under_test: Color,
-    active: Color,
-    port: u16,
-    networks: Vec<Network>,
-}
-
-impl PodTargets {
-    fn of(&self, color: Color, ready_only: bool) -> Vec<Target> {
-        pods_of(&self.pods, &self.namespace, &self.instance, color)
-            .into_iter()
-            .filter(|p| !ready_only || is_ready(p))
-            .filter_map(|p| {
-                let ip: std::net::IpAddr = p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
-                // NB: never contact an address outside the allowed networks.
-                self.networks
-                    .iter()
-                    .any(|n| n.contains(ip))
-                    .then(|| Target {
-                        key: format!("{}/{}", p.name_any(), p.uid().unwrap_or_default()),
-                        addr: SocketAddr::new(ip, self.port),
-                    })
-            })
-            .collect()
-    }
-}
-
-impl Targets for PodTargets {
-    fn under_test(&self) -> Vec<Target> {
-        self.of(self.under_test, true)
-    }
-
-    fn active(&self) -> Vec<Target> {
-        self.of(self.active, true)
-    }
-}
-
-fn pods_of(
-    pods: &kube::runtime::reflector::Store<Pod>,
-    ns: &str,
-    instance: &str,
-    color: Color,
-) -> Vec<Arc<Pod>> {
-    pods.state()
-        .into_iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(ns)
-                && p.labels().get(LABEL_INSTANCE).map(String::as_str) == Some(instance)
-                && p.labels().get(LABEL_COLOR).map(String::as_str) == Some(color.as_str())
-        })
-        .collect()
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Whether the colour `left` (being left) is drained, and what status should say about it.
-async fn drain_evidence(
-    ctx: &Context,
-    rd: &RelayerDeployment,
-    ns: &str,
-    left: Color,
-) -> DrainEvidence {
-    let (drained, note) = drain_of(ctx, rd, ns, left).await;
-    DrainEvidence {
-        color: left,
-        drained,
-        note,
-    }
-}
-
-async fn drain_of(ctx: &Context, rd: &RelayerDeployment, ns: &str, left: Color) -> (bool, String) {
-    let old = pods_of(&ctx.stores.pods, ns, &rd.name_any(), left);
-    let names: Vec<String> = old.iter().map(|p| p.name_any()).collect();
-    let service = resources::service_name(rd);
-    let listed = ctx
-        .stores
-        .slices
-        .state()
-        .into_iter()
-        .filter(|sl| {
-            sl.namespace().as_deref() == Some(ns)
-                && sl.labels().get("kubernetes.io/service-name") == Some(&service)
-        })
-        .flat_map(|sl| sl.endpoints.clone().unwrap_or_default())
-        .filter(|e| {
-            e.target_ref
-                .as_ref()
-                .and_then(|t| t.name.as_ref())
-                .is_some_and(|n| names.contains(n))
-        })
-        .count();
-    if listed > 0 {
-        return (
-            false,
-            format!(
-                "waiting: the active Service's EndpointSlices still list {listed} pods of {left}"
-            ),
-        );
-    }
-    let port = resources::container_port(rd)
-        .ok()
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or(3000);
-    let targets = PodTargets {
-        pods: ctx.stores.pods.clone(),
-        namespace: ns.to_owned(),
-        instance: rd.name_any(),
-        under_test: left,
-        active: left.other(),
-        port,
-        networks: ctx.config.pod_networks.clone(),
-    };
-    let reachable = targets.of(left, false);
-    let with_ip = old
-        .iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
-        .count();
-    if reachable.len() < with_ip {
-        return (
-            false,
-            format!(
-                "waiting: {} pods of {left} are outside --pod-networks, so their drain cannot be read",
-                with_ip - reachable.len()
-            ),
-        );
-    }
-    match runner::drain_evidence(&reachable).await {
-        Drain::Idle => (
-            true,
-            format!("{left} drained: no endpoints, requests or sagas left"),
-        ),
-        Drain::Busy(why) => (false, format!("waiting: {why}")),
-    }
 }
 
 /// Applies the children of `state`'s layout.
