@@ -4,6 +4,8 @@
 //! (OpenAPI bounds and patterns plus CEL rules) the API server enforces. Doc comments on fields
 //! become the field docs of `kubectl explain`. This module depends on nothing but kube's derive
 //! macros and the relayer's config type; the controller and the builders depend on it.
+//!
+//! May use: `relayer::config` (the type of `spec.config`) only.
 
 use std::collections::BTreeMap;
 

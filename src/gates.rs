@@ -1,7 +1,8 @@
 //! Health gates: the relayer's own metrics, scraped from the pods under test.
 //!
 //! Pure core: [`parse`] reads the Prometheus/OpenMetrics text a relayer serves on `/metrics`
-//! into a [`Scrape`]; [`Scrape::delta`] turns two scrapes of one pod into a [`Window`] (counter
+//! into a [`Scrape`] ([`Exposition`] keeps every line, for readers of one series by name and
+//! labels, where a missing series is an error); [`Scrape::delta`] turns two scrapes of one pod into a [`Window`] (counter
 //! resets handled); [`judge`] gives a sample's [`Sample`] verdict against a [`GateSpec`],
 //! optionally relative to the active colour's window; a [`Tally`] folds samples, inconclusive
 //! samples and scrape errors into the gate's verdict.
@@ -9,9 +10,10 @@
 //! Thin shell ([`runner`]): a task per running gate scrapes every pod under test at the
 //! gate's interval, optionally drives a bounded probe load at them, and reports each new tally;
 //! [`runner::drain_evidence`] reads the in-flight and saga gauges of the pods of a colour being
-//! left. The only network client is a minimal HTTP/1.1 `GET` over TCP, bounded by timeouts.
+//! left. The only network client is [`runner::get`] (hyper's HTTP/1.1 client), bounded by a
+//! timeout and a body cap.
 //!
-//! Depends on [`crate::crd`] only.
+//! May use: [`crate::crd`] only; [`runner`] uses the pure core here and nothing else.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +25,7 @@ const OPS_ROUTES: [&str; 3] = ["/health", "/ready", "/metrics"];
 /// The series of one `/metrics` text a gate needs (absent families count as zero).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Scrape {
-    /// Requests answered, excluding [`OPS_ROUTES`].
+    /// Requests answered, excluding the ops routes (`/health`, `/ready`, `/metrics`).
     pub requests: f64,
     /// Of those, answered 5xx.
     pub errors: f64,
@@ -63,7 +65,8 @@ pub struct SampleLine {
 }
 
 impl SampleLine {
-    fn label(&self, key: &str) -> Option<&str> {
+    /// The value of label `key`, if the line has it.
+    pub fn label(&self, key: &str) -> Option<&str> {
         self.labels
             .iter()
             .find(|(k, _)| k == key)
@@ -556,7 +559,10 @@ impl Tally {
     }
 }
 
+mod exposition;
 pub mod runner;
+
+pub use exposition::{Exposition, SeriesError};
 
 #[cfg(test)]
 mod tests;

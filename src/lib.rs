@@ -3,15 +3,26 @@
 //! # Layout
 //! - [`Error`] and [`Result`]: the one error type of the operator.
 //! - [`crd`]: the `RelayerDeployment` API types (spec, status, schema and CEL rules).
-//! - [`resources`]: pure builders of every child object from a `RelayerDeployment`.
-//! - [`controller`]: the kube-runtime `Controller`, its `Context`, reconcile and status.
+//! - [`resources`]: pure builders of every child object from a `RelayerDeployment`, and the
+//!   status it reports ([`resources::status`], one condition-transition rule).
+//! - [`controller`]: the kube-runtime `Controller`, its `Context` and per-object state,
+//!   reconcile and error policy (a private `apply` module holds the server-side apply helpers,
+//!   prune, the status write and Events).
+//! - [`controller::cutover`]: the reconcile of a valid object as observe → decide
+//!   ([`controller::cutover::decide`], pure) → record status → act.
 //! - [`controller::leader`]: Lease-based leader election, so two replicas never both act.
 //! - [`metrics`]: Prometheus metrics of the reconciler; [`telemetry`]: logging setup and the
 //!   `/metrics`, `/health` and `/ready` server.
 //! - [`rollout`]: the blue-green state machine (pure: state × event → next state + actions) and
 //!   the layout of both colours it implies.
-//! - [`gates`]: health gates: parsing the relayer's `/metrics`, deltas, verdicts, and the
-//!   scrape, probe and drain-evidence tasks around them.
+//! - [`gates`]: health gates: parsing the relayer's `/metrics` ([`gates::Exposition`] reads
+//!   one series by name and labels, for tests too), deltas, verdicts, and the scrape, probe
+//!   and drain-evidence tasks around them ([`gates::runner`], on hyper's client).
+//! - [`plugin`]: the pure core of the `kubectl relayer` plugin (`src/bin/kubectl-relayer.rs`).
+//!
+//! Rooms from the bottom up, each using only rooms listed before it: `crd` → `rollout` →
+//! `resources` → `gates` → `metrics` → `controller` → `telemetry`; `plugin` uses `crd` and the
+//! annotation names of `controller::cutover`.
 
 #![forbid(unsafe_code)]
 

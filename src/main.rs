@@ -1,5 +1,7 @@
 //! `relayer-operator`: parses its arguments, then runs the RelayerDeployment controller while
 //! it holds the leader Lease, with `/metrics`, `/health` and `/ready` on the side.
+//!
+//! May use: the library's `controller`, `controller::leader`, `metrics` and `telemetry`.
 
 use std::sync::Arc;
 use std::time::Duration;

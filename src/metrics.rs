@@ -1,5 +1,8 @@
 //! Prometheus metrics of the operator: reconcile counts, durations and errors, API requests,
-//! child writes and leadership. One [`Metrics`] lives in the shared state; nothing is global.
+//! child writes, cutover Events, gate decisions and leadership. One [`Metrics`] lives in the
+//! controller's `Context` (and the telemetry server's `Health`); nothing is global.
+//!
+//! May use: [`crate::Error`] (for its metric label) only.
 
 use std::sync::Arc;
 use std::time::Instant;

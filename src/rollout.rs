@@ -22,7 +22,7 @@
 //! - a restart changes nothing: the state comes from status, so no promotion is repeated and
 //!   no abort lost.
 //!
-//! Depends on [`crate::crd`] only.
+//! May use: [`crate::crd`] only.
 
 use std::collections::BTreeMap;
 

@@ -2,6 +2,8 @@
 //!
 //! The server takes its listener and shutdown signal from the caller, so tests bind
 //! `127.0.0.1:0` and run it in-process.
+//!
+//! May use: [`crate::metrics`] only.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! `crdgen`: prints the operator's CustomResourceDefinitions as YAML, or writes them to `crds/`.
 //!
 //! `cargo run --bin crdgen` rewrites `crds/relayerdeployments.yaml`; `--stdout` prints instead.
+//!
+//! May use: the library's `crd` only.
 
 use std::path::PathBuf;
 

@@ -4,6 +4,8 @@
 //!
 //! Install by putting the binary on PATH (`cargo install --path . --bin kubectl-relayer`);
 //! kubectl then runs it as `kubectl relayer ...`.
+//!
+//! May use: the library's `plugin` and `crd` only.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

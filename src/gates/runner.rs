@@ -1,15 +1,21 @@
 //! The I/O around the pure gate logic: a task per running gate that scrapes the pods under
 //! test, an optional probe load, and the drain evidence of a colour being left.
 //!
-//! Everything here is bounded: each connection and read has a timeout, the probe load has a
-//! fixed rate, and a task ends when its gate decides or its [`GateRun`] is dropped.
+//! Everything here is bounded: each exchange has a timeout and a body cap, the probe load has
+//! a fixed rate, and a task ends when its gate decides or its [`GateRun`] is dropped. The one
+//! network client, [`get`], is hyper's HTTP/1.1 client on a connection per request.
+//!
+//! May use: [`super`] (the pure gate logic), [`crate::crd`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use hyper::body::Bytes;
+use hyper::{Request, header};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -18,8 +24,9 @@ use crate::crd::GateSpec;
 
 /// Bound of one HTTP exchange with a pod (connect, write, read).
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest `/metrics` body read; a relayer's is a few kilobytes.
-const MAX_BODY: u64 = 4 * 1024 * 1024;
+/// Largest body read (a `/metrics` text; a relayer's is a few kilobytes): a longer one is an
+/// error, noticed as soon as that many bytes arrived.
+const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// One pod under test.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -260,77 +267,68 @@ pub async fn drain_evidence(pods: &[Target]) -> Drain {
     }
 }
 
-/// A minimal HTTP/1.1 `GET` with `Connection: close`; returns the status and the body.
+/// `GET path` from `addr` on a connection of its own (`Connection: close`), over hyper's
+/// HTTP/1.1 client; returns the status and the body. Bounded: 2 s for the whole exchange
+/// (connect, request, body) and 4 MiB of body, counted while it streams.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    tokio::time::timeout(HTTP_TIMEOUT, get_inner(addr, path))
+    get_limited(addr, path, MAX_BODY).await
+}
+
+/// [`get`] with another body cap (for tests).
+pub(super) async fn get_limited(
+    addr: SocketAddr,
+    path: &str,
+    limit: usize,
+) -> Result<(u16, String), String> {
+    tokio::time::timeout(HTTP_TIMEOUT, exchange(addr, path, limit))
         .await
         .map_err(|_| format!("no answer within {HTTP_TIMEOUT:?}"))?
 }
 
-async fn get_inner(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect(addr)
+async fn exchange(addr: SocketAddr, path: &str, limit: usize) -> Result<(u16, String), String> {
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: relayer-operator\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_BODY)
-        .read_to_end(&mut raw)
+        .map_err(|e| format!("handshake: {e}"))?;
+    // NB: the connection task ends with the exchange (the server closes it, or the request is
+    // dropped on timeout and the connection with it).
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let _abort = AbortOnDrop(connection);
+    let request = Request::get(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::USER_AGENT, "relayer-operator")
+        .header(header::ACCEPT, "text/plain")
+        .header(header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let response = sender
+        .send_request(request)
         .await
         .map_err(|e| format!("read: {e}"))?;
-    parse_response(&raw)
-}
-
-/// Splits a `Connection: close` response into status and body (plain or chunked).
-pub fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let body = &raw[split + 4..];
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or("no status line")?;
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                format!("read: body longer than {limit} bytes")
+            } else {
+                format!("read: {e}")
+            }
+        })?
+        .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk size")?;
-        let size_text = String::from_utf8_lossy(&body[..line_end]);
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if body.len() < size + 2 {
-            return Err("truncated chunk".into());
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -1,4 +1,11 @@
-use super::runner::parse_response;
+//! The pure gate logic on literal expositions and windows, and the HTTP client against a
+//! local socket.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::runner::{get, get_limited};
 use super::*;
 use crate::crd::RelativeGate;
 
@@ -222,10 +229,88 @@ fn scrape_errors_have_their_own_budget() {
 }
 
 #[test]
-fn responses_are_read_plain_or_chunked() {
+fn an_exposition_gives_one_series_by_name_and_labels_and_a_missing_one_is_an_error() {
+    let text = exposition(90, 10, 95, 5, 3);
+    let e = Exposition::parse(&text).expect("parse");
+    let depth = [("route", "/v2/depth"), ("status", "200")];
+    assert_eq!(e.value("foresight_http_requests_total", &depth), Ok(90.0));
+    assert_eq!(e.value("foresight_http_requests_in_flight", &[]), Ok(3.0));
+    assert_eq!(
+        e.sum("foresight_http_requests_total", &[]),
+        Ok(90.0 + 10.0 + 999.0 + 50.0)
+    );
+    assert_eq!(
+        e.value("foresight_http_request_total", &depth),
+        Err(SeriesError::Missing(
+            "foresight_http_request_total{route=\"/v2/depth\",status=\"200\"}".into()
+        )),
+        "a misspelt name is not 0"
+    );
+    assert!(matches!(
+        e.sum("foresight_saga_executions_total", &[("outcome", "manual")]),
+        Err(SeriesError::Missing(_))
+    ));
+    assert!(matches!(
+        e.value("foresight_circuit_breaker_state", &[]),
+        Err(SeriesError::Ambiguous { count: 2, .. })
+    ));
+    assert!(
+        e.samples().iter().all(|s| s.name.starts_with("foresight_")),
+        "comments and # EOF are no samples"
+    );
+    assert!(Exposition::parse("x{a=1} 2").is_err());
+}
+
+/// Answers one request on a fresh local port with `raw`, then `forever` (repeated until the
+/// client hangs up) when given, then closes.
+async fn answer_once(raw: &'static [u8], forever: Option<Vec<u8>>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        if stream.write_all(raw).await.is_err() {
+            return;
+        }
+        if let Some(chunk) = forever {
+            while stream.write_all(&chunk).await.is_ok() {}
+        }
+        let _ = stream.shutdown().await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn responses_are_read_plain_or_chunked() {
     let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
-    assert_eq!(parse_response(plain), Ok((200, "hello".into())));
+    let addr = answer_once(plain, None).await;
+    assert_eq!(get(addr, "/metrics").await, Ok((200, "hello".into())));
     let chunked = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
-    assert_eq!(parse_response(chunked), Ok((503, "hello".into())));
-    assert!(parse_response(b"garbage").is_err());
+    let addr = answer_once(chunked, None).await;
+    assert_eq!(get(addr, "/metrics").await, Ok((503, "hello".into())));
+    let addr = answer_once(b"garbage", None).await;
+    assert!(get(addr, "/metrics").await.is_err());
+}
+
+#[tokio::test]
+async fn a_body_over_the_cap_fails_while_it_streams_not_at_the_timeout() {
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    // 1 KiB chunks, without end.
+    let mut chunk = b"400\r\n".to_vec();
+    chunk.extend_from_slice(&[b'#'; 1024]);
+    chunk.extend_from_slice(b"\r\n");
+    let addr = answer_once(head, Some(chunk)).await;
+    // NB: the body never ends, so a cap applied after reading would end in the timeout.
+    let result = get_limited(addr, "/metrics", 64 * 1024).await;
+    let error = result.expect_err("over the cap");
+    assert!(error.contains("longer than 65536 bytes"), "{error}");
 }

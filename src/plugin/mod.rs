@@ -12,7 +12,7 @@
 //! | `pause` / `resume`              | `kubectl patch rd NAME --type merge -p '{"spec":{"strategy":{"blueGreen":{"paused":true}}}}'` |
 //! | `rollback [--to-revision N]`    | `kubectl annotate rd NAME relayer.foresight.dev/rollback-to=previous` (or `=N`)  |
 //!
-//! Depends on [`crate::crd`] and the annotation names of [`crate::controller::cutover`].
+//! May use: [`crate::crd`] and the annotation names of [`crate::controller::cutover`].
 
 use std::fmt::Write as _;
 

@@ -1,3 +1,5 @@
+//! What each plugin command asks of the operator, from cutover fixtures; no cluster.
+
 use serde_json::json;
 
 use super::*;

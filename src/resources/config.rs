@@ -1,5 +1,7 @@
 //! The ConfigMap holding the rendered relayer config, named by the config's hash so that a new
 //! config is a new object (and a new revision) rather than an edit under running pods.
+//!
+//! May use: [`super`] (names, labels, selectors) and [`crate::crd`]; no I/O.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,6 @@
 //! The Deployment of one colour: `<name>-<colour>`, hardened, probed and drained.
+//!
+//! May use: [`super`] (names, labels, selectors) and [`crate::crd`]; no I/O.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

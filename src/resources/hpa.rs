@@ -1,5 +1,7 @@
 //! The HorizontalPodAutoscaler `<name>`, targeting the RelayerDeployment's scale subresource
 //! (never a colour's Deployment, so a cutover cannot strand it on the old colour).
+//!
+//! May use: [`super`] (names, labels, selectors) and [`crate::crd`]; no I/O.
 
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,

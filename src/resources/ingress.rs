@@ -1,4 +1,6 @@
 //! The optional Ingress: `host` to the active Service, `previewHost` to the preview Service.
+//!
+//! May use: [`super`] (names, labels, selectors) and [`crate::crd`]; no I/O.
 
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,

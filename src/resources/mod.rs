@@ -2,7 +2,9 @@
 //!
 //! Each function takes the RelayerDeployment (and the [`Plan`] the controller decided on) and
 //! returns the object to server-side apply; none does I/O. Names are deterministic, so applying
-//! the same plan twice addresses the same objects. Depends on [`crate::crd`] only.
+//! the same plan twice addresses the same objects.
+//!
+//! May use: [`crate::crd`]; [`status`] also reads [`crate::rollout::State`].
 
 mod config;
 mod deployment;
@@ -28,7 +30,9 @@ pub use deployment::{container_port, deployment, deployment_name};
 pub use hpa::{RPS_METRIC, hold_scale_down, hpa};
 pub use ingress::ingress;
 pub use pdb::pdb;
-pub use revision::{ANNOTATION_AUTOSCALING, controller_revision, controller_revision_name};
+pub use revision::{
+    ANNOTATION_AUTOSCALING, controller_revision, controller_revision_name, history,
+};
 pub use service::{preview_service, preview_service_name, service, service_name};
 
 /// Field manager of every server-side apply the operator makes.
@@ -51,9 +55,9 @@ pub const LABEL_CONFIG_HASH: &str = "relayer.foresight.dev/config-hash";
 /// Label selector of everything the operator manages.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=relayer-operator";
 
-/// What the controller decided this reconcile should realise. The rollout state machine of the
-/// next issue produces richer plans (a preview colour, a held-back revision); the builders
-/// already take the colour and revision from here rather than from the spec.
+/// What the controller decided this reconcile should realise: the spec's revision and the
+/// colour it runs on. The builders take the colour and revision from here rather than from the
+/// spec, so the cutover ([`crate::rollout::layout`]) can run an older revision on one colour.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// Colour the active Service selects.

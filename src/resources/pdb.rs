@@ -1,4 +1,6 @@
 //! The PodDisruptionBudget `<name>` over the pods of both colours.
+//!
+//! May use: [`super`] (names, labels, selectors) and [`crate::crd`]; no I/O.
 
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;

@@ -1,5 +1,9 @@
 //! The ControllerRevision `<name>-<revision>`: the pod template and config of one revision, so
 //! that a rollback restores exactly what ran.
+//!
+//! May use: [`super`] (names, labels, selectors) and [`crate::crd`]; no I/O.
+
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
@@ -10,7 +14,7 @@ use super::{
     LABEL_COLOR, LABEL_REVISION, Plan, child_meta, common_labels, config_map_name, deployment,
 };
 use crate::Result;
-use crate::crd::RelayerDeployment;
+use crate::crd::{RelayerDeployment, RevisionRecord};
 
 /// Annotation of a ControllerRevision with the autoscaling settings last used with it (JSON;
 /// `null` for none). Data is immutable; these settings are not part of the revision hash, so
@@ -53,6 +57,22 @@ pub fn controller_revision(rd: &RelayerDeployment, plan: &Plan) -> Result<Contro
         })),
         revision: Some(plan.revision_number),
     })
+}
+
+/// Revision records of the known ControllerRevisions, newest first (for `status.revisionHistory`).
+pub fn history(revisions: &[Arc<ControllerRevision>]) -> Vec<RevisionRecord> {
+    let mut records: Vec<RevisionRecord> = revisions
+        .iter()
+        .filter_map(|r| {
+            Some(RevisionRecord {
+                revision: r.labels().get(LABEL_REVISION)?.clone(),
+                number: r.revision.unwrap_or(0),
+                image: r.data.0.get("image")?.as_str()?.to_owned(),
+            })
+        })
+        .collect();
+    records.sort_by_key(|r| std::cmp::Reverse(r.number));
+    records
 }
 
 #[cfg(test)]

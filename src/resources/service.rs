@@ -1,4 +1,6 @@
 //! The active Service `<name>` and the preview Service `<name>-preview`, selecting by colour.
+//!
+//! May use: [`super`] (names, labels, selectors) and [`crate::crd`]; no I/O.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

@@ -1,12 +1,17 @@
-//! The status the controller reports: a pure function of the RelayerDeployment, the observed
-//! active Deployment and the plan, with condition transition times kept when nothing changed
-//! (so an idle resync computes the very status already stored and writes nothing).
+//! The status the controller reports, pure: [`status`] of the RelayerDeployment, the observed
+//! active Deployment and the plan; [`cutover`] of the same plus the blue-green machine's
+//! [`State`]. Every condition goes through one transition rule ([`Conditions::make`]): its
+//! `lastTransitionTime` is kept unless its status flipped, so an idle resync computes the very
+//! status already stored and writes nothing.
+//!
+//! May use: [`super`] (selectors, [`Plan`]), [`crate::crd`], [`crate::rollout::State`].
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::{Plan, color_selector, selector_string};
-use crate::crd::{Phase, RelayerDeployment, RelayerDeploymentStatus, RevisionRecord};
+use crate::crd::{Phase, RelayerDeployment, RelayerDeploymentStatus, RevisionRecord, RolloutStep};
+use crate::rollout::State;
 
 /// Condition type: the active colour serves the desired number of available pods.
 pub const AVAILABLE: &str = "Available";
@@ -35,16 +40,9 @@ pub fn status(
     let previous = rd.status.clone().unwrap_or_default();
     let generation = rd.metadata.generation;
     let desired = rd.spec.replicas;
+    let conditions = Conditions::of(rd, now);
     let cond = |type_: &str, ok: bool, reason: &str, message: String| {
-        condition(
-            &previous.conditions,
-            generation,
-            now,
-            type_,
-            ok,
-            reason,
-            message,
-        )
+        conditions.make(type_, ok, reason, message)
     };
 
     let Some(plan) = plan else {
@@ -170,29 +168,129 @@ fn previous_is(previous: &RelayerDeploymentStatus, type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
-/// A condition; its `lastTransitionTime` is kept from `previous` unless the status flipped.
-fn condition(
-    previous: &[Condition],
+/// The transition rule of every condition the operator writes: the conditions the object had
+/// before, its generation, and now.
+#[derive(Debug, Clone)]
+pub struct Conditions<'a> {
+    previous: Vec<Condition>,
     generation: Option<i64>,
-    now: &Time,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
+    now: &'a Time,
+}
+
+impl<'a> Conditions<'a> {
+    /// The rule for conditions of `rd` computed at `now`.
+    pub fn of(rd: &RelayerDeployment, now: &'a Time) -> Self {
+        Self {
+            previous: rd
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default(),
+            generation: rd.metadata.generation,
+            now,
+        }
     }
+
+    /// A condition; its `lastTransitionTime` is kept from the previous condition of that type
+    /// with the same status, and is now when the status flipped.
+    pub fn make(&self, type_: &str, ok: bool, reason: &str, message: String) -> Condition {
+        let status = if ok { "True" } else { "False" };
+        let last_transition_time = self
+            .previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| self.now.clone(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: self.generation,
+            last_transition_time,
+        }
+    }
+
+    /// Replaces the condition of `type_` in `conditions` (if there is one) by [`Self::make`].
+    pub fn set(
+        &self,
+        conditions: &mut [Condition],
+        type_: &str,
+        ok: bool,
+        reason: &str,
+        message: String,
+    ) {
+        if let Some(c) = conditions.iter_mut().find(|c| c.type_ == type_) {
+            *c = self.make(type_, ok, reason, message);
+        }
+    }
+}
+
+/// The status of `rd` while the blue-green machine is in `state`: [`status`] of the active
+/// colour (running the state's active revision, observed as `active`), with the phase,
+/// conditions and stable revision a cutover implies and `state.rollout` recorded.
+pub fn cutover(
+    rd: &RelayerDeployment,
+    plan: &Plan,
+    state: &State,
+    active: Option<&Deployment>,
+    history: Vec<RevisionRecord>,
+    now: &Time,
+) -> RelayerDeploymentStatus {
+    let active_plan = Plan {
+        active: state.active,
+        revision: state.rollout.active_revision.clone(),
+        revision_number: plan.revision_number,
+    };
+    let observed = Observed {
+        deployment: active,
+        invalid: None,
+    };
+    let mut next = status(rd, Some(&active_plan), observed, history, now);
+    let previous_stable = rd.status.as_ref().and_then(|s| s.stable_revision.clone());
+    let conditions = Conditions::of(rd, now);
+    next.current_revision = Some(plan.revision.clone());
+    next.preview_color = state.rollout.other_revision.as_ref().map(|_| state.other());
+    let step = state.rollout.step;
+    match step {
+        RolloutStep::Stable => {
+            if next.phase != Phase::Stable {
+                next.stable_revision = previous_stable;
+            }
+        }
+        RolloutStep::Aborted => {
+            next.phase = Phase::Degraded;
+            next.stable_revision = Some(state.rollout.active_revision.clone());
+            let why = state.rollout.abort_reason.clone().unwrap_or_default();
+            conditions.set(&mut next.conditions, DEGRADED, true, "CutoverAborted", why);
+            conditions.set(
+                &mut next.conditions,
+                PROGRESSING,
+                false,
+                "CutoverAborted",
+                format!(
+                    "traffic stays on {} (revision {})",
+                    state.active, state.rollout.active_revision
+                ),
+            );
+        }
+        _ => {
+            next.phase = Phase::Progressing;
+            next.stable_revision = previous_stable;
+            let target = state.rollout.target_revision.clone().unwrap_or_default();
+            conditions.set(
+                &mut next.conditions,
+                PROGRESSING,
+                true,
+                &format!("{step:?}"),
+                format!(
+                    "cutover to revision {target}: {step:?}; traffic on {}",
+                    state.active
+                ),
+            );
+        }
+    }
+    next.rollout = Some(state.rollout.clone());
+    next
 }
 
 #[cfg(test)]
@@ -307,5 +405,66 @@ mod tests {
         let later = status(&rd, Some(&plan()), observed, vec![], &at(120));
         assert_eq!(get(&later, AVAILABLE).last_transition_time, at(120));
         assert_eq!(later.phase, Phase::Progressing);
+    }
+
+    #[test]
+    fn a_cutover_in_flight_is_progressing_and_keeps_the_stable_revision() {
+        let d = deployment(3, 3);
+        let mut rd = rd();
+        let observed = Observed {
+            deployment: Some(&d),
+            invalid: None,
+        };
+        let mut stable = status(&rd, Some(&plan()), observed, vec![], &at(10));
+        stable.stable_revision = Some("old".into());
+        rd.status = Some(stable);
+        let mut state = State::new("abc");
+        state.rollout.step = RolloutStep::PrePromotion;
+        state.rollout.target_revision = Some("def".into());
+        state.rollout.other_revision = Some("def".into());
+        let s = cutover(&rd, &plan(), &state, Some(&d), vec![], &at(20));
+        assert_eq!(s.phase, Phase::Progressing);
+        assert_eq!(s.stable_revision.as_deref(), Some("old"));
+        assert_eq!(s.preview_color, Some(Color::Green));
+        let progressing = get(&s, PROGRESSING);
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "PrePromotion")
+        );
+        assert_eq!(progressing.last_transition_time, at(20), "it flipped");
+        assert_eq!(
+            get(&s, AVAILABLE).last_transition_time,
+            at(10),
+            "it did not"
+        );
+        assert_eq!(s.rollout.as_ref(), Some(&state.rollout));
+    }
+
+    #[test]
+    fn an_aborted_cutover_is_degraded_and_the_active_revision_stable() {
+        let d = deployment(3, 3);
+        let rd = rd();
+        let mut state = State::new("abc");
+        state.rollout.step = RolloutStep::Aborted;
+        state.rollout.abort_reason = Some("gate failed".into());
+        let s = cutover(&rd, &plan(), &state, Some(&d), vec![], &at(20));
+        assert_eq!(s.phase, Phase::Degraded);
+        assert_eq!(s.stable_revision.as_deref(), Some("abc"));
+        assert_eq!(s.preview_color, None);
+        let degraded = get(&s, DEGRADED);
+        assert_eq!(
+            (
+                degraded.status.as_str(),
+                degraded.reason.as_str(),
+                degraded.message.as_str()
+            ),
+            ("True", "CutoverAborted", "gate failed")
+        );
+        let progressing = get(&s, PROGRESSING);
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("False", "CutoverAborted")
+        );
+        assert!(progressing.message.contains("traffic stays on blue"));
     }
 }

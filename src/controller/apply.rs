@@ -1,0 +1,401 @@
+//! Writing to the cluster: the top-level [`apply`] of one RelayerDeployment, the server-side
+//! apply helpers ([`ensure`], [`remove`], [`delete`], [`prune`] and the pure comparisons
+//! [`is_subset`] and [`revisions_to_keep`] behind them), the fenced status write
+//! ([`write_status`]) and Kubernetes Events ([`publish`]).
+//!
+//! May use: [`super`] (the [`Context`] and [`super::plan`]), [`super::cutover`] (which the
+//! valid-spec path hands over to), [`crate::resources`], [`crate::crd`], [`crate::metrics`].
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{Context, cutover};
+use crate::crd::RelayerDeployment;
+use crate::resources::status::{self, Observed};
+use crate::resources::{self, LABEL_CONFIG_HASH, LABEL_INSTANCE, MANAGER, Plan};
+use crate::{Error, Result};
+
+/// Whether the spec can be realised; the reason names the field when it cannot.
+fn check(rd: &RelayerDeployment) -> Result<(), String> {
+    rd.spec
+        .config
+        .validate()
+        .map_err(|e| format!("spec.config: {e}"))?;
+    resources::container_port(rd).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Realises one RelayerDeployment: nothing while it is being deleted, an invalid-spec status
+/// when it cannot be realised, and otherwise the cutover reconcile ([`super::cutover`]).
+pub(crate) async fn apply(rd: &RelayerDeployment, ctx: &Context) -> Result<Action> {
+    if rd.metadata.deletion_timestamp.is_some() {
+        // NB: the garbage collector is removing the children (foreground deletion waits for
+        // it); applying them again would fight it.
+        return Ok(Action::await_change());
+    }
+    let ns = rd.namespace().ok_or(Error::Missing("metadata.namespace"))?;
+    let owned = |o: &dyn Owned| o.controlled_by(rd);
+    let revisions: Vec<Arc<ControllerRevision>> = ctx
+        .stores
+        .revisions
+        .state()
+        .into_iter()
+        .filter(|r| r.namespace().as_deref() == Some(&ns) && owned(&**r))
+        .collect();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+
+    if let Err(reason) = check(rd) {
+        let observed = Observed {
+            deployment: None,
+            invalid: Some(&reason),
+        };
+        let history = resources::history(&revisions);
+        let next = status::status(rd, None, observed, history, &now);
+        let was_invalid = rd.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == status::DEGRADED && c.reason == "InvalidSpec")
+        });
+        if !was_invalid {
+            publish(ctx, rd, EventType::Warning, "InvalidSpec", &reason).await;
+        }
+        write_status(ctx, rd, next).await?;
+        return Ok(Action::await_change());
+    }
+
+    cutover::reconcile(rd, ctx, &ns, &revisions, &now).await
+}
+
+/// Objects that can say whether a RelayerDeployment controls them.
+pub(crate) trait Owned {
+    fn controlled_by(&self, rd: &RelayerDeployment) -> bool;
+}
+
+impl<K: Resource> Owned for K {
+    fn controlled_by(&self, rd: &RelayerDeployment) -> bool {
+        let uid = rd.meta().uid.as_deref();
+        self.meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+    }
+}
+
+/// Server-side applies `desired` unless the cached object already matches it.
+pub(crate) async fn ensure<K>(
+    ctx: &Context,
+    store: &Store<K>,
+    desired: &K,
+    changed: &mut Vec<String>,
+) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let name = desired.name_any();
+    let ns = desired
+        .namespace()
+        .ok_or(Error::Missing("child namespace"))?;
+    let desired_json = to_value(desired)?;
+    if let Some(observed) = store.get(&ObjectRef::new(&name).within(&ns))
+        && is_subset(&desired_json, &to_value(&*observed)?)
+    {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&desired_json),
+    )
+    .await?;
+    let kind = K::kind(&());
+    ctx.metrics.child_written(&kind, "apply");
+    changed.push(format!("{kind} {name}"));
+    Ok(())
+}
+
+/// Deletes the child `name` of kind `K` if `rd` controls it.
+pub(crate) async fn remove<K>(
+    ctx: &Context,
+    rd: &RelayerDeployment,
+    store: &Store<K>,
+    name: &str,
+    changed: &mut Vec<String>,
+) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let ns = rd.namespace().ok_or(Error::Missing("metadata.namespace"))?;
+    let Some(observed) = store.get(&ObjectRef::new(name).within(&ns)) else {
+        return Ok(());
+    };
+    if !observed.controlled_by(rd) {
+        return Ok(());
+    }
+    delete::<K>(ctx, &ns, name).await?;
+    changed.push(format!("deleted {} {name}", K::kind(&())));
+    Ok(())
+}
+
+/// Deletes `ns`/`name` of kind `K` (in the background; an absent object is not an error).
+pub(crate) async fn delete<K>(ctx: &Context, ns: &str, name: &str) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(error) => return Err(error.into()),
+    }
+    ctx.metrics.child_written(&K::kind(&()), "delete");
+    Ok(())
+}
+
+/// Which revisions (name, number) to keep: `limit` in all, counting the current one; the
+/// current revision and every revision a colour runs are always kept, the newest others fill
+/// the remaining places.
+fn revisions_to_keep(
+    revisions: &[(String, i64)],
+    current: &str,
+    used: &[String],
+    limit: usize,
+) -> Vec<String> {
+    let mut keep: Vec<String> = revisions
+        .iter()
+        .filter(|(name, _)| name == current || used.contains(name))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut others: Vec<&(String, i64)> = revisions
+        .iter()
+        .filter(|(name, _)| !keep.contains(name))
+        .collect();
+    others.sort_by_key(|(_, number)| std::cmp::Reverse(*number));
+    for (name, _) in others {
+        if keep.len() >= limit {
+            break;
+        }
+        keep.push(name.clone());
+    }
+    keep
+}
+
+/// Keeps the newest `revisionHistoryLimit` ControllerRevisions (always the planned one) and
+/// the ConfigMaps they name; deletes the rest.
+pub(crate) async fn prune(
+    ctx: &Context,
+    rd: &RelayerDeployment,
+    plan: &Plan,
+    revisions: &[Arc<ControllerRevision>],
+    in_use: &[String],
+    changed: &mut Vec<String>,
+) -> Result<()> {
+    let ns = rd.namespace().ok_or(Error::Missing("metadata.namespace"))?;
+    let current = resources::controller_revision_name(rd, &plan.revision);
+    let used: Vec<String> = in_use
+        .iter()
+        .map(|r| resources::controller_revision_name(rd, r))
+        .collect();
+    let limit = usize::try_from(rd.spec.revision_history_limit.max(1)).unwrap_or(1);
+    let listed: Vec<(String, i64)> = revisions
+        .iter()
+        .map(|r| (r.name_any(), r.revision.unwrap_or(0)))
+        .collect();
+    let kept_names = revisions_to_keep(&listed, &current, &used, limit);
+    let (keep, drop_): (Vec<&Arc<ControllerRevision>>, Vec<&Arc<ControllerRevision>>) = revisions
+        .iter()
+        .partition(|r| kept_names.contains(&r.name_any()));
+    for r in drop_ {
+        delete::<ControllerRevision>(ctx, &ns, &r.name_any()).await?;
+        changed.push(format!("pruned ControllerRevision {}", r.name_any()));
+    }
+    let mut kept_maps: Vec<String> = keep
+        .iter()
+        .filter_map(|r| r.data.0.get("configMap")?.as_str().map(str::to_owned))
+        .collect();
+    kept_maps.push(resources::config_map_name(rd)?);
+    let instance = rd.name_any();
+    let stale: Vec<String> = ctx
+        .stores
+        .config_maps
+        .state()
+        .into_iter()
+        .filter(|cm| {
+            cm.namespace().as_deref() == Some(&ns)
+                && cm.labels().get(LABEL_INSTANCE) == Some(&instance)
+                && cm.labels().contains_key(LABEL_CONFIG_HASH)
+                && cm.controlled_by(rd)
+                && !kept_maps.contains(&cm.name_any())
+        })
+        .map(|cm| cm.name_any())
+        .collect();
+    for name in stale {
+        delete::<ConfigMap>(ctx, &ns, &name).await?;
+        changed.push(format!("pruned ConfigMap {name}"));
+    }
+    Ok(())
+}
+
+/// Writes `next` as the status (server-side apply) unless it is already the status. The apply
+/// carries the `resourceVersion` the decision was based on: `false` when the object changed
+/// meanwhile (a newer write, or another leader), and nothing was written.
+pub(crate) async fn write_status(
+    ctx: &Context,
+    rd: &RelayerDeployment,
+    next: crate::crd::RelayerDeploymentStatus,
+) -> Result<bool> {
+    if rd.status.as_ref() == Some(&next) {
+        return Ok(true);
+    }
+    let ns = rd.namespace().ok_or(Error::Missing("metadata.namespace"))?;
+    let api: Api<RelayerDeployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let body = serde_json::json!({
+        "apiVersion": RelayerDeployment::api_version(&()),
+        "kind": RelayerDeployment::kind(&()),
+        "metadata": { "resourceVersion": rd.resource_version() },
+        "status": next,
+    });
+    match api
+        .patch_status(
+            &rd.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            tracing::debug!(name = %rd.name_any(), "status changed meanwhile; reconciling again");
+            return Ok(false);
+        }
+        Err(error) => return Err(error.into()),
+    }
+    ctx.metrics.status_writes.inc();
+    Ok(true)
+}
+
+/// Publishes a Kubernetes Event about `rd` (best effort; the note is cut to 1024 characters).
+pub(crate) async fn publish(
+    ctx: &Context,
+    rd: &RelayerDeployment,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let reference: ObjectReference = rd.object_ref(&());
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    // NB: an Event is best effort; failing to record one must not fail the reconcile.
+    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(%error, name = %rd.name_any(), "publishing an event");
+    }
+}
+
+fn to_value<T: Serialize>(value: &T) -> Result<Value> {
+    serde_json::to_value(value).map_err(|source| Error::Render {
+        what: "child object",
+        source,
+    })
+}
+
+/// Whether every field set in `desired` has the same value in `observed`. Fields the API
+/// server or other managers added are ignored; lists must match element by element. Empty
+/// lists and maps equal absent ones (the API server drops them).
+pub fn is_subset(desired: &Value, observed: &Value) -> bool {
+    match (desired, observed) {
+        (Value::Object(want), Value::Object(have)) => want.iter().all(|(k, v)| match have.get(k) {
+            Some(h) => is_subset(v, h),
+            None => is_empty(v),
+        }),
+        (Value::Array(want), Value::Array(have)) => {
+            want.len() == have.len() && want.iter().zip(have).all(|(w, h)| is_subset(w, h))
+        }
+        (Value::Number(w), Value::Number(h)) => w.as_f64() == h.as_f64(),
+        (Value::Null, _) => true,
+        (w, Value::Null) => is_empty(w),
+        (w, h) => w == h,
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{is_subset, revisions_to_keep};
+
+    #[test]
+    fn server_defaults_are_ignored_but_edits_are_seen() {
+        let desired = json!({"spec": {"replicas": 3, "ports": [{"port": 80}], "labels": {}}});
+        let observed = json!({"spec": {"replicas": 3, "ports": [{"port": 80, "protocol": "TCP"}],
+            "clusterIP": "10.0.0.1"}, "status": {}});
+        assert!(is_subset(&desired, &observed));
+        let edited = json!({"spec": {"replicas": 5, "ports": [{"port": 80}]}});
+        assert!(!is_subset(&desired, &edited));
+        let extra_port = json!({"spec": {"replicas": 3, "ports": [{"port": 80}, {"port": 81}]}});
+        assert!(!is_subset(&desired, &extra_port));
+        assert!(!is_subset(&json!({"a": 1}), &json!({})));
+        assert!(is_subset(&json!({"a": 1}), &json!({"a": 1.0})));
+    }
+
+    fn revs(n: i64) -> Vec<(String, i64)> {
+        (1..=n).map(|i| (format!("r{i}"), i)).collect()
+    }
+
+    #[test]
+    fn the_limit_counts_the_current_revision() {
+        // Limit 2: the current one and the newest other, so a rollback to "previous" works.
+        let mut kept = revisions_to_keep(&revs(4), "r4", &[], 2);
+        kept.sort();
+        assert_eq!(kept, vec!["r3", "r4"]);
+        assert_eq!(revisions_to_keep(&revs(4), "r4", &[], 1), vec!["r4"]);
+    }
+
+    #[test]
+    fn revisions_in_use_are_kept_even_beyond_the_limit() {
+        // After a rollback the current revision is an old one and a colour still runs r4.
+        let mut kept = revisions_to_keep(&revs(4), "r2", &["r4".to_owned()], 2);
+        kept.sort();
+        assert_eq!(kept, vec!["r2", "r4"]);
+        let mut kept = revisions_to_keep(&revs(4), "r2", &[], 3);
+        kept.sort();
+        assert_eq!(kept, vec!["r2", "r3", "r4"]);
+    }
+}
