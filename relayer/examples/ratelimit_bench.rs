@@ -38,11 +38,11 @@ use anyhow::{Context as _, bail};
 use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use relayer::AppState;
+use relayer::clock::{Clock, SystemClock};
 use relayer::config::RelayerConfig;
 use relayer::ratelimit::config::TierLimit;
-use relayer::ratelimit::store::{
-    Check, Clock, CounterStore, Decision, MemoryCounters, Outcomes, RedisCounters, StoreFailure,
-    SystemClock,
+use relayer::ratelimit::counters::{
+    Check, CounterStore, Decision, MemoryCounters, Outcomes, RedisCounters, StoreFailure,
 };
 use relayer::ratelimit::window::Outcome;
 use relayer::store::Store;

@@ -23,6 +23,8 @@
 //! owner was already told, and the release of its reservation has happened or is due).
 //! A placement is recorded by order id, so matching the same id again replays the first
 //! outcome, and an undone placement cannot be matched again.
+//!
+//! Room: after `domain`; uses [`crate::domain`] only.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 

@@ -8,6 +8,9 @@
 //! `RELAYER_*` variables (`RELAYER_REDIS_URL` → `redisUrl`, `RELAYER_SHUTDOWN__DRAIN_TIMEOUT_MS`
 //! → `shutdown.drainTimeoutMs`), and then [`RelayerConfig::validate`] checks every value. Any
 //! error names the key.
+//!
+//! Room: usable by every room; it uses only the leaf config modules [`crate::ratelimit::config`]
+//! and [`crate::resilience::config`], which use nothing of the crate.
 
 use std::net::SocketAddr;
 

@@ -1,19 +1,24 @@
 //! The exchange's use cases, each a sequence of atomic store steps: place, cancel, deposit,
-//! balances, API keys. Inputs arrive validated (see [`crate::api`]); this module decides
-//! business outcomes and keeps every balance move paired with its counterpart.
+//! balances, API keys. Inputs arrive validated (by the HTTP handlers, or by the caller of this
+//! library); this module decides business outcomes and keeps every balance move paired with
+//! its counterpart.
 //!
 //! Placement: claim the order id (idempotency), then run the order saga
 //! ([`crate::order_saga`]: validate → reserve → match → settle → update balances, with its
 //! compensations and durable log). A step refused for a business reason (insufficient
 //! balance) undoes the steps before it.
 //!
-//! Cancellation:
-//! Once the book has changed (a match or a cancel), the balance steps that follow must happen:
-//! the counterparty's order already shows the trade. They run in a task of their own, each at
-//! most once (an operation id per step), so neither a store outage nor a cancelled request
-//! leaves a trade half-settled while this process lives: on a store error the caller gets the
-//! error at once and the task keeps retrying until the store answers. A process that dies with
-//! such a task pending leaves it to the durable saga (a later issue).
+//! Cancellation: once the book has changed, the balance steps that follow must happen: the
+//! book already shows the order cancelled. They run in a task of their own, each at most once
+//! (an operation id per step), so neither a store outage nor a cancelled request leaves the
+//! reservation half-released while this process lives: on a store error the caller gets the
+//! error at once and the task keeps retrying until the store answers. NB: the durable saga log
+//! covers placement only; a process that dies with such a task pending leaves the reservation
+//! held.
+//!
+//! Room: after `order_saga`, before `ratelimit`; uses [`crate::domain`], [`crate::book`],
+//! [`crate::store`], [`crate::settlement`], [`crate::order_saga`] and [`crate::config`]. Never
+//! the HTTP rooms.
 
 use std::time::Duration;
 

@@ -2,7 +2,10 @@
 //!
 //! [`BreakerCore`] is the state machine: it takes the time as an argument and returns
 //! decisions, so every transition is tested without sleeping. [`CircuitBreaker`] wraps it for
-//! async calls: a per-call timeout, an error classifier, an optional fallback, and metrics.
+//! async calls: a per-call timeout, an error classifier, an optional fallback, and metrics; it
+//! reads the time from a [`Clock`] (the system clock unless [`CircuitBreaker::with_clock`]).
+//!
+//! Room: part of `resilience/`; uses [`crate::clock`] and the `resilience` config.
 //!
 //! Transitions:
 //! - CLOSED → OPEN when `failureThreshold` calls in a row failed, or when, over the sliding
@@ -29,6 +32,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 pub use super::config::BreakerConfig;
+use crate::clock::{Clock, SystemClock};
 
 /// The breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -316,6 +320,7 @@ pub struct CircuitBreaker {
     core: Mutex<BreakerCore>,
     timeout: Duration,
     metrics: Option<BreakerMetrics>,
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for CircuitBreaker {
@@ -340,7 +345,14 @@ impl CircuitBreaker {
             timeout: Duration::from_millis(config.timeout),
             core: Mutex::new(BreakerCore::new(config)),
             metrics: None,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The breaker reading the time from `clock`.
+    #[must_use]
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
     }
 
     /// Its name.
@@ -350,13 +362,13 @@ impl CircuitBreaker {
 
     /// State now.
     pub fn state(&self) -> State {
-        lock(&self.core).state(Instant::now())
+        lock(&self.core).state(self.clock.now())
     }
 
     /// Statistics now.
     pub fn stats(&self) -> BreakerStats {
         let mut core = lock(&self.core);
-        let state = core.state(Instant::now());
+        let state = core.state(self.clock.now());
         let (window_calls, window_failures) = core.window_counts();
         BreakerStats {
             name: self.name.clone(),
@@ -400,7 +412,7 @@ impl CircuitBreaker {
     {
         let permit = {
             let mut core = lock(&self.core);
-            let permit = core.try_acquire(Instant::now());
+            let permit = core.try_acquire(self.clock.now());
             self.publish_state(core.state);
             permit
         };
@@ -413,9 +425,9 @@ impl CircuitBreaker {
             breaker: self,
             permit: Some(permit),
         };
-        let started = Instant::now();
+        let started = self.clock.now();
         let outcome = tokio::time::timeout(self.timeout, op).await;
-        let took = started.elapsed();
+        let took = self.clock.now().saturating_duration_since(started);
         if let Some(m) = &self.metrics {
             // NB: millisecond durations are far below 2^53.
             #[allow(clippy::cast_precision_loss)]
@@ -440,7 +452,7 @@ impl CircuitBreaker {
         if let Some(permit) = guard.permit.take() {
             let mut core = lock(&self.core);
             let before = core.state;
-            core.on_result(Instant::now(), permit, result, took);
+            core.on_result(self.clock.now(), permit, result, took);
             if core.state != before {
                 tracing::warn!(breaker = %self.name, from = ?before, to = ?core.state, why = ?core.last_trip, "circuit breaker changed state");
             }
@@ -736,6 +748,21 @@ mod tests {
             assert!(matches!(r, Err(BreakerError::Inner(400))));
         }
         assert_eq!(breaker.state(), State::Closed);
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_half_opens_when_its_clock_says_the_open_time_is_up() {
+        let clock = Arc::new(crate::clock::ManualClock::at(5_000));
+        let breaker = CircuitBreaker::new("test", config()).with_clock(clock.clone());
+        for _ in 0..3 {
+            let r: Result<(), _> = breaker.call(async { Err::<(), ()>(()) }, |_| true).await;
+            assert!(matches!(r, Err(BreakerError::Inner(()))));
+        }
+        assert_eq!(breaker.state(), State::Open);
+        clock.advance(999);
+        assert_eq!(breaker.state(), State::Open);
+        clock.advance(1);
+        assert_eq!(breaker.state(), State::HalfOpen);
     }
 
     #[test]

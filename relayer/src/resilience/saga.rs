@@ -7,6 +7,8 @@
 //! callers, metrics, and the durable log that lets another process finish the saga.
 //!
 //! The context `C` carries the saga's data between steps; steps receive `&mut C`.
+//!
+//! Room: part of `resilience/`; uses nothing else of the crate.
 
 use std::fmt;
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! Markets each have their own mutex (two markets match in parallel); accounts, claims and API
 //! keys sit behind one mutex per table, held only for a map operation. Lock order, where two are
 //! taken: `markets` (read, to find the book) then that book's mutex; nothing else nests.
+//!
+//! Room: part of `store/`; uses [`crate::domain`] and [`crate::book`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};

@@ -11,6 +11,9 @@
 //! module for the key layout). Both answer the same contract, held to it by
 //! `relayer/tests/store_contract.rs`. The enum dispatches statically: no boxing, no
 //! `async_trait`.
+//!
+//! Room: after `book`, before `resilience`; uses [`crate::domain`], [`crate::book`] and
+//! [`crate::config`].
 
 mod memory;
 mod redis;

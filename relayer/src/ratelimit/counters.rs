@@ -1,12 +1,15 @@
 //! Where the limiter keeps its counters: in process memory (per replica) or in Redis (shared by
 //! every replica). Both check and count all tiers of a request in one atomic step, with the
 //! arithmetic of [`super::window`].
+//!
+//! Room: part of `ratelimit/`; uses [`crate::clock`] and [`crate::domain`] (the user a counter
+//! is keyed by), nothing of HTTP.
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hashbrown::HashTable;
@@ -15,25 +18,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use smallvec::SmallVec;
 
 use super::window::{Outcome, Spec, Window, admits, settle};
+use crate::clock::Clock;
 use crate::domain::UserId;
-
-/// Source of the current time, injected so the arithmetic can be tested without sleeping.
-pub trait Clock: Send + Sync + fmt::Debug {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-}
 
 /// Whose requests a per-client counter counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -516,18 +502,8 @@ impl CounterStore for RedisCounters {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use super::*;
-
-    #[derive(Debug, Default)]
-    struct ManualClock(AtomicU64);
-
-    impl Clock for ManualClock {
-        fn now_ms(&self) -> u64 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
+    use crate::clock::ManualClock;
 
     fn check(ip: u32, limit: u64) -> Check<'static> {
         Check {
@@ -555,7 +531,7 @@ mod tests {
         let hot = long(u32::MAX, 1_000_000);
         for i in 0..20_000_u32 {
             // Nothing goes idle (ten-minute windows): every new key needs an eviction.
-            clock.0.store(u64::from(i), Ordering::SeqCst);
+            clock.set(u64::from(i));
             store.check_now(&[long(i, 5)]);
             let count = store.check_now(std::slice::from_ref(&hot)).outcomes[0].count;
             assert_eq!(count, u64::from(i) + 1, "the key in use was never evicted");
@@ -574,7 +550,7 @@ mod tests {
         }
         assert!(store.len() <= SHARDS * 2, "{} keys held", store.len());
         // Once their windows have passed, keys are idle and make room for new ones first.
-        clock.0.store(10_000, Ordering::SeqCst);
+        clock.set(10_000);
         let hot = check(u32::MAX, 1);
         assert!(store.check_now(std::slice::from_ref(&hot)).outcomes[0].allowed);
         assert!(
