@@ -8,17 +8,16 @@
 //! compensations and durable log). A step refused for a business reason (insufficient
 //! balance) undoes the steps before it.
 //!
-//! Cancellation: once the book has changed, the balance steps that follow must happen: the
-//! book already shows the order cancelled. They run in a task of their own, each at most once
-//! (an operation id per step), so neither a store outage nor a cancelled request leaves the
-//! reservation half-released while this process lives: on a store error the caller gets the
-//! error at once and the task keeps retrying until the store answers. NB: the durable saga log
-//! covers placement only; a process that dies with such a task pending leaves the reservation
-//! held.
+//! Cancellation: once the book has changed, the balance step that follows (releasing the
+//! order's reservation) must happen. It runs in a task of its own, at most once (an operation
+//! id), so neither a store outage nor a cancelled request leaves it undone while this process
+//! lives: on a store error the caller gets the error at once and the task keeps retrying (with
+//! a doubling [`Backoff`]) until the store answers. Known limit: cancellations are not in the
+//! durable saga log, so a process that dies with such a task pending leaves the reservation
+//! in place.
 //!
-//! Room: after `order_saga`, before `ratelimit`; uses [`crate::domain`], [`crate::book`],
-//! [`crate::store`], [`crate::settlement`], [`crate::order_saga`] and [`crate::config`]. Never
-//! the HTTP rooms.
+//! May use: `config`, `domain`, `book`, `store`, `resilience`, `settlement`, `order_saga`;
+//! never the HTTP rooms.
 
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::book::{CancelError, Level};
 use crate::domain::{Account, Asset, BalanceError, MarketKey, Move, Order, Side, UserId};
 use crate::order_saga::{Ended, OrderSagas};
+use crate::resilience::backoff::Backoff;
 use crate::store::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, Store, StoreError};
 
 /// A business or infrastructure failure of a use case.
@@ -64,7 +64,8 @@ pub enum ExchangeError {
     Manual(String, String),
 }
 
-/// First and largest pause between retries of a balance step that must happen.
+/// First and largest pause between retries of a balance step that must happen (doubling in
+/// between).
 const STEP_RETRY_MIN: Duration = Duration::from_millis(50);
 const STEP_RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -232,7 +233,7 @@ impl Exchange {
         tx: tokio::sync::oneshot::Sender<Result<(), ExchangeError>>,
     ) {
         let mut tx = Some(tx);
-        let mut delay = STEP_RETRY_MIN;
+        let mut backoff = Backoff::doubling(STEP_RETRY_MIN, STEP_RETRY_MAX);
         let mut retried = false;
         let mut pause = |error: StoreError,
                          tx: &mut Option<
@@ -243,9 +244,7 @@ impl Exchange {
                 tracing::warn!(%error, "store failed after a book change; retrying the balance steps in the background");
                 let _ = tx.send(Err(ExchangeError::Store(error)));
             }
-            let wait = delay;
-            delay = (delay * 2).min(STEP_RETRY_MAX);
-            tokio::time::sleep(wait)
+            tokio::time::sleep(backoff.next_delay())
         };
         for step in &steps {
             loop {

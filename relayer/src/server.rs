@@ -96,8 +96,3 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
 }
-
-/// Milliseconds since the Unix epoch: [`crate::clock::now_ms`], kept here only until the
-/// order saga (being split on another branch) reads it from `crate::clock`.
-#[doc(hidden)]
-pub use crate::clock::now_ms;

@@ -4,7 +4,7 @@
 //! keys sit behind one mutex per table, held only for a map operation. Lock order, where two are
 //! taken: `markets` (read, to find the book) then that book's mutex; nothing else nests.
 //!
-//! Room: part of `store/`; uses [`crate::domain`] and [`crate::book`].
+//! May use: `domain`, `book`, and the store's own types.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};

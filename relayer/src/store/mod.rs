@@ -1,9 +1,10 @@
 //! Where the relayer keeps its state: balances, order books, orders, placement claims
-//! (idempotency) and API keys.
+//! (idempotency), API keys and the durable saga log.
 //!
 //! Every method is one atomic operation on one *slot*: one user's account, one market's book,
-//! one order id's claim, or the API-key table. Work that spans slots (reserve, then match, then
-//! move balances) is a sequence of these calls made by [`crate::exchange`]. This split is what a
+//! one order id's claim, the API-key table, or one saga's log entry. Work that spans slots
+//! (reserve, then match, then move balances) is a sequence of these calls made by the rooms
+//! above (the exchange and the order saga), which this one does not know. This split is what a
 //! Redis Cluster backend needs (one script per hash slot), so the in-memory backend keeps it
 //! too, and both answer the same contract.
 //!
@@ -12,8 +13,8 @@
 //! `relayer/tests/store_contract.rs`. The enum dispatches statically: no boxing, no
 //! `async_trait`.
 //!
-//! Room: after `book`, before `resilience`; uses [`crate::domain`], [`crate::book`] and
-//! [`crate::config`].
+//! May use: `config`, `domain`, `book`; nothing above them (the order saga's log entries are
+//! opaque [`SagaEntry`] records here).
 
 mod memory;
 mod redis;
@@ -76,7 +77,8 @@ pub enum ClaimOutcome {
     Existing(Claim),
 }
 
-/// One saga's entry in the durable saga log (see [`crate::order_saga`]).
+/// One saga's entry in the durable saga log (the order saga writes it; its record is opaque
+/// here).
 ///
 /// The lease fences the saga: only `owner` writes it, and another replica may take it over
 /// ([`Store::saga_claim`]) only once `lease_until_ms` has passed.

@@ -1,0 +1,293 @@
+//! The durable saga log: the record written to the store at each step and compensation
+//! ([`DurableLog`], a saga observer), the fence that stops a saga whose log cannot be written,
+//! the crash injection of `faultInjection.crashAtStep`, and the admin view of the log
+//! ([`OrderSagas::list`], `GET /admin/sagas`).
+//!
+//! May use: `store`, `resilience::saga`, the clock, and the saga's context from its parent.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use super::{Deps, OrderCtx, OrderSagaData, OrderSagas, SAGA, Step};
+use crate::resilience::saga::{SagaEvent, SagaObserver};
+use crate::store::{SagaEntry, StoreError};
+
+/// The log entry's record: the data and where the saga is.
+///
+/// NB: its JSON is what a running (older or newer) replica reads back to recover the saga, so
+/// its shape does not change: the step is its position ([`Step::index`]), the phase
+/// `forward` or `backward`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct LogRecord {
+    pub(super) data: OrderSagaData,
+    /// Position of the step started last (forward) or that failed (backward); read with
+    /// [`LogRecord::step`].
+    step: usize,
+    pub(super) phase: Phase,
+    pub(super) error: Option<String>,
+}
+
+impl LogRecord {
+    /// The record of where `ctx` is now.
+    fn of(ctx: &OrderCtx, error: Option<String>) -> Self {
+        Self {
+            data: ctx.data.clone(),
+            step: ctx.step().index(),
+            phase: ctx.phase(),
+            error,
+        }
+    }
+
+    /// The step recorded; `None` when the position names no step (data this build did not
+    /// write).
+    pub(super) fn step(&self) -> Option<Step> {
+        Step::from_index(self.step)
+    }
+}
+
+/// Which way a saga is going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Compensating.
+    Backward,
+    /// Running its steps.
+    // NB: any phase other than `backward` has always been read as forward (and serde wants
+    // the catch-all last).
+    #[serde(other)]
+    Forward,
+}
+
+impl Phase {
+    /// `forward` or `backward`, as in the log.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Forward => "forward",
+            Phase::Backward => "backward",
+        }
+    }
+}
+
+/// Whether a saga may take its next step.
+#[derive(Debug, Default)]
+pub(super) struct Fence {
+    /// Set when a log write failed: the saga must not take another step.
+    pub(super) fenced: AtomicBool,
+    /// Set when another replica took the saga over: this process must leave it.
+    pub(super) lease_lost: AtomicBool,
+}
+
+impl Fence {
+    pub(super) fn lose_lease(&self) {
+        self.lease_lost.store(true, Ordering::Release);
+        self.fenced.store(true, Ordering::Release);
+    }
+}
+
+pub(super) fn crash_if(deps: &Deps, point: &str) {
+    if deps.crash_at.as_deref() == Some(point) {
+        tracing::error!(point, "faultInjection.crashAtStep: aborting");
+        std::process::abort();
+    }
+}
+
+/// Writes the saga log at each event (see the module docs).
+pub(super) struct DurableLog;
+
+impl DurableLog {
+    async fn write(ctx: &OrderCtx, state: &str, error: Option<String>) {
+        let deps = &ctx.deps;
+        let record = match serde_json::to_string(&LogRecord::of(ctx, error)) {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::error!(%error, "saga record cannot be encoded");
+                ctx.fence.fenced.store(true, Ordering::Release);
+                return;
+            }
+        };
+        let lease_until_ms = deps.now_ms().saturating_add(deps.lease_ms);
+        let entry = SagaEntry {
+            id: ctx.data.order.order_id.clone(),
+            owner: deps.owner.clone(),
+            lease_until_ms,
+            state: state.to_owned(),
+            record,
+        };
+        match deps.store.saga_write(&entry).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    saga = entry.id,
+                    "saga lease lost to another replica: stopping"
+                );
+                ctx.fence.fenced.store(true, Ordering::Release);
+            }
+            Err(error) => {
+                tracing::warn!(%error, saga = entry.id, "saga log write failed: stopping");
+                ctx.fence.fenced.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl SagaObserver<OrderCtx> for DurableLog {
+    fn on_event<'a>(
+        &'a self,
+        _: &'static str,
+        event: &'a SagaEvent,
+        ctx: &'a OrderCtx,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let deps = &ctx.deps;
+            let durable = deps.durable;
+            match event {
+                SagaEvent::StepFailed(name, _) => {
+                    if let Some(step) = Step::named(name) {
+                        ctx.set_step(step);
+                    }
+                }
+                SagaEvent::Compensating => ctx.set_phase(Phase::Backward),
+                _ => {}
+            }
+            match event {
+                SagaEvent::StepStarted(name) => {
+                    let step = Step::named(name);
+                    if let Some(step) = step {
+                        ctx.set_step(step);
+                    }
+                    // NB: validate has no effect to recover; the log starts before reserve.
+                    if durable && step != Some(Step::Validate) {
+                        Self::write(ctx, "running", None).await;
+                    }
+                    crash_if(deps, &format!("before:{name}"));
+                }
+                SagaEvent::StepCompleted(name) => {
+                    // NB: the settled keys are recorded at once, so a recovery after this point
+                    // does not send them again; the other steps' completion is recorded by the
+                    // next step's start (nothing happens in between).
+                    let settled_something = !ctx.data.settled.is_empty();
+                    if durable && Step::named(name) == Some(Step::Settle) && settled_something {
+                        Self::write(ctx, "running", None).await;
+                    }
+                    crash_if(deps, &format!("after:{name}"));
+                }
+                SagaEvent::Compensating | SagaEvent::StepCompensated(_) if durable => {
+                    Self::write(ctx, "compensating", None).await;
+                }
+                SagaEvent::Pending(_, e) if durable => {
+                    Self::write(ctx, "pending", Some(e.clone())).await;
+                }
+                SagaEvent::Manual(_, e) if durable => {
+                    Self::write(ctx, "manual", Some(e.clone())).await;
+                }
+                SagaEvent::Completed | SagaEvent::Compensated if durable => {
+                    if let Err(error) = deps
+                        .store
+                        .saga_delete(&ctx.data.order.order_id, &deps.owner)
+                        .await
+                    {
+                        // NB: the entry stays; recovery finds the saga finished and deletes it.
+                        tracing::warn!(%error, "finished saga's log entry not deleted");
+                    }
+                }
+                _ => {}
+            }
+        })
+    }
+}
+
+impl OrderSagas {
+    /// Every saga log entry in `state` (e.g. `manual`), with its record as JSON.
+    pub async fn list(&self, state: Option<&str>) -> Result<Vec<serde_json::Value>, StoreError> {
+        let entries = self.deps.store.saga_list().await?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| state.is_none_or(|s| e.state == s))
+            .map(|e| {
+                let record: serde_json::Value =
+                    serde_json::from_str(&e.record).unwrap_or(serde_json::Value::Null);
+                serde_json::json!({
+                    "sagaId": e.id,
+                    "saga": SAGA,
+                    "state": e.state,
+                    "owner": e.owner,
+                    "leaseUntilMs": e.lease_until_ms,
+                    "step": record.get("step").and_then(serde_json::Value::as_u64)
+                        .and_then(|i| usize::try_from(i).ok())
+                        .and_then(Step::from_index)
+                        .map(Step::name),
+                    "phase": record.get("phase"),
+                    "error": record.get("error"),
+                    "data": record.get("data"),
+                })
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{MarketKey, Order, Side, UserId};
+
+    fn data() -> OrderSagaData {
+        let user = UserId::parse("u", &format!("0x{}", "01".repeat(20))).expect("valid");
+        let market = MarketKey::parse("m", "80002:1").expect("valid");
+        OrderSagaData {
+            order: Order::new("o-1".to_owned(), market, user, Side::Buy, 400_000, 4, 0),
+            matched: None,
+            settled: vec!["trade:t-1".to_owned()],
+            in_doubt: false,
+            undo: None,
+            refused: None,
+            refusal: None,
+            not_settled: None,
+        }
+    }
+
+    #[test]
+    fn a_log_record_keeps_its_wire_form_a_step_position_and_a_lowercase_phase() {
+        let record = LogRecord {
+            data: data(),
+            step: Step::Settle.index(),
+            phase: Phase::Backward,
+            error: Some("why".to_owned()),
+        };
+        let json: serde_json::Value = serde_json::to_value(&record).expect("a record encodes");
+        assert_eq!(json["step"], 3);
+        assert_eq!(json["phase"], "backward");
+        assert_eq!(json["error"], "why");
+        assert_eq!(json["data"]["settled"][0], "trade:t-1");
+        let back: LogRecord = serde_json::from_value(json).expect("a record decodes");
+        assert_eq!(back.step(), Some(Step::Settle));
+        assert_eq!(back.phase, Phase::Backward);
+    }
+
+    #[test]
+    fn a_log_record_written_by_an_older_build_reads_back_the_same() {
+        let mut json = serde_json::to_value(LogRecord {
+            data: data(),
+            step: 0,
+            phase: Phase::Forward,
+            error: None,
+        })
+        .expect("a record encodes");
+        assert_eq!(json["phase"], "forward");
+        json["step"] = 1.into();
+        let read: LogRecord = serde_json::from_value(json.clone()).expect("decodes");
+        assert_eq!(
+            (read.step(), read.phase),
+            (Some(Step::Reserve), Phase::Forward)
+        );
+        // NB: any phase but `backward` was always read as forward.
+        json["phase"] = "sideways".into();
+        let read: LogRecord = serde_json::from_value(json.clone()).expect("decodes");
+        assert_eq!(read.phase, Phase::Forward);
+        json["step"] = 5.into();
+        let read: LogRecord = serde_json::from_value(json).expect("decodes");
+        assert_eq!(read.step(), None);
+    }
+}

@@ -1,0 +1,474 @@
+//! The order saga: validate → reserve balance → match → submit settlement → update balances,
+//! compensated by (none) ← release reservation ← undo match ← manual handling ← roll back
+//! balances. It runs on the generic [`SagaExecutor`]; this module supplies the steps, the
+//! durable log and the recovery of sagas a dead replica abandoned.
+//!
+//! # Semantics
+//! - An order without fills needs no settlement (the settle step does nothing).
+//! - Settlement is the pivot. "Not settled" (an HTTP error status, a refused connection, the
+//!   breaker open) fails the step and compensates backward: the match is undone (makers'
+//!   fills reverted, makers back in the book at their original priority, the taker cancelled)
+//!   and the reservation released, so balances are exactly as before; the client gets 503.
+//!   "In doubt" (a timeout, a connection lost after sending) is only ever retried forward with
+//!   the same idempotency keys: the saga stops `pending` and recovery carries it on. A trade
+//!   already settled makes every later failure of the same saga "in doubt" too. The saga parks
+//!   as `manual` only when forward progress is impossible: the endpoint rejects (4xx) a trade
+//!   that may have been settled, or a balance step is refused and cannot be rolled back.
+//! - Self-trade-prevention cancellations are not undone (see [`crate::book`]).
+//! - Every step and compensation is idempotent (operation ids on balance moves, recorded
+//!   placements in the book, idempotency keys at settlement), which is what makes re-running
+//!   them after a crash safe. A compensation of a step whose effect is unknown first re-applies
+//!   the step's own idempotent operation and then undoes it (e.g. `reserve:<id>` then
+//!   `unreserve:<id>`), so it never releases what was not reserved.
+//!
+//! # Durable log
+//! Before each step (from reserve on), after settlement (with the keys settled), and at each
+//! compensation the saga's data is written to the store
+//! ([`Store::saga_write`]) under a lease; a finished saga's entry is deleted, a `manual` one is
+//! kept for `GET /admin/sagas?state=manual`. A write that fails (store down, lease taken over)
+//! stops the saga at its next step as `pending`. Recovery ([`OrderSagas::sweep`]) claims entries
+//! whose lease ran out and, by the step they reached: before settlement, compensates
+//! (including the step that had started); at settlement or after, goes forward.
+//!
+//! While a saga runs, a heartbeat renews its lease every third of `saga.leaseMs`, so a long
+//! step (settlement retries) keeps it; a replica that finds its lease taken (it was frozen
+//! longer than the lease) stops at its next step, and every write is fenced by the owner.
+//! A process also carries its own pending sagas forward in the background.
+//!
+//! Known limit: the order id is claimed before the log's first write, so a crash in between
+//! leaves the id "being placed" with nothing reserved or matched.
+//!
+//! # Layout
+//! - this module (the facade): the saga's data ([`OrderSagaData`]), its context, [`OrderSagas`]
+//!   and how a saga [`Ended`];
+//! - `steps`: the steps and compensations, and [`definition`];
+//! - `log`: the durable log, its fence, crash injection and the admin view
+//!   ([`OrderSagas::list`]);
+//! - `runner`: driving a saga with its lease heartbeat, and the background carry-on;
+//! - `recovery`: the sweep over abandoned sagas ([`OrderSagas::sweep`]).
+//!
+//! May use: `clock` (its [`Clock`], through `Deps`), `config`, `domain`, `book`, `store`,
+//! `resilience`, `settlement`.
+
+mod log;
+mod recovery;
+mod runner;
+mod steps;
+
+pub use self::log::Phase;
+pub use self::steps::{Step, definition};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use self::log::{DurableLog, Fence};
+use self::runner::Drive;
+use crate::book::UndoOutcome;
+use crate::clock::{Clock, SystemClock};
+use crate::config::RelayerConfig;
+use crate::domain::{BalanceError, Fill, Order};
+use crate::resilience::saga::{SagaDefinition, SagaExecutor, SagaMetrics, SagaOutcome, StepError};
+use crate::settlement::Settlement;
+use crate::store::{PlacementRecord, Store};
+
+/// The saga's name (metric label).
+pub const SAGA: &str = "order";
+
+/// What the saga carries between steps and writes to its log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderSagaData {
+    /// The order as placed.
+    pub order: Order,
+    /// The match's outcome, once matched.
+    pub matched: Option<Matched>,
+    /// Idempotency keys settled so far.
+    pub settled: Vec<String>,
+    /// Whether a settlement may have happened without confirmation.
+    pub in_doubt: bool,
+    /// What undoing the match did.
+    pub undo: Option<UndoOutcome>,
+    /// Why reserve was refused (insufficient balance).
+    pub refused: Option<String>,
+    /// The refusal itself, for the caller (not logged).
+    #[serde(skip)]
+    pub refusal: Option<BalanceError>,
+    /// Why settlement said "not settled".
+    pub not_settled: Option<String>,
+}
+
+/// A match as the saga records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Matched {
+    /// The taker after matching.
+    pub order: Order,
+    /// Its fills.
+    pub fills: Vec<Fill>,
+    /// Orders cancelled by self-trade prevention.
+    pub self_trade_cancelled: Vec<Order>,
+}
+
+/// What the steps need.
+#[derive(Debug)]
+pub struct Deps {
+    store: Store,
+    settlement: Settlement,
+    owner: String,
+    lease_ms: u64,
+    durable: bool,
+    crash_at: Option<String>,
+    /// Sagas this process is driving now (the recovery sweep leaves them alone).
+    active: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The wall clock of lease deadlines and of the recovery's "now".
+    clock: Arc<dyn Clock>,
+}
+
+impl Deps {
+    /// Wall-clock time, ms since the Unix epoch: lease deadlines and the recovery's "now".
+    // NB: the saga's one read of the clock, so the relayer's injected clock plugs in here.
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn set_active(&self, id: &str, active: bool) -> bool {
+        let mut set = self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if active {
+            set.insert(id.to_owned())
+        } else {
+            set.remove(id)
+        }
+    }
+}
+
+/// One running saga.
+pub struct OrderCtx {
+    deps: Arc<Deps>,
+    /// The saga's data.
+    pub data: OrderSagaData,
+    /// Shared with the lease heartbeat.
+    fence: Arc<Fence>,
+    /// Position ([`Step::index`]) of the step started last, or of the step that failed once
+    /// compensating. Atomic (like `backward`) because the log observer sees the context
+    /// shared; only [`OrderCtx::set_step`] writes it.
+    step: AtomicUsize,
+    /// Whether the saga is compensating ([`Phase::Backward`]).
+    backward: AtomicBool,
+}
+
+impl OrderCtx {
+    /// The step started last, or the step that failed once compensating.
+    fn step(&self) -> Step {
+        // NB: only `set_step` writes the position, so the fallback is never taken.
+        Step::from_index(self.step.load(Ordering::Acquire)).unwrap_or(Step::Validate)
+    }
+
+    fn set_step(&self, step: Step) {
+        self.step.store(step.index(), Ordering::Release);
+    }
+
+    /// Which way the saga is going.
+    fn phase(&self) -> Phase {
+        if self.backward.load(Ordering::Acquire) {
+            Phase::Backward
+        } else {
+            Phase::Forward
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.backward
+            .store(phase == Phase::Backward, Ordering::Release);
+    }
+
+    fn check_fence(&self) -> Result<(), StepError> {
+        if self.fence.fenced.load(Ordering::Acquire) {
+            Err(StepError::in_doubt(
+                "the saga log could not be written (store unavailable or lease lost)",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Runs order sagas: the executor, the dependencies and the recovery.
+#[derive(Clone)]
+pub struct OrderSagas {
+    executor: Arc<SagaExecutor<OrderCtx>>,
+    deps: Arc<Deps>,
+}
+
+impl std::fmt::Debug for OrderSagas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderSagas")
+            .field("deps", &self.deps)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an order saga ended, for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Placed; the record to answer.
+    Completed(PlacementRecord),
+    /// The reservation was refused.
+    Refused(BalanceError),
+    /// Settlement said "not settled"; everything was undone.
+    NotSettled(String),
+    /// Compensated for another reason.
+    Compensated(String),
+    /// Not finished: the settlement is unconfirmed (`settlement` true) or the store failed.
+    /// This process carries the saga on in the background (and recovery would after it).
+    Pending {
+        /// Whether settlement is what is in doubt.
+        settlement: bool,
+        /// Why.
+        error: String,
+    },
+    /// Needs a person.
+    Manual(String),
+}
+
+impl OrderSagas {
+    /// Order sagas over `store` and `settlement`, reporting to `metrics`.
+    pub fn new(
+        config: &RelayerConfig,
+        store: Store,
+        settlement: Settlement,
+        metrics: Option<SagaMetrics>,
+    ) -> Self {
+        Self::with_definition(config, store, settlement, metrics, definition())
+    }
+
+    /// Order sagas running `definition` (the order saga's, or a variant of it in tests).
+    fn with_definition(
+        config: &RelayerConfig,
+        store: Store,
+        settlement: Settlement,
+        metrics: Option<SagaMetrics>,
+        definition: SagaDefinition<OrderCtx>,
+    ) -> Self {
+        let mut executor = SagaExecutor::new(definition)
+            .with_retry_delay(Duration::from_millis(50))
+            .observe(Arc::new(DurableLog));
+        if let Some(m) = metrics {
+            m.touch(SAGA);
+            executor = executor.with_metrics(m);
+        }
+        Self {
+            executor: Arc::new(executor),
+            deps: Arc::new(Deps {
+                store,
+                settlement,
+                owner: uuid::Uuid::new_v4().simple().to_string(),
+                lease_ms: config.saga.lease_ms,
+                durable: config.saga.durable_log,
+                crash_at: config.fault_injection.crash_at_step.clone(),
+                active: std::sync::Mutex::default(),
+                clock: Arc::new(SystemClock),
+            }),
+        }
+    }
+
+    /// The settlement in use.
+    pub fn settlement(&self) -> &Settlement {
+        &self.deps.settlement
+    }
+
+    /// This replica's owner id in the saga log.
+    pub fn owner(&self) -> &str {
+        &self.deps.owner
+    }
+
+    fn ctx(&self, data: OrderSagaData) -> OrderCtx {
+        OrderCtx {
+            deps: self.deps.clone(),
+            data,
+            fence: Arc::default(),
+            step: AtomicUsize::new(Step::Validate.index()),
+            backward: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs the saga of a new (claimed) order.
+    pub async fn run(&self, order: Order) -> Ended {
+        let mut ctx = self.ctx(OrderSagaData {
+            order,
+            matched: None,
+            settled: Vec::new(),
+            in_doubt: false,
+            undo: None,
+            refused: None,
+            refusal: None,
+            not_settled: None,
+        });
+        let id = ctx.data.order.order_id.clone();
+        self.deps.set_active(&id, true);
+        let outcome = self.drive(&mut ctx, Drive::Forward(Step::Validate)).await;
+        if let SagaOutcome::Pending { error, .. } = &outcome
+            && !ctx.fence.lease_lost.load(Ordering::Acquire)
+        {
+            let answer = Ended::Pending {
+                settlement: ctx.data.in_doubt,
+                error: error.clone(),
+            };
+            tokio::spawn(self.clone().carry_on(ctx));
+            return answer;
+        }
+        self.deps.set_active(&id, false);
+        self.conclude(ctx, outcome).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::domain::{Asset, MarketKey, Move, Side, UserId};
+    use crate::resilience::saga::{SagaEvent, SagaObserver};
+
+    fn user(n: u8) -> UserId {
+        UserId::parse("u", &format!("0x{}", format!("{n:02x}").repeat(20))).expect("valid")
+    }
+
+    fn market() -> MarketKey {
+        MarketKey::parse("m", "80002:1").expect("valid")
+    }
+
+    fn order(id: &str, u: u8, side: Side, price: u64, amount: u64) -> Order {
+        Order::new(id.to_owned(), market(), user(u), side, price, amount, 0)
+    }
+
+    /// Records the names of compensated steps and the manual event.
+    #[derive(Default)]
+    struct Compensations(Mutex<Vec<String>>);
+
+    impl SagaObserver<OrderCtx> for Compensations {
+        fn on_event<'a>(
+            &'a self,
+            _: &'static str,
+            event: &'a SagaEvent,
+            _: &'a OrderCtx,
+        ) -> BoxFuture<'a, ()> {
+            Box::pin(async move {
+                let name = match event {
+                    SagaEvent::StepCompensated(s) => format!("undone {s}"),
+                    SagaEvent::Manual(s, _) => format!("manual at {s}"),
+                    _ => return,
+                };
+                self.0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(name);
+            })
+        }
+    }
+
+    async fn snapshot(store: &Store) -> (Vec<crate::domain::Account>, String) {
+        let accounts = vec![
+            store.account(&user(1)).await.expect("account"),
+            store.account(&user(2)).await.expect("account"),
+        ];
+        let depth = store.depth(&market(), 10).await.expect("depth");
+        let ask = store.order(&market(), "ask").await.expect("order");
+        (accounts, format!("{depth:?} {ask:?}"))
+    }
+
+    #[tokio::test]
+    async fn a_failure_at_each_step_compensates_exactly_the_completed_steps_in_reverse() {
+        let expected: [(Step, &[&str], &str); 5] = [
+            (Step::Validate, &[], "compensated"),
+            (Step::Reserve, &[], "compensated"),
+            (Step::Match, &["undone reserve"], "compensated"),
+            (
+                Step::Settle,
+                &["undone match", "undone reserve"],
+                "compensated",
+            ),
+            (Step::Update, &["manual at settle"], "manual"),
+        ];
+        for (failing, undone, outcome) in expected {
+            let store = Store::memory();
+            let config = RelayerConfig::default();
+            let plain = OrderSagas::new(
+                &config,
+                store.clone(),
+                Settlement::Embedded(Arc::default()),
+                None,
+            );
+            store
+                .apply_moves(&user(1), &[Move::credit(Asset::Shares(market()), 10)])
+                .await
+                .expect("store")
+                .expect("deposit");
+            store
+                .apply_moves(&user(2), &[Move::credit(Asset::Collateral, 1_000)])
+                .await
+                .expect("store")
+                .expect("deposit");
+            assert!(matches!(
+                plain.run(order("ask", 1, Side::Sell, 400_000, 10)).await,
+                Ended::Completed(_)
+            ));
+            let before = snapshot(&store).await;
+
+            let mut def = definition();
+            def.steps[failing.index()].execute =
+                Arc::new(|_| Box::pin(async { Err(StepError::permanent("injected")) }));
+            let events = Arc::new(Compensations::default());
+            let mut failing_sagas = OrderSagas::with_definition(
+                &config,
+                store.clone(),
+                Settlement::Embedded(Arc::default()),
+                None,
+                SagaDefinition::new(SAGA),
+            );
+            failing_sagas.executor = Arc::new(
+                SagaExecutor::new(def)
+                    .with_retry_delay(Duration::from_millis(1))
+                    .observe(Arc::new(DurableLog))
+                    .observe(events.clone()),
+            );
+            let ended = failing_sagas
+                .run(order("bid", 2, Side::Buy, 400_000, 4))
+                .await;
+            let log = events
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            assert_eq!(log, undone, "failing at {failing}");
+            let entries = store.saga_list().await.expect("list");
+            match outcome {
+                "compensated" => {
+                    assert!(
+                        matches!(ended, Ended::Compensated(ref e) if e == "injected"),
+                        "{ended:?}"
+                    );
+                    assert_eq!(snapshot(&store).await, before, "failing at {failing}");
+                    assert!(entries.is_empty(), "{entries:?}");
+                }
+                _ => {
+                    assert!(matches!(ended, Ended::Manual(_)), "{ended:?}");
+                    assert_eq!(entries.len(), 1);
+                    assert_eq!(entries[0].state, "manual");
+                    // Settled, balances not moved: the buyer's collateral stays reserved for
+                    // the person resolving it, nothing else changed.
+                    let (accounts, _) = snapshot(&store).await;
+                    assert_eq!(accounts[1].collateral.reserved, 2);
+                    assert_eq!(accounts[0], before.0[0]);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Recovery of sagas a dead (or frozen) replica abandoned: a sweep claims every log entry whose
+//! lease ran out and, by the step it reached, compensates it or carries it forward.
+//!
+//! May use: `store`, the clock, and the saga's runner and log from its parent.
+
+use std::time::Duration;
+
+use super::log::LogRecord;
+use super::runner::Drive;
+use super::{OrderSagas, Phase, Step};
+use crate::store::{SagaEntry, StoreError};
+
+impl OrderSagas {
+    /// Claims and finishes or compensates every abandoned saga once; answers how many it
+    /// took over.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        let store = &self.deps.store;
+        let now = self.deps.now_ms();
+        let mut taken = 0;
+        for entry in store.saga_list().await? {
+            if !entry.claimable_by(&self.deps.owner, now) {
+                continue;
+            }
+            // NB: marked before the claim so a saga this process starts driving in between is
+            // not taken twice; sagas this process drives already are left alone.
+            if !self.deps.set_active(&entry.id, true) {
+                continue;
+            }
+            let swept = self.sweep_one(entry, now).await;
+            taken += usize::from(swept);
+        }
+        Ok(taken)
+    }
+
+    /// Claims and drives one entry; true when it was taken over.
+    async fn sweep_one(&self, entry: SagaEntry, now: u64) -> bool {
+        let id = entry.id.clone();
+        let taken = self.take_over(entry, now).await;
+        self.deps.set_active(&id, false);
+        match taken {
+            Ok(taken) => taken,
+            Err(error) => {
+                tracing::warn!(%error, saga = id, "recovery of a saga failed; retried next sweep");
+                false
+            }
+        }
+    }
+
+    async fn take_over(&self, entry: SagaEntry, now: u64) -> Result<bool, StoreError> {
+        let store = &self.deps.store;
+        {
+            let Some(entry) = store
+                .saga_claim(
+                    &entry.id,
+                    &self.deps.owner,
+                    now.saturating_add(self.deps.lease_ms),
+                    now,
+                )
+                .await?
+            else {
+                return Ok(false);
+            };
+            let record: LogRecord = match serde_json::from_str(&entry.record) {
+                Ok(r) => r,
+                Err(error) => {
+                    tracing::error!(%error, saga = entry.id, "saga record unreadable: left for manual handling");
+                    return Ok(false);
+                }
+            };
+            let Some(step) = record.step() else {
+                tracing::error!(
+                    saga = entry.id,
+                    "saga record names no step: left for manual handling"
+                );
+                return Ok(false);
+            };
+            tracing::info!(
+                saga = entry.id,
+                step = step.name(),
+                phase = record.phase.as_str(),
+                state = entry.state,
+                "recovering an abandoned saga"
+            );
+            let plan = plan(step, record.phase);
+            let mut ctx = self.ctx(record.data);
+            if plan.settlement_in_doubt {
+                ctx.data.in_doubt = true;
+            }
+            let how = plan.drive;
+            let outcome = self.drive(&mut ctx, how).await;
+            let ended = self.conclude(ctx, outcome).await;
+            tracing::info!(saga = entry.id, ?ended, "recovered saga ended");
+        }
+        Ok(true)
+    }
+
+    /// Sweeps every `interval` until `stop` resolves (the first sweep at once).
+    pub async fn recover_periodically(
+        self,
+        interval: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sagas = n, "recovered abandoned sagas"),
+                Err(error) => tracing::warn!(%error, "saga recovery sweep failed"),
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
+
+/// What recovery does with a saga its log shows at `step`, going `phase`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// Which way to drive it, from where.
+    pub(super) drive: Drive,
+    /// Whether its settlement must be taken as in doubt (it had started).
+    pub(super) settlement_in_doubt: bool,
+}
+
+/// Before settlement, compensate (including the step that had started); at settlement or
+/// after, go forward; a saga found compensating compensates again.
+pub(super) fn plan(step: Step, phase: Phase) -> Plan {
+    let (drive, settlement_in_doubt) = match (phase, step) {
+        // NB: compensations are idempotent: redo all of those due.
+        (Phase::Backward, failed) => (
+            Drive::Backward(failed, "recovered while compensating".to_owned()),
+            false,
+        ),
+        // The step that had started may or may not have taken effect: compensate it too
+        // (compensations are safe for steps that did not happen), as if the next one failed.
+        (Phase::Forward, Step::Validate | Step::Reserve | Step::Match) => {
+            let failed = match step {
+                Step::Validate => Step::Reserve,
+                Step::Reserve => Step::Match,
+                _ => Step::Settle,
+            };
+            (
+                Drive::Backward(failed, format!("abandoned at {}", step.name())),
+                false,
+            )
+        }
+        // NB: settlement had started: it may have been accepted. Forward only.
+        (Phase::Forward, Step::Settle) => (Drive::Forward(Step::Settle), true),
+        (Phase::Forward, Step::Update) => (Drive::Forward(Step::Update), false),
+    };
+    Plan {
+        drive,
+        settlement_in_doubt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saga_abandoned_before_settlement_is_compensated_including_the_step_it_had_started() {
+        let cases = [
+            (Step::Validate, Step::Reserve),
+            (Step::Reserve, Step::Match),
+            (Step::Match, Step::Settle),
+        ];
+        for (at, failed) in cases {
+            assert_eq!(
+                plan(at, Phase::Forward),
+                Plan {
+                    drive: Drive::Backward(failed, format!("abandoned at {}", at.name())),
+                    settlement_in_doubt: false,
+                },
+                "abandoned at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_saga_abandoned_at_settlement_or_after_goes_forward_with_settlement_in_doubt_at_settle() {
+        assert_eq!(
+            plan(Step::Settle, Phase::Forward),
+            Plan {
+                drive: Drive::Forward(Step::Settle),
+                settlement_in_doubt: true,
+            }
+        );
+        assert_eq!(
+            plan(Step::Update, Phase::Forward),
+            Plan {
+                drive: Drive::Forward(Step::Update),
+                settlement_in_doubt: false,
+            }
+        );
+    }
+
+    #[test]
+    fn a_saga_abandoned_while_compensating_compensates_again_from_the_step_that_failed() {
+        for failed in Step::ALL {
+            assert_eq!(
+                plan(failed, Phase::Backward),
+                Plan {
+                    drive: Drive::Backward(failed, "recovered while compensating".to_owned()),
+                    settlement_in_doubt: false,
+                },
+                "failed at {failed}"
+            );
+        }
+    }
+}

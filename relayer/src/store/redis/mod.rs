@@ -1,0 +1,596 @@
+//! The Redis backend: the state every relayer replica shares.
+//!
+//! Each store operation is one Redis round trip, and each one that changes state is a Lua script
+//! (`redis::Script`: EVALSHA, reloaded automatically after a Redis restart) that touches the keys
+//! of exactly one hash slot, so it runs unchanged on Redis Cluster:
+//!
+//! | slot (hash tag)          | keys                                   | scripts                      |
+//! |--------------------------|----------------------------------------|------------------------------|
+//! | `{u:<userId>}`           | the account hash, operation-id markers | `apply_moves`                |
+//! | `{m:<marketKey>}`        | book queues, price levels, orders      | `match_order`, `cancel_order`, `depth`, `open_orders` |
+//! | `{c:<orderId>}`          | the order id's claim                   | `claim`, `finish_claim`      |
+//! | `{apikeys}`              | API-key records by hash and by id      | `delete_api_key`             |
+//! | `{sagas:<n>}`, n < 16    | saga log entries of one shard (hash)   | `saga_write`, `saga_claim`, `saga_delete` |
+//!
+//! A market slot also records each placement's match reply under `:x:<orderId>` (for the
+//! order retention), which makes `match_order` idempotent and lets `undo_match` revert it.
+//! A saga's entry (fields `<id>:meta` and `<id>:rec`) lives in one of [`SAGA_SHARDS`] hashes
+//! chosen by a hash of its id: one slot per saga, one script per log write, and recovery and
+//! `/admin/sagas` read the log with one `HGETALL` per shard (no keyspace scan).
+//!
+//! Every key starts with the configured prefix (`redis.keyPrefix`). Quantities are canonical
+//! decimal strings and the scripts compute on them exactly (`lua/num.lua`), so the limits are
+//! the same as the in-memory backend's: u64 per order field and per deposit, u128 notionals.
+//!
+//! Every call is bounded by `redis.commandTimeoutMs`; an error or a late answer becomes
+//! [`StoreError::Unavailable`] (HTTP 503). The connection manager reconnects in the background.
+//!
+//! Retention: an order that is filled or cancelled expires `redis.orderRetentionSeconds` later,
+//! and so does its claim. The claim of a maker order finished by someone else's placement lives
+//! in another slot; its expiry is set after the match by a best-effort follow-up. Known limit:
+//! a claim whose follow-up was lost keeps no TTL, and nothing collects it yet.
+//!
+//! # Layout
+//! - this module: [`RedisStore`], its connection and one method per store operation;
+//! - `scripts`: the Lua scripts (their text in `lua/`) and how one is run;
+//! - `keys`: the key layout above and the sharding of the saga log;
+//! - `wire`: reading replies into domain types, and Redis errors into [`StoreError`]s.
+//!
+//! May use: `domain`, `book`, and the store's own types.
+
+mod keys;
+mod scripts;
+mod wire;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::RedisError;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use self::keys::SAGA_SHARDS;
+use self::scripts::Scripts;
+use self::wire::{
+    WireOrder, asset_field, bucket_code, classify, corrupt, from_json, parse_account,
+    parse_apply_moves, parse_claim, parse_depth, parse_match, parse_order, parse_saga_claim,
+    parse_saga_shard, parse_status, parse_undo, side_code, to_json, unavailable,
+};
+use super::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, SagaEntry, StoreError};
+use crate::book::{CancelError, Level, MatchOutcome, UndoOutcome};
+use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
+
+/// How to reach Redis and how to lay keys out in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL.
+    pub url: String,
+    /// Prepended to every key, e.g. `foresight:`.
+    pub key_prefix: String,
+    /// Bound on every Redis call (connecting included).
+    pub command_timeout: Duration,
+    /// How long filled and cancelled orders (and their claims) are kept.
+    pub order_retention: Duration,
+}
+
+/// State kept in Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Multiplexed connection that reconnects after an I/O error; cloned per call.
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    retention_ms: u64,
+    scripts: Scripts,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("retention_ms", &self.inner.retention_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// The multiplexed connection, for other users of the same Redis (the rate limiter).
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// A store over the Redis at `settings.url`. Connects lazily: a Redis that is down at start
+    /// makes calls fail with [`StoreError::Unavailable`] (and `/ready` false) until it is up.
+    pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis URL: {e}")))?;
+        // NB: the manager's own retries would make one call wait through several reconnection
+        // attempts; one attempt per call, bounded by the timeout, keeps a 503 prompt.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.command_timeout))
+            .set_response_timeout(Some(settings.command_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(settings.command_timeout);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| unavailable("connect", e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: settings.key_prefix.clone(),
+                timeout: settings.command_timeout,
+                retention_ms: u64::try_from(settings.order_retention.as_millis())
+                    .unwrap_or(u64::MAX),
+                scripts: Scripts::new(),
+            }),
+        })
+    }
+
+    /// Runs one Redis call under the command timeout.
+    async fn call<T>(
+        &self,
+        what: &'static str,
+        f: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(classify(what, e)),
+            Err(_) => Err(unavailable(
+                what,
+                format!("no answer within {} ms", self.inner.timeout.as_millis()),
+            )),
+        }
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let pong: String = self
+            .call("PING", async move {
+                redis::cmd("PING").query_async(&mut conn).await
+            })
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(corrupt("PING", format!("answered {pong:?}")))
+        }
+    }
+
+    pub(super) async fn apply_moves(
+        &self,
+        user: &UserId,
+        op_id: Option<&str>,
+        moves: &[Move],
+    ) -> Result<Result<Account, BalanceError>, StoreError> {
+        let mut args = Vec::with_capacity(3 + 4 * moves.len());
+        args.push(u64::MAX.to_string());
+        args.push(self.inner.retention_ms.to_string());
+        args.push(op_id.unwrap_or_default().to_owned());
+        for m in moves {
+            args.push(asset_field(&m.asset));
+            args.push(bucket_code(m.from).to_owned());
+            args.push(bucket_code(m.to).to_owned());
+            args.push(m.amount.to_string());
+        }
+        let reply = self
+            .script(
+                "apply_moves",
+                &self.inner.scripts.apply_moves,
+                &self.account_key(user),
+                &args,
+            )
+            .await?;
+        parse_apply_moves(&reply, moves)
+    }
+
+    pub(super) async fn account(&self, user: &UserId) -> Result<Account, StoreError> {
+        let key = self.account_key(user);
+        let mut conn = self.inner.conn.clone();
+        let flat: Vec<String> = self
+            .call("HGETALL account", async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await
+            })
+            .await?;
+        parse_account(&flat)
+    }
+
+    pub(super) async fn claim_order_id(
+        &self,
+        order_id: &str,
+        claim: Claim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let json = to_json(&Claim {
+            result: None,
+            ..claim
+        })?;
+        let reply = self
+            .script(
+                "claim",
+                &self.inner.scripts.claim,
+                &self.claim_key(order_id),
+                &[json],
+            )
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("claimed") => Ok(ClaimOutcome::Claimed),
+            Some("existing") => Ok(ClaimOutcome::Existing(parse_claim(
+                reply.get(1),
+                reply.get(2),
+            )?)),
+            _ => Err(corrupt("claim", format!("unexpected reply {reply:?}"))),
+        }
+    }
+
+    pub(super) async fn finish_claim(
+        &self,
+        order_id: &str,
+        result: PlacementRecord,
+    ) -> Result<(), StoreError> {
+        let finished = !result.order.status.is_open();
+        let args = [
+            to_json(&result)?,
+            if finished { "1" } else { "0" }.to_owned(),
+            self.inner.retention_ms.to_string(),
+        ];
+        self.script(
+            "finish_claim",
+            &self.inner.scripts.finish_claim,
+            &self.claim_key(order_id),
+            &args,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn drop_claim(&self, order_id: &str) -> Result<(), StoreError> {
+        let key = self.claim_key(order_id);
+        let mut conn = self.inner.conn.clone();
+        self.call("DEL claim", async move {
+            redis::cmd("DEL")
+                .arg(&key)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn claim(&self, order_id: &str) -> Result<Option<Claim>, StoreError> {
+        let key = self.claim_key(order_id);
+        let mut conn = self.inner.conn.clone();
+        let fields: Vec<Option<String>> = self
+            .call("HMGET claim", async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("claim")
+                    .arg("result")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        match fields.as_slice() {
+            [None, ..] | [] => Ok(None),
+            [Some(claim), result] => parse_claim(Some(claim), result.as_ref()).map(Some),
+            _ => Err(corrupt("claim", format!("unexpected reply {fields:?}"))),
+        }
+    }
+
+    pub(super) async fn match_order(&self, order: Order) -> Result<MatchOutcome, StoreError> {
+        let market = order.market_key.clone();
+        let args = [
+            order.order_id.clone(),
+            order.user_id.to_string(),
+            side_code(order.side).to_owned(),
+            order.price.to_string(),
+            order.amount.to_string(),
+            order.reserved.to_string(),
+            order.created_at_ms.to_string(),
+            self.inner.retention_ms.to_string(),
+        ];
+        let reply = self
+            .script(
+                "match_order",
+                &self.inner.scripts.match_order,
+                &self.market_key(&market),
+                &args,
+            )
+            .await?;
+        let (outcome, finished) = parse_match(&market, &order.order_id, &reply)?;
+        self.expire_claims(finished);
+        Ok(outcome)
+    }
+
+    /// Sets the retention on the claims of orders that another slot's script finished. Runs in
+    /// the background: the match has happened, and the caller must go on to move balances.
+    fn expire_claims(&self, order_ids: Vec<String>) {
+        let retention = self.inner.retention_ms.to_string();
+        self.claims_in_background(
+            "PEXPIRE claims",
+            &["PEXPIRE", retention.as_str()],
+            order_ids,
+            "claims of finished orders keep no expiry",
+        );
+    }
+
+    /// Sends `command` (a name and the arguments after the key) for every claim in one
+    /// pipeline, in the background; a failure is logged with `on_error`.
+    fn claims_in_background(
+        &self,
+        what: &'static str,
+        command: &[&str],
+        order_ids: Vec<String>,
+        on_error: &'static str,
+    ) {
+        let Some((name, args)) = command.split_first() else {
+            return;
+        };
+        if order_ids.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for id in &order_ids {
+            pipe.cmd(name).arg(self.claim_key(id)).arg(args).ignore();
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut conn = this.inner.conn.clone();
+            let result = this
+                .call(what, async move { pipe.query_async::<()>(&mut conn).await })
+                .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, ?order_ids, "{on_error}");
+            }
+        });
+    }
+
+    pub(super) async fn undo_match(
+        &self,
+        market: &MarketKey,
+        taker_id: &str,
+    ) -> Result<UndoOutcome, StoreError> {
+        let args = [taker_id.to_owned(), self.inner.retention_ms.to_string()];
+        let reply = self
+            .script(
+                "undo_match",
+                &self.inner.scripts.undo_match,
+                &self.market_key(market),
+                &args,
+            )
+            .await?;
+        let undo = parse_undo(market, &reply)?;
+        // NB: makers back in the book had their claims set to expire; best effort, like
+        // `expire_claims`, since the claims live in other slots.
+        self.persist_claims(
+            undo.fills
+                .iter()
+                .map(|f| f.maker_order_id.clone())
+                .collect::<Vec<_>>(),
+        );
+        Ok(undo)
+    }
+
+    fn persist_claims(&self, order_ids: Vec<String>) {
+        self.claims_in_background(
+            "PERSIST claims",
+            &["PERSIST"],
+            order_ids,
+            "claims of reopened orders keep their expiry",
+        );
+    }
+
+    pub(super) async fn saga_write(&self, entry: &SagaEntry) -> Result<bool, StoreError> {
+        let args = [
+            entry.id.clone(),
+            entry.owner.clone(),
+            entry.lease_until_ms.to_string(),
+            entry.state.clone(),
+            entry.record.clone(),
+        ];
+        let reply = self
+            .script(
+                "saga_write",
+                &self.inner.scripts.saga_write,
+                &self.saga_key(&entry.id),
+                &args,
+            )
+            .await?;
+        Ok(reply.first().map(String::as_str) == Some("1"))
+    }
+
+    pub(super) async fn saga_claim(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<SagaEntry>, StoreError> {
+        let args = [
+            id.to_owned(),
+            owner.to_owned(),
+            lease_until_ms.to_string(),
+            now_ms.to_string(),
+        ];
+        let reply = self
+            .script(
+                "saga_claim",
+                &self.inner.scripts.saga_claim,
+                &self.saga_key(id),
+                &args,
+            )
+            .await?;
+        parse_saga_claim(id, &reply)
+    }
+
+    pub(super) async fn saga_delete(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
+        let reply = self
+            .script(
+                "saga_delete",
+                &self.inner.scripts.saga_delete,
+                &self.saga_key(id),
+                &[id.to_owned(), owner.to_owned()],
+            )
+            .await?;
+        Ok(reply.first().map(String::as_str) == Some("1"))
+    }
+
+    pub(super) async fn saga_list(&self) -> Result<Vec<SagaEntry>, StoreError> {
+        let mut entries = Vec::new();
+        for shard in 0..SAGA_SHARDS {
+            let key = self.saga_shard_key(shard);
+            let mut conn = self.inner.conn.clone();
+            let fields: HashMap<String, String> = self
+                .call("HGETALL sagas", async move {
+                    redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await
+                })
+                .await?;
+            entries.extend(parse_saga_shard(&fields)?);
+        }
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(entries)
+    }
+
+    pub(super) async fn cancel_order(
+        &self,
+        market: &MarketKey,
+        order_id: &str,
+        user: &UserId,
+    ) -> Result<Result<Order, CancelError>, StoreError> {
+        let args = [
+            order_id.to_owned(),
+            user.to_string(),
+            self.inner.retention_ms.to_string(),
+        ];
+        let reply = self
+            .script(
+                "cancel_order",
+                &self.inner.scripts.cancel_order,
+                &self.market_key(market),
+                &args,
+            )
+            .await?;
+        match reply.as_slice() {
+            [tag, json] if tag == "ok" => {
+                let order = parse_order(market, json)?;
+                self.expire_claims(vec![order.order_id.clone()]);
+                Ok(Ok(order))
+            }
+            [tag] if tag == "not_found" => Ok(Err(CancelError::NotFound)),
+            [tag, status] if tag == "not_open" => {
+                Ok(Err(CancelError::NotOpen(parse_status(status)?)))
+            }
+            _ => Err(corrupt(
+                "cancel_order",
+                format!("unexpected reply {reply:?}"),
+            )),
+        }
+    }
+
+    pub(super) async fn order(
+        &self,
+        market: &MarketKey,
+        order_id: &str,
+    ) -> Result<Option<Order>, StoreError> {
+        let key = format!("{}:o:{order_id}", self.market_key(market));
+        let mut conn = self.inner.conn.clone();
+        let fields: HashMap<String, String> = self
+            .call("HGETALL order", async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await
+            })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let wire = WireOrder::from_fields(fields)?;
+        wire.into_order(market).map(Some)
+    }
+
+    pub(super) async fn depth(
+        &self,
+        market: &MarketKey,
+        max_levels: usize,
+    ) -> Result<(Vec<Level>, Vec<Level>), StoreError> {
+        let reply = self
+            .script(
+                "depth",
+                &self.inner.scripts.depth,
+                &self.market_key(market),
+                &[max_levels.to_string()],
+            )
+            .await?;
+        parse_depth(&reply)
+    }
+
+    pub(super) async fn open_orders(
+        &self,
+        market: &MarketKey,
+        user: Option<&UserId>,
+    ) -> Result<Vec<Order>, StoreError> {
+        let user = user.map(ToString::to_string).unwrap_or_default();
+        let reply = self
+            .script(
+                "open_orders",
+                &self.inner.scripts.open_orders,
+                &self.market_key(market),
+                &[user],
+            )
+            .await?;
+        reply.iter().map(|raw| parse_order(market, raw)).collect()
+    }
+
+    pub(super) async fn put_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError> {
+        let key = self.api_keys_key();
+        let json = to_json(&record)?;
+        let mut conn = self.inner.conn.clone();
+        // One HSET of both fields: atomic without a script.
+        self.call("HSET api key", async move {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(format!("h:{}", record.hash))
+                .arg(json)
+                .arg(format!("i:{}", record.key_id))
+                .arg(&record.hash)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn api_key_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let key = self.api_keys_key();
+        let field = format!("h:{hash}");
+        let mut conn = self.inner.conn.clone();
+        let raw: Option<String> = self
+            .call("HGET api key", async move {
+                redis::cmd("HGET")
+                    .arg(&key)
+                    .arg(&field)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        raw.map(|r| from_json("api key", &r)).transpose()
+    }
+
+    pub(super) async fn delete_api_key(&self, key_id: &str) -> Result<bool, StoreError> {
+        let reply = self
+            .script(
+                "delete_api_key",
+                &self.inner.scripts.delete_api_key,
+                &self.api_keys_key(),
+                &[key_id.to_owned()],
+            )
+            .await?;
+        Ok(reply.first().map(String::as_str) == Some("1"))
+    }
+}
