@@ -18,7 +18,7 @@
 //!   IP, limiter); no HTTP framework.
 //! - [`metrics`]: the Prometheus registry and the HTTP request metrics; no HTTP framework.
 //! - [`http`]: the only room that knows axum: state, the one error type, authentication,
-//!   bodies and OpenAPI, routes, middlewares and [`app`].
+//!   bodies and OpenAPI, routes, middlewares and [`app()`].
 //! - [`server`]: [`serve`] with graceful shutdown, [`shutdown_signal`].
 //! - `main.rs` (the binary): config, tracing, start-up.
 //!

@@ -8,7 +8,7 @@
 //! - [`views`]: request and response bodies, and the OpenAPI document.
 //! - [`routes`]: the handlers by group (orders, book, balances, admin, ops).
 //! - [`middleware`]: guard, track (metrics), faults and the rate limiter's tower service.
-//! - [`app`]: [`app()`](app::app), the whole [`axum::Router`].
+//! - [`app`](mod@app): [`app()`](app::app), the whole [`axum::Router`].
 //!
 //! Room: after `metrics`, before `server`; uses every room before it ([`crate::clock`],
 //! [`crate::domain`], [`crate::book`], [`crate::store`], [`crate::resilience`],

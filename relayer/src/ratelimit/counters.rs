@@ -163,8 +163,8 @@ impl StoredKey {
 /// that hash picks both the shard and the slot in it.
 ///
 /// Memory is bounded: at most `max_keys` counters. A shard over its share forgets its idle keys
-/// (nothing left in their window), sweeping for them at most once every [`SWEEP_EVERY_MS`];
-/// otherwise the least recently used key of [`EVICTION_SAMPLE`] keys taken from a random place.
+/// (nothing left in their window), sweeping for them at most once every `SWEEP_EVERY_MS` (ms);
+/// otherwise the least recently used key of `EVICTION_SAMPLE` keys taken from a random place.
 /// So a flood of new keys (new client IPs) costs each a bounded eviction, never a pass over the
 /// shard.
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! The routes of the HTTP API, one file per group: [`orders`], [`book`] (market data),
 //! [`balances`], [`admin`] and [`ops`] (probes, metrics, the API document); and how the
-//! business routes are wrapped in the rate limiter and injected faults ([`BusinessLayers`]).
+//! business routes are wrapped in the rate limiter and injected faults (`BusinessLayers`).
 //!
 //! Room: part of `http/`; its files use [`crate::clock`], [`crate::domain`], [`crate::book`],
 //! [`crate::exchange`], [`crate::metrics`] and the `http` modules `state`, `error`, `auth`,
