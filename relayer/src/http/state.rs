@@ -17,12 +17,12 @@ use crate::exchange::Exchange;
 use crate::metrics::Metrics;
 use crate::order_saga::OrderSagas;
 use crate::ratelimit::Limiter;
-use crate::ratelimit::counters::{CounterStore, MemoryCounters, RedisCounters, StoreFailure};
+use crate::ratelimit::counters::{CounterStore, MemoryCounters, RedisCounters};
 use crate::resilience::breaker::BreakerRegistry;
 use crate::resilience::retry::RetryMetrics;
 use crate::resilience::saga::SagaMetrics;
 use crate::settlement::Settlement;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Keys the in-memory limiter keeps at most (about 300 bytes each): a flood of distinct client
 /// addresses evicts idle and then least recently used keys instead of growing without bound.
@@ -34,7 +34,7 @@ const MEMORY_LIMITER_KEYS: usize = 100_000;
 pub enum StartupError {
     /// The rate limiter's counters (`rateLimit.redisUrl`).
     #[error("invalid config key `rateLimit.redisUrl`: {0}")]
-    Limiter(StoreFailure),
+    Limiter(StoreError),
     /// The settlement client (`settlement`).
     #[error("cannot build the settlement client of config key `settlement.url`: {}", causes(.0))]
     Settlement(reqwest::Error),

@@ -2,8 +2,9 @@
 //! every replica). Both check and count all tiers of a request in one atomic step, with the
 //! arithmetic of [`super::window`].
 //!
-//! Room: part of `ratelimit/`; uses [`crate::clock`] and [`crate::domain`] (the user a counter
-//! is keyed by), nothing of HTTP.
+//! Room: part of `ratelimit/`; uses [`crate::clock`], [`crate::domain`] (the user a counter
+//! is keyed by) and [`crate::store`] (its [`StoreError`], the one "store failed" error of the
+//! relayer), nothing of HTTP.
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -20,6 +21,7 @@ use smallvec::SmallVec;
 use super::window::{Outcome, Spec, Window, admits, settle};
 use crate::clock::Clock;
 use crate::domain::UserId;
+use crate::store::StoreError;
 
 /// Whose requests a per-client counter counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,11 +74,6 @@ pub struct Check<'a> {
     pub spec: Spec,
 }
 
-/// The counters' store could not decide.
-#[derive(Debug, thiserror::Error)]
-#[error("rate-limit store: {0}")]
-pub struct StoreFailure(pub String);
-
 /// One outcome per tier; a request has at most four.
 pub type Outcomes = SmallVec<[Outcome; 4]>;
 
@@ -92,10 +89,7 @@ pub struct Decision {
 /// Checks and counts requests.
 pub trait CounterStore: Send + Sync + fmt::Debug {
     /// Checks every counter; counts the request in all of them only if all admit it.
-    fn check<'a>(
-        &'a self,
-        checks: &'a [Check<'a>],
-    ) -> BoxFuture<'a, Result<Decision, StoreFailure>>;
+    fn check<'a>(&'a self, checks: &'a [Check<'a>]) -> BoxFuture<'a, Result<Decision, StoreError>>;
 
     /// The same decision without a future, for stores that never wait (in memory); `None`
     /// means "use [`CounterStore::check`]".
@@ -382,10 +376,7 @@ impl MemoryCounters {
 }
 
 impl CounterStore for MemoryCounters {
-    fn check<'a>(
-        &'a self,
-        checks: &'a [Check<'a>],
-    ) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
+    fn check<'a>(&'a self, checks: &'a [Check<'a>]) -> BoxFuture<'a, Result<Decision, StoreError>> {
         let decision = self.check_now(checks);
         Box::pin(async move { Ok(decision) })
     }
@@ -428,9 +419,9 @@ impl RedisCounters {
     }
 
     /// Connects lazily to `url` (a Redis that is down makes checks fail, not the start).
-    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreFailure> {
+    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)
-            .map_err(|e| StoreFailure(format!("invalid redis URL: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -438,11 +429,11 @@ impl RedisCounters {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(timeout);
         let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreFailure(e.to_string()))?;
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self::new(conn, prefix, timeout))
     }
 
-    async fn run(&self, checks: &[Check<'_>]) -> Result<Decision, StoreFailure> {
+    async fn run(&self, checks: &[Check<'_>]) -> Result<Decision, StoreError> {
         let mut invocation = self.script.prepare_invoke();
         for c in checks {
             invocation
@@ -456,15 +447,18 @@ impl RedisCounters {
             tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
                 .await
                 .map_err(|_| {
-                    StoreFailure(format!("no answer within {} ms", self.timeout.as_millis()))
+                    StoreError::Unavailable(format!(
+                        "no answer within {} ms",
+                        self.timeout.as_millis()
+                    ))
                 })?
-                .map_err(|e| StoreFailure(e.to_string()))?;
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         decode(checks, reply)
     }
 }
 
-fn decode(checks: &[Check<'_>], reply: Vec<redis::Value>) -> Result<Decision, StoreFailure> {
-    let bad = |what: &str| StoreFailure(format!("unexpected script reply: {what}"));
+fn decode(checks: &[Check<'_>], reply: Vec<redis::Value>) -> Result<Decision, StoreError> {
+    let bad = |what: &str| StoreError::Corrupt(format!("rate-limit script reply: {what}"));
     if reply.len() != checks.len() + 1 {
         return Err(bad("wrong length"));
     }
@@ -492,10 +486,7 @@ fn decode(checks: &[Check<'_>], reply: Vec<redis::Value>) -> Result<Decision, St
 }
 
 impl CounterStore for RedisCounters {
-    fn check<'a>(
-        &'a self,
-        checks: &'a [Check<'a>],
-    ) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
+    fn check<'a>(&'a self, checks: &'a [Check<'a>]) -> BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(self.run(checks))
     }
 }

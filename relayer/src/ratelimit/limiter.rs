@@ -22,9 +22,10 @@ use prometheus_client::registry::Registry;
 
 use super::client_ip::client_ip;
 use super::config::{OnStoreError, RateLimitConfig, TierLimit};
-use super::counters::{Check, Client, CounterStore, Decision, Key, StoreFailure};
+use super::counters::{Check, Client, CounterStore, Decision, Key};
 use super::window::{Outcome, Spec};
 use crate::domain::UserId;
+use crate::store::StoreError;
 
 /// A tier of the limiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -359,7 +360,7 @@ impl Limiter {
     }
 
     /// The verdict on what the store answered, counted in the metrics.
-    fn verdict(&self, checks: &Checks<'_>, decided: Result<Decision, StoreFailure>) -> Verdict {
+    fn verdict(&self, checks: &Checks<'_>, decided: Result<Decision, StoreError>) -> Verdict {
         match decided {
             Ok(Decision { outcomes, now_ms }) => {
                 // NB: load first: a swap on every request would bounce the cache line.

@@ -17,8 +17,8 @@
 //! IP). A request is admitted only if every tier admits it, and a denied request counts against
 //! no tier.
 //!
-//! Room: after `exchange`, before `metrics`; uses [`crate::clock`], [`crate::domain`] and
-//! [`crate::config`].
+//! Room: after `exchange`, before `metrics`; uses [`crate::clock`], [`crate::domain`],
+//! [`crate::store`] (its error type) and [`crate::config`].
 
 #[cfg(feature = "server")]
 pub mod client_ip;
