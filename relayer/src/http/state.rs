@@ -198,3 +198,23 @@ impl AppState {
         &self.inner.lifecycle
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_up_error_names_the_config_key_and_the_cause() {
+        let mut config = RelayerConfig::default();
+        config.rate_limit.enabled = true;
+        // NB: `validate` would refuse this URL; the state is built from whatever it is given.
+        config.rate_limit.redis_url = Some("bogus://x".to_owned());
+        let error = AppState::new(config, Store::memory()).expect_err("an invalid URL");
+        let text = error.to_string();
+        assert!(
+            text.starts_with("invalid config key `rateLimit.redisUrl`: ")
+                && text.contains("invalid redis URL"),
+            "{text}"
+        );
+    }
+}
