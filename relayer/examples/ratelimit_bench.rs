@@ -38,14 +38,14 @@ use anyhow::{Context as _, bail};
 use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use relayer::AppState;
+use relayer::clock::{Clock, SystemClock};
 use relayer::config::RelayerConfig;
 use relayer::ratelimit::config::TierLimit;
-use relayer::ratelimit::store::{
-    Check, Clock, CounterStore, Decision, MemoryCounters, Outcomes, RedisCounters, StoreFailure,
-    SystemClock,
+use relayer::ratelimit::counters::{
+    Check, CounterStore, Decision, MemoryCounters, Outcomes, RedisCounters,
 };
 use relayer::ratelimit::window::Outcome;
-use relayer::store::Store;
+use relayer::store::{Store, StoreError};
 use support::median;
 
 /// The relayer binary's allocator, so the relayer measured here is the one that ships.
@@ -70,10 +70,7 @@ impl std::fmt::Debug for NaiveZsetLog {
 }
 
 impl CounterStore for NaiveZsetLog {
-    fn check<'a>(
-        &'a self,
-        checks: &'a [Check<'a>],
-    ) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
+    fn check<'a>(&'a self, checks: &'a [Check<'a>]) -> BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(async move {
             let now = SystemClock.now_ms();
             let mut outcomes = Outcomes::new();
@@ -92,7 +89,7 @@ impl CounterStore for NaiveZsetLog {
                     .ignore()
                     .query_async(&mut conn)
                     .await
-                    .map_err(|e| StoreFailure(e.to_string()))?;
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
                 outcomes.push(Outcome {
                     allowed: count <= c.spec.limit,
                     count,

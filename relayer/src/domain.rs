@@ -1,5 +1,7 @@
 //! Domain types of the exchange: identifiers, orders, fills and balances, with their validation
 //! and the integer arithmetic of collateral. No I/O here.
+//!
+//! Room: after `clock`; uses no other module of the crate.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,6 +1,7 @@
 //! The exchange's use cases, each a sequence of atomic store steps: place, cancel, deposit,
-//! balances, API keys. Inputs arrive validated (by the HTTP layer); this module decides
-//! business outcomes and keeps every balance move paired with its counterpart.
+//! balances, API keys. Inputs arrive validated (by the HTTP handlers, or by the caller of this
+//! library); this module decides business outcomes and keeps every balance move paired with
+//! its counterpart.
 //!
 //! Placement: claim the order id (idempotency), then run the order saga
 //! ([`crate::order_saga`]: validate → reserve → match → settle → update balances, with its
@@ -15,7 +16,8 @@
 //! durable saga log, so a process that dies with such a task pending leaves the reservation
 //! in place.
 //!
-//! May use: `config`, `domain`, `book`, `store`, `resilience`, `settlement`, `order_saga`.
+//! May use: `config`, `domain`, `book`, `store`, `resilience`, `settlement`, `order_saga`;
+//! never the HTTP rooms.
 
 use std::time::Duration;
 

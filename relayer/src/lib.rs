@@ -3,19 +3,29 @@
 //! collateral and shares between users.
 //!
 //! # Layout
-//! - [`config`]: the typed configuration (also `spec.config` of a RelayerDeployment). The only
-//!   module built without the `server` feature.
+//! Rooms, each using only rooms listed before it (`relayer/tests/layering.rs` holds the crate
+//! to this order):
+//! - [`clock`]: the one wall clock ([`clock::Clock`]: system and manual).
 //! - [`domain`]: identifiers, orders, fills, balances and their validation. Pure.
 //! - [`book`]: one market's order book and its matching rules. Pure.
-//! - [`store`]: where state lives, as atomic single-slot operations; in-memory backend.
-//! - [`exchange`]: the use cases (place, cancel, deposit, …) as sequences of store steps.
-//! - [`api`]: routes, bodies, authentication; [`error`]: the JSON error type and extractors.
-//! - [`ratelimit`]: the tiered sliding-window rate limiter (its `config` is built without the
-//!   `server` feature too).
+//! - [`store`]: where state lives, as atomic single-slot operations: in memory
+//!   ([`store::MemoryStore`]) or in Redis shared by every replica ([`store::RedisStore`]).
 //! - [`resilience`]: circuit breakers, retries with backoff and jitter, sagas.
 //! - [`settlement`]: the settlement client (breaker, retries) and the embedded ledger.
 //! - [`order_saga`]: the order saga, its durable log and the recovery of abandoned sagas.
-//! - [`metrics`]: Prometheus metrics; [`server`]: state, router, graceful shutdown.
+//! - [`exchange`]: the use cases (place, cancel, deposit, …) as sequences of store steps.
+//! - [`ratelimit`]: the tiered sliding-window rate limiter (config, window, counters, client
+//!   IP, limiter); no HTTP framework.
+//! - [`metrics`]: the Prometheus registry and the HTTP request metrics; no HTTP framework.
+//! - [`http`]: the only room that knows axum: state, the one error type, authentication,
+//!   bodies and OpenAPI, routes, middlewares and [`app()`].
+//! - [`server`]: [`serve`] with graceful shutdown, [`shutdown_signal`].
+//! - `main.rs` (the binary): config, tracing, start-up.
+//!
+//! [`config`] (the typed configuration, also `spec.config` of a RelayerDeployment) may be used
+//! by every room; it uses only the leaf config modules [`ratelimit::config`] and
+//! [`resilience::config`], which use nothing of the crate. These three (and
+//! [`resilience::backoff`]) are all that is built without the `server` feature.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -23,15 +33,15 @@ pub mod ratelimit;
 pub mod resilience;
 
 #[cfg(feature = "server")]
-pub mod api;
-#[cfg(feature = "server")]
 pub mod book;
+#[cfg(feature = "server")]
+pub mod clock;
 #[cfg(feature = "server")]
 pub mod domain;
 #[cfg(feature = "server")]
-pub mod error;
-#[cfg(feature = "server")]
 pub mod exchange;
+#[cfg(feature = "server")]
+pub mod http;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
@@ -44,4 +54,6 @@ pub mod settlement;
 pub mod store;
 
 #[cfg(feature = "server")]
-pub use server::{AppState, app, serve, shutdown_signal};
+pub use http::{AppState, app};
+#[cfg(feature = "server")]
+pub use server::{serve, shutdown_signal};

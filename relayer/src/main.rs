@@ -1,4 +1,7 @@
-//! `relayer`: runs the relayer HTTP service.
+//! `relayer`: runs the relayer HTTP service: parses the arguments, loads the config, starts
+//! tracing, builds the store and the state, starts saga recovery and serves until SIGTERM.
+//!
+//! Room: the last; uses the library (`relayer::…`) through its public paths.
 
 use std::path::PathBuf;
 

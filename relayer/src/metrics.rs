@@ -1,19 +1,17 @@
-//! Prometheus metrics of the relayer. Names are a contract: the operator's health gates read
-//! them (see DESIGN.md §3). Labels are bounded: route templates, never raw paths.
+//! Prometheus metrics of the relayer: the registry every module registers into, the HTTP
+//! request metrics, and their OpenMetrics text. Names are a contract: the operator's health
+//! gates read them (listed under "Metrics" in the README).
+//! Labels are bounded: route templates, never raw paths. The middleware that records each
+//! request is `crate::http::middleware::track`; nothing here knows axum.
+//!
+//! Room: after `ratelimit`, before `http`; uses no other module of the crate.
 
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-
-use crate::server::AppState;
 
 /// Labels of `foresight_http_requests_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -104,7 +102,8 @@ impl Metrics {
 }
 
 /// Decrements the in-flight gauge also when the request future is dropped.
-struct InFlight<'a>(&'a Gauge);
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a Gauge);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
@@ -112,36 +111,24 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Middleware: counts and times every request by route template.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let metrics = state.metrics();
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    // NB: probes and scrapes are not work to drain: counting them would make a scrape of an
-    // idle relayer read "1 in flight".
-    let ops = matches!(route.as_str(), "/metrics" | "/health" | "/ready");
-    let guard = (!ops).then(|| {
-        metrics.http_in_flight.inc();
-        InFlight(&metrics.http_in_flight)
-    });
-    let start = Instant::now();
-    let response = next.run(request).await;
-    drop(guard);
-    let labels = RouteLabels { method, route };
-    metrics
-        .http_duration
-        .get_or_create(&labels)
-        .observe(start.elapsed().as_secs_f64());
-    metrics
-        .http_requests
-        .get_or_create(&HttpLabels {
-            method: labels.method,
-            route: labels.route,
-            status: response.status().as_u16(),
-        })
-        .inc();
-    response
+impl Metrics {
+    /// Counts a request in flight until the guard is dropped.
+    pub fn in_flight_guard(&self) -> InFlight<'_> {
+        self.http_in_flight.inc();
+        InFlight(&self.http_in_flight)
+    }
+
+    /// Records an answered request: its time and its count by method, route template and
+    /// status.
+    pub fn observe_http_request(&self, method: String, route: String, status: u16, seconds: f64) {
+        let labels = RouteLabels { method, route };
+        self.http_duration.get_or_create(&labels).observe(seconds);
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                method: labels.method,
+                route: labels.route,
+                status,
+            })
+            .inc();
+    }
 }

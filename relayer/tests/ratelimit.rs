@@ -8,10 +8,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use relayer::clock::SystemClock;
 use relayer::config::RelayerConfig;
 use relayer::ratelimit::config::{OnStoreError, TierLimit};
-use relayer::ratelimit::store::{
-    Check, Client, CounterStore, Key, MemoryCounters, RedisCounters, SystemClock,
+use relayer::ratelimit::counters::{
+    Check, Client, CounterStore, Key, MemoryCounters, RedisCounters,
 };
 use relayer::ratelimit::window::Spec;
 use reqwest::{Method, StatusCode};

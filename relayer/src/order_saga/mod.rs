@@ -47,7 +47,8 @@
 //! - `runner`: driving a saga with its lease heartbeat, and the background carry-on;
 //! - `recovery`: the sweep over abandoned sagas ([`OrderSagas::sweep`]).
 //!
-//! May use: the clock, `config`, `domain`, `book`, `store`, `resilience`, `settlement`.
+//! May use: `clock` (its [`Clock`], through `Deps`), `config`, `domain`, `book`, `store`,
+//! `resilience`, `settlement`.
 
 mod log;
 mod recovery;
@@ -66,6 +67,7 @@ use serde::{Deserialize, Serialize};
 use self::log::{DurableLog, Fence};
 use self::runner::Drive;
 use crate::book::UndoOutcome;
+use crate::clock::{Clock, SystemClock};
 use crate::config::RelayerConfig;
 use crate::domain::{BalanceError, Fill, Order};
 use crate::resilience::saga::{SagaDefinition, SagaExecutor, SagaMetrics, SagaOutcome, StepError};
@@ -121,13 +123,15 @@ pub struct Deps {
     crash_at: Option<String>,
     /// Sagas this process is driving now (the recovery sweep leaves them alone).
     active: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The wall clock of lease deadlines and of the recovery's "now".
+    clock: Arc<dyn Clock>,
 }
 
 impl Deps {
     /// Wall-clock time, ms since the Unix epoch: lease deadlines and the recovery's "now".
     // NB: the saga's one read of the clock, so the relayer's injected clock plugs in here.
     fn now_ms(&self) -> u64 {
-        crate::server::now_ms()
+        self.clock.now_ms()
     }
 
     fn set_active(&self, id: &str, active: bool) -> bool {
@@ -268,6 +272,7 @@ impl OrderSagas {
                 durable: config.saga.durable_log,
                 crash_at: config.fault_injection.crash_at_step.clone(),
                 active: std::sync::Mutex::default(),
+                clock: Arc::new(SystemClock),
             }),
         }
     }

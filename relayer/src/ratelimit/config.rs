@@ -1,4 +1,6 @@
 //! Rate-limit configuration (`rateLimit` of the relayer config). No server dependencies.
+//!
+//! Room: a leaf config module: it uses nothing of the crate, so [`crate::config`] may use it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -18,6 +18,8 @@
 //!
 //! The Redis store runs the same arithmetic in Lua (`ratelimit.lua`); the tests hold both to
 //! it.
+//!
+//! Room: part of `ratelimit/`; uses nothing else of the crate.
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;

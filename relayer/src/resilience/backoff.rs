@@ -5,6 +5,8 @@
 //!
 //! - [`RetryPolicy`]: the settings and the delay before retry `n`;
 //! - [`Backoff`]: a cursor over that schedule for loops that wait, try and wait longer.
+//!
+//! Room: part of `resilience/`; uses nothing else of the crate.
 
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! Configuration of the resilience building blocks (no server dependencies: it is part of the
 //! relayer config, and so of `spec.config` of a RelayerDeployment).
+//!
+//! Room: a leaf config module: it uses nothing of the crate, so [`crate::config`] may use it.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

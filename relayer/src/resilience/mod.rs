@@ -5,6 +5,9 @@
 //! - [`saga`]: steps with compensations, an executor with events and metrics.
 //!
 //! [`config`] holds their settings and builds without the `server` feature.
+//!
+//! Room: after `store`, before `settlement`; uses [`crate::clock`] (the breakers' time) and
+//! nothing else of the crate.
 
 pub mod backoff;
 pub mod config;

@@ -7,6 +7,8 @@
 //!
 //! The [`RetryBudget`] caps retries at a share of calls (default 20 %) plus a small floor per
 //! second, so during an outage retries cannot multiply the load on the failing service.
+//!
+//! Room: part of `resilience/`; uses the `resilience` modules `backoff` and `config` only.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,7 +1,12 @@
-//! The HTTP error type and the input extractors that reject bad requests with it.
+//! The one HTTP error type, [`ApiError`], and the input extractors that reject bad requests
+//! with it. Handlers, middlewares (the guard, injected faults) and the rate limiter's 429
+//! answer all go through it.
 //!
-//! Every error reaches the client as `{"error": {"code", "message", "field"?}}`. Internal
-//! details go to the log, never to the client.
+//! Every error reaches the client as `{"error": {"code", "message", "field"?, "tier"?}}`
+//! (`tier` only on rate-limit answers). Internal details go to the log, never to the client.
+//!
+//! Room: part of `http/`; uses [`crate::domain`] (field errors) and [`crate::exchange`] (its
+//! errors' HTTP meaning).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -24,6 +29,8 @@ pub struct ApiError {
     pub message: String,
     /// The input field at fault, if one is.
     pub field: Option<String>,
+    /// The rate-limit tier that refused the request, on a 429.
+    pub tier: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -37,6 +44,8 @@ struct Inner<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tier: Option<&'a str>,
 }
 
 impl ApiError {
@@ -47,6 +56,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            tier: None,
         }
     }
 
@@ -57,6 +67,15 @@ impl ApiError {
             code: "invalid_field",
             message: message.into(),
             field: Some(field.into()),
+            tier: None,
+        }
+    }
+
+    /// 429 from the rate limiter: `tier` refused the request.
+    pub fn rate_limited(tier: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            tier: Some(tier),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
         }
     }
 
@@ -115,6 +134,7 @@ impl From<ExchangeError> for ApiError {
                 code: "insufficient_balance",
                 message: b.to_string(),
                 field: Some("amount".to_owned()),
+                tier: None,
             },
             ExchangeError::OrderIdConflict(_) => ApiError {
                 field: Some("orderId".to_owned()),
@@ -155,6 +175,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: &self.message,
                 field: self.field.as_deref(),
+                tier: self.tier,
             },
         };
         (self.status, axum::Json(body)).into_response()

@@ -1,12 +1,16 @@
 //! Where the limiter keeps its counters: in process memory (per replica) or in Redis (shared by
 //! every replica). Both check and count all tiers of a request in one atomic step, with the
 //! arithmetic of [`super::window`].
+//!
+//! Room: part of `ratelimit/`; uses [`crate::clock`], [`crate::domain`] (the user a counter
+//! is keyed by) and [`crate::store`] (its [`StoreError`], the one "store failed" error of the
+//! relayer), nothing of HTTP.
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hashbrown::HashTable;
@@ -15,25 +19,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use smallvec::SmallVec;
 
 use super::window::{Outcome, Spec, Window, admits, settle};
+use crate::clock::Clock;
 use crate::domain::UserId;
-
-/// Source of the current time, injected so the arithmetic can be tested without sleeping.
-pub trait Clock: Send + Sync + fmt::Debug {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-}
+use crate::store::StoreError;
 
 /// Whose requests a per-client counter counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,11 +74,6 @@ pub struct Check<'a> {
     pub spec: Spec,
 }
 
-/// The counters' store could not decide.
-#[derive(Debug, thiserror::Error)]
-#[error("rate-limit store: {0}")]
-pub struct StoreFailure(pub String);
-
 /// One outcome per tier; a request has at most four.
 pub type Outcomes = SmallVec<[Outcome; 4]>;
 
@@ -106,10 +89,7 @@ pub struct Decision {
 /// Checks and counts requests.
 pub trait CounterStore: Send + Sync + fmt::Debug {
     /// Checks every counter; counts the request in all of them only if all admit it.
-    fn check<'a>(
-        &'a self,
-        checks: &'a [Check<'a>],
-    ) -> BoxFuture<'a, Result<Decision, StoreFailure>>;
+    fn check<'a>(&'a self, checks: &'a [Check<'a>]) -> BoxFuture<'a, Result<Decision, StoreError>>;
 
     /// The same decision without a future, for stores that never wait (in memory); `None`
     /// means "use [`CounterStore::check`]".
@@ -177,8 +157,8 @@ impl StoredKey {
 /// that hash picks both the shard and the slot in it.
 ///
 /// Memory is bounded: at most `max_keys` counters. A shard over its share forgets its idle keys
-/// (nothing left in their window), sweeping for them at most once every [`SWEEP_EVERY_MS`];
-/// otherwise the least recently used key of [`EVICTION_SAMPLE`] keys taken from a random place.
+/// (nothing left in their window), sweeping for them at most once every `SWEEP_EVERY_MS` (ms);
+/// otherwise the least recently used key of `EVICTION_SAMPLE` keys taken from a random place.
 /// So a flood of new keys (new client IPs) costs each a bounded eviction, never a pass over the
 /// shard.
 #[derive(Debug)]
@@ -396,10 +376,7 @@ impl MemoryCounters {
 }
 
 impl CounterStore for MemoryCounters {
-    fn check<'a>(
-        &'a self,
-        checks: &'a [Check<'a>],
-    ) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
+    fn check<'a>(&'a self, checks: &'a [Check<'a>]) -> BoxFuture<'a, Result<Decision, StoreError>> {
         let decision = self.check_now(checks);
         Box::pin(async move { Ok(decision) })
     }
@@ -442,9 +419,9 @@ impl RedisCounters {
     }
 
     /// Connects lazily to `url` (a Redis that is down makes checks fail, not the start).
-    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreFailure> {
+    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)
-            .map_err(|e| StoreFailure(format!("invalid redis URL: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -452,11 +429,11 @@ impl RedisCounters {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(timeout);
         let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreFailure(e.to_string()))?;
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self::new(conn, prefix, timeout))
     }
 
-    async fn run(&self, checks: &[Check<'_>]) -> Result<Decision, StoreFailure> {
+    async fn run(&self, checks: &[Check<'_>]) -> Result<Decision, StoreError> {
         let mut invocation = self.script.prepare_invoke();
         for c in checks {
             invocation
@@ -470,15 +447,18 @@ impl RedisCounters {
             tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
                 .await
                 .map_err(|_| {
-                    StoreFailure(format!("no answer within {} ms", self.timeout.as_millis()))
+                    StoreError::Unavailable(format!(
+                        "no answer within {} ms",
+                        self.timeout.as_millis()
+                    ))
                 })?
-                .map_err(|e| StoreFailure(e.to_string()))?;
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         decode(checks, reply)
     }
 }
 
-fn decode(checks: &[Check<'_>], reply: Vec<redis::Value>) -> Result<Decision, StoreFailure> {
-    let bad = |what: &str| StoreFailure(format!("unexpected script reply: {what}"));
+fn decode(checks: &[Check<'_>], reply: Vec<redis::Value>) -> Result<Decision, StoreError> {
+    let bad = |what: &str| StoreError::Corrupt(format!("rate-limit script reply: {what}"));
     if reply.len() != checks.len() + 1 {
         return Err(bad("wrong length"));
     }
@@ -506,28 +486,15 @@ fn decode(checks: &[Check<'_>], reply: Vec<redis::Value>) -> Result<Decision, St
 }
 
 impl CounterStore for RedisCounters {
-    fn check<'a>(
-        &'a self,
-        checks: &'a [Check<'a>],
-    ) -> BoxFuture<'a, Result<Decision, StoreFailure>> {
+    fn check<'a>(&'a self, checks: &'a [Check<'a>]) -> BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(self.run(checks))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use super::*;
-
-    #[derive(Debug, Default)]
-    struct ManualClock(AtomicU64);
-
-    impl Clock for ManualClock {
-        fn now_ms(&self) -> u64 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
+    use crate::clock::ManualClock;
 
     fn check(ip: u32, limit: u64) -> Check<'static> {
         Check {
@@ -555,7 +522,7 @@ mod tests {
         let hot = long(u32::MAX, 1_000_000);
         for i in 0..20_000_u32 {
             // Nothing goes idle (ten-minute windows): every new key needs an eviction.
-            clock.0.store(u64::from(i), Ordering::SeqCst);
+            clock.set(u64::from(i));
             store.check_now(&[long(i, 5)]);
             let count = store.check_now(std::slice::from_ref(&hot)).outcomes[0].count;
             assert_eq!(count, u64::from(i) + 1, "the key in use was never evicted");
@@ -574,7 +541,7 @@ mod tests {
         }
         assert!(store.len() <= SHARDS * 2, "{} keys held", store.len());
         // Once their windows have passed, keys are idle and make room for new ones first.
-        clock.0.store(10_000, Ordering::SeqCst);
+        clock.set(10_000);
         let hot = check(u32::MAX, 1);
         assert!(store.check_now(std::slice::from_ref(&hot)).outcomes[0].allowed);
         assert!(

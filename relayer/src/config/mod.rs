@@ -1,0 +1,329 @@
+//! The relayer's one typed configuration.
+//!
+//! The same type is the YAML config file of the relayer (camelCase keys) and `spec.config` of a
+//! `RelayerDeployment`, so one schema (derived with `schemars`) serves both. This module has no
+//! server dependencies: the operator uses it with the crate's `server` feature off.
+//!
+//! Loading ([`RelayerConfig::load`], server feature) layers defaults, then the file, then
+//! `RELAYER_*` variables (`RELAYER_REDIS_URL` → `redisUrl`, `RELAYER_SHUTDOWN__DRAIN_TIMEOUT_MS`
+//! → `shutdown.drainTimeoutMs`), and then [`RelayerConfig::validate`] checks every value. Any
+//! error names the key.
+//!
+//! Here: the types and their defaults; `validate` (the checks and [`ConfigError`]), `load`
+//! (figment layering, server feature) and `text` (keys that accept a bare number).
+//!
+//! Room: usable by every room; it uses only the leaf config modules [`crate::ratelimit::config`]
+//! and [`crate::resilience::config`], which use nothing of the crate.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "server")]
+mod load;
+#[cfg(test)]
+mod tests;
+mod text;
+mod validate;
+
+pub use self::validate::ConfigError;
+
+/// Configuration of one relayer process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RelayerConfig {
+    /// Socket address the HTTP server listens on, e.g. `0.0.0.0:3000`.
+    #[serde(deserialize_with = "text::required")]
+    #[schemars(with = "String")]
+    pub listen: String,
+    /// Redis URL (`redis://` or `rediss://`) of the shared store; absent: in-memory store.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text::optional"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub redis_url: Option<String>,
+    /// How the Redis store lays out and bounds its work (used when `redisUrl` is set).
+    pub redis: RedisConfig,
+    /// Bearer token of the `/admin` routes (at least 16 characters); absent: `/admin` answers
+    /// 404. In Kubernetes, pass it as `RELAYER_ADMIN_TOKEN` from a Secret rather than here.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text::optional"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub admin_token: Option<String>,
+    /// Bounds on requests.
+    pub limits: LimitsConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Deliberate faults for game days and tests; off by default.
+    pub fault_injection: FaultInjectionConfig,
+    /// The tiered sliding-window rate limiter.
+    pub rate_limit: crate::ratelimit::config::RateLimitConfig,
+    /// Where trades are settled.
+    pub settlement: SettlementConfig,
+    /// Circuit breakers by name (today: `settlement`).
+    pub circuit_breakers: CircuitBreakersConfig,
+    /// The order saga's durable log and recovery.
+    pub saga: SagaConfig,
+}
+
+/// The settlement endpoint (`settlement`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SettlementConfig {
+    /// URL trades are POSTed to; absent: the embedded in-process ledger settles them.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text::optional"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub url: Option<String>,
+    /// Time limit of one HTTP attempt, in ms (the breaker's `timeout` bounds it too).
+    #[schemars(range(min = 1))]
+    pub timeout_ms: u64,
+    /// Retries of a settlement call.
+    pub retry: SettlementRetryConfig,
+}
+
+/// Retry settings of settlement: a named strategy, optionally overridden key by key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SettlementRetryConfig {
+    /// `fast`, `standard`, `slow` or `blockchain`.
+    pub strategy: String,
+    /// Overrides the strategy's retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Overrides the strategy's first delay bound, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_delay_ms: Option<u64>,
+    /// Overrides the strategy's largest delay bound, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_delay_ms: Option<u64>,
+    /// Share of calls that may be retried (the retry budget), 0 to 1.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub budget_ratio: f64,
+}
+
+/// Breakers by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CircuitBreakersConfig {
+    /// The breaker in front of the settlement endpoint.
+    pub settlement: crate::resilience::config::BreakerConfig,
+}
+
+/// The order saga (`saga`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SagaConfig {
+    /// Write the saga log to the store before and after each step (off only to measure its
+    /// cost: without it a relayer that dies mid-saga leaves work nobody finishes).
+    pub durable_log: bool,
+    /// How long a replica holds a saga without renewing its lease, ms.
+    #[schemars(range(min = 100))]
+    pub lease_ms: u64,
+    /// How often abandoned sagas are looked for, ms.
+    #[schemars(range(min = 100))]
+    pub recovery_interval_ms: u64,
+}
+
+/// The Redis store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Prepended to every key, so several relayer deployments can share one Redis. At most 64
+    /// characters, no white space and no `{` or `}` (those would break the hash tags that keep
+    /// each script within one Redis Cluster slot).
+    #[serde(deserialize_with = "text::required")]
+    #[schemars(with = "String")]
+    pub key_prefix: String,
+    /// Bound on every Redis call in milliseconds (connecting included); a slower call fails the
+    /// request with 503. At most `limits.requestTimeoutMs`.
+    #[schemars(range(min = 1, max = 60000))]
+    pub command_timeout_ms: u64,
+    /// How long filled and cancelled orders (and their order-id claims) are kept, in seconds.
+    #[schemars(range(min = 1, max = 31622400))]
+    pub order_retention_seconds: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            key_prefix: "foresight:".to_owned(),
+            // Loopback or same-zone Redis answers in well under a millisecond; a second means
+            // it is gone or stalled, and the caller is better served by a prompt 503.
+            command_timeout_ms: 1_000,
+            // A day: long enough for clients to read the outcome of what they placed.
+            order_retention_seconds: 24 * 60 * 60,
+        }
+    }
+}
+
+/// Bounds on requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted request body in bytes; a larger body is answered 413.
+    #[schemars(range(min = 64, max = 16777216))]
+    pub max_body_bytes: u64,
+    /// Largest `amount` of one order, in shares.
+    #[schemars(range(min = 1))]
+    pub max_order_amount: u64,
+    /// Time limit of one request in milliseconds; a slower request is answered 503.
+    #[schemars(range(min = 1, max = 600000))]
+    pub request_timeout_ms: u64,
+}
+
+/// Graceful shutdown on SIGTERM or Ctrl-C.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After the signal, `/ready` reports not-ready for this long while requests are still
+    /// served, so load balancers stop sending traffic before the listener closes.
+    #[schemars(range(max = 600000))]
+    pub readiness_delay_ms: u64,
+    /// After the readiness delay, new requests are refused and in-flight requests get this long
+    /// to finish before the process exits anyway.
+    #[schemars(range(min = 1, max = 600000))]
+    pub drain_timeout_ms: u64,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `relayer=debug,tower_http=info`.
+    #[serde(deserialize_with = "text::required")]
+    #[schemars(with = "String")]
+    pub filter: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Deliberate faults on the `/v2` and `/orderbook` routes (never on probes or metrics).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct FaultInjectionConfig {
+    /// Share of requests answered with an injected 500, from 0.0 to 1.0.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub error_rate: f64,
+    /// Latency added to every request, in milliseconds.
+    #[schemars(range(max = 60000))]
+    pub added_latency_ms: u64,
+    /// Abort the process (`std::process::abort`) when an order saga reaches this point:
+    /// `before:<step>`, `after:<step>` (steps `validate`, `reserve`, `match`, `settle`,
+    /// `update`) or `during:settle` (settlement answered, the answer not yet recorded). Tests
+    /// only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash_at_step: Option<String>,
+}
+
+/// The order saga's steps, in order (names in logs, metrics and `faultInjection.crashAtStep`).
+pub const ORDER_SAGA_STEPS: [&str; 5] = ["validate", "reserve", "match", "settle", "update"];
+
+impl Default for RelayerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:3000".to_owned(),
+            redis_url: None,
+            redis: RedisConfig::default(),
+            admin_token: None,
+            limits: LimitsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+            fault_injection: FaultInjectionConfig::default(),
+            rate_limit: crate::ratelimit::config::RateLimitConfig::default(),
+            settlement: SettlementConfig::default(),
+            circuit_breakers: CircuitBreakersConfig::default(),
+            saga: SagaConfig::default(),
+        }
+    }
+}
+
+impl Default for SettlementConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout_ms: 10_000,
+            retry: SettlementRetryConfig::default(),
+        }
+    }
+}
+
+impl Default for SettlementRetryConfig {
+    fn default() -> Self {
+        Self {
+            strategy: "blockchain".to_owned(),
+            max_retries: None,
+            initial_delay_ms: None,
+            max_delay_ms: None,
+            budget_ratio: 0.2,
+        }
+    }
+}
+
+impl Default for SagaConfig {
+    fn default() -> Self {
+        Self {
+            durable_log: true,
+            lease_ms: 15_000,
+            recovery_interval_ms: 5_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024,
+            // A trillion shares: far above any real order, far below where `price * amount`
+            // could approach u64 limits on a balance.
+            max_order_amount: 1_000_000_000_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            // Kubernetes removes a terminating pod from EndpointSlices within a second or two.
+            readiness_delay_ms: 2_000,
+            drain_timeout_ms: 20_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+impl Default for FaultInjectionConfig {
+    fn default() -> Self {
+        Self {
+            error_rate: 0.0,
+            added_latency_ms: 0,
+            crash_at_step: None,
+        }
+    }
+}

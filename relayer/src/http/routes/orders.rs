@@ -1,0 +1,139 @@
+//! `/v2/orders`: place, read and cancel orders (API key).
+//!
+//! Room: part of `http/`; uses [`crate::clock`], [`crate::domain`], [`crate::exchange`] and the
+//! `http` modules `state`, `error`, `auth` and `views`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::not_the_callers_user;
+use crate::clock::now_ms;
+use crate::domain::{MarketKey, UserId, parse_u64, validate_order_id};
+use crate::exchange::NewOrder;
+use crate::http::auth::ApiUser;
+use crate::http::error::{ApiError, ValidJson};
+use crate::http::state::AppState;
+use crate::http::views::{FillView, OrderView, PlaceOrderRequest, PlaceOrderResponse};
+
+fn order_view_response(status: StatusCode, body: PlaceOrderResponse, replayed: bool) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// Places an order: reserve, match, move balances. Repeating an `orderId` returns the first
+/// answer (with `Idempotent-Replayed: true`) and trades nothing.
+#[utoipa::path(post, path = "/v2/orders", tag = "orders",
+    request_body = PlaceOrderRequest,
+    responses(
+        (status = 201, description = "Placed (or replayed)", body = PlaceOrderResponse),
+        (status = 400, description = "Invalid field"), (status = 401, description = "No or unknown API key"),
+        (status = 403, description = "userId is not the key's user"), (status = 409, description = "orderId used by another order"),
+        (status = 413, description = "Body too large"), (status = 422, description = "Insufficient balance"),
+        (status = 503, description = "Store unavailable"),
+    ),
+    security(("apiKey" = [])))]
+pub(crate) async fn place_order(
+    State(state): State<AppState>,
+    ApiUser(caller): ApiUser,
+    ValidJson(req): ValidJson<PlaceOrderRequest>,
+) -> Result<Response, ApiError> {
+    let order_id = match &req.order_id {
+        Some(id) => validate_order_id("orderId", id)?,
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let market_key = MarketKey::parse("marketKey", &req.market_key)?;
+    let user_id = UserId::parse("userId", &req.user_id)?;
+    let price = parse_u64("price", &req.price)?;
+    if price == 0 || price >= crate::domain::PRICE_SCALE {
+        return Err(ApiError::field(
+            "price",
+            "must be between 1 and 999999 (millionths)",
+        ));
+    }
+    let amount = parse_u64("amount", &req.amount)?;
+    let max = state.config().limits.max_order_amount;
+    if amount == 0 || amount > max {
+        return Err(ApiError::field(
+            "amount",
+            format!("must be between 1 and {max}"),
+        ));
+    }
+    if user_id != caller {
+        return Err(not_the_callers_user());
+    }
+    let placement = state
+        .exchange()
+        .place(
+            NewOrder {
+                order_id,
+                market_key,
+                user_id,
+                side: req.side,
+                price,
+                amount,
+            },
+            now_ms(),
+        )
+        .await?;
+    let record = &placement.record;
+    let body = PlaceOrderResponse {
+        order: OrderView::from(&record.order),
+        fills: record
+            .fills
+            .iter()
+            .map(|f| FillView {
+                trade_id: f.trade_id.clone(),
+                maker_order_id: f.maker_order_id.clone(),
+                price: f.price.to_string(),
+                amount: f.amount.to_string(),
+                collateral: f.collateral.to_string(),
+            })
+            .collect(),
+    };
+    Ok(order_view_response(
+        StatusCode::CREATED,
+        body,
+        placement.replayed,
+    ))
+}
+
+fn path_order_id(raw: &str) -> Result<String, ApiError> {
+    validate_order_id("orderId", raw).map_err(ApiError::from)
+}
+
+/// One of the caller's orders.
+#[utoipa::path(get, path = "/v2/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "Order id")),
+    responses((status = 200, body = OrderView), (status = 401), (status = 404)),
+    security(("apiKey" = [])))]
+pub(crate) async fn get_order(
+    State(state): State<AppState>,
+    ApiUser(caller): ApiUser,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let id = path_order_id(&id)?;
+    let order = state.exchange().order_of(&id, &caller).await?;
+    Ok(Json(OrderView::from(&order)))
+}
+
+/// Cancels one of the caller's open orders and releases its reservation.
+#[utoipa::path(delete, path = "/v2/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "Order id")),
+    responses((status = 200, body = OrderView), (status = 401), (status = 404), (status = 409, description = "Not open")),
+    security(("apiKey" = [])))]
+pub(crate) async fn cancel_order(
+    State(state): State<AppState>,
+    ApiUser(caller): ApiUser,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let id = path_order_id(&id)?;
+    let order = state.exchange().cancel(&id, &caller).await?;
+    Ok(Json(OrderView::from(&order)))
+}
