@@ -1,11 +1,12 @@
 //! Health gates: the relayer's own metrics, scraped from the pods under test.
 //!
 //! Pure core: [`parse`] reads the Prometheus/OpenMetrics text a relayer serves on `/metrics`
-//! into a [`Scrape`] ([`Exposition`] keeps every line, for readers of one series by name and
-//! labels, where a missing series is an error); [`Scrape::delta`] turns two scrapes of one pod into a [`Window`] (counter
-//! resets handled); [`judge`] gives a sample's [`Sample`] verdict against a [`GateSpec`],
-//! optionally relative to the active colour's window; a [`Tally`] folds samples, inconclusive
-//! samples and scrape errors into the gate's verdict.
+//! into a [`Scrape`], with the relayer's own line parser ([`parse_line`], re-exported from
+//! [`relayer::exposition`] with [`Exposition`], which keeps every line for readers of one
+//! series by name and labels); [`Scrape::delta`] turns two scrapes of one pod into a
+//! [`Window`] (counter resets handled); [`judge`] gives a sample's [`Sample`] verdict against a
+//! [`GateSpec`], optionally relative to the active colour's window; a [`Tally`] folds samples,
+//! inconclusive samples and scrape errors into the gate's verdict.
 //!
 //! Thin shell ([`runner`]): a task per running gate scrapes every pod under test at the
 //! gate's interval, optionally drives a bounded probe load at them, and reports each new tally;
@@ -13,9 +14,12 @@
 //! left. The only network client is [`runner::get`] (hyper's HTTP/1.1 client), bounded by a
 //! timeout and a body cap.
 //!
-//! May use: [`crate::crd`] only; [`runner`] uses the pure core here and nothing else.
+//! May use: [`crate::crd`] and [`relayer::exposition`] only; [`runner`] uses the pure core here
+//! and nothing else.
 
 use std::collections::BTreeMap;
+
+pub use relayer::exposition::{Exposition, ParseError, SampleLine, SeriesError, parse_line};
 
 use crate::crd::{GateSpec, GateStatus, GateVerdict, InconclusivePolicy};
 
@@ -41,119 +45,6 @@ pub struct Scrape {
     pub sagas: BTreeMap<String, f64>,
     /// Breakers whose `foresight_circuit_breaker_state` is 1 (open).
     pub open_breakers: f64,
-}
-
-/// A line of the text format that could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {what}")]
-pub struct ParseError {
-    /// 1-based line number.
-    pub line: usize,
-    /// What was wrong.
-    pub what: String,
-}
-
-/// One sample line: name, labels, value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SampleLine {
-    /// Metric name (with suffixes such as `_total` or `_bucket`).
-    pub name: String,
-    /// Label pairs in order.
-    pub labels: Vec<(String, String)>,
-    /// The value.
-    pub value: f64,
-}
-
-impl SampleLine {
-    /// The value of label `key`, if the line has it.
-    pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parses one line of the text exposition; `None` for comments and blank lines.
-pub fn parse_line(line: &str, number: usize) -> Result<Option<SampleLine>, ParseError> {
-    let err = |what: &str| ParseError {
-        line: number,
-        what: what.to_owned(),
-    };
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return Ok(None);
-    }
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .ok_or_else(|| err("no value"))?;
-    let name = &line[..name_end];
-    if name.is_empty() {
-        return Err(err("empty metric name"));
-    }
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if let Some(body) = rest.strip_prefix('{') {
-        let mut chars = body.char_indices().peekable();
-        let mut end = None;
-        loop {
-            while chars.next_if(|(_, c)| *c == ' ' || *c == ',').is_some() {}
-            match chars.peek() {
-                Some((i, '}')) => {
-                    end = Some(*i);
-                    break;
-                }
-                None => break,
-                _ => {}
-            }
-            let mut key = String::new();
-            for (_, c) in chars.by_ref() {
-                if c == '=' {
-                    break;
-                }
-                key.push(c);
-            }
-            if chars.next().map(|(_, c)| c) != Some('"') {
-                return Err(err("label value is not quoted"));
-            }
-            let mut value = String::new();
-            let mut closed = false;
-            while let Some((_, c)) = chars.next() {
-                match c {
-                    '\\' => match chars.next().map(|(_, c)| c) {
-                        Some('n') => value.push('\n'),
-                        Some(other) => value.push(other),
-                        None => return Err(err("dangling escape")),
-                    },
-                    '"' => {
-                        closed = true;
-                        break;
-                    }
-                    other => value.push(other),
-                }
-            }
-            if !closed {
-                return Err(err("unterminated label value"));
-            }
-            labels.push((key.trim().to_owned(), value));
-        }
-        let end = end.ok_or_else(|| err("unterminated label set"))?;
-        rest = &body[end + 1..];
-    }
-    let value = rest
-        .split_whitespace()
-        .next()
-        .ok_or_else(|| err("no value"))?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().map_err(|_| err("value is not a number"))?,
-    };
-    Ok(Some(SampleLine {
-        name: name.to_owned(),
-        labels,
-        value,
-    }))
 }
 
 /// Reads the series a gate needs from a `/metrics` text.
@@ -559,10 +450,7 @@ impl Tally {
     }
 }
 
-mod exposition;
 pub mod runner;
-
-pub use exposition::{Exposition, SeriesError};
 
 #[cfg(test)]
 mod tests;

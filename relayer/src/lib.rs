@@ -5,6 +5,8 @@
 //! # Layout
 //! Rooms, each using only rooms listed before it (`relayer/tests/layering.rs` holds the crate
 //! to this order):
+//! - [`exposition`]: the parser of the Prometheus text on `/metrics` (the operator's gates and
+//!   the tests read it with this one). Pure.
 //! - [`clock`]: the one wall clock ([`clock::Clock`]: system and manual).
 //! - [`domain`]: identifiers, orders, fills, balances and their validation. Pure.
 //! - [`book`]: one market's order book and its matching rules. Pure.
@@ -24,11 +26,12 @@
 //!
 //! [`config`] (the typed configuration, also `spec.config` of a RelayerDeployment) may be used
 //! by every room; it uses only the leaf config modules [`ratelimit::config`] and
-//! [`resilience::config`], which use nothing of the crate. These three (and
-//! [`resilience::backoff`]) are all that is built without the `server` feature.
+//! [`resilience::config`], which use nothing of the crate. These three, [`exposition`]
+//! and [`resilience::backoff`] are all that is built without the `server` feature.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod exposition;
 pub mod ratelimit;
 pub mod resilience;
 

@@ -1,6 +1,6 @@
-//! Reading a Prometheus / OpenMetrics text exposition in tests, with the parser the operator's
-//! health gates use ([`relayer_operator::gates::parse_line`]), so tests and gates cannot read
-//! a text differently.
+//! Reading a Prometheus / OpenMetrics text exposition in tests, with the reader the operator's
+//! health gates use ([`relayer_operator::gates::Exposition`], the relayer's own parser), so
+//! tests and gates cannot read a text differently.
 //!
 //! A series that is not there is an error naming it, never 0: a misspelt metric name cannot
 //! pass `assert_eq!(value, 0.0)`.
@@ -8,41 +8,26 @@
 //! Uses the operator library (`gates`) only.
 
 use anyhow::Context as _;
-use relayer_operator::gates::{SampleLine, parse_line};
+use relayer_operator::gates;
 
 /// Every sample of one exposition.
 #[derive(Debug, Clone)]
-pub struct Exposition {
-    samples: Vec<SampleLine>,
-}
+pub struct Exposition(gates::Exposition);
 
 impl Exposition {
     /// Parses `text`; a line the gates could not read is an error.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let mut samples = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if let Some(sample) = parse_line(line, i + 1).context("a Prometheus text line")? {
-                samples.push(sample);
-            }
-        }
-        Ok(Self { samples })
+        gates::Exposition::parse(text)
+            .map(Self)
+            .context("a Prometheus text line")
     }
 
     /// Sum of the series of `name` whose labels include every pair of `labels` (all series of
     /// `name` for `&[]`); an error naming the metric when no series matches.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
-        let mut matching = self
-            .samples
-            .iter()
-            .filter(|s| s.name == name && has_labels(s, labels))
-            .peekable();
-        if matching.peek().is_none() {
-            anyhow::bail!(
-                "no series {name}{labels:?} in the exposition (series present: {})",
-                self.names().join(", ")
-            );
-        }
-        Ok(matching.map(|s| s.value).sum())
+        self.0
+            .sum(name, labels)
+            .with_context(|| format!("series present: {}", self.names().join(", ")))
     }
 
     /// Like [`Exposition::get`] over every label set; panics naming the metric when it has no
@@ -57,12 +42,9 @@ impl Exposition {
     pub fn buckets(&self, name: &str) -> anyhow::Result<Vec<(f64, f64)>> {
         let series = format!("{name}_bucket");
         let mut buckets: Vec<(f64, f64)> = Vec::new();
-        for sample in self.samples.iter().filter(|s| s.name == series) {
+        for sample in self.0.matching(&series, &[]) {
             let le = sample
-                .labels
-                .iter()
-                .find(|(k, _)| k == "le")
-                .map(|(_, v)| v.as_str())
+                .label("le")
                 .with_context(|| format!("{series} without an `le` label"))?;
             let le = match le {
                 "+Inf" => f64::INFINITY,
@@ -82,15 +64,9 @@ impl Exposition {
 
     /// The distinct metric names present, for error messages.
     fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.samples.iter().map(|s| s.name.as_str()).collect();
+        let mut names: Vec<&str> = self.0.samples().iter().map(|s| s.name.as_str()).collect();
         names.sort_unstable();
         names.dedup();
         names
     }
-}
-
-fn has_labels(sample: &SampleLine, labels: &[(&str, &str)]) -> bool {
-    labels
-        .iter()
-        .all(|(k, v)| sample.labels.iter().any(|(sk, sv)| sk == k && sv == v))
 }
