@@ -372,12 +372,13 @@ fn ensure_gate(
                 revision,
                 tally,
             },
-            // NB: relative gates compare with `state.other()`, as before this module existed;
-            // for a pre-promotion gate that is the preview itself.
+            // A relative gate judges the colour under test against the other one: before the
+            // promotion the preview against the active colour, after it the new active colour
+            // against the old one kept warm.
             start: Some(GateStart {
                 spec,
                 under_test,
-                compare_with: state.other(),
+                compare_with: under_test.other(),
             }),
         });
     }

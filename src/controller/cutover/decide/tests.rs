@@ -187,6 +187,11 @@ fn an_available_preview_starts_the_pre_promotion_gate_fresh_on_the_preview() {
     assert_eq!(wanted.gate.tally, Tally::new("prePromotion", "r2"));
     let start = wanted.start.as_ref().expect("started by this reconcile");
     assert_eq!(start.under_test, Color::Green);
+    assert_eq!(
+        start.compare_with,
+        Color::Blue,
+        "a relative gate judges the preview against the active colour, not itself"
+    );
     assert_eq!(start.spec, gate_spec());
     let recorded = &d.state.rollout.gates;
     assert_eq!(recorded.len(), 1);
