@@ -169,6 +169,8 @@ pub fn check_all(windows: &mut [(&mut Window, Spec)], now_ms: u64) -> Vec<Outcom
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     const SPEC: Spec = Spec {
@@ -234,40 +236,39 @@ mod tests {
         assert_eq!(o.count, 51);
     }
 
-    #[test]
-    fn never_admits_more_than_the_exact_log_and_lags_it_by_at_most_one_bucket() {
-        // Deterministic pseudo-random arrival times over five windows.
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut times: Vec<u64> = (0..5_000)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed % 300_000
-            })
-            .collect();
-        times.sort_unstable();
-        let mut w = Window::default();
-        let mut log: Vec<u64> = Vec::new();
-        let longer = Spec {
-            window_ms: SPEC.window_ms + SPEC.bucket_ms(),
-            ..SPEC
-        };
-        for t in times {
-            let exact_before = exact_count(&log, &SPEC, t);
-            let o = admit(&mut w, SPEC, t);
-            if o.allowed {
-                log.push(t);
-                assert!(exact_before < SPEC.limit, "over-admitted at {t}");
-            } else {
-                // Denied only when an exact log with a window one bucket longer is full.
-                assert!(
-                    exact_count(&log, &longer, t) >= SPEC.limit,
-                    "denied at {t} without cause"
-                );
+    proptest! {
+        // NB: each case is 5,000 arrivals over five windows; a few dozen such runs cover the
+        // boundaries well without slowing the suite.
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn never_admits_more_than_the_exact_log_and_lags_it_by_at_most_one_bucket(
+            mut times in prop::collection::vec(0u64..300_000, 5_000)
+        ) {
+            times.sort_unstable();
+            let mut w = Window::default();
+            let mut log: Vec<u64> = Vec::new();
+            let longer = Spec {
+                window_ms: SPEC.window_ms + SPEC.bucket_ms(),
+                ..SPEC
+            };
+            for t in times {
+                let exact_before = exact_count(&log, &SPEC, t);
+                let o = admit(&mut w, SPEC, t);
+                if o.allowed {
+                    log.push(t);
+                    prop_assert!(exact_before < SPEC.limit, "over-admitted at {}", t);
+                } else {
+                    // Denied only when an exact log with a window one bucket longer is full.
+                    prop_assert!(
+                        exact_count(&log, &longer, t) >= SPEC.limit,
+                        "denied at {} without cause",
+                        t
+                    );
+                }
+                prop_assert!(exact_count(&log, &SPEC, t) <= SPEC.limit);
+                prop_assert_eq!(w.count(), w.buckets.iter().map(|(_, c)| c).sum::<u64>());
             }
-            assert!(exact_count(&log, &SPEC, t) <= SPEC.limit);
-            assert_eq!(w.count(), w.buckets.iter().map(|(_, c)| c).sum::<u64>());
         }
     }
 
