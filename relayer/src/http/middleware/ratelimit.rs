@@ -310,6 +310,7 @@ where
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
