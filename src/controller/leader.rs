@@ -5,17 +5,17 @@
 //! kube 5 has no leader election of its own.
 //!
 //! Pure core: [`decide`] (Lease record × this candidate's clock → [`Decision`]); the
-//! [`Elector`] around it reads and writes the Lease and waits between attempts with the
-//! workspace's one backoff schedule (`relayer::resilience::backoff`).
+//! [`Elector`] around it reads and writes the Lease and waits a fixed `retry_period` between
+//! attempts, as client-go does (no backoff: a candidate must try at least once per period to
+//! take over in time).
 //!
-//! May use: [`crate::Result`] and `relayer::resilience::backoff`; nothing else of the crate.
+//! May use: [`crate::Result`]; nothing else of the crate.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
-use relayer::resilience::backoff::Backoff;
 use tokio::sync::watch;
 
 use crate::Result;
@@ -40,13 +40,6 @@ impl Timing {
             renew_deadline: lease_duration * 2 / 3,
             retry_period: lease_duration / 5,
         }
-    }
-
-    /// The pause between attempts to acquire or renew.
-    // NB: client-go retries at a fixed period, so the schedule starts at its cap: every delay
-    // is `retry_period`. A schedule still, so the wait is written like every other retry loop.
-    pub fn retry_backoff(&self) -> Backoff {
-        Backoff::doubling(self.retry_period, self.retry_period)
     }
 }
 
@@ -178,14 +171,13 @@ impl Elector {
 
     /// Waits until this candidate holds the Lease.
     pub async fn acquire(&mut self) {
-        let mut backoff = self.timing.retry_backoff();
         loop {
             match self.try_acquire_or_renew().await {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(error) => tracing::warn!(%error, "acquiring the leader lease"),
             }
-            tokio::time::sleep(backoff.next_delay()).await;
+            tokio::time::sleep(self.timing.retry_period).await;
         }
     }
 
@@ -193,19 +185,15 @@ impl Elector {
     /// `leading` and returns) or `leading` has no receivers left.
     pub async fn keep_renewing(&mut self, leading: watch::Sender<bool>) {
         let mut last_renew = Instant::now();
-        let mut backoff = self.timing.retry_backoff();
         loop {
             tokio::select! {
-                () = tokio::time::sleep(backoff.next_delay()) => {}
+                () = tokio::time::sleep(self.timing.retry_period) => {}
                 () = leading.closed() => return,
             }
             let attempt =
                 tokio::time::timeout(self.timing.renew_deadline, self.try_acquire_or_renew()).await;
             match attempt {
-                Ok(Ok(true)) => {
-                    last_renew = Instant::now();
-                    backoff.reset();
-                }
+                Ok(Ok(true)) => last_renew = Instant::now(),
                 Ok(Ok(false)) => {
                     tracing::warn!("the leader lease was taken by another instance");
                     let _ = leading.send(false);
@@ -291,9 +279,6 @@ mod tests {
     #[test]
     fn attempts_are_retried_at_the_fixed_retry_period() {
         let timing = Timing::from_lease_duration(Duration::from_secs(15));
-        let mut backoff = timing.retry_backoff();
-        for _ in 0..5 {
-            assert_eq!(backoff.next_delay(), Duration::from_secs(3));
-        }
+        assert_eq!(timing.retry_period, Duration::from_secs(3));
     }
 }
