@@ -124,6 +124,8 @@ pub struct OrderBook {
     next_seq: u64,
     /// Placements by taker order id (see the module docs).
     recorded: HashMap<String, Recorded>,
+    /// Orders their owner cancelled ([`OrderBook::cancel_once`]).
+    cancelled_by_owner: std::collections::HashSet<String>,
 }
 
 impl OrderBook {
@@ -182,6 +184,7 @@ impl OrderBook {
             let amount = order.remaining().min(maker.remaining());
             let price = maker.price;
             let trade_id = trade_id(&order.order_id, fills.len());
+            let maker_client_order_id = maker.client_order_id.clone();
             let taker_order_id = order.order_id.clone();
             let market_key = order.market_key.clone();
             let (buy, sell) = match order.side {
@@ -198,6 +201,7 @@ impl OrderBook {
                 trade_id,
                 market_key,
                 maker_order_id: maker_id.clone(),
+                maker_client_order_id,
                 taker_order_id,
                 buyer: buy.user_id.clone(),
                 seller: sell.user_id.clone(),
@@ -385,6 +389,27 @@ impl OrderBook {
                 levels.remove(&order.price);
             }
         }
+        Ok(order)
+    }
+
+    /// [`OrderBook::cancel`], recorded: with `replay`, an order its owner already cancelled
+    /// answers the cancelled order again (a retried cancellation, whose release is still
+    /// due once), while one cancelled otherwise (self-trade prevention, an undone match) is
+    /// still [`CancelError::NotOpen`].
+    pub fn cancel_once(
+        &mut self,
+        order_id: &str,
+        user: &crate::domain::UserId,
+        replay: bool,
+    ) -> Result<Order, CancelError> {
+        if replay
+            && self.cancelled_by_owner.contains(order_id)
+            && let Some(order) = self.orders.get(order_id).filter(|o| &o.user_id == user)
+        {
+            return Ok(order.clone());
+        }
+        let order = self.cancel(order_id, user)?;
+        self.cancelled_by_owner.insert(order_id.to_owned());
         Ok(order)
     }
 

@@ -217,8 +217,14 @@ pub fn ceil_div_scale(notional: u128) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
-    /// Idempotency key and identifier.
+    /// The relayer's id of this placement, unique for ever (a new one for every placement,
+    /// even of a reused client order id): the book's key, the saga's id, and the base of the
+    /// trade ids and operation ids. (Records of older builds have the client's id here.)
     pub order_id: String,
+    /// The client's order id (its idempotency key, unique per user); empty in records of
+    /// older builds, where it is [`Order::order_id`] (see [`Order::client_id`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_order_id: String,
     /// Market it trades in.
     pub market_key: MarketKey,
     /// Owner.
@@ -262,6 +268,7 @@ impl Order {
         };
         Self {
             order_id,
+            client_order_id: String::new(),
             market_key,
             user_id,
             side,
@@ -274,6 +281,21 @@ impl Order {
             status: OrderStatus::Open,
             seq: 0,
             created_at_ms,
+        }
+    }
+
+    /// The same order under the client's order id `client_order_id`.
+    pub fn with_client_id(mut self, client_order_id: String) -> Self {
+        self.client_order_id = client_order_id;
+        self
+    }
+
+    /// The client's order id: what the API shows and the user refers to.
+    pub fn client_id(&self) -> &str {
+        if self.client_order_id.is_empty() {
+            &self.order_id
+        } else {
+            &self.client_order_id
         }
     }
 
@@ -309,8 +331,12 @@ pub struct Fill {
     pub trade_id: String,
     /// Market.
     pub market_key: MarketKey,
-    /// The resting order.
+    /// The resting order (its placement id, [`Order::order_id`]).
     pub maker_order_id: String,
+    /// The resting order's client order id (what the API shows); empty in records of older
+    /// builds, where it is `maker_order_id`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub maker_client_order_id: String,
     /// The incoming order.
     pub taker_order_id: String,
     /// The buying user.
@@ -330,6 +356,26 @@ pub struct Fill {
     /// Collateral released back to the buyer because the buy order completed with this fill
     /// (price improvement and rounding left over from its reservation).
     pub buyer_refund: u64,
+}
+
+impl Fill {
+    /// The resting order's client order id (see [`Fill::maker_client_order_id`]).
+    pub fn maker_client_id(&self) -> &str {
+        if self.maker_client_order_id.is_empty() {
+            &self.maker_order_id
+        } else {
+            &self.maker_client_order_id
+        }
+    }
+
+    /// The resting order's owner.
+    pub fn maker_user(&self) -> &UserId {
+        if self.maker_order_id == self.buy_order_id {
+            &self.buyer
+        } else {
+            &self.seller
+        }
+    }
 }
 
 /// Where a quantity sits in an account.

@@ -3,18 +3,17 @@
 //! library); this module decides business outcomes and keeps every balance move paired with
 //! its counterpart.
 //!
-//! Placement: claim the order id (idempotency), then run the order saga
-//! ([`crate::order_saga`]: validate → reserve → match → settle → update balances, with its
-//! compensations and durable log). A step refused for a business reason (insufficient
-//! balance) undoes the steps before it.
+//! Placement: every placement gets a placement id of its own (unique for ever: the book's
+//! key, the saga's id, the base of its trade ids, settlement keys and operation ids) and runs
+//! the order saga ([`crate::order_saga`]: validate and claim the user's order id → reserve →
+//! match → settle → update balances, with its compensations and durable log), detached from
+//! the caller, who waits for the outcome at most the placement wait (`limits.placementWaitMs`)
+//! and otherwise gets [`Placed::Pending`]. An order id names one placement attempt for ever:
+//! a repeat with the same request replays its outcome, success or failure; one with another
+//! request is a conflict.
 //!
-//! Cancellation: once the book has changed, the balance step that follows (releasing the
-//! order's reservation) must happen. It runs in a task of its own, at most once (an operation
-//! id), so neither a store outage nor a cancelled request leaves it undone while this process
-//! lives: on a store error the caller gets the error at once and the task keeps retrying (with
-//! a doubling [`Backoff`]) until the store answers. Known limit: cancellations are not in the
-//! durable saga log, so a process that dies with such a task pending leaves the reservation
-//! in place.
+//! Cancellation: durable, through the saga log ([`OrderSagas::cancel`]): once the book has
+//! changed, the release of the order's reservation happens, if not now then by recovery.
 //!
 //! May use: `config`, `domain`, `book`, `store`, `resilience`, `settlement`, `order_saga`;
 //! never the HTTP rooms.
@@ -23,11 +22,12 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::book::{CancelError, Level};
+use crate::book::Level;
 use crate::domain::{Account, Asset, BalanceError, MarketKey, Move, Order, Side, UserId};
-use crate::order_saga::{Ended, OrderSagas};
-use crate::resilience::backoff::Backoff;
-use crate::store::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, Store, StoreError};
+use crate::order_saga::{CancelEnded, Ended, OrderSagas};
+use crate::store::{
+    ApiKeyRecord, Claim, FailedPlacement, PlacementRecord, Store, StoreError,
+};
 
 /// A business or infrastructure failure of a use case.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +41,12 @@ pub enum ExchangeError {
     /// The order id is in use by a different placement.
     #[error("orderId {0} is already used by a different order")]
     OrderIdConflict(String),
-    /// The order id's first placement has not finished yet.
-    #[error("orderId {0} is still being placed")]
-    PlacementInProgress(String),
+    /// The placement failed earlier (this repeats its answer).
+    #[error("{}", .0.message)]
+    Replayed(FailedPlacement),
+    /// The placement was undone (not for a business reason); the order id is spent.
+    #[error("{1}")]
+    NotPlaced(String, String),
     /// No such order (or not the caller's).
     #[error("order not found")]
     OrderNotFound,
@@ -56,25 +59,45 @@ pub enum ExchangeError {
     /// Settlement said "not settled"; the order was undone and nothing stays reserved.
     #[error("settlement unavailable: {0}")]
     SettlementUnavailable(String),
-    /// Settlement could not be confirmed; the order will be completed by recovery.
-    #[error("settlement of order {0} is not confirmed yet; it will be completed")]
-    SettlementPending(String),
-    /// The saga could neither finish nor compensate: parked for manual handling.
-    #[error("order {0} needs manual handling: {1}")]
-    Manual(String, String),
 }
 
-/// First and largest pause between retries of a balance step that must happen (doubling in
-/// between).
-const STEP_RETRY_MIN: Duration = Duration::from_millis(50);
-const STEP_RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long a placement is waited for by default (`limits.placementWaitMs`).
+pub const DEFAULT_PLACEMENT_WAIT: Duration = Duration::from_secs(5);
 
-/// One account's part of a book change: moves applied at most once under `op_id`.
-#[derive(Debug, Clone)]
-struct Step {
-    user: UserId,
-    op_id: String,
-    moves: Vec<Move>,
+/// How often a repeat of a placement still running looks at its claim again.
+const CLAIM_POLL: Duration = Duration::from_millis(25);
+
+/// The answer to a placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    /// Finished: placed (or replayed).
+    Done(Placement),
+    /// Still running after the wait (or parked for a person): the order id and its state,
+    /// `pending` or `manual`. `GET /v2/orders/{id}` shows it later.
+    Pending {
+        /// The client's order id.
+        order_id: String,
+        /// `pending` or `manual`.
+        state: &'static str,
+    },
+}
+
+/// What `GET /v2/orders/{id}` finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// The order in the book.
+    Order(Order),
+    /// Its placement is still running (not in the book yet).
+    Pending,
+}
+
+/// The answer to a cancellation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    /// Out of the book and its reservation released.
+    Done(Order),
+    /// Out of the book or about to be; the release is logged and recovery finishes it.
+    Pending,
 }
 
 /// A validated order to place.
@@ -119,6 +142,7 @@ pub struct Placement {
 pub struct Exchange {
     store: Store,
     sagas: OrderSagas,
+    placement_wait: Duration,
 }
 
 impl Exchange {
@@ -131,12 +155,16 @@ impl Exchange {
             crate::settlement::Settlement::Embedded(std::sync::Arc::default()),
             None,
         );
-        Self { store, sagas }
+        Self::with_sagas(store, sagas)
     }
 
     /// An exchange over `store` running order sagas with `sagas`.
     pub fn with_sagas(store: Store, sagas: OrderSagas) -> Self {
-        Self { store, sagas }
+        Self {
+            store,
+            sagas,
+            placement_wait: DEFAULT_PLACEMENT_WAIT,
+        }
     }
 
     /// The order sagas.
@@ -149,179 +177,141 @@ impl Exchange {
         &self.store
     }
 
-    /// Places an order (idempotent on its id).
-    pub async fn place(&self, new: NewOrder, now_ms: u64) -> Result<Placement, ExchangeError> {
-        let claim = Claim {
-            fingerprint: new.fingerprint(),
-            market_key: new.market_key.clone(),
-            user_id: new.user_id.clone(),
-            result: None,
-        };
-        match self
-            .store
-            .claim_order_id(&new.order_id, claim.clone())
-            .await?
-        {
-            ClaimOutcome::Claimed => {}
-            ClaimOutcome::Existing(existing) => {
-                if existing.fingerprint != claim.fingerprint {
-                    return Err(ExchangeError::OrderIdConflict(new.order_id));
-                }
-                return match existing.result {
-                    Some(record) => Ok(Placement {
-                        record,
-                        replayed: true,
-                    }),
-                    None => Err(ExchangeError::PlacementInProgress(new.order_id)),
-                };
-            }
-        }
+    /// The same exchange waiting at most `wait` for a placement's outcome.
+    pub fn with_placement_wait(mut self, wait: Duration) -> Self {
+        self.placement_wait = wait;
+        self
+    }
 
+    /// Places an order (idempotent on the user's order id; see the module docs).
+    pub async fn place(&self, new: NewOrder, now_ms: u64) -> Result<Placed, ExchangeError> {
+        let deadline = tokio::time::Instant::now() + self.placement_wait;
+        let placement_id = uuid::Uuid::new_v4().simple().to_string();
         let order = Order::new(
-            new.order_id.clone(),
+            placement_id,
             new.market_key.clone(),
             new.user_id.clone(),
             new.side,
             new.price,
             new.amount,
             now_ms,
-        );
-        match self.sagas.run(order).await {
-            Ended::Completed(record) => Ok(Placement {
+        )
+        .with_client_id(new.order_id.clone());
+        let mut rx = self.sagas.start(order, new.fingerprint());
+        let ended = tokio::time::timeout_at(
+            deadline,
+            rx.wait_for(|e| e.as_ref().is_some_and(|e| !e.is_pending())),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|e| e.clone());
+        let pending = || Placed::Pending {
+            order_id: new.order_id.clone(),
+            state: "pending",
+        };
+        match ended {
+            None => Ok(pending()),
+            Some(Ended::Completed(record)) => Ok(Placed::Done(Placement {
                 record,
                 replayed: false,
-            }),
-            Ended::Refused(refused) => Err(ExchangeError::Balance(refused)),
-            Ended::NotSettled(why) => Err(ExchangeError::SettlementUnavailable(why)),
-            Ended::Compensated(why) => Err(ExchangeError::Internal(format!(
-                "order {} was undone: {why}",
-                new.order_id
-            ))),
-            Ended::Pending {
-                settlement: true, ..
-            } => Err(ExchangeError::SettlementPending(new.order_id)),
-            // NB: as before the saga: the caller gets the store's 503 at once and the
-            // placement is carried on in the background.
-            Ended::Pending { error, .. } => {
-                Err(ExchangeError::Store(StoreError::Unavailable(error)))
+            })),
+            Some(Ended::Duplicate(existing)) => self.repeat(&new, existing, deadline).await,
+            Some(Ended::Refused(refused)) => Err(ExchangeError::Balance(refused)),
+            Some(Ended::NotSettled(why)) => Err(ExchangeError::SettlementUnavailable(why)),
+            Some(Ended::Compensated(why)) => Err(ExchangeError::NotPlaced(
+                new.order_id.clone(),
+                format!("order {} was not placed: {why}", new.order_id),
+            )),
+            Some(Ended::Pending { .. }) => Ok(pending()),
+            Some(Ended::Manual(why)) => {
+                tracing::error!(order = %new.order_id, %why, "order saga parked for manual handling");
+                Ok(Placed::Pending {
+                    order_id: new.order_id.clone(),
+                    state: "manual",
+                })
             }
-            Ended::Manual(why) => Err(ExchangeError::Manual(new.order_id, why)),
+            Some(Ended::Unavailable(why)) => Err(ExchangeError::Store(StoreError::Unavailable(why))),
         }
     }
 
-    /// Runs the balance steps that follow a book change, then records `finish` on its claim.
-    /// The caller gets the first store error at once; the steps go on in their own task until
-    /// they are all done (see the module docs).
-    async fn roll_forward(
+    /// The answer to a repeat of an order id that `existing` holds: a conflict for another
+    /// request, else the first placement's outcome, waited for until `deadline`.
+    async fn repeat(
         &self,
-        steps: Vec<Step>,
-        finish: Option<(String, PlacementRecord)>,
-    ) -> Result<(), ExchangeError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(self.clone().run_steps(steps, finish, tx));
-        rx.await.unwrap_or_else(|_| {
-            Err(ExchangeError::Internal(
-                "the balance steps stopped without an answer".to_owned(),
-            ))
-        })
-    }
-
-    async fn run_steps(
-        self,
-        steps: Vec<Step>,
-        finish: Option<(String, PlacementRecord)>,
-        tx: tokio::sync::oneshot::Sender<Result<(), ExchangeError>>,
-    ) {
-        let mut tx = Some(tx);
-        let mut backoff = Backoff::doubling(STEP_RETRY_MIN, STEP_RETRY_MAX);
-        let mut retried = false;
-        let mut pause = |error: StoreError,
-                         tx: &mut Option<
-            tokio::sync::oneshot::Sender<Result<(), ExchangeError>>,
-        >| {
-            retried = true;
-            if let Some(tx) = tx.take() {
-                tracing::warn!(%error, "store failed after a book change; retrying the balance steps in the background");
-                let _ = tx.send(Err(ExchangeError::Store(error)));
-            }
-            tokio::time::sleep(backoff.next_delay())
-        };
-        for step in &steps {
-            loop {
-                match self
-                    .store
-                    .apply_moves_once(&step.user, &step.op_id, &step.moves)
-                    .await
-                {
-                    Ok(Ok(_)) => break,
-                    Ok(Err(refused)) => {
-                        tracing::error!(user = %step.user, op_id = step.op_id, error = %refused, moves = ?step.moves, "balance move refused although the book accounted for it");
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(Err(ExchangeError::Internal(format!(
-                                "balance move for {} refused: {refused}",
-                                step.user
-                            ))));
-                        }
-                        return;
-                    }
-                    Err(error) => pause(error, &mut tx).await,
-                }
-            }
+        new: &NewOrder,
+        mut existing: Claim,
+        deadline: tokio::time::Instant,
+    ) -> Result<Placed, ExchangeError> {
+        if existing.fingerprint != new.fingerprint() {
+            return Err(ExchangeError::OrderIdConflict(new.order_id.clone()));
         }
-        if let Some((order_id, record)) = finish {
-            while let Err(error) = self.store.finish_claim(&order_id, record.clone()).await {
-                pause(error, &mut tx).await;
+        loop {
+            if let Some(record) = existing.result {
+                return Ok(Placed::Done(Placement {
+                    record,
+                    replayed: true,
+                }));
             }
-        }
-        if retried {
-            tracing::info!(
-                steps = steps.len(),
-                "balance steps completed after the store recovered"
-            );
-        }
-        if let Some(tx) = tx.take() {
-            let _ = tx.send(Ok(()));
+            if let Some(failed) = existing.failed {
+                return Err(ExchangeError::Replayed(failed));
+            }
+            if tokio::time::Instant::now() + CLAIM_POLL >= deadline {
+                return Ok(Placed::Pending {
+                    order_id: new.order_id.clone(),
+                    state: "pending",
+                });
+            }
+            tokio::time::sleep(CLAIM_POLL).await;
+            existing = match self.store.claim(&new.user_id, &new.order_id).await? {
+                Some(claim) => claim,
+                None => return Err(ExchangeError::OrderNotFound),
+            };
         }
     }
 
-    /// The order behind an id, if `user` owns it.
-    pub async fn order_of(&self, order_id: &str, user: &UserId) -> Result<Order, ExchangeError> {
+    /// The order behind `user`'s order id.
+    pub async fn order_of(&self, order_id: &str, user: &UserId) -> Result<Found, ExchangeError> {
         let claim = self
             .store
-            .claim(order_id)
+            .claim(user, order_id)
             .await?
-            .filter(|c| &c.user_id == user)
             .ok_or(ExchangeError::OrderNotFound)?;
-        self.store
-            .order(&claim.market_key, order_id)
-            .await?
-            .ok_or(ExchangeError::OrderNotFound)
-    }
-
-    /// Cancels an open order of `user` and releases its reservation.
-    pub async fn cancel(&self, order_id: &str, user: &UserId) -> Result<Order, ExchangeError> {
-        let claim = self
+        match self
             .store
-            .claim(order_id)
-            .await?
-            .filter(|c| &c.user_id == user)
-            .ok_or(ExchangeError::OrderNotFound)?;
-        let cancelled = match self
-            .store
-            .cancel_order(&claim.market_key, order_id, user)
+            .order(&claim.market_key, claim.placement(order_id))
             .await?
         {
-            Ok(order) => order,
-            Err(CancelError::NotFound) => return Err(ExchangeError::OrderNotFound),
-            Err(CancelError::NotOpen(status)) => {
-                return Err(ExchangeError::OrderNotOpen(
-                    format!("{status:?}").to_lowercase(),
-                ));
+            Some(order) => Ok(Found::Order(order)),
+            None if claim.result.is_none() && claim.failed.is_none() => Ok(Found::Pending),
+            None => Err(ExchangeError::OrderNotFound),
+        }
+    }
+
+    /// Cancels an open order of `user` and releases its reservation (durably: see the module
+    /// docs).
+    pub async fn cancel(&self, order_id: &str, user: &UserId) -> Result<Cancelled, ExchangeError> {
+        let claim = self
+            .store
+            .claim(user, order_id)
+            .await?
+            .ok_or(ExchangeError::OrderNotFound)?;
+        match self
+            .sagas
+            .cancel(&claim.market_key, claim.placement(order_id), user)
+            .await
+        {
+            CancelEnded::Cancelled(order) => Ok(Cancelled::Done(order)),
+            CancelEnded::Pending(why) => {
+                tracing::warn!(order = order_id, %why, "cancellation left to recovery");
+                Ok(Cancelled::Pending)
             }
-        };
-        self.roll_forward(release_step(&cancelled).into_iter().collect(), None)
-            .await?;
-        Ok(cancelled)
+            CancelEnded::NotFound => Err(ExchangeError::OrderNotFound),
+            CancelEnded::NotOpen(status) => Err(ExchangeError::OrderNotOpen(
+                format!("{status:?}").to_lowercase(),
+            )),
+            CancelEnded::Unavailable(why) => Err(ExchangeError::Store(StoreError::Unavailable(why))),
+        }
     }
 
     /// Credits a deposit.
@@ -401,16 +391,6 @@ impl Exchange {
     pub async fn revoke_api_key(&self, key_id: &str) -> Result<bool, ExchangeError> {
         Ok(self.store.delete_api_key(key_id).await?)
     }
-}
-
-/// Releases what an order that left the book still had reserved (an order leaves once).
-fn release_step(order: &Order) -> Option<Step> {
-    let amount = order.still_reserved();
-    (amount > 0).then(|| Step {
-        user: order.user_id.clone(),
-        op_id: format!("release:{}", order.order_id),
-        moves: vec![Move::release(order.reserved_asset(), amount)],
-    })
 }
 
 /// SHA-256 of an API key, hex. Keys carry 256 random bits, so an unsalted fast hash is enough.

@@ -4,7 +4,9 @@
 //! Shutdown, in order: the signal arrives → `/ready` answers 503 while requests are still
 //! served (`shutdown.readinessDelayMs`, so load balancers stop routing here) → the listener
 //! closes, new requests on open connections get 503, in-flight requests run to completion →
-//! after `shutdown.drainTimeoutMs` the process stops waiting for stragglers.
+//! the order sagas this process drives (they run detached from requests) are waited for →
+//! after `shutdown.drainTimeoutMs` in all the process stops waiting (a saga left is in the
+//! saga log, which any replica recovers).
 //!
 //! Room: after `http`, before `main`; uses [`crate::http`] (the application, its state and
 //! lifecycle flags).
@@ -54,8 +56,13 @@ pub async fn serve(
     );
     state.lifecycle().start_stopping();
     let _ = close_tx.send(());
+    let drained_by = tokio::time::Instant::now() + drain_timeout;
     match tokio::time::timeout(drain_timeout, &mut server).await {
         Ok(result) => {
+            let left = drained_by.saturating_duration_since(tokio::time::Instant::now());
+            if !state.exchange().sagas().wait_idle(left).await {
+                tracing::warn!("drain timeout: order sagas still running are left to recovery");
+            }
             tracing::info!("drained");
             result
         }

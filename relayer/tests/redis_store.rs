@@ -83,26 +83,48 @@ async fn finished_orders_and_their_claims_expire_and_open_ones_stay() {
             .cli(&["EXISTS", key])
             .is_some_and(|out| out.trim() == "1")
     };
-    assert!(exists("ret:{c:maker}") && exists("ret:{m:80002:1}:o:maker"));
+    // NB: a claim is keyed by its user and order id; the book keys an order by its placement.
+    let claim_key = |u: u8, id: &str| format!("ret:{{c:{}:{id}}}", user(u));
+    let placement = async |u: u8, id: &str| {
+        exchange
+            .store()
+            .claim(&user(u), id)
+            .await
+            .expect("store")
+            .expect("claimed")
+            .placement_id
+    };
+    let order_key = |placement: &str| format!("ret:{{m:80002:1}}:o:{placement}");
+    let (maker, taker, open) = (
+        placement(1, "maker").await,
+        placement(2, "taker").await,
+        placement(1, "open").await,
+    );
+    assert!(exists(&claim_key(1, "maker")) && exists(&order_key(&maker)));
     wait_for(
         "finished orders to expire",
         Duration::from_secs(10),
         async || {
-            !(exists("ret:{c:maker}")
-                || exists("ret:{m:80002:1}:o:maker")
-                || exists("ret:{c:taker}")
-                || exists("ret:{m:80002:1}:o:taker"))
+            !(exists(&claim_key(1, "maker"))
+                || exists(&order_key(&maker))
+                || exists(&claim_key(2, "taker"))
+                || exists(&order_key(&taker)))
         },
     )
     .await;
     // The partly filled order rests: it and its claim stay.
-    assert!(exists("ret:{c:open}") && exists("ret:{m:80002:1}:o:open"));
-    let o = exchange
+    assert!(exists(&claim_key(1, "open")) && exists(&order_key(&open)));
+    let found = exchange
         .order_of("open", &user(1))
         .await
         .expect("open order");
+    let relayer::exchange::Found::Order(o) = found else {
+        panic!("the open order is in the book: {found:?}");
+    };
     assert_eq!(o.filled, 4);
-    let ttl = server.cli(&["PTTL", "ret:{c:open}"]).unwrap_or_default();
+    let ttl = server
+        .cli(&["PTTL", &claim_key(1, "open")])
+        .unwrap_or_default();
     assert_eq!(ttl.trim(), "-1", "an open order's claim has no expiry");
     // Every key carries the prefix.
     let keys = server.cli(&["KEYS", "*"]).unwrap_or_default();

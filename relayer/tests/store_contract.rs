@@ -14,7 +14,10 @@ use relayer::domain::{
     Account, Asset, Balance, BalanceError, MarketKey, Move, OrderStatus, Side, UserId,
 };
 use relayer::exchange::Exchange;
-use relayer::store::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, RedisSettings, Store};
+use relayer::store::{
+    ApiKeyRecord, Claim, ClaimOutcome, FailedPlacement, FailureKind, Fence, PlacementRecord,
+    RedisSettings, Store, StoreError,
+};
 use support::fixtures::Order;
 use support::redis::RedisServer;
 
@@ -80,8 +83,8 @@ contract!(
     empty_share_balances_disappear,
     moves_with_an_operation_id_apply_once,
     a_refused_operation_id_is_not_remembered,
-    claims_are_first_come_and_keep_their_result,
-    a_dropped_claim_frees_the_id,
+    claims_are_first_come_per_user_and_keep_their_result,
+    a_failed_placement_keeps_its_failure_on_the_claim,
     finishing_a_missing_claim_changes_nothing,
     best_price_fills_first_then_earliest_at_that_price,
     trades_execute_at_the_maker_price_and_refund_the_improvement,
@@ -109,7 +112,8 @@ contract!(
     undo_releases_what_makers_that_left_the_book_since_still_reserve,
     undo_reopens_a_buy_maker_it_filled_with_its_paid_collateral_reverted,
     self_trade_cancellations_are_not_undone,
-    saga_entries_are_fenced_by_their_lease,
+    saga_entries_are_fenced_by_their_lease_and_epoch,
+    a_stale_fence_changes_nothing_once_a_newer_epoch_wrote,
 );
 
 fn user(n: u8) -> UserId {
@@ -353,11 +357,13 @@ fn claim(u: u8, fingerprint: &str) -> Claim {
         fingerprint: fingerprint.to_owned(),
         market_key: m1(),
         user_id: user(u),
+        placement_id: format!("p-{fingerprint}"),
         result: None,
+        failed: None,
     }
 }
 
-async fn claims_are_first_come_and_keep_their_result(store: Store) {
+async fn claims_are_first_come_per_user_and_keep_their_result(store: Store) {
     assert_eq!(
         store
             .claim_order_id("o1", claim(1, "f1"))
@@ -367,22 +373,47 @@ async fn claims_are_first_come_and_keep_their_result(store: Store) {
     );
     assert_eq!(
         store
-            .claim_order_id("o1", claim(2, "f2"))
+            .claim_order_id("o1", Claim { user_id: user(1), ..claim(2, "f2") })
             .await
             .expect("claim"),
         ClaimOutcome::Existing(claim(1, "f1"))
     );
+    // Another user's "o1" is another order id.
+    assert_eq!(
+        store
+            .claim_order_id("o1", claim(2, "f2"))
+            .await
+            .expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    // The same placement claiming again (a retried step) holds it.
+    assert_eq!(
+        store
+            .claim_order_id("o1", claim(1, "f1"))
+            .await
+            .expect("claim"),
+        ClaimOutcome::Claimed
+    );
     let outcome = place(
         &store,
-        Order::buy().id("o1").user(user(1)).price(500_000).amount(3),
+        Order::buy().id("p-f1").user(user(1)).price(500_000).amount(3),
     )
     .await;
     let record = PlacementRecord {
         order: outcome.order,
         fills: outcome.fills,
     };
+    // Only the placement holding the claim records on it.
     store
-        .finish_claim("o1", record.clone())
+        .finish_claim(&user(1), "o1", "p-other", record.clone(), None)
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.claim(&user(1), "o1").await.expect("claim"),
+        Some(claim(1, "f1"))
+    );
+    store
+        .finish_claim(&user(1), "o1", "p-f1", record.clone(), None)
         .await
         .expect("finish");
     let expected = Claim {
@@ -390,31 +421,51 @@ async fn claims_are_first_come_and_keep_their_result(store: Store) {
         ..claim(1, "f1")
     };
     assert_eq!(
-        store.claim("o1").await.expect("claim"),
+        store.claim(&user(1), "o1").await.expect("claim"),
         Some(expected.clone())
     );
     assert_eq!(
         store
-            .claim_order_id("o1", claim(1, "f1"))
+            .claim_order_id("o1", Claim { placement_id: "p-retry".to_owned(), ..claim(1, "f1") })
             .await
             .expect("claim"),
         ClaimOutcome::Existing(expected)
     );
+    assert_eq!(
+        store.claim(&user(2), "o1").await.expect("claim"),
+        Some(claim(2, "f2"))
+    );
+    assert_eq!(store.claim(&user(3), "o1").await.expect("claim"), None);
 }
 
-async fn a_dropped_claim_frees_the_id(store: Store) {
+async fn a_failed_placement_keeps_its_failure_on_the_claim(store: Store) {
     store
         .claim_order_id("o1", claim(1, "f1"))
         .await
         .expect("claim");
-    store.drop_claim("o1").await.expect("drop");
-    assert_eq!(store.claim("o1").await.expect("claim"), None);
+    let failed = FailedPlacement {
+        kind: FailureKind::NotSettled,
+        message: "settlement failed: 503".to_owned(),
+    };
+    store
+        .fail_claim(&user(1), "o1", "p-f1", failed.clone(), None)
+        .await
+        .expect("fail");
+    let held = Claim {
+        failed: Some(failed),
+        ..claim(1, "f1")
+    };
+    assert_eq!(
+        store.claim(&user(1), "o1").await.expect("claim"),
+        Some(held.clone())
+    );
+    // The id stays spent: a retry is answered the failure, never placed again.
     assert_eq!(
         store
-            .claim_order_id("o1", claim(2, "f2"))
+            .claim_order_id("o1", Claim { placement_id: "p-retry".to_owned(), ..claim(1, "f1") })
             .await
             .expect("claim"),
-        ClaimOutcome::Claimed
+        ClaimOutcome::Existing(held)
     );
 }
 
@@ -427,15 +478,18 @@ async fn finishing_a_missing_claim_changes_nothing(store: Store) {
         .book();
     store
         .finish_claim(
+            &user(1),
+            "ghost",
             "ghost",
             PlacementRecord {
                 order: o,
                 fills: vec![],
             },
+            None,
         )
         .await
         .expect("finish");
-    assert_eq!(store.claim("ghost").await.expect("claim"), None);
+    assert_eq!(store.claim(&user(1), "ghost").await.expect("claim"), None);
 }
 
 async fn best_price_fills_first_then_earliest_at_that_price(store: Store) {
@@ -797,13 +851,13 @@ async fn cancel_is_owner_only_and_once(store: Store) {
     .await;
     assert_eq!(
         store
-            .cancel_order(&m1(), "bid", &user(2))
+            .cancel_order(&m1(), "bid", &user(2), None)
             .await
             .expect("store"),
         Err(CancelError::NotFound)
     );
     let cancelled = store
-        .cancel_order(&m1(), "bid", &user(1))
+        .cancel_order(&m1(), "bid", &user(1), None)
         .await
         .expect("store")
         .expect("owner cancels");
@@ -811,7 +865,7 @@ async fn cancel_is_owner_only_and_once(store: Store) {
     assert_eq!(cancelled.still_reserved(), 2);
     assert_eq!(
         store
-            .cancel_order(&m1(), "bid", &user(1))
+            .cancel_order(&m1(), "bid", &user(1), None)
             .await
             .expect("store"),
         Err(CancelError::NotOpen(OrderStatus::Cancelled))
@@ -852,7 +906,7 @@ async fn a_filled_order_cannot_be_cancelled(store: Store) {
     .await;
     assert_eq!(
         store
-            .cancel_order(&m1(), "ask", &user(1))
+            .cancel_order(&m1(), "ask", &user(1), None)
             .await
             .expect("store"),
         Err(CancelError::NotOpen(OrderStatus::Filled))
@@ -862,7 +916,7 @@ async fn a_filled_order_cannot_be_cancelled(store: Store) {
 async fn cancel_in_an_unknown_market_finds_nothing(store: Store) {
     assert_eq!(
         store
-            .cancel_order(&market("1:nowhere"), "x", &user(1))
+            .cancel_order(&market("1:nowhere"), "x", &user(1), None)
             .await
             .expect("store"),
         Err(CancelError::NotFound)
@@ -970,7 +1024,7 @@ async fn open_orders_list_in_arrival_order_optionally_by_user(store: Store) {
     )
     .await; // partly fills "a"
     store
-        .cancel_order(&m1(), "d", &user(3))
+        .cancel_order(&m1(), "d", &user(3), None)
         .await
         .expect("store")
         .expect("cancel");
@@ -1498,7 +1552,7 @@ async fn undo_releases_what_makers_that_left_the_book_since_still_reserve(store:
     )
     .await;
     let cancelled = store
-        .cancel_order(&m1(), "a1", &user(1))
+        .cancel_order(&m1(), "a1", &user(1), None)
         .await
         .expect("store")
         .expect("open");
@@ -1587,23 +1641,44 @@ async fn self_trade_cancellations_are_not_undone(store: Store) {
     assert!(bids.is_empty() && asks.is_empty(), "{bids:?} {asks:?}");
 }
 
-async fn saga_entries_are_fenced_by_their_lease(store: Store) {
-    let entry = |owner: &str, lease: u64, state: &str| relayer::store::SagaEntry {
+async fn saga_entries_are_fenced_by_their_lease_and_epoch(store: Store) {
+    let entry = |owner: &str, epoch: u64, lease: u64, state: &str| relayer::store::SagaEntry {
         id: "o-1".to_owned(),
         owner: owner.to_owned(),
+        epoch,
         lease_until_ms: lease,
         state: state.to_owned(),
         record: format!("{{\"by\":\"{owner}\"}}"),
     };
     assert!(
+        !store
+            .saga_write(&entry("a", 1, 1_000, "running"), false)
+            .await
+            .expect("write"),
+        "no entry to update"
+    );
+    assert!(
         store
-            .saga_write(&entry("a", 1_000, "running"))
+            .saga_write(&entry("a", 0, 1_000, "running"), true)
             .await
             .expect("write")
     );
     assert!(
         !store
-            .saga_write(&entry("b", 1_000, "running"))
+            .saga_write(&entry("b", 0, 1_000, "running"), true)
+            .await
+            .expect("write"),
+        "created once"
+    );
+    assert!(
+        !store
+            .saga_write(&entry("b", 1, 1_000, "running"), false)
+            .await
+            .expect("write")
+    );
+    assert!(
+        store
+            .saga_write(&entry("a", 1, 1_000, "running"), false)
             .await
             .expect("write")
     );
@@ -1630,22 +1705,31 @@ async fn saga_entries_are_fenced_by_their_lease(store: Store) {
     assert_eq!(
         (
             taken.owner.as_str(),
+            taken.epoch,
             taken.lease_until_ms,
             taken.record.as_str()
         ),
-        ("b", 3_000, "{\"by\":\"a\"}")
+        ("b", 2, 3_000, "{\"by\":\"a\"}"),
+        "a new owner gets the next epoch"
     );
+    let renewed = store
+        .saga_claim("o-1", "b", 3_500, 1_002)
+        .await
+        .expect("claim")
+        .expect("its own");
+    assert_eq!(renewed.epoch, 2, "renewing keeps the epoch");
     assert!(
         !store
-            .saga_write(&entry("a", 9_000, "running"))
+            .saga_write(&entry("a", 1, 9_000, "running"), false)
             .await
             .expect("write"),
         "the old owner is fenced off"
     );
-    assert!(!store.saga_delete("o-1", "a").await.expect("delete"));
+    assert!(!store.saga_delete("o-1", "a", 1).await.expect("delete"));
+    assert!(!store.saga_delete("o-1", "b", 1).await.expect("delete"));
     assert!(
         store
-            .saga_write(&entry("b", 4_000, "manual"))
+            .saga_write(&entry("b", 2, 4_000, "manual"), false)
             .await
             .expect("write")
     );
@@ -1658,7 +1742,67 @@ async fn saga_entries_are_fenced_by_their_lease(store: Store) {
         "a manual saga is not claimed"
     );
     let listed = store.saga_list().await.expect("list");
-    assert_eq!(listed, vec![entry("b", 4_000, "manual")]);
-    assert!(store.saga_delete("o-1", "b").await.expect("delete"));
+    assert_eq!(listed, vec![entry("b", 2, 4_000, "manual")]);
+    assert!(store.saga_delete("o-1", "b", 2).await.expect("delete"));
     assert!(store.saga_list().await.expect("list").is_empty());
+    assert!(
+        !store
+            .saga_write(&entry("b", 2, 4_000, "running"), false)
+            .await
+            .expect("write"),
+        "a finished saga's entry is not written again by a late writer"
+    );
+}
+
+async fn a_stale_fence_changes_nothing_once_a_newer_epoch_wrote(store: Store) {
+    let far = u64::MAX / 2;
+    let fence = |epoch: u64| Fence {
+        saga_id: "s-1".to_owned(),
+        epoch,
+        lease_until_ms: far,
+    };
+    apply(&store, 1, &[Move::credit(Asset::Collateral, 10)])
+        .await
+        .expect("deposit");
+    let reserve = [Move::reserve(Asset::Collateral, 2)];
+    store
+        .apply_moves_fenced(&user(1), "a", &reserve, &fence(1))
+        .await
+        .expect("store")
+        .expect("applies");
+    store
+        .apply_moves_fenced(&user(1), "b", &reserve, &fence(2))
+        .await
+        .expect("store")
+        .expect("applies");
+    let stale = store
+        .apply_moves_fenced(&user(1), "c", &reserve, &fence(1))
+        .await;
+    assert!(matches!(stale, Err(StoreError::Fenced)), "{stale:?}");
+    assert_eq!(
+        store.account(&user(1)).await.expect("account").collateral,
+        bal(6, 4),
+        "the stale write changed nothing"
+    );
+    let order = Order::sell().id("s-1").user(user(2)).price(500_000).amount(1).book();
+    let matched = store.match_order_fenced(order.clone(), &fence(3)).await;
+    assert!(matched.is_ok(), "{matched:?}");
+    let stale = store.undo_match_fenced(&m1(), "s-1", &fence(2)).await;
+    assert!(matches!(stale, Err(StoreError::Fenced)), "{stale:?}");
+    assert_eq!(
+        store.order(&m1(), "s-1").await.expect("order").map(|o| o.status),
+        Some(OrderStatus::Open),
+        "the stale undo changed nothing"
+    );
+    let expired = Fence {
+        lease_until_ms: 1,
+        ..fence(3)
+    };
+    if matches!(store, Store::Redis(_)) {
+        let late = store.undo_match_fenced(&m1(), "s-1", &expired).await;
+        assert!(
+            matches!(late, Err(StoreError::Fenced)),
+            "a lease that ended by the store's clock is refused: {late:?}"
+        );
+    }
 }

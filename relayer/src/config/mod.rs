@@ -176,6 +176,11 @@ pub struct LimitsConfig {
     /// Time limit of one request in milliseconds; a slower request is answered 503.
     #[schemars(range(min = 1, max = 600000))]
     pub request_timeout_ms: u64,
+    /// How long `POST /v2/orders` waits for its order saga, in milliseconds; a placement still
+    /// running then is answered 202 and goes on (settlement retries can take longer than any
+    /// request should). Below `requestTimeoutMs`.
+    #[schemars(range(min = 1, max = 600000))]
+    pub placement_wait_ms: u64,
 }
 
 /// Graceful shutdown on SIGTERM or Ctrl-C.
@@ -227,7 +232,8 @@ pub struct FaultInjectionConfig {
     pub added_latency_ms: u64,
     /// Abort the process (`std::process::abort`) when an order saga reaches this point:
     /// `before:<step>`, `after:<step>` (steps `validate`, `reserve`, `match`, `settle`,
-    /// `update`) or `during:settle` (settlement answered, the answer not yet recorded). Tests
+    /// `update`), `during:settle` (settlement answered, the answer not yet recorded) or
+    /// `after:cancel` (a cancellation changed the book, its release not yet done). Tests
     /// only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crash_at_step: Option<String>,
@@ -295,6 +301,7 @@ impl Default for LimitsConfig {
             // could approach u64 limits on a balance.
             max_order_amount: 1_000_000_000_000,
             request_timeout_ms: 10_000,
+            placement_wait_ms: 5_000,
         }
     }
 }

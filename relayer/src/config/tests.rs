@@ -55,8 +55,17 @@ fn each_bad_value_names_its_key() {
             "redis.commandTimeoutMs",
             Box::new(|c| {
                 c.limits.request_timeout_ms = 500;
+                c.limits.placement_wait_ms = 400;
                 c.redis.command_timeout_ms = 501;
             }),
+        ),
+        (
+            "limits.placementWaitMs",
+            Box::new(|c| c.limits.placement_wait_ms = 0),
+        ),
+        (
+            "limits.placementWaitMs",
+            Box::new(|c| c.limits.request_timeout_ms = c.limits.placement_wait_ms),
         ),
         (
             "redis.orderRetentionSeconds",

@@ -80,6 +80,16 @@ impl RelayerConfig {
                 format!("must be between 1 and {MAX_DRAIN_MS}"),
             ));
         }
+        if l.placement_wait_ms == 0 || l.placement_wait_ms >= l.request_timeout_ms {
+            return Err(invalid(
+                "limits.placementWaitMs",
+                format!(
+                    "must be at least 1 and below limits.requestTimeoutMs ({}), so a placement \
+                     still running is answered 202 rather than cut off",
+                    l.request_timeout_ms
+                ),
+            ));
+        }
         let s = &self.shutdown;
         if s.readiness_delay_ms > MAX_DRAIN_MS {
             return Err(invalid(
@@ -142,13 +152,14 @@ impl RelayerConfig {
         }
         if let Some(point) = &f.crash_at_step {
             let ok = point == "during:settle"
+                || point == "after:cancel"
                 || point.split_once(':').is_some_and(|(when, step)| {
                     matches!(when, "before" | "after") && ORDER_SAGA_STEPS.contains(&step)
                 });
             if !ok {
                 return Err(invalid(
                     "faultInjection.crashAtStep",
-                    "must be before:<step>, after:<step> or during:settle, with step one of validate, reserve, match, settle, update",
+                    "must be before:<step>, after:<step>, during:settle or after:cancel, with step one of validate, reserve, match, settle, update",
                 ));
             }
         }

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::domain::FieldError;
 use crate::exchange::ExchangeError;
+use crate::store::{FailedPlacement, FailureKind};
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,9 +141,10 @@ impl From<ExchangeError> for ApiError {
                 field: Some("orderId".to_owned()),
                 ..ApiError::new(StatusCode::CONFLICT, "order_id_conflict", e.to_string())
             },
-            ExchangeError::PlacementInProgress(_) => ApiError {
+            ExchangeError::Replayed(failed) => ApiError::of_failure(&failed),
+            ExchangeError::NotPlaced(_, why) => ApiError {
                 field: Some("orderId".to_owned()),
-                ..ApiError::new(StatusCode::CONFLICT, "placement_in_progress", e.to_string())
+                ..ApiError::new(StatusCode::CONFLICT, "order_not_placed", why)
             },
             ExchangeError::OrderNotFound => ApiError::not_found("order"),
             ExchangeError::OrderNotOpen(_) => {
@@ -154,19 +156,40 @@ impl From<ExchangeError> for ApiError {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "settlement_unavailable",
-                    "settlement is unavailable; the order was not placed and nothing stays reserved",
+                    SETTLEMENT_UNAVAILABLE,
                 )
-            }
-            ExchangeError::SettlementPending(_) => {
-                ApiError::new(StatusCode::ACCEPTED, "settlement_pending", e.to_string())
-            }
-            ExchangeError::Manual(order, detail) => {
-                tracing::error!(%order, %detail, "order saga parked for manual handling");
-                ApiError::internal(format!("order {order} needs manual handling"))
             }
         }
     }
 }
+
+impl ApiError {
+    /// The answer of a failed placement, as a repeat of it gets it again.
+    pub fn of_failure(failed: &FailedPlacement) -> Self {
+        match failed.kind {
+            FailureKind::Refused => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "insufficient_balance",
+                message: failed.message.clone(),
+                field: Some("amount".to_owned()),
+                tier: None,
+            },
+            FailureKind::NotSettled => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "settlement_unavailable",
+                SETTLEMENT_UNAVAILABLE,
+            ),
+            FailureKind::NotPlaced => ApiError {
+                field: Some("orderId".to_owned()),
+                ..ApiError::new(StatusCode::CONFLICT, "order_not_placed", failed.message.clone())
+            },
+        }
+    }
+}
+
+/// What a client is told when settlement said "not settled".
+const SETTLEMENT_UNAVAILABLE: &str =
+    "settlement is unavailable; the order was not placed and nothing stays reserved";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -71,7 +71,7 @@ impl From<&Order> for OrderView {
     fn from(o: &Order) -> Self {
         let remaining = if o.status.is_open() { o.remaining() } else { 0 };
         Self {
-            order_id: o.order_id.clone(),
+            order_id: o.client_id().to_owned(),
             market_key: o.market_key.to_string(),
             user_id: o.user_id.to_string(),
             side: o.side,
@@ -86,13 +86,24 @@ impl From<&Order> for OrderView {
     }
 }
 
+/// A placement or cancellation accepted but not finished (202): see `GET /v2/orders/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingView {
+    /// The client's order id.
+    pub order_id: String,
+    /// `pending` (placement running), `manual` (parked for a person) or `cancel_pending`
+    /// (cancelled; the release of its reservation is finished by recovery).
+    pub state: String,
+}
+
 /// One trade of a placement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FillView {
     /// Trade id.
     pub trade_id: String,
-    /// The resting order it traded with.
+    /// The resting order it traded with (its owner's order id).
     pub maker_order_id: String,
     /// Execution price (the resting order's).
     pub price: String,

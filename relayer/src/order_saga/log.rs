@@ -5,14 +5,14 @@
 //!
 //! May use: `store`, `resilience::saga`, the clock, and the saga's context from its parent.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::{Deps, OrderCtx, OrderSagaData, OrderSagas, SAGA, Step};
 use crate::resilience::saga::{SagaEvent, SagaObserver};
-use crate::store::{SagaEntry, StoreError};
+use crate::store::{FailedPlacement, FailureKind, SagaEntry, StoreError};
 
 /// The log entry's record: the data and where the saga is.
 ///
@@ -71,19 +71,53 @@ impl Phase {
     }
 }
 
-/// Whether a saga may take its next step.
+/// Whether a saga may take its next step, and the fencing token its writes carry.
 #[derive(Debug, Default)]
 pub(super) struct Fence {
     /// Set when a log write failed: the saga must not take another step.
     pub(super) fenced: AtomicBool,
     /// Set when another replica took the saga over: this process must leave it.
     pub(super) lease_lost: AtomicBool,
+    /// The log entry's epoch once this process wrote or claimed it; 0 before its first write.
+    epoch: AtomicU64,
+    /// The end of the lease as last written or renewed, ms since the Unix epoch.
+    lease_until_ms: AtomicU64,
 }
 
 impl Fence {
     pub(super) fn lose_lease(&self) {
         self.lease_lost.store(true, Ordering::Release);
         self.fenced.store(true, Ordering::Release);
+    }
+
+    /// Holds the entry at `epoch` until `lease_until_ms`.
+    pub(super) fn hold(&self, epoch: u64, lease_until_ms: u64) {
+        self.epoch.store(epoch, Ordering::Release);
+        self.lease_until_ms.store(lease_until_ms, Ordering::Release);
+    }
+
+    /// The entry's epoch (0: not written yet).
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The lease's end as last written or renewed.
+    pub(super) fn lease_until_ms(&self) -> u64 {
+        self.lease_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Whether the saga's log entry exists (this process wrote or claimed it).
+    pub(super) fn created(&self) -> bool {
+        self.epoch() > 0
+    }
+
+    /// The token of saga `id`'s store writes.
+    pub(super) fn token(&self, id: &str) -> crate::store::Fence {
+        crate::store::Fence {
+            saga_id: id.to_owned(),
+            epoch: self.epoch(),
+            lease_until_ms: self.lease_until_ms(),
+        }
     }
 }
 
@@ -108,27 +142,100 @@ impl DurableLog {
                 return;
             }
         };
-        let lease_until_ms = deps.now_ms().saturating_add(deps.lease_ms);
-        let entry = SagaEntry {
-            id: ctx.data.order.order_id.clone(),
-            owner: deps.owner.clone(),
-            lease_until_ms,
-            state: state.to_owned(),
-            record,
+        let id = ctx.data.order.order_id.clone();
+        write_entry(deps, &ctx.fence, id, state, record).await;
+    }
+
+    /// Records a compensated placement's failure on its claim (so a retry replays it);
+    /// false when the store did not take it (the entry then stays for recovery to redo).
+    async fn record_failure(ctx: &OrderCtx) -> bool {
+        let data = &ctx.data;
+        if data.duplicate.is_some() {
+            return true;
+        }
+        let o = &data.order;
+        let failed = match (&data.refused, &data.not_settled) {
+            (Some(refused), _) => FailedPlacement {
+                kind: FailureKind::Refused,
+                message: refused.clone(),
+            },
+            (None, Some(why)) => FailedPlacement {
+                kind: FailureKind::NotSettled,
+                message: why.clone(),
+            },
+            (None, None) => FailedPlacement {
+                kind: FailureKind::NotPlaced,
+                message: format!(
+                    "order {} was not placed: its placement was interrupted and undone; nothing \
+                     of it is reserved",
+                    o.client_id()
+                ),
+            },
         };
-        match deps.store.saga_write(&entry).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(
-                    saga = entry.id,
-                    "saga lease lost to another replica: stopping"
-                );
-                ctx.fence.fenced.store(true, Ordering::Release);
-            }
+        let token = ctx.token();
+        match ctx
+            .deps
+            .store
+            .fail_claim(&o.user_id, o.client_id(), &o.order_id, failed, token.as_ref())
+            .await
+        {
+            Ok(()) => true,
             Err(error) => {
-                tracing::warn!(%error, saga = entry.id, "saga log write failed: stopping");
-                ctx.fence.fenced.store(true, Ordering::Release);
+                tracing::warn!(%error, order = %o.order_id, "failure of a compensated placement not recorded on its claim yet");
+                false
             }
+        }
+    }
+}
+
+/// Writes saga `id`'s entry as `state` with `record` under `fence`: creates it at the first
+/// write, then only while this process holds it. A refusal or a store failure fences the saga.
+pub(super) async fn write_entry(
+    deps: &Deps,
+    fence: &Fence,
+    id: String,
+    state: &str,
+    record: String,
+) {
+    let now = deps.now_ms();
+    let lease_until_ms = now.saturating_add(deps.lease_ms);
+    let create = !fence.created();
+    let mut entry = SagaEntry {
+        id,
+        owner: deps.owner.clone(),
+        epoch: fence.epoch(),
+        lease_until_ms,
+        state: state.to_owned(),
+        record,
+    };
+    let mut written = deps.store.saga_write(&entry, create).await;
+    if create && matches!(written, Ok(false)) {
+        // NB: our own first write whose answer was lost: take the entry back and write again.
+        match deps
+            .store
+            .saga_claim(&entry.id, &deps.owner, lease_until_ms, now)
+            .await
+        {
+            Ok(Some(held)) => {
+                entry.epoch = held.epoch;
+                written = deps.store.saga_write(&entry, false).await;
+            }
+            Ok(None) => {}
+            Err(e) => written = Err(e),
+        }
+    }
+    match written {
+        Ok(true) => fence.hold(entry.epoch.max(1), lease_until_ms),
+        Ok(false) => {
+            tracing::warn!(
+                saga = entry.id,
+                "saga lease lost to another replica (or the saga ended): stopping"
+            );
+            fence.lose_lease();
+        }
+        Err(error) => {
+            tracing::warn!(%error, saga = entry.id, "saga log write failed: stopping");
+            fence.fenced.store(true, Ordering::Release);
         }
     }
 }
@@ -158,8 +265,11 @@ impl SagaObserver<OrderCtx> for DurableLog {
                     if let Some(step) = step {
                         ctx.set_step(step);
                     }
-                    // NB: validate has no effect to recover; the log starts before reserve.
-                    if durable && step != Some(Step::Validate) {
+                    // NB: the log starts before validate (which claims the order id), and the
+                    // next record is due before settlement: recovery compensates everything
+                    // before it (each compensation is safe for a step that did not happen),
+                    // and settlement needs the match on record.
+                    if durable && matches!(step, Some(Step::Validate | Step::Settle)) {
                         Self::write(ctx, "running", None).await;
                     }
                     crash_if(deps, &format!("before:{name}"));
@@ -183,11 +293,17 @@ impl SagaObserver<OrderCtx> for DurableLog {
                 SagaEvent::Manual(_, e) if durable => {
                     Self::write(ctx, "manual", Some(e.clone())).await;
                 }
-                SagaEvent::Completed | SagaEvent::Compensated if durable => {
-                    if let Err(error) = deps
-                        .store
-                        .saga_delete(&ctx.data.order.order_id, &deps.owner)
-                        .await
+                SagaEvent::Completed | SagaEvent::Compensated => {
+                    // NB: a compensated placement's failure is on its claim before its entry
+                    // goes; if it cannot be recorded now the entry stays and recovery redoes it.
+                    let recorded = !matches!(event, SagaEvent::Compensated)
+                        || Self::record_failure(ctx).await;
+                    if durable
+                        && recorded
+                        && let Err(error) = deps
+                            .store
+                            .saga_delete(&ctx.data.order.order_id, &deps.owner, ctx.fence.epoch())
+                            .await
                     {
                         // NB: the entry stays; recovery finds the saga finished and deletes it.
                         tracing::warn!(%error, "finished saga's log entry not deleted");
@@ -211,7 +327,7 @@ impl OrderSagas {
                     serde_json::from_str(&e.record).unwrap_or(serde_json::Value::Null);
                 serde_json::json!({
                     "sagaId": e.id,
-                    "saga": SAGA,
+                    "saga": if e.id.starts_with(super::cancel::PREFIX) { "cancel" } else { SAGA },
                     "state": e.state,
                     "owner": e.owner,
                     "leaseUntilMs": e.lease_until_ms,
@@ -245,6 +361,8 @@ mod tests {
             refused: None,
             refusal: None,
             not_settled: None,
+            fingerprint: String::new(),
+            duplicate: None,
         }
     }
 

@@ -50,11 +50,13 @@
 //! May use: `clock` (its [`Clock`], through `Deps`), `config`, `domain`, `book`, `store`,
 //! `resilience`, `settlement`.
 
+mod cancel;
 mod log;
 mod recovery;
 mod runner;
 mod steps;
 
+pub use self::cancel::CancelEnded;
 pub use self::log::Phase;
 pub use self::steps::{Step, definition};
 
@@ -63,6 +65,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use self::log::{DurableLog, Fence};
 use self::runner::Drive;
@@ -72,7 +75,7 @@ use crate::config::RelayerConfig;
 use crate::domain::{BalanceError, Fill, Order};
 use crate::resilience::saga::{SagaDefinition, SagaExecutor, SagaMetrics, SagaOutcome, StepError};
 use crate::settlement::Settlement;
-use crate::store::{PlacementRecord, Store};
+use crate::store::{Claim, PlacementRecord, Store, StoreError};
 
 /// The saga's name (metric label).
 pub const SAGA: &str = "order";
@@ -98,6 +101,12 @@ pub struct OrderSagaData {
     pub refusal: Option<BalanceError>,
     /// Why settlement said "not settled".
     pub not_settled: Option<String>,
+    /// Hash of the placement request, for the order id's claim (see [`crate::store::Claim`]).
+    #[serde(default)]
+    pub fingerprint: String,
+    /// The claim of another placement that holds the order id (not logged).
+    #[serde(skip)]
+    pub duplicate: Option<Claim>,
 }
 
 /// A match as the saga records it.
@@ -187,6 +196,44 @@ impl OrderCtx {
             .store(phase == Phase::Backward, Ordering::Release);
     }
 
+    /// The fencing token of this saga's store writes; `None` without a durable log.
+    fn token(&self) -> Option<crate::store::Fence> {
+        self.deps
+            .durable
+            .then(|| self.fence.token(&self.data.order.order_id))
+    }
+
+    /// Makes sure this process still holds the saga's lease before an effect it cannot take
+    /// back (a settlement request): renews it when a third or less of it is left; an error
+    /// (and the saga leaves) when another replica holds it.
+    async fn ensure_lease(&self) -> Result<(), StepError> {
+        if !self.deps.durable {
+            return Ok(());
+        }
+        let now = self.deps.now_ms();
+        let left = self.fence.lease_until_ms().saturating_sub(now);
+        if left > self.deps.lease_ms / 3 {
+            return Ok(());
+        }
+        let until = now.saturating_add(self.deps.lease_ms);
+        match self
+            .deps
+            .store
+            .saga_claim(&self.data.order.order_id, &self.deps.owner, until, now)
+            .await
+        {
+            Ok(Some(held)) if held.epoch == self.fence.epoch() => {
+                self.fence.hold(held.epoch, until);
+                Ok(())
+            }
+            Ok(_) => {
+                self.fence.lose_lease();
+                Err(fenced_step())
+            }
+            Err(e) => Err(StepError::in_doubt(format!("saga lease not renewed: {e}"))),
+        }
+    }
+
     fn check_fence(&self) -> Result<(), StepError> {
         if self.fence.fenced.load(Ordering::Acquire) {
             Err(StepError::in_doubt(
@@ -195,6 +242,15 @@ impl OrderCtx {
         } else {
             Ok(())
         }
+    }
+}
+
+/// The step error of a write its fence refused: the saga stops here (pending) and leaves.
+fn fenced_step() -> StepError {
+    StepError {
+        message: StoreError::Fenced.to_string(),
+        transient: false,
+        in_doubt: true,
     }
 }
 
@@ -234,6 +290,18 @@ pub enum Ended {
     },
     /// Needs a person.
     Manual(String),
+    /// Another placement holds the order id; here is its claim. Nothing was done.
+    Duplicate(Claim),
+    /// The store failed before the saga's log could be written: nothing was done, and
+    /// nothing carries it on.
+    Unavailable(String),
+}
+
+impl Ended {
+    /// Whether the saga is still going (carried on in the background).
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Ended::Pending { .. })
+    }
 }
 
 impl OrderSagas {
@@ -297,9 +365,13 @@ impl OrderSagas {
         }
     }
 
-    /// Runs the saga of a new (claimed) order.
-    pub async fn run(&self, order: Order) -> Ended {
-        let mut ctx = self.ctx(OrderSagaData {
+    /// Starts the saga of a new placement (`order` under a new placement id, and the hash of
+    /// its request) detached from the caller: it runs to its end in a task of its own, which
+    /// neither a client hang-up nor a request timeout cancels. The receiver sees
+    /// [`Ended::Pending`] while the saga is carried on in the background, then how it ended.
+    pub fn start(&self, order: Order, fingerprint: String) -> watch::Receiver<Option<Ended>> {
+        let (tx, rx) = watch::channel(None);
+        let ctx = self.ctx(OrderSagaData {
             order,
             matched: None,
             settled: Vec::new(),
@@ -308,23 +380,74 @@ impl OrderSagas {
             refused: None,
             refusal: None,
             not_settled: None,
+            fingerprint,
+            duplicate: None,
         });
+        self.deps.set_active(&ctx.data.order.order_id, true);
+        tokio::spawn(self.clone().run_to_end(ctx, tx));
+        rx
+    }
+
+    /// Runs the saga of `order` (a placement of its own id, with no request hash) and answers
+    /// its first outcome: how it ended, or [`Ended::Pending`] while it is carried on.
+    pub async fn run(&self, order: Order) -> Ended {
+        let mut rx = self.start(order, String::new());
+        match rx.wait_for(Option::is_some).await {
+            Ok(ended) => ended.clone().unwrap_or_else(|| unreachable_ended()),
+            Err(_) => unreachable_ended(),
+        }
+    }
+
+    async fn run_to_end(self, mut ctx: OrderCtx, tx: watch::Sender<Option<Ended>>) {
         let id = ctx.data.order.order_id.clone();
-        self.deps.set_active(&id, true);
         let outcome = self.drive(&mut ctx, Drive::Forward(Step::Validate)).await;
-        if let SagaOutcome::Pending { error, .. } = &outcome
-            && !ctx.fence.lease_lost.load(Ordering::Acquire)
-        {
-            let answer = Ended::Pending {
-                settlement: ctx.data.in_doubt,
-                error: error.clone(),
-            };
-            tokio::spawn(self.clone().carry_on(ctx));
-            return answer;
+        if let SagaOutcome::Pending { error, .. } = &outcome {
+            if !ctx.fence.created() {
+                // NB: the log's first write failed: nothing of the saga happened.
+                tx.send_replace(Some(Ended::Unavailable(error.clone())));
+                self.deps.set_active(&id, false);
+                return;
+            }
+            if !ctx.fence.lease_lost.load(Ordering::Acquire) {
+                tx.send_replace(Some(Ended::Pending {
+                    settlement: ctx.data.in_doubt,
+                    error: error.clone(),
+                }));
+                self.carry_on(ctx, tx).await;
+                return;
+            }
         }
         self.deps.set_active(&id, false);
-        self.conclude(ctx, outcome).await
+        let ended = self.conclude(ctx, outcome).await;
+        tx.send_replace(Some(ended));
     }
+
+    /// Whether this process drives no saga now.
+    pub fn idle(&self) -> bool {
+        self.deps
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Waits until this process drives no saga, at most `within`; false when some still run
+    /// (their logs let any replica finish them).
+    pub async fn wait_idle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.idle() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
+/// The answer if a saga's task vanished without one (it cannot: every path sends one).
+fn unreachable_ended() -> Ended {
+    Ended::Unavailable("the order saga stopped without an answer".to_owned())
 }
 
 #[cfg(test)]

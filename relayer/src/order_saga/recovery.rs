@@ -1,5 +1,7 @@
 //! Recovery of sagas a dead (or frozen) replica abandoned: a sweep claims every log entry whose
-//! lease ran out and, by the step it reached, compensates it or carries it forward.
+//! lease ran out and, by the step it reached, compensates it or carries it forward (a
+//! cancellation's entry is finished by [`super::cancel`]). The claim raises the entry's epoch,
+//! which fences the replica that lost it out of every slot this one writes.
 //!
 //! May use: `store`, the clock, and the saga's runner and log from its parent.
 
@@ -49,17 +51,16 @@ impl OrderSagas {
     async fn take_over(&self, entry: SagaEntry, now: u64) -> Result<bool, StoreError> {
         let store = &self.deps.store;
         {
+            let lease_until_ms = now.saturating_add(self.deps.lease_ms);
             let Some(entry) = store
-                .saga_claim(
-                    &entry.id,
-                    &self.deps.owner,
-                    now.saturating_add(self.deps.lease_ms),
-                    now,
-                )
+                .saga_claim(&entry.id, &self.deps.owner, lease_until_ms, now)
                 .await?
             else {
                 return Ok(false);
             };
+            if entry.id.starts_with(super::cancel::PREFIX) {
+                return Ok(self.recover_cancel(entry, lease_until_ms).await);
+            }
             let record: LogRecord = match serde_json::from_str(&entry.record) {
                 Ok(r) => r,
                 Err(error) => {
@@ -83,6 +84,7 @@ impl OrderSagas {
             );
             let plan = plan(step, record.phase);
             let mut ctx = self.ctx(record.data);
+            ctx.fence.hold(entry.epoch, lease_until_ms);
             if plan.settlement_in_doubt {
                 ctx.data.in_doubt = true;
             }
@@ -124,8 +126,10 @@ pub(super) struct Plan {
     pub(super) settlement_in_doubt: bool,
 }
 
-/// Before settlement, compensate (including the step that had started); at settlement or
-/// after, go forward; a saga found compensating compensates again.
+/// Before settlement, compensate every step before it (the log records validate's start and
+/// then settlement's, so any of them may have taken effect; compensations are safe for steps
+/// that did not happen); at settlement or after, go forward; a saga found compensating
+/// compensates again.
 pub(super) fn plan(step: Step, phase: Phase) -> Plan {
     let (drive, settlement_in_doubt) = match (phase, step) {
         // NB: compensations are idempotent: redo all of those due.
@@ -133,19 +137,10 @@ pub(super) fn plan(step: Step, phase: Phase) -> Plan {
             Drive::Backward(failed, "recovered while compensating".to_owned()),
             false,
         ),
-        // The step that had started may or may not have taken effect: compensate it too
-        // (compensations are safe for steps that did not happen), as if the next one failed.
-        (Phase::Forward, Step::Validate | Step::Reserve | Step::Match) => {
-            let failed = match step {
-                Step::Validate => Step::Reserve,
-                Step::Reserve => Step::Match,
-                _ => Step::Settle,
-            };
-            (
-                Drive::Backward(failed, format!("abandoned at {}", step.name())),
-                false,
-            )
-        }
+        (Phase::Forward, Step::Validate | Step::Reserve | Step::Match) => (
+            Drive::Backward(Step::Settle, format!("abandoned at {}", step.name())),
+            false,
+        ),
         // NB: settlement had started: it may have been accepted. Forward only.
         (Phase::Forward, Step::Settle) => (Drive::Forward(Step::Settle), true),
         (Phase::Forward, Step::Update) => (Drive::Forward(Step::Update), false),
@@ -161,10 +156,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_saga_abandoned_before_settlement_is_compensated_including_the_step_it_had_started() {
+    fn a_saga_abandoned_before_settlement_is_compensated_from_the_match_back() {
         let cases = [
-            (Step::Validate, Step::Reserve),
-            (Step::Reserve, Step::Match),
+            (Step::Validate, Step::Settle),
+            (Step::Reserve, Step::Settle),
             (Step::Match, Step::Settle),
         ];
         for (at, failed) in cases {

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use super::log::Fence;
 use super::{Ended, Matched, OrderCtx, OrderSagas, Phase, Step};
 use crate::resilience::backoff::Backoff;
@@ -29,20 +31,29 @@ impl OrderSagas {
     /// Retries a pending saga forward in the background (same idempotency keys and op ids)
     /// until it ends, another replica takes it over, or [`CARRY_ON_FOR`] has passed (then the
     /// recovery sweep, of any replica, takes it from its log).
-    pub(super) async fn carry_on(self, mut ctx: OrderCtx) {
+    /// A saga found pending while compensating is resumed backward (its compensations are
+    /// idempotent), any other forward. How it ends is sent on `tx`.
+    pub(super) async fn carry_on(self, mut ctx: OrderCtx, tx: watch::Sender<Option<Ended>>) {
         let id = ctx.data.order.order_id.clone();
         let deadline = tokio::time::Instant::now() + CARRY_ON_FOR;
         let mut backoff = carry_on_backoff();
         loop {
             tokio::time::sleep(backoff.next_delay()).await;
             ctx.fence.fenced.store(false, Ordering::Release);
-            let from = ctx.step();
-            let outcome = self.drive(&mut ctx, Drive::Forward(from)).await;
+            let how = match ctx.phase() {
+                Phase::Forward => Drive::Forward(ctx.step()),
+                Phase::Backward => {
+                    Drive::Backward(ctx.step(), "resumed while compensating".to_owned())
+                }
+            };
+            let outcome = self.drive(&mut ctx, how).await;
             let pending = matches!(outcome, SagaOutcome::Pending { .. });
             if !pending {
+                self.deps.set_active(&id, false);
                 let ended = self.conclude(ctx, outcome).await;
                 tracing::info!(saga = id, ?ended, "pending saga ended");
-                break;
+                tx.send_replace(Some(ended));
+                return;
             }
             if ctx.fence.lease_lost.load(Ordering::Acquire)
                 || tokio::time::Instant::now() >= deadline
@@ -100,8 +111,10 @@ impl OrderSagas {
                 )
                 .await
             {
-                Ok(Some(_)) => {}
-                Ok(None) => {
+                Ok(Some(held)) if held.epoch == fence.epoch() => {
+                    fence.hold(held.epoch, now.saturating_add(self.deps.lease_ms));
+                }
+                Ok(_) => {
                     tracing::warn!(saga = id, "saga lease lost: stopping at the next step");
                     fence.lose_lease();
                     return;
@@ -112,7 +125,8 @@ impl OrderSagas {
         }
     }
 
-    /// The claim and the caller's answer after the saga ended.
+    /// The caller's answer after the saga ended (its claim was updated by the steps and the
+    /// log: see [`super::log`]).
     pub(super) async fn conclude(&self, ctx: OrderCtx, outcome: SagaOutcome) -> Ended {
         let data = ctx.data;
         match outcome {
@@ -128,28 +142,9 @@ impl OrderSagas {
                 })
             }
             SagaOutcome::Compensated { error, .. } => {
-                let store = &self.deps.store;
-                let id = &data.order.order_id;
-                let freed = match data.undo.as_ref().and_then(|u| u.taker.clone()) {
-                    // NB: the placement reached the book: its id is spent, and its record
-                    // shows the order cancelled.
-                    Some(taker) => {
-                        store
-                            .finish_claim(
-                                id,
-                                PlacementRecord {
-                                    order: taker,
-                                    fills: Vec::new(),
-                                },
-                            )
-                            .await
-                    }
-                    None => store.drop_claim(id).await,
-                };
-                if let Err(e) = freed {
-                    tracing::warn!(error = %e, order = %id, "claim of a compensated order not updated");
-                }
-                if let Some(r) = data.refusal {
+                if let Some(claim) = data.duplicate {
+                    Ended::Duplicate(claim)
+                } else if let Some(r) = data.refusal {
                     Ended::Refused(r)
                 } else if let Some(n) = data.not_settled {
                     Ended::NotSettled(n)

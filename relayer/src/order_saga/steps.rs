@@ -14,7 +14,7 @@ use super::{Matched, OrderCtx, SAGA};
 use crate::domain::{Asset, BalanceError, Fill, Move, Order, UserId};
 use crate::resilience::saga::{self, SagaDefinition, StepError};
 use crate::settlement::SettleError;
-use crate::store::{PlacementRecord, Store, StoreError};
+use crate::store::{Claim, ClaimOutcome, Fence, PlacementRecord, Store, StoreError};
 
 /// One step of the order saga, in execution order.
 ///
@@ -84,25 +84,35 @@ impl std::fmt::Display for Step {
     }
 }
 
+/// A store failure of a step: its effect is unknown, so the saga stops pending (retried by
+/// the carry-on, or recovery). A fenced write is not retried: the saga has a newer owner.
 fn store_step(e: &StoreError) -> StepError {
     StepError {
         message: e.to_string(),
-        transient: true,
+        transient: !matches!(e, StoreError::Fenced),
         in_doubt: true,
     }
 }
 
+/// A store failure of a compensation: in doubt too (the saga stops pending, still
+/// compensating, rather than parking as manual because the store did not answer).
 fn store_comp(e: &StoreError) -> StepError {
-    StepError::transient(e.to_string())
+    store_step(e)
 }
 
+/// Applies `moves` once under `op` (fenced when the saga has a log).
 async fn apply_once(
     store: &Store,
     user: &UserId,
     op: &str,
     moves: &[Move],
+    fence: Option<&Fence>,
 ) -> Result<Result<(), BalanceError>, StoreError> {
-    Ok(store.apply_moves_once(user, op, moves).await?.map(drop))
+    let applied = match fence {
+        Some(f) => store.apply_moves_fenced(user, op, moves, f).await?,
+        None => store.apply_moves_once(user, op, moves).await?,
+    };
+    Ok(applied.map(drop))
 }
 
 fn act<F>(f: F) -> crate::resilience::saga::Action<OrderCtx>
@@ -146,12 +156,33 @@ pub fn definition() -> SagaDefinition<OrderCtx> {
         ))
 }
 
+/// Checks the order is placeable, then claims its (user's) order id for this placement: the
+/// claim comes after the log's first record, so a crash after it leaves the claim to
+/// recovery, which records the placement's failure on it.
 async fn validate(c: &mut OrderCtx) -> Result<(), StepError> {
     let o = &c.data.order;
     if o.amount == 0 || o.price == 0 || o.reserved == 0 || o.filled != 0 {
         return Err(StepError::permanent("order is not placeable"));
     }
-    Ok(())
+    c.check_fence()?;
+    let claim = Claim {
+        fingerprint: c.data.fingerprint.clone(),
+        market_key: o.market_key.clone(),
+        user_id: o.user_id.clone(),
+        placement_id: o.order_id.clone(),
+        result: None,
+        failed: None,
+    };
+    match c.deps.store.claim_order_id(o.client_id(), claim).await {
+        Ok(ClaimOutcome::Claimed) => Ok(()),
+        Ok(ClaimOutcome::Existing(existing)) => {
+            c.data.duplicate = Some(existing);
+            Err(StepError::permanent(
+                "the order id is held by another placement",
+            ))
+        }
+        Err(e) => Err(store_step(&e)),
+    }
 }
 
 fn reserve_move(o: &Order) -> Move {
@@ -160,12 +191,14 @@ fn reserve_move(o: &Order) -> Move {
 
 async fn reserve(c: &mut OrderCtx) -> Result<(), StepError> {
     c.check_fence()?;
+    let token = c.token();
     let o = &c.data.order;
     match apply_once(
         &c.deps.store,
         &o.user_id,
         &format!("reserve:{}", o.order_id),
         &[reserve_move(o)],
+        token.as_ref(),
     )
     .await
     {
@@ -181,6 +214,7 @@ async fn reserve(c: &mut OrderCtx) -> Result<(), StepError> {
 
 async fn release(c: &mut OrderCtx) -> Result<(), StepError> {
     let o = c.data.order.clone();
+    let token = c.token();
     // NB: re-applying the reservation under its own op id makes "was it reserved?" certain:
     // a no-op if it was, a reservation now if not (released right after), refused if the
     // balance cannot cover it (then it never was).
@@ -189,6 +223,7 @@ async fn release(c: &mut OrderCtx) -> Result<(), StepError> {
         &o.user_id,
         &format!("reserve:{}", o.order_id),
         &[reserve_move(&o)],
+        token.as_ref(),
     )
     .await
     {
@@ -208,6 +243,7 @@ async fn release(c: &mut OrderCtx) -> Result<(), StepError> {
         &o.user_id,
         &format!("unreserve:{}", o.order_id),
         &[Move::release(o.reserved_asset(), amount)],
+        token.as_ref(),
     )
     .await
     {
@@ -219,7 +255,11 @@ async fn release(c: &mut OrderCtx) -> Result<(), StepError> {
 
 /// Releases what an order that left the book still had reserved (op id shared with the
 /// forward path, so it happens once).
-async fn release_left(store: &Store, order: &Order) -> Result<(), StepError> {
+async fn release_left(
+    store: &Store,
+    order: &Order,
+    fence: Option<&Fence>,
+) -> Result<(), StepError> {
     let amount = order.still_reserved();
     if amount == 0 {
         return Ok(());
@@ -229,6 +269,7 @@ async fn release_left(store: &Store, order: &Order) -> Result<(), StepError> {
         &order.user_id,
         &format!("release:{}", order.order_id),
         &[Move::release(order.reserved_asset(), amount)],
+        fence,
     )
     .await
     {
@@ -240,12 +281,13 @@ async fn release_left(store: &Store, order: &Order) -> Result<(), StepError> {
 
 async fn match_step(c: &mut OrderCtx) -> Result<(), StepError> {
     c.check_fence()?;
-    let outcome = c
-        .deps
-        .store
-        .match_order(c.data.order.clone())
-        .await
-        .map_err(|e| store_step(&e))?;
+    let token = c.token();
+    let order = c.data.order.clone();
+    let outcome = match &token {
+        Some(f) => c.deps.store.match_order_fenced(order, f).await,
+        None => c.deps.store.match_order(order).await,
+    }
+    .map_err(|e| store_step(&e))?;
     c.data.matched = Some(Matched {
         order: outcome.order,
         fills: outcome.fills,
@@ -258,7 +300,7 @@ async fn match_step(c: &mut OrderCtx) -> Result<(), StepError> {
         .map(|m| m.self_trade_cancelled.clone())
         .unwrap_or_default();
     for order in &cancelled {
-        release_left(&c.deps.store, order).await.map_err(|mut e| {
+        release_left(&c.deps.store, order, token.as_ref()).await.map_err(|mut e| {
             e.in_doubt = true;
             e.transient = true;
             e
@@ -273,15 +315,20 @@ async fn undo_match(c: &mut OrderCtx) -> Result<(), StepError> {
             "settlement may have happened: the match cannot be undone",
         ));
     }
+    let token = c.token();
     let o = &c.data.order;
-    let undo = c
-        .deps
-        .store
-        .undo_match(&o.market_key, &o.order_id)
-        .await
-        .map_err(|e| store_comp(&e))?;
+    let undo = match &token {
+        Some(f) => {
+            c.deps
+                .store
+                .undo_match_fenced(&o.market_key, &o.order_id, f)
+                .await
+        }
+        None => c.deps.store.undo_match(&o.market_key, &o.order_id).await,
+    }
+    .map_err(|e| store_comp(&e))?;
     for order in &undo.self_trade_cancelled {
-        release_left(&c.deps.store, order).await?;
+        release_left(&c.deps.store, order, token.as_ref()).await?;
     }
     for r in &undo.maker_releases {
         match apply_once(
@@ -289,6 +336,7 @@ async fn undo_match(c: &mut OrderCtx) -> Result<(), StepError> {
             &r.user_id,
             &format!("undo:{}:maker", r.trade_id),
             &[Move::release(r.asset.clone(), r.amount)],
+            token.as_ref(),
         )
         .await
         {
@@ -314,6 +362,9 @@ async fn settle(c: &mut OrderCtx) -> Result<(), StepError> {
         if c.data.settled.contains(&key) {
             continue;
         }
+        // NB: a settlement request cannot be taken back: only while this process holds the
+        // lease (checked, renewed if short, before each one).
+        c.ensure_lease().await?;
         match c.deps.settlement.settle(fill).await {
             Ok(()) => {
                 crash_if(&c.deps, "during:settle");
@@ -385,12 +436,13 @@ fn fill_steps(fill: &Fill) -> [(UserId, String, Vec<Move>); 2] {
 
 async fn update_balances(c: &mut OrderCtx) -> Result<(), StepError> {
     c.check_fence()?;
+    let token = c.token();
     let Some(m) = c.data.matched.clone() else {
         return Err(StepError::permanent("no match recorded"));
     };
     for fill in &m.fills {
         for (user, op, moves) in fill_steps(fill) {
-            match apply_once(&c.deps.store, &user, &op, &moves).await {
+            match apply_once(&c.deps.store, &user, &op, &moves, token.as_ref()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::error!(%user, op, error = %e, "balance move refused although the book accounted for it");
@@ -410,14 +462,22 @@ async fn update_balances(c: &mut OrderCtx) -> Result<(), StepError> {
         order: m.order.clone(),
         fills: m.fills.clone(),
     };
+    let o = &c.data.order;
     c.deps
         .store
-        .finish_claim(&c.data.order.order_id, record)
+        .finish_claim(
+            &o.user_id,
+            o.client_id(),
+            &o.order_id,
+            record,
+            token.as_ref(),
+        )
         .await
         .map_err(|e| store_step(&e))
 }
 
 async fn roll_back_balances(c: &mut OrderCtx) -> Result<(), StepError> {
+    let token = c.token();
     let fills = c
         .data
         .matched
@@ -427,7 +487,7 @@ async fn roll_back_balances(c: &mut OrderCtx) -> Result<(), StepError> {
     for fill in fills.iter().rev() {
         for (user, op, moves) in fill_steps(fill) {
             // NB: make "applied" certain first (a no-op if it was), then apply the inverse.
-            match apply_once(&c.deps.store, &user, &op, &moves).await {
+            match apply_once(&c.deps.store, &user, &op, &moves, token.as_ref()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => continue,
                 Err(e) => return Err(store_comp(&e)),
@@ -442,7 +502,15 @@ async fn roll_back_balances(c: &mut OrderCtx) -> Result<(), StepError> {
                     amount: m.amount,
                 })
                 .collect();
-            match apply_once(&c.deps.store, &user, &format!("rollback:{op}"), &inverse).await {
+            match apply_once(
+                &c.deps.store,
+                &user,
+                &format!("rollback:{op}"),
+                &inverse,
+                token.as_ref(),
+            )
+            .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(StepError::permanent(format!("roll back refused: {e}"))),
                 Err(e) => return Err(store_comp(&e)),

@@ -3,7 +3,8 @@
 //!
 //! A step may be retried (`retryable`, `maxRetries`) and bounded in time (`timeout`). A
 //! compensation is retried too; one that keeps failing parks the saga as `manual` for a person
-//! to resolve. Every transition is reported to the [`SagaObserver`]s: an event stream for
+//! to resolve, unless its failure is in doubt (the store did not answer): then the saga stops
+//! `pending`, still compensating, to be resumed backward later. Every transition is reported to the [`SagaObserver`]s: an event stream for
 //! callers, metrics, and the durable log that lets another process finish the saga.
 //!
 //! The context `C` carries the saga's data between steps; steps receive `&mut C`.
@@ -207,6 +208,20 @@ impl SagaOutcome {
     }
 }
 
+/// An execution counted in `foresight_saga_active`: the gauge goes down when this drops.
+struct Active {
+    gauge: Option<Gauge>,
+    started: Instant,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
+    }
+}
+
 /// Told of every event of every saga an executor runs, with the context at that moment.
 pub trait SagaObserver<C>: Send + Sync {
     /// Called in order; awaited before the saga goes on (a durable log writes here).
@@ -392,7 +407,7 @@ impl<C: Send> SagaExecutor<C> {
     /// recovered saga goes forward.
     pub async fn resume(&self, ctx: &mut C, from: usize) -> SagaOutcome {
         let saga = self.definition.name;
-        let started = self.began();
+        let active = self.began();
         self.emit(SagaEvent::Started, ctx).await;
         let mut outcome = SagaOutcome::Completed;
         for (i, step) in self.definition.steps.iter().enumerate().skip(from) {
@@ -430,27 +445,34 @@ impl<C: Send> SagaExecutor<C> {
         if outcome == SagaOutcome::Completed {
             self.emit(SagaEvent::Completed, ctx).await;
         }
-        self.ended(started, &outcome);
+        self.ended(active, &outcome);
         outcome
     }
 
-    /// Counts an execution as active; returns its start.
-    fn began(&self) -> Instant {
-        if let Some(m) = &self.metrics {
-            m.active
+    /// Counts an execution as active until the returned guard is dropped (also when the
+    /// execution's future is dropped mid-flight).
+    fn began(&self) -> Active {
+        let gauge = self.metrics.as_ref().map(|m| {
+            let g = m
+                .active
                 .get_or_create(&SagaLabel {
                     saga: self.definition.name,
                 })
-                .inc();
+                .clone();
+            g.inc();
+            g
+        });
+        Active {
+            gauge,
+            started: Instant::now(),
         }
-        Instant::now()
     }
 
-    /// Counts an execution's end: no longer active, its outcome and its duration.
-    fn ended(&self, started: Instant, outcome: &SagaOutcome) {
+    /// Counts an execution's end: its outcome and its duration (the guard's drop ends
+    /// "active").
+    fn ended(&self, active: Active, outcome: &SagaOutcome) {
         let saga = self.definition.name;
         if let Some(m) = &self.metrics {
-            m.active.get_or_create(&SagaLabel { saga }).dec();
             m.executions
                 .get_or_create(&OutcomeLabels {
                     saga,
@@ -459,7 +481,7 @@ impl<C: Send> SagaExecutor<C> {
                 .inc();
             m.duration
                 .get_or_create(&SagaLabel { saga })
-                .observe(started.elapsed().as_secs_f64() * 1000.0);
+                .observe(active.started.elapsed().as_secs_f64() * 1000.0);
         }
     }
 
@@ -472,9 +494,9 @@ impl<C: Send> SagaExecutor<C> {
         failed_step: &'static str,
         error: String,
     ) -> SagaOutcome {
-        let started = self.began();
+        let active = self.began();
         let outcome = self.compensate(ctx, failed, failed_step, error).await;
-        self.ended(started, &outcome);
+        self.ended(active, &outcome);
         outcome
     }
 
@@ -499,6 +521,17 @@ impl<C: Send> SagaExecutor<C> {
                         m.step(saga, step.name, "compensated");
                     }
                     self.emit(SagaEvent::StepCompensated(step.name), ctx).await;
+                }
+                Err(e) if e.in_doubt => {
+                    if let Some(m) = &self.metrics {
+                        m.step(saga, step.name, "in_doubt");
+                    }
+                    self.emit(SagaEvent::Pending(step.name, e.message.clone()), ctx)
+                        .await;
+                    return SagaOutcome::Pending {
+                        step: step.name,
+                        error: e.message,
+                    };
                 }
                 Err(e) => {
                     if let Some(m) = &self.metrics {

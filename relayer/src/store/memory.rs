@@ -2,14 +2,17 @@
 //!
 //! Markets each have their own mutex (two markets match in parallel); accounts, claims and API
 //! keys sit behind one mutex per table, held only for a map operation. Lock order, where two are
-//! taken: `markets` (read, to find the book) then that book's mutex; nothing else nests.
+//! taken: `fences` (held through a fenced write, so its check and the write are one step), then
+//! `markets` (read, to find the book), then that book's mutex or one table's; nothing else nests.
 //!
 //! May use: `domain`, `book`, and the store's own types.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use super::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, SagaEntry, StoreError};
+use super::{
+    ApiKeyRecord, Claim, ClaimEnd, ClaimOutcome, Fence, SagaEntry, StoreError,
+};
 use crate::book::{CancelError, Level, MatchOutcome, OrderBook, UndoOutcome};
 use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
 
@@ -23,7 +26,11 @@ pub struct MemoryStore {
 struct Inner {
     accounts: Mutex<Accounts>,
     markets: RwLock<HashMap<MarketKey, Arc<Mutex<OrderBook>>>>,
-    claims: Mutex<HashMap<String, Claim>>,
+    /// Claims by (user, client order id).
+    claims: Mutex<HashMap<(UserId, String), Claim>>,
+    /// The highest epoch each saga's writes carried ([`Fence`]). One table for every slot:
+    /// a process has one view of all of them, so a stale owner is refused everywhere at once.
+    fences: Mutex<HashMap<String, u64>>,
     /// API keys by hash, and key id → hash for revocation.
     /// NB: the first map is looked up on every authenticated request, by a SHA-256 digest that
     /// no client can choose: hashbrown's fast default hasher suits it better than SipHash.
@@ -49,7 +56,43 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The fence table held for one fenced write: [`Fenced::check`] before it, then
+/// [`Fenced::record`] once it happened.
+struct Fenced<'a> {
+    table: Option<MutexGuard<'a, HashMap<String, u64>>>,
+    fence: Option<&'a Fence>,
+}
+
+impl Fenced<'_> {
+    /// Refuses a fence older than one already seen.
+    fn check(&self) -> Result<(), StoreError> {
+        if let (Some(table), Some(f)) = (&self.table, self.fence)
+            && table.get(&f.saga_id).is_some_and(|seen| *seen > f.epoch)
+        {
+            return Err(StoreError::Fenced);
+        }
+        Ok(())
+    }
+
+    fn record(mut self) {
+        if let (Some(table), Some(f)) = (self.table.as_mut(), self.fence) {
+            let seen = table.entry(f.saga_id.clone()).or_default();
+            *seen = (*seen).max(f.epoch);
+        }
+    }
+}
+
 impl MemoryStore {
+    /// Takes the fence table for a write carrying `fence` (nothing without one).
+    fn fenced<'a>(&'a self, fence: Option<&'a Fence>) -> Result<Fenced<'a>, StoreError> {
+        let fenced = Fenced {
+            table: fence.map(|_| lock(&self.inner.fences)),
+            fence,
+        };
+        fenced.check()?;
+        Ok(fenced)
+    }
+
     fn book(&self, market: &MarketKey) -> Arc<Mutex<OrderBook>> {
         if let Some(book) = self
             .inner
@@ -87,7 +130,9 @@ impl MemoryStore {
         user: &UserId,
         op_id: Option<&str>,
         moves: &[Move],
+        fence: Option<&Fence>,
     ) -> Result<Result<Account, BalanceError>, StoreError> {
+        let fenced = self.fenced(fence)?;
         let mut accounts = lock(&self.inner.accounts);
         let Accounts { by_user, applied } = &mut *accounts;
         let op = op_id.map(|id| (user.clone(), id.to_owned()));
@@ -99,6 +144,8 @@ impl MemoryStore {
         if let (Ok(_), Some(op)) = (&result, op) {
             applied.insert(op);
         }
+        drop(accounts);
+        fenced.record();
         Ok(result)
     }
 
@@ -116,56 +163,89 @@ impl MemoryStore {
         claim: Claim,
     ) -> Result<ClaimOutcome, StoreError> {
         let mut claims = lock(&self.inner.claims);
-        if let Some(existing) = claims.get(order_id) {
+        let key = (claim.user_id.clone(), order_id.to_owned());
+        if let Some(existing) = claims.get(&key) {
+            if existing.placement_id == claim.placement_id {
+                return Ok(ClaimOutcome::Claimed);
+            }
             return Ok(ClaimOutcome::Existing(existing.clone()));
         }
-        claims.insert(order_id.to_owned(), claim);
+        claims.insert(key, claim);
         Ok(ClaimOutcome::Claimed)
     }
 
     pub(super) fn finish_claim(
         &self,
+        user: &UserId,
         order_id: &str,
-        result: PlacementRecord,
+        placement: &str,
+        end: ClaimEnd,
+        fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        if let Some(claim) = lock(&self.inner.claims).get_mut(order_id) {
-            claim.result = Some(result);
+        let fenced = self.fenced(fence)?;
+        if let Some(claim) = lock(&self.inner.claims)
+            .get_mut(&(user.clone(), order_id.to_owned()))
+            .filter(|c| c.placement(order_id) == placement)
+        {
+            match end {
+                ClaimEnd::Placed(record) => claim.result = Some(record),
+                ClaimEnd::Failed(failed) => claim.failed = Some(failed),
+            }
         }
+        fenced.record();
         Ok(())
     }
 
-    pub(super) fn drop_claim(&self, order_id: &str) -> Result<(), StoreError> {
-        lock(&self.inner.claims).remove(order_id);
-        Ok(())
+    pub(super) fn claim(&self, user: &UserId, order_id: &str) -> Result<Option<Claim>, StoreError> {
+        Ok(lock(&self.inner.claims)
+            .get(&(user.clone(), order_id.to_owned()))
+            .cloned())
     }
 
-    pub(super) fn claim(&self, order_id: &str) -> Result<Option<Claim>, StoreError> {
-        Ok(lock(&self.inner.claims).get(order_id).cloned())
-    }
-
-    pub(super) fn match_order(&self, order: Order) -> Result<MatchOutcome, StoreError> {
+    pub(super) fn match_order(
+        &self,
+        order: Order,
+        fence: Option<&Fence>,
+    ) -> Result<MatchOutcome, StoreError> {
+        let fenced = self.fenced(fence)?;
         let book = self.book(&order.market_key);
-        let mut book = lock(&book);
-        book.place_once(order, |taker, i| format!("{taker}#{i}"))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
+        let outcome = lock(&book)
+            .place_once(order, |taker, i| format!("{taker}#{i}"))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        fenced.record();
+        Ok(outcome)
     }
 
     pub(super) fn undo_match(
         &self,
         market: &MarketKey,
         taker_id: &str,
+        fence: Option<&Fence>,
     ) -> Result<UndoOutcome, StoreError> {
+        let fenced = self.fenced(fence)?;
         let book = self.book(market);
-        let mut book = lock(&book);
-        Ok(book.undo(taker_id))
+        let undo = lock(&book).undo(taker_id);
+        fenced.record();
+        Ok(undo)
     }
 
-    pub(super) fn saga_write(&self, entry: &SagaEntry) -> Result<bool, StoreError> {
+    pub(super) fn saga_write(&self, entry: &SagaEntry, create: bool) -> Result<bool, StoreError> {
         let mut sagas = lock(&self.inner.sagas);
-        if sagas.get(&entry.id).is_some_and(|e| e.owner != entry.owner) {
+        let allowed = match sagas.get(&entry.id) {
+            None => create,
+            Some(e) => !create && e.owner == entry.owner && e.epoch == entry.epoch,
+        };
+        if !allowed {
             return Ok(false);
         }
-        sagas.insert(entry.id.clone(), entry.clone());
+        let epoch = if create { 1 } else { entry.epoch };
+        sagas.insert(
+            entry.id.clone(),
+            SagaEntry {
+                epoch,
+                ..entry.clone()
+            },
+        );
         Ok(true)
     }
 
@@ -183,14 +263,20 @@ impl MemoryStore {
         if !entry.claimable_by(owner, now_ms) {
             return Ok(None);
         }
+        if entry.owner != owner {
+            entry.epoch += 1;
+        }
         entry.owner = owner.to_owned();
         entry.lease_until_ms = lease_until_ms;
         Ok(Some(entry.clone()))
     }
 
-    pub(super) fn saga_delete(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
+    pub(super) fn saga_delete(&self, id: &str, owner: &str, epoch: u64) -> Result<bool, StoreError> {
         let mut sagas = lock(&self.inner.sagas);
-        if sagas.get(id).is_some_and(|e| e.owner == owner) {
+        if sagas
+            .get(id)
+            .is_some_and(|e| e.owner == owner && e.epoch == epoch)
+        {
             sagas.remove(id);
             return Ok(true);
         }
@@ -208,12 +294,15 @@ impl MemoryStore {
         market: &MarketKey,
         order_id: &str,
         user: &UserId,
+        fence: Option<&Fence>,
     ) -> Result<Result<Order, CancelError>, StoreError> {
+        let fenced = self.fenced(fence)?;
         let Some(book) = self.existing_book(market) else {
             return Ok(Err(CancelError::NotFound));
         };
-        let mut book = lock(&book);
-        Ok(book.cancel(order_id, user))
+        let cancelled = lock(&book).cancel_once(order_id, user, fence.is_some());
+        fenced.record();
+        Ok(cancelled)
     }
 
     pub(super) fn order(

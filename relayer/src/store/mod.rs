@@ -40,9 +40,25 @@ pub enum StoreError {
     /// The backend answered something this build cannot read (a defect or foreign data).
     #[error("store data unreadable: {0}")]
     Corrupt(String),
+    /// A saga's write was refused by its fence (see [`Fence`]); nothing was changed.
+    #[error("{}", FENCED)]
+    Fenced,
 }
 
-/// The record behind an order id: who placed what, and the answer placement gave.
+/// How a placement ended, as its claim records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ClaimEnd {
+    /// Placed: the answer.
+    Placed(PlacementRecord),
+    /// Failed: why.
+    Failed(FailedPlacement),
+}
+
+/// The record behind a user's order id: who placed what, and the answer placement gave.
+///
+/// An order id is scoped to its user (two users may both use `o-1`), and names one placement
+/// attempt for ever: a retry with the same id replays the outcome recorded here, success
+/// ([`Claim::result`]) or failure ([`Claim::failed`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Claim {
@@ -52,9 +68,67 @@ pub struct Claim {
     pub market_key: MarketKey,
     /// Owner.
     pub user_id: UserId,
+    /// The placement holding the id ([`Order::order_id`]); empty in claims of older builds,
+    /// whose placement id is the order id itself (see [`Claim::placement`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub placement_id: String,
     /// The placement's first answer, once placement finished.
+    #[serde(skip)]
     pub result: Option<PlacementRecord>,
+    /// Why the placement failed, once it failed: its answer, replayed to a retry.
+    #[serde(skip)]
+    pub failed: Option<FailedPlacement>,
 }
+
+impl Claim {
+    /// The placement id behind client order id `order_id`.
+    pub fn placement<'a>(&'a self, order_id: &'a str) -> &'a str {
+        if self.placement_id.is_empty() {
+            order_id
+        } else {
+            &self.placement_id
+        }
+    }
+}
+
+/// A placement that ended without placing the order (nothing of it stays reserved).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedPlacement {
+    /// What kind of failure, which decides the answer replayed.
+    pub kind: FailureKind,
+    /// Why, for the client.
+    pub message: String,
+}
+
+/// Kinds of [`FailedPlacement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The reservation was refused (insufficient balance): 422.
+    Refused,
+    /// Settlement said "not settled"; everything was undone: 503.
+    NotSettled,
+    /// Undone for another reason (e.g. recovered after the placing replica stopped): 409.
+    NotPlaced,
+}
+
+/// A saga's fencing token: every store write a saga makes carries it, and a store refuses it
+/// once a newer owner of the saga (a higher `epoch`) has written to the same slot, or (Redis)
+/// once `lease_until_ms` has passed by the store's clock. So a replica whose lease lapsed
+/// (paused, partitioned) cannot write alongside its successor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The saga's id.
+    pub saga_id: String,
+    /// The owner's lease epoch ([`SagaEntry::epoch`]).
+    pub epoch: u64,
+    /// Until when the owner believes its lease runs, ms since the Unix epoch.
+    pub lease_until_ms: u64,
+}
+
+/// A fenced write was refused: the saga has a newer owner or its lease ran out.
+pub const FENCED: &str = "fenced: the saga has a newer owner or its lease ran out";
 
 /// What placement answered, kept so a repeated placement returns the same answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +145,8 @@ pub struct PlacementRecord {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimOutcome {
-    /// The id was free and is now claimed by this placement.
+    /// The id was free and is now claimed by this placement (or already was, by the same
+    /// placement).
     Claimed,
     /// The id is already claimed; here is its record.
     Existing(Claim),
@@ -85,10 +160,14 @@ pub enum ClaimOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SagaEntry {
-    /// Saga id (the order id for order sagas).
+    /// Saga id (the placement id for order sagas).
     pub id: String,
     /// The replica running it.
     pub owner: String,
+    /// The lease epoch: 1 when the entry is created, one more at each change of owner. The
+    /// fencing token of the owner's writes ([`Fence`]).
+    #[serde(default)]
+    pub epoch: u64,
     /// Until when the owner's lease runs, ms since the Unix epoch.
     pub lease_until_ms: u64,
     /// `running`, `pending`, `compensating` or `manual`.
@@ -188,20 +267,31 @@ impl Store {
         user: &UserId,
         moves: &[Move],
     ) -> Result<Result<Account, BalanceError>, StoreError> {
-        dispatch!(self, s => s.apply_moves(user, None, moves))
+        dispatch!(self, s => s.apply_moves(user, None, moves, None))
     }
 
     /// Applies balance moves to one account, all or none, at most once per `op_id`: a repeat
     /// with an id that was applied changes nothing and answers the account as it is. Lets a
-    /// caller retry a step whose answer was lost. Ids are remembered for the order retention
-    /// (Redis) or the process lifetime (memory).
+    /// caller retry a step whose answer was lost. Ids are remembered for the order retention.
     pub async fn apply_moves_once(
         &self,
         user: &UserId,
         op_id: &str,
         moves: &[Move],
     ) -> Result<Result<Account, BalanceError>, StoreError> {
-        dispatch!(self, s => s.apply_moves(user, Some(op_id), moves))
+        dispatch!(self, s => s.apply_moves(user, Some(op_id), moves, None))
+    }
+
+    /// [`Store::apply_moves_once`] for a saga: refused with [`StoreError::Fenced`] (changing
+    /// nothing) once `fence` is stale.
+    pub async fn apply_moves_fenced(
+        &self,
+        user: &UserId,
+        op_id: &str,
+        moves: &[Move],
+        fence: &Fence,
+    ) -> Result<Result<Account, BalanceError>, StoreError> {
+        dispatch!(self, s => s.apply_moves(user, Some(op_id), moves, Some(fence)))
     }
 
     /// One user's account.
@@ -209,7 +299,8 @@ impl Store {
         dispatch!(self, s => s.account(user))
     }
 
-    /// Claims an order id for a placement, or returns who has it.
+    /// Claims `claim.user_id`'s order id `order_id` for the placement `claim.placement_id`, or
+    /// returns who has it (a claim by the same placement answers [`ClaimOutcome::Claimed`]).
     pub async fn claim_order_id(
         &self,
         order_id: &str,
@@ -218,30 +309,52 @@ impl Store {
         dispatch!(self, s => s.claim_order_id(order_id, claim))
     }
 
-    /// Records the placement's answer on its claim.
+    /// Records the placement's answer on the claim of `user`'s `order_id`, if `placement`
+    /// holds it. A finished order's claim expires after the retention.
     pub async fn finish_claim(
         &self,
+        user: &UserId,
         order_id: &str,
+        placement: &str,
         result: PlacementRecord,
+        fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.finish_claim(order_id, result))
+        dispatch!(self, s => s.finish_claim(user, order_id, placement, ClaimEnd::Placed(result), fence))
     }
 
-    /// Frees an order id whose placement was refused before it reached the book.
-    pub async fn drop_claim(&self, order_id: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.drop_claim(order_id))
+    /// Records that `placement` failed on the claim of `user`'s `order_id` (if it holds it),
+    /// so a retry replays the failure; the claim expires after the retention.
+    pub async fn fail_claim(
+        &self,
+        user: &UserId,
+        order_id: &str,
+        placement: &str,
+        failed: FailedPlacement,
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.finish_claim(user, order_id, placement, ClaimEnd::Failed(failed), fence))
     }
 
-    /// The claim of an order id.
-    pub async fn claim(&self, order_id: &str) -> Result<Option<Claim>, StoreError> {
-        dispatch!(self, s => s.claim(order_id))
+    /// The claim of `user`'s order id (also one written by an older build, whose claims were
+    /// not scoped to their user).
+    pub async fn claim(&self, user: &UserId, order_id: &str) -> Result<Option<Claim>, StoreError> {
+        dispatch!(self, s => s.claim(user, order_id))
     }
 
     /// Matches an order in its market's book and rests the remainder. At most once per order
     /// id: a repeat answers the first outcome (so a step whose answer was lost can be retried);
     /// a placement that was undone is refused.
     pub async fn match_order(&self, order: Order) -> Result<MatchOutcome, StoreError> {
-        dispatch!(self, s => s.match_order(order))
+        dispatch!(self, s => s.match_order(order, None))
+    }
+
+    /// [`Store::match_order`] for a saga, fenced (see [`Fence`]).
+    pub async fn match_order_fenced(
+        &self,
+        order: Order,
+        fence: &Fence,
+    ) -> Result<MatchOutcome, StoreError> {
+        dispatch!(self, s => s.match_order(order, Some(fence)))
     }
 
     /// Undoes the match of placement `taker_id` (idempotent; see [`crate::book`] for the
@@ -252,17 +365,29 @@ impl Store {
         market: &MarketKey,
         taker_id: &str,
     ) -> Result<UndoOutcome, StoreError> {
-        dispatch!(self, s => s.undo_match(market, taker_id))
+        dispatch!(self, s => s.undo_match(market, taker_id, None))
     }
 
-    /// Writes a saga log entry unless another owner holds it; false when it does (the lease
-    /// was lost: the caller must stop working on the saga).
-    pub async fn saga_write(&self, entry: &SagaEntry) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.saga_write(entry))
+    /// [`Store::undo_match`] for a saga, fenced (see [`Fence`]).
+    pub async fn undo_match_fenced(
+        &self,
+        market: &MarketKey,
+        taker_id: &str,
+        fence: &Fence,
+    ) -> Result<UndoOutcome, StoreError> {
+        dispatch!(self, s => s.undo_match(market, taker_id, Some(fence)))
+    }
+
+    /// Writes a saga log entry: with `create`, only if there is none (and then at epoch 1);
+    /// otherwise only if `entry.owner` holds it at `entry.epoch`. False when refused (the
+    /// lease was lost, or the saga finished meanwhile: the caller must stop working on it).
+    pub async fn saga_write(&self, entry: &SagaEntry, create: bool) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.saga_write(entry, create))
     }
 
     /// Takes over saga `id` for `owner` until `lease_until_ms` when
-    /// [`SagaEntry::claimable_by`]; answers the entry then.
+    /// [`SagaEntry::claimable_by`]; answers the entry then (its epoch one more when the owner
+    /// changed).
     pub async fn saga_claim(
         &self,
         id: &str,
@@ -273,9 +398,9 @@ impl Store {
         dispatch!(self, s => s.saga_claim(id, owner, lease_until_ms, now_ms))
     }
 
-    /// Removes a finished saga's entry if `owner` holds it.
-    pub async fn saga_delete(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.saga_delete(id, owner))
+    /// Removes a finished saga's entry if `owner` holds it at `epoch`.
+    pub async fn saga_delete(&self, id: &str, owner: &str, epoch: u64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.saga_delete(id, owner, epoch))
     }
 
     /// Every saga log entry (running, pending, compensating and manual).
@@ -283,14 +408,18 @@ impl Store {
         dispatch!(self, s => s.saga_list())
     }
 
-    /// Cancels an open order of `user`.
+    /// Cancels an open order of `user` (by its placement id). Cancelling an order that this
+    /// very call already cancelled (a retry, e.g. in recovery) answers the cancelled order
+    /// again when `fence` is given: at most one cancellation per order, so its release is
+    /// due once.
     pub async fn cancel_order(
         &self,
         market: &MarketKey,
         order_id: &str,
         user: &UserId,
+        fence: Option<&Fence>,
     ) -> Result<Result<Order, CancelError>, StoreError> {
-        dispatch!(self, s => s.cancel_order(market, order_id, user))
+        dispatch!(self, s => s.cancel_order(market, order_id, user, fence))
     }
 
     /// One order of a market.

@@ -11,32 +11,49 @@ use axum::response::{IntoResponse, Response};
 use super::not_the_callers_user;
 use crate::clock::now_ms;
 use crate::domain::{MarketKey, UserId, parse_u64, validate_order_id};
-use crate::exchange::NewOrder;
+use crate::exchange::{Cancelled, ExchangeError, Found, NewOrder, Placed};
 use crate::http::auth::ApiUser;
 use crate::http::error::{ApiError, ValidJson};
 use crate::http::state::AppState;
-use crate::http::views::{FillView, OrderView, PlaceOrderRequest, PlaceOrderResponse};
+use crate::http::views::{FillView, OrderView, PendingView, PlaceOrderRequest, PlaceOrderResponse};
 
-fn order_view_response(status: StatusCode, body: PlaceOrderResponse, replayed: bool) -> Response {
-    let mut response = (status, Json(body)).into_response();
-    if replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+fn replayed(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// 202 with the order id and its state, pointing at where to look later.
+fn accepted(order_id: &str, state: &str) -> Response {
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(PendingView {
+            order_id: order_id.to_owned(),
+            state: state.to_owned(),
+        }),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v2/orders/{order_id}")) {
+        response.headers_mut().insert("location", location);
     }
     response
 }
 
-/// Places an order: reserve, match, move balances. Repeating an `orderId` returns the first
-/// answer (with `Idempotent-Replayed: true`) and trades nothing.
+/// Places an order: reserve, match, settle, move balances. The placement runs on its own: the
+/// request waits for it at most `limits.placementWaitMs`, then answers 202 with the order id
+/// (a client that hangs up cancels nothing). Repeating an `orderId` with the same order
+/// returns the first answer, success or failure (with `Idempotent-Replayed: true`), and
+/// trades nothing; a failed placement's `orderId` is spent.
 #[utoipa::path(post, path = "/v2/orders", tag = "orders",
     request_body = PlaceOrderRequest,
     responses(
         (status = 201, description = "Placed (or replayed)", body = PlaceOrderResponse),
+        (status = 202, description = "Accepted, still running (or parked for manual handling)", body = PendingView),
         (status = 400, description = "Invalid field"), (status = 401, description = "No or unknown API key"),
         (status = 403, description = "userId is not the key's user"), (status = 409, description = "orderId used by another order"),
         (status = 413, description = "Body too large"), (status = 422, description = "Insufficient balance"),
-        (status = 503, description = "Store unavailable"),
+        (status = 503, description = "Store or settlement unavailable; the order was not placed"),
     ),
     security(("apiKey" = [])))]
 pub(crate) async fn place_order(
@@ -68,7 +85,7 @@ pub(crate) async fn place_order(
     if user_id != caller {
         return Err(not_the_callers_user());
     }
-    let placement = state
+    let placed = state
         .exchange()
         .place(
             NewOrder {
@@ -81,7 +98,15 @@ pub(crate) async fn place_order(
             },
             now_ms(),
         )
-        .await?;
+        .await;
+    let placement = match placed {
+        Ok(Placed::Done(placement)) => placement,
+        Ok(Placed::Pending { order_id, state }) => return Ok(accepted(&order_id, state)),
+        Err(ExchangeError::Replayed(failed)) => {
+            return Ok(replayed(ApiError::of_failure(&failed).into_response()));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let record = &placement.record;
     let body = PlaceOrderResponse {
         order: OrderView::from(&record.order),
@@ -90,50 +115,56 @@ pub(crate) async fn place_order(
             .iter()
             .map(|f| FillView {
                 trade_id: f.trade_id.clone(),
-                maker_order_id: f.maker_order_id.clone(),
+                maker_order_id: f.maker_client_id().to_owned(),
                 price: f.price.to_string(),
                 amount: f.amount.to_string(),
                 collateral: f.collateral.to_string(),
             })
             .collect(),
     };
-    Ok(order_view_response(
-        StatusCode::CREATED,
-        body,
-        placement.replayed,
-    ))
+    let response = (StatusCode::CREATED, Json(body)).into_response();
+    Ok(if placement.replayed {
+        replayed(response)
+    } else {
+        response
+    })
 }
 
 fn path_order_id(raw: &str) -> Result<String, ApiError> {
     validate_order_id("orderId", raw).map_err(ApiError::from)
 }
 
-/// One of the caller's orders.
+/// One of the caller's orders; 202 while its placement is still running.
 #[utoipa::path(get, path = "/v2/orders/{id}", tag = "orders",
     params(("id" = String, Path, description = "Order id")),
-    responses((status = 200, body = OrderView), (status = 401), (status = 404)),
+    responses((status = 200, body = OrderView), (status = 202, body = PendingView), (status = 401), (status = 404)),
     security(("apiKey" = [])))]
 pub(crate) async fn get_order(
     State(state): State<AppState>,
     ApiUser(caller): ApiUser,
     Path(id): Path<String>,
-) -> Result<Json<OrderView>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = path_order_id(&id)?;
-    let order = state.exchange().order_of(&id, &caller).await?;
-    Ok(Json(OrderView::from(&order)))
+    Ok(match state.exchange().order_of(&id, &caller).await? {
+        Found::Order(order) => Json(OrderView::from(&order)).into_response(),
+        Found::Pending => accepted(&id, "pending"),
+    })
 }
 
-/// Cancels one of the caller's open orders and releases its reservation.
+/// Cancels one of the caller's open orders and releases its reservation; 202 when the
+/// cancellation is logged but not finished (recovery finishes it).
 #[utoipa::path(delete, path = "/v2/orders/{id}", tag = "orders",
     params(("id" = String, Path, description = "Order id")),
-    responses((status = 200, body = OrderView), (status = 401), (status = 404), (status = 409, description = "Not open")),
+    responses((status = 200, body = OrderView), (status = 202, body = PendingView), (status = 401), (status = 404), (status = 409, description = "Not open")),
     security(("apiKey" = [])))]
 pub(crate) async fn cancel_order(
     State(state): State<AppState>,
     ApiUser(caller): ApiUser,
     Path(id): Path<String>,
-) -> Result<Json<OrderView>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = path_order_id(&id)?;
-    let order = state.exchange().cancel(&id, &caller).await?;
-    Ok(Json(OrderView::from(&order)))
+    Ok(match state.exchange().cancel(&id, &caller).await? {
+        Cancelled::Done(order) => Json(OrderView::from(&order)).into_response(),
+        Cancelled::Pending => accepted(&id, "cancel_pending"),
+    })
 }

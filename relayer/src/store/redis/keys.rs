@@ -15,7 +15,12 @@ impl RedisStore {
         format!("{}{{m:{market}}}", self.inner.prefix)
     }
 
-    pub(super) fn claim_key(&self, order_id: &str) -> String {
+    pub(super) fn claim_key(&self, user: &UserId, order_id: &str) -> String {
+        format!("{}{{c:{user}:{order_id}}}", self.inner.prefix)
+    }
+
+    /// Where an older build kept an order id's claim (not scoped to its user).
+    pub(super) fn legacy_claim_key(&self, order_id: &str) -> String {
         format!("{}{{c:{order_id}}}", self.inner.prefix)
     }
 
@@ -70,7 +75,8 @@ mod tests {
         let market = MarketKey::parse("m", "80002:7").expect("valid");
         assert_eq!(store.account_key(&user), format!("fs:{{u:{user}}}"));
         assert_eq!(store.market_key(&market), "fs:{m:80002:7}");
-        assert_eq!(store.claim_key("o-1"), "fs:{c:o-1}");
+        assert_eq!(store.claim_key(&user, "o-1"), format!("fs:{{c:{user}:o-1}}"));
+        assert_eq!(store.legacy_claim_key("o-1"), "fs:{c:o-1}");
         assert_eq!(store.api_keys_key(), "fs:{apikeys}");
         assert_eq!(
             store.saga_key("o-1"),

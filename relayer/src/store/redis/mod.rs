@@ -8,7 +8,7 @@
 //! |--------------------------|----------------------------------------|------------------------------|
 //! | `{u:<userId>}`           | the account hash, operation-id markers | `apply_moves`                |
 //! | `{m:<marketKey>}`        | book queues, price levels, orders      | `match_order`, `cancel_order`, `depth`, `open_orders` |
-//! | `{c:<orderId>}`          | the order id's claim                   | `claim`, `finish_claim`      |
+//! | `{c:<userId>:<orderId>}` | a user's order id's claim              | `claim`, `finish_claim`      |
 //! | `{apikeys}`              | API-key records by hash and by id      | `delete_api_key`             |
 //! | `{sagas:<n>}`, n < 16    | saga log entries of one shard (hash)   | `saga_write`, `saga_claim`, `saga_delete` |
 //!
@@ -17,6 +17,11 @@
 //! A saga's entry (fields `<id>:meta` and `<id>:rec`) lives in one of [`SAGA_SHARDS`] hashes
 //! chosen by a hash of its id: one slot per saga, one script per log write, and recovery and
 //! `/admin/sagas` read the log with one `HGETALL` per shard (no keyspace scan).
+//!
+//! Saga-owned writes are fenced (`lua/fence.lua`, [`Fence`]): each carries the saga's lease
+//! epoch and lease end, refused once the lease ended by Redis's clock (`TIME`; the relayers'
+//! clocks are assumed synchronised to well under the lease) or once a newer epoch wrote the
+//! same slot.
 //!
 //! Every key starts with the configured prefix (`redis.keyPrefix`). Quantities are canonical
 //! decimal strings and the scripts compute on them exactly (`lua/num.lua`), so the limits are
@@ -58,7 +63,7 @@ use self::wire::{
     parse_apply_moves, parse_claim, parse_depth, parse_match, parse_order, parse_saga_claim,
     parse_saga_shard, parse_status, parse_undo, side_code, to_json, unavailable,
 };
-use super::{ApiKeyRecord, Claim, ClaimOutcome, PlacementRecord, SagaEntry, StoreError};
+use super::{ApiKeyRecord, Claim, ClaimEnd, ClaimOutcome, Fence, SagaEntry, StoreError};
 use crate::book::{CancelError, Level, MatchOutcome, UndoOutcome};
 use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
 
@@ -97,6 +102,18 @@ impl fmt::Debug for RedisStore {
             .field("timeout", &self.inner.timeout)
             .field("retention_ms", &self.inner.retention_ms)
             .finish_non_exhaustive()
+    }
+}
+
+/// The three fence arguments of a script (see `lua/fence.lua`): empty without a fence.
+fn fence_args(fence: Option<&Fence>) -> [String; 3] {
+    match fence {
+        Some(f) => [
+            f.saga_id.clone(),
+            f.epoch.to_string(),
+            f.lease_until_ms.to_string(),
+        ],
+        None => [String::new(), "0".to_owned(), "0".to_owned()],
     }
 }
 
@@ -168,11 +185,13 @@ impl RedisStore {
         user: &UserId,
         op_id: Option<&str>,
         moves: &[Move],
+        fence: Option<&Fence>,
     ) -> Result<Result<Account, BalanceError>, StoreError> {
-        let mut args = Vec::with_capacity(3 + 4 * moves.len());
+        let mut args = Vec::with_capacity(6 + 4 * moves.len());
         args.push(u64::MAX.to_string());
         args.push(self.inner.retention_ms.to_string());
         args.push(op_id.unwrap_or_default().to_owned());
+        args.extend(fence_args(fence));
         for m in moves {
             args.push(asset_field(&m.asset));
             args.push(bucket_code(m.from).to_owned());
@@ -206,23 +225,18 @@ impl RedisStore {
         order_id: &str,
         claim: Claim,
     ) -> Result<ClaimOutcome, StoreError> {
-        let json = to_json(&Claim {
-            result: None,
-            ..claim
-        })?;
+        let key = self.claim_key(&claim.user_id, order_id);
+        let placement = claim.placement_id.clone();
+        let json = to_json(&claim)?;
         let reply = self
-            .script(
-                "claim",
-                &self.inner.scripts.claim,
-                &self.claim_key(order_id),
-                &[json],
-            )
+            .script("claim", &self.inner.scripts.claim, &key, &[json, placement])
             .await?;
         match reply.first().map(String::as_str) {
             Some("claimed") => Ok(ClaimOutcome::Claimed),
             Some("existing") => Ok(ClaimOutcome::Existing(parse_claim(
                 reply.get(1),
                 reply.get(2),
+                reply.get(3),
             )?)),
             _ => Err(corrupt("claim", format!("unexpected reply {reply:?}"))),
         }
@@ -230,40 +244,54 @@ impl RedisStore {
 
     pub(super) async fn finish_claim(
         &self,
+        user: &UserId,
         order_id: &str,
-        result: PlacementRecord,
+        placement: &str,
+        end: ClaimEnd,
+        fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        let finished = !result.order.status.is_open();
-        let args = [
-            to_json(&result)?,
+        let (field, json, finished) = match &end {
+            ClaimEnd::Placed(record) => ("result", to_json(record)?, !record.order.status.is_open()),
+            ClaimEnd::Failed(failed) => ("failed", to_json(failed)?, true),
+        };
+        let mut args = vec![
+            field.to_owned(),
+            json,
             if finished { "1" } else { "0" }.to_owned(),
             self.inner.retention_ms.to_string(),
+            placement.to_owned(),
         ];
-        self.script(
-            "finish_claim",
-            &self.inner.scripts.finish_claim,
-            &self.claim_key(order_id),
-            &args,
-        )
-        .await
-        .map(drop)
+        args.extend(fence_args(fence));
+        let reply = self
+            .script(
+                "finish_claim",
+                &self.inner.scripts.finish_claim,
+                &self.claim_key(user, order_id),
+                &args,
+            )
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("fenced") => Err(StoreError::Fenced),
+            _ => Ok(()),
+        }
     }
 
-    pub(super) async fn drop_claim(&self, order_id: &str) -> Result<(), StoreError> {
-        let key = self.claim_key(order_id);
-        let mut conn = self.inner.conn.clone();
-        self.call("DEL claim", async move {
-            redis::cmd("DEL")
-                .arg(&key)
-                .query_async::<i64>(&mut conn)
-                .await
-        })
-        .await
-        .map(drop)
+    pub(super) async fn claim(
+        &self,
+        user: &UserId,
+        order_id: &str,
+    ) -> Result<Option<Claim>, StoreError> {
+        if let Some(claim) = self.read_claim(self.claim_key(user, order_id)).await? {
+            return Ok(Some(claim));
+        }
+        // NB: claims of older builds were keyed by the order id alone.
+        Ok(self
+            .read_claim(self.legacy_claim_key(order_id))
+            .await?
+            .filter(|c| &c.user_id == user))
     }
 
-    pub(super) async fn claim(&self, order_id: &str) -> Result<Option<Claim>, StoreError> {
-        let key = self.claim_key(order_id);
+    async fn read_claim(&self, key: String) -> Result<Option<Claim>, StoreError> {
         let mut conn = self.inner.conn.clone();
         let fields: Vec<Option<String>> = self
             .call("HMGET claim", async move {
@@ -271,19 +299,27 @@ impl RedisStore {
                     .arg(&key)
                     .arg("claim")
                     .arg("result")
+                    .arg("failed")
                     .query_async(&mut conn)
                     .await
             })
             .await?;
         match fields.as_slice() {
             [None, ..] | [] => Ok(None),
-            [Some(claim), result] => parse_claim(Some(claim), result.as_ref()).map(Some),
+            [Some(claim), result, failed] => {
+                parse_claim(Some(claim), result.as_ref(), failed.as_ref()).map(Some)
+            }
             _ => Err(corrupt("claim", format!("unexpected reply {fields:?}"))),
         }
     }
 
-    pub(super) async fn match_order(&self, order: Order) -> Result<MatchOutcome, StoreError> {
+    pub(super) async fn match_order(
+        &self,
+        order: Order,
+        fence: Option<&Fence>,
+    ) -> Result<MatchOutcome, StoreError> {
         let market = order.market_key.clone();
+        let [saga, epoch, lease] = fence_args(fence);
         let args = [
             order.order_id.clone(),
             order.user_id.to_string(),
@@ -293,6 +329,10 @@ impl RedisStore {
             order.reserved.to_string(),
             order.created_at_ms.to_string(),
             self.inner.retention_ms.to_string(),
+            order.client_order_id.clone(),
+            saga,
+            epoch,
+            lease,
         ];
         let reply = self
             .script(
@@ -309,7 +349,7 @@ impl RedisStore {
 
     /// Sets the retention on the claims of orders that another slot's script finished. Runs in
     /// the background: the match has happened, and the caller must go on to move balances.
-    fn expire_claims(&self, order_ids: Vec<String>) {
+    fn expire_claims(&self, order_ids: Vec<(UserId, String)>) {
         let retention = self.inner.retention_ms.to_string();
         self.claims_in_background(
             "PEXPIRE claims",
@@ -325,7 +365,7 @@ impl RedisStore {
         &self,
         what: &'static str,
         command: &[&str],
-        order_ids: Vec<String>,
+        order_ids: Vec<(UserId, String)>,
         on_error: &'static str,
     ) {
         let Some((name, args)) = command.split_first() else {
@@ -335,8 +375,8 @@ impl RedisStore {
             return;
         }
         let mut pipe = redis::pipe();
-        for id in &order_ids {
-            pipe.cmd(name).arg(self.claim_key(id)).arg(args).ignore();
+        for (user, id) in &order_ids {
+            pipe.cmd(name).arg(self.claim_key(user, id)).arg(args).ignore();
         }
         let this = self.clone();
         tokio::spawn(async move {
@@ -354,8 +394,16 @@ impl RedisStore {
         &self,
         market: &MarketKey,
         taker_id: &str,
+        fence: Option<&Fence>,
     ) -> Result<UndoOutcome, StoreError> {
-        let args = [taker_id.to_owned(), self.inner.retention_ms.to_string()];
+        let [saga, epoch, lease] = fence_args(fence);
+        let args = [
+            taker_id.to_owned(),
+            self.inner.retention_ms.to_string(),
+            saga,
+            epoch,
+            lease,
+        ];
         let reply = self
             .script(
                 "undo_match",
@@ -370,13 +418,13 @@ impl RedisStore {
         self.persist_claims(
             undo.fills
                 .iter()
-                .map(|f| f.maker_order_id.clone())
+                .map(|f| (f.maker_user().clone(), f.maker_client_id().to_owned()))
                 .collect::<Vec<_>>(),
         );
         Ok(undo)
     }
 
-    fn persist_claims(&self, order_ids: Vec<String>) {
+    fn persist_claims(&self, order_ids: Vec<(UserId, String)>) {
         self.claims_in_background(
             "PERSIST claims",
             &["PERSIST"],
@@ -385,13 +433,19 @@ impl RedisStore {
         );
     }
 
-    pub(super) async fn saga_write(&self, entry: &SagaEntry) -> Result<bool, StoreError> {
+    pub(super) async fn saga_write(
+        &self,
+        entry: &SagaEntry,
+        create: bool,
+    ) -> Result<bool, StoreError> {
         let args = [
             entry.id.clone(),
             entry.owner.clone(),
             entry.lease_until_ms.to_string(),
             entry.state.clone(),
             entry.record.clone(),
+            if create { "1" } else { "0" }.to_owned(),
+            entry.epoch.to_string(),
         ];
         let reply = self
             .script(
@@ -428,13 +482,18 @@ impl RedisStore {
         parse_saga_claim(id, &reply)
     }
 
-    pub(super) async fn saga_delete(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
+    pub(super) async fn saga_delete(
+        &self,
+        id: &str,
+        owner: &str,
+        epoch: u64,
+    ) -> Result<bool, StoreError> {
         let reply = self
             .script(
                 "saga_delete",
                 &self.inner.scripts.saga_delete,
                 &self.saga_key(id),
-                &[id.to_owned(), owner.to_owned()],
+                &[id.to_owned(), owner.to_owned(), epoch.to_string()],
             )
             .await?;
         Ok(reply.first().map(String::as_str) == Some("1"))
@@ -461,11 +520,16 @@ impl RedisStore {
         market: &MarketKey,
         order_id: &str,
         user: &UserId,
+        fence: Option<&Fence>,
     ) -> Result<Result<Order, CancelError>, StoreError> {
+        let [saga, epoch, lease] = fence_args(fence);
         let args = [
             order_id.to_owned(),
             user.to_string(),
             self.inner.retention_ms.to_string(),
+            saga,
+            epoch,
+            lease,
         ];
         let reply = self
             .script(
@@ -478,9 +542,10 @@ impl RedisStore {
         match reply.as_slice() {
             [tag, json] if tag == "ok" => {
                 let order = parse_order(market, json)?;
-                self.expire_claims(vec![order.order_id.clone()]);
+                self.expire_claims(vec![(order.user_id.clone(), order.client_id().to_owned())]);
                 Ok(Ok(order))
             }
+            [tag] if tag == "fenced" => Err(StoreError::Fenced),
             [tag] if tag == "not_found" => Ok(Err(CancelError::NotFound)),
             [tag, status] if tag == "not_open" => {
                 Ok(Err(CancelError::NotOpen(parse_status(status)?)))

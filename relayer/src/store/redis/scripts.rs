@@ -1,7 +1,7 @@
 //! The Lua scripts of the Redis backend, one per state-changing operation (each touches one
 //! hash slot), loaded as `redis::Script`s (EVALSHA, reloaded after a Redis restart). The
-//! scripts' text lives in `lua/`; `num.lua` (exact decimal arithmetic) and `book.lua` (the
-//! order book) are prepended to those that need them. [`RedisStore::script`] runs one.
+//! scripts' text lives in `lua/`; `num.lua` (exact decimal arithmetic), `fence.lua` (saga
+//! fencing) and `book.lua` (the order book) are prepended to those that need them. [`RedisStore::script`] runs one.
 //!
 //! May use: the store's own types (its error, the parent's bounded call).
 
@@ -12,6 +12,7 @@ use crate::store::StoreError;
 
 const NUM_LUA: &str = include_str!("lua/num.lua");
 const BOOK_LUA: &str = include_str!("lua/book.lua");
+const FENCE_LUA: &str = include_str!("lua/fence.lua");
 
 pub(super) struct Scripts {
     pub(super) apply_moves: Script,
@@ -30,15 +31,21 @@ pub(super) struct Scripts {
 
 impl Scripts {
     pub(super) fn new() -> Self {
-        let book = |body: &str| Script::new(&format!("{NUM_LUA}{BOOK_LUA}{body}"));
+        let book = |body: &str| Script::new(&format!("{NUM_LUA}{FENCE_LUA}{BOOK_LUA}{body}"));
         Self {
-            apply_moves: Script::new(&format!("{NUM_LUA}{}", include_str!("lua/apply_moves.lua"))),
+            apply_moves: Script::new(&format!(
+                "{NUM_LUA}{FENCE_LUA}{}",
+                include_str!("lua/apply_moves.lua")
+            )),
             match_order: book(include_str!("lua/match_order.lua")),
             cancel_order: book(include_str!("lua/cancel_order.lua")),
             depth: book(include_str!("lua/depth.lua")),
             open_orders: book(include_str!("lua/open_orders.lua")),
             claim: Script::new(include_str!("lua/claim.lua")),
-            finish_claim: Script::new(include_str!("lua/finish_claim.lua")),
+            finish_claim: Script::new(&format!(
+                "{FENCE_LUA}{}",
+                include_str!("lua/finish_claim.lua")
+            )),
             delete_api_key: Script::new(include_str!("lua/delete_api_key.lua")),
             undo_match: book(include_str!("lua/undo_match.lua")),
             saga_write: Script::new(include_str!("lua/saga_write.lua")),

@@ -122,12 +122,17 @@ pub(super) fn parse_account(flat: &[String]) -> Result<Account, StoreError> {
 pub(super) fn parse_claim(
     claim: Option<&String>,
     result: Option<&String>,
+    failed: Option<&String>,
 ) -> Result<Claim, StoreError> {
     let raw = claim.ok_or_else(|| corrupt("claim", "missing"))?;
     let mut claim: Claim = from_json("claim", raw)?;
     claim.result = match result.map(String::as_str) {
         None | Some("") => None,
         Some(r) => Some(from_json("placement record", r)?),
+    };
+    claim.failed = match failed.map(String::as_str) {
+        None | Some("") => None,
+        Some(r) => Some(from_json("failed placement", r)?),
     };
     Ok(claim)
 }
@@ -136,6 +141,9 @@ pub(super) fn parse_claim(
 #[derive(Debug, Deserialize)]
 pub(super) struct WireOrder {
     id: String,
+    /// The client order id; absent in orders of older builds.
+    #[serde(default)]
+    cid: Option<String>,
     user: String,
     side: String,
     price: String,
@@ -151,12 +159,14 @@ pub(super) struct WireOrder {
 
 impl WireOrder {
     pub(super) fn from_fields(mut f: HashMap<String, String>) -> Result<Self, StoreError> {
+        let cid = f.remove("cid");
         let mut take = |k: &str| {
             f.remove(k)
                 .ok_or_else(|| corrupt("order", format!("missing field {k}")))
         };
         Ok(Self {
             id: take("id")?,
+            cid,
             user: take("user")?,
             side: take("side")?,
             price: take("price")?,
@@ -191,6 +201,7 @@ impl WireOrder {
             seq: parse_num("seq", Some(&self.seq))?,
             created_at_ms: parse_num("created", Some(&self.created))?,
             order_id: self.id,
+            client_order_id: self.cid.unwrap_or_default(),
         })
     }
 }
@@ -205,6 +216,8 @@ pub(super) fn parse_order(market: &MarketKey, raw: &str) -> Result<Order, StoreE
 struct WireFill {
     trade_id: String,
     maker: String,
+    #[serde(default)]
+    maker_cid: Option<String>,
     taker: String,
     buyer: String,
     seller: String,
@@ -236,6 +249,7 @@ fn parse_fill(market: &MarketKey, raw: &str) -> Result<(Fill, bool), StoreError>
         trade_id: w.trade_id,
         market_key: market.clone(),
         maker_order_id: w.maker,
+        maker_client_order_id: w.maker_cid.unwrap_or_default(),
         taker_order_id: w.taker,
         buyer: user(&w.buyer)?,
         seller: user(&w.seller)?,
@@ -262,6 +276,7 @@ pub(super) fn parse_apply_moves(
     };
     match reply.first().map(String::as_str) {
         Some("ok") => Ok(Ok(parse_account(reply.get(2..).unwrap_or_default())?)),
+        Some("fenced") => Err(StoreError::Fenced),
         Some("insufficient") => {
             let m = move_at(reply.get(1))?;
             let bucket = if reply.get(2).map(String::as_str) == Some("reserved") {
@@ -291,13 +306,15 @@ pub(super) fn parse_apply_moves(
 }
 
 /// The reply of `match_order.lua`: the outcome, and the maker orders it finished (filled or
-/// cancelled by self-trade prevention), whose claims live in other slots.
+/// cancelled by self-trade prevention), whose claims live in other slots: (owner, client
+/// order id).
 pub(super) fn parse_match(
     market: &MarketKey,
     order_id: &str,
     reply: &[String],
-) -> Result<(MatchOutcome, Vec<String>), StoreError> {
+) -> Result<(MatchOutcome, Vec<(UserId, String)>), StoreError> {
     let (head, fill_count) = match reply {
+        [tag] if tag == "fenced" => return Err(StoreError::Fenced),
         [tag] if tag == "undone" => {
             return Err(StoreError::Corrupt(format!(
                 "placement {order_id} was undone"
@@ -315,7 +332,7 @@ pub(super) fn parse_match(
     for raw in fill_json {
         let (fill, maker_done) = parse_fill(market, raw)?;
         if maker_done {
-            finished.push(fill.maker_order_id.clone());
+            finished.push((fill.maker_user().clone(), fill.maker_client_id().to_owned()));
         }
         fills.push(fill);
     }
@@ -323,7 +340,11 @@ pub(super) fn parse_match(
         .iter()
         .map(|raw| parse_order(market, raw))
         .collect::<Result<Vec<_>, _>>()?;
-    finished.extend(self_trade_cancelled.iter().map(|o| o.order_id.clone()));
+    finished.extend(
+        self_trade_cancelled
+            .iter()
+            .map(|o| (o.user_id.clone(), o.client_id().to_owned())),
+    );
     Ok((
         MatchOutcome {
             order,
@@ -338,6 +359,7 @@ pub(super) fn parse_match(
 pub(super) fn parse_undo(market: &MarketKey, reply: &[String]) -> Result<UndoOutcome, StoreError> {
     let bad = || corrupt("undo_match", format!("unexpected reply {reply:?}"));
     let (taker_json, rest) = match reply {
+        [tag] if tag == "fenced" => return Err(StoreError::Fenced),
         [tag, taker, rest @ ..] if tag == "undone" => (taker, rest),
         _ => return Err(bad()),
     };
@@ -424,9 +446,10 @@ pub(super) fn parse_saga_claim(
 ) -> Result<Option<SagaEntry>, StoreError> {
     match reply {
         [] => Ok(None),
-        [owner, lease, state, record] => Ok(Some(SagaEntry {
+        [owner, lease, state, record, epoch] => Ok(Some(SagaEntry {
             id: id.to_owned(),
             owner: owner.clone(),
+            epoch: parse_num("saga epoch", Some(epoch))?,
             lease_until_ms: parse_num("saga lease", Some(lease))?,
             state: state.clone(),
             record: record.clone(),
@@ -445,14 +468,20 @@ pub(super) fn parse_saga_shard(
             continue;
         };
         let mut parts = meta.split(' ');
-        let (Some(owner), Some(lease), Some(state), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // NB: entries of older builds have no epoch (0).
+        let (Some(owner), Some(lease), Some(state), epoch, None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(corrupt("saga meta", meta));
         };
         entries.push(SagaEntry {
             id: id.to_owned(),
             owner: owner.to_owned(),
+            epoch: parse_num("saga epoch", Some(&epoch.unwrap_or("0").to_owned()))?,
             lease_until_ms: parse_num("saga lease", Some(&lease.to_owned()))?,
             state: state.to_owned(),
             record: fields

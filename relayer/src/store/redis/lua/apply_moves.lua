@@ -7,14 +7,18 @@
 -- ARGV[2]: retention of the operation-id marker in milliseconds.
 -- ARGV[3]: operation id, or "" for none. With one, the marker "<KEYS[1]>:op:<id>" (same hash
 --   tag) records that the moves were applied; a replay with a set marker changes nothing.
--- ARGV[4..]: moves, four values each: asset, from, to, amount; from/to are "a" (available),
+-- ARGV[4..6]: the fence (saga id or "", epoch, lease end; see fence.lua).
+-- ARGV[7..]: moves, four values each: asset, from, to, amount; from/to are "a" (available),
 --   "r" (reserved) or "e" (external).
 -- Returns {"ok", dup, field, value, ...} (the account after, dup "1" when replayed),
--- {"insufficient", moveIndex, bucket, has} or {"overflow", moveIndex}.
+-- {"insufficient", moveIndex, bucket, has}, {"overflow", moveIndex} or {"fenced"}; nothing is
+-- written unless "ok" with dup "0".
 local acct = KEYS[1]
 local cap = ARGV[1]
 local op = ''
 if ARGV[3] ~= '' then op = acct .. ':op:' .. ARGV[3] end
+
+if fence_refused(acct, ARGV[4], ARGV[5], ARGV[6]) then return { 'fenced' } end
 
 if op ~= '' and redis.call('EXISTS', op) == 1 then
   local r = { 'ok', '1' }
@@ -32,7 +36,7 @@ local function get(field)
 end
 
 local idx = 0
-for i = 4, #ARGV, 4 do
+for i = 7, #ARGV, 4 do
   idx = idx + 1
   local asset, from, to, amount = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   touched[asset] = true
@@ -63,6 +67,7 @@ for asset, _ in pairs(touched) do
   end
 end
 if op ~= '' then redis.call('SET', op, '1', 'PX', ARGV[2]) end
+fence_mark(acct, ARGV[4], ARGV[5], ARGV[2])
 
 local r = { 'ok', '0' }
 for _, v in ipairs(redis.call('HGETALL', acct)) do r[#r + 1] = v end

@@ -7,7 +7,8 @@
 --   <base>:p:b, :p:a  sorted sets of the prices that have resting orders (score = member = price)
 --   <base>:l:b, :l:a  hashes: "<price>" -> sum of the remaining shares resting at that price,
 --                     "<price>:n" -> number of resting orders at that price
--- Order fields: id, user, side ("buy"/"sell"), price, amount, filled, notional, reserved, paid,
+-- Order fields: id (the placement id), cid (the client order id; absent in orders of older
+-- builds), user, side ("buy"/"sell"), price, amount, filled, notional, reserved, paid,
 -- status ("open", "partially_filled", "filled", "cancelled"), seq, created: all strings.
 local base = KEYS[1]
 
@@ -24,6 +25,7 @@ end
 
 local function save_order(o, retention)
   local k = okey(o.id)
+  if o.cid ~= nil and o.cid ~= '' then redis.call('HSET', k, 'cid', o.cid) end
   redis.call('HSET', k, 'id', o.id, 'user', o.user, 'side', o.side, 'price', o.price,
     'amount', o.amount, 'filled', o.filled, 'notional', o.notional, 'reserved', o.reserved,
     'paid', o.paid, 'status', o.status, 'seq', o.seq, 'created', o.created)
@@ -33,7 +35,7 @@ local function save_order(o, retention)
 end
 
 local function encode_order(o)
-  return cjson.encode({ id = o.id, user = o.user, side = o.side, price = o.price,
+  return cjson.encode({ id = o.id, cid = o.cid, user = o.user, side = o.side, price = o.price,
     amount = o.amount, filled = o.filled, notional = o.notional, reserved = o.reserved,
     paid = o.paid, status = o.status, seq = o.seq, created = o.created })
 end

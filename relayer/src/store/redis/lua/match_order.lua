@@ -3,12 +3,14 @@
 -- self-trade prevention "cancel resting").
 --
 -- KEYS[1]: the market's base key (see book.lua).
--- ARGV: orderId, userId, side, price, amount, reserved, createdAtMs, retentionMs.
+-- ARGV: orderId (the placement id), userId, side, price, amount, reserved, createdAtMs,
+-- retentionMs, clientOrderId, then the fence (saga id or "", epoch, lease end; see fence.lua).
 -- Returns {orderJson, fillCount, fillJson..., cancelledJson...}. A fill's "makerDone" is "1"
 -- when the maker order finished with it.
 -- A placement is recorded under "<base>:x:<orderId>" (the reply, for retention): a repeat
 -- answers the recorded reply; an undone placement (see undo_match.lua) answers {"undone"}.
 local retention = ARGV[8]
+if fence_refused(base, ARGV[10], ARGV[11], ARGV[12]) then return { 'fenced' } end
 local recorded = redis.call('GET', base .. ':x:' .. ARGV[1])
 if recorded then
   local r = cjson.decode(recorded)
@@ -19,7 +21,7 @@ if redis.call('EXISTS', okey(ARGV[1])) == 1 then
   return redis.error_reply('order ' .. ARGV[1] .. ' already exists in this market')
 end
 local seq = redis.call('HINCRBY', base .. ':meta', 'seq', 1) - 1
-local o = { id = ARGV[1], user = ARGV[2], side = ARGV[3], price = ARGV[4], amount = ARGV[5],
+local o = { id = ARGV[1], cid = ARGV[9], user = ARGV[2], side = ARGV[3], price = ARGV[4], amount = ARGV[5],
   filled = '0', notional = '0', reserved = ARGV[6], paid = '0', status = 'open',
   seq = string.format('%d', seq), created = ARGV[7] }
 local limit = tonumber(o.price)
@@ -65,7 +67,7 @@ while remaining(o) ~= '0' do
       level_sub(maker, amount, done)
       save_order(maker, retention)
       fills[#fills + 1] = cjson.encode({ tradeId = o.id .. '#' .. tostring(#fills),
-        maker = maker.id, taker = o.id, buyer = buy.user, seller = sell.user,
+        maker = maker.id, makerCid = maker.cid, taker = o.id, buyer = buy.user, seller = sell.user,
         buyOrder = buy.id, sellOrder = sell.id, price = maker.price, amount = amount,
         collateral = collateral, refund = refund, makerDone = done and '1' or '0' })
     end
@@ -79,4 +81,5 @@ local reply = { encode_order(o), tostring(#fills) }
 for _, f in ipairs(fills) do reply[#reply + 1] = f end
 for _, c in ipairs(cancelled) do reply[#reply + 1] = c end
 redis.call('SET', base .. ':x:' .. o.id, cjson.encode(reply), 'PX', retention)
+fence_mark(base, ARGV[10], ARGV[11], retention)
 return reply

@@ -1,11 +1,14 @@
 -- Undoes the match of one placement (the rules are those of book.rs, OrderBook::undo).
 --
 -- KEYS[1]: the market's base key (see book.lua).
--- ARGV: takerOrderId, retentionMs.
+-- ARGV: takerOrderId, retentionMs, then the fence (saga id or "", epoch, lease end; see
+-- fence.lua). Answers {"fenced"} (changing nothing) when the fence refuses.
 -- Returns {"undone", takerJson or "", fillCount, fillJson..., cancelledCount, cancelledJson...,
 -- releaseJson...}; the reply is recorded under "<base>:x:<takerOrderId>" so a repeat answers
 -- it again and a late match of the placement is refused.
 local retention = ARGV[2]
+if fence_refused(base, ARGV[3], ARGV[4], ARGV[5]) then return { 'fenced' } end
+fence_mark(base, ARGV[3], ARGV[4], retention)
 local xk = base .. ':x:' .. ARGV[1]
 local raw = redis.call('GET', xk)
 if not raw then
