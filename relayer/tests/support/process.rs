@@ -93,6 +93,21 @@ impl RelayerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The child's process id, while it runs (to signal it, e.g. `kill -STOP`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (a `kill` name such as `STOP` or `CONT`) to the child.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the relayer is running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
