@@ -267,15 +267,13 @@ async fn a_retry_after_a_compensated_crash_replays_order_not_placed_and_trades_n
     assert_eq!(reserved_collateral(&api, &b.base, &buyer).await, 0);
 
     let retry = post(&api, &b.base, &buyer, &order).await;
+    let reserved = reserved_collateral(&api, &b.base, &buyer).await;
     assert!(
         retry.status == 409 && retry.code() == "order_not_placed" && retry.replayed,
-        "the retry replays the compensated outcome (409 order_not_placed, replayed): {retry:?}"
+        "the retry replays the compensated outcome (409 order_not_placed, replayed): {retry:?}, \
+         collateral reserved {reserved}"
     );
-    assert_eq!(
-        reserved_collateral(&api, &b.base, &buyer).await,
-        0,
-        "nothing reserved after the retry"
-    );
+    assert_eq!(reserved, 0, "nothing reserved after the retry");
     let resting = open_orders(&api, &b.base, &buyer).await;
     assert!(
         resting.is_empty(),
@@ -811,7 +809,11 @@ async fn a_claim_left_by_a_crash_after_validate_is_recovered() {
     wait_no_sagas(&api, &b.base, Duration::from_secs(20)).await;
 
     let retry = post(&api, &b.base, &buyer, &order).await;
-    assert_ne!(retry.code(), "placement_in_progress", "{retry:?}");
+    assert_ne!(
+        retry.code(),
+        "placement_in_progress",
+        "the claim left by the crash is not in progress for ever: {retry:?}"
+    );
     assert!(
         retry.status == 409 && retry.code() == "order_not_placed" && retry.replayed,
         "the retry gets the recovered outcome (409 order_not_placed, replayed): {retry:?}"
