@@ -406,9 +406,10 @@ async fn a_client_that_hangs_up_does_not_stop_its_saga() {
 /// settlement (3 s). The placement waits `limits.placementWaitMs` (500 ms), answers 202 with
 /// the order id and `pending` state, and the saga completes afterwards.
 ///
-/// On the code before the fix: the relayer refused to start (`limits.placementWaitMs` is an
-/// unknown key there); with only the request timeout set, the placement answered 503 after 1 s
-/// and its saga was dropped (see the test above).
+/// On the code before the fix: the relayer refused to start (unknown field
+/// `limits.placementWaitMs`); without that key, the placement answered 503 `timeout` after 1 s,
+/// the saga was dropped (gauge 1, 3 collateral reserved, nothing settled) and the retry
+/// answered 409 placement_in_progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placement_slower_than_the_request_timeout_answers_202_and_completes() {
     let endpoint = SettlementServer::start().await;
@@ -665,8 +666,9 @@ async fn a_replica_killed_after_the_cancel_changed_the_book_leaves_nothing_reser
 /// resumes (SIGCONT), its lease has lapsed: EA receives no further request for the saga, each
 /// trade was settled once, and balances are conserved.
 ///
-/// On the code before the fix: after SIGCONT, A kept settling alongside its successor: EA
-/// received more requests.
+/// On the code before the fix: after SIGCONT, A resent `trade:bid#0` to EA (requests
+/// `[trade:bid#0, trade:bid#0]` after `[trade:bid#0]`) and wrote the finished saga back into the
+/// log as its own, running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_replica_whose_lease_lapsed_settles_nothing_more() {
     let redis = RedisServer::start();
