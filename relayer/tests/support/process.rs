@@ -3,7 +3,8 @@
 //! answers, its log kept in a file) and [`JsonLogRelayer`] (bound to `127.0.0.1:0`, its address
 //! read from its JSON log, for tests that signal the process and watch it exit).
 //!
-//! Both kill the child when their handle drops. Uses [`super::redis::free_port`], `tempfile`
+//! Both kill the child when their handle drops; a `RelayerProcess` can also be sent a signal
+//! (`kill -STOP`/`-CONT`, to pause it). Uses [`super::redis::free_port`], `tempfile`
 //! and `serde_json`.
 
 use std::io::{BufRead, BufReader};
