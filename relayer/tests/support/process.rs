@@ -3,7 +3,8 @@
 //! answers, its log kept in a file) and [`JsonLogRelayer`] (bound to `127.0.0.1:0`, its address
 //! read from its JSON log, for tests that signal the process and watch it exit).
 //!
-//! Both kill the child when their handle drops. Uses [`super::redis::free_port`], `tempfile`
+//! Both kill the child when their handle drops; a `RelayerProcess` can also be sent a signal
+//! (`kill -STOP`/`-CONT`, to pause it). Uses [`super::redis::free_port`], `tempfile`
 //! and `serde_json`.
 
 use std::io::{BufRead, BufReader};
@@ -91,6 +92,21 @@ impl RelayerProcess {
     /// What the process logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The child's process id, while it runs (to signal it, e.g. `kill -STOP`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (a `kill` name such as `STOP` or `CONT`) to the child.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the relayer is running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
     }
 
     /// SIGKILL.

@@ -1,6 +1,7 @@
-//! A test settlement endpoint on `127.0.0.1:0`: told to succeed, fail with a status, hang, or
-//! settle and then hang (the answer is lost); it records every request's idempotency key and
-//! settles each key at most once (as a real idempotent endpoint would).
+//! A test settlement endpoint on `127.0.0.1:0`: told to succeed, fail with a status, hang,
+//! settle and then hang (the answer is lost), or take its time and then settle; it records
+//! every request's idempotency key and every distinct body sent under each key, and settles
+//! each key at most once (as a real idempotent endpoint would).
 //!
 //! Uses `axum` for the endpoint; no other support module.
 
@@ -25,6 +26,9 @@ pub enum Mode {
     Hang,
     /// Settles, then never answers.
     SettleThenHang,
+    /// Waits this many milliseconds, then settles (once per key) and answers 200; a caller
+    /// that hangs up before then settles nothing.
+    Delay(u64),
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +42,8 @@ struct Inner {
     settled: BTreeMap<String, u32>,
     /// Requests whose header and body keys differed or were missing.
     malformed: usize,
+    /// Idempotency key → every distinct body sent with it, in arrival order.
+    bodies: BTreeMap<String, Vec<Value>>,
 }
 
 /// The running endpoint.
@@ -77,6 +83,10 @@ async fn settle(
             s.malformed += 1;
         }
         s.requests.push(key.clone());
+        let bodies = s.bodies.entry(key.clone()).or_default();
+        if !bodies.contains(&body) {
+            bodies.push(body.clone());
+        }
         let mode = s.script.pop_front().or(s.mode).unwrap_or(Mode::Succeed);
         if matches!(mode, Mode::Succeed | Mode::SettleThenHang) {
             s.settled.entry(key.clone()).or_insert(1);
@@ -93,6 +103,12 @@ async fn settle(
             // NB: this sleep is the scenario (an endpoint that never answers), not a wait.
             tokio::time::sleep(Duration::from_secs(3600)).await;
             (StatusCode::OK, Json(json!({})))
+        }
+        Mode::Delay(ms) => {
+            // NB: this sleep is the scenario (a slow endpoint), not a wait.
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            lock(&inner).settled.entry(key.clone()).or_insert(1);
+            (StatusCode::OK, Json(json!({"settled": key})))
         }
     }
 }
@@ -134,6 +150,12 @@ impl SettlementServer {
     /// Settled keys and how often each was settled.
     pub fn settled(&self) -> BTreeMap<String, u32> {
         lock(&self.inner).settled.clone()
+    }
+
+    /// Every distinct body sent under each idempotency key (more than one body under a key is
+    /// a key reused for a different trade).
+    pub fn bodies(&self) -> BTreeMap<String, Vec<Value>> {
+        lock(&self.inner).bodies.clone()
     }
 
     /// Requests without matching header and body keys.
