@@ -234,6 +234,13 @@ impl OrderCtx {
         }
     }
 
+    /// Whether this process may still act for the saga by its own clock: the lease is not
+    /// known lost and has not run out (a paused process finds it has on resuming).
+    fn holds_lease(&self) -> bool {
+        !self.fence.lease_lost.load(Ordering::Acquire)
+            && (!self.deps.durable || self.deps.now_ms() < self.fence.lease_until_ms())
+    }
+
     fn check_fence(&self) -> Result<(), StepError> {
         if self.fence.fenced.load(Ordering::Acquire) {
             Err(StepError::in_doubt(

@@ -365,7 +365,8 @@ async fn settle(c: &mut OrderCtx) -> Result<(), StepError> {
         // NB: a settlement request cannot be taken back: only while this process holds the
         // lease (checked, renewed if short, before each one).
         c.ensure_lease().await?;
-        match c.deps.settlement.settle(fill).await {
+        let may_send = || c.holds_lease();
+        match c.deps.settlement.settle_while(fill, &may_send).await {
             Ok(()) => {
                 crash_if(&c.deps, "during:settle");
                 c.data.settled.push(key);

@@ -25,6 +25,8 @@ enum Attempt {
     Lost(String),
     /// The endpoint answered an error status.
     Status(u16, Option<Duration>),
+    /// Not sent: the caller withdrew its permission (e.g. its saga's lease lapsed).
+    Withheld,
 }
 
 /// An attempt as the retry loop sees it.
@@ -38,6 +40,7 @@ impl Retryable for AttemptError {
             BreakerError::Timeout(_) => true,
             BreakerError::Inner(Attempt::Refused(_) | Attempt::Lost(_)) => true,
             BreakerError::Inner(Attempt::Status(s, _)) => is_retryable_status(*s),
+            BreakerError::Inner(Attempt::Withheld) => false,
         }
     }
     fn retry_after(&self) -> Option<Duration> {
@@ -117,18 +120,30 @@ impl HttpSettlement {
         }
     }
 
-    pub(super) async fn settle(&self, trade: &SettlementTrade) -> Result<(), SettleError> {
+    /// Settles `trade`, asking `may_send` before each attempt: once it says no, nothing more
+    /// is sent and the answer is [`SettleError::InDoubt`] (an earlier attempt may have been
+    /// accepted, and the caller's successor carries on).
+    pub(super) async fn settle(
+        &self,
+        trade: &SettlementTrade,
+        may_send: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), SettleError> {
         let doubt = AtomicBool::new(false);
         let result = self
             .retrier
             .run(
                 "settlement",
                 |_| async {
+                    if !may_send() {
+                        doubt.store(true, Ordering::Relaxed);
+                        return Err(AttemptError(BreakerError::Inner(Attempt::Withheld)));
+                    }
                     let r = self
                         .breaker
                         .call(self.attempt(trade), |e: &Attempt| match e {
                             Attempt::Status(s, _) => *s >= 500 || *s == 408 || *s == 429,
                             Attempt::Refused(_) | Attempt::Lost(_) => true,
+                            Attempt::Withheld => false,
                         })
                         .await
                         .map_err(AttemptError);
@@ -155,6 +170,9 @@ impl HttpSettlement {
             BreakerError::Timeout(_) => "no answer in time".to_owned(),
             BreakerError::Inner(Attempt::Refused(e) | Attempt::Lost(e)) => e.clone(),
             BreakerError::Inner(Attempt::Status(s, _)) => format!("HTTP {s}"),
+            BreakerError::Inner(Attempt::Withheld) => {
+                "not sent again: the caller may no longer send it".to_owned()
+            }
         };
         let rejected =
             matches!(last, BreakerError::Inner(Attempt::Status(s, _)) if !is_retryable_status(s));

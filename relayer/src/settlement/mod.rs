@@ -122,13 +122,26 @@ impl Settlement {
 
     /// Settles one trade (idempotent on its key).
     pub async fn settle(&self, fill: &Fill) -> Result<(), SettleError> {
+        self.settle_while(fill, &|| true).await
+    }
+
+    /// [`Settlement::settle`], sending each attempt only while `may_send` says yes (a saga
+    /// stops sending once its lease lapsed): a refusal is [`SettleError::InDoubt`].
+    pub async fn settle_while(
+        &self,
+        fill: &Fill,
+        may_send: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), SettleError> {
         let trade = SettlementTrade::of(fill);
         match self {
             Settlement::Embedded(ledger) => {
+                if !may_send() {
+                    return Err(SettleError::InDoubt("not sent: may no longer send".to_owned()));
+                }
                 ledger.settle(trade);
                 Ok(())
             }
-            Settlement::Http(http) => http.settle(&trade).await,
+            Settlement::Http(http) => http.settle(&trade, may_send).await,
         }
     }
 
