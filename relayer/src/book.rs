@@ -392,17 +392,17 @@ impl OrderBook {
         Ok(order)
     }
 
-    /// [`OrderBook::cancel`], recorded: with `replay`, an order its owner already cancelled
-    /// answers the cancelled order again (a retried cancellation, whose release is still
-    /// due once), while one cancelled otherwise (self-trade prevention, an undone match) is
-    /// still [`CancelError::NotOpen`].
+    /// [`OrderBook::cancel`], recorded: `again` (the recovery of an interrupted
+    /// cancellation), an order its owner already cancelled answers the cancelled order again
+    /// (its release is still due once), while one cancelled otherwise (self-trade
+    /// prevention, an undone match) is still [`CancelError::NotOpen`].
     pub fn cancel_once(
         &mut self,
         order_id: &str,
         user: &crate::domain::UserId,
-        replay: bool,
+        again: bool,
     ) -> Result<Order, CancelError> {
-        if replay
+        if again
             && self.cancelled_by_owner.contains(order_id)
             && let Some(order) = self.orders.get(order_id).filter(|o| &o.user_id == user)
         {

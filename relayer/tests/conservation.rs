@@ -171,7 +171,7 @@ proptest! {
 
     #[test]
     fn balances_are_conserved_and_reservations_match_open_orders(ops in proptest::collection::vec(op(), 1..120)) {
-        let rt = tokio::runtime::Builder::new_current_thread().build().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| TestCaseError::fail(e.to_string()))?;
         rt.block_on(run(ops))?;
     }
 }

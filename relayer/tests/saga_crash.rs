@@ -147,12 +147,17 @@ async fn crash_at(point: &str, expect: Expect) {
             assert_eq!(requests.len(), n, "{requests:?}");
             assert_eq!(status, 200, "{order}");
             assert_eq!(order["status"], "filled", "{order}");
-            assert_eq!(
-                settled.into_iter().collect::<Vec<_>>(),
-                vec![("trade:bid#0".to_owned(), 1)],
-                "settled exactly once"
+            // NB: the trade id is the placement's (relayer-made, unique) id and the fill's index.
+            let settled: Vec<_> = settled.into_iter().collect();
+            let [(key, times)] = settled.as_slice() else {
+                panic!("one trade settled: {settled:?}");
+            };
+            assert_eq!(*times, 1, "settled exactly once: {key}");
+            assert!(
+                key.starts_with("trade:") && key.ends_with("#0") && !key.contains("bid"),
+                "the key is the placement's trade id: {key}"
             );
-            assert!(requests.iter().all(|k| k == "trade:bid#0"));
+            assert!(requests.iter().all(|k| k == key), "{requests:?}");
             // 6 shares at 0.4 = 2.4 → 3 collateral (rounded up per buy order).
             assert_eq!(
                 num(&bb["collateral"]["available"]),

@@ -9,6 +9,7 @@
 //! May use: `domain`, `book`, `store`, and the saga log and context from its parent.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
@@ -73,18 +74,19 @@ impl OrderSagas {
                 Err(e) => return CancelEnded::Unavailable(e.to_string()),
             };
             write_entry(&self.deps, &fence, id.clone(), "running", record).await;
-            if !fence.created() {
-                return CancelEnded::Unavailable(
-                    "the cancellation could not be logged (store unavailable, or a cancellation \
-                     of this order is in progress)"
-                        .to_owned(),
+            if fence.lease_lost.load(Ordering::Acquire) {
+                return CancelEnded::Pending(
+                    "a cancellation of this order is in progress".to_owned(),
                 );
+            }
+            if !fence.created() {
+                return CancelEnded::Unavailable("the cancellation could not be logged".to_owned());
             }
         }
         if !self.deps.set_active(&id, true) {
             return CancelEnded::Pending("a cancellation of this order is in progress".to_owned());
         }
-        let ended = finish(&self.deps, &id, &what, &fence).await;
+        let ended = finish(&self.deps, &id, &what, &fence, false).await;
         self.deps.set_active(&id, false);
         ended
     }
@@ -101,15 +103,22 @@ impl OrderSagas {
         };
         let fence = Fence::default();
         fence.hold(entry.epoch, lease_until_ms);
-        let ended = finish(&self.deps, &entry.id, &record.cancel, &fence).await;
+        let ended = finish(&self.deps, &entry.id, &record.cancel, &fence, true).await;
         tracing::info!(saga = entry.id, ?ended, "recovered cancellation ended");
         true
     }
 }
 
-/// The cancellation's store steps after its log entry: the book, then the release, then the
-/// entry goes. The entry stays (for recovery) when a step fails for the store.
-async fn finish(deps: &Deps, id: &str, what: &Cancellation, fence: &Fence) -> CancelEnded {
+/// The cancellation's store steps after its log entry: the book (`again` in recovery), then
+/// the release, then the entry goes. The entry stays (for recovery) when a step fails for the
+/// store.
+async fn finish(
+    deps: &Deps,
+    id: &str,
+    what: &Cancellation,
+    fence: &Fence,
+    again: bool,
+) -> CancelEnded {
     let store = &deps.store;
     let token = deps.durable.then(|| fence.token(id));
     let done = || async {
@@ -119,10 +128,17 @@ async fn finish(deps: &Deps, id: &str, what: &Cancellation, fence: &Fence) -> Ca
             tracing::warn!(%error, saga = id, "finished cancellation's log entry not deleted");
         }
     };
-    let order = match store
-        .cancel_order(&what.market_key, &what.placement_id, &what.user_id, token.as_ref())
-        .await
-    {
+    let (market, placement, user) = (&what.market_key, &what.placement_id, &what.user_id);
+    let cancelled = if again {
+        store
+            .cancel_order_again(market, placement, user, token.as_ref())
+            .await
+    } else {
+        store
+            .cancel_order(market, placement, user, token.as_ref())
+            .await
+    };
+    let order = match cancelled {
         Ok(Ok(order)) => order,
         Ok(Err(CancelError::NotFound)) => {
             done().await;
@@ -140,7 +156,11 @@ async fn finish(deps: &Deps, id: &str, what: &Cancellation, fence: &Fence) -> Ca
         let moves = [Move::release(order.reserved_asset(), amount)];
         let op = format!("release:{}", order.order_id);
         let released = match &token {
-            Some(f) => store.apply_moves_fenced(&order.user_id, &op, &moves, f).await,
+            Some(f) => {
+                store
+                    .apply_moves_fenced(&order.user_id, &op, &moves, f)
+                    .await
+            }
             None => store.apply_moves_once(&order.user_id, &op, &moves).await,
         };
         match released {

@@ -136,7 +136,9 @@ impl Settlement {
         match self {
             Settlement::Embedded(ledger) => {
                 if !may_send() {
-                    return Err(SettleError::InDoubt("not sent: may no longer send".to_owned()));
+                    return Err(SettleError::InDoubt(
+                        "not sent: may no longer send".to_owned(),
+                    ));
                 }
                 ledger.settle(trade);
                 Ok(())

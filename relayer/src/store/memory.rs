@@ -10,9 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use super::{
-    ApiKeyRecord, Claim, ClaimEnd, ClaimOutcome, Fence, SagaEntry, StoreError,
-};
+use super::{ApiKeyRecord, Claim, ClaimEnd, ClaimOutcome, Fence, SagaEntry, StoreError};
 use crate::book::{CancelError, Level, MatchOutcome, OrderBook, UndoOutcome};
 use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
 
@@ -271,7 +269,12 @@ impl MemoryStore {
         Ok(Some(entry.clone()))
     }
 
-    pub(super) fn saga_delete(&self, id: &str, owner: &str, epoch: u64) -> Result<bool, StoreError> {
+    pub(super) fn saga_delete(
+        &self,
+        id: &str,
+        owner: &str,
+        epoch: u64,
+    ) -> Result<bool, StoreError> {
         let mut sagas = lock(&self.inner.sagas);
         if sagas
             .get(id)
@@ -295,12 +298,13 @@ impl MemoryStore {
         order_id: &str,
         user: &UserId,
         fence: Option<&Fence>,
+        again: bool,
     ) -> Result<Result<Order, CancelError>, StoreError> {
         let fenced = self.fenced(fence)?;
         let Some(book) = self.existing_book(market) else {
             return Ok(Err(CancelError::NotFound));
         };
-        let cancelled = lock(&book).cancel_once(order_id, user, fence.is_some());
+        let cancelled = lock(&book).cancel_once(order_id, user, again);
         fenced.record();
         Ok(cancelled)
     }

@@ -408,10 +408,8 @@ impl Store {
         dispatch!(self, s => s.saga_list())
     }
 
-    /// Cancels an open order of `user` (by its placement id). Cancelling an order that this
-    /// very call already cancelled (a retry, e.g. in recovery) answers the cancelled order
-    /// again when `fence` is given: at most one cancellation per order, so its release is
-    /// due once.
+    /// Cancels an open order of `user` (by its placement id), fenced when `fence` is given;
+    /// the cancellation is recorded on the order.
     pub async fn cancel_order(
         &self,
         market: &MarketKey,
@@ -419,7 +417,21 @@ impl Store {
         user: &UserId,
         fence: Option<&Fence>,
     ) -> Result<Result<Order, CancelError>, StoreError> {
-        dispatch!(self, s => s.cancel_order(market, order_id, user, fence))
+        dispatch!(self, s => s.cancel_order(market, order_id, user, fence, false))
+    }
+
+    /// [`Store::cancel_order`] again, for the recovery of an interrupted cancellation: an
+    /// order its owner's cancellation already took out of the book answers the cancelled
+    /// order again (its release is still due, once), while one cancelled otherwise is not
+    /// open.
+    pub async fn cancel_order_again(
+        &self,
+        market: &MarketKey,
+        order_id: &str,
+        user: &UserId,
+        fence: Option<&Fence>,
+    ) -> Result<Result<Order, CancelError>, StoreError> {
+        dispatch!(self, s => s.cancel_order(market, order_id, user, fence, true))
     }
 
     /// One order of a market.

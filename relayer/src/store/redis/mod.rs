@@ -251,7 +251,9 @@ impl RedisStore {
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
         let (field, json, finished) = match &end {
-            ClaimEnd::Placed(record) => ("result", to_json(record)?, !record.order.status.is_open()),
+            ClaimEnd::Placed(record) => {
+                ("result", to_json(record)?, !record.order.status.is_open())
+            }
             ClaimEnd::Failed(failed) => ("failed", to_json(failed)?, true),
         };
         let mut args = vec![
@@ -376,7 +378,10 @@ impl RedisStore {
         }
         let mut pipe = redis::pipe();
         for (user, id) in &order_ids {
-            pipe.cmd(name).arg(self.claim_key(user, id)).arg(args).ignore();
+            pipe.cmd(name)
+                .arg(self.claim_key(user, id))
+                .arg(args)
+                .ignore();
         }
         let this = self.clone();
         tokio::spawn(async move {
@@ -521,6 +526,7 @@ impl RedisStore {
         order_id: &str,
         user: &UserId,
         fence: Option<&Fence>,
+        again: bool,
     ) -> Result<Result<Order, CancelError>, StoreError> {
         let [saga, epoch, lease] = fence_args(fence);
         let args = [
@@ -530,6 +536,7 @@ impl RedisStore {
             saga,
             epoch,
             lease,
+            if again { "1" } else { "0" }.to_owned(),
         ];
         let reply = self
             .script(

@@ -2,19 +2,20 @@
 --
 -- KEYS[1]: the market's base key (see book.lua).
 -- ARGV: orderId (placement id), userId, retentionMs, then the fence (saga id or "", epoch,
--- lease end; see fence.lua). With a fence, the cancellation is recorded on the order ("cx"), and
--- a repeat of it answers the cancelled order again (its release is still due once).
+-- lease end; see fence.lua), then "1" to cancel again. The cancellation is recorded on the
+-- order ("cx"); cancelling again (the recovery of an interrupted cancellation) answers an order
+-- so cancelled as cancelled again (its release is still due once).
 -- Returns {"ok", orderJson}, {"not_found"}, {"not_open", status} or {"fenced"}.
 if fence_refused(base, ARGV[4], ARGV[5], ARGV[6]) then return { 'fenced' } end
 local o = load_order(ARGV[1])
 if o == nil or o.user ~= ARGV[2] then return { 'not_found' } end
-if ARGV[4] ~= '' and o.status == 'cancelled' and o.cx == '1' then
+if ARGV[7] == '1' and o.status == 'cancelled' and o.cx == '1' then
   return { 'ok', encode_order(o) }
 end
 if not is_open(o) then return { 'not_open', o.status } end
 level_sub(o, remaining(o), true)
 o.status = 'cancelled'
 save_order(o, ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', okey(o.id), 'cx', '1') end
+redis.call('HSET', okey(o.id), 'cx', '1')
 fence_mark(base, ARGV[4], ARGV[5], ARGV[3])
 return { 'ok', encode_order(o) }
