@@ -400,7 +400,7 @@ impl OrderSagas {
     pub async fn run(&self, order: Order) -> Ended {
         let mut rx = self.start(order, String::new());
         match rx.wait_for(Option::is_some).await {
-            Ok(ended) => ended.clone().unwrap_or_else(|| unreachable_ended()),
+            Ok(ended) => ended.clone().unwrap_or_else(unreachable_ended),
             Err(_) => unreachable_ended(),
         }
     }
