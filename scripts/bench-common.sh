@@ -58,13 +58,13 @@ summary() {
        /Non-2xx/ {bad=$NF} END {printf "%10s req/s  p50 %8s  p99 %8s  non-2xx %s\n", rps, p50, p99, (bad==""?0:bad)}' "$1"
 }
 
-# Starts the release relayer with the `env` assignments after NAME (logging to relayer-NAME.log),
-# waits until it is ready, issues API keys for user A and B and funds them. Sets relayer_pid,
-# base, key_a and key_b.
+# Starts the release relayer (or the binary in RELAYER_BIN) with the `env` assignments after NAME
+# (logging to relayer-NAME.log), waits until it is ready, issues API keys for user A and B and
+# funds them. Sets relayer_pid, base, key_a and key_b.
 start_relayer() {
   local name="$1"
   shift
-  env "$@" target/release/relayer >"$work/relayer-$name.log" 2>&1 &
+  env "$@" "${RELAYER_BIN:-target/release/relayer}" >"$work/relayer-$name.log" 2>&1 &
   relayer_pid=$!
   pids+=("$relayer_pid")
   base="http://127.0.0.1:$port"

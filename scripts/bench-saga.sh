@@ -5,15 +5,35 @@
 # and trades, settled by the embedded ledger), and the Redis round trips per placed order
 # (counted with MONITOR over 100 crossing pairs, script-internal commands excluded).
 #
+# With BASELINE=<git revision>, the same load also runs against the relayer of that revision
+# (saga log on), in the same run, as a baseline: built once from a detached worktree into
+# target/bench-baseline (cached; the first build takes as long as a release build).
+# ROUNDS=<n> (default 1) repeats every variant n times, interleaved, and prints the median
+# requests/s of each, with the ratio to the baseline.
+#
 # Needs: redis-server, redis-cli, wrk, curl, python3 (apt-get install -y redis-server wrk curl).
 # The rate limiter is switched off for the run.
-# Usage: scripts/bench-saga.sh [duration, default 10s] [connections, default 32]
+# Usage: [BASELINE=<rev>] [ROUNDS=<n>] scripts/bench-saga.sh [duration, default 10s] [connections, default 32]
 # Traffic goes to 127.0.0.1 only; every process it starts is stopped on exit.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$(dirname "$here")"
 duration="${1:-10s}"
 connections="${2:-32}"
+rounds="${ROUNDS:-1}"
+baseline_bin=""
+if [ -n "${BASELINE:-}" ]; then
+  rev="$(git rev-parse --verify "${BASELINE}^{commit}")"
+  baseline_bin="target/bench-baseline/relayer-$rev"
+  if [ ! -x "$baseline_bin" ]; then
+    tree="$(mktemp -d)/baseline"
+    git worktree add --detach "$tree" "$rev" >&2
+    (cd "$tree" && CARGO_TARGET_DIR="$OLDPWD/target/bench-baseline" \
+      cargo build --release --locked -p relayer --bin relayer >&2)
+    cp target/bench-baseline/release/relayer "$baseline_bin"
+    git worktree remove --force "$tree"
+  fi
+fi
 for tool in redis-server redis-cli wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y redis-server wrk curl" >&2; exit 1; }
 done
@@ -22,7 +42,16 @@ done
 source "$here/bench-common.sh"
 
 results=()
-for log in on off; do
+variants=(on off)
+[ -n "$baseline_bin" ] && variants=(baseline on off)
+for round in $(seq 1 "$rounds"); do
+for variant in "${variants[@]}"; do
+  log="$variant"
+  bin=target/release/relayer
+  if [ "$variant" = baseline ]; then
+    log=on
+    bin="$baseline_bin"
+  fi
   port="$(free_port)"
   redis-cli -p "$redis_port" flushall >/dev/null
   durable=true
@@ -30,12 +59,13 @@ for log in on off; do
   env=(RELAYER_LISTEN="127.0.0.1:$port" RELAYER_ADMIN_TOKEN="$token" RELAYER_LOG__FILTER=warn
     RELAYER_RATE_LIMIT__ENABLED=false RELAYER_REDIS_URL="redis://127.0.0.1:$redis_port/"
     RELAYER_SAGA__DURABLE_LOG="$durable")
-  start_relayer "$log" "${env[@]}"
+  RELAYER_BIN="$bin" start_relayer "$variant-$round" "${env[@]}"
 
   KEY_A="$key_a" KEY_B="$key_b" USER_A="$user_a" USER_B="$user_b" \
-    wrk -t2 -c"$connections" -d"$duration" --latency -s "$work/orders.lua" "$base" >"$work/post-$log.txt"
+    wrk -t2 -c"$connections" -d"$duration" --latency -s "$work/orders.lua" "$base" >"$work/post-$variant-$round.txt"
+  awk -v v="$variant" '/Requests\/sec/ {print v, $2}' "$work/post-$variant-$round.txt" >>"$work/rps.txt"
 
-  redis-cli -p "$redis_port" monitor >"$work/monitor-$log.txt" &
+  redis-cli -p "$redis_port" monitor >"$work/monitor-$variant-$round.txt" &
   monitor_pid=$!
   pids+=("$monitor_pid")
   sleep 0.3
@@ -49,17 +79,33 @@ for log in on off; do
   kill "$monitor_pid" 2>/dev/null || true
   # NB: the recovery sweep (one HGETALL per saga-log shard every saga.recoveryIntervalMs) runs on
   # its own clock; it is counted apart.
-  client="$(grep '\[0 127\.0\.0\.1:' "$work/monitor-$log.txt" || true)"
+  client="$(grep '\[0 127\.0\.0\.1:' "$work/monitor-$variant-$round.txt" || true)"
   scans="$(grep -ci '"hgetall" "[^"]*{sagas:' <<<"$client" || true)"
   total="$(grep -c . <<<"$client" || true)"
   per_order="$(python3 -c "print(f'{($total-$scans)/200:.2f}')")"
   breakdown="$(grep -vi '"hgetall" "[^"]*{sagas:' <<<"$client" | awk '{print toupper($4)}' | sort | uniq -c | sort -rn | tr -s ' ' | paste -sd, -)"
   kill "$relayer_pid"
   wait "$relayer_pid" 2>/dev/null || true
-  results+=("saga log $log:  POST /v2/orders $(summary "$work/post-$log.txt")")
+  label="saga log $log"
+  [ "$variant" = baseline ] && label="baseline $BASELINE (saga log on)"
+  results+=("round $round, $label:  POST /v2/orders $(summary "$work/post-$variant-$round.txt")")
   results+=("  Redis round trips per placed order (100 crossing pairs): $per_order  [$breakdown]; recovery sweep reads in the window: $scans")
+done
 done
 
 echo
 echo "wrk -t2 -c$connections -d$duration, $(nproc) CPUs, relayer (release), redis-server $(redis-server --version | awk '{print $3}'), embedded settlement ledger"
 printf '%s\n' "${results[@]}"
+echo
+python3 - "$work/rps.txt" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    variant, rps = line.split()
+    runs.setdefault(variant, []).append(float(rps))
+base = statistics.median(runs["baseline"]) if "baseline" in runs else None
+for variant, values in runs.items():
+    median = statistics.median(values)
+    ratio = f", {median / base:.3f} x baseline" if base else ""
+    print(f"median req/s, {variant}: {median:.0f} over {len(values)} round(s){ratio}")
+PY
