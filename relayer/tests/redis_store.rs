@@ -1,5 +1,6 @@
 //! Redis-only behaviour of the store: retention of finished orders and their claims, key
-//! prefix, and bounded failures while Redis is down.
+//! prefix, bounded failures while Redis is down, and scripts that refuse data they cannot
+//! compute with before their first write (Redis does not roll a failed script back).
 
 mod support;
 
@@ -188,4 +189,128 @@ async fn calls_fail_as_unavailable_within_the_timeout_and_recover_after_a_restar
         .expect("store")
         .expect("reserve");
     assert_eq!(a.collateral.reserved, 5);
+}
+
+/// Every key of `server` with its type and content (expiries aside), to compare the whole
+/// dataset before and after a call.
+fn dataset(server: &RedisServer) -> std::collections::BTreeMap<String, String> {
+    let keys = server.cli(&["--raw", "KEYS", "*"]).unwrap_or_default();
+    keys.lines()
+        .filter(|k| !k.is_empty())
+        .map(|key| {
+            let kind = server
+                .cli(&["--raw", "TYPE", key])
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            let content = match kind.as_str() {
+                "hash" => server.cli(&["--raw", "HGETALL", key]),
+                "zset" => server.cli(&["--raw", "ZRANGE", key, "0", "-1", "WITHSCORES"]),
+                "string" => server.cli(&["--raw", "GET", key]),
+                _ => None,
+            }
+            .unwrap_or_default();
+            // NB: hash fields come back in no fixed order.
+            let mut lines: Vec<&str> = content.lines().collect();
+            if kind == "hash" {
+                let mut pairs: Vec<String> = lines.chunks(2).map(|p| p.join("=")).collect();
+                pairs.sort();
+                return (key.to_owned(), format!("{kind}: {}", pairs.join(", ")));
+            }
+            lines.retain(|l| !l.is_empty());
+            (key.to_owned(), format!("{kind}: {}", lines.join(", ")))
+        })
+        .collect()
+}
+
+fn ask(id: &str, price: u64, amount: u64) -> relayer::domain::Order {
+    Order::sell()
+        .id(id)
+        .market(market())
+        .user(user(1))
+        .price(price)
+        .amount(amount)
+        .created_at_ms(0)
+        .book()
+}
+
+fn bid(id: &str, price: u64, amount: u64) -> relayer::domain::Order {
+    Order::buy()
+        .id(id)
+        .market(market())
+        .user(user(2))
+        .price(price)
+        .amount(amount)
+        .created_at_ms(0)
+        .book()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_match_that_meets_a_corrupt_maker_writes_nothing() {
+    let server = RedisServer::start();
+    let store = store(&server, 2_000, Duration::from_secs(60));
+    store
+        .match_order(ask("a1", 400_000, 2))
+        .await
+        .expect("rests");
+    store
+        .match_order(ask("a2", 410_000, 2))
+        .await
+        .expect("rests");
+    // The second maker in line is unreadable: the match would fill a1, then fail on a2.
+    server
+        .cli(&["HSET", "ret:{m:80002:1}:o:a2", "filled", "two"])
+        .expect("corrupt a2");
+    let before = dataset(&server);
+    let refused = store.match_order(bid("t", 500_000, 4)).await;
+    let Err(error) = refused else {
+        panic!("a corrupt maker fails the match: {refused:?}");
+    };
+    assert_eq!(dataset(&server), before, "nothing was written ({error})");
+    assert!(
+        error.to_string().contains("a2"),
+        "the error names it: {error}"
+    );
+    // Repaired, the same match goes through.
+    server
+        .cli(&["HSET", "ret:{m:80002:1}:o:a2", "filled", "0"])
+        .expect("repair a2");
+    let outcome = store
+        .match_order(bid("t", 500_000, 4))
+        .await
+        .expect("match");
+    assert_eq!(outcome.fills.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undo_that_meets_a_corrupt_taker_writes_nothing() {
+    let server = RedisServer::start();
+    let store = store(&server, 2_000, Duration::from_secs(60));
+    store
+        .match_order(ask("a1", 400_000, 2))
+        .await
+        .expect("rests");
+    store
+        .match_order(ask("a2", 410_000, 5))
+        .await
+        .expect("rests");
+    let matched = store
+        .match_order(bid("t", 500_000, 4))
+        .await
+        .expect("match");
+    assert_eq!(matched.fills.len(), 2);
+    // The undo reverts the makers first, then the taker, whose figures are unreadable.
+    server
+        .cli(&["HSET", "ret:{m:80002:1}:o:t", "paid", "-1"])
+        .expect("corrupt t");
+    let before = dataset(&server);
+    let refused = store.undo_match(&market(), "t").await;
+    let Err(error) = refused else {
+        panic!("a corrupt taker fails the undo: {refused:?}");
+    };
+    assert_eq!(dataset(&server), before, "nothing was written ({error})");
+    assert!(
+        error.to_string().contains("order t"),
+        "the error names it: {error}"
+    );
 }

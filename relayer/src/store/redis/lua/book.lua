@@ -77,3 +77,52 @@ local function level_sub(o, amount, leaves)
   redis.call('HSET', l, p, left)
 end
 
+
+-- Validation before a script's first write: Redis does not roll a script back, so a script
+-- that failed midway (on data it cannot compute with) would leave the writes it made so far.
+-- The book scripts check everything they will compute with first and answer an error reply
+-- naming what is wrong, having written nothing.
+local function canonical(v)
+  return type(v) == 'string' and (v == '0' or string.match(v, '^[1-9]%d*$') ~= nil)
+end
+
+local function corrupt(what, why) return redis.error_reply('corrupt ' .. what .. ': ' .. why) end
+
+-- Why order `o` (as loaded) cannot be computed with, or nil.
+local function invalid_order(o)
+  for _, f in ipairs({ 'id', 'user' }) do
+    if type(o[f]) ~= 'string' or o[f] == '' then return 'field ' .. f .. ' is missing' end
+  end
+  if o.side ~= 'buy' and o.side ~= 'sell' then return 'side is ' .. tostring(o.side) end
+  if not (o.status == 'open' or o.status == 'partially_filled' or o.status == 'filled'
+      or o.status == 'cancelled') then
+    return 'status is ' .. tostring(o.status)
+  end
+  for _, f in ipairs({ 'price', 'amount', 'filled', 'notional', 'reserved', 'paid', 'seq', 'created' }) do
+    if not canonical(o[f]) then return 'field ' .. f .. ' is not a decimal: ' .. tostring(o[f]) end
+  end
+  if #o.price > 6 or o.price == '0' then return 'price out of range: ' .. o.price end
+  if n_cmp(o.filled, o.amount) > 0 then return 'filled exceeds amount' end
+  if o.side == 'buy' then
+    -- NB: a buy trades at its price or better, so its notional is at most filled x price.
+    if n_cmp(o.notional, n_mul(o.filled, tonumber(o.price))) > 0 then
+      return 'notional exceeds filled x price'
+    end
+    if n_cmp(o.reserved, n_ceil_scale(n_mul(o.amount, tonumber(o.price)))) < 0 then
+      return 'reserved is below the collateral of its amount'
+    end
+    if n_cmp(o.paid, n_ceil_scale(o.notional)) > 0 then return 'paid exceeds its notional' end
+  end
+  return nil
+end
+
+-- Why the level of `side` at `price` cannot lose `need` shares (or take more), or nil.
+local function invalid_level(side, price, need)
+  local v = redis.call('HMGET', sidekey('l', side), price, price .. ':n')
+  if v[1] and not canonical(v[1]) then return 'level ' .. price .. ' is not a decimal' end
+  if v[2] and not string.match(v[2], '^%d+$') then return 'level ' .. price .. ' count is not a count' end
+  if need and n_cmp(v[1] or '0', need) < 0 then
+    return 'level ' .. price .. ' holds less than its resting orders'
+  end
+  return nil
+end

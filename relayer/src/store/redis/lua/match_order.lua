@@ -7,6 +7,8 @@
 -- retentionMs, clientOrderId, then the fence (saga id or "", epoch, lease end; see fence.lua).
 -- Returns {orderJson, fillCount, fillJson..., cancelledJson...}. A fill's "makerDone" is "1"
 -- when the maker order finished with it.
+-- Nothing is written when an argument or the book's data cannot be computed with (an error
+-- reply names it).
 -- A placement is recorded under "<base>:x:<orderId>" (the reply, for retention): a repeat
 -- answers the recorded reply; an undone placement (see undo_match.lua) answers {"undone"}.
 local retention = ARGV[8]
@@ -20,12 +22,58 @@ end
 if redis.call('EXISTS', okey(ARGV[1])) == 1 then
   return redis.error_reply('order ' .. ARGV[1] .. ' already exists in this market')
 end
+local opposite = ARGV[3] == 'buy' and 'sell' or 'buy'
+local function crosses(maker_price)
+  if ARGV[3] == 'buy' then return tonumber(maker_price) <= tonumber(ARGV[4]) end
+  return tonumber(maker_price) >= tonumber(ARGV[4])
+end
+
+-- Checks everything the match below computes with (see book.lua), walking the opposite queue
+-- the way the match will consume it, before the first write.
+local function check()
+  for i, what in pairs({ [4] = 'price', [5] = 'amount', [6] = 'reserved', [7] = 'createdAtMs', [8] = 'retentionMs' }) do
+    if not canonical(ARGV[i]) then return corrupt('argument', what .. ' is not a decimal') end
+  end
+  if ARGV[3] ~= 'buy' and ARGV[3] ~= 'sell' then return corrupt('argument', 'side') end
+  if #ARGV[4] > 6 or ARGV[4] == '0' or ARGV[5] == '0' then return corrupt('argument', 'price or amount') end
+  if ARGV[3] == 'buy' and n_cmp(ARGV[6], n_ceil_scale(n_mul(ARGV[5], tonumber(ARGV[4])))) < 0 then
+    return corrupt('argument', 'reserved is below the collateral of the amount')
+  end
+  local seq = redis.call('HGET', base .. ':meta', 'seq')
+  if seq and not string.match(seq, '^%d+$') then return corrupt('book', 'seq is not a count') end
+  local left, need, i = ARGV[5], {}, 0
+  while left ~= '0' do
+    local top = redis.call('ZRANGE', sidekey('q', opposite), i, i)
+    if #top == 0 then break end
+    i = i + 1
+    local maker = load_order(string.sub(top[1], 22))
+    if maker ~= nil then
+      local why = invalid_order(maker)
+      if why then return corrupt('order ' .. tostring(maker.id), why) end
+      if not crosses(maker.price) then break end
+      local take = remaining(maker)
+      if maker.user ~= ARGV[2] then
+        take = n_min(left, take)
+        left = n_sub(left, take)
+      end
+      need[maker.price] = n_add(need[maker.price] or '0', take)
+    end
+  end
+  for price, n in pairs(need) do
+    local why = invalid_level(opposite, price, n)
+    if why then return corrupt('book', why) end
+  end
+  local why = invalid_level(ARGV[3], ARGV[4], nil)
+  if why then return corrupt('book', why) end
+  return nil
+end
+local refused = check()
+if refused then return refused end
+
 local seq = redis.call('HINCRBY', base .. ':meta', 'seq', 1) - 1
 local o = { id = ARGV[1], cid = ARGV[9], user = ARGV[2], side = ARGV[3], price = ARGV[4], amount = ARGV[5],
   filled = '0', notional = '0', reserved = ARGV[6], paid = '0', status = 'open',
   seq = string.format('%d', seq), created = ARGV[7] }
-local limit = tonumber(o.price)
-local opposite = o.side == 'buy' and 'sell' or 'buy'
 local fills, cancelled = {}, {}
 
 while remaining(o) ~= '0' do
@@ -38,9 +86,7 @@ while remaining(o) ~= '0' do
     redis.call('ZREM', sidekey('q', opposite), top[1])
   else
     local level = tonumber(maker.price)
-    local crosses
-    if o.side == 'buy' then crosses = level <= limit else crosses = level >= limit end
-    if not crosses then break end
+    if not crosses(maker.price) then break end
     if maker.user == o.user then
       level_sub(maker, remaining(maker), true)
       maker.status = 'cancelled'
