@@ -25,7 +25,9 @@ use sha2::{Digest, Sha256};
 use crate::book::Level;
 use crate::domain::{Account, Asset, BalanceError, MarketKey, Move, Order, Side, UserId};
 use crate::order_saga::{CancelEnded, Ended, OrderSagas};
-use crate::store::{ApiKeyRecord, Claim, FailedPlacement, PlacementRecord, Store, StoreError};
+use crate::store::{
+    ApiKeyRecord, Claim, FailedPlacement, PlacementRecord, Store, StoreError,
+};
 
 /// A business or infrastructure failure of a use case.
 #[derive(Debug, thiserror::Error)]
@@ -229,9 +231,7 @@ impl Exchange {
                     state: "manual",
                 })
             }
-            Some(Ended::Unavailable(why)) => {
-                Err(ExchangeError::Store(StoreError::Unavailable(why)))
-            }
+            Some(Ended::Unavailable(why)) => Err(ExchangeError::Store(StoreError::Unavailable(why))),
         }
     }
 
@@ -310,9 +310,7 @@ impl Exchange {
             CancelEnded::NotOpen(status) => Err(ExchangeError::OrderNotOpen(
                 format!("{status:?}").to_lowercase(),
             )),
-            CancelEnded::Unavailable(why) => {
-                Err(ExchangeError::Store(StoreError::Unavailable(why)))
-            }
+            CancelEnded::Unavailable(why) => Err(ExchangeError::Store(StoreError::Unavailable(why))),
         }
     }
 

@@ -373,13 +373,7 @@ async fn claims_are_first_come_per_user_and_keep_their_result(store: Store) {
     );
     assert_eq!(
         store
-            .claim_order_id(
-                "o1",
-                Claim {
-                    user_id: user(1),
-                    ..claim(2, "f2")
-                }
-            )
+            .claim_order_id("o1", Claim { user_id: user(1), ..claim(2, "f2") })
             .await
             .expect("claim"),
         ClaimOutcome::Existing(claim(1, "f1"))
@@ -402,11 +396,7 @@ async fn claims_are_first_come_per_user_and_keep_their_result(store: Store) {
     );
     let outcome = place(
         &store,
-        Order::buy()
-            .id("p-f1")
-            .user(user(1))
-            .price(500_000)
-            .amount(3),
+        Order::buy().id("p-f1").user(user(1)).price(500_000).amount(3),
     )
     .await;
     let record = PlacementRecord {
@@ -436,13 +426,7 @@ async fn claims_are_first_come_per_user_and_keep_their_result(store: Store) {
     );
     assert_eq!(
         store
-            .claim_order_id(
-                "o1",
-                Claim {
-                    placement_id: "p-retry".to_owned(),
-                    ..claim(1, "f1")
-                }
-            )
+            .claim_order_id("o1", Claim { placement_id: "p-retry".to_owned(), ..claim(1, "f1") })
             .await
             .expect("claim"),
         ClaimOutcome::Existing(expected)
@@ -478,13 +462,7 @@ async fn a_failed_placement_keeps_its_failure_on_the_claim(store: Store) {
     // The id stays spent: a retry is answered the failure, never placed again.
     assert_eq!(
         store
-            .claim_order_id(
-                "o1",
-                Claim {
-                    placement_id: "p-retry".to_owned(),
-                    ..claim(1, "f1")
-                }
-            )
+            .claim_order_id("o1", Claim { placement_id: "p-retry".to_owned(), ..claim(1, "f1") })
             .await
             .expect("claim"),
         ClaimOutcome::Existing(held)
@@ -1806,22 +1784,13 @@ async fn a_stale_fence_changes_nothing_once_a_newer_epoch_wrote(store: Store) {
         bal(6, 4),
         "the stale write changed nothing"
     );
-    let order = Order::sell()
-        .id("s-1")
-        .user(user(2))
-        .price(500_000)
-        .amount(1)
-        .book();
+    let order = Order::sell().id("s-1").user(user(2)).price(500_000).amount(1).book();
     let matched = store.match_order_fenced(order.clone(), &fence(3)).await;
     assert!(matched.is_ok(), "{matched:?}");
     let stale = store.undo_match_fenced(&m1(), "s-1", &fence(2)).await;
     assert!(matches!(stale, Err(StoreError::Fenced)), "{stale:?}");
     assert_eq!(
-        store
-            .order(&m1(), "s-1")
-            .await
-            .expect("order")
-            .map(|o| o.status),
+        store.order(&m1(), "s-1").await.expect("order").map(|o| o.status),
         Some(OrderStatus::Open),
         "the stale undo changed nothing"
     );

@@ -181,11 +181,7 @@ impl ApiError {
             ),
             FailureKind::NotPlaced => ApiError {
                 field: Some("orderId".to_owned()),
-                ..ApiError::new(
-                    StatusCode::CONFLICT,
-                    "order_not_placed",
-                    failed.message.clone(),
-                )
+                ..ApiError::new(StatusCode::CONFLICT, "order_not_placed", failed.message.clone())
             },
         }
     }

@@ -120,12 +120,7 @@ async fn finish(deps: &Deps, id: &str, what: &Cancellation, fence: &Fence) -> Ca
         }
     };
     let order = match store
-        .cancel_order(
-            &what.market_key,
-            &what.placement_id,
-            &what.user_id,
-            token.as_ref(),
-        )
+        .cancel_order(&what.market_key, &what.placement_id, &what.user_id, token.as_ref())
         .await
     {
         Ok(Ok(order)) => order,
@@ -145,11 +140,7 @@ async fn finish(deps: &Deps, id: &str, what: &Cancellation, fence: &Fence) -> Ca
         let moves = [Move::release(order.reserved_asset(), amount)];
         let op = format!("release:{}", order.order_id);
         let released = match &token {
-            Some(f) => {
-                store
-                    .apply_moves_fenced(&order.user_id, &op, &moves, f)
-                    .await
-            }
+            Some(f) => store.apply_moves_fenced(&order.user_id, &op, &moves, f).await,
             None => store.apply_moves_once(&order.user_id, &op, &moves).await,
         };
         match released {

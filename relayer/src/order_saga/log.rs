@@ -176,13 +176,7 @@ impl DurableLog {
         match ctx
             .deps
             .store
-            .fail_claim(
-                &o.user_id,
-                o.client_id(),
-                &o.order_id,
-                failed,
-                token.as_ref(),
-            )
+            .fail_claim(&o.user_id, o.client_id(), &o.order_id, failed, token.as_ref())
             .await
         {
             Ok(()) => true,
@@ -302,8 +296,8 @@ impl SagaObserver<OrderCtx> for DurableLog {
                 SagaEvent::Completed | SagaEvent::Compensated => {
                     // NB: a compensated placement's failure is on its claim before its entry
                     // goes; if it cannot be recorded now the entry stays and recovery redoes it.
-                    let recorded =
-                        !matches!(event, SagaEvent::Compensated) || Self::record_failure(ctx).await;
+                    let recorded = !matches!(event, SagaEvent::Compensated)
+                        || Self::record_failure(ctx).await;
                     if durable
                         && recorded
                         && let Err(error) = deps

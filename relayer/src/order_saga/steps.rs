@@ -300,13 +300,11 @@ async fn match_step(c: &mut OrderCtx) -> Result<(), StepError> {
         .map(|m| m.self_trade_cancelled.clone())
         .unwrap_or_default();
     for order in &cancelled {
-        release_left(&c.deps.store, order, token.as_ref())
-            .await
-            .map_err(|mut e| {
-                e.in_doubt = true;
-                e.transient = true;
-                e
-            })?;
+        release_left(&c.deps.store, order, token.as_ref()).await.map_err(|mut e| {
+            e.in_doubt = true;
+            e.transient = true;
+            e
+        })?;
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! The embedded settlement ledger: an in-process, idempotent record of settled trades, used
 //! when no `settlement.url` is configured (development, tests).
 //!
-//! Bounded like the stores: a settled key is forgotten the retention (`redis.orderRetentionSeconds`)
-//! after it was settled, by the monotonic reading of the injected [`Clock`]. That is safe
-//! because a key names one trade id, and trade ids are never reused. Keys sit in a queue in
+//! Bounded like the stores: a settled key is forgotten the retention
+//! (`redis.orderRetentionSeconds`) after it was settled, by the monotonic reading of the
+//! injected [`Clock`]. That is safe because a key names one trade id, and trade ids are never
+//! reused. Keys sit in a queue in
 //! the order settled (which is due order, the retention being constant); each call pops what is
 //! due, so forgetting costs amortised O(1) per call and never scans.
 //!

@@ -149,6 +149,7 @@ impl<K> Expiry<K> {
         }
     }
 
+    /// How many entries are queued (due or not).
     #[cfg(test)]
     fn len(&self) -> usize {
         self.queue.len()
@@ -727,5 +728,278 @@ impl MemoryStore {
             Some(hash) => Ok(keys.0.remove(&hash).is_some()),
             None => Ok(false),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The retention of the in-memory store, on a [`ManualClock`].
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::{Asset, Side};
+    use crate::store::{FailedPlacement, FailureKind, PlacementRecord};
+
+    const RETENTION_MS: u64 = 1_000;
+
+    fn store() -> (MemoryStore, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::at(1_000_000));
+        let store = MemoryStore::new(Duration::from_millis(RETENTION_MS), clock.clone());
+        (store, clock)
+    }
+
+    fn market() -> MarketKey {
+        MarketKey::parse("marketKey", "80002:1").expect("valid")
+    }
+
+    fn user(n: u8) -> UserId {
+        UserId::parse("userId", &format!("0x{}", format!("{n:02x}").repeat(20))).expect("valid")
+    }
+
+    fn fence(saga: &str, epoch: u64) -> Fence {
+        Fence {
+            saga_id: saga.to_owned(),
+            epoch,
+            lease_until_ms: u64::MAX,
+        }
+    }
+
+    /// Places `client` of user `u` as placement `p-<client>` the way the saga does: claim,
+    /// match, record the outcome on the claim.
+    fn place(store: &MemoryStore, client: &str, u: u8, side: Side, price: u64) -> MatchOutcome {
+        let placement = format!("p-{client}");
+        let claim = Claim {
+            fingerprint: format!("fp-{client}"),
+            market_key: market(),
+            user_id: user(u),
+            placement_id: placement.clone(),
+            result: None,
+            failed: None,
+        };
+        assert_eq!(
+            store.claim_order_id(client, claim).expect("claim"),
+            ClaimOutcome::Claimed
+        );
+        let mut order = Order::new(placement.clone(), market(), user(u), side, price, 1, 0);
+        order.client_order_id = client.to_owned();
+        let f = fence(&placement, 1);
+        let outcome = store.match_order(order, Some(&f)).expect("match");
+        let record = PlacementRecord {
+            order: outcome.order.clone(),
+            fills: outcome.fills.clone(),
+        };
+        store
+            .finish_claim(
+                &user(u),
+                client,
+                &placement,
+                ClaimEnd::Placed(record),
+                Some(&f),
+            )
+            .expect("finish");
+        outcome
+    }
+
+    fn deposit(store: &MemoryStore, u: u8, op: &str) -> u128 {
+        store
+            .apply_moves(
+                &user(u),
+                Some(op),
+                &[Move::credit(Asset::Collateral, 10)],
+                None,
+            )
+            .expect("store")
+            .expect("a deposit")
+            .collateral
+            .available
+    }
+
+    fn order(store: &MemoryStore, placement: &str) -> Option<Order> {
+        store.order(&market(), placement).expect("order")
+    }
+
+    fn claim(store: &MemoryStore, u: u8, client: &str) -> Option<Claim> {
+        store.claim(&user(u), client).expect("claim")
+    }
+
+    /// The size of every table and queue that retention bounds.
+    fn sizes(store: &MemoryStore) -> Vec<(&'static str, usize)> {
+        let accounts = lock(&store.inner.accounts);
+        let claims = lock(&store.inner.claims);
+        let fences = lock(&store.inner.fences);
+        let market = store.existing_market(&market()).expect("a market");
+        let market = lock(&market);
+        let (orders, recorded, cancelled) = market.book.sizes();
+        vec![
+            ("op ids", accounts.applied.len()),
+            ("op id queue", accounts.applied_due.len()),
+            ("claims", claims.held.len()),
+            ("claim queue", claims.due.len()),
+            ("fences", fences.seen.len()),
+            ("fence queue", fences.due.len()),
+            ("orders", orders),
+            ("placement records", recorded),
+            ("owner cancellations", cancelled),
+            ("order queue", market.due.len()),
+            ("dated orders", market.dated.len()),
+        ]
+    }
+
+    #[test]
+    fn finished_orders_their_claims_and_records_are_forgotten_after_the_retention() {
+        let (store, clock) = store();
+        place(&store, "ask", 1, Side::Sell, 400_000);
+        let bid = place(&store, "bid", 2, Side::Buy, 500_000);
+        assert_eq!(bid.fills.len(), 1, "the bid takes the ask");
+        place(&store, "rest", 2, Side::Buy, 100_000);
+        place(&store, "open", 3, Side::Sell, 900_000);
+        let cancelled = store
+            .cancel_order(&market(), "p-rest", &user(2), Some(&fence("c-rest", 1)))
+            .expect("store");
+        assert!(cancelled.is_ok(), "{cancelled:?}");
+        let failed = Claim {
+            fingerprint: "fp-refused".to_owned(),
+            market_key: market(),
+            user_id: user(4),
+            placement_id: "p-refused".to_owned(),
+            result: None,
+            failed: None,
+        };
+        store.claim_order_id("refused", failed).expect("claim");
+        let refused = FailedPlacement {
+            kind: FailureKind::Refused,
+            message: "insufficient balance".to_owned(),
+        };
+        store
+            .finish_claim(
+                &user(4),
+                "refused",
+                "p-refused",
+                ClaimEnd::Failed(refused),
+                None,
+            )
+            .expect("fail");
+        store
+            .undo_match(&market(), "p-refused", None)
+            .expect("undo");
+        assert_eq!(deposit(&store, 5, "deposit-1"), 10);
+
+        clock.advance(RETENTION_MS - 1);
+        for (u, client) in [
+            (1, "ask"),
+            (2, "bid"),
+            (2, "rest"),
+            (3, "open"),
+            (4, "refused"),
+        ] {
+            assert!(
+                claim(&store, u, client).is_some(),
+                "{client}: kept until the retention"
+            );
+        }
+        for p in ["p-ask", "p-bid", "p-rest", "p-open"] {
+            assert!(order(&store, p).is_some(), "{p}: kept until the retention");
+        }
+        assert_eq!(
+            deposit(&store, 5, "deposit-1"),
+            10,
+            "the op id is remembered"
+        );
+        let stale = store.apply_moves(&user(6), Some("x"), &[], Some(&fence("p-bid", 0)));
+        assert!(matches!(stale, Err(StoreError::Fenced)), "{stale:?}");
+
+        clock.advance(1);
+        for (u, client) in [(1, "ask"), (2, "bid"), (2, "rest"), (4, "refused")] {
+            assert_eq!(
+                claim(&store, u, client),
+                None,
+                "{client}: its claim is forgotten"
+            );
+        }
+        for p in ["p-ask", "p-bid", "p-rest"] {
+            assert_eq!(
+                order(&store, p),
+                None,
+                "{p}: the finished order is forgotten"
+            );
+        }
+        let open = order(&store, "p-open").expect("the open order stays");
+        assert!(open.status.is_open(), "{open:?}");
+        let open_claim = claim(&store, 3, "open").expect("the open order's claim stays");
+        assert_eq!(open_claim.placement_id, "p-open");
+        assert_eq!(
+            deposit(&store, 5, "deposit-1"),
+            20,
+            "the op id is forgotten: the same id applies again"
+        );
+        let stale = store.apply_moves(&user(6), Some("x"), &[], Some(&fence("p-bid", 0)));
+        assert!(stale.is_ok(), "the fence mark is forgotten: {stale:?}");
+        let sizes = sizes(&store);
+        let book: Vec<_> = sizes
+            .iter()
+            .filter(|(name, _)| {
+                ["orders", "placement records", "owner cancellations"].contains(name)
+            })
+            .collect();
+        assert_eq!(
+            book,
+            [
+                &("orders", 1),
+                &("placement records", 1),
+                &("owner cancellations", 0)
+            ],
+            "only the open order and its placement record stay (the undone record went too)"
+        );
+    }
+
+    #[test]
+    fn a_maker_put_back_by_an_undo_keeps_its_order_and_its_claim() {
+        let (store, clock) = store();
+        place(&store, "ask", 1, Side::Sell, 400_000);
+        place(&store, "bid", 2, Side::Buy, 500_000);
+        let undo = store
+            .undo_match(&market(), "p-bid", Some(&fence("p-bid", 1)))
+            .expect("undo");
+        assert_eq!(undo.fills.len(), 1);
+        clock.advance(10 * RETENTION_MS);
+        let ask = order(&store, "p-ask").expect("the maker is back in the book");
+        assert!(ask.status.is_open(), "{ask:?}");
+        assert!(claim(&store, 1, "ask").is_some(), "its claim stays");
+        assert_eq!(
+            order(&store, "p-bid"),
+            None,
+            "the undone taker is forgotten"
+        );
+    }
+
+    #[test]
+    fn the_tables_stay_bounded_under_a_long_run_of_place_and_fill() {
+        let (store, clock) = store();
+        place(&store, "open", 3, Side::Sell, 900_000);
+        const STEP_MS: u64 = 10;
+        // Within one retention: 100 steps of two orders, two claims, two op ids and two fences.
+        const BOUND: usize = 2 * (RETENTION_MS / STEP_MS) as usize + 3;
+        for i in 0..10_000 {
+            place(&store, &format!("ask-{i}"), 1, Side::Sell, 400_000);
+            let bid = place(&store, &format!("bid-{i}"), 2, Side::Buy, 500_000);
+            assert_eq!(bid.fills.len(), 1, "step {i}");
+            deposit(&store, 1, &format!("op-a-{i}"));
+            deposit(&store, 2, &format!("op-b-{i}"));
+            clock.advance(STEP_MS);
+            if i % 500 == 0 || i == 9_999 {
+                for (name, size) in sizes(&store) {
+                    assert!(
+                        size <= BOUND,
+                        "step {i}: {name} holds {size} (bound {BOUND})"
+                    );
+                }
+            }
+        }
+        assert!(order(&store, "p-open").is_some(), "the open order stays");
+        assert!(claim(&store, 3, "open").is_some(), "and its claim");
+        assert!(
+            order(&store, "p-bid-9999").is_some(),
+            "the last second's orders are kept"
+        );
     }
 }

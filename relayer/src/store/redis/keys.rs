@@ -75,10 +75,7 @@ mod tests {
         let market = MarketKey::parse("m", "80002:7").expect("valid");
         assert_eq!(store.account_key(&user), format!("fs:{{u:{user}}}"));
         assert_eq!(store.market_key(&market), "fs:{m:80002:7}");
-        assert_eq!(
-            store.claim_key(&user, "o-1"),
-            format!("fs:{{c:{user}:o-1}}")
-        );
+        assert_eq!(store.claim_key(&user, "o-1"), format!("fs:{{c:{user}:o-1}}"));
         assert_eq!(store.legacy_claim_key("o-1"), "fs:{c:o-1}");
         assert_eq!(store.api_keys_key(), "fs:{apikeys}");
         assert_eq!(

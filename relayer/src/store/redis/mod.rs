@@ -251,9 +251,7 @@ impl RedisStore {
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
         let (field, json, finished) = match &end {
-            ClaimEnd::Placed(record) => {
-                ("result", to_json(record)?, !record.order.status.is_open())
-            }
+            ClaimEnd::Placed(record) => ("result", to_json(record)?, !record.order.status.is_open()),
             ClaimEnd::Failed(failed) => ("failed", to_json(failed)?, true),
         };
         let mut args = vec![
@@ -378,10 +376,7 @@ impl RedisStore {
         }
         let mut pipe = redis::pipe();
         for (user, id) in &order_ids {
-            pipe.cmd(name)
-                .arg(self.claim_key(user, id))
-                .arg(args)
-                .ignore();
+            pipe.cmd(name).arg(self.claim_key(user, id)).arg(args).ignore();
         }
         let this = self.clone();
         tokio::spawn(async move {
