@@ -24,6 +24,12 @@
 //! A placement is recorded by order id, so matching the same id again replays the first
 //! outcome, and an undone placement cannot be matched again.
 //!
+//! Forgetting: a finished (filled or cancelled) order stays in the book, with its placement
+//! record and its cancellation, until the caller forgets it ([`OrderBook::forget`]; an open
+//! order is never forgotten). The book has no clock: it lists what finished
+//! ([`OrderBook::take_finished`]) and its owner (the in-memory store) forgets each one when its
+//! retention has passed, as Redis expires a finished order's keys.
+//!
 //! Room: after `domain`; uses [`crate::domain`] only.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -126,6 +132,10 @@ pub struct OrderBook {
     recorded: HashMap<String, Recorded>,
     /// Orders their owner cancelled ([`OrderBook::cancel_once`]).
     cancelled_by_owner: std::collections::HashSet<String>,
+    /// Orders that finished, and placements undone before they reached the book, since the
+    /// last [`OrderBook::take_finished`] (an id may repeat; the owner drains it after each
+    /// change, so it holds one call's worth).
+    finished: Vec<String>,
 }
 
 impl OrderBook {
@@ -176,6 +186,7 @@ impl OrderBook {
             if maker.user_id == order.user_id {
                 self.pop_front(maker.side, level_price);
                 maker.status = OrderStatus::Cancelled;
+                self.finished.push(maker_id.clone());
                 self.orders.insert(maker_id, maker.clone());
                 self_trade_cancelled.push(maker);
                 continue;
@@ -214,6 +225,7 @@ impl OrderBook {
             });
             if maker.remaining() == 0 {
                 self.pop_front(maker.side, level_price);
+                self.finished.push(maker_id.clone());
             }
             self.orders.insert(maker_id, maker);
         }
@@ -227,6 +239,8 @@ impl OrderBook {
                 .entry(order.price)
                 .or_default()
                 .push_back(order.order_id.clone());
+        } else {
+            self.finished.push(order.order_id.clone());
         }
         self.orders.insert(order.order_id.clone(), order.clone());
         MatchOutcome {
@@ -282,6 +296,7 @@ impl OrderBook {
                 };
                 self.recorded
                     .insert(taker_id.to_owned(), Recorded::Undone(u.clone()));
+                self.finished.push(taker_id.to_owned());
                 return u;
             }
         };
@@ -300,6 +315,7 @@ impl OrderBook {
                 }
             } else {
                 maker.status = OrderStatus::Cancelled;
+                self.finished.push(maker.order_id.clone());
                 let amount = match maker.side {
                     Side::Buy => fill.collateral,
                     Side::Sell => fill.amount,
@@ -322,6 +338,7 @@ impl OrderBook {
                 revert(&mut t, fill);
             }
             t.status = OrderStatus::Cancelled;
+            self.finished.push(t.order_id.clone());
             self.orders.insert(t.order_id.clone(), t.clone());
             t
         });
@@ -379,6 +396,7 @@ impl OrderBook {
         }
         order.status = OrderStatus::Cancelled;
         let order = order.clone();
+        self.finished.push(order.order_id.clone());
         let levels = match order.side {
             Side::Buy => &mut self.bids,
             Side::Sell => &mut self.asks,
@@ -444,6 +462,46 @@ impl OrderBook {
     /// Every order of this book, open or finished.
     pub fn orders(&self) -> impl Iterator<Item = &Order> {
         self.orders.values()
+    }
+
+    /// The orders that finished (filled or cancelled, also by an undo), and the placements
+    /// undone before they reached the book, since the last call, in the order it happened. An
+    /// id may appear more than once; an order listed may have been reopened since (an undo
+    /// puts a maker back), which [`OrderBook::forget`] checks.
+    pub fn take_finished(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Forgets a finished order: the order, its placement record and its cancellation; or the
+    /// record of a placement undone before it reached the book. An open order is kept. True
+    /// when something was forgotten.
+    ///
+    /// Afterwards the id is unknown here: [`OrderBook::get`] answers `None`, and a placement
+    /// with the same id would be matched as new (placement ids are never reused). An undo of
+    /// a placement that traded with a forgotten maker leaves that maker out, as Redis does
+    /// with an expired order.
+    pub fn forget(&mut self, order_id: &str) -> bool {
+        if self
+            .orders
+            .get(order_id)
+            .is_some_and(|o| o.status.is_open())
+        {
+            return false;
+        }
+        let order = self.orders.remove(order_id).is_some();
+        let record = self.recorded.remove(order_id).is_some();
+        let cancelled = self.cancelled_by_owner.remove(order_id);
+        order || record || cancelled
+    }
+
+    /// How many orders, placement records and owner cancellations the book holds (open and
+    /// finished), for tests of its bounds.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.orders.len(),
+            self.recorded.len(),
+            self.cancelled_by_owner.len(),
+        )
     }
 
     fn pop_front(&mut self, side: Side, price: u64) {

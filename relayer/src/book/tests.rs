@@ -1,4 +1,4 @@
-//! Unit tests of the order book: matching, self-trade prevention and undo.
+//! Unit tests of the order book: matching, self-trade prevention, undo and forgetting.
 
 use super::*;
 use crate::domain::{MarketKey, UserId};
@@ -137,4 +137,69 @@ fn cancel_is_owner_only_and_once() {
         Err(CancelError::NotOpen(OrderStatus::Cancelled))
     );
     assert!(book.depth(10).0.is_empty());
+}
+
+fn place_once(book: &mut OrderBook, o: Order) -> MatchOutcome {
+    book.place_once(o, |taker, i| format!("{taker}#{i}"))
+        .expect("not undone")
+}
+
+#[test]
+fn the_book_lists_what_finished_once() {
+    let mut book = OrderBook::default();
+    place_once(&mut book, order("mine", 1, Side::Sell, 500_000, 5));
+    place_once(&mut book, order("ask", 2, Side::Sell, 510_000, 5));
+    place_once(&mut book, order("rest", 3, Side::Buy, 100_000, 5));
+    assert!(book.take_finished().is_empty(), "nothing finished yet");
+    place_once(&mut book, order("bid", 1, Side::Buy, 600_000, 5));
+    book.cancel_once("rest", &user(3), true)
+        .expect("owner cancels");
+    assert_eq!(book.take_finished(), ["mine", "ask", "bid", "rest"]);
+    assert!(book.take_finished().is_empty(), "drained");
+    book.undo("never-placed");
+    assert_eq!(book.take_finished(), ["never-placed"]);
+}
+
+#[test]
+fn forgetting_removes_a_finished_order_its_record_and_its_cancellation() {
+    let mut book = OrderBook::default();
+    place_once(&mut book, order("ask", 1, Side::Sell, 400_000, 1));
+    place_once(&mut book, order("bid", 2, Side::Buy, 500_000, 1));
+    place_once(&mut book, order("rest", 2, Side::Buy, 100_000, 1));
+    place_once(&mut book, order("open", 3, Side::Sell, 900_000, 1));
+    book.cancel_once("rest", &user(2), true)
+        .expect("owner cancels");
+    book.undo("never-placed");
+    assert_eq!(book.sizes(), (4, 5, 1));
+    for id in ["ask", "bid", "rest", "never-placed"] {
+        assert!(book.forget(id), "{id} is finished");
+    }
+    assert!(!book.forget("open"), "an open order is kept");
+    assert!(!book.forget("ask"), "already forgotten");
+    assert_eq!(
+        book.sizes(),
+        (1, 1, 0),
+        "only the open order and its record"
+    );
+    assert!(book.get("bid").is_none());
+    assert_eq!(
+        book.cancel_once("rest", &user(2), true),
+        Err(CancelError::NotFound),
+        "a forgotten cancellation is not replayed"
+    );
+    assert_eq!(book.get("open").map(|o| o.status), Some(OrderStatus::Open));
+    assert_eq!(book.open_orders(None).len(), 1);
+}
+
+#[test]
+fn a_maker_put_back_by_an_undo_is_not_forgotten() {
+    let mut book = OrderBook::default();
+    place_once(&mut book, order("ask", 1, Side::Sell, 400_000, 1));
+    place_once(&mut book, order("bid", 2, Side::Buy, 500_000, 1));
+    book.undo("bid");
+    assert_eq!(book.take_finished(), ["ask", "bid", "bid"]);
+    assert!(!book.forget("ask"), "the maker is back in the book");
+    assert!(book.forget("bid"), "the undone taker is cancelled");
+    assert_eq!(book.open_orders(None).len(), 1);
+    assert_eq!(book.depth(10).1.len(), 1, "the maker still rests");
 }

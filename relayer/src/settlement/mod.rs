@@ -17,9 +17,11 @@
 //! - this module: the trade as sent ([`SettlementTrade`]), its idempotency key, the outcome
 //!   ([`SettleError`]) and [`Settlement`], which picks the backend;
 //! - `client`: the HTTP client with its breaker and retries ([`HttpSettlement`]);
-//! - `ledger`: the embedded ledger ([`EmbeddedLedger`]).
+//! - `ledger`: the embedded ledger ([`EmbeddedLedger`]), which forgets a settled key
+//!   `redis.orderRetentionSeconds` after it was settled (trade ids, and so keys, are never
+//!   reused).
 //!
-//! May use: `config`, `domain`, `resilience`. Knows nothing of sagas.
+//! May use: `clock`, `config`, `domain`, `resilience`. Knows nothing of sagas.
 
 mod client;
 mod ledger;
@@ -28,9 +30,11 @@ pub use self::client::HttpSettlement;
 pub use self::ledger::EmbeddedLedger;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::clock::SystemClock;
 use crate::config::RelayerConfig;
 use crate::domain::Fill;
 use crate::resilience::breaker::BreakerRegistry;
@@ -114,7 +118,10 @@ impl Settlement {
         retry_metrics: Option<RetryMetrics>,
     ) -> Result<Self, reqwest::Error> {
         let Some(url) = &config.settlement.url else {
-            return Ok(Settlement::Embedded(Arc::default()));
+            return Ok(Settlement::Embedded(Arc::new(EmbeddedLedger::new(
+                Duration::from_secs(config.redis.order_retention_seconds),
+                Arc::new(SystemClock),
+            ))));
         };
         HttpSettlement::from_config(url, config, breakers, retry_metrics)
             .map(|http| Settlement::Http(Arc::new(http)))

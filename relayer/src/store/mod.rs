@@ -10,11 +10,12 @@
 //!
 //! Backends: [`MemoryStore`] (default) and [`RedisStore`] (shared by every replica; see its
 //! module for the key layout). Both answer the same contract, held to it by
-//! `relayer/tests/store_contract.rs`. The enum dispatches statically: no boxing, no
-//! `async_trait`.
+//! `relayer/tests/store_contract.rs`, and both forget finished orders, their claims,
+//! operation ids and fence marks `redis.orderRetentionSeconds` after they finish (see each
+//! backend for the details). The enum dispatches statically: no boxing, no `async_trait`.
 //!
-//! May use: `config`, `domain`, `book`; nothing above them (the order saga's log entries are
-//! opaque [`SagaEntry`] records here).
+//! May use: `clock`, `config`, `domain`, `book`; nothing above them (the order saga's log
+//! entries are opaque [`SagaEntry`] records here).
 
 mod memory;
 mod redis;
@@ -22,8 +23,10 @@ mod redis;
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisSettings, RedisStore};
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::SystemClock;
 use crate::config::RelayerConfig;
 
 use serde::{Deserialize, Serialize};
@@ -217,7 +220,7 @@ macro_rules! dispatch {
 }
 
 impl Store {
-    /// A fresh in-memory store.
+    /// A fresh in-memory store, keeping finished orders for the default retention.
     pub fn memory() -> Self {
         Store::Memory(MemoryStore::default())
     }
@@ -227,10 +230,14 @@ impl Store {
         RedisStore::new(settings).map(Store::Redis)
     }
 
-    /// The store `config` selects: Redis when `redisUrl` is set, else in memory.
+    /// The store `config` selects: Redis when `redisUrl` is set, else in memory. Either keeps
+    /// finished orders for `redis.orderRetentionSeconds`.
     pub fn from_config(config: &RelayerConfig) -> Result<Self, StoreError> {
         match &config.redis_url {
-            None => Ok(Store::memory()),
+            None => Ok(Store::Memory(MemoryStore::new(
+                Duration::from_secs(config.redis.order_retention_seconds),
+                Arc::new(SystemClock),
+            ))),
             Some(url) => Store::redis(&RedisSettings {
                 url: url.clone(),
                 key_prefix: config.redis.key_prefix.clone(),
