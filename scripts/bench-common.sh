@@ -12,7 +12,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 200); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
+wait_http() { for _ in $(seq 200); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1; its log:" >&2; cat "$work"/relayer-*.log >&2 2>/dev/null || true; return 1; }
 
 redis_port="$(free_port)"
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
@@ -58,13 +58,13 @@ summary() {
        /Non-2xx/ {bad=$NF} END {printf "%10s req/s  p50 %8s  p99 %8s  non-2xx %s\n", rps, p50, p99, (bad==""?0:bad)}' "$1"
 }
 
-# Starts the release relayer (or the binary in RELAYER_BIN) with the `env` assignments after NAME
+# Starts the release relayer (or the binary in the shell variable relayer_bin) with the `env` assignments after NAME
 # (logging to relayer-NAME.log), waits until it is ready, issues API keys for user A and B and
 # funds them. Sets relayer_pid, base, key_a and key_b.
 start_relayer() {
   local name="$1"
   shift
-  env "$@" "${RELAYER_BIN:-target/release/relayer}" >"$work/relayer-$name.log" 2>&1 &
+  env "$@" "${relayer_bin:-target/release/relayer}" >"$work/relayer-$name.log" 2>&1 &
   relayer_pid=$!
   pids+=("$relayer_pid")
   base="http://127.0.0.1:$port"

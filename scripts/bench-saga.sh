@@ -59,7 +59,8 @@ for variant in "${variants[@]}"; do
   env=(RELAYER_LISTEN="127.0.0.1:$port" RELAYER_ADMIN_TOKEN="$token" RELAYER_LOG__FILTER=warn
     RELAYER_RATE_LIMIT__ENABLED=false RELAYER_REDIS_URL="redis://127.0.0.1:$redis_port/"
     RELAYER_SAGA__DURABLE_LOG="$durable")
-  RELAYER_BIN="$bin" start_relayer "$variant-$round" "${env[@]}"
+  relayer_bin="$bin"
+  start_relayer "$variant-$round" "${env[@]}"
 
   KEY_A="$key_a" KEY_B="$key_b" USER_A="$user_a" USER_B="$user_b" \
     wrk -t2 -c"$connections" -d"$duration" --latency -s "$work/orders.lua" "$base" >"$work/post-$variant-$round.txt"
