@@ -51,9 +51,6 @@ pub enum ExchangeError {
     /// The order is filled or cancelled already.
     #[error("order is not open: {0}")]
     OrderNotOpen(String),
-    /// A step that must not fail did: state needs an operator's attention.
-    #[error("internal inconsistency: {0}")]
-    Internal(String),
     /// Settlement said "not settled"; the order was undone and nothing stays reserved.
     #[error("settlement unavailable: {0}")]
     SettlementUnavailable(String),
@@ -62,8 +59,10 @@ pub enum ExchangeError {
 /// How long a placement is waited for by default (`limits.placementWaitMs`).
 pub const DEFAULT_PLACEMENT_WAIT: Duration = Duration::from_secs(5);
 
-/// How often a repeat of a placement still running looks at its claim again.
+/// How often a repeat of a placement still running looks at its claim again: first after
+/// this, then twice as long each time up to [`CLAIM_POLL_MAX`].
 const CLAIM_POLL: Duration = Duration::from_millis(25);
+const CLAIM_POLL_MAX: Duration = Duration::from_millis(400);
 
 /// The answer to a placement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +245,7 @@ impl Exchange {
         if existing.fingerprint != new.fingerprint() {
             return Err(ExchangeError::OrderIdConflict(new.order_id.clone()));
         }
+        let mut poll = crate::resilience::backoff::Backoff::doubling(CLAIM_POLL, CLAIM_POLL_MAX);
         loop {
             if let Some(record) = existing.result {
                 return Ok(Placed::Done(Placement {
@@ -256,13 +256,15 @@ impl Exchange {
             if let Some(failed) = existing.failed {
                 return Err(ExchangeError::Replayed(failed));
             }
-            if tokio::time::Instant::now() + CLAIM_POLL >= deadline {
+            let pause = poll.next_delay();
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Ok(Placed::Pending {
                     order_id: new.order_id.clone(),
                     state: "pending",
                 });
             }
-            tokio::time::sleep(CLAIM_POLL).await;
+            tokio::time::sleep(pause.min(deadline - now)).await;
             existing = match self.store.claim(&new.user_id, &new.order_id).await? {
                 Some(claim) => claim,
                 None => return Err(ExchangeError::OrderNotFound),

@@ -150,7 +150,6 @@ impl From<ExchangeError> for ApiError {
             ExchangeError::OrderNotOpen(_) => {
                 ApiError::new(StatusCode::CONFLICT, "order_not_open", e.to_string())
             }
-            ExchangeError::Internal(detail) => ApiError::internal(detail),
             ExchangeError::SettlementUnavailable(detail) => {
                 tracing::warn!(%detail, "settlement unavailable: order undone");
                 ApiError::new(

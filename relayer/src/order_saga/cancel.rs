@@ -66,6 +66,17 @@ impl OrderSagas {
         };
         let id = format!("{PREFIX}{placement}");
         let fence = Arc::new(Fence::default());
+        // NB: marked before the log is written, so this process's own recovery sweep leaves
+        // the entry to this call.
+        if !self.deps.set_active(&id, true) {
+            return CancelEnded::Pending("a cancellation of this order is in progress".to_owned());
+        }
+        let ended = self.cancel_logged(&id, what, &fence).await;
+        self.deps.set_active(&id, false);
+        ended
+    }
+
+    async fn cancel_logged(&self, id: &str, what: Cancellation, fence: &Fence) -> CancelEnded {
         if self.deps.durable {
             let record = match serde_json::to_string(&CancelRecord {
                 cancel: what.clone(),
@@ -73,7 +84,7 @@ impl OrderSagas {
                 Ok(r) => r,
                 Err(e) => return CancelEnded::Unavailable(e.to_string()),
             };
-            write_entry(&self.deps, &fence, id.clone(), "running", record).await;
+            write_entry(&self.deps, fence, id.to_owned(), "running", record).await;
             if fence.lease_lost.load(Ordering::Acquire) {
                 return CancelEnded::Pending(
                     "a cancellation of this order is in progress".to_owned(),
@@ -83,12 +94,7 @@ impl OrderSagas {
                 return CancelEnded::Unavailable("the cancellation could not be logged".to_owned());
             }
         }
-        if !self.deps.set_active(&id, true) {
-            return CancelEnded::Pending("a cancellation of this order is in progress".to_owned());
-        }
-        let ended = finish(&self.deps, &id, &what, &fence, false).await;
-        self.deps.set_active(&id, false);
-        ended
+        finish(&self.deps, id, &what, fence, false).await
     }
 
     /// Finishes a cancellation found in the log (its entry just claimed until

@@ -40,6 +40,14 @@ impl OrderSagas {
         loop {
             tokio::time::sleep(backoff.next_delay()).await;
             ctx.fence.fenced.store(false, Ordering::Release);
+            // NB: the lease may have run out during the pause; renewed first (or found lost).
+            if let Err(error) = ctx.ensure_lease().await {
+                if ctx.fence.lease_lost.load(Ordering::Acquire) {
+                    tracing::warn!(saga = id, %error, "pending saga taken over by another replica");
+                    break;
+                }
+                continue;
+            }
             let how = match ctx.phase() {
                 Phase::Forward => Drive::Forward(ctx.step()),
                 Phase::Backward => {
