@@ -1,9 +1,10 @@
 //! The chaos test of the order saga, with real processes: two relayers share one Redis (append
 //! only file on), settling at an endpoint that at random (a seeded RNG, the seed printed) hangs
-//! past the relayer's settlement timeout, answers 503, or settles; eight clients with short
+//! past the relayer's settlement timeout, answers 503, or settles, with storms in which every
+//! request hangs; eight clients with short
 //! timeouts place 2,000 crossing orders of several users through either relayer (a load
 //! balancer's pick per request) and retry the same `orderId` with the same body after a pause
-//! until they get a final answer; relayer A is SIGKILLed and restarted six times meanwhile.
+//! until they get a final answer; relayer A is SIGKILLed and restarted eight times meanwhile.
 //!
 //! Afterwards the endpoint calms down, every open order is cancelled by its owner and the saga
 //! log is let run dry (bounded), and then: collateral and shares equal the deposits, nothing is
@@ -40,8 +41,9 @@ use support::redis::RedisServer;
 
 /// The relayer's time limit of one settlement attempt, ms; the endpoint's hangs last longer.
 const SETTLEMENT_TIMEOUT_MS: u64 = 300;
-/// A client's time limit of one request: short, so clients hang up on slow placements.
-const CLIENT_TIMEOUT: Duration = Duration::from_millis(1_500);
+/// A client's time limit of one request, ms, drawn per request: short, so clients often hang
+/// up on a placement whose settlement hangs (four attempts of 300 ms, about 1.3 s).
+const CLIENT_TIMEOUT_MS: std::ops::Range<u64> = 800..2_000;
 /// How long a client pauses before it retries, ms.
 const RETRY_PAUSE_MS: std::ops::Range<u64> = 100..400;
 /// Tries of one placement before a client gives up on it (re-asked once things are quiet).
@@ -56,8 +58,10 @@ const POOR_SHARES: u64 = 500;
 const CLIENTS: usize = 8;
 /// No new placement starts after this (a run that needs longer fails on its placement count).
 const RUN_DEADLINE: Duration = Duration::from_secs(150);
-/// Bound of each wait for the saga log to run dry, and for reservations to be released.
-const QUIET_DEADLINE: Duration = Duration::from_secs(45);
+/// Bound of the first wait for the saga log to run dry, and of the wait for reservations to
+/// be released; once a wait has failed, the later ones get [`QUIET_AGAIN`].
+const QUIET_DEADLINE: Duration = Duration::from_secs(30);
+const QUIET_AGAIN: Duration = Duration::from_secs(5);
 
 /// What one run does.
 struct Scenario {
@@ -93,7 +97,7 @@ fn label(method: &str, answer: &Result<(u16, Value), reqwest::Error>) -> String 
         },
         Err(e) if e.is_timeout() => format!("{method} no answer (timeout)"),
         Err(e) if e.is_connect() => format!("{method} no answer (connect)"),
-        Err(_) => format!("{method} no answer (other)"),
+        Err(_) => format!("{method} no answer (connection lost)"),
     }
 }
 
@@ -141,10 +145,12 @@ async fn post(
     base: &str,
     trader: &Trader,
     body: &Value,
+    timeout: Duration,
 ) -> Result<(u16, Value), reqwest::Error> {
     let resp = http
         .post(format!("{base}/v2/orders"))
         .bearer_auth(&trader.api_key)
+        .timeout(timeout)
         .json(body)
         .send()
         .await?;
@@ -164,7 +170,8 @@ async fn place_patiently(
 ) -> Option<(u16, Value)> {
     for _ in 0..MAX_TRIES {
         let base = &bases[rng.random_range(0..bases.len())];
-        let answer = post(http, base, trader, body).await;
+        let timeout = Duration::from_millis(rng.random_range(CLIENT_TIMEOUT_MS));
+        let answer = post(http, base, trader, body, timeout).await;
         seen.posts += 1;
         let label = label("POST", &answer);
         seen.saw(&label);
@@ -194,10 +201,7 @@ async fn client(
     started: Instant,
     done: Arc<AtomicUsize>,
 ) -> Seen {
-    let http = reqwest::Client::builder()
-        .timeout(CLIENT_TIMEOUT)
-        .build()
-        .expect("http client");
+    let http = reqwest::Client::new();
     let mut rng = StdRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut seen = Seen::default();
     for i in 0..n {
@@ -233,7 +237,7 @@ fn env(redis: &RedisServer, settlement: &ChaosSettlement) -> Vec<(&'static str, 
         ("RELAYER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("RELAYER_SETTLEMENT__URL", settlement.url.clone()),
         ("RELAYER_SETTLEMENT__TIMEOUT_MS", timeout.clone()),
-        ("RELAYER_SETTLEMENT__RETRY__MAX_RETRIES", "2".to_owned()),
+        ("RELAYER_SETTLEMENT__RETRY__MAX_RETRIES", "3".to_owned()),
         (
             "RELAYER_SETTLEMENT__RETRY__INITIAL_DELAY_MS",
             "10".to_owned(),
@@ -305,7 +309,12 @@ async fn unfinished_sagas(api: &Api, base: &str) -> Vec<String> {
         .into_iter()
         .flatten()
         .filter(|s| s["state"] != "manual")
-        .map(|s| format!("{} {} {}", s["sagaId"], s["state"], s["step"]))
+        .map(|s| {
+            format!(
+                "{} {} at {} ({})",
+                s["sagaId"], s["state"], s["step"], s["error"]
+            )
+        })
         .collect()
 }
 
@@ -324,20 +333,25 @@ async fn within<T>(
     }
 }
 
-async fn quiet(api: &Api, base: &str) -> Result<(), String> {
-    within(QUIET_DEADLINE, async || {
+/// Waits until the saga log holds nothing but `manual` entries; after a wait that failed
+/// (`failed` set), later ones are short.
+async fn quiet(api: &Api, base: &str, failed: &mut bool) -> Result<(), String> {
+    let deadline = if *failed { QUIET_AGAIN } else { QUIET_DEADLINE };
+    let answer = within(deadline, async || {
         let left = unfinished_sagas(api, base).await;
         if left.is_empty() {
             Ok(())
         } else {
             Err(format!(
-                "{} sagas still running, pending or compensating after {QUIET_DEADLINE:?}, e.g. {:?}",
+                "{} sagas still running, pending or compensating after {deadline:?}, e.g. {:?}",
                 left.len(),
                 &left[..left.len().min(5)]
             ))
         }
     })
-    .await
+    .await;
+    *failed |= answer.is_err();
+    answer
 }
 
 /// Balances of every trader: (collateral available, collateral reserved, shares of each
@@ -481,13 +495,11 @@ async fn run(scenario: Scenario) -> Report {
     // Afterwards: calm, quiet, re-ask what was given up, cancel what rests, quiet again.
     endpoint.set_odds(Odds::calm());
     let mut violations = Vec::new();
-    if let Err(e) = quiet(&api, &b.base).await {
+    let mut quiet_failed = false;
+    if let Err(e) = quiet(&api, &b.base, &mut quiet_failed).await {
         violations.push(format!("after the run: {e}"));
     }
-    let http = reqwest::Client::builder()
-        .timeout(CLIENT_TIMEOUT)
-        .build()
-        .expect("http client");
+    let http = reqwest::Client::new();
     let mut rng = StdRng::seed_from_u64(seed.rotate_left(33));
     let mut stuck = Vec::new();
     let mut reasked = Seen::default();
@@ -515,7 +527,7 @@ async fn run(scenario: Scenario) -> Report {
             &stuck[..stuck.len().min(5)]
         ));
     }
-    if let Err(e) = quiet(&api, &b.base).await {
+    if let Err(e) = quiet(&api, &b.base, &mut quiet_failed).await {
         violations.push(format!("after re-asking: {e}"));
     }
     let owner_of: BTreeMap<String, usize> = traders
@@ -556,7 +568,7 @@ async fn run(scenario: Scenario) -> Report {
         if open_left.is_empty() {
             break;
         }
-        if let Err(e) = quiet(&api, &b.base).await {
+        if let Err(e) = quiet(&api, &b.base, &mut quiet_failed).await {
             violations.push(format!("after cancelling: {e}"));
         }
     }
@@ -575,14 +587,15 @@ async fn run(scenario: Scenario) -> Report {
     }
 
     // The checks.
-    let held = within(QUIET_DEADLINE, async || {
+    let deadline = if quiet_failed { QUIET_AGAIN } else { QUIET_DEADLINE };
+    let held = within(deadline, async || {
         let h = holdings(&api, &b.base, &traders).await;
         let held = reservations(&traders, &h);
         if held.is_empty() {
             Ok(h)
         } else {
             Err(format!(
-                "reserved with no open order, {QUIET_DEADLINE:?} after the cancels: {held:?}"
+                "reserved with no open order, {deadline:?} after the cancels: {held:?}"
             ))
         }
     })
@@ -739,7 +752,11 @@ async fn run(scenario: Scenario) -> Report {
         seen.fills.len(),
         seen.gave_up.len(),
     );
-    eprintln!("chaos endpoint decisions: {:?}", endpoint.decisions());
+    eprintln!(
+        "chaos endpoint decisions: {:?}, {} storms",
+        endpoint.decisions(),
+        endpoint.storms()
+    );
     eprintln!("chaos outcomes of placements: {:?}", seen.outcomes);
     eprintln!("chaos statuses seen: {:?}", seen.statuses);
     for v in &violations {
@@ -749,6 +766,14 @@ async fn run(scenario: Scenario) -> Report {
         let log = p.log_text();
         if log.contains("panicked") {
             violations.push(format!("relayer {name} panicked:\n{log}"));
+        }
+        if !violations.is_empty() {
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+            eprintln!(
+                "chaos: relayer {name} logged {} ERROR lines, the first ones:\n{}",
+                errors.len(),
+                errors[..errors.len().min(12)].join("\n")
+            );
         }
     }
     Report {
@@ -763,12 +788,14 @@ async fn under_chaos_two_relayers_on_one_redis_lose_nothing_and_settle_every_tra
     let report = run(Scenario {
         placements_per_client: 250,
         odds: Odds {
-            unavailable: 8,
-            hang: 7,
-            settle_then_hang: 7,
+            unavailable: 10,
+            hang: 10,
+            settle_then_hang: 10,
             hang_ms: 400..1_200,
+            storm_per_mille: 5,
+            storm_ms: 1_000..2_500,
         },
-        kills: 6,
+        kills: 8,
     })
     .await;
     assert!(

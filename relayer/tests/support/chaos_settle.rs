@@ -1,7 +1,8 @@
 //! A chaotic settlement endpoint on `127.0.0.1:0` ([`ChaosSettlement`]) for the chaos test:
 //! each request, by a seeded RNG, settles and answers 200, answers 503 without settling, hangs
 //! past the relayer's settlement timeout without settling, or settles and then hangs (the answer
-//! comes too late). It is idempotent, as a real endpoint would be: a key is settled at most
+//! comes too late); now and then a storm begins, during which every request hangs (half of them
+//! settled), so a saga's retries all hang and its client hangs up. It is idempotent, as a real endpoint would be: a key is settled at most
 //! once, with the body of its first settling request, and a repeat that is told to succeed
 //! answers 200 again. It records every distinct body sent with each `Idempotency-Key`, so a
 //! test can tell whether one key ever carried two different trades.
@@ -12,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
@@ -33,6 +34,10 @@ pub struct Odds {
     pub settle_then_hang: u32,
     /// How long a hang lasts before the (late) answer, in ms.
     pub hang_ms: Range<u64>,
+    /// Chance in a thousand that a request begins a storm.
+    pub storm_per_mille: u32,
+    /// How long a storm lasts, in ms.
+    pub storm_ms: Range<u64>,
 }
 
 impl Odds {
@@ -43,6 +48,8 @@ impl Odds {
             hang: 0,
             settle_then_hang: 0,
             hang_ms: 0..1,
+            storm_per_mille: 0,
+            storm_ms: 0..1,
         }
     }
 }
@@ -68,6 +75,10 @@ struct Inner {
     decisions: BTreeMap<Decision, u64>,
     /// Requests whose header and body keys differed or were missing.
     malformed: u64,
+    /// Until when the current storm lasts.
+    storm_until: Option<Instant>,
+    /// Storms so far.
+    storms: u64,
 }
 
 /// The running endpoint; its task is aborted when it drops.
@@ -111,8 +122,23 @@ async fn settle(
             seen.push(body.clone());
         }
         let odds = s.odds.clone();
+        let now = Instant::now();
+        if s.storm_until.is_none_or(|until| until < now)
+            && s.rng.random_range(0..1_000u32) < odds.storm_per_mille
+        {
+            let lasts = s.rng.random_range(odds.storm_ms.clone());
+            s.storm_until = Some(now + Duration::from_millis(lasts));
+            s.storms += 1;
+        }
+        let storm = s.storm_until.is_some_and(|until| until >= now);
         let roll = s.rng.random_range(0..100u32);
-        let decision = if roll < odds.unavailable {
+        let decision = if storm {
+            if roll < 50 {
+                Decision::Hang
+            } else {
+                Decision::SettleThenHang
+            }
+        } else if roll < odds.unavailable {
             Decision::Unavailable
         } else if roll < odds.unavailable + odds.hang {
             Decision::Hang
@@ -157,6 +183,8 @@ impl ChaosSettlement {
             settled: BTreeMap::new(),
             decisions: BTreeMap::new(),
             malformed: 0,
+            storm_until: None,
+            storms: 0,
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -199,6 +227,11 @@ impl ChaosSettlement {
     /// How many requests got each decision.
     pub fn decisions(&self) -> BTreeMap<Decision, u64> {
         lock(&self.inner).decisions.clone()
+    }
+
+    /// Storms so far.
+    pub fn storms(&self) -> u64 {
+        lock(&self.inner).storms
     }
 
     /// Requests without matching header and body keys.
