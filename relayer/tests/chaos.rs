@@ -4,7 +4,7 @@
 //! request hangs; eight clients with short
 //! timeouts place 2,000 crossing orders of several users through either relayer (a load
 //! balancer's pick per request) and retry the same `orderId` with the same body after a pause
-//! until they get a final answer; relayer A is SIGKILLed and restarted eight times meanwhile.
+//! until they get a final answer, and now and then cancel one of their resting orders; relayer A is SIGKILLed and restarted eight times meanwhile.
 //!
 //! Afterwards the endpoint calms down, every open order is cancelled by its owner and the saga
 //! log is let run dry (bounded), and then: collateral and shares equal the deposits, nothing is
@@ -52,6 +52,10 @@ const SETTLEMENT_TIMEOUT_MS: u64 = 300;
 const CLIENT_TIMEOUT_MS: std::ops::Range<u64> = 800..2_000;
 /// How long a client pauses before it retries, ms.
 const RETRY_PAUSE_MS: std::ops::Range<u64> = 100..400;
+/// Share of placements after which a client cancels its latest resting order, in percent.
+const CANCEL_PERCENT: u32 = 15;
+/// A request's time limit after the run (cancels of what rests).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tries of one placement before a client gives up on it (re-asked once things are quiet).
 const MAX_TRIES: u32 = 10;
 /// Users trading; the last one is poor, so that some orders are refused (422).
@@ -141,6 +145,17 @@ impl Seen {
         self.gave_up.extend(other.gave_up);
     }
 
+    /// Keeps the fills of a 201 answer.
+    fn record_fills(&mut self, answer: &Value) {
+        for f in answer["fills"].as_array().into_iter().flatten() {
+            let trade = f["tradeId"].as_str().unwrap_or_default().to_owned();
+            self.fills.insert(
+                trade,
+                (num(&f["price"]), num(&f["amount"]), num(&f["collateral"])),
+            );
+        }
+    }
+
     fn saw(&mut self, label: &str) {
         *self.statuses.entry(label.to_owned()).or_default() += 1;
     }
@@ -214,6 +229,7 @@ async fn client(
     let mut rng =
         StdRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut seen = Seen::default();
+    let mut resting = Vec::new();
     for i in 0..n {
         if started.elapsed() > RUN_DEADLINE {
             break;
@@ -224,20 +240,63 @@ async fn client(
         seen.orders.push((id.clone(), owner));
         match place_patiently(&http, &bases, &trader, &body, &mut rng, &mut seen).await {
             Some((201, answer)) => {
-                for f in answer["fills"].as_array().into_iter().flatten() {
-                    let trade = f["tradeId"].as_str().unwrap_or_default().to_owned();
-                    seen.fills.insert(
-                        trade,
-                        (num(&f["price"]), num(&f["amount"]), num(&f["collateral"])),
-                    );
+                seen.record_fills(&answer);
+                if ["open", "partially_filled"]
+                    .contains(&answer["order"]["status"].as_str().unwrap_or_default())
+                {
+                    resting.push(id);
                 }
             }
             Some(_) => {}
             None => seen.gave_up.push((id, owner, body)),
         }
+        if !resting.is_empty() && rng.random_range(0..100) < CANCEL_PERCENT {
+            // NB: the latest is the likeliest to rest still.
+            let id = resting.pop().expect("not empty");
+            cancel_patiently(&http, &bases, &trader, &id, &mut rng, &mut seen).await;
+        }
         done.fetch_add(1, Ordering::Relaxed);
     }
     seen
+}
+
+/// Cancels `id` as `trader` until an answer other than no answer or a 503, or [`MAX_TRIES`].
+async fn cancel_patiently(
+    http: &reqwest::Client,
+    bases: &[String],
+    trader: &Trader,
+    id: &str,
+    rng: &mut StdRng,
+    seen: &mut Seen,
+) {
+    for _ in 0..MAX_TRIES {
+        let base = &bases[rng.random_range(0..bases.len())];
+        let timeout = Duration::from_millis(rng.random_range(CLIENT_TIMEOUT_MS));
+        let answer = delete(http, base, trader, id, timeout).await;
+        seen.saw(&label("DELETE", &answer));
+        if matches!(answer, Ok((status, _)) if status != 503) {
+            return;
+        }
+        // NB: this pause is the scenario (a client backing off before it retries).
+        tokio::time::sleep(Duration::from_millis(rng.random_range(RETRY_PAUSE_MS))).await;
+    }
+}
+
+async fn delete(
+    http: &reqwest::Client,
+    base: &str,
+    trader: &Trader,
+    id: &str,
+    timeout: Duration,
+) -> Result<(u16, Value), reqwest::Error> {
+    let resp = http
+        .delete(format!("{base}/v2/orders/{id}"))
+        .bearer_auth(&trader.api_key)
+        .timeout(timeout)
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await.unwrap_or(Value::Null)))
 }
 
 fn env(redis: &RedisServer, settlement: &ChaosSettlement) -> Vec<(&'static str, String)> {
@@ -563,19 +622,12 @@ async fn run(scenario: Scenario) -> Report {
         )
         .await
         {
-            Some((201, answer)) => {
-                for f in answer["fills"].as_array().into_iter().flatten() {
-                    let trade = f["tradeId"].as_str().unwrap_or_default().to_owned();
-                    seen.fills.insert(
-                        trade,
-                        (num(&f["price"]), num(&f["amount"]), num(&f["collateral"])),
-                    );
-                }
-            }
+            Some((201, answer)) => reasked.record_fills(&answer),
             Some(_) => {}
             None => stuck.push(id.clone()),
         }
     }
+    seen.fills.append(&mut reasked.fills);
     if !stuck.is_empty() {
         violations.push(format!(
             "{} orderIds still without an outcome once the sagas were quiet (answers {:?}), e.g. {:?}",
@@ -606,20 +658,10 @@ async fn run(scenario: Scenario) -> Report {
                     violations.push(format!("an open order of nobody we know: {o}"));
                     continue;
                 };
-                let answer = api
-                    .http
-                    .delete(format!("{}/v2/orders/{id}", b.base))
-                    .bearer_auth(&traders[owner].api_key)
-                    .send()
-                    .await;
-                let answer = match answer {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        Ok((status, r.json().await.unwrap_or(Value::Null)))
-                    }
-                    Err(e) => Err(e),
-                };
-                *cancels.entry(label("DELETE", &answer)).or_default() += 1;
+                let answer = delete(&http, &b.base, &traders[owner], &id, CLEANUP_TIMEOUT).await;
+                *cancels
+                    .entry(format!("{} (afterwards)", label("DELETE", &answer)))
+                    .or_default() += 1;
             }
         }
         if open_left.is_empty() {
