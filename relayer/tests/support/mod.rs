@@ -12,8 +12,8 @@
 //! - [`fixtures`]: the fluent `Order`, the admin token, addresses, crossing orders.
 //!
 //! These modules use the relayer crate's public API only. Among themselves: `fixtures`,
-//! `metrics`, `redis`, `settle`, `chaos_settle` and `wait` use no other support module; `api` and `server` use
-//! `fixtures` and `metrics`; `process` uses `redis`.
+//! `metrics`, `redis`, `settle`, `chaos_settle` and `wait` use no other support module; `api`
+//! and `server` use `fixtures` and `metrics`; `process` uses `redis`.
 // NB: every test binary compiles all of support but uses only part of it.
 #![allow(dead_code)]
 
