@@ -2,10 +2,12 @@
 //! each request, by a seeded RNG, settles and answers 200, answers 503 without settling, hangs
 //! past the relayer's settlement timeout without settling, or settles and then hangs (the answer
 //! comes too late); now and then a storm begins, during which every request hangs (half of them
-//! settled), so a saga's retries all hang and its client hangs up. It is idempotent, as a real endpoint would be: a key is settled at most
-//! once, with the body of its first settling request, and a repeat that is told to succeed
-//! answers 200 again. It records every distinct body sent with each `Idempotency-Key`, so a
-//! test can tell whether one key ever carried two different trades.
+//! settled), so a saga's retries all hang and its client hangs up.
+//!
+//! It is idempotent, as a real endpoint would be: a key is settled at most once, with the body
+//! of its first settling request, and a repeat that is told to succeed answers 200 again. It
+//! records every distinct body sent with each `Idempotency-Key`, so a test can tell whether one
+//! key ever carried two different trades.
 //!
 //! Uses `axum` for the endpoint and `rand` (`StdRng`, seeded) for the choices; no other support
 //! module.
