@@ -19,13 +19,14 @@
 //! `a_calm_run_of_the_same_harness_holds_every_invariant` is the harness's own check: the same
 //! clients and checks with an endpoint that never fails and no kills.
 //!
-//! On the code before the fix (main at 6ac998d) every chaos run failed (seven runs, each with
-//! one to five of): 1 to 4 orderIds answering 409 `placement_in_progress` for ever, 1 to 4
-//! cancels answered 500 ("balance move refused": orders resting on less than they had
-//! reserved), 5 to 17 collateral (once also 12 shares) left reserved with no open order,
-//! `foresight_saga_active` at 5 or 10 on the survivor with the saga log dry, and once 2 sagas
-//! `pending` at `match` for over 90 s; conservation and once-only settlement held. The calm run
-//! passed there.
+//! On the code before the fix (main at 6ac998d) all twelve chaos runs failed, each on several
+//! of: 1 to 4 orderIds answering 409 `placement_in_progress` for ever; 1 or 2 sagas `pending`
+//! at `match` for ever ("placement ... was undone"); cancels (1 to 4) and placements (up to 2)
+//! answered 500; 2 to 28 collateral or shares left reserved with no open order;
+//! `foresight_saga_active` at 1 to 10 with the saga log dry; and in two runs 1 or 2 sagas
+//! `manual` at `update` ("settled trades cannot be undone") with balances that differ from the
+//! settled trades (and from the orders' fills, which agree with them) by up to 32 shares. Totals
+//! were conserved and no key carried two bodies. The calm run passed there.
 //!
 //! Set `CHAOS_SEED` to replay a seed (request timing still varies from run to run). Uses
 //! `support::{api, chaos_settle, fixtures, process, redis}` and `rand`.
