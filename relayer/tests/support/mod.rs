@@ -6,17 +6,19 @@
 //! - [`process`]: the `relayer` binary as a child process (`RelayerProcess`, `JsonLogRelayer`).
 //! - [`server`]: a relayer served in-process on `127.0.0.1:0`, with a small client (`Server`).
 //! - [`settle`]: a scriptable settlement endpoint (`SettlementServer`, `Mode`).
+//! - [`chaos_settle`]: a settlement endpoint misbehaving at random, seeded (`ChaosSettlement`).
 //! - [`api`]: an HTTP client for relayer processes (`Api`, `Trader`) and `check_invariants`.
 //! - [`metrics`]: the Prometheus text reader; a missing series is a panic, never a 0.
 //! - [`fixtures`]: the fluent `Order`, the admin token, addresses, crossing orders.
 //!
 //! These modules use the relayer crate's public API only. Among themselves: `fixtures`,
-//! `metrics`, `redis`, `settle` and `wait` use no other support module; `api` and `server` use
-//! `fixtures` and `metrics`; `process` uses `redis`.
+//! `metrics`, `redis`, `settle`, `chaos_settle` and `wait` use no other support module; `api`
+//! and `server` use `fixtures` and `metrics`; `process` uses `redis`.
 // NB: every test binary compiles all of support but uses only part of it.
 #![allow(dead_code)]
 
 pub mod api;
+pub mod chaos_settle;
 pub mod fixtures;
 pub mod metrics;
 pub mod process;

@@ -3,9 +3,10 @@
 //! answers, its log kept in a file) and [`JsonLogRelayer`] (bound to `127.0.0.1:0`, its address
 //! read from its JSON log, for tests that signal the process and watch it exit).
 //!
-//! Both kill the child when their handle drops; a `RelayerProcess` can also be sent a signal
-//! (`kill -STOP`/`-CONT`, to pause it). Uses [`super::redis::free_port`], `tempfile`
-//! and `serde_json`.
+//! A [`RelayerProcess`] can be sent a signal (`kill -STOP`/`-CONT`, to pause it), and SIGKILLed
+//! and started again on the same port with the same environment ([`RelayerProcess::restart`]),
+//! its log appended to the same file. Both kill the child when their handle drops. Uses
+//! [`super::redis::free_port`], `tempfile` and `serde_json`.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -19,6 +20,8 @@ pub struct RelayerProcess {
     child: Option<Child>,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
+    port: u16,
+    env: Vec<(String, String)>,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -26,33 +29,24 @@ pub struct RelayerProcess {
 impl RelayerProcess {
     /// Starts the relayer on a free port with `env` and waits until `/health` answers.
     pub fn start(env: &[(&str, String)]) -> Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
         let mut last_log = String::new();
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir for relayer log");
             let log = dir.path().join("relayer.log");
             let port = free_port();
-            let file = std::fs::File::create(&log).expect("log file");
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_relayer"));
-            cmd.env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("RELAYER_LISTEN", format!("127.0.0.1:{port}"))
-                .env("RELAYER_LOG__FILTER", "warn")
-                // NB: these tests drive thousands of orders from one address; rate limiting has
-                // its own tests and is switched on per test through `env` where wanted.
-                .env("RELAYER_RATE_LIMIT__ENABLED", "false")
-                .stdin(Stdio::null())
-                .stdout(file.try_clone().expect("log file"))
-                .stderr(file);
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
             let mut process = Self {
-                child: Some(cmd.spawn().expect("spawn relayer")),
+                child: None,
                 base: format!("http://127.0.0.1:{port}"),
+                port,
+                env: env.clone(),
                 log,
                 _dir: dir,
             };
-            if process.wait_healthy() {
+            if process.spawn() {
                 return process;
             }
             // NB: most likely another process took the port between the probe and the bind.
@@ -60,6 +54,51 @@ impl RelayerProcess {
             last_log = process.log_text();
         }
         panic!("relayer did not become healthy; its last log:\n{last_log}");
+    }
+
+    /// Spawns the child on `self.port` (its output appended to the log) and waits until
+    /// `/health` answers; false if it did not.
+    fn spawn(&mut self) -> bool {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_relayer"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RELAYER_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("RELAYER_LOG__FILTER", "warn")
+            // NB: these tests drive thousands of orders from one address; rate limiting has
+            // its own tests and is switched on per test through `env` where wanted.
+            .env("RELAYER_RATE_LIMIT__ENABLED", "false")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn relayer"));
+        self.wait_healthy()
+    }
+
+    /// SIGKILLs the process (if it runs) and starts it again on the same port with the same
+    /// environment, waiting until `/health` answers; panics with its log if it does not within
+    /// a few attempts (the port may linger a moment after the kill).
+    pub fn restart(&mut self) {
+        self.kill();
+        for _ in 0..5 {
+            if self.spawn() {
+                return;
+            }
+            self.kill();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "relayer did not restart on port {}; its log:\n{}",
+            self.port,
+            self.log_text()
+        );
     }
 
     fn wait_healthy(&mut self) -> bool {
