@@ -17,26 +17,32 @@
 //! - Self-trade-prevention cancellations are not undone (see [`crate::book`]).
 //! - Every step and compensation is idempotent (operation ids on balance moves, recorded
 //!   placements in the book, idempotency keys at settlement), which is what makes re-running
-//!   them after a crash safe. A compensation of a step whose effect is unknown first re-applies
-//!   the step's own idempotent operation and then undoes it (e.g. `reserve:<id>` then
-//!   `unreserve:<id>`), so it never releases what was not reserved.
+//!   them after a crash safe. Every id is the placement's own ([`Order::order_id`], made by the
+//!   relayer for each placement, never reused), so no marker of an earlier, compensated
+//!   placement of the same client order id can satisfy a step of a later one. A compensation
+//!   of a step whose effect is unknown first re-applies the step's own idempotent operation and
+//!   then undoes it (e.g. `reserve:<id>` then `unreserve:<id>`), so it never releases what was
+//!   not reserved.
+//! - The saga runs detached from whoever started it ([`OrderSagas::start`]): a client that
+//!   hangs up or a request timeout never cancels it; `foresight_saga_active` is held by a guard.
+//! - A placement that ends compensated records its failure on the order id's claim before its
+//!   log entry goes, so a repeat of the order id replays the failure.
 //!
 //! # Durable log
-//! Before each step (from reserve on), after settlement (with the keys settled), and at each
-//! compensation the saga's data is written to the store
-//! ([`Store::saga_write`]) under a lease; a finished saga's entry is deleted, a `manual` one is
-//! kept for `GET /admin/sagas?state=manual`. A write that fails (store down, lease taken over)
-//! stops the saga at its next step as `pending`. Recovery ([`OrderSagas::sweep`]) claims entries
-//! whose lease ran out and, by the step they reached: before settlement, compensates
-//! (including the step that had started); at settlement or after, goes forward.
+//! The saga's data is written to the store ([`Store::saga_write`]) before validate (so before
+//! the order id is claimed), before settlement (with the match), after settlement (with the
+//! keys settled), at each compensation and when it stops pending or manual; a finished saga's
+//! entry is deleted, a `manual` one is kept for `GET /admin/sagas?state=manual`. A write that
+//! fails (store down, lease taken over) stops the saga at its next step as `pending`.
+//! Recovery ([`OrderSagas::sweep`]) claims entries whose lease ran out and, by the step they
+//! reached: before settlement, compensates every step before it; at settlement or after, goes
+//! forward.
 //!
-//! While a saga runs, a heartbeat renews its lease every third of `saga.leaseMs`, so a long
-//! step (settlement retries) keeps it; a replica that finds its lease taken (it was frozen
-//! longer than the lease) stops at its next step, and every write is fenced by the owner.
-//! A process also carries its own pending sagas forward in the background.
-//!
-//! Known limit: the order id is claimed before the log's first write, so a crash in between
-//! leaves the id "being placed" with nothing reserved or matched.
+//! While a saga runs, a heartbeat renews its lease every third of `saga.leaseMs`. The lease has
+//! an epoch (one more at each change of owner), and every store write of the saga carries it as
+//! a fencing token ([`crate::store::Fence`]), so a replica whose lease lapsed (paused, cut off)
+//! cannot write after its successor; it also sends no settlement request without its lease.
+//! A process carries its own pending sagas on in the background, renewing the lease first.
 //!
 //! # Layout
 //! - this module (the facade): the saga's data ([`OrderSagaData`]), its context, [`OrderSagas`]
@@ -45,7 +51,9 @@
 //! - `log`: the durable log, its fence, crash injection and the admin view
 //!   ([`OrderSagas::list`]);
 //! - `runner`: driving a saga with its lease heartbeat, and the background carry-on;
-//! - `recovery`: the sweep over abandoned sagas ([`OrderSagas::sweep`]).
+//! - `recovery`: the sweep over abandoned sagas ([`OrderSagas::sweep`]);
+//! - `cancel`: durable cancellation ([`OrderSagas::cancel`]), logged and recovered like a
+//!   placement.
 //!
 //! May use: `clock` (its [`Clock`], through `Deps`), `config`, `domain`, `book`, `store`,
 //! `resilience`, `settlement`.

@@ -2,7 +2,7 @@
 //! (idempotency), API keys and the durable saga log.
 //!
 //! Every method is one atomic operation on one *slot*: one user's account, one market's book,
-//! one order id's claim, the API-key table, or one saga's log entry. Work that spans slots
+//! one user's order id's claim, the API-key table, or one saga's log entry. Work that spans slots
 //! (reserve, then match, then move balances) is a sequence of these calls made by the rooms
 //! above (the exchange and the order saga), which this one does not know. This split is what a
 //! Redis Cluster backend needs (one script per hash slot), so the in-memory backend keeps it
