@@ -60,6 +60,30 @@ pub struct UndoOutcome {
     /// Reservations to release for makers that are no longer in the book: (order id, user,
     /// asset, amount).
     pub maker_releases: Vec<MakerRelease>,
+    /// Whether the taker had rested after its placement and then left the book before the
+    /// undo (cancelled by its owner or by self-trade prevention, or filled by later orders):
+    /// what was left of its reservation then was released by whoever made it leave.
+    #[serde(default)]
+    pub taker_left: bool,
+}
+
+impl UndoOutcome {
+    /// What the taker still has reserved for this placement once its match is undone, for the
+    /// compensation to release: all that is not spoken for (its reservation less what later
+    /// orders' fills took), or, when it had left the book already ([`UndoOutcome::taker_left`]),
+    /// only what this placement's own fills held (the rest was released when it left).
+    /// `None` when the placement never reached the book.
+    pub fn taker_release(&self) -> Option<u64> {
+        let taker = self.taker.as_ref()?;
+        if !self.taker_left {
+            return Some(taker.still_reserved());
+        }
+        let held = self.fills.iter().map(|f| match taker.side {
+            Side::Buy => f.collateral,
+            Side::Sell => f.amount,
+        });
+        Some(held.fold(0_u64, u64::saturating_add))
+    }
 }
 
 /// A reservation a maker no longer needs once a fill on it is undone.
@@ -293,6 +317,7 @@ impl OrderBook {
                     fills: Vec::new(),
                     self_trade_cancelled: Vec::new(),
                     maker_releases: Vec::new(),
+                    taker_left: false,
                 };
                 self.recorded
                     .insert(taker_id.to_owned(), Recorded::Undone(u.clone()));
@@ -330,7 +355,10 @@ impl OrderBook {
             }
             self.orders.insert(maker.order_id.clone(), maker);
         }
+        let rested = outcome.order.status.is_open();
+        let mut taker_left = false;
         let taker = self.orders.get(taker_id).cloned().map(|mut t| {
+            taker_left = rested && !t.status.is_open();
             if t.status.is_open() {
                 self.remove_from_queue(&t);
             }
@@ -347,6 +375,7 @@ impl OrderBook {
             fills: outcome.fills,
             self_trade_cancelled: outcome.self_trade_cancelled,
             maker_releases,
+            taker_left,
         };
         self.recorded
             .insert(taker_id.to_owned(), Recorded::Undone(u.clone()));

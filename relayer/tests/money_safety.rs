@@ -885,3 +885,73 @@ async fn the_in_memory_store_forgets_finished_orders_after_retention() {
         "{b}"
     );
 }
+
+/// A placement's own saga and a cancel of its resting remainder overlap: the buy rests partly
+/// filled while its settlement hangs, its owner cancels it (releasing what the rest held), and
+/// then settlement refuses, so the saga undoes the match. The undo releases only what the
+/// placement's own fill held: the buyer ends with nothing reserved and every unit of
+/// collateral, the maker's ask is back in the book, and no saga needs a person.
+///
+/// On the code before the fix: the undo released the whole reservation a second time; the
+/// release was refused and the saga parked `manual`, with the fill's 2 collateral locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_its_own_placement_then_an_undo_releases_each_unit_once() {
+    let endpoint = SettlementServer::start().await;
+    let env = env(None, Some(&endpoint), None);
+    let env = with(env, "RELAYER_SETTLEMENT__RETRY__MAX_RETRIES", "0");
+    let env = with(env, "RELAYER_SETTLEMENT__TIMEOUT_MS", "5000");
+    let env = with(env, "RELAYER_LIMITS__PLACEMENT_WAIT_MS", "300");
+    let relayer = RelayerProcess::start(&env);
+    let base = &relayer.base;
+    let api = Api::default();
+    let traders = funded(&api, base, &[1, 2]).await;
+    let (seller, buyer) = (&traders[0], &traders[1]);
+    let r = post(&api, base, seller, &ask("m", seller, 500_000, 4)).await;
+    assert_eq!(r.status, 201, "{r:?}");
+
+    // 10 at 0.5 reserves 5; the fill of 4 holds 2 of it; 6 rest. Settlement answers 503
+    // after a while.
+    endpoint.script(&[Mode::FailAfter(1_500, 503)]);
+    let placed = post(&api, base, buyer, &bid("t", buyer, 500_000, 10)).await;
+    assert_eq!(placed.status, 202, "still settling: {placed:?}");
+    wait_for(
+        "the remainder to rest",
+        Duration::from_secs(5),
+        async || {
+            let (status, o) = api.get(&format!("{base}/v2/orders/t"), buyer).await;
+            status == 200 && o["remaining"] == json!("6")
+        },
+    )
+    .await;
+    let cancelled = cancel(&api, base, buyer, "t").await;
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+
+    wait_no_sagas(&api, base, Duration::from_secs(10)).await;
+    let b = balances(&api, base, buyer).await;
+    assert_eq!(num(&b["collateral"]["reserved"]), 0, "{b}");
+    assert_eq!(
+        num(&b["collateral"]["available"]),
+        u128::from(COLLATERAL),
+        "{b}"
+    );
+    let (status, m) = api.get(&format!("{base}/v2/orders/m"), seller).await;
+    assert_eq!(
+        (status, &m["status"], &m["remaining"]),
+        (200, &json!("open"), &json!("4")),
+        "{m}"
+    );
+    let retried = post(&api, base, buyer, &bid("t", buyer, 500_000, 10)).await;
+    assert_eq!(
+        (retried.status, retried.replayed),
+        (503, true),
+        "the placement's outcome is replayed: {retried:?}"
+    );
+    let metrics = api.metrics(base).await;
+    assert_eq!(
+        metrics.value(
+            "foresight_saga_executions_total",
+            &[("saga", "order"), ("outcome", "manual")]
+        ),
+        0.0
+    );
+}

@@ -112,6 +112,7 @@ contract!(
     undo_releases_what_makers_that_left_the_book_since_still_reserve,
     undo_reopens_a_buy_maker_it_filled_with_its_paid_collateral_reverted,
     self_trade_cancellations_are_not_undone,
+    an_undo_after_the_taker_left_the_book_releases_only_its_own_fills,
     saga_entries_are_fenced_by_their_lease_and_epoch,
     a_stale_fence_changes_nothing_once_a_newer_epoch_wrote,
 );
@@ -1694,6 +1695,60 @@ async fn self_trade_cancellations_are_not_undone(store: Store) {
     assert_eq!(a1.status, OrderStatus::Cancelled);
     let (bids, asks) = store.depth(&m1(), 10).await.expect("depth");
     assert!(bids.is_empty() && asks.is_empty(), "{bids:?} {asks:?}");
+}
+
+async fn an_undo_after_the_taker_left_the_book_releases_only_its_own_fills(store: Store) {
+    for (id, price) in [("a1", 400_000), ("a2", 500_000)] {
+        place(
+            &store,
+            Order::sell().id(id).user(user(1)).price(price).amount(2),
+        )
+        .await;
+    }
+    // 10 at 0.5 reserve 5; two fills (2 at 0.4, 2 at 0.5) hold 2; 6 rest.
+    let t = place(
+        &store,
+        Order::buy().id("t").user(user(2)).price(500_000).amount(10),
+    )
+    .await;
+    assert_eq!(t.fills.iter().map(|f| f.collateral).sum::<u64>(), 2);
+    let undo = store.undo_match(&m1(), "t").await.expect("undo");
+    assert_eq!(
+        undo.taker_release(),
+        Some(5),
+        "a taker still resting: all of it"
+    );
+    assert!(!undo.taker_left);
+
+    let t = place(
+        &store,
+        Order::buy()
+            .id("t2")
+            .user(user(2))
+            .price(500_000)
+            .amount(10),
+    )
+    .await;
+    assert_eq!(t.fills.len(), 2, "the makers are back: {t:?}");
+    let cancelled = store
+        .cancel_order(&m1(), "t2", &user(2), None)
+        .await
+        .expect("store")
+        .expect("cancelled");
+    assert_eq!(
+        cancelled.still_reserved(),
+        3,
+        "the cancel releases what the rest held"
+    );
+    let undo = store.undo_match(&m1(), "t2").await.expect("undo");
+    assert!(undo.taker_left, "{undo:?}");
+    assert_eq!(
+        undo.taker_release(),
+        Some(2),
+        "only what its own fills held is left to release"
+    );
+    let again = store.undo_match(&m1(), "t2").await.expect("undo");
+    assert_eq!(again, undo, "a repeat answers the same");
 }
 
 async fn saga_entries_are_fenced_by_their_lease_and_epoch(store: Store) {

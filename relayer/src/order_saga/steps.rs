@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 
 use super::log::crash_if;
 use super::{Matched, OrderCtx, SAGA};
+use crate::book::UndoOutcome;
 use crate::domain::{Asset, BalanceError, Fill, Move, Order, UserId};
 use crate::resilience::saga::{self, SagaDefinition, StepError};
 use crate::settlement::SettleError;
@@ -231,10 +232,14 @@ async fn release(c: &mut OrderCtx) -> Result<(), StepError> {
         Ok(Err(_)) => return Ok(()),
         Err(e) => return Err(store_comp(&e)),
     }
-    let amount = match c.data.undo.as_ref().and_then(|u| u.taker.as_ref()) {
-        Some(taker) => taker.still_reserved(),
-        None => o.reserved,
-    };
+    // NB: a taker that left the book meanwhile (its owner's cancel, self-trade prevention)
+    // had the rest of its reservation released then: only its own fills' part is left here.
+    let amount = c
+        .data
+        .undo
+        .as_ref()
+        .and_then(UndoOutcome::taker_release)
+        .unwrap_or(o.reserved);
     if amount == 0 {
         return Ok(());
     }

@@ -29,6 +29,8 @@ pub enum Mode {
     /// Waits this many milliseconds, then settles (once per key) and answers 200; a caller
     /// that hangs up before then settles nothing.
     Delay(u64),
+    /// Waits this many milliseconds, then answers the status without settling.
+    FailAfter(u64, u16),
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +105,14 @@ async fn settle(
             // NB: this sleep is the scenario (an endpoint that never answers), not a wait.
             tokio::time::sleep(Duration::from_secs(3600)).await;
             (StatusCode::OK, Json(json!({})))
+        }
+        Mode::FailAfter(ms, status) => {
+            // NB: this sleep is the scenario (a slow endpoint that then refuses), not a wait.
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                Json(json!({"error": "told to fail"})),
+            )
         }
         Mode::Delay(ms) => {
             // NB: this sleep is the scenario (a slow endpoint), not a wait.

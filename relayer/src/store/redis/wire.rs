@@ -356,6 +356,13 @@ pub(super) fn parse_match(
 }
 
 /// The reply of `undo_match.lua`: what undoing the match did.
+/// The mark `undo_match.lua` puts on the taker it answers (see [`UndoOutcome::taker_left`]).
+#[derive(Debug, Deserialize)]
+struct TakerLeft {
+    #[serde(default)]
+    left: Option<bool>,
+}
+
 pub(super) fn parse_undo(market: &MarketKey, reply: &[String]) -> Result<UndoOutcome, StoreError> {
     let bad = || corrupt("undo_match", format!("unexpected reply {reply:?}"));
     let (taker_json, rest) = match reply {
@@ -363,10 +370,11 @@ pub(super) fn parse_undo(market: &MarketKey, reply: &[String]) -> Result<UndoOut
         [tag, taker, rest @ ..] if tag == "undone" => (taker, rest),
         _ => return Err(bad()),
     };
-    let taker = if taker_json.is_empty() {
-        None
+    let (taker, taker_left) = if taker_json.is_empty() {
+        (None, false)
     } else {
-        Some(parse_order(market, taker_json)?)
+        let left = from_json::<TakerLeft>("undone taker", taker_json)?.left;
+        (Some(parse_order(market, taker_json)?), left == Some(true))
     };
     let (count, rest) = rest.split_first().ok_or_else(bad)?;
     let n: usize = parse_num("fill count", Some(count))?;
@@ -407,6 +415,7 @@ pub(super) fn parse_undo(market: &MarketKey, reply: &[String]) -> Result<UndoOut
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(UndoOutcome {
+        taker_left,
         taker,
         fills,
         self_trade_cancelled,

@@ -109,12 +109,23 @@ end
 
 local taker_json = ''
 local taker = load_order(ARGV[1])
+-- NB: a taker that rested after its placement and has left the book since ("left") had the
+-- rest of its reservation released then (see UndoOutcome::taker_left).
+local rested = false
+if type(rec[1]) == 'string' then
+  local decoded, matched = pcall(cjson.decode, rec[1])
+  rested = decoded and type(matched) == 'table' and is_open(matched)
+end
+local left = false
 if taker ~= nil then
+  left = rested and not is_open(taker)
   if is_open(taker) then level_sub(taker, remaining(taker), true) end
   for i = 1, n do revert(taker, fills[i]) end
   taker.status = 'cancelled'
   save_order(taker, retention)
-  taker_json = encode_order(taker)
+  local answered = cjson.decode(encode_order(taker))
+  answered.left = left
+  taker_json = cjson.encode(answered)
 end
 
 local reply = { 'undone', taker_json, tostring(n) }
