@@ -955,3 +955,59 @@ async fn a_cancel_during_its_own_placement_then_an_undo_releases_each_unit_once(
         0.0
     );
 }
+
+/// A cancel whose release the store refused (an ACL denies writes to the account keys) is
+/// answered 202 `cancel_pending`; the ACL is lifted and the client repeats the DELETE before
+/// any recovery sweep runs (the sweep is an hour away): the repeat takes the first
+/// cancellation's log entry over and finishes it, so nothing stays reserved.
+///
+/// On the code before the fix: the repeat answered 409 `order_not_open`, deleted the first
+/// cancellation's log entry, and the 5 reserved stayed reserved for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_cancel_finishes_the_release_the_first_one_left() {
+    let redis = RedisServer::start();
+    let relayer_env = with(
+        env(Some(&redis), None, None),
+        "RELAYER_SAGA__RECOVERY_INTERVAL_MS",
+        "3600000",
+    );
+    let a = RelayerProcess::start(&relayer_env);
+    let api = Api::default();
+    let buyer = funded(&api, &a.base, &[2]).await.remove(0);
+    let rest = post(&api, &a.base, &buyer, &bid("rest", &buyer, 500_000, 10)).await;
+    assert_eq!(rest.status, 201, "{rest:?}");
+    // NB: the relayer swept once at start; the next sweep is an hour away.
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "default",
+        "resetkeys",
+        "%R~*",
+        "~foresight:{[^u]*",
+    ];
+    assert_eq!(redis.cli(&acl).as_deref().map(str::trim), Some("OK"));
+    let first = cancel(&api, &a.base, &buyer, "rest").await;
+    assert_eq!(first.status, 202, "the release is left pending: {first:?}");
+    assert_eq!(first.body["state"], "cancel_pending", "{first:?}");
+    let lifted = redis.cli(&["ACL", "SETUSER", "default", "allkeys"]);
+    assert_eq!(lifted.as_deref().map(str::trim), Some("OK"));
+    assert_eq!(
+        reserved_collateral(&api, &a.base, &buyer).await,
+        RESTING_RESERVED
+    );
+
+    let again = cancel(&api, &a.base, &buyer, "rest").await;
+    assert_eq!(
+        again.status, 200,
+        "the repeat finishes the cancellation: {again:?}"
+    );
+    assert_eq!(again.body["status"], "cancelled", "{again:?}");
+    assert_eq!(reserved_collateral(&api, &a.base, &buyer).await, 0);
+    wait_no_sagas(&api, &a.base, Duration::from_secs(5)).await;
+    let third = cancel(&api, &a.base, &buyer, "rest").await;
+    assert_eq!(
+        third.status, 409,
+        "a finished cancellation is not done twice: {third:?}"
+    );
+    assert_eq!(reserved_collateral(&api, &a.base, &buyer).await, 0);
+}

@@ -314,3 +314,73 @@ async fn an_undo_that_meets_a_corrupt_taker_writes_nothing() {
         "the error names it: {error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_id_claimed_by_an_older_build_stays_claimed_for_its_user() {
+    let server = RedisServer::start();
+    let store = store(&server, 2_000, Duration::from_secs(60));
+    // An older build kept claims by order id alone, with the user inside.
+    let legacy = serde_json::json!({
+        "fingerprint": "f-old",
+        "marketKey": "80002:1",
+        "userId": user(1).to_string(),
+        "result": null,
+    });
+    server
+        .cli(&["HSET", "ret:{c:o-9}", "claim", &legacy.to_string()])
+        .expect("legacy claim");
+    let claim = |u: u8| relayer::store::Claim {
+        fingerprint: "f-new".to_owned(),
+        market_key: market(),
+        user_id: user(u),
+        placement_id: "p-new".to_owned(),
+        result: None,
+        failed: None,
+    };
+    let outcome = store.claim_order_id("o-9", claim(1)).await.expect("claim");
+    let relayer::store::ClaimOutcome::Existing(held) = outcome else {
+        panic!("the older build's claim holds the id: {outcome:?}");
+    };
+    assert_eq!(
+        (held.fingerprint.as_str(), held.placement_id.as_str()),
+        ("f-old", "")
+    );
+    assert_eq!(
+        store
+            .claim(&user(1), "o-9")
+            .await
+            .expect("claim")
+            .map(|c| c.fingerprint),
+        Some("f-old".to_owned())
+    );
+    // Another user's o-9 is theirs.
+    assert_eq!(
+        store.claim_order_id("o-9", claim(2)).await.expect("claim"),
+        relayer::store::ClaimOutcome::Claimed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_meets_a_corrupt_level_writes_nothing() {
+    let server = RedisServer::start();
+    let store = store(&server, 2_000, Duration::from_secs(60));
+    store
+        .match_order(ask("a1", 400_000, 2))
+        .await
+        .expect("rests");
+    // The level's order count is unreadable: the cancel would take a1 out of its queue, then
+    // fail on the count.
+    server
+        .cli(&["HSET", "ret:{m:80002:1}:l:a", "400000:n", "many"])
+        .expect("corrupt the level");
+    let before = dataset(&server);
+    let refused = store.cancel_order(&market(), "a1", &user(1), None).await;
+    let Err(error) = refused else {
+        panic!("a corrupt level fails the cancel: {refused:?}");
+    };
+    assert_eq!(dataset(&server), before, "nothing was written ({error})");
+    assert!(
+        error.to_string().contains("level 400000"),
+        "the error names it: {error}"
+    );
+}

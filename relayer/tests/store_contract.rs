@@ -1913,9 +1913,32 @@ async fn a_stale_fence_changes_nothing_once_a_newer_epoch_wrote(store: Store) {
         Some(OrderStatus::Open),
         "the stale undo changed nothing"
     );
+    // A newer owner gave a placement up before its claim was written: the old owner cannot
+    // claim the id afterwards.
+    let gave_up = FailedPlacement {
+        kind: FailureKind::NotPlaced,
+        message: "undone".to_owned(),
+    };
+    store
+        .fail_claim(&user(3), "c1", "s-1", gave_up, Some(&fence(4)))
+        .await
+        .expect("fail");
+    let late = store
+        .claim_order_id_fenced(
+            "c1",
+            Claim {
+                user_id: user(3),
+                placement_id: "s-1".to_owned(),
+                ..claim(3, "f3")
+            },
+            &fence(3),
+        )
+        .await;
+    assert!(matches!(late, Err(StoreError::Fenced)), "{late:?}");
+    assert_eq!(store.claim(&user(3), "c1").await.expect("claim"), None);
     let expired = Fence {
         lease_until_ms: 1,
-        ..fence(3)
+        ..fence(4)
     };
     if matches!(store, Store::Redis(_)) {
         let late = store.undo_match_fenced(&m1(), "s-1", &expired).await;

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::log::{Fence, crash_if, write_entry};
+use super::log::{Fence, Written, crash_if, write_entry};
 use super::{Deps, OrderSagas};
 use crate::book::CancelError;
 use crate::domain::{MarketKey, Move, Order, OrderStatus, UserId};
@@ -77,6 +77,7 @@ impl OrderSagas {
     }
 
     async fn cancel_logged(&self, id: &str, what: Cancellation, fence: &Fence) -> CancelEnded {
+        let mut again = false;
         if self.deps.durable {
             let record = match serde_json::to_string(&CancelRecord {
                 cancel: what.clone(),
@@ -84,7 +85,10 @@ impl OrderSagas {
                 Ok(r) => r,
                 Err(e) => return CancelEnded::Unavailable(e.to_string()),
             };
-            write_entry(&self.deps, fence, id.to_owned(), "running", record).await;
+            // NB: a repeated cancel that finds an earlier one's entry takes it over and
+            // finishes it: its book change may have happened, its release not yet.
+            again = write_entry(&self.deps, fence, id.to_owned(), "running", record).await
+                == Written::TookOver;
             if fence.lease_lost.load(Ordering::Acquire) {
                 return CancelEnded::Pending(
                     "a cancellation of this order is in progress".to_owned(),
@@ -94,7 +98,7 @@ impl OrderSagas {
                 return CancelEnded::Unavailable("the cancellation could not be logged".to_owned());
             }
         }
-        finish(&self.deps, id, &what, fence, false).await
+        finish(&self.deps, id, &what, fence, again).await
     }
 
     /// Finishes a cancellation found in the log (its entry just claimed until

@@ -194,6 +194,18 @@ impl DurableLog {
     }
 }
 
+/// How [`write_entry`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    /// Written: created now, or held already.
+    Written,
+    /// The first write found the entry there (an earlier attempt of the same work, e.g. a
+    /// repeated cancellation) and took it over: the work may be half done.
+    TookOver,
+    /// Not written: the saga is fenced (lease lost, or the store failed).
+    Refused,
+}
+
 /// Writes saga `id`'s entry as `state` with `record` under `fence`: creates it at the first
 /// write, then only while this process holds it. A refusal or a store failure fences the saga.
 pub(super) async fn write_entry(
@@ -202,7 +214,7 @@ pub(super) async fn write_entry(
     id: String,
     state: &str,
     record: String,
-) {
+) -> Written {
     let now = deps.now_ms();
     let lease_until_ms = now.saturating_add(deps.lease_ms);
     let create = !fence.created();
@@ -215,8 +227,11 @@ pub(super) async fn write_entry(
         record,
     };
     let mut written = deps.store.saga_write(&entry, create).await;
+    let mut took_over = false;
     if create && matches!(written, Ok(false)) {
-        // NB: our own first write whose answer was lost: take the entry back and write again.
+        // NB: the entry is there already: our own first write whose answer was lost, or an
+        // earlier attempt of the same work (whose lease ran out, or is this process's): take
+        // it over and write again.
         match deps
             .store
             .saga_claim(&entry.id, &deps.owner, lease_until_ms, now)
@@ -224,6 +239,7 @@ pub(super) async fn write_entry(
         {
             Ok(Some(held)) => {
                 entry.epoch = held.epoch;
+                took_over = true;
                 written = deps.store.saga_write(&entry, false).await;
             }
             Ok(None) => {}
@@ -231,17 +247,26 @@ pub(super) async fn write_entry(
         }
     }
     match written {
-        Ok(true) => fence.hold(entry.epoch.max(1), lease_until_ms),
+        Ok(true) => {
+            fence.hold(entry.epoch.max(1), lease_until_ms);
+            if took_over {
+                Written::TookOver
+            } else {
+                Written::Written
+            }
+        }
         Ok(false) => {
             tracing::warn!(
                 saga = entry.id,
                 "saga lease lost to another replica (or the saga ended): stopping"
             );
             fence.lose_lease();
+            Written::Refused
         }
         Err(error) => {
             tracing::warn!(%error, saga = entry.id, "saga log write failed: stopping");
             fence.fenced.store(true, Ordering::Release);
+            Written::Refused
         }
     }
 }

@@ -17,9 +17,10 @@ impl OrderSagas {
     /// took over.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         let store = &self.deps.store;
-        let now = self.deps.now_ms();
         let mut taken = 0;
         for entry in store.saga_list().await? {
+            // NB: read per entry: taking earlier ones over may have taken a while.
+            let now = self.deps.now_ms();
             if !entry.claimable_by(&self.deps.owner, now) {
                 continue;
             }

@@ -46,6 +46,10 @@ impl OrderSagas {
                     tracing::warn!(saga = id, %error, "pending saga taken over by another replica");
                     break;
                 }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(saga = id, "pending saga left to recovery");
+                    break;
+                }
                 continue;
             }
             let how = match ctx.phase() {
@@ -107,6 +111,10 @@ impl OrderSagas {
         let every = Duration::from_millis((self.deps.lease_ms / 3).max(1));
         loop {
             tokio::time::sleep(every).await;
+            if !fence.created() {
+                // NB: the log's first write has not happened (or failed): nothing to renew.
+                continue;
+            }
             let now = self.deps.now_ms();
             match self
                 .deps

@@ -174,7 +174,17 @@ async fn validate(c: &mut OrderCtx) -> Result<(), StepError> {
         result: None,
         failed: None,
     };
-    match c.deps.store.claim_order_id(o.client_id(), claim).await {
+    let token = c.token();
+    let claimed = match &token {
+        Some(f) => {
+            c.deps
+                .store
+                .claim_order_id_fenced(o.client_id(), claim, f)
+                .await
+        }
+        None => c.deps.store.claim_order_id(o.client_id(), claim).await,
+    };
+    match claimed {
         Ok(ClaimOutcome::Claimed) => Ok(()),
         Ok(ClaimOutcome::Existing(existing)) => {
             c.data.duplicate = Some(existing);

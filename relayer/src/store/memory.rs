@@ -477,7 +477,9 @@ impl MemoryStore {
         &self,
         order_id: &str,
         claim: Claim,
+        fence: Option<&Fence>,
     ) -> Result<ClaimOutcome, StoreError> {
+        let fenced = self.fenced(fence)?;
         let mut claims = lock(&self.inner.claims);
         claims.expire(self.now());
         let key = (claim.user_id.clone(), order_id.to_owned());
@@ -488,6 +490,8 @@ impl MemoryStore {
             return Ok(ClaimOutcome::Existing(existing.claim.clone()));
         }
         claims.held.insert(key, Held { claim, due: None });
+        drop(claims);
+        fenced.record();
         Ok(ClaimOutcome::Claimed)
     }
 
@@ -777,7 +781,7 @@ mod tests {
             failed: None,
         };
         assert_eq!(
-            store.claim_order_id(client, claim).expect("claim"),
+            store.claim_order_id(client, claim, None).expect("claim"),
             ClaimOutcome::Claimed
         );
         let mut order = Order::new(placement.clone(), market(), user(u), side, price, 1, 0);
@@ -871,7 +875,9 @@ mod tests {
             result: None,
             failed: None,
         };
-        store.claim_order_id("refused", failed).expect("claim");
+        store
+            .claim_order_id("refused", failed, None)
+            .expect("claim");
         let refused = FailedPlacement {
             kind: FailureKind::Refused,
             message: "insufficient balance".to_owned(),

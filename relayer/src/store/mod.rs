@@ -313,7 +313,18 @@ impl Store {
         order_id: &str,
         claim: Claim,
     ) -> Result<ClaimOutcome, StoreError> {
-        dispatch!(self, s => s.claim_order_id(order_id, claim))
+        dispatch!(self, s => s.claim_order_id(order_id, claim, None))
+    }
+
+    /// [`Store::claim_order_id`] for a saga, fenced (see [`Fence`]): a replica whose lease
+    /// lapsed cannot claim the id after its successor gave the placement up.
+    pub async fn claim_order_id_fenced(
+        &self,
+        order_id: &str,
+        claim: Claim,
+        fence: &Fence,
+    ) -> Result<ClaimOutcome, StoreError> {
+        dispatch!(self, s => s.claim_order_id(order_id, claim, Some(fence)))
     }
 
     /// Records the placement's answer on the claim of `user`'s `order_id`, if `placement`

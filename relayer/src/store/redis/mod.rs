@@ -8,9 +8,14 @@
 //! |--------------------------|----------------------------------------|------------------------------|
 //! | `{u:<userId>}`           | the account hash, operation-id markers | `apply_moves`                |
 //! | `{m:<marketKey>}`        | book queues, price levels, orders      | `match_order`, `cancel_order`, `depth`, `open_orders` |
-//! | `{c:<userId>:<orderId>}` | a user's order id's claim              | `claim`, `finish_claim`      |
+//! | `{c:<userId>:<orderId>}` | a user's order id's claim              | `claim`\*, `finish_claim`    |
 //! | `{apikeys}`              | API-key records by hash and by id      | `delete_api_key`             |
 //! | `{sagas:<n>}`, n < 16    | saga log entries of one shard (hash)   | `saga_write`, `saga_claim`, `saga_delete` |
+//!
+//! \* `claim` also reads the claim an older build kept for the same order id (`{c:<orderId>}`,
+//! not scoped to its user), so an order id placed before an upgrade stays claimed: the one
+//! script with a second slot, fine on a single node; Redis Cluster support must migrate those
+//! claims (or wait out their retention) and drop the second key.
 //!
 //! A market slot also records each placement's match reply under `:x:<orderId>` (for the
 //! order retention), which makes `match_order` idempotent and lets `undo_match` revert it.
@@ -224,15 +229,22 @@ impl RedisStore {
         &self,
         order_id: &str,
         claim: Claim,
+        fence: Option<&Fence>,
     ) -> Result<ClaimOutcome, StoreError> {
         let key = self.claim_key(&claim.user_id, order_id);
-        let placement = claim.placement_id.clone();
-        let json = to_json(&claim)?;
+        let legacy = self.legacy_claim_key(order_id);
+        let mut args = vec![
+            to_json(&claim)?,
+            claim.placement_id.clone(),
+            claim.user_id.to_string(),
+        ];
+        args.extend(fence_args(fence));
         let reply = self
-            .script("claim", &self.inner.scripts.claim, &key, &[json, placement])
+            .script_keys("claim", &self.inner.scripts.claim, &[&key, &legacy], &args)
             .await?;
         match reply.first().map(String::as_str) {
             Some("claimed") => Ok(ClaimOutcome::Claimed),
+            Some("fenced") => Err(StoreError::Fenced),
             Some("existing") => Ok(ClaimOutcome::Existing(parse_claim(
                 reply.get(1),
                 reply.get(2),

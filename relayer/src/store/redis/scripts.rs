@@ -41,7 +41,7 @@ impl Scripts {
             cancel_order: book(include_str!("lua/cancel_order.lua")),
             depth: book(include_str!("lua/depth.lua")),
             open_orders: book(include_str!("lua/open_orders.lua")),
-            claim: Script::new(include_str!("lua/claim.lua")),
+            claim: Script::new(&format!("{FENCE_LUA}{}", include_str!("lua/claim.lua"))),
             finish_claim: Script::new(&format!(
                 "{FENCE_LUA}{}",
                 include_str!("lua/finish_claim.lua")
@@ -65,7 +65,21 @@ impl RedisStore {
         key: &str,
         args: &[String],
     ) -> Result<Vec<String>, StoreError> {
-        let mut invocation = script.key(key);
+        self.script_keys(what, script, &[key], args).await
+    }
+
+    /// [`RedisStore::script`] on several keys (only `claim`, see `lua/claim.lua`).
+    pub(super) async fn script_keys(
+        &self,
+        what: &'static str,
+        script: &Script,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(*k);
+        }
         for a in args {
             invocation.arg(a);
         }

@@ -5,7 +5,8 @@
 -- lease end; see fence.lua), then "1" to cancel again. The cancellation is recorded on the
 -- order ("cx"); cancelling again (the recovery of an interrupted cancellation) answers an order
 -- so cancelled as cancelled again (its release is still due once).
--- Returns {"ok", orderJson}, {"not_found"}, {"not_open", status} or {"fenced"}.
+-- Returns {"ok", orderJson}, {"not_found"}, {"not_open", status} or {"fenced"}; an error reply
+-- (nothing written) when the order or its level cannot be computed with.
 if fence_refused(base, ARGV[4], ARGV[5], ARGV[6]) then return { 'fenced' } end
 local o = load_order(ARGV[1])
 if o == nil or o.user ~= ARGV[2] then return { 'not_found' } end
@@ -13,6 +14,8 @@ if ARGV[7] == '1' and o.status == 'cancelled' and o.cx == '1' then
   return { 'ok', encode_order(o) }
 end
 if not is_open(o) then return { 'not_open', o.status } end
+local why = invalid_order(o) or invalid_level(o.side, o.price, remaining(o))
+if why then return corrupt('order ' .. ARGV[1], why) end
 level_sub(o, remaining(o), true)
 o.status = 'cancelled'
 save_order(o, ARGV[3])

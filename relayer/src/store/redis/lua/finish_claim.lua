@@ -9,7 +9,11 @@
 -- {"fenced"} when the fence refuses (nothing written).
 if fence_refused(KEYS[1], ARGV[6], ARGV[7], ARGV[8]) then return { 'fenced' } end
 local raw = redis.call('HGET', KEYS[1], 'claim')
-if not raw then return { '0' } end
+if not raw then
+  -- NB: marked all the same, so that a stale owner cannot claim the id afterwards.
+  fence_mark(KEYS[1], ARGV[6], ARGV[7], ARGV[4])
+  return { '0' }
+end
 local ok, held = pcall(cjson.decode, raw)
 if not ok or type(held) ~= 'table' then return { '0' } end
 local placement = held.placementId

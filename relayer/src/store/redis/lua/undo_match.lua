@@ -55,6 +55,7 @@ local function check()
     b.paid = n_add(b.paid, f.collateral)
     back[id] = b
   end
+  back[ARGV[1]] = { amount = '0', notional = '0', paid = '0' }
   for i = 1, n do
     owes(fills[i].maker, fills[i])
     owes(ARGV[1], fills[i])
