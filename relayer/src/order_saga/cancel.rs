@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::log::{Fence, Written, crash_if, write_entry};
+use super::log::{Fence, Wrote, crash_if, write_entry};
 use super::{Deps, OrderSagas};
 use crate::book::CancelError;
 use crate::domain::{MarketKey, Move, Order, OrderStatus, UserId};
@@ -88,7 +88,7 @@ impl OrderSagas {
             // NB: a repeated cancel that finds an earlier one's entry takes it over and
             // finishes it: its book change may have happened, its release not yet.
             again = write_entry(&self.deps, fence, id.to_owned(), "running", record).await
-                == Written::TookOver;
+                == Wrote::TookOver;
             if fence.lease_lost.load(Ordering::Acquire) {
                 return CancelEnded::Pending(
                     "a cancellation of this order is in progress".to_owned(),

@@ -196,9 +196,9 @@ impl DurableLog {
 
 /// How [`write_entry`] went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Written {
+pub(super) enum Wrote {
     /// Written: created now, or held already.
-    Written,
+    Held,
     /// The first write found the entry there (an earlier attempt of the same work, e.g. a
     /// repeated cancellation) and took it over: the work may be half done.
     TookOver,
@@ -214,7 +214,7 @@ pub(super) async fn write_entry(
     id: String,
     state: &str,
     record: String,
-) -> Written {
+) -> Wrote {
     let now = deps.now_ms();
     let lease_until_ms = now.saturating_add(deps.lease_ms);
     let create = !fence.created();
@@ -250,9 +250,9 @@ pub(super) async fn write_entry(
         Ok(true) => {
             fence.hold(entry.epoch.max(1), lease_until_ms);
             if took_over {
-                Written::TookOver
+                Wrote::TookOver
             } else {
-                Written::Written
+                Wrote::Held
             }
         }
         Ok(false) => {
@@ -261,12 +261,12 @@ pub(super) async fn write_entry(
                 "saga lease lost to another replica (or the saga ended): stopping"
             );
             fence.lose_lease();
-            Written::Refused
+            Wrote::Refused
         }
         Err(error) => {
             tracing::warn!(%error, saga = entry.id, "saga log write failed: stopping");
             fence.fenced.store(true, Ordering::Release);
-            Written::Refused
+            Wrote::Refused
         }
     }
 }
