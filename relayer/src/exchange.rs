@@ -39,6 +39,9 @@ pub enum ExchangeError {
     /// The order id is in use by a different placement.
     #[error("orderId {0} is already used by a different order")]
     OrderIdConflict(String),
+    /// The order's placement is still running (it is not in the book yet).
+    #[error("order {0} is still being placed; cancel it once it is placed")]
+    PlacementInProgress(String),
     /// The placement failed earlier (this repeats its answer).
     #[error("{}", .0.message)]
     Replayed(FailedPlacement),
@@ -307,6 +310,10 @@ impl Exchange {
             CancelEnded::Pending(why) => {
                 tracing::warn!(order = order_id, %why, "cancellation left to recovery");
                 Ok(Cancelled::Pending)
+            }
+            // NB: claimed but not in the book: its placement is still running.
+            CancelEnded::NotFound if claim.result.is_none() && claim.failed.is_none() => {
+                Err(ExchangeError::PlacementInProgress(order_id.to_owned()))
             }
             CancelEnded::NotFound => Err(ExchangeError::OrderNotFound),
             CancelEnded::NotOpen(status) => Err(ExchangeError::OrderNotOpen(

@@ -1011,3 +1011,32 @@ async fn a_repeated_cancel_finishes_the_release_the_first_one_left() {
     );
     assert_eq!(reserved_collateral(&api, &a.base, &buyer).await, 0);
 }
+
+/// A DELETE of an order whose placement is still running, before it reached the book, is a
+/// clear 409 `placement_in_progress` (not a 404 for an order id the user holds); once
+/// recovery has undone the placement (its replica died after the claim) it is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_before_the_placement_reached_the_book_is_told_it_is_in_progress() {
+    let redis = RedisServer::start();
+    // NB: a lease long enough for the DELETE to come before recovery takes the saga over.
+    let lease = |env| with(env, "RELAYER_SAGA__LEASE_MS", "5000");
+    let mut a = RelayerProcess::start(&lease(env(Some(&redis), None, Some("after:validate"))));
+    let b = RelayerProcess::start(&lease(env(Some(&redis), None, None)));
+    let api = Api::default();
+    let buyer = funded(&api, &b.base, &[2]).await.remove(0);
+    let order = bid("bid", &buyer, 500_000, 6);
+    let answer = post_with(&api.http, &a.base, &buyer, &order).await;
+    assert!(answer.is_err(), "A aborted before answering: {answer:?}");
+    wait_aborted(&api, &mut a, "after:validate").await;
+
+    let early = cancel(&api, &b.base, &buyer, "bid").await;
+    assert_eq!(
+        (early.status, early.code()),
+        (409, "placement_in_progress"),
+        "{early:?}"
+    );
+    wait_no_sagas(&api, &b.base, Duration::from_secs(20)).await;
+    let late = cancel(&api, &b.base, &buyer, "bid").await;
+    assert_eq!(late.status, 404, "{late:?}");
+    assert_eq!(reserved_collateral(&api, &b.base, &buyer).await, 0);
+}

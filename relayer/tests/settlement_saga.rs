@@ -37,7 +37,7 @@ impl Market {
     async fn start_waiting(settlement: &SettlementServer, wait_ms: u64) -> Self {
         let url = settlement.url.clone();
         let server = Server::start(move |c| {
-            c.limits.placement_wait_ms = wait_ms;
+            c.limits.placement_wait_ms = Some(wait_ms);
             c.rate_limit.enabled = false;
             c.settlement.url = Some(url);
             c.settlement.timeout_ms = 300;
@@ -396,7 +396,7 @@ async fn a_live_saga_keeps_its_lease_through_a_long_settlement_so_no_replica_tak
     config.circuit_breakers.settlement.timeout = 1_200;
     config.saga.lease_ms = 300;
     // NB: the client is answered (202) while the settlement still hangs.
-    config.limits.placement_wait_ms = 600;
+    config.limits.placement_wait_ms = Some(600);
     config.validate().expect("valid");
     // Two replicas on one store; only A serves HTTP, B only sweeps.
     let store = relayer::store::Store::memory();

@@ -178,9 +178,27 @@ pub struct LimitsConfig {
     pub request_timeout_ms: u64,
     /// How long `POST /v2/orders` waits for its order saga, in milliseconds; a placement still
     /// running then is answered 202 and goes on (settlement retries can take longer than any
-    /// request should). Below `requestTimeoutMs`.
+    /// request should). Below `requestTimeoutMs`; unset, 5000 or half of `requestTimeoutMs`,
+    /// whichever is less (see [`LimitsConfig::placement_wait`]).
     #[schemars(range(min = 1, max = 600000))]
-    pub placement_wait_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement_wait_ms: Option<u64>,
+}
+
+/// The placement wait when `limits.placementWaitMs` is unset, at most.
+pub const DEFAULT_PLACEMENT_WAIT_MS: u64 = 5_000;
+
+impl LimitsConfig {
+    /// How long `POST /v2/orders` waits for its saga: `placementWaitMs`, or, unset, 5000 ms or
+    /// half of `requestTimeoutMs`, whichever is less (at least 1 ms).
+    pub fn placement_wait(&self) -> std::time::Duration {
+        let ms = self.placement_wait_ms.unwrap_or_else(|| {
+            DEFAULT_PLACEMENT_WAIT_MS
+                .min(self.request_timeout_ms / 2)
+                .max(1)
+        });
+        std::time::Duration::from_millis(ms)
+    }
 }
 
 /// Graceful shutdown on SIGTERM or Ctrl-C.
@@ -301,7 +319,7 @@ impl Default for LimitsConfig {
             // could approach u64 limits on a balance.
             max_order_amount: 1_000_000_000_000,
             request_timeout_ms: 10_000,
-            placement_wait_ms: 5_000,
+            placement_wait_ms: None,
         }
     }
 }

@@ -55,17 +55,19 @@ fn each_bad_value_names_its_key() {
             "redis.commandTimeoutMs",
             Box::new(|c| {
                 c.limits.request_timeout_ms = 500;
-                c.limits.placement_wait_ms = 400;
                 c.redis.command_timeout_ms = 501;
             }),
         ),
         (
             "limits.placementWaitMs",
-            Box::new(|c| c.limits.placement_wait_ms = 0),
+            Box::new(|c| c.limits.placement_wait_ms = Some(0)),
         ),
         (
             "limits.placementWaitMs",
-            Box::new(|c| c.limits.request_timeout_ms = c.limits.placement_wait_ms),
+            Box::new(|c| {
+                c.limits.request_timeout_ms = 4_000;
+                c.limits.placement_wait_ms = Some(4_000);
+            }),
         ),
         (
             "redis.orderRetentionSeconds",
@@ -88,4 +90,25 @@ fn each_bad_value_names_its_key() {
             other => panic!("{key}: expected an invalid-key error, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn the_placement_wait_is_below_the_request_timeout_unless_set() {
+    let mut config = RelayerConfig::default();
+    assert_eq!(config.limits.placement_wait().as_millis(), 5_000);
+    config.limits.request_timeout_ms = 3_000;
+    assert_eq!(
+        config.limits.placement_wait().as_millis(),
+        1_500,
+        "half of a short request timeout"
+    );
+    config
+        .validate()
+        .expect("a short request timeout alone is valid");
+    config.limits.request_timeout_ms = 1;
+    assert_eq!(config.limits.placement_wait().as_millis(), 1);
+    config.limits.request_timeout_ms = 3_000;
+    config.limits.placement_wait_ms = Some(2_500);
+    assert_eq!(config.limits.placement_wait().as_millis(), 2_500);
+    config.validate().expect("set below the request timeout");
 }

@@ -80,7 +80,9 @@ impl RelayerConfig {
                 format!("must be between 1 and {MAX_DRAIN_MS}"),
             ));
         }
-        if l.placement_wait_ms == 0 || l.placement_wait_ms >= l.request_timeout_ms {
+        if let Some(wait) = l.placement_wait_ms
+            && (wait == 0 || wait >= l.request_timeout_ms)
+        {
             return Err(invalid(
                 "limits.placementWaitMs",
                 format!(

@@ -142,6 +142,9 @@ impl From<ExchangeError> for ApiError {
                 ..ApiError::new(StatusCode::CONFLICT, "order_id_conflict", e.to_string())
             },
             ExchangeError::Replayed(failed) => ApiError::of_failure(&failed),
+            ExchangeError::PlacementInProgress(_) => {
+                ApiError::new(StatusCode::CONFLICT, "placement_in_progress", e.to_string())
+            }
             ExchangeError::NotPlaced(_, why) => ApiError {
                 field: Some("orderId".to_owned()),
                 ..ApiError::new(StatusCode::CONFLICT, "order_not_placed", why)

@@ -67,7 +67,7 @@ fn build_exchange(
     // NB: the breaker exists (state gauge 0) from the start, so health gates can read it.
     breakers.get_or_create("settlement", &config.circuit_breakers.settlement);
     let sagas = OrderSagas::new(config, store.clone(), settlement, Some(saga_metrics));
-    let wait = std::time::Duration::from_millis(config.limits.placement_wait_ms);
+    let wait = config.limits.placement_wait();
     Ok((
         Exchange::with_sagas(store, sagas).with_placement_wait(wait),
         breakers,

@@ -155,7 +155,7 @@ pub(crate) async fn get_order(
 /// cancellation is logged but not finished (recovery finishes it).
 #[utoipa::path(delete, path = "/v2/orders/{id}", tag = "orders",
     params(("id" = String, Path, description = "Order id")),
-    responses((status = 200, body = OrderView), (status = 202, body = PendingView), (status = 401), (status = 404), (status = 409, description = "Not open")),
+    responses((status = 200, body = OrderView), (status = 202, body = PendingView), (status = 401), (status = 404), (status = 409, description = "Not open, or its placement still running")),
     security(("apiKey" = [])))]
 pub(crate) async fn cancel_order(
     State(state): State<AppState>,

@@ -432,9 +432,17 @@ impl RedisStore {
         let undo = parse_undo(market, &reply)?;
         // NB: makers back in the book had their claims set to expire; best effort, like
         // `expire_claims`, since the claims live in other slots.
+        // NB: only the makers back in the book; one that stays out (it had left the book
+        // since: its release is in `maker_releases`) keeps its claim's expiry.
         self.persist_claims(
             undo.fills
                 .iter()
+                .filter(|f| {
+                    !undo
+                        .maker_releases
+                        .iter()
+                        .any(|r| r.order_id == f.maker_order_id)
+                })
                 .map(|f| (f.maker_user().clone(), f.maker_client_id().to_owned()))
                 .collect::<Vec<_>>(),
         );
