@@ -5,8 +5,9 @@
 //!   best price first, and at one price the earliest first.
 //! - A trade executes at the resting (maker) order's price.
 //! - The buyer pays, per buy order, `ceil(Σ price × amount / 1e6)` over its fills so far; each
-//!   fill carries the increase of that sum. Rounding therefore never exceeds one base unit per
-//!   order and a buy order never pays more than it reserved.
+//!   fill carries the increase of that sum (none when an undone fill left the order having
+//!   paid more than that sum: what was paid stays paid). Rounding therefore never exceeds one
+//!   base unit per fill and a buy order never pays more than it reserved.
 //! - Self-trade prevention, "cancel resting": when an incoming order would trade with a resting
 //!   order of the same user, the resting order is cancelled (its reservation released) and
 //!   matching continues.
@@ -17,8 +18,9 @@
 //! "not settled") reverts each fill of one placement on its maker: a maker still resting gets
 //! the shares back; a maker that left the book with that very fill goes back in at its original
 //! priority (its arrival number); a maker that left the book since (cancelled, or filled by a
-//! later trade) stays out, and what the undone fill would have taken from its reservation is
-//! handed back to the caller to release. The incoming (taker) order is cancelled with its own
+//! later trade) stays out, and what the undone fill would have taken from its reservation (and,
+//! for a buy it completed, the refund the fill would have released) is handed back to the
+//! caller to release. The incoming (taker) order is cancelled with its own
 //! fills reverted. Self-trade-prevention cancellations are not undone (the resting order's
 //! owner was already told, and the release of its reservation has happened or is due).
 //! A placement is recorded by order id, so matching the same id again replays the first
@@ -62,7 +64,9 @@ pub struct UndoOutcome {
     pub maker_releases: Vec<MakerRelease>,
     /// Whether the taker had rested after its placement and then left the book before the
     /// undo (cancelled by its owner or by self-trade prevention, or filled by later orders):
-    /// what was left of its reservation then was released by whoever made it leave.
+    /// what was left of its reservation then is not this undo's to release (a cancellation
+    /// released it; a later fill's balance moves consume it, or that fill's own undo hands it
+    /// back as a maker release).
     #[serde(default)]
     pub taker_left: bool,
 }
@@ -155,7 +159,9 @@ pub struct OrderBook {
     /// Placements by taker order id (see the module docs).
     recorded: HashMap<String, Recorded>,
     /// Orders their owner cancelled ([`OrderBook::cancel_once`]).
-    cancelled_by_owner: std::collections::HashSet<String>,
+    /// Orders their owner cancelled ([`OrderBook::cancel_once`]), with what the cancellation
+    /// left to release.
+    cancelled_by_owner: HashMap<String, u64>,
     /// Orders that finished, and placements undone before they reached the book, since the
     /// last [`OrderBook::take_finished`] (an id may repeat; the owner drains it after each
     /// change, so it holds one call's worth).
@@ -341,8 +347,10 @@ impl OrderBook {
             } else {
                 maker.status = OrderStatus::Cancelled;
                 self.finished.push(maker.order_id.clone());
+                // NB: a buy that this fill completed also gets back its refund (the fill's
+                // balance moves, which would have released it, never ran).
                 let amount = match maker.side {
-                    Side::Buy => fill.collateral,
+                    Side::Buy => fill.collateral.saturating_add(fill.buyer_refund),
                     Side::Sell => fill.amount,
                 };
                 maker_releases.push(MakerRelease {
@@ -439,25 +447,28 @@ impl OrderBook {
         Ok(order)
     }
 
-    /// [`OrderBook::cancel`], recorded: `again` (the recovery of an interrupted
-    /// cancellation), an order its owner already cancelled answers the cancelled order again
-    /// (its release is still due once), while one cancelled otherwise (self-trade
+    /// [`OrderBook::cancel`], recorded with what it leaves to release (the order's
+    /// [`Order::still_reserved`] at that moment), which it answers too. `again` (the recovery
+    /// of an interrupted cancellation): an order its owner already cancelled answers the
+    /// cancelled order and the release recorded then (not recomputed: an undo may have
+    /// changed the order's figures since), while one cancelled otherwise (self-trade
     /// prevention, an undone match) is still [`CancelError::NotOpen`].
     pub fn cancel_once(
         &mut self,
         order_id: &str,
         user: &crate::domain::UserId,
         again: bool,
-    ) -> Result<Order, CancelError> {
+    ) -> Result<(Order, u64), CancelError> {
         if again
-            && self.cancelled_by_owner.contains(order_id)
+            && let Some(release) = self.cancelled_by_owner.get(order_id)
             && let Some(order) = self.orders.get(order_id).filter(|o| &o.user_id == user)
         {
-            return Ok(order.clone());
+            return Ok((order.clone(), *release));
         }
         let order = self.cancel(order_id, user)?;
-        self.cancelled_by_owner.insert(order_id.to_owned());
-        Ok(order)
+        let release = order.still_reserved();
+        self.cancelled_by_owner.insert(order_id.to_owned(), release);
+        Ok((order, release))
     }
 
     /// Aggregated levels, best first: (bids, asks), at most `max_levels` each.
@@ -519,7 +530,7 @@ impl OrderBook {
         }
         let order = self.orders.remove(order_id).is_some();
         let record = self.recorded.remove(order_id).is_some();
-        let cancelled = self.cancelled_by_owner.remove(order_id);
+        let cancelled = self.cancelled_by_owner.remove(order_id).is_some();
         order || record || cancelled
     }
 
@@ -552,8 +563,10 @@ fn execute(buy: &mut Order, sell: &mut Order, price: u64, amount: u64) -> u64 {
     let notional = u128::from(price) * u128::from(amount);
     let paid_before = buy.paid;
     buy.notional += notional;
-    buy.paid = ceil_div_scale(buy.notional);
-    let collateral = buy.paid - paid_before;
+    // NB: after an undone fill a buy may have paid more than `ceil(notional)` (the rounding
+    // went its way earlier): that stays paid, and this fill costs only what exceeds it.
+    let collateral = ceil_div_scale(buy.notional).saturating_sub(paid_before);
+    buy.paid = paid_before + collateral;
     sell.notional += notional;
     sell.paid += collateral;
     for o in [buy, sell] {

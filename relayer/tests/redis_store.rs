@@ -374,7 +374,7 @@ async fn a_cancel_that_meets_a_corrupt_level_writes_nothing() {
         .cli(&["HSET", "ret:{m:80002:1}:l:a", "400000:n", "many"])
         .expect("corrupt the level");
     let before = dataset(&server);
-    let refused = store.cancel_order(&market(), "a1", &user(1), None).await;
+    let refused = store.cancel_order(&market(), "a1", &user(1)).await;
     let Err(error) = refused else {
         panic!("a corrupt level fails the cancel: {refused:?}");
     };

@@ -113,6 +113,9 @@ contract!(
     undo_reopens_a_buy_maker_it_filled_with_its_paid_collateral_reverted,
     self_trade_cancellations_are_not_undone,
     an_undo_after_the_taker_left_the_book_releases_only_its_own_fills,
+    a_buy_that_paid_ahead_after_an_undo_pays_only_what_exceeds_it,
+    an_undone_fill_that_completed_a_resting_buy_gives_back_its_refund,
+    a_repeated_cancellation_answers_the_release_it_recorded,
     saga_entries_are_fenced_by_their_lease_and_epoch,
     a_stale_fence_changes_nothing_once_a_newer_epoch_wrote,
 );
@@ -874,13 +877,13 @@ async fn cancel_is_owner_only_and_once(store: Store) {
     .await;
     assert_eq!(
         store
-            .cancel_order(&m1(), "bid", &user(2), None)
+            .cancel_order(&m1(), "bid", &user(2))
             .await
             .expect("store"),
         Err(CancelError::NotFound)
     );
     let cancelled = store
-        .cancel_order(&m1(), "bid", &user(1), None)
+        .cancel_order(&m1(), "bid", &user(1))
         .await
         .expect("store")
         .expect("owner cancels");
@@ -888,7 +891,7 @@ async fn cancel_is_owner_only_and_once(store: Store) {
     assert_eq!(cancelled.still_reserved(), 2);
     assert_eq!(
         store
-            .cancel_order(&m1(), "bid", &user(1), None)
+            .cancel_order(&m1(), "bid", &user(1))
             .await
             .expect("store"),
         Err(CancelError::NotOpen(OrderStatus::Cancelled))
@@ -929,7 +932,7 @@ async fn a_filled_order_cannot_be_cancelled(store: Store) {
     .await;
     assert_eq!(
         store
-            .cancel_order(&m1(), "ask", &user(1), None)
+            .cancel_order(&m1(), "ask", &user(1))
             .await
             .expect("store"),
         Err(CancelError::NotOpen(OrderStatus::Filled))
@@ -939,7 +942,7 @@ async fn a_filled_order_cannot_be_cancelled(store: Store) {
 async fn cancel_in_an_unknown_market_finds_nothing(store: Store) {
     assert_eq!(
         store
-            .cancel_order(&market("1:nowhere"), "x", &user(1), None)
+            .cancel_order(&market("1:nowhere"), "x", &user(1))
             .await
             .expect("store"),
         Err(CancelError::NotFound)
@@ -1047,7 +1050,7 @@ async fn open_orders_list_in_arrival_order_optionally_by_user(store: Store) {
     )
     .await; // partly fills "a"
     store
-        .cancel_order(&m1(), "d", &user(3), None)
+        .cancel_order(&m1(), "d", &user(3))
         .await
         .expect("store")
         .expect("cancel");
@@ -1608,7 +1611,7 @@ async fn undo_releases_what_makers_that_left_the_book_since_still_reserve(store:
     )
     .await;
     let cancelled = store
-        .cancel_order(&m1(), "a1", &user(1), None)
+        .cancel_order(&m1(), "a1", &user(1))
         .await
         .expect("store")
         .expect("open");
@@ -1731,7 +1734,7 @@ async fn an_undo_after_the_taker_left_the_book_releases_only_its_own_fills(store
     .await;
     assert_eq!(t.fills.len(), 2, "the makers are back: {t:?}");
     let cancelled = store
-        .cancel_order(&m1(), "t2", &user(2), None)
+        .cancel_order(&m1(), "t2", &user(2))
         .await
         .expect("store")
         .expect("cancelled");
@@ -1749,6 +1752,138 @@ async fn an_undo_after_the_taker_left_the_book_releases_only_its_own_fills(store
     );
     let again = store.undo_match(&m1(), "t2").await.expect("undo");
     assert_eq!(again, undo, "a repeat answers the same");
+}
+
+async fn a_buy_that_paid_ahead_after_an_undo_pays_only_what_exceeds_it(store: Store) {
+    // 6 at 0.5 reserve 3; one share at a time from five sellers pays 1, 0, 1, 0, 1 (rounded
+    // up per order). With the 2nd and 4th fills undone the buy has paid 3 for 1.5 of notional.
+    place(
+        &store,
+        Order::buy().id("b").user(user(1)).price(500_000).amount(6),
+    )
+    .await;
+    for (i, u) in (2..=6).enumerate() {
+        let sold = place(
+            &store,
+            Order::sell()
+                .id(format!("p{}", i + 1))
+                .user(user(u))
+                .price(500_000)
+                .amount(1),
+        )
+        .await;
+        assert_eq!(sold.fills.len(), 1, "p{}", i + 1);
+    }
+    store.undo_match(&m1(), "p2").await.expect("undo p2");
+    store.undo_match(&m1(), "p4").await.expect("undo p4");
+    let b = store.order(&m1(), "b").await.expect("store").expect("b");
+    assert_eq!((b.filled, b.paid, b.notional), (3, 3, 1_500_000));
+    // The next share costs nothing more: ceil(2.0) = 2 is less than the 3 paid already.
+    let sold = place(
+        &store,
+        Order::sell()
+            .id("p6")
+            .user(user(7))
+            .price(500_000)
+            .amount(1),
+    )
+    .await;
+    assert_eq!(sold.fills.len(), 1, "the book still trades: {sold:?}");
+    assert_eq!(sold.fills[0].collateral, 0);
+    let b = store.order(&m1(), "b").await.expect("store").expect("b");
+    assert_eq!((b.filled, b.paid), (4, 3));
+    let cancelled = store
+        .cancel_order(&m1(), "b", &user(1))
+        .await
+        .expect("store")
+        .expect("the owner can still cancel it");
+    assert_eq!(cancelled.still_reserved(), 0);
+}
+
+async fn an_undone_fill_that_completed_a_resting_buy_gives_back_its_refund(store: Store) {
+    place(
+        &store,
+        Order::sell()
+            .id("a1")
+            .user(user(1))
+            .price(400_000)
+            .amount(5),
+    )
+    .await;
+    // 10 at 0.6 reserve 6; 5 at 0.4 pay 2; 5 rest.
+    let t = place(
+        &store,
+        Order::buy().id("t").user(user(2)).price(600_000).amount(10),
+    )
+    .await;
+    assert_eq!(t.fills[0].collateral, 2);
+    // 5 more at 0.6: 5.0 of notional in all, 5 paid, 1 of the reservation is the refund.
+    let l = place(
+        &store,
+        Order::sell().id("l").user(user(3)).price(600_000).amount(5),
+    )
+    .await;
+    assert_eq!((l.fills[0].collateral, l.fills[0].buyer_refund), (3, 1));
+    let undo_t = store.undo_match(&m1(), "t").await.expect("undo t");
+    assert!(undo_t.taker_left, "t was filled by l since");
+    assert_eq!(undo_t.taker_release(), Some(2), "t's own fill");
+    let undo_l = store.undo_match(&m1(), "l").await.expect("undo l");
+    let releases: Vec<(&str, u64)> = undo_l
+        .maker_releases
+        .iter()
+        .map(|r| (r.order_id.as_str(), r.amount))
+        .collect();
+    assert_eq!(
+        releases,
+        vec![("t", 4)],
+        "l's fill of t held 3, and the refund 1 was never released"
+    );
+}
+
+async fn a_repeated_cancellation_answers_the_release_it_recorded(store: Store) {
+    place(
+        &store,
+        Order::sell()
+            .id("a1")
+            .user(user(1))
+            .price(500_000)
+            .amount(4),
+    )
+    .await;
+    // 10 at 0.5 reserve 5; the fill of 4 holds 2; 6 rest.
+    place(
+        &store,
+        Order::buy().id("t").user(user(2)).price(500_000).amount(10),
+    )
+    .await;
+    let fence = Fence {
+        saga_id: "cancel:t".to_owned(),
+        epoch: 1,
+        lease_until_ms: u64::MAX / 2,
+    };
+    let (_, release) = store
+        .cancel_order_releasing(&m1(), "t", &user(2), Some(&fence), false)
+        .await
+        .expect("store")
+        .expect("cancelled");
+    assert_eq!(release, 3);
+    // The placement's own saga then undoes its match: the order's figures change.
+    let undo = store.undo_match(&m1(), "t").await.expect("undo");
+    assert_eq!(undo.taker_release(), Some(2));
+    let (_, again) = store
+        .cancel_order_releasing(&m1(), "t", &user(2), Some(&fence), true)
+        .await
+        .expect("store")
+        .expect("the cancellation answers again");
+    assert_eq!(
+        again, 3,
+        "the release recorded at the cancellation, not recomputed"
+    );
+    let fresh = store
+        .cancel_order_releasing(&m1(), "t", &user(2), Some(&fence), false)
+        .await
+        .expect("store");
+    assert!(matches!(fresh, Err(CancelError::NotOpen(_))), "{fresh:?}");
 }
 
 async fn saga_entries_are_fenced_by_their_lease_and_epoch(store: Store) {

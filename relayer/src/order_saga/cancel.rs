@@ -2,9 +2,10 @@
 //! still had reserved, two slots and so two store steps. Its saga log entry
 //! (`cancel:<placementId>`) is written before the book changes and deleted after the release,
 //! so a crash, a store failure or a normal exit in between leaves work that recovery (of any
-//! replica) finishes: the book's cancellation is replayed (recorded on the order, see
-//! [`crate::store::Store::cancel_order`]) and the release, under the order's `release:` op id,
-//! happens once. Its writes carry the entry's fence like an order saga's.
+//! replica) finishes, and so does a repeated cancel, which takes the entry over: the book's
+//! cancellation is replayed with the release it recorded (see
+//! [`crate::store::Store::cancel_order_releasing`]) and the release, under the order's
+//! `release:` op id, happens once. Its writes carry the entry's fence like an order saga's.
 //!
 //! May use: `domain`, `book`, `store`, and the saga log and context from its parent.
 
@@ -139,17 +140,13 @@ async fn finish(
         }
     };
     let (market, placement, user) = (&what.market_key, &what.placement_id, &what.user_id);
-    let cancelled = if again {
-        store
-            .cancel_order_again(market, placement, user, token.as_ref())
-            .await
-    } else {
-        store
-            .cancel_order(market, placement, user, token.as_ref())
-            .await
-    };
-    let order = match cancelled {
-        Ok(Ok(order)) => order,
+    let cancelled = store
+        .cancel_order_releasing(market, placement, user, token.as_ref(), again)
+        .await;
+    // NB: the release is what the book recorded when the order left it, not recomputed from
+    // the order now (an undo of its own placement may have changed its figures since).
+    let (order, amount) = match cancelled {
+        Ok(Ok(cancelled)) => cancelled,
         Ok(Err(CancelError::NotFound)) => {
             done().await;
             return CancelEnded::NotFound;
@@ -161,7 +158,6 @@ async fn finish(
         Err(e) => return pending(deps, e),
     };
     crash_if(deps, "after:cancel");
-    let amount = order.still_reserved();
     if amount > 0 {
         let moves = [Move::release(order.reserved_asset(), amount)];
         let op = format!("release:{}", order.order_id);

@@ -242,8 +242,9 @@ async fn release(c: &mut OrderCtx) -> Result<(), StepError> {
         Ok(Err(_)) => return Ok(()),
         Err(e) => return Err(store_comp(&e)),
     }
-    // NB: a taker that left the book meanwhile (its owner's cancel, self-trade prevention)
-    // had the rest of its reservation released then: only its own fills' part is left here.
+    // NB: a taker that left the book meanwhile (its owner's cancel, self-trade prevention,
+    // later fills) had the rest of its reservation released or taken over then: only its own
+    // fills' part is left here (see `UndoOutcome::taker_left`).
     let amount = c
         .data
         .undo

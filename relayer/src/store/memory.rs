@@ -660,14 +660,14 @@ impl MemoryStore {
         user: &UserId,
         fence: Option<&Fence>,
         again: bool,
-    ) -> Result<Result<Order, CancelError>, StoreError> {
+    ) -> Result<Result<(Order, u64), CancelError>, StoreError> {
         let fenced = self.fenced(fence)?;
         let Some(book) = self.existing_market(market) else {
             return Ok(Err(CancelError::NotFound));
         };
         let (cancelled, _finished) =
             self.with_book(&book, |book| book.cancel_once(order_id, user, again));
-        if let Ok(order) = &cancelled {
+        if let Ok((order, _)) = &cancelled {
             // NB: a repeated cancellation dates the claim again, as Redis does.
             self.date_claims(vec![(
                 (order.user_id.clone(), order.client_id().to_owned()),

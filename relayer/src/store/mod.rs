@@ -426,30 +426,35 @@ impl Store {
         dispatch!(self, s => s.saga_list())
     }
 
-    /// Cancels an open order of `user` (by its placement id), fenced when `fence` is given;
-    /// the cancellation is recorded on the order.
+    /// Cancels an open order of `user` (by its placement id); the cancellation is recorded on
+    /// the order.
     pub async fn cancel_order(
         &self,
         market: &MarketKey,
         order_id: &str,
         user: &UserId,
-        fence: Option<&Fence>,
     ) -> Result<Result<Order, CancelError>, StoreError> {
-        dispatch!(self, s => s.cancel_order(market, order_id, user, fence, false))
+        Ok(self
+            .cancel_order_releasing(market, order_id, user, None, false)
+            .await?
+            .map(|(order, _)| order))
     }
 
-    /// [`Store::cancel_order`] again, for the recovery of an interrupted cancellation: an
-    /// order its owner's cancellation already took out of the book answers the cancelled
-    /// order again (its release is still due, once), while one cancelled otherwise is not
-    /// open.
-    pub async fn cancel_order_again(
+    /// [`Store::cancel_order`] for a cancellation saga, fenced when `fence` is given, with
+    /// what the cancellation leaves to release (the order's [`Order::still_reserved`] when it
+    /// left the book). `again` (the recovery of an interrupted cancellation): an order its
+    /// owner's cancellation already took out of the book answers the cancelled order and the
+    /// release recorded then, not recomputed (an undo may have changed the order since); one
+    /// cancelled otherwise is not open.
+    pub async fn cancel_order_releasing(
         &self,
         market: &MarketKey,
         order_id: &str,
         user: &UserId,
         fence: Option<&Fence>,
-    ) -> Result<Result<Order, CancelError>, StoreError> {
-        dispatch!(self, s => s.cancel_order(market, order_id, user, fence, true))
+        again: bool,
+    ) -> Result<Result<(Order, u64), CancelError>, StoreError> {
+        dispatch!(self, s => s.cancel_order(market, order_id, user, fence, again))
     }
 
     /// One order of a market.

@@ -65,8 +65,8 @@ use self::keys::SAGA_SHARDS;
 use self::scripts::Scripts;
 use self::wire::{
     WireOrder, asset_field, bucket_code, classify, corrupt, from_json, parse_account,
-    parse_apply_moves, parse_claim, parse_depth, parse_match, parse_order, parse_saga_claim,
-    parse_saga_shard, parse_status, parse_undo, side_code, to_json, unavailable,
+    parse_apply_moves, parse_claim, parse_depth, parse_match, parse_num, parse_order,
+    parse_saga_claim, parse_saga_shard, parse_status, parse_undo, side_code, to_json, unavailable,
 };
 use super::{ApiKeyRecord, Claim, ClaimEnd, ClaimOutcome, Fence, SagaEntry, StoreError};
 use crate::book::{CancelError, Level, MatchOutcome, UndoOutcome};
@@ -547,7 +547,7 @@ impl RedisStore {
         user: &UserId,
         fence: Option<&Fence>,
         again: bool,
-    ) -> Result<Result<Order, CancelError>, StoreError> {
+    ) -> Result<Result<(Order, u64), CancelError>, StoreError> {
         let [saga, epoch, lease] = fence_args(fence);
         let args = [
             order_id.to_owned(),
@@ -567,10 +567,11 @@ impl RedisStore {
             )
             .await?;
         match reply.as_slice() {
-            [tag, json] if tag == "ok" => {
+            [tag, json, release] if tag == "ok" => {
                 let order = parse_order(market, json)?;
+                let release = parse_num("cancel release", Some(release))?;
                 self.expire_claims(vec![(order.user_id.clone(), order.client_id().to_owned())]);
-                Ok(Ok(order))
+                Ok(Ok((order, release)))
             }
             [tag] if tag == "fenced" => Err(StoreError::Fenced),
             [tag] if tag == "not_found" => Ok(Err(CancelError::NotFound)),

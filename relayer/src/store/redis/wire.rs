@@ -355,7 +355,6 @@ pub(super) fn parse_match(
     ))
 }
 
-/// The reply of `undo_match.lua`: what undoing the match did.
 /// The mark `undo_match.lua` puts on the taker it answers (see [`UndoOutcome::taker_left`]).
 #[derive(Debug, Deserialize)]
 struct TakerLeft {
@@ -363,6 +362,7 @@ struct TakerLeft {
     left: Option<bool>,
 }
 
+/// The reply of `undo_match.lua`: what undoing the match did.
 pub(super) fn parse_undo(market: &MarketKey, reply: &[String]) -> Result<UndoOutcome, StoreError> {
     let bad = || corrupt("undo_match", format!("unexpected reply {reply:?}"));
     let (taker_json, rest) = match reply {

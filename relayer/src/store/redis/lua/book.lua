@@ -111,7 +111,8 @@ local function invalid_order(o)
     if n_cmp(o.reserved, n_ceil_scale(n_mul(o.amount, tonumber(o.price)))) < 0 then
       return 'reserved is below the collateral of its amount'
     end
-    if n_cmp(o.paid, n_ceil_scale(o.notional)) > 0 then return 'paid exceeds its notional' end
+    -- NB: paid may exceed ceil(notional) after an undone fill (what was paid stays paid).
+    if n_cmp(o.paid, o.reserved) > 0 then return 'paid exceeds reserved' end
   end
   return nil
 end

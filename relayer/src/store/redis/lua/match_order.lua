@@ -99,8 +99,14 @@ while remaining(o) ~= '0' do
       local notional = n_mul(amount, level)
       local paid_before = buy.paid
       buy.notional = n_add(buy.notional, notional)
-      buy.paid = n_ceil_scale(buy.notional)
-      local collateral = n_sub(buy.paid, paid_before)
+      -- NB: after an undone fill a buy may have paid more than ceil(notional) (see book.rs):
+      -- that stays paid, and this fill costs only what exceeds it.
+      local due = n_ceil_scale(buy.notional)
+      local collateral = '0'
+      if n_cmp(due, paid_before) > 0 then
+        collateral = n_sub(due, paid_before)
+        buy.paid = due
+      end
       sell.notional = n_add(sell.notional, notional)
       sell.paid = n_add(sell.paid, collateral)
       for _, x in ipairs({ buy, sell }) do

@@ -37,7 +37,7 @@ local fills = {}
 for i = 1, n do
   local decoded, f = pcall(cjson.decode, rec[2 + i])
   if not decoded or type(f) ~= 'table' then return corrupt('placement record', 'fill ' .. i) end
-  for _, k in ipairs({ 'amount', 'price', 'collateral' }) do
+  for _, k in ipairs({ 'amount', 'price', 'collateral', 'refund' }) do
     if not canonical(f[k]) then return corrupt('fill ' .. i, k .. ' is not a decimal') end
   end
   if #f.price > 6 or type(f.maker) ~= 'string' then return corrupt('fill ' .. i, 'price or maker') end
@@ -99,8 +99,10 @@ for i = n, 1, -1 do
       redis.call('PERSIST', okey(m.id))
     else
       m.status = 'cancelled'
+      -- NB: a buy that this fill completed also gets back its refund (the fill's balance
+      -- moves, which would have released it, never ran).
       local amount = f.amount
-      if m.side == 'buy' then amount = f.collateral end
+      if m.side == 'buy' then amount = n_add(f.collateral, f.refund) end
       releases[#releases + 1] = cjson.encode({ tradeId = f.tradeId, orderId = m.id,
         user = m.user, side = m.side, amount = amount })
     end
