@@ -491,18 +491,21 @@ async fn with_the_hpa_at_seven_the_preview_comes_up_at_seven_and_scale_down_is_h
         async move { Ok((h.replicas("green").await == 4).then_some(())) }
     })
     .await;
-    let hpa = h
-        .env
-        .api::<HorizontalPodAutoscaler>()
-        .get(NAME)
-        .await
-        .expect("hpa");
-    let policy = hpa
-        .spec
-        .behavior
-        .and_then(|b| b.scale_down)
-        .and_then(|s| s.select_policy);
-    assert_eq!(policy.as_deref(), Some("Max"));
+    // NB: the Deployment and the HPA are two writes of one reconcile: green may be seen at 4
+    // a moment before the HPA's scale-down policy is restored.
+    wait_for("the HPA's scale-down to be released (Max)", SETTLE, || {
+        let api = h.env.api::<HorizontalPodAutoscaler>();
+        async move {
+            let hpa = api.get(NAME).await?;
+            let policy = hpa
+                .spec
+                .behavior
+                .and_then(|b| b.scale_down)
+                .and_then(|s| s.select_policy);
+            Ok((policy.as_deref() == Some("Max")).then_some(()))
+        }
+    })
+    .await;
 }
 
 /// The operator binary (run `n` of the test), without leader election, allowed to contact
