@@ -285,6 +285,13 @@ async fn a_cutover_of_an_in_memory_store_is_refused_until_the_spec_accepts_losin
         .as_ref()
         .and_then(|s| s.active_color)
         .expect("colour");
+    // The scale subresource is held to the same rule as the spec.
+    let scaled = env.kubectl(&["scale", &format!("rd/{NAME}"), "--replicas=3"]);
+    let error = format!(
+        "{:#}",
+        scaled.expect_err("an in-memory store cannot scale out")
+    );
+    assert!(error.contains("spec.replicas must be at most 1"), "{error}");
 
     merge(
         &env,
