@@ -315,6 +315,7 @@ async fn a_saga_in_settlement_at_sigterm_is_finished_by_the_draining_colour() {
             .await
             .expect("client task")
             .unwrap_or_else(|e| panic!("the client's placement got no answer from blue: {e}"));
+        eprintln!("drain round {round}: the client got {}", answer.status);
         match answer.status {
             201 => assert_eq!(answer.body["order"]["status"], "filled", "{answer:?}"),
             202 => assert_eq!(answer.body["state"], "pending", "{answer:?}"),
@@ -403,6 +404,10 @@ async fn recovered_by_green(exit: Exit) {
             },
         )
         .await;
+        eprintln!(
+            "{exit:?} round {round}: green took the saga over {:?} after blue was gone",
+            taken - gone
+        );
         if exit == Exit::DrainGivesUp {
             assert!(
                 taken - gone < HAND_OVER_WITHIN,
