@@ -38,10 +38,11 @@ const SHARES: u64 = 100;
 const COLLATERAL: u64 = 1_000_000;
 /// Rounds per case, each with its own hold and signal instant.
 const ROUNDS: usize = 3;
-/// How long the endpoint holds each settlement request, ms (drawn per round).
-const HOLD_MS: std::ops::Range<u64> = 1_500..3_000;
-/// How long a placement waits for its saga before answering 202: inside [`HOLD_MS`], so some
-/// rounds answer the final outcome and some a 202.
+/// How long the endpoint holds each settlement request, ms, drawn per round: in even rounds
+/// shorter than [`PLACEMENT_WAIT_MS`] (the client waits for the outcome), in odd rounds longer
+/// (the client gets a 202 and the saga goes on).
+const HOLD_MS: [std::ops::Range<u64>; 2] = [1_200..1_700, 2_400..3_000];
+/// How long a placement waits for its saga before answering 202.
 const PLACEMENT_WAIT_MS: u64 = 2_000;
 /// The lease of the relayers that recover (and of blue where a kill is the point): short, so a
 /// killed blue's saga is found abandoned within about a second.
@@ -297,7 +298,7 @@ async fn at(since: Instant, offset: Duration) {
 async fn a_saga_in_settlement_at_sigterm_is_finished_by_the_draining_colour() {
     let mut rng = rng("drain");
     for round in 0..ROUNDS {
-        let hold = rng.random_range(HOLD_MS);
+        let hold = rng.random_range(HOLD_MS[round % 2].clone());
         // NB: up to 200 ms before the endpoint answers, so the saga is still in settlement.
         let offset = Duration::from_millis(rng.random_range(0..hold - 200));
         eprintln!("drain round {round}: hold {hold} ms, SIGTERM after {offset:?}");
@@ -357,7 +358,7 @@ async fn a_saga_in_settlement_at_sigterm_is_finished_by_the_draining_colour() {
 async fn recovered_by_green(exit: Exit) {
     let mut rng = rng(&format!("{exit:?}"));
     for round in 0..ROUNDS {
-        let hold = rng.random_range(HOLD_MS);
+        let hold = rng.random_range(HOLD_MS[round % 2].clone());
         // NB: a drain that gives up must do so inside the settlement window: the signal comes
         // early enough that the hold outlasts the drain timeout by 300 ms at least.
         let latest = match exit {
