@@ -114,7 +114,12 @@ async fn rediss_with_the_right_ca_and_password_is_ready_and_serves_through_redis
     .await;
 
     let trader = funded_trader(&api, &relayer.base, 1).await;
-    let order = Order::buy().id("tls-1").price(400_000).amount(3).json();
+    let order = Order::buy()
+        .id("tls-1")
+        .user(&trader.user_id)
+        .price(400_000)
+        .amount(3)
+        .json();
     let (status, body) = api
         .place(&relayer.base, &trader, &order)
         .await
@@ -421,8 +426,16 @@ async fn every_settlement_post_carries_the_credential_header() {
     let seller = funded_trader(&api, &with.base, 10).await;
     let buyer = funded_trader(&api, &with.base, 11).await;
     for i in 0..3 {
-        let sell = Order::sell().id(format!("s{i}")).price(500_000).json();
-        let buy = Order::buy().id(format!("b{i}")).price(500_000).json();
+        let sell = Order::sell()
+            .id(format!("s{i}"))
+            .user(&seller.user_id)
+            .price(500_000)
+            .json();
+        let buy = Order::buy()
+            .id(format!("b{i}"))
+            .user(&buyer.user_id)
+            .price(500_000)
+            .json();
         let (status, body) = api.place(&with.base, &seller, &sell).await.expect("sell");
         assert_eq!(status, 201, "{body}");
         let (status, body) = api.place(&with.base, &buyer, &buy).await.expect("buy");
@@ -447,8 +460,16 @@ async fn every_settlement_post_carries_the_credential_header() {
     let without = RelayerProcess::start(&relayer_env(false));
     let seller = funded_trader(&api, &without.base, 12).await;
     let buyer = funded_trader(&api, &without.base, 13).await;
-    let sell = Order::sell().id("s-none").price(500_000).json();
-    let buy = Order::buy().id("b-none").price(500_000).json();
+    let sell = Order::sell()
+        .id("s-none")
+        .user(&seller.user_id)
+        .price(500_000)
+        .json();
+    let buy = Order::buy()
+        .id("b-none")
+        .user(&buyer.user_id)
+        .price(500_000)
+        .json();
     let (status, body) = api
         .place(&without.base, &seller, &sell)
         .await
