@@ -102,6 +102,10 @@ async fn rediss_with_the_right_ca_and_password_is_ready_and_serves_through_redis
                 "RELAYER_REDIS__CA_FILE",
                 redis.ca.cert_file.display().to_string(),
             ),
+            // The limiter counts in the store's Redis, over the same connection; `deny` turns
+            // a limiter that cannot reach it into 503s.
+            ("RELAYER_RATE_LIMIT__ENABLED", "true".to_owned()),
+            ("RELAYER_RATE_LIMIT__ON_STORE_ERROR", "deny".to_owned()),
         ],
     ));
     let api = Api::default();
@@ -130,13 +134,17 @@ async fn rediss_with_the_right_ca_and_password_is_ready_and_serves_through_redis
         .await;
     assert_eq!(status, 200, "{read}");
     assert_eq!(read["amount"], "3", "{read}");
-    // The order is in this Redis (read back over TLS with the password by redis-cli).
-    let keys = redis
-        .cli(&["--scan", "--pattern", "foresight:*"])
-        .expect("redis-cli over TLS");
+    // The order and the limiter's counters are in this Redis (read back over TLS with the
+    // password by redis-cli).
+    let keys = redis.cli(&["--scan"]).expect("redis-cli over TLS");
     assert!(
-        keys.lines().any(|k| k.contains(":o:")),
+        keys.lines()
+            .any(|k| k.starts_with("foresight:") && k.contains(":o:")),
         "no order key in Redis: {keys}"
+    );
+    assert!(
+        keys.lines().any(|k| k.starts_with("{foresight:rl}")),
+        "no rate-limit counter in Redis: {keys}"
     );
     assert!(!relayer.log_text().contains(PASSWORD));
 }
