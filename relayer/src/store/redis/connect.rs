@@ -62,7 +62,7 @@ fn invalid(key: &str, message: impl fmt::Display) -> StoreError {
 }
 
 /// A client for `url` with `access`; `key` names the URL's config key in errors.
-pub(crate) fn client(url: &str, access: &RedisAccess, key: &str) -> Result<Client, StoreError> {
+fn client(url: &str, access: &RedisAccess, key: &str) -> Result<Client, StoreError> {
     // NB: the redis crate's parse errors do not echo the URL; ours must not either.
     let mut info = url
         .into_connection_info()
