@@ -25,11 +25,12 @@ pub const VERSION: &str = "v1alpha1";
 /// Path of the generated CRD file, relative to the repository root.
 pub const CRD_FILE: &str = "crds/relayerdeployments.yaml";
 
-/// RE2 pattern (for CEL `matches`) of a URL with credentials: `scheme://user:password@` or
-/// `scheme://token@` before the host.
+/// A CEL raw string of the RE2 pattern (for `matches`) of a URL with credentials:
+/// `scheme://user:password@` or `scheme://token@` before the host. NB: any run of `/` and `\`
+/// may follow the scheme, as URL parsers (the url crate, browsers) read `https:///u:p@host`.
 macro_rules! url_userinfo {
     () => {
-        "^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@"
+        r"r'^[a-zA-Z][a-zA-Z0-9+.-]*:[/\\]*[^/\\?#]*@'"
     };
 }
 
@@ -127,8 +128,8 @@ pub struct RelayerDeploymentSpec {
         validation = Rule::new("!has(self.redis.password)").message("config.redis.password must not be written in a RelayerDeployment: put it in a Secret and reference it with spec.store.redis.passwordSecretRef"),
         validation = Rule::new("!has(self.redis.caFile)").message("config.redis.caFile is set by the operator from spec.store.redis.tls.ca"),
         validation = Rule::new("!has(self.settlement.credential)").message("config.settlement.credential must not be written in a RelayerDeployment: put it in a Secret and reference it with spec.secrets.settlementCredential"),
-        validation = Rule::new(concat!("!has(self.rateLimit.redisUrl) || !self.rateLimit.redisUrl.matches('", url_userinfo!(), "')")).message("config.rateLimit.redisUrl must not hold credentials (user:password@): they would land in a ConfigMap and in every ControllerRevision"),
-        validation = Rule::new(concat!("!has(self.settlement.url) || !self.settlement.url.matches('", url_userinfo!(), "')")).message("config.settlement.url must not hold credentials (user:password@): send a credential with spec.secrets.settlementCredential instead"),
+        validation = Rule::new(concat!("!has(self.rateLimit.redisUrl) || !self.rateLimit.redisUrl.matches(", url_userinfo!(), ")")).message("config.rateLimit.redisUrl must not hold credentials (user:password@): they would land in a ConfigMap and in every ControllerRevision"),
+        validation = Rule::new(concat!("!has(self.settlement.url) || !self.settlement.url.matches(", url_userinfo!(), ")")).message("config.settlement.url must not hold credentials (user:password@): send a credential with spec.secrets.settlementCredential instead"),
     )]
     pub config: RelayerConfig,
 
@@ -180,6 +181,9 @@ pub struct PodOverrides {
     /// Extra environment variables of the relayer container. The operator sets the secret
     /// ones itself from `spec.secrets` and `spec.store`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // NB: the relayer reads RELAYER_* names in any case and a RELAYER_*URL value may hold
+    // credentials: the operator refuses those (`resources::check_pod_env`); a CEL rule for
+    // them would exceed the API server's cost budget on a list of unbounded strings.
     #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['RELAYER_ADMIN_TOKEN', 'RELAYER_REDIS_URL', 'RELAYER_REDIS__PASSWORD', 'RELAYER_SETTLEMENT__CREDENTIAL']))").message("pod.env must not set RELAYER_ADMIN_TOKEN, RELAYER_REDIS_URL, RELAYER_REDIS__PASSWORD or RELAYER_SETTLEMENT__CREDENTIAL: the operator sets them from spec.secrets and spec.store"))]
     pub env: Vec<EnvVar>,
     /// Compute resources of the relayer container.
@@ -252,15 +256,26 @@ pub struct StoreSpec {
     /// In memory in each pod: one replica, and state lost at every restart and cutover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryStoreSpec>,
+    /// A cutover that would start the new colour on other state than the active colour's (an
+    /// in-memory store, or another Redis) is refused unless this is true: meant for
+    /// development installs. Not part of the revision: setting it starts no cutover.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_state_loss: bool,
 }
+
+/// An in-memory store (development installs): no settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryStoreSpec {}
 
 /// A shared Redis (standalone).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("spec.store.redis must set exactly one of url and urlSecretRef"),
-    validation = Rule::new(concat!("!has(self.url) || !self.url.matches('", url_userinfo!(), "')")).message("spec.store.redis.url must not hold credentials (user:password@): put the password in a Secret and reference it with spec.store.redis.passwordSecretRef, or keep the whole URL in a Secret with urlSecretRef"),
+    validation = Rule::new(concat!("!has(self.url) || !self.url.matches(", url_userinfo!(), ")")).message("spec.store.redis.url must not hold credentials (user:password@): put the password in a Secret and reference it with spec.store.redis.passwordSecretRef, or keep the whole URL in a Secret with urlSecretRef"),
     validation = Rule::new("!has(self.tls) || !has(self.url) || self.url.startsWith('rediss://')").message("spec.store.redis.tls needs a rediss:// url"),
+    validation = Rule::new("!has(self.url) || !self.url.contains('#')").message("spec.store.redis.url must not have a #fragment (the Redis client reads options there, such as skipping certificate checks)"),
 )]
 pub struct RedisStoreSpec {
     /// Address of the Redis, `redis://host:port/db` or `rediss://host:port/db` (TLS), without
@@ -302,16 +317,6 @@ pub struct CaSource {
     pub config_map_key_ref: Option<ConfigMapKeyRef>,
 }
 
-/// An in-memory store (development installs).
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct MemoryStoreSpec {
-    /// A cutover starts the new colour empty and then scales the only copy of the data to
-    /// zero: the operator refuses it unless this is true.
-    #[serde(default)]
-    pub accept_state_loss: bool,
-}
-
 /// Secrets of the relayer pods.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -337,6 +342,7 @@ impl SecretsSpec {
 pub struct SettlementCredential {
     /// Name of the header, e.g. `Authorization`.
     #[serde(default = "default_credential_header")]
+    #[x_kube(validation = Rule::new("!(self.lowerAscii() in ['content-type', 'content-length', 'transfer-encoding', 'host', 'connection', 'idempotency-key', 'te'])").message("spec.secrets.settlementCredential.header must not be a header the settlement client sets itself (Content-Type, Content-Length, Transfer-Encoding, Host, Connection, Idempotency-Key, TE)"))]
     #[schemars(
         length(min = 1, max = 128),
         regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -356,12 +362,9 @@ impl RelayerDeploymentSpec {
         self.store.as_ref().and_then(|s| s.redis.as_ref())
     }
 
-    /// Whether the spec accepts that a cutover of its in-memory store loses the state.
+    /// Whether the spec accepts that a cutover starts the new colour on other state.
     pub fn accepts_state_loss(&self) -> bool {
-        self.store
-            .as_ref()
-            .and_then(|s| s.memory.as_ref())
-            .is_some_and(|m| m.accept_state_loss)
+        self.store.as_ref().is_some_and(|s| s.accept_state_loss)
     }
 }
 

@@ -428,7 +428,7 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
             "in-memory-with-autoscaling",
             base(
                 "s3",
-                json!({"store": {"memory": {"acceptStateLoss": true}}, "replicas": 1,
+                json!({"store": {"memory": {}, "acceptStateLoss": true}, "replicas": 1,
                        "autoscaling": {"minReplicas": 1, "maxReplicas": 3}}),
             ),
             "spec.autoscaling needs a shared store",
@@ -551,6 +551,40 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
             "needs config.settlement.url",
         ),
         (
+            "settlement-url-with-extra-slashes-and-a-password",
+            base(
+                "s19",
+                json!({"config": {"settlement": {"url": "https:///settler:s3cret@settle.example/v1"}}}),
+            ),
+            "config.settlement.url must not hold credentials",
+        ),
+        (
+            "store-url-with-a-fragment",
+            base(
+                "s22",
+                json!({"store": {"redis": {"url": "rediss://redis:6380/0#insecure"}}}),
+            ),
+            "must not have a #fragment",
+        ),
+        (
+            "reserved-credential-header",
+            base(
+                "s23",
+                json!({"config": {"settlement": {"url": "https://settle.example/s"}},
+                       "secrets": {"settlementCredential": {"header": "Host",
+                           "secretKeyRef": {"name": "settle", "key": "key"}}}}),
+            ),
+            "must not be a header the settlement client sets itself",
+        ),
+        (
+            "config-redis-url-of-any-kind",
+            base(
+                "s24",
+                json!({"config": {"redisUrl": "redis://redis:6379/0"}}),
+            ),
+            "config.redisUrl is not used in a RelayerDeployment",
+        ),
+        (
             "secret-ref-without-key",
             base("s14", json!({"secrets": {"adminToken": {"name": "admin"}}})),
             "spec.secrets.adminToken.key",
@@ -586,7 +620,7 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
         ),
         base(
             "v2",
-            json!({"store": {"memory": {"acceptStateLoss": true}}, "replicas": 1}),
+            json!({"store": {"memory": {}, "acceptStateLoss": true}, "replicas": 1}),
         ),
         base(
             "v3",

@@ -30,11 +30,13 @@ use crate::{Error, Result};
 
 /// Whether the spec can be realised; the reason names the field when it cannot.
 fn check(rd: &RelayerDeployment) -> Result<(), String> {
-    rd.spec
-        .config
+    // NB: what the pods run, so a value derived from spec.store or spec.secrets that the
+    // relayer would refuse stops here rather than crash-looping a new colour.
+    resources::effective_config(rd)
         .validate()
         .map_err(|e| format!("spec.config: {e}"))?;
     resources::container_port(rd).map_err(|e| e.to_string())?;
+    resources::check_pod_env(rd)?;
     Ok(())
 }
 

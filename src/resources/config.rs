@@ -86,7 +86,7 @@ mod tests {
                     password_secret_ref: None,
                     tls: None,
                 }),
-                memory: None,
+                ..crate::crd::StoreSpec::default()
             })
         });
         let cm = config_map(&rd).expect("config map");

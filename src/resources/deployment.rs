@@ -173,6 +173,42 @@ pub fn deployment(rd: &RelayerDeployment, color: Color, revision: &str) -> Resul
     })
 }
 
+/// Variables the operator sets from `spec.secrets` and `spec.store`.
+const SECRET_ENV: [&str; 4] = [
+    "RELAYER_ADMIN_TOKEN",
+    "RELAYER_REDIS_URL",
+    "RELAYER_REDIS__PASSWORD",
+    "RELAYER_SETTLEMENT__CREDENTIAL",
+];
+
+/// Why `spec.pod.env` would put a secret into the Deployment and every ControllerRevision, if it
+/// would: a secret variable the operator sets itself, in any case (the relayer reads `RELAYER_*`
+/// names in any case), or credentials in the literal value of a `RELAYER_*URL` variable.
+pub fn check_pod_env(rd: &RelayerDeployment) -> std::result::Result<(), String> {
+    for (i, var) in rd.spec.pod.env.iter().enumerate() {
+        let name = var.name.to_ascii_uppercase();
+        if SECRET_ENV.contains(&name.as_str()) {
+            return Err(format!(
+                "spec.pod.env[{i}] ({}) must not be set: the operator sets {name} from \
+                 spec.secrets and spec.store",
+                var.name
+            ));
+        }
+        let literal = var.value.as_deref().unwrap_or_default();
+        if name.starts_with("RELAYER_")
+            && name.ends_with("URL")
+            && relayer::config::redact_url(literal) != literal
+        {
+            return Err(format!(
+                "spec.pod.env[{i}] ({}) must not hold credentials (user:password@) in its \
+                 value: use valueFrom.secretKeyRef",
+                var.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The relayer's secrets as environment from their Secrets (never a value): the admin token,
 /// the Redis URL or password, the settlement credential.
 fn secret_env(rd: &RelayerDeployment) -> Vec<serde_json::Value> {
@@ -350,6 +386,42 @@ mod tests {
         );
         let mounts = pod["containers"][0]["volumeMounts"].to_string();
         assert!(mounts.contains(REDIS_CA_MOUNT), "{mounts}");
+    }
+
+    #[test]
+    fn secret_variables_and_credentials_in_url_variables_of_pod_env_are_refused() {
+        let with_env = |name: &str, value: &str| {
+            rd_with(|s| {
+                s.pod.env = vec![
+                    serde_json::from_value(json!({ "name": name, "value": value }))
+                        .expect("env var"),
+                ];
+            })
+        };
+        for (name, value) in [
+            ("relayer_admin_token", "0123456789abcdef"),
+            ("Relayer_Redis__Password", "hunter2"),
+            ("RELAYER_SETTLEMENT__URL", "https://u:pw@settle.example/v1"),
+            ("relayer_rate_limit__redis_url", "redis://:pw@counters:6379"),
+            (
+                "RELAYER_SETTLEMENT__URL",
+                "https:///token@settle.example/v1",
+            ),
+        ] {
+            let error = check_pod_env(&with_env(name, value)).expect_err(name);
+            assert!(error.contains("spec.pod.env[0]"), "{error}");
+            assert!(
+                !error.contains(value),
+                "the message repeats no value: {error}"
+            );
+        }
+        for (name, value) in [
+            ("RELAYER_SETTLEMENT__URL", "https://settle.example/v1"),
+            ("RELEASE", "2"),
+            ("MY_URL", "https://u:pw@elsewhere"),
+        ] {
+            check_pod_env(&with_env(name, value)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use config::{
     CONFIG_FILE, CONFIG_MOUNT, REDIS_CA_FILE, REDIS_CA_MOUNT, config_map, config_map_name,
     effective_config, render_config,
 };
-pub use deployment::{container_port, deployment, deployment_name};
+pub use deployment::{check_pod_env, container_port, deployment, deployment_name};
 pub use hpa::{RPS_METRIC, hold_scale_down, hpa};
 pub use ingress::ingress;
 pub use pdb::pdb;
@@ -183,11 +183,16 @@ pub fn revision_hash(rd: &RelayerDeployment) -> Result<String> {
         secrets: Option<&'a crate::crd::SecretsSpec>,
     }
     let secrets = &rd.spec.secrets;
+    // NB: accepting a loss of state permits a cutover; it is not one.
+    let store = rd.spec.store.clone().map(|mut s| {
+        s.accept_state_loss = false;
+        s
+    });
     short_hash(&Revisioned {
         image: &rd.spec.image,
         pod: &rd.spec.pod,
         config: &rd.spec.config,
-        store: rd.spec.store.as_ref(),
+        store: store.as_ref(),
         secrets: (secrets != &crate::crd::SecretsSpec::default()).then_some(secrets),
     })
 }
@@ -303,6 +308,45 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::{rd, rd_with};
     use super::*;
+
+    /// An object written before `spec.store` and `spec.secrets` existed keeps its revision
+    /// and its ConfigMap after an operator upgrade (else every upgrade would restart or cut
+    /// over every RelayerDeployment, and re-write immutable ControllerRevisions). The values
+    /// were computed by the operator of the previous release for this spec.
+    #[test]
+    fn an_object_from_before_the_store_was_in_the_api_keeps_its_revision_and_config_map() {
+        let spec: crate::crd::RelayerDeploymentSpec = serde_json::from_value(serde_json::json!({
+            "image": "ghcr.io/foresight/relayer:1.0.0",
+            "config": { "settlement": { "url": "https://settle.example/settle" } },
+        }))
+        .expect("spec");
+        let mut rd = RelayerDeployment::new("market", spec);
+        rd.metadata.namespace = Some("trading".into());
+        assert_eq!(revision_hash(&rd).expect("hash"), "aa5f7c7fa0");
+        assert_eq!(
+            config_map_name(&rd).expect("name"),
+            "market-config-ccca28c67c"
+        );
+        let plan = Plan {
+            active: Color::Blue,
+            revision: "aa5f7c7fa0".into(),
+            revision_number: 1,
+        };
+        let data = controller_revision(&rd, &plan).expect("revision").data.0;
+        let keys: Vec<&String> = data.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["config", "configMap", "image", "pod", "template"]);
+    }
+
+    #[test]
+    fn accepting_a_state_loss_is_no_revision() {
+        let base = revision_hash(&rd()).expect("hash");
+        let accepting = rd_with(|s| {
+            if let Some(store) = s.store.as_mut() {
+                store.accept_state_loss = true;
+            }
+        });
+        assert_eq!(base, revision_hash(&accepting).expect("hash"));
+    }
 
     #[test]
     fn revision_hash_is_stable_and_follows_what_pods_run() {

@@ -46,17 +46,27 @@ pub fn controller_revision(rd: &RelayerDeployment, plan: &Plan) -> Result<Contro
         ANNOTATION_AUTOSCALING.to_owned(),
         autoscaling,
     )]));
+    let mut data = json!({
+        "image": rd.spec.image,
+        "pod": rd.spec.pod,
+        "config": rd.spec.config,
+        "configMap": config_map_name(rd)?,
+        "template": template,
+    });
+    // NB: data is immutable, so it holds exactly what the revision hash covers: no store or
+    // secrets when there are none (revisions written before they existed stay equal), and not
+    // the acceptance of a state loss (which is no revision).
+    if let Some(store) = &rd.spec.store {
+        let mut store = store.clone();
+        store.accept_state_loss = false;
+        data["store"] = json!(store);
+    }
+    if rd.spec.secrets != crate::crd::SecretsSpec::default() {
+        data["secrets"] = json!(rd.spec.secrets);
+    }
     Ok(ControllerRevision {
         metadata,
-        data: RawExtension(json!({
-            "image": rd.spec.image,
-            "pod": rd.spec.pod,
-            "config": rd.spec.config,
-            "store": rd.spec.store,
-            "secrets": rd.spec.secrets,
-            "configMap": config_map_name(rd)?,
-            "template": template,
-        })),
+        data: RawExtension(data),
         revision: Some(plan.revision_number),
     })
 }

@@ -67,7 +67,7 @@ impl Rd {
     pub fn in_memory(self, accept_state_loss: bool) -> Self {
         self.set(
             &["store"],
-            json!({ "memory": { "acceptStateLoss": accept_state_loss } }),
+            json!({ "memory": {}, "acceptStateLoss": accept_state_loss }),
         )
     }
 

@@ -105,9 +105,21 @@ pub struct SettlementConfig {
     #[schemars(with = "Option<String>")]
     pub credential: Option<String>,
     /// HTTP header that carries `credential`.
-    #[serde(deserialize_with = "text::required")]
+    // NB: left out when it is the default, so configs (and the operator's revision hashes)
+    // written before this key existed serialise as they did.
+    #[serde(
+        deserialize_with = "text::required",
+        skip_serializing_if = "is_default_credential_header"
+    )]
     #[schemars(with = "String")]
     pub credential_header: String,
+}
+
+/// The header of `settlement.credential` unless `settlement.credentialHeader` says otherwise.
+pub const DEFAULT_CREDENTIAL_HEADER: &str = "Authorization";
+
+fn is_default_credential_header(header: &str) -> bool {
+    header == DEFAULT_CREDENTIAL_HEADER
 }
 
 /// Retry settings of settlement: a named strategy, optionally overridden key by key.
@@ -328,7 +340,7 @@ impl Default for SettlementConfig {
             timeout_ms: 10_000,
             retry: SettlementRetryConfig::default(),
             credential: None,
-            credential_header: "Authorization".to_owned(),
+            credential_header: DEFAULT_CREDENTIAL_HEADER.to_owned(),
         }
     }
 }

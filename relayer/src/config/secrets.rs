@@ -41,11 +41,14 @@ impl RelayerConfig {
     }
 }
 
-/// The userinfo of `url` (`scheme://<userinfo>@host…`), if it has one.
+/// The userinfo of `url` (`scheme://<userinfo>@host…`), if it has one, and where it starts.
 fn userinfo(url: &str) -> Option<(usize, &str)> {
-    let start = url.find("://")? + 3;
-    let rest = &url[start..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let after_scheme = url.find(':')? + 1;
+    // NB: as the url crate (and so reqwest) reads an http(s) URL, any run of `/` and `\` after
+    // the scheme leads to the authority: `https:///user:pw@host` sends `user:pw`.
+    let rest = url[after_scheme..].trim_start_matches(['/', '\\']);
+    let start = url.len() - rest.len();
+    let authority = &rest[..rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len())];
     let at = authority.rfind('@')?;
     Some((start, &authority[..at]))
 }
@@ -177,6 +180,17 @@ mod tests {
                 "https://u:<redacted>@settle.example/x?y=@z",
             ),
             ("http://settle/path@x", None, "http://settle/path@x"),
+            // Extra slashes and backslashes still lead to the authority (url crate, reqwest).
+            (
+                "https:///settler:s3cret@settle.example/v1",
+                Some("s3cret"),
+                "https:///settler:<redacted>@settle.example/v1",
+            ),
+            (
+                "https:\\\\u:pw@settle.example/v1",
+                Some("pw"),
+                "https:\\\\u:<redacted>@settle.example/v1",
+            ),
             ("not a url", None, "not a url"),
         ];
         for (url, password, redacted) in cases {

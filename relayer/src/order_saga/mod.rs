@@ -215,11 +215,17 @@ impl OrderCtx {
             .store(phase == Phase::Backward, Ordering::Release);
     }
 
-    /// The fencing token of this saga's store writes; `None` without a durable log.
+    /// The fencing token of this saga's store writes; `None` without a durable log. Once this
+    /// process handed its sagas over ([`OrderSagas::hand_over`]) the token's lease has ended,
+    /// so the store refuses every further write of it, also before a successor claims.
     fn token(&self) -> Option<crate::store::Fence> {
-        self.deps
-            .durable
-            .then(|| self.fence.token(&self.data.order.order_id))
+        self.deps.durable.then(|| {
+            let mut token = self.fence.token(&self.data.order.order_id);
+            if self.deps.handed_over() {
+                token.lease_until_ms = 0;
+            }
+            token
+        })
     }
 
     /// Makes sure this process still holds the saga's lease before an effect it cannot take

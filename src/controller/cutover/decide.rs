@@ -13,12 +13,13 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
+use relayer::config::RelayerConfig;
 
 use super::super::RunningGate;
 use super::ANNOTATION_COMMAND;
 use crate::crd::{
     Color, GateSpec, GateStatus, GateVerdict, RelayerDeployment, RelayerDeploymentStatus,
-    RolloutStatus, RolloutStep,
+    RolloutStatus, RolloutStep, StoreSpec,
 };
 use crate::gates::Tally;
 use crate::resources::{self, LABEL_REVISION, Plan, status};
@@ -296,9 +297,43 @@ pub fn decide(obs: &Observation<'_>, now: &Time) -> Decision {
 /// Reason of the condition and Event of a cutover the operator will not start.
 const REFUSED: &str = "CutoverRefused";
 
-/// Why the spec's revision is not cut over to, when a cutover would start the new colour on an
-/// in-memory store (empty) and then scale the only copy of the state to zero, and the spec does
-/// not accept that.
+/// Where a revision keeps its orders, balances and keys: which Redis (its address, or the
+/// Secret holding it) and the key prefix there; `None` for memory in each pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StateHome {
+    /// What identifies it (compared).
+    at: String,
+    /// How a message names it (never a credential).
+    shown: String,
+}
+
+fn state_home(store: Option<&StoreSpec>, config: &RelayerConfig) -> Option<StateHome> {
+    let prefix = &config.redis.key_prefix;
+    let redis = store.and_then(|s| s.redis.as_ref());
+    let (at, shown) = match (redis, &config.redis_url) {
+        (Some(r), _) => match (&r.url, &r.url_secret_ref) {
+            (Some(url), _) => (url.clone(), url.clone()),
+            (None, Some(s)) => (
+                format!("secret:{}/{}", s.name, s.key),
+                format!("the Redis URL in Secret {} (key {})", s.name, s.key),
+            ),
+            (None, None) => return None,
+        },
+        // NB: an object written before `spec.store` existed names its Redis in the config.
+        (None, Some(url)) if store.is_none_or(|s| s.memory.is_none()) => {
+            (url.clone(), "config.redisUrl".to_owned())
+        }
+        _ => return None,
+    };
+    Some(StateHome {
+        at: format!("{at} {prefix}"),
+        shown: format!("{shown} (key prefix {prefix:?})"),
+    })
+}
+
+/// Why the spec's revision is not cut over to, when the cutover would start the new colour on
+/// other state than the active colour serves (an in-memory store, or another Redis) and then
+/// scale the active colour, and so its state, away, and the spec does not accept that.
 fn refusal(obs: &Observation<'_>, state: &State) -> Option<String> {
     let r = &state.rollout;
     let revision = obs.plan.revision.as_str();
@@ -306,15 +341,43 @@ fn refusal(obs: &Observation<'_>, state: &State) -> Option<String> {
         && r.active_revision != revision
         && r.target_revision.as_deref() != Some(revision);
     let spec = &obs.rd.spec;
-    (would_start && spec.redis().is_none() && !spec.accepts_state_loss()).then(|| {
-        format!(
-            "revision {revision} is not rolled out: the store is in memory, so the new colour \
-             would start with no orders, balances or API keys and the {} colour's would be \
-             scaled away; set spec.store.redis to a shared Redis, or \
-             spec.store.memory.acceptStateLoss: true for a development install",
-            state.active
-        )
-    })
+    if !would_start || spec.accepts_state_loss() {
+        return None;
+    }
+    let new = state_home(spec.store.as_ref(), &spec.config);
+    // NB: the active revision's bundle says where the running colour keeps its state; without
+    // it (not kept) the spec is all there is to go by.
+    let active = obs
+        .revisions
+        .iter()
+        .find(|cr| cr.labels().get(LABEL_REVISION) == Some(&r.active_revision))
+        .and_then(|cr| resources::Bundle::from_revision(cr));
+    let old = match &active {
+        Some(bundle) => state_home(bundle.store.as_ref(), &bundle.config),
+        None => new.clone(),
+    };
+    let active_colour = state.active;
+    let why = match (&old, &new) {
+        (Some(old), Some(new)) if old == new => return None,
+        (_, None) => format!(
+            "the store is in memory, so the new colour would start with no orders, balances or \
+             API keys and the {active_colour} colour's would be scaled away"
+        ),
+        (None, Some(new)) => format!(
+            "the {active_colour} colour keeps its state in memory: the new colour on {} would \
+             start without its orders, balances and API keys, which would be scaled away",
+            new.shown
+        ),
+        (Some(old), Some(new)) => format!(
+            "the store moves from {} to {}: the new colour would not see the {active_colour} \
+             colour's orders, balances and API keys",
+            old.shown, new.shown
+        ),
+    };
+    Some(format!(
+        "revision {revision} is not rolled out: {why}; keep spec.store on the state the active \
+         colour serves, or set spec.store.acceptStateLoss: true (development installs)"
+    ))
 }
 
 /// The events every reconcile starts with, and an unknown command if the annotation holds one.

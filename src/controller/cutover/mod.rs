@@ -469,7 +469,11 @@ async fn restore_revision(
     restored.spec.pod = bundle.pod.clone();
     restored.spec.config = bundle.config.clone();
     restored.spec.autoscaling = bundle.autoscaling.clone();
-    restored.spec.store = bundle.store.clone();
+    // NB: the acceptance of a state loss is no part of a revision: the spec's stays.
+    restored.spec.store = bundle.store.clone().map(|mut store| {
+        store.accept_state_loss = rd.spec.accepts_state_loss();
+        store
+    });
     restored.spec.secrets = bundle.secrets.clone();
     if let Some(annotations) = restored.metadata.annotations.as_mut() {
         annotations.remove(ANNOTATION_ROLLBACK_TO);

@@ -194,9 +194,7 @@ fn a_spec_change_of_an_in_memory_store_is_refused_once_with_a_warning_unless_acc
         ("False", "CutoverRefused")
     );
     assert!(
-        progressing
-            .message
-            .contains("spec.store.memory.acceptStateLoss"),
+        progressing.message.contains("spec.store.acceptStateLoss"),
         "{}",
         progressing.message
     );
@@ -221,9 +219,8 @@ fn a_spec_change_of_an_in_memory_store_is_refused_once_with_a_warning_unless_acc
     for store in [
         Some(crate::crd::StoreSpec {
             redis: None,
-            memory: Some(crate::crd::MemoryStoreSpec {
-                accept_state_loss: true,
-            }),
+            memory: Some(crate::crd::MemoryStoreSpec {}),
+            accept_state_loss: true,
         }),
         crate::resources::fixtures::rd().spec.store,
     ] {
@@ -237,6 +234,90 @@ fn a_spec_change_of_an_in_memory_store_is_refused_once_with_a_warning_unless_acc
             "{:?}",
             rd.spec.store
         );
+    }
+}
+
+#[test]
+fn a_cutover_to_other_state_than_the_active_revision_serves_is_refused() {
+    use crate::crd::{MemoryStoreSpec, RedisStoreSpec, StoreSpec};
+    let redis = |url: &str| {
+        Some(StoreSpec {
+            redis: Some(RedisStoreSpec {
+                url: Some(url.into()),
+                url_secret_ref: None,
+                password_secret_ref: None,
+                tls: None,
+            }),
+            ..StoreSpec::default()
+        })
+    };
+    let memory = Some(StoreSpec {
+        memory: Some(MemoryStoreSpec {}),
+        ..StoreSpec::default()
+    });
+    let cases = [
+        (
+            memory.clone(),
+            redis("redis://r:6379/0"),
+            Some("keeps its state in memory"),
+        ),
+        (
+            redis("redis://a:6379/0"),
+            redis("redis://b:6379/0"),
+            Some("moves from redis://a"),
+        ),
+        (
+            redis("redis://a:6379/0"),
+            memory.clone(),
+            Some("the store is in memory"),
+        ),
+        (redis("redis://a:6379/0"), redis("redis://a:6379/0"), None),
+    ];
+    for (old_store, new_store, refused) in cases {
+        let (active, r) = rollout_in(RolloutStep::Stable, T0 - 60_000, 0);
+        let mut old = rd_in(active, r);
+        old.spec.replicas = 1;
+        old.spec.store = old_store.clone();
+        let cr = crate::resources::controller_revision(&old, &plan("r1")).expect("revision");
+        let revisions = [Arc::new(cr)];
+        let mut rd = old.clone();
+        rd.spec.store = new_store.clone();
+        rd.spec.image = "ghcr.io/foresight/relayer:2".into();
+        let plan = plan("r2");
+        let mut obs = observation(&rd, &plan);
+        obs.revisions = &revisions;
+        obs.blue = Some(available_deployment("r1", 1));
+        let d = decide(&obs, &at(T0));
+        let refusal = d
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.reason == "CutoverRefused")
+            .map(|c| c.message.clone());
+        match refused {
+            Some(why) => {
+                let message = refusal.unwrap_or_else(|| panic!("{old_store:?} -> {new_store:?}"));
+                assert!(message.contains(why), "{message}");
+                assert_eq!(d.state.rollout.step, RolloutStep::Stable);
+                // Accepting the loss lets it start.
+                let mut accepting = rd.clone();
+                if let Some(store) = accepting.spec.store.as_mut() {
+                    store.accept_state_loss = true;
+                }
+                let obs = Observation {
+                    rd: &accepting,
+                    ..obs
+                };
+                assert_eq!(
+                    decide(&obs, &at(T0)).state.rollout.step,
+                    RolloutStep::Deploying
+                );
+            }
+            None => {
+                assert_eq!(refusal, None);
+                assert_eq!(d.state.rollout.step, RolloutStep::Deploying);
+            }
+        }
     }
 }
 
