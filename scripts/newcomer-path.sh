@@ -2,11 +2,13 @@
 # The README's newcomer path, end to end, so the README cannot drift from what works (CI runs
 # this script):
 #   1. install the CRDs and the chart;
-#   2. apply the sample RelayerDeployment;
-#   3. watch it become Available;
-#   4. roll a new image with the plugin (kubectl relayer set-image), and
-#   5. with plain kubectl (kubectl patch);
-#   6. roll back, with the plugin and with plain kubectl (kubectl annotate).
+#   2. a shared Redis and the Secrets the sample references;
+#   3. apply the sample RelayerDeployment;
+#   4. watch it become Available;
+#   5. roll a new image with the plugin (kubectl relayer set-image), and
+#   6. with plain kubectl (kubectl patch);
+#   7. roll back, with the plugin and with plain kubectl (kubectl annotate);
+#   and check that no Secret value is in a ConfigMap, a ControllerRevision or the object.
 #
 #   scripts/newcomer-path.sh                      # on a local test control plane it starts
 #   KUBECONFIG_TEST=~/.kube/kind scripts/newcomer-path.sh   # on a cluster of yours
@@ -15,7 +17,8 @@
 # pods do not run a process: the script runs the operator binary on this machine with the
 # chart's arguments and the chart's ServiceAccount token instead, which is what the pod would
 # do. Simulated pods have no process whose drain could be read, so the sample's scale-down
-# waits are shortened there. On a real cluster nothing is substituted.
+# waits are shortened there, and they connect to nothing, so no Redis is installed there: the
+# Secret its chart would create is made by hand. On a real cluster nothing is substituted.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
@@ -91,14 +94,25 @@ if ((local_cluster)); then
   echo "operator running as system:serviceaccount:relayer-system:relayer-operator (log: $work/operator.log)"
 fi
 
-step "2. apply the sample RelayerDeployment"
+step "2. a shared Redis and the Secrets the sample references"
+random_hex() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+if ((local_cluster)); then
+  kubectl create secret generic redis --from-literal=redis-password="$(random_hex)"
+else
+  helm install redis oci://registry-1.docker.io/bitnamicharts/redis --set architecture=standalone \
+    --wait --timeout 5m
+fi
+admin_token="$(random_hex)"
+kubectl create secret generic market-relayer-admin --from-literal=token="$admin_token"
+
+step "3. apply the sample RelayerDeployment"
 kubectl apply -f crds/samples/relayerdeployment.yaml
 if ((local_cluster)); then
   kubectl patch rd market-relayer --type merge \
     -p '{"spec":{"strategy":{"blueGreen":{"scaleDownDelaySeconds":1,"maxScaleDownWaitSeconds":2}}}}'
 fi
 
-step "3. watch it become Available"
+step "4. watch it become Available"
 kubectl wait --for=condition=Available --timeout=180s rd/market-relayer
 kubectl get rd market-relayer
 kubectl relayer status market-relayer
@@ -119,18 +133,18 @@ wait_stable() {
 image() { kubectl get rd market-relayer -o jsonpath='{.spec.image}'; }
 expect_image() { [[ "$(image)" == "$1" ]] || fail "image is $(image), expected $1"; }
 
-step "4. roll a new image with the plugin"
+step "5. roll a new image with the plugin"
 kubectl relayer set-image market-relayer ghcr.io/foresight/relayer:0.2.0
 kubectl relayer status market-relayer --watch --timeout 5m
 expect_image ghcr.io/foresight/relayer:0.2.0
 
-step "5. roll a new image with plain kubectl"
+step "6. roll a new image with plain kubectl"
 kubectl patch rd market-relayer --type merge -p '{"spec":{"image":"ghcr.io/foresight/relayer:0.3.0"}}'
 wait_stable
 kubectl get rd market-relayer
 expect_image ghcr.io/foresight/relayer:0.3.0
 
-step "6. roll back, with the plugin and with plain kubectl"
+step "7. roll back, with the plugin and with plain kubectl"
 kubectl relayer history market-relayer
 kubectl relayer rollback market-relayer
 kubectl relayer status market-relayer --watch --timeout 5m
@@ -140,6 +154,14 @@ wait_stable
 expect_image ghcr.io/foresight/relayer:0.3.0
 kubectl relayer history market-relayer
 kubectl get rd market-relayer -o wide
+
+redis_password="$(kubectl get secret redis -o jsonpath='{.data.redis-password}' | base64 -d)"
+for secret in "$admin_token" "$redis_password"; do
+  if kubectl get configmaps,controllerrevisions,relayerdeployments,events -o yaml | grep -qF -- "$secret"; then
+    fail "a Secret value is in a ConfigMap, ControllerRevision, RelayerDeployment or Event"
+  fi
+done
+echo "no Secret value in any ConfigMap, ControllerRevision, RelayerDeployment or Event"
 
 echo
 echo "newcomer path: ok"

@@ -25,6 +25,14 @@ pub const VERSION: &str = "v1alpha1";
 /// Path of the generated CRD file, relative to the repository root.
 pub const CRD_FILE: &str = "crds/relayerdeployments.yaml";
 
+/// RE2 pattern (for CEL `matches`) of a URL with credentials: `scheme://user:password@` or
+/// `scheme://token@` before the host.
+macro_rules! url_userinfo {
+    () => {
+        "^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@"
+    };
+}
+
 /// The CRD as the YAML document committed under `crds/` (with a header saying how it is made).
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
@@ -48,6 +56,8 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     status = "RelayerDeploymentStatus",
     derive = "PartialEq",
     validation = Rule::new("size(self.metadata.name) <= 55 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label of at most 55 characters that starts with a letter (it also names the <name>-preview Service)"),
+    validation = Rule::new("(has(self.spec.store) && has(self.spec.store.redis)) || !has(self.spec.replicas) || self.spec.replicas <= 1").message("spec.store: an in-memory store (spec.store absent, or spec.store.memory) keeps each pod's own orders, balances and API keys, so spec.replicas must be at most 1; set spec.store.redis to a shared Redis to run more"),
+    validation = Rule::new("(has(self.spec.store) && has(self.spec.store.redis)) || !has(self.spec.autoscaling)").message("spec.autoscaling needs a shared store: with an in-memory store (spec.store absent, or spec.store.memory) every new pod would start empty; set spec.store.redis"),
     doc = "A Foresight relayer run on Kubernetes with blue-green rollouts.",
     scale(
         spec_replicas_path = ".spec.replicas",
@@ -111,10 +121,22 @@ pub struct RelayerDeploymentSpec {
     #[serde(default)]
     #[x_kube(
         validation = Rule::new(r"self.listen.matches('^([0-9.]+|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$')").message("config.listen must be an IP:port socket address such as 0.0.0.0:3000"),
-        validation = Rule::new("!has(self.redisUrl) || self.redisUrl.startsWith('redis://') || self.redisUrl.startsWith('rediss://')").message("config.redisUrl must start with redis:// or rediss://"),
-        validation = Rule::new("!has(self.adminToken) || size(self.adminToken) >= 16").message("config.adminToken must be at least 16 characters"),
+        validation = Rule::new("!has(self.adminToken)").message("config.adminToken must not be written in a RelayerDeployment (it would land in a ConfigMap and in every ControllerRevision): put the token in a Secret and reference it with spec.secrets.adminToken"),
+        validation = Rule::new("!has(self.redisUrl)").message("config.redisUrl is not used in a RelayerDeployment: the operator sets it from spec.store.redis (url, or urlSecretRef for a URL kept in a Secret)"),
+        validation = Rule::new(concat!("!has(self.rateLimit.redisUrl) || !self.rateLimit.redisUrl.matches('", url_userinfo!(), "')")).message("config.rateLimit.redisUrl must not hold credentials (user:password@): they would land in a ConfigMap and in every ControllerRevision"),
+        validation = Rule::new(concat!("!has(self.settlement.url) || !self.settlement.url.matches('", url_userinfo!(), "')")).message("config.settlement.url must not hold credentials (user:password@): send a credential with spec.secrets.settlementCredential instead"),
     )]
     pub config: RelayerConfig,
+
+    /// Where the relayers keep orders, balances, API keys and the saga log. Absent: in memory
+    /// in each pod, which is only allowed with one replica and no autoscaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreSpec>,
+
+    /// Secrets the relayer pods read, each from a key of a Secret in the namespace (they reach
+    /// the pods as environment from the Secret, never through a ConfigMap or a revision).
+    #[serde(default, skip_serializing_if = "SecretsSpec::is_empty")]
+    pub secrets: SecretsSpec,
 
     /// The Services in front of the pods.
     #[serde(default)]
@@ -151,9 +173,10 @@ fn default_revision_history_limit() -> i32 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodOverrides {
-    /// Extra environment variables of the relayer container (e.g. `RELAYER_ADMIN_TOKEN` from a
-    /// Secret).
+    /// Extra environment variables of the relayer container. The operator sets the secret
+    /// ones itself from `spec.secrets` and `spec.store`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['RELAYER_ADMIN_TOKEN', 'RELAYER_REDIS_URL', 'RELAYER_REDIS__PASSWORD', 'RELAYER_SETTLEMENT__CREDENTIAL']))").message("pod.env must not set RELAYER_ADMIN_TOKEN, RELAYER_REDIS_URL, RELAYER_REDIS__PASSWORD or RELAYER_SETTLEMENT__CREDENTIAL: the operator sets them from spec.secrets and spec.store"))]
     pub env: Vec<EnvVar>,
     /// Compute resources of the relayer container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,6 +204,161 @@ pub struct PodOverrides {
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub service_account_name: Option<String>,
+}
+
+/// A key of a Secret in the RelayerDeployment's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// A key of a ConfigMap in the RelayerDeployment's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Key in the ConfigMap's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// Where the relayers keep their state: one of `redis` and `memory`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.redis) != has(self.memory)").message("spec.store must set exactly one of redis and memory"))]
+pub struct StoreSpec {
+    /// A Redis shared by every pod of both colours, so a cutover keeps every order, balance,
+    /// API key and saga.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisStoreSpec>,
+    /// In memory in each pod: one replica, and state lost at every restart and cutover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryStoreSpec>,
+}
+
+/// A shared Redis (standalone).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("spec.store.redis must set exactly one of url and urlSecretRef"),
+    validation = Rule::new(concat!("!has(self.url) || !self.url.matches('", url_userinfo!(), "')")).message("spec.store.redis.url must not hold credentials (user:password@): put the password in a Secret and reference it with spec.store.redis.passwordSecretRef, or keep the whole URL in a Secret with urlSecretRef"),
+    validation = Rule::new("!has(self.tls) || !has(self.url) || self.url.startsWith('rediss://')").message("spec.store.redis.tls needs a rediss:// url"),
+)]
+pub struct RedisStoreSpec {
+    /// Address of the Redis, `redis://host:port/db` or `rediss://host:port/db` (TLS), without
+    /// credentials, e.g. `redis://redis-master.redis.svc.cluster.local:6379/0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^rediss?://[^\s]+$"))]
+    pub url: Option<String>,
+    /// The whole Redis URL (credentials included) from a Secret, instead of `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<SecretKeyRef>,
+    /// The Redis password (AUTH) from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// TLS settings (the URL is `rediss://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTlsSpec>,
+}
+
+/// TLS to Redis.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisTlsSpec {
+    /// The CA certificate (PEM) that signs the Redis server's certificate. Absent: the public
+    /// web PKI roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaSource>,
+}
+
+/// A PEM certificate from a key of a Secret or of a ConfigMap.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secretKeyRef) != has(self.configMapKeyRef)").message("spec.store.redis.tls.ca must set exactly one of secretKeyRef and configMapKeyRef"))]
+pub struct CaSource {
+    /// From a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+    /// From a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeyRef>,
+}
+
+/// An in-memory store (development installs).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryStoreSpec {
+    /// A cutover starts the new colour empty and then scales the only copy of the data to
+    /// zero: the operator refuses it unless this is true.
+    #[serde(default)]
+    pub accept_state_loss: bool,
+}
+
+/// Secrets of the relayer pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretsSpec {
+    /// The bearer token of the `/admin` routes (at least 16 characters). Absent: `/admin` is
+    /// off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<SecretKeyRef>,
+    /// A credential sent with every settlement request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settlement_credential: Option<SettlementCredential>,
+}
+
+impl SecretsSpec {
+    fn is_empty(&self) -> bool {
+        self.admin_token.is_none() && self.settlement_credential.is_none()
+    }
+}
+
+/// A header sent with every settlement request, its value from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SettlementCredential {
+    /// Name of the header, e.g. `Authorization`.
+    #[serde(default = "default_credential_header")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    )]
+    pub header: String,
+    /// The header's value.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+fn default_credential_header() -> String {
+    "Authorization".to_owned()
+}
+
+impl RelayerDeploymentSpec {
+    /// The shared Redis, when the store is one.
+    pub fn redis(&self) -> Option<&RedisStoreSpec> {
+        self.store.as_ref().and_then(|s| s.redis.as_ref())
+    }
+
+    /// Whether the spec accepts that a cutover of its in-memory store loses the state.
+    pub fn accepts_state_loss(&self) -> bool {
+        self.store
+            .as_ref()
+            .and_then(|s| s.memory.as_ref())
+            .is_some_and(|m| m.accept_state_loss)
+    }
 }
 
 /// Kind of the Services.

@@ -144,7 +144,7 @@ fn chart_crds_are_identical_to_the_generated_crds() {
 #[test]
 fn values_schema_refuses_bad_values_naming_them() {
     let scratch = tempfile::tempdir().expect("scratch folder");
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["replicaCount=0"], "/replicaCount"),
         (&["replicaCount=two"], "/replicaCount"),
         (&["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
@@ -172,6 +172,13 @@ fn values_schema_refuses_bad_values_naming_them() {
             &[
                 "instance.enabled=true",
                 "instance.redis.url=http://redis:6379",
+            ],
+            "/instance/redis/url",
+        ),
+        (
+            &[
+                "instance.enabled=true",
+                "instance.redis.url=redis://:hunter2@redis:6379/0",
             ],
             "/instance/redis/url",
         ),
@@ -345,6 +352,10 @@ async fn every_rendering_is_accepted_by_the_api_server_in_a_server_side_dry_run(
     let everything = [
         "instance.enabled=true",
         "instance.redis.url=redis://redis:6379/0",
+        "instance.redis.passwordSecretRef.name=redis",
+        "instance.redis.passwordSecretRef.key=redis-password",
+        "instance.secrets.adminToken.name=relayer-admin",
+        "instance.secrets.adminToken.key=token",
         "instance.autoscaling.minReplicas=3",
         "instance.autoscaling.maxReplicas=6",
         "instance.ingress.host=relayer.example.com",
@@ -379,6 +390,25 @@ async fn every_rendering_is_accepted_by_the_api_server_in_a_server_side_dry_run(
             "{sets:?}: every object validated:\n{applied}"
         );
         if sets.contains(&"instance.enabled=true") {
+            // The instance's state is in the shared Redis, its secrets only by reference.
+            let instance = documents(&rendered)
+                .into_iter()
+                .find(|d| d["kind"] == "RelayerDeployment")
+                .expect("the instance");
+            let spec = &instance["spec"];
+            assert_eq!(
+                spec["store"]["redis"]["url"], "redis://redis:6379/0",
+                "{spec}"
+            );
+            assert_eq!(
+                spec["store"]["redis"]["passwordSecretRef"],
+                serde_json::json!({ "name": "redis", "key": "redis-password" })
+            );
+            assert_eq!(
+                spec["secrets"]["adminToken"],
+                serde_json::json!({ "name": "relayer-admin", "key": "token" })
+            );
+            assert!(spec["config"].get("redisUrl").is_none(), "{spec}");
             assert!(
                 applied
                     .contains("relayerdeployment.relayer.foresight.dev/relayer serverside-applied"),

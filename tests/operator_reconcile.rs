@@ -283,10 +283,17 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
     env.install_crds(&repo().join("crds")).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let base = |name: &str, spec: serde_json::Value| {
-        let mut full = json!({ "image": "relayer:1" });
+        let mut full = json!({
+            "image": "relayer:1",
+            "store": { "redis": { "url": "redis://redis.invalid:6379/0" } },
+        });
         if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
             for (k, v) in extra {
-                full.insert(k.clone(), v.clone());
+                if v.is_null() {
+                    full.remove(k);
+                } else {
+                    full.insert(k.clone(), v.clone());
+                }
             }
         }
         json!({
@@ -406,6 +413,114 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
             base(&"x".repeat(56), json!({})),
             "metadata.name",
         ),
+        // State and secrets: a store every pod shares, secrets only from Secrets.
+        (
+            "in-memory-with-three-replicas",
+            base("s1", json!({"store": null, "replicas": 3})),
+            "spec.replicas must be at most 1",
+        ),
+        (
+            "memory-store-with-two-replicas",
+            base("s2", json!({"store": {"memory": {}}, "replicas": 2})),
+            "spec.replicas must be at most 1",
+        ),
+        (
+            "in-memory-with-autoscaling",
+            base(
+                "s3",
+                json!({"store": {"memory": {"acceptStateLoss": true}}, "replicas": 1,
+                       "autoscaling": {"minReplicas": 1, "maxReplicas": 3}}),
+            ),
+            "spec.autoscaling needs a shared store",
+        ),
+        (
+            "literal-admin-token",
+            base(
+                "s4",
+                json!({"config": {"adminToken": "0123456789abcdef0123"}}),
+            ),
+            "config.adminToken must not be written",
+        ),
+        (
+            "store-url-with-a-password",
+            base(
+                "s5",
+                json!({"store": {"redis": {"url": "redis://:hunter2hunter2@redis:6379/0"}}}),
+            ),
+            "spec.store.redis.url must not hold credentials",
+        ),
+        (
+            "store-url-not-redis",
+            base(
+                "s6",
+                json!({"store": {"redis": {"url": "http://redis:6379"}}}),
+            ),
+            "spec.store.redis.url",
+        ),
+        (
+            "rate-limit-url-with-a-password",
+            base(
+                "s7",
+                json!({"config": {"rateLimit": {"redisUrl": "redis://user:pw@counters:6379"}}}),
+            ),
+            "config.rateLimit.redisUrl must not hold credentials",
+        ),
+        (
+            "settlement-url-with-a-token",
+            base(
+                "s8",
+                json!({"config": {"settlement": {"url": "https://token@settle.example/settle"}}}),
+            ),
+            "config.settlement.url must not hold credentials",
+        ),
+        (
+            "both-redis-and-memory",
+            base(
+                "s9",
+                json!({"store": {"redis": {"url": "redis://r:6379"}, "memory": {}}}),
+            ),
+            "exactly one of redis and memory",
+        ),
+        (
+            "url-and-url-secret",
+            base(
+                "s10",
+                json!({"store": {"redis": {"url": "redis://r:6379",
+                                            "urlSecretRef": {"name": "r", "key": "url"}}}}),
+            ),
+            "exactly one of url and urlSecretRef",
+        ),
+        (
+            "tls-without-rediss",
+            base(
+                "s11",
+                json!({"store": {"redis": {"url": "redis://r:6379", "tls": {}}}}),
+            ),
+            "spec.store.redis.tls needs a rediss:// url",
+        ),
+        (
+            "ca-from-both",
+            base(
+                "s12",
+                json!({"store": {"redis": {"url": "rediss://r:6379", "tls": {"ca": {
+                    "secretKeyRef": {"name": "ca", "key": "ca.crt"},
+                    "configMapKeyRef": {"name": "ca", "key": "ca.crt"}}}}}}),
+            ),
+            "exactly one of secretKeyRef and configMapKeyRef",
+        ),
+        (
+            "admin-token-in-pod-env",
+            base(
+                "s13",
+                json!({"pod": {"env": [{"name": "RELAYER_ADMIN_TOKEN", "value": "0123456789abcdef"}]}}),
+            ),
+            "pod.env must not set RELAYER_ADMIN_TOKEN",
+        ),
+        (
+            "secret-ref-without-key",
+            base("s14", json!({"secrets": {"adminToken": {"name": "admin"}}})),
+            "spec.secrets.adminToken.key",
+        ),
     ];
     for (name, rd, field) in cases {
         let error = apply_invalid(&env, dir.path(), name, rd);
@@ -420,6 +535,35 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
         .await
         .expect("list");
     assert!(left.items.is_empty(), "nothing invalid was stored");
+
+    // The same rules let the intended shapes through: a shared Redis with every secret from a
+    // Secret, and a single in-memory pod.
+    let valid = [
+        base(
+            "v1",
+            json!({"store": {"redis": {"url": "rediss://redis:6380/0",
+                                       "passwordSecretRef": {"name": "redis", "key": "password"},
+                                       "tls": {"ca": {"configMapKeyRef": {"name": "ca", "key": "ca.crt"}}}}},
+                   "secrets": {"adminToken": {"name": "admin", "key": "token"},
+                               "settlementCredential": {"header": "X-Api-Key",
+                                   "secretKeyRef": {"name": "settle", "key": "key"}}},
+                   "autoscaling": {"minReplicas": 3, "maxReplicas": 20}}),
+        ),
+        base(
+            "v2",
+            json!({"store": {"memory": {"acceptStateLoss": true}}, "replicas": 1}),
+        ),
+        base(
+            "v3",
+            json!({"store": {"redis": {"urlSecretRef": {"name": "r", "key": "url"}}}}),
+        ),
+    ];
+    for (i, rd) in valid.into_iter().enumerate() {
+        let path = dir.path().join(format!("valid-{i}.json"));
+        std::fs::write(&path, rd.to_string()).expect("write fixture");
+        env.kubectl(&["apply", "-f", &path.display().to_string()])
+            .unwrap_or_else(|e| panic!("valid RelayerDeployment {i} refused: {e:#}"));
+    }
 }
 
 #[tokio::test]

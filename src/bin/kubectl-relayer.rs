@@ -80,7 +80,8 @@ enum Cmd {
     Pause { name: String },
     /// Continue a paused rollout.
     Resume { name: String },
-    /// Roll back to the previous revision, or to a kept one: image, pod, config and autoscaling.
+    /// Roll back to the previous revision, or to a kept one: image, pod, config, store, Secret
+    /// references and autoscaling.
     Rollback {
         name: String,
         /// Revision number (see `history`).

@@ -17,9 +17,26 @@ pub const CONFIG_FILE: &str = "config.yaml";
 /// Directory the ConfigMap is mounted at in the relayer container.
 pub const CONFIG_MOUNT: &str = "/etc/relayer";
 
+/// Directory the Redis CA certificate is mounted at (from `spec.store.redis.tls.ca`).
+pub const REDIS_CA_MOUNT: &str = "/etc/relayer/redis-ca";
+/// File name of the Redis CA certificate in [`REDIS_CA_MOUNT`].
+pub const REDIS_CA_FILE: &str = "ca.crt";
+
+/// The config the pods run: `spec.config` with what the operator derives from `spec.store`
+/// and `spec.secrets` (the store's address, the CA file, the settlement credential's header).
+/// Never a secret: those reach the pods as environment from their Secrets.
+pub fn effective_config(rd: &RelayerDeployment) -> relayer::config::RelayerConfig {
+    let mut config = rd.spec.config.clone();
+    if let Some(redis) = rd.spec.redis() {
+        // NB: with `urlSecretRef` the URL comes from the environment (RELAYER_REDIS_URL).
+        config.redis_url = redis.url.clone();
+    }
+    config
+}
+
 /// The relayer config of `rd` as the YAML file the relayer reads with `--config`.
 pub fn render_config(rd: &RelayerDeployment) -> Result<String> {
-    serde_yaml::to_string(&rd.spec.config).map_err(Error::Yaml)
+    serde_yaml::to_string(&effective_config(rd)).map_err(Error::Yaml)
 }
 
 /// `<name>-config-<hash of the rendered config>`.
@@ -28,7 +45,7 @@ pub fn config_map_name(rd: &RelayerDeployment) -> Result<String> {
 }
 
 fn config_hash(rd: &RelayerDeployment) -> Result<String> {
-    short_hash(&rd.spec.config)
+    short_hash(&effective_config(rd))
 }
 
 /// The ConfigMap of `rd`'s current config.
@@ -55,14 +72,25 @@ mod tests {
 
     #[test]
     fn config_map_round_trips_the_config_and_is_named_by_its_hash() {
-        let rd = rd_with(|s| s.config.redis_url = Some("redis://redis:6379/0".into()));
+        let rd = rd_with(|s| {
+            s.store = Some(crate::crd::StoreSpec {
+                redis: Some(crate::crd::RedisStoreSpec {
+                    url: Some("redis://redis:6379/0".into()),
+                    url_secret_ref: None,
+                    password_secret_ref: None,
+                    tls: None,
+                }),
+                memory: None,
+            })
+        });
         let cm = config_map(&rd).expect("config map");
         let name = cm.metadata.name.clone().expect("name");
         assert!(name.starts_with("market-config-"), "{name}");
         let text = &cm.data.as_ref().expect("data")[CONFIG_FILE];
         let parsed: relayer::config::RelayerConfig =
             serde_yaml::from_str(text).expect("the relayer can parse what we render");
-        assert_eq!(parsed, rd.spec.config);
+        assert_eq!(parsed.redis_url.as_deref(), Some("redis://redis:6379/0"));
+        assert_eq!(parsed, effective_config(&rd));
         assert_eq!(cm.immutable, Some(true));
     }
 

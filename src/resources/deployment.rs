@@ -10,10 +10,10 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use super::{
-    CONFIG_FILE, CONFIG_MOUNT, LABEL_COLOR, LABEL_REVISION, child_meta, color_selector,
-    common_labels, config_map_name,
+    CONFIG_FILE, CONFIG_MOUNT, LABEL_COLOR, LABEL_REVISION, REDIS_CA_FILE, REDIS_CA_MOUNT,
+    child_meta, color_selector, common_labels, config_map_name,
 };
-use crate::crd::{Color, RelayerDeployment};
+use crate::crd::{Color, RelayerDeployment, SecretKeyRef};
 use crate::{Error, Result};
 
 /// Seconds the pod keeps serving after it is marked terminating and before the relayer gets
@@ -84,8 +84,39 @@ pub fn deployment(rd: &RelayerDeployment, color: Color, revision: &str) -> Resul
             { "name": "tmp", "mountPath": "/tmp" },
         ],
     });
-    if !spec.pod.env.is_empty() {
-        container["env"] = to_json("env", &spec.pod.env)?;
+    let mut env = secret_env(rd);
+    env.extend(
+        to_json("env", &spec.pod.env)?
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    if !env.is_empty() {
+        container["env"] = json!(env);
+    }
+    let mut volumes = vec![
+        json!({ "name": "config", "configMap": { "name": config_map_name(rd)? } }),
+        json!({ "name": "tmp", "emptyDir": { "sizeLimit": "64Mi" } }),
+    ];
+    if let Some(ca) = rd.spec.redis().and_then(|r| r.tls.as_ref()?.ca.as_ref()) {
+        let item = |key: &str| json!([{ "key": key, "path": REDIS_CA_FILE }]);
+        volumes.push(match (&ca.secret_key_ref, &ca.config_map_key_ref) {
+            (Some(s), _) => {
+                json!({ "name": "redis-ca", "secret": { "secretName": s.name, "items": item(&s.key) } })
+            }
+            (None, Some(c)) => {
+                json!({ "name": "redis-ca", "configMap": { "name": c.name, "items": item(&c.key) } })
+            }
+            (None, None) => {
+                return Err(Error::InvalidSpec(
+                    "spec.store.redis.tls.ca must set secretKeyRef or configMapKeyRef".into(),
+                ));
+            }
+        });
+        container["volumeMounts"]
+            .as_array_mut()
+            .ok_or(Error::Missing("container volumeMounts"))?
+            .push(json!({ "name": "redis-ca", "mountPath": REDIS_CA_MOUNT, "readOnly": true }));
     }
     if let Some(resources) = &spec.pod.resources {
         container["resources"] = to_json("resources", resources)?;
@@ -103,10 +134,7 @@ pub fn deployment(rd: &RelayerDeployment, color: Color, revision: &str) -> Resul
             "seccompProfile": { "type": "RuntimeDefault" },
         },
         "containers": [container],
-        "volumes": [
-            { "name": "config", "configMap": { "name": config_map_name(rd)? } },
-            { "name": "tmp", "emptyDir": { "sizeLimit": "64Mi" } },
-        ],
+        "volumes": volumes,
     });
     if let Some(account) = &spec.pod.service_account_name {
         pod_spec["serviceAccountName"] = json!(account);
@@ -143,6 +171,35 @@ pub fn deployment(rd: &RelayerDeployment, color: Color, revision: &str) -> Resul
         spec: from_json("deployment spec", spec_json)?,
         status: None,
     })
+}
+
+/// The relayer's secrets as environment from their Secrets (never a value): the admin token,
+/// the Redis URL or password, the settlement credential.
+fn secret_env(rd: &RelayerDeployment) -> Vec<serde_json::Value> {
+    let from = |name: &str, r: &SecretKeyRef| json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": r.name, "key": r.key } } });
+    let spec = &rd.spec;
+    let redis = spec.redis();
+    [
+        ("RELAYER_ADMIN_TOKEN", spec.secrets.admin_token.as_ref()),
+        (
+            "RELAYER_REDIS_URL",
+            redis.and_then(|r| r.url_secret_ref.as_ref()),
+        ),
+        (
+            "RELAYER_REDIS__PASSWORD",
+            redis.and_then(|r| r.password_secret_ref.as_ref()),
+        ),
+        (
+            "RELAYER_SETTLEMENT__CREDENTIAL",
+            spec.secrets
+                .settlement_credential
+                .as_ref()
+                .map(|c| &c.secret_key_ref),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, r)| Some(from(name, r?)))
+    .collect()
 }
 
 fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<serde_json::Value> {
@@ -236,6 +293,63 @@ mod tests {
         );
         assert_eq!(template["spec"]["nodeSelector"]["pool"], "relayers");
         assert_eq!(template["spec"]["containers"][0]["env"][0]["name"], "A");
+    }
+
+    #[test]
+    fn secrets_reach_the_pod_only_as_references_to_their_secrets() {
+        let rd = rd_with(|s| {
+            *s = serde_json::from_value(json!({
+                "image": "relayer:1",
+                "store": { "redis": {
+                    "urlSecretRef": { "name": "redis-url", "key": "url" },
+                    "passwordSecretRef": { "name": "redis", "key": "redis-password" },
+                    "tls": { "ca": { "configMapKeyRef": { "name": "redis-ca", "key": "root.pem" } } },
+                } },
+                "secrets": {
+                    "adminToken": { "name": "admin", "key": "token" },
+                    "settlementCredential": {
+                        "header": "X-Api-Key",
+                        "secretKeyRef": { "name": "settle", "key": "key" },
+                    },
+                },
+                "pod": { "env": [{ "name": "A", "value": "1" }] },
+            }))
+            .expect("spec");
+        });
+        let pod = &blue(&rd)["spec"]["template"]["spec"];
+        let env = pod["containers"][0]["env"].as_array().expect("env");
+        let by_name = |name: &str| {
+            env.iter()
+                .find(|e| e["name"] == name)
+                .unwrap_or_else(|| panic!("{name} in {env:?}"))
+                .clone()
+        };
+        for (name, secret, key) in [
+            ("RELAYER_ADMIN_TOKEN", "admin", "token"),
+            ("RELAYER_REDIS_URL", "redis-url", "url"),
+            ("RELAYER_REDIS__PASSWORD", "redis", "redis-password"),
+            ("RELAYER_SETTLEMENT__CREDENTIAL", "settle", "key"),
+        ] {
+            let var = by_name(name);
+            assert_eq!(
+                var["valueFrom"]["secretKeyRef"],
+                json!({ "name": secret, "key": key })
+            );
+            assert!(var.get("value").is_none(), "{name} has no literal value");
+        }
+        assert_eq!(by_name("A")["value"], "1", "the user's own env follows");
+        let ca = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == "redis-ca")
+            .expect("CA volume");
+        assert_eq!(
+            ca["configMap"],
+            json!({ "name": "redis-ca", "items": [{ "key": "root.pem", "path": REDIS_CA_FILE }] })
+        );
+        let mounts = pod["containers"][0]["volumeMounts"].to_string();
+        assert!(mounts.contains(REDIS_CA_MOUNT), "{mounts}");
     }
 
     #[test]

@@ -25,7 +25,10 @@ use sha2::{Digest, Sha256};
 use crate::crd::{Color, RelayerDeployment};
 use crate::{Error, Result};
 
-pub use config::{CONFIG_FILE, CONFIG_MOUNT, config_map, config_map_name, render_config};
+pub use config::{
+    CONFIG_FILE, CONFIG_MOUNT, REDIS_CA_FILE, REDIS_CA_MOUNT, config_map, config_map_name,
+    effective_config, render_config,
+};
 pub use deployment::{container_port, deployment, deployment_name};
 pub use hpa::{RPS_METRIC, hold_scale_down, hpa};
 pub use ingress::ingress;
@@ -83,6 +86,12 @@ pub struct Bundle {
     /// Autoscaling settings last used with this revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<crate::crd::AutoscalingSpec>,
+    /// The store (references to Secrets, never their values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::crd::StoreSpec>,
+    /// The Secrets the pods read (references, never values).
+    #[serde(default)]
+    pub secrets: crate::crd::SecretsSpec,
 }
 
 impl Bundle {
@@ -93,6 +102,8 @@ impl Bundle {
             pod: rd.spec.pod.clone(),
             config: rd.spec.config.clone(),
             autoscaling: rd.spec.autoscaling.clone(),
+            store: rd.spec.store.clone(),
+            secrets: rd.spec.secrets.clone(),
         }
     }
 
@@ -114,6 +125,8 @@ impl Bundle {
         rd.spec.image = self.image.clone();
         rd.spec.pod = self.pod.clone();
         rd.spec.config = self.config.clone();
+        rd.spec.store = self.store.clone();
+        rd.spec.secrets = self.secrets.clone();
         rd.spec.replicas = replicas;
         rd
     }
@@ -162,11 +175,20 @@ pub fn revision_hash(rd: &RelayerDeployment) -> Result<String> {
         image: &'a str,
         pod: &'a crate::crd::PodOverrides,
         config: &'a relayer::config::RelayerConfig,
+        // NB: skipped when absent, so revisions from before the store and the secrets were in
+        // the API keep their hashes.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        store: Option<&'a crate::crd::StoreSpec>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        secrets: Option<&'a crate::crd::SecretsSpec>,
     }
+    let secrets = &rd.spec.secrets;
     short_hash(&Revisioned {
         image: &rd.spec.image,
         pod: &rd.spec.pod,
         config: &rd.spec.config,
+        store: rd.spec.store.as_ref(),
+        secrets: (secrets != &crate::crd::SecretsSpec::default()).then_some(secrets),
     })
 }
 
@@ -253,9 +275,11 @@ pub(crate) mod fixtures {
 
     /// A RelayerDeployment as the API server would return it (defaults filled, uid set).
     pub fn rd() -> RelayerDeployment {
-        let spec: RelayerDeploymentSpec =
-            serde_json::from_value(json!({ "image": "ghcr.io/foresight/relayer:1.0.0" }))
-                .expect("fixture spec");
+        let spec: RelayerDeploymentSpec = serde_json::from_value(json!({
+            "image": "ghcr.io/foresight/relayer:1.0.0",
+            "store": { "redis": { "url": "redis://redis:6379/0" } },
+        }))
+        .expect("fixture spec");
         let mut rd = RelayerDeployment::new("market", spec);
         rd.metadata = ObjectMeta {
             name: Some("market".into()),

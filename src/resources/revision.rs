@@ -52,6 +52,8 @@ pub fn controller_revision(rd: &RelayerDeployment, plan: &Plan) -> Result<Contro
             "image": rd.spec.image,
             "pod": rd.spec.pod,
             "config": rd.spec.config,
+            "store": rd.spec.store,
+            "secrets": rd.spec.secrets,
             "configMap": config_map_name(rd)?,
             "template": template,
         })),
@@ -100,5 +102,36 @@ mod tests {
             data["template"]["metadata"]["labels"][LABEL_REVISION],
             json!(plan.revision)
         );
+    }
+
+    #[test]
+    fn a_revision_keeps_the_store_and_secret_references_and_a_bundle_restores_them() {
+        use crate::crd::{SecretKeyRef, SecretsSpec};
+        use crate::resources::{Bundle, revision_hash};
+        let rd = crate::resources::fixtures::rd_with(|s| {
+            s.secrets = SecretsSpec {
+                admin_token: Some(SecretKeyRef {
+                    name: "admin".into(),
+                    key: "token".into(),
+                }),
+                settlement_credential: None,
+            };
+        });
+        assert_ne!(
+            revision_hash(&rd).expect("hash"),
+            revision_hash(&crate::resources::fixtures::rd()).expect("hash"),
+            "a secret reference is part of the revision"
+        );
+        let plan = Plan {
+            active: Color::Blue,
+            revision: revision_hash(&rd).expect("hash"),
+            revision_number: 1,
+        };
+        let cr = controller_revision(&rd, &plan).expect("revision");
+        let bundle = Bundle::from_revision(&cr).expect("bundle");
+        assert_eq!(bundle.store, rd.spec.store);
+        assert_eq!(bundle.secrets, rd.spec.secrets);
+        let restored = bundle.apply_to(&crate::resources::fixtures::rd(), 3);
+        assert_eq!(restored.spec.secrets, rd.spec.secrets);
     }
 }

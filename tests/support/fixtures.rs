@@ -22,11 +22,16 @@ use super::TestEnv;
 /// The image of a fixture unless [`Rd::image`] says otherwise.
 pub const IMAGE: &str = "ghcr.io/foresight/relayer:1";
 
-/// A RelayerDeployment named `name` with [`IMAGE`] and nothing else set.
+/// Address of the shared Redis of a fixture unless [`Rd::redis`] or [`Rd::in_memory`] says
+/// otherwise. NB: `.invalid` resolves nowhere; only simulated pods (no process) may use it.
+pub const REDIS_URL: &str = "redis://redis.invalid:6379/0";
+
+/// A RelayerDeployment named `name` with [`IMAGE`] on the shared Redis [`REDIS_URL`], and
+/// nothing else set.
 pub fn rd(name: &str) -> Rd {
     Rd {
         name: name.to_owned(),
-        spec: json!({ "image": IMAGE }),
+        spec: json!({ "image": IMAGE, "store": { "redis": { "url": REDIS_URL } } }),
     }
 }
 
@@ -51,6 +56,19 @@ impl Rd {
     /// `spec.image`.
     pub fn image(self, image: &str) -> Self {
         self.set(&["image"], json!(image))
+    }
+
+    /// `spec.store.redis.url`.
+    pub fn redis(self, url: &str) -> Self {
+        self.set(&["store"], json!({ "redis": { "url": url } }))
+    }
+
+    /// `spec.store.memory`, accepting or not that a cutover loses the state.
+    pub fn in_memory(self, accept_state_loss: bool) -> Self {
+        self.set(
+            &["store"],
+            json!({ "memory": { "acceptStateLoss": accept_state_loss } }),
+        )
     }
 
     /// `spec.replicas`.

@@ -180,7 +180,8 @@ pub fn decide(obs: &Observation<'_>, now: &Time) -> Decision {
     };
 
     let command = rd.annotations().get(ANNOTATION_COMMAND).cloned();
-    let (inputs, unknown_command) = inputs(obs, command.as_deref(), &state);
+    let refused = refusal(obs, &state);
+    let (inputs, unknown_command) = inputs(obs, command.as_deref(), &state, refused.is_none());
     let mut actions = Vec::new();
     for event in &inputs {
         let (facts, _) = facts_for(&state);
@@ -249,7 +250,7 @@ pub fn decide(obs: &Observation<'_>, now: &Time) -> Decision {
         gate = gate.filter(|wanted| is_current(&wanted.gate, &state));
     }
 
-    let status = status::cutover(
+    let mut status = status::cutover(
         rd,
         obs.plan,
         &state,
@@ -257,6 +258,27 @@ pub fn decide(obs: &Observation<'_>, now: &Time) -> Decision {
         resources::history(obs.revisions),
         now,
     );
+    if let Some(why) = refused {
+        let said_before = rd
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::PROGRESSING))
+            .is_some_and(|c| c.reason == REFUSED && c.message == why);
+        if !said_before {
+            actions.push(Action::Emit {
+                warning: true,
+                reason: REFUSED,
+                message: why.clone(),
+            });
+        }
+        status::Conditions::of(rd, now).set(
+            &mut status.conditions,
+            status::PROGRESSING,
+            false,
+            REFUSED,
+            why,
+        );
+    }
     let requeue = next_wakeup(&state, &settings, now_ms, obs.resync);
     Decision {
         state,
@@ -271,11 +293,37 @@ pub fn decide(obs: &Observation<'_>, now: &Time) -> Decision {
     }
 }
 
+/// Reason of the condition and Event of a cutover the operator will not start.
+const REFUSED: &str = "CutoverRefused";
+
+/// Why the spec's revision is not cut over to, when a cutover would start the new colour on an
+/// in-memory store (empty) and then scale the only copy of the state to zero, and the spec does
+/// not accept that.
+fn refusal(obs: &Observation<'_>, state: &State) -> Option<String> {
+    let r = &state.rollout;
+    let revision = obs.plan.revision.as_str();
+    let would_start = matches!(r.step, RolloutStep::Stable | RolloutStep::Aborted)
+        && r.active_revision != revision
+        && r.target_revision.as_deref() != Some(revision);
+    let spec = &obs.rd.spec;
+    (would_start && spec.redis().is_none() && !spec.accepts_state_loss()).then(|| {
+        format!(
+            "revision {revision} is not rolled out: the store is in memory, so the new colour \
+             would start with no orders, balances or API keys and the {} colour's would be \
+             scaled away; set spec.store.redis to a shared Redis, or \
+             spec.store.memory.acceptStateLoss: true for a development install",
+            state.active
+        )
+    })
+}
+
 /// The events every reconcile starts with, and an unknown command if the annotation holds one.
+/// The spec's revision is among them only when it `may_start` a cutover.
 fn inputs(
     obs: &Observation<'_>,
     command: Option<&str>,
     state: &State,
+    may_start: bool,
 ) -> (Vec<Event>, Option<String>) {
     let mut inputs = Vec::new();
     let mut unknown = None;
@@ -297,9 +345,11 @@ fn inputs(
             Command::Resume
         }));
     }
-    inputs.push(Event::SpecChanged {
-        revision: obs.plan.revision.clone(),
-    });
+    if may_start {
+        inputs.push(Event::SpecChanged {
+            revision: obs.plan.revision.clone(),
+        });
+    }
     inputs.push(Event::Tick);
     (inputs, unknown)
 }

@@ -465,6 +465,8 @@ async fn restore_revision(
     restored.spec.pod = bundle.pod.clone();
     restored.spec.config = bundle.config.clone();
     restored.spec.autoscaling = bundle.autoscaling.clone();
+    restored.spec.store = bundle.store.clone();
+    restored.spec.secrets = bundle.secrets.clone();
     if let Some(annotations) = restored.metadata.annotations.as_mut() {
         annotations.remove(ANNOTATION_ROLLBACK_TO);
     }
@@ -490,7 +492,7 @@ async fn restore_revision(
         EventType::Normal,
         "RollbackRequested",
         &format!(
-            "spec restored from revision {revision} (number {}): image, pod, config and autoscaling",
+            "spec restored from revision {revision} (number {}): image, pod, config, store, secret references and autoscaling",
             cr.revision.unwrap_or(0)
         ),
     )

@@ -157,6 +157,90 @@ fn a_spec_change_on_a_stable_object_starts_a_cutover_on_the_other_colour() {
 }
 
 #[test]
+fn a_spec_change_of_an_in_memory_store_is_refused_once_with_a_warning_unless_accepted() {
+    let (active, r) = rollout_in(RolloutStep::Stable, T0 - 60_000, 0);
+    let mut rd = rd_in(active, r.clone());
+    rd.spec.replicas = 1;
+    rd.spec.store = None;
+    let plan = plan("r2");
+    let mut obs = observation(&rd, &plan);
+    obs.blue = Some(available_deployment("r1", 1));
+    let d = decide(&obs, &at(T0));
+    assert_eq!(d.state.rollout, r, "no cutover starts");
+    assert_eq!(d.state.active, Color::Blue);
+    let warned: Vec<&Action> = d
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Emit {
+                    warning: true,
+                    reason: "CutoverRefused",
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", d.actions);
+    let progressing = d
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::PROGRESSING)
+        .expect("Progressing condition");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("False", "CutoverRefused")
+    );
+    assert!(
+        progressing
+            .message
+            .contains("spec.store.memory.acceptStateLoss"),
+        "{}",
+        progressing.message
+    );
+
+    // The next reconcile sees its own condition: the same refusal, but no second Event.
+    rd.status = Some(d.status.clone());
+    let again = decide(&observation(&rd, &plan), &at(T0 + 1_000));
+    assert!(
+        !again.actions.iter().any(|a| matches!(
+            a,
+            Action::Emit {
+                reason: "CutoverRefused",
+                ..
+            }
+        )),
+        "{:?}",
+        again.actions
+    );
+    assert_eq!(again.state.rollout, r);
+
+    // Accepting the loss lets it start, and so does a shared store.
+    for store in [
+        Some(crate::crd::StoreSpec {
+            redis: None,
+            memory: Some(crate::crd::MemoryStoreSpec {
+                accept_state_loss: true,
+            }),
+        }),
+        crate::resources::fixtures::rd().spec.store,
+    ] {
+        rd.spec.store = store;
+        let mut obs = observation(&rd, &plan);
+        obs.blue = Some(available_deployment("r1", 1));
+        let d = decide(&obs, &at(T0 + 2_000));
+        assert_eq!(
+            d.state.rollout.step,
+            RolloutStep::Deploying,
+            "{:?}",
+            rd.spec.store
+        );
+    }
+}
+
+#[test]
 fn a_converged_object_decides_nothing_and_sleeps_until_the_resync() {
     let (active, r) = rollout_in(RolloutStep::Stable, T0 - 60_000, 0);
     let rd = rd_in(active, r.clone());
