@@ -57,6 +57,20 @@ fn strategy() -> BlueGreen {
         .post_promotion(fast_gate())
 }
 
+/// Gate samples and scale-down delay of the zero-downtime tests: gates long enough that the
+/// cutover window (spec change → old colour gone) holds at least [`MIN_WRITES`] writes.
+const ZDT_GATE_SAMPLES: i64 = 12;
+const ZDT_SCALE_DOWN_DELAY_S: i32 = 2;
+
+/// [`strategy`] with the longer gates of the zero-downtime tests.
+fn zdt_strategy() -> BlueGreen {
+    let gate = fast_gate().samples(ZDT_GATE_SAMPLES);
+    strategy()
+        .scale_down_delay_seconds(ZDT_SCALE_DOWN_DELAY_S)
+        .pre_promotion(gate.clone())
+        .post_promotion(gate)
+}
+
 /// The relayer of these tests: `replicas` pods with the rate limiter off and a short drain.
 fn market(replicas: i32, strategy: BlueGreen) -> Rd {
     rd(NAME)
@@ -88,16 +102,16 @@ struct SharedState {
 }
 
 impl SharedState {
-    async fn start(h: &Harness) -> Self {
+    async fn start(env: &TestEnv) -> Self {
         let host = host_address().expect("the host's address towards the pods");
-        let store = RedisStore::start(host, &h.env.namespace);
+        let store = RedisStore::start(host, &env.namespace);
         assert!(
             store.refuses_without_password(),
             "the store must require its password"
         );
         let stub = SettlementStub::start(host).await;
         let admin_token = random_secret();
-        let secrets = h.env.api::<Secret>();
+        let secrets = env.api::<Secret>();
         for (name, key, value) in [
             ("relayer-redis", "password", store.password.clone()),
             ("relayer-redis-url", "url", store.url_with_password()),
@@ -120,15 +134,29 @@ impl SharedState {
         }
     }
 
-    /// `rd` on the shared store, with the admin token from its Secret and settlement at the
-    /// stub; sagas recovered promptly.
+    /// `rd` on the shared store (`spec.store.redis`: its address, the password from its
+    /// Secret), with the admin token from its Secret (`spec.secrets.adminToken`) and settlement
+    /// at the stub; sagas recovered promptly.
+    ///
+    /// NB: a relayer without `redis.password` (before the relayer's AUTH support is on this
+    /// branch) gets the whole URL from a Secret instead (`urlSecretRef`), which the API offers
+    /// too; [`store_mode`] says which one runs.
     fn rd(&self, rd: Rd) -> Value {
         let mut json = rd.json();
         let spec = &mut json["spec"];
         spec["config"]["settlement"] = json!({ "url": self.stub.url });
         spec["config"]["saga"] = json!({ "leaseMs": 5000, "recoveryIntervalMs": 1000 });
-        spec["config"]["redisUrl"] = json!(self.store.url());
-        spec["pod"]["env"] = json!(secret_env());
+        spec["store"] = if relayer_knows_redis_password() {
+            json!({ "redis": {
+                "url": self.store.url(),
+                "passwordSecretRef": { "name": "relayer-redis", "key": "password" },
+            } })
+        } else {
+            json!({ "redis": {
+                "urlSecretRef": { "name": "relayer-redis-url", "key": "url" },
+            } })
+        };
+        spec["secrets"] = json!({ "adminToken": { "name": "relayer-admin", "key": "token" } });
         json
     }
 
@@ -141,20 +169,35 @@ impl SharedState {
     }
 }
 
-/// The pods' environment from Secrets.
-fn secret_env() -> Vec<Value> {
-    vec![
-        json!({ "name": "RELAYER_ADMIN_TOKEN",
-                "valueFrom": { "secretKeyRef": { "name": "relayer-admin", "key": "token" } } }),
-        json!({ "name": "RELAYER_REDIS_URL",
-                "valueFrom": { "secretKeyRef": { "name": "relayer-redis-url", "key": "url" } } }),
-    ]
+/// Whether the built relayer takes `redis.password` (`RELAYER_REDIS__PASSWORD`), which
+/// `spec.store.redis.passwordSecretRef` gives the pods.
+fn relayer_knows_redis_password() -> bool {
+    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWS.get_or_init(|| {
+        std::process::Command::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/relayer"),
+        )
+        .arg("--print-config")
+        .env_clear()
+        .env("RELAYER_REDIS__PASSWORD", "probe-password")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    })
 }
 
-/// A patch of `spec.pod.env` to `extra` (and what [`secret_env`] needs there).
-fn env_patch(extra: Vec<Value>) -> Value {
-    let mut env = secret_env();
-    env.extend(extra);
+/// How the pods get the store's password, for the figures.
+fn store_mode() -> &'static str {
+    if relayer_knows_redis_password() {
+        "spec.store.redis.url + passwordSecretRef"
+    } else {
+        "spec.store.redis.urlSecretRef (the relayer has no redis.password yet)"
+    }
+}
+
+/// A patch of `spec.pod.env` to `env`.
+fn env_patch(env: Vec<Value>) -> Value {
     json!({ "spec": { "pod": { "env": env } } })
 }
 
@@ -192,7 +235,7 @@ impl Run {
             self.window_writes,
             self.writes_since_change,
         );
-        eprintln!("{test}: answers {:?}", r.statuses);
+        eprintln!("{test}: answers {:?}; store: {}", r.statuses, store_mode());
         eprintln!("{test}: afterwards {}", self.verification);
         for v in self.verification.violations.iter().take(20) {
             eprintln!("{test}: VIOLATION {v}");
@@ -209,9 +252,9 @@ impl Run {
         }
         assert!(r.requests >= MIN_REQUESTS, "{} requests", r.requests);
         assert!(
-            self.writes_since_change >= MIN_WRITES,
-            "{} writes from the spec change on",
-            self.writes_since_change
+            self.window_writes >= MIN_WRITES,
+            "{} writes during the cutover window (spec change → old colour gone)",
+            self.window_writes
         );
         // A refusal for a business reason (funds, an order filled before its cancel) is no
         // failure, but the load is built so that it stays rare.
@@ -319,6 +362,8 @@ struct Harness {
     env: TestEnv,
     backend: Arc<NetnsBackend>,
     _guard: NetnsGuard,
+    /// Every relayer of the test runs on its store and settles at its stub.
+    shared: SharedState,
 }
 
 impl Harness {
@@ -333,15 +378,18 @@ impl Harness {
         env.install_crds(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds"))
             .await;
         let (backend, guard) = NetnsBackend::register(&env.namespace);
+        let shared = SharedState::start(&env).await;
         Self {
             env,
             backend,
             _guard: guard,
+            shared,
         }
     }
 
+    /// Applies `rd` on the test's store, secrets and settlement stub ([`SharedState::rd`]).
     async fn apply(&self, rd: Rd) {
-        rd.apply(&self.env, "cutover-test").await;
+        self.apply_json(self.shared.rd(rd)).await;
     }
 
     /// Server-side applies a RelayerDeployment given as JSON (see [`SharedState::rd`]).
@@ -407,9 +455,9 @@ fn rollout(rd: &RelayerDeployment) -> relayer_operator::crd::RolloutStatus {
 #[tokio::test]
 async fn a_good_release_cuts_over_with_zero_failed_requests_and_drains_on_evidence() {
     let h = Harness::new("cut-good").await;
-    let shared = SharedState::start(&h).await;
+    let shared = &h.shared;
     let _operator = start_operator(&h.env);
-    h.apply_json(shared.rd(market(2, strategy()))).await;
+    h.apply(market(2, zdt_strategy())).await;
     h.wait_step(RolloutStep::Stable, "blue").await;
     let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
     let proxy = Proxy::start(h.env.client.clone(), &h.env.namespace, NAME).await;
@@ -418,7 +466,7 @@ async fn a_good_release_cuts_over_with_zero_failed_requests_and_drains_on_eviden
         async move { Ok(matches!(http::get(addr, "/ready").await, Ok((200, _))).then_some(())) }
     })
     .await;
-    let (traders, load) = start_writes(&h, &shared, &proxy, "good").await;
+    let (traders, load) = start_writes(&h, shared, &proxy, "good").await;
     let counts = load.counts.clone();
 
     let (requests_at_change, writes_at_change) = (counts.requests(), counts.writes());
@@ -444,16 +492,7 @@ async fn a_good_release_cuts_over_with_zero_failed_requests_and_drains_on_eviden
         counts.writes() - writes_at_change,
         changed.elapsed(),
     );
-    let run = finish_writes(
-        &h,
-        &shared,
-        &proxy,
-        &traders,
-        load,
-        writes_at_change,
-        window,
-    )
-    .await;
+    let run = finish_writes(&h, shared, &proxy, &traders, load, writes_at_change, window).await;
     let invariants = watcher.snapshot();
 
     let r = rollout(&rd);
@@ -462,12 +501,12 @@ async fn a_good_release_cuts_over_with_zero_failed_requests_and_drains_on_eviden
     let post = step_ms(&rd, "PostPromotion");
     let scaling = step_ms(&rd, "ScalingDown");
     // A gate needs a baseline scrape and then `samples` more, one interval apart.
-    let gate_floor = GATE_SAMPLES * GATE_INTERVAL_MS;
-    let configured = 2 * gate_floor + 1_000;
+    let gate_floor = ZDT_GATE_SAMPLES * GATE_INTERVAL_MS;
+    let configured = 2 * gate_floor + i64::from(ZDT_SCALE_DOWN_DELAY_S) * 1_000;
     let measured = i64::try_from(to_stable.as_millis()).unwrap_or(i64::MAX);
     let overhead = measured - deploying - configured;
     eprintln!(
-        "cutover: spec change → Stable {measured} ms = waiting for pods {deploying} ms + gate windows {pre} + {post} ms (configured {gate_floor} ms each) + drain {scaling} ms (scaleDownDelay 1000 ms); operator overhead beyond pods and configured waits: {overhead} ms"
+        "cutover: spec change → Stable {measured} ms = waiting for pods {deploying} ms + gate windows {pre} + {post} ms (configured {gate_floor} ms each) + drain {scaling} ms (scaleDownDelay {ZDT_SCALE_DOWN_DELAY_S} s); operator overhead beyond pods and configured waits: {overhead} ms"
     );
     run.print("zero downtime");
     eprintln!(
@@ -600,7 +639,7 @@ async fn a_release_failing_after_promotion_rolls_back_to_the_still_warm_colour()
 #[tokio::test]
 async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_leaks() {
     let h = Harness::new("cut-post-writes").await;
-    let shared = SharedState::start(&h).await;
+    let shared = &h.shared;
     // NB: the binary, so that everything the operator logs is in a file to search.
     let operator = OperatorProcess::launch(&h.env, "post-writes")
         .env("RUST_LOG", "info,relayer_operator=debug")
@@ -609,12 +648,14 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
         .args(["--pod-networks", POD_NETWORK])
         .spawn();
     // As in the read-only rollback test: the pre-promotion gate checks latency only; the
-    // fault (errors) shows after promotion.
+    // fault (errors) shows after promotion. NB: a longer pre-promotion gate, as the
+    // post-promotion one ends at its first failing sample, so that the window holds the
+    // writes it must.
     let pre = fast_gate()
+        .samples(2 * ZDT_GATE_SAMPLES)
         .max_error_rate_basis_points(None)
         .max_p99_latency_ms(1000);
-    h.apply_json(shared.rd(market(2, strategy().pre_promotion(pre))))
-        .await;
+    h.apply(market(2, zdt_strategy().pre_promotion(pre))).await;
     h.wait_step(RolloutStep::Stable, "blue").await;
     let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
     let proxy = Proxy::start(h.env.client.clone(), &h.env.namespace, NAME).await;
@@ -623,7 +664,7 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
         async move { Ok(matches!(http::get(addr, "/ready").await, Ok((200, _))).then_some(())) }
     })
     .await;
-    let (traders, load) = start_writes(&h, &shared, &proxy, "post").await;
+    let (traders, load) = start_writes(&h, shared, &proxy, "post").await;
     let counts = load.counts.clone();
     let blue_pods_before = h.backend.running();
 
@@ -648,16 +689,7 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
         counts.writes() - writes_at_change,
         changed.elapsed(),
     );
-    let run = finish_writes(
-        &h,
-        &shared,
-        &proxy,
-        &traders,
-        load,
-        writes_at_change,
-        window,
-    )
-    .await;
+    let run = finish_writes(&h, shared, &proxy, &traders, load, writes_at_change, window).await;
     let invariants = watcher.snapshot();
     let r = rollout(&rd);
     eprintln!(
@@ -753,9 +785,8 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
 async fn a_pod_whose_secret_is_missing_does_not_start_until_the_secret_exists() {
     let h = Harness::new("cut-secret").await;
     let _operator = start_operator(&h.env);
-    let mut rd = market(1, strategy()).json();
-    rd["spec"]["pod"]["env"] = json!([{ "name": "RELAYER_ADMIN_TOKEN",
-        "valueFrom": { "secretKeyRef": { "name": "relayer-admin", "key": "token" } } }]);
+    let mut rd = h.shared.rd(market(1, strategy()));
+    rd["spec"]["secrets"]["adminToken"] = json!({ "name": "late-admin", "key": "token" });
     h.apply_json(rd).await;
     let pods = h.env.api::<k8s_openapi::api::core::v1::Pod>();
     let pod = wait_for("the pod to be bound to the node", SETTLE, || {
@@ -775,7 +806,7 @@ async fn a_pod_whose_secret_is_missing_does_not_start_until_the_secret_exists() 
     assert_eq!(h.backend.running(), 0, "a pod started without its Secret");
     let token = random_secret();
     let secret: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "relayer-admin" },
+        "metadata": { "name": "late-admin" },
         "stringData": { "token": token },
     }))
     .expect("a Secret");
