@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use support::cutover::{
     Checked, Funding, InvariantWatcher, NetnsBackend, NetnsGuard, Proxy, RedisStore,
     SettlementStub, Trader, Verification, WriteLoad, WriteReport, fund_traders, host_address,
-    random_secret, verify,
+    random_secret, relayer_knows_redis_password, verify,
 };
 use support::fixtures::{BlueGreen, Gate, Rd, blue_green, gate, rd};
 use support::operator::{OperatorProcess, POD_NETWORK, start_operator};
@@ -167,24 +167,6 @@ impl SharedState {
             ("the Redis password", self.store.password.clone()),
         ]
     }
-}
-
-/// Whether the built relayer takes `redis.password` (`RELAYER_REDIS__PASSWORD`), which
-/// `spec.store.redis.passwordSecretRef` gives the pods.
-fn relayer_knows_redis_password() -> bool {
-    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *KNOWS.get_or_init(|| {
-        std::process::Command::new(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/relayer"),
-        )
-        .arg("--print-config")
-        .env_clear()
-        .env("RELAYER_REDIS__PASSWORD", "probe-password")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    })
 }
 
 /// How the pods get the store's password, for the figures.
@@ -343,7 +325,7 @@ async fn finish_writes(
             traders,
             funding: FUNDING,
             stub: &shared.stub,
-            pods: h.backend.addresses(),
+            backend: &h.backend,
         },
         &report,
     )

@@ -34,6 +34,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::netns::NetnsBackend;
 use super::settlement::SettlementStub;
 use crate::support::http;
 use crate::support::metrics::Exposition;
@@ -744,8 +745,8 @@ pub struct Checked<'a> {
     pub traders: &'a [Trader],
     pub funding: Funding,
     pub stub: &'a SettlementStub,
-    /// The relayers running now (each one's `/metrics`).
-    pub pods: Vec<SocketAddr>,
+    /// The relayers (each one's `/metrics`, read from those running at the end).
+    pub backend: &'a NetnsBackend,
 }
 
 /// The checks of the module doc, after the load stopped.
@@ -847,12 +848,22 @@ pub async fn verify(c: Checked<'_>, report: &WriteReport) -> Verification {
         out.violations.push(format!("at the end: {e}"));
     }
 
-    // No saga active on any pod.
-    for pod in &c.pods {
-        let active = match http::get_body(*pod, "/metrics").await {
-            Ok(text) => Exposition::parse(&text)
-                .and_then(|e| e.get("foresight_saga_active", &[]))
-                .map_err(|e| format!("{e:#}")),
+    // No saga active on any pod (NB: those running now: an address of a pod gone would be
+    // routed off the host).
+    for pod in &c.backend.addresses() {
+        let active = match http::get(*pod, "/metrics").await {
+            Ok((200, text)) => text
+                .split_once("\r\n\r\n")
+                .ok_or_else(|| "no end of headers".to_owned())
+                .and_then(|(_, body)| {
+                    Exposition::parse(body)
+                        .and_then(|e| e.get("foresight_saga_active", &[]))
+                        .map_err(|e| format!("{e:#}"))
+                }),
+            Ok((status, text)) => Err(format!(
+                "HTTP {status}: {}",
+                text.chars().take(300).collect::<String>()
+            )),
             Err(e) => Err(format!("{e:#}")),
         };
         match active {
