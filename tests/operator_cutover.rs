@@ -59,7 +59,7 @@ fn strategy() -> BlueGreen {
 
 /// Gate samples and scale-down delay of the zero-downtime tests: gates long enough that the
 /// cutover window (spec change → old colour gone) holds at least [`MIN_WRITES`] writes.
-const ZDT_GATE_SAMPLES: i64 = 12;
+const ZDT_GATE_SAMPLES: i64 = 16;
 const ZDT_SCALE_DOWN_DELAY_S: i32 = 2;
 
 /// [`strategy`] with the longer gates of the zero-downtime tests.

@@ -7,7 +7,9 @@
 //! address only. The relayer runs in the namespace with `ip netns exec`. Namespaces are deleted
 //! (which removes their veth pair and route) by [`NetnsGuard`] on drop, also on panic, and
 //! namespaces left by a crashed earlier run (whose process is gone) are swept when a backend
-//! starts. All other traffic goes to 127.0.0.1, or to the host's source address towards the
+//! starts. While a backend lives, the rest of its /24 is routed `unreachable` on the host, so
+//! an address of a pod already gone fails at once instead of leaving by the default route.
+//! All other traffic goes to 127.0.0.1, or to the host's source address towards the
 //! pods ([`host_address`]), where the tests' store and settlement stub listen for the pods.
 //!
 //! The kubelet's part: the container's environment is resolved like a kubelet does it,
@@ -108,6 +110,9 @@ pub struct NetnsBackend {
 /// Removes every namespace and process of a backend when dropped.
 pub struct NetnsGuard {
     inner: Arc<Mutex<Inner>>,
+    /// The backend's /24, routed `unreachable` on the host while it lives (when this guard
+    /// added that route).
+    blackhole: Option<String>,
 }
 
 impl Drop for NetnsGuard {
@@ -119,6 +124,9 @@ impl Drop for NetnsGuard {
         }
         for ns in inner.namespaces.drain(..) {
             let _ = ip(&["netns", "del", &ns]);
+        }
+        if let Some(subnet) = self.blackhole.take() {
+            let _ = ip(&["route", "del", "unreachable", &subnet]);
         }
     }
 }
@@ -142,7 +150,14 @@ impl NetnsBackend {
             .simulator()
             .expect("cutover tests need the local control plane's pod simulator")
             .register(backend.clone());
-        (backend, NetnsGuard { inner })
+        // NB: an address of a pod already gone (an EndpointSlice lags, a scrape of a pod that
+        // just stopped) must fail at once rather than leave the host by its default route.
+        let [a, b, c, _] = backend.address(0).1.octets();
+        let subnet = format!("{a}.{b}.{c}.0/24");
+        let blackhole = ip(&["route", "add", "unreachable", &subnet])
+            .ok()
+            .map(|_| subnet);
+        (backend, NetnsGuard { inner, blackhole })
     }
 
     /// Config text and environment each pod started with, by pod name.
@@ -185,7 +200,11 @@ impl NetnsBackend {
     }
 
     fn allocate(&self) -> (u64, Ipv4Addr) {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.address(self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Pod `n`'s address.
+    fn address(&self, n: u64) -> (u64, Ipv4Addr) {
         let third = 100 + self.base;
         let host = u8::try_from(n % 250 + 2).unwrap_or(2);
         (
@@ -264,7 +283,8 @@ fn setup_netns(
 /// pod exists): where a service the pods must reach (a store, a settlement endpoint) listens.
 /// [`NetnsBackend::sources`] tells the addresses pods were actually given as their way back.
 pub fn host_address() -> anyhow::Result<Ipv4Addr> {
-    let route = ip(&["-o", "route", "get", "10.244.0.1"])?;
+    // NB: 10.244.64.0/24 is no backend's /24 (those are 10.244.{100..=255, 0..=43}.0/24).
+    let route = ip(&["-o", "route", "get", "10.244.64.1"])?;
     let src = route
         .split_whitespace()
         .skip_while(|w| *w != "src")
