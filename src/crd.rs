@@ -57,6 +57,7 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     derive = "PartialEq",
     validation = Rule::new("size(self.metadata.name) <= 55 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label of at most 55 characters that starts with a letter (it also names the <name>-preview Service)"),
     validation = Rule::new("(has(self.spec.store) && has(self.spec.store.redis)) || !has(self.spec.replicas) || self.spec.replicas <= 1").message("spec.store: an in-memory store (spec.store absent, or spec.store.memory) keeps each pod's own orders, balances and API keys, so spec.replicas must be at most 1; set spec.store.redis to a shared Redis to run more"),
+    validation = Rule::new("!has(self.spec.secrets) || !has(self.spec.secrets.settlementCredential) || (has(self.spec.config) && has(self.spec.config.settlement) && has(self.spec.config.settlement.url))").message("spec.secrets.settlementCredential needs config.settlement.url: the credential is sent to that endpoint"),
     validation = Rule::new("(has(self.spec.store) && has(self.spec.store.redis)) || !has(self.spec.autoscaling)").message("spec.autoscaling needs a shared store: with an in-memory store (spec.store absent, or spec.store.memory) every new pod would start empty; set spec.store.redis"),
     doc = "A Foresight relayer run on Kubernetes with blue-green rollouts.",
     scale(
@@ -123,6 +124,9 @@ pub struct RelayerDeploymentSpec {
         validation = Rule::new(r"self.listen.matches('^([0-9.]+|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$')").message("config.listen must be an IP:port socket address such as 0.0.0.0:3000"),
         validation = Rule::new("!has(self.adminToken)").message("config.adminToken must not be written in a RelayerDeployment (it would land in a ConfigMap and in every ControllerRevision): put the token in a Secret and reference it with spec.secrets.adminToken"),
         validation = Rule::new("!has(self.redisUrl)").message("config.redisUrl is not used in a RelayerDeployment: the operator sets it from spec.store.redis (url, or urlSecretRef for a URL kept in a Secret)"),
+        validation = Rule::new("!has(self.redis.password)").message("config.redis.password must not be written in a RelayerDeployment: put it in a Secret and reference it with spec.store.redis.passwordSecretRef"),
+        validation = Rule::new("!has(self.redis.caFile)").message("config.redis.caFile is set by the operator from spec.store.redis.tls.ca"),
+        validation = Rule::new("!has(self.settlement.credential)").message("config.settlement.credential must not be written in a RelayerDeployment: put it in a Secret and reference it with spec.secrets.settlementCredential"),
         validation = Rule::new(concat!("!has(self.rateLimit.redisUrl) || !self.rateLimit.redisUrl.matches('", url_userinfo!(), "')")).message("config.rateLimit.redisUrl must not hold credentials (user:password@): they would land in a ConfigMap and in every ControllerRevision"),
         validation = Rule::new(concat!("!has(self.settlement.url) || !self.settlement.url.matches('", url_userinfo!(), "')")).message("config.settlement.url must not hold credentials (user:password@): send a credential with spec.secrets.settlementCredential instead"),
     )]

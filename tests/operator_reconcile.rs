@@ -517,6 +517,40 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
             "pod.env must not set RELAYER_ADMIN_TOKEN",
         ),
         (
+            "literal-redis-password",
+            base(
+                "s15",
+                json!({"config": {"redis": {"password": "hunter2hunter2"}}}),
+            ),
+            "config.redis.password must not be written",
+        ),
+        (
+            "literal-settlement-credential",
+            base(
+                "s16",
+                json!({"config": {"settlement": {"url": "https://settle.example/s",
+                                                 "credential": "Bearer abc"}}}),
+            ),
+            "config.settlement.credential must not be written",
+        ),
+        (
+            "ca-file-in-config",
+            base(
+                "s17",
+                json!({"config": {"redis": {"caFile": "/etc/ca.pem"}}}),
+            ),
+            "config.redis.caFile is set by the operator",
+        ),
+        (
+            "settlement-credential-without-a-settlement-url",
+            base(
+                "s18",
+                json!({"secrets": {"settlementCredential": {
+                    "secretKeyRef": {"name": "settle", "key": "key"}}}}),
+            ),
+            "needs config.settlement.url",
+        ),
+        (
             "secret-ref-without-key",
             base("s14", json!({"secrets": {"adminToken": {"name": "admin"}}})),
             "spec.secrets.adminToken.key",
@@ -547,6 +581,7 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
                    "secrets": {"adminToken": {"name": "admin", "key": "token"},
                                "settlementCredential": {"header": "X-Api-Key",
                                    "secretKeyRef": {"name": "settle", "key": "key"}}},
+                   "config": {"settlement": {"url": "https://settle.example/settle"}},
                    "autoscaling": {"minReplicas": 3, "maxReplicas": 20}}),
         ),
         base(

@@ -391,3 +391,78 @@ fn uuid_like() -> String {
         .unwrap_or(0);
     format!("{:x}{:x}", nanos, std::process::id())
 }
+
+#[tokio::test]
+async fn a_rollback_to_a_revision_the_api_server_now_refuses_is_refused_with_a_warning() {
+    let env = TestEnv::new("old-revision").await;
+    env.install_crds(&repo().join("crds")).await;
+    let _operator = spawn_operator(&env);
+    apply(
+        &env,
+        json!({
+            "image": "ghcr.io/foresight/relayer:1",
+            "replicas": 2,
+            "store": { "redis": { "url": "redis://redis.invalid:6379/0" } },
+        }),
+    )
+    .await;
+    wait_stable(&env, "ghcr.io/foresight/relayer:1").await;
+    // A revision kept from before secrets were refused in spec.config: a literal admin token.
+    let revisions = env.api::<ControllerRevision>();
+    let current = revisions
+        .list(&ListParams::default())
+        .await
+        .expect("list revisions")
+        .items
+        .into_iter()
+        .next()
+        .expect("the current revision");
+    let mut old = serde_json::to_value(&current).expect("json");
+    old["metadata"] = json!({
+        "name": format!("{NAME}-old0000001"),
+        "labels": old["metadata"]["labels"].clone(),
+        "annotations": old["metadata"]["annotations"].clone(),
+        "ownerReferences": old["metadata"]["ownerReferences"].clone(),
+    });
+    old["metadata"]["labels"]["relayer.foresight.dev/revision"] = json!("old0000001");
+    old["revision"] = json!(0);
+    old["data"]["image"] = json!("ghcr.io/foresight/relayer:0");
+    old["data"]["config"]["adminToken"] = json!("literal-admin-token-0123456789");
+    let old: ControllerRevision = serde_json::from_value(old).expect("revision");
+    revisions
+        .create(&PostParams::default(), &old)
+        .await
+        .expect("create the old revision");
+
+    env.kubectl(&[
+        "annotate",
+        &format!("rd/{NAME}"),
+        "relayer.foresight.dev/rollback-to=old0000001",
+    ])
+    .expect("kubectl annotate rollback-to");
+    let refused = wait_for("a Warning Event RollbackRefused", SETTLE, || {
+        let events = env.api::<Event>();
+        async move {
+            let found = events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("RollbackRefused"));
+            Ok(found)
+        }
+    })
+    .await;
+    let note = refused.message.unwrap_or_default();
+    assert!(
+        note.contains("old0000001") && note.contains("config.adminToken"),
+        "{note}"
+    );
+    assert!(
+        !note.contains("literal-admin-token"),
+        "the Event does not repeat the secret: {note}"
+    );
+    assert_eq!(refused.type_.as_deref(), Some("Warning"));
+    let rd = wait_stable(&env, "ghcr.io/foresight/relayer:1").await;
+    assert_eq!(rd.spec.config.admin_token, None, "the spec was not touched");
+}

@@ -1,6 +1,9 @@
 //! `relayer`: runs the relayer HTTP service: parses the arguments, loads the config, starts
 //! tracing, builds the store and the state, starts saga recovery and serves until SIGTERM.
 //!
+//! Secrets stay out of its output: `--print-config` prints [`RelayerConfig::redacted`], and
+//! the start-up log names the backends, never a URL or a credential.
+//!
 //! Room: the last; uses the library (`relayer::…`) through its public paths.
 
 use std::path::PathBuf;
@@ -23,7 +26,8 @@ struct Args {
     /// YAML config file (camelCase keys); `RELAYER_*` variables override its keys.
     #[arg(long, env = "RELAYER_CONFIG")]
     config: Option<PathBuf>,
-    /// Print the effective configuration (JSON, which is also valid YAML) and exit.
+    /// Print the effective configuration (JSON, which is also valid YAML), every secret as
+    /// `<redacted>`, and exit.
     #[arg(long)]
     print_config: bool,
 }
@@ -33,15 +37,24 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = RelayerConfig::load(args.config.as_deref()).context("invalid configuration")?;
     if args.print_config {
-        println!("{}", redacted_json(&config)?);
+        println!("{}", serde_json::to_string_pretty(&config.redacted())?);
         return Ok(());
     }
     init_tracing(&config)?;
-    let store = Store::from_config(&config).context("invalid config key `redisUrl`")?;
+    // NB: the store's errors name their key (`redisUrl`, `redis.caFile`, …) and never hold
+    // the URL or a password.
+    let store = Store::from_config(&config).context("cannot set up the store")?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, store = store.backend(), admin = config.admin_token.is_some(), "relayer listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        store = store.backend(),
+        redis_tls = config.redis_url.as_deref().is_some_and(|u| u.starts_with("rediss://")),
+        admin = config.admin_token.is_some(),
+        settlement_credential = config.settlement.credential.is_some(),
+        "relayer listening"
+    );
     let recovery_interval = std::time::Duration::from_millis(config.saga.recovery_interval_ms);
     let state = relayer::AppState::new(config, store)?;
     // Finishes or compensates sagas abandoned by dead replicas: at start, then periodically.
@@ -50,14 +63,6 @@ async fn main() -> anyhow::Result<()> {
     relayer::serve(listener, state, relayer::shutdown_signal()).await?;
     tracing::info!("relayer stopped");
     Ok(())
-}
-
-fn redacted_json(config: &RelayerConfig) -> anyhow::Result<String> {
-    let mut redacted = config.clone();
-    if redacted.admin_token.is_some() {
-        redacted.admin_token = Some("<redacted>".to_owned());
-    }
-    Ok(serde_json::to_string_pretty(&redacted)?)
 }
 
 fn init_tracing(config: &RelayerConfig) -> anyhow::Result<()> {

@@ -5,8 +5,9 @@
 //! served (`shutdown.readinessDelayMs`, so load balancers stop routing here) → the listener
 //! closes, new requests on open connections get 503, in-flight requests run to completion →
 //! the order sagas this process drives (they run detached from requests) are waited for →
-//! after `shutdown.drainTimeoutMs` in all the process stops waiting (a saga left is in the
-//! saga log, which any replica recovers).
+//! after `shutdown.drainTimeoutMs` in all the process stops waiting and hands the sagas left
+//! over ([`crate::order_saga::OrderSagas::hand_over`]: their leases end, so any replica's
+//! recovery takes them from the saga log at once instead of waiting the leases out).
 //!
 //! Room: after `http`, before `main`; uses [`crate::http`] (the application, its state and
 //! lifecycle flags).
@@ -61,15 +62,21 @@ pub async fn serve(
         Ok(result) => {
             let left = drained_by.saturating_duration_since(tokio::time::Instant::now());
             if !state.exchange().sagas().wait_idle(left).await {
-                tracing::warn!("drain timeout: order sagas still running are left to recovery");
+                let sagas = state.exchange().sagas().hand_over().await;
+                tracing::warn!(
+                    sagas,
+                    "drain timeout: order sagas still running are handed over to recovery"
+                );
             }
             tracing::info!("drained");
             result
         }
         Err(_) => {
+            let sagas = state.exchange().sagas().hand_over().await;
             tracing::warn!(
                 in_flight = state.metrics().in_flight(),
-                "drain timeout: abandoning in-flight requests"
+                sagas,
+                "drain timeout: abandoning in-flight requests, order sagas handed over to recovery"
             );
             Ok(())
         }

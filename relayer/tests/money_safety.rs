@@ -14,9 +14,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::api::{Api, Trader, check_invariants, num};
+use support::api::{
+    Api, Reply, Trader, active_sagas, balances, check_invariants, num, post, post_with, reply,
+    wait_no_sagas,
+};
 use support::fixtures::{ADMIN_TOKEN, Order, address};
-use support::process::RelayerProcess;
+use support::process::{RelayerProcess, with};
 use support::redis::RedisServer;
 use support::settle::{Mode, SettlementServer};
 use support::wait::{wait_for, wait_for_ok};
@@ -57,75 +60,6 @@ fn env(
     env
 }
 
-/// `env` with `key` set to `value` (replacing an earlier value).
-fn with(
-    mut env: Vec<(&'static str, String)>,
-    key: &'static str,
-    value: &str,
-) -> Vec<(&'static str, String)> {
-    env.retain(|(k, _)| *k != key);
-    env.push((key, value.to_owned()));
-    env
-}
-
-/// An answer of the relayer: status, the `Idempotent-Replayed` header, `Location`, the body.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    replayed: bool,
-    location: Option<String>,
-    body: Value,
-}
-
-impl Reply {
-    /// The error code of an error answer (`""` for any other).
-    fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or_default()
-    }
-}
-
-async fn reply(resp: reqwest::Response) -> Reply {
-    let status = resp.status().as_u16();
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let replayed = header("idempotent-replayed").as_deref() == Some("true");
-    let location = header("location");
-    let body = resp.json().await.unwrap_or(Value::Null);
-    Reply {
-        status,
-        replayed,
-        location,
-        body,
-    }
-}
-
-/// `POST /v2/orders` as `trader`, through `http`.
-async fn post_with(
-    http: &reqwest::Client,
-    base: &str,
-    trader: &Trader,
-    order: &Value,
-) -> reqwest::Result<Reply> {
-    let resp = http
-        .post(format!("{base}/v2/orders"))
-        .bearer_auth(&trader.api_key)
-        .json(order)
-        .send()
-        .await?;
-    Ok(reply(resp).await)
-}
-
-/// `POST /v2/orders` as `trader`; the relayer must answer.
-async fn post(api: &Api, base: &str, trader: &Trader, order: &Value) -> Reply {
-    post_with(&api.http, base, trader, order)
-        .await
-        .expect("the relayer answers")
-}
-
 /// `DELETE /v2/orders/{id}` as `trader`.
 async fn cancel(api: &Api, base: &str, trader: &Trader, id: &str) -> Reply {
     let resp = api
@@ -136,15 +70,6 @@ async fn cancel(api: &Api, base: &str, trader: &Trader, id: &str) -> Reply {
         .await
         .expect("the relayer answers");
     reply(resp).await
-}
-
-/// The trader's balances.
-async fn balances(api: &Api, base: &str, trader: &Trader) -> Value {
-    let (status, b) = api
-        .get(&format!("{base}/v2/balances/{}", trader.user_id), trader)
-        .await;
-    assert_eq!(status, 200, "balances of {}: {b}", trader.user_id);
-    b
 }
 
 /// Collateral the trader has reserved.
@@ -166,39 +91,6 @@ async fn open_orders(api: &Api, base: &str, trader: &Trader) -> Vec<Value> {
     assert_eq!(resp.status(), 200, "open orders");
     let body: Value = resp.json().await.expect("json");
     body["orders"].as_array().cloned().unwrap_or_default()
-}
-
-/// The sagas the relayer's log holds (`/admin/sagas`).
-async fn sagas(api: &Api, base: &str) -> Value {
-    let resp = api
-        .http
-        .get(format!("{base}/admin/sagas"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin sagas");
-    assert_eq!(resp.status(), 200, "admin sagas");
-    resp.json::<Value>().await.expect("json")["sagas"].clone()
-}
-
-/// Waits until `base`'s saga log is empty (every saga finished or compensated).
-async fn wait_no_sagas(api: &Api, base: &str, deadline: Duration) {
-    wait_for_ok("the saga log to be empty", deadline, async || {
-        let s = sagas(api, base).await;
-        if s == json!([]) {
-            Ok(())
-        } else {
-            Err(s.to_string())
-        }
-    })
-    .await;
-}
-
-/// `foresight_saga_active{saga="order"}` of `base`.
-async fn active_sagas(api: &Api, base: &str) -> f64 {
-    api.metrics(base)
-        .await
-        .value("foresight_saga_active", &[("saga", "order")])
 }
 
 /// Waits until `relayer` stopped answering after aborting at `point`, then reaps it.

@@ -30,6 +30,12 @@ pub fn effective_config(rd: &RelayerDeployment) -> relayer::config::RelayerConfi
     if let Some(redis) = rd.spec.redis() {
         // NB: with `urlSecretRef` the URL comes from the environment (RELAYER_REDIS_URL).
         config.redis_url = redis.url.clone();
+        if redis.tls.as_ref().and_then(|t| t.ca.as_ref()).is_some() {
+            config.redis.ca_file = Some(format!("{REDIS_CA_MOUNT}/{REDIS_CA_FILE}"));
+        }
+    }
+    if let Some(credential) = &rd.spec.secrets.settlement_credential {
+        config.settlement.credential_header = credential.header.clone();
     }
     config
 }
@@ -92,6 +98,42 @@ mod tests {
         assert_eq!(parsed.redis_url.as_deref(), Some("redis://redis:6379/0"));
         assert_eq!(parsed, effective_config(&rd));
         assert_eq!(cm.immutable, Some(true));
+    }
+
+    #[test]
+    fn the_pods_config_names_the_mounted_ca_and_the_credential_header_and_holds_no_secret() {
+        let rd = rd_with(|s| {
+            *s = serde_json::from_value(serde_json::json!({
+                "image": "relayer:1",
+                "store": { "redis": {
+                    "url": "rediss://redis:6380/0",
+                    "passwordSecretRef": { "name": "redis", "key": "password" },
+                    "tls": { "ca": { "secretKeyRef": { "name": "ca", "key": "ca.pem" } } },
+                } },
+                "secrets": { "settlementCredential": {
+                    "header": "X-Api-Key",
+                    "secretKeyRef": { "name": "settle", "key": "key" },
+                } },
+                "config": { "settlement": { "url": "https://settle.example/settle" } },
+            }))
+            .expect("spec");
+        });
+        let config = effective_config(&rd);
+        assert_eq!(config.redis_url.as_deref(), Some("rediss://redis:6380/0"));
+        assert_eq!(
+            config.redis.ca_file.as_deref(),
+            Some("/etc/relayer/redis-ca/ca.crt")
+        );
+        assert_eq!(config.settlement.credential_header, "X-Api-Key");
+        assert_eq!(
+            (
+                &config.redis.password,
+                &config.settlement.credential,
+                &config.admin_token
+            ),
+            (&None, &None, &None)
+        );
+        config.validate().expect("the relayer accepts it");
     }
 
     #[test]

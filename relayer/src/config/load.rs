@@ -1,5 +1,6 @@
 //! [`RelayerConfig::load`] (server feature): defaults, then the YAML file, then `RELAYER_*`
-//! variables, then validation.
+//! variables (`RELAYER_REDIS__PASSWORD` → `redis.password`, `RELAYER_SETTLEMENT__CREDENTIAL`
+//! → `settlement.credential`), then validation and the checks of files the config names.
 //!
 //! Part of the `config` room; uses the config types only.
 
@@ -36,7 +37,7 @@ fn env_key_to_path(key: &str) -> String {
 
 impl RelayerConfig {
     /// Defaults, then `file` (if given; it must exist), then `RELAYER_*` variables, then
-    /// [`RelayerConfig::validate`].
+    /// [`RelayerConfig::validate`] and [`RelayerConfig::check_files`].
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_from(file, Env::prefixed("RELAYER_"))
     }
@@ -64,6 +65,7 @@ impl RelayerConfig {
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
+        config.check_files()?;
         Ok(config)
     }
 }
@@ -76,11 +78,14 @@ mod tests {
     fn numeric_text_values_stay_text() {
         let config: RelayerConfig = Figment::from(Serialized::defaults(RelayerConfig::default()))
             .merge(Yaml::string(
-                "adminToken: 12345678901234567890\nlog:\n  filter: info\n",
+                "adminToken: 12345678901234567890\nlog:\n  filter: info\n\
+                 redis:\n  password: 12345678\nsettlement:\n  credential: 42\n",
             ))
             .extract()
             .expect("a numeric token is text");
         assert_eq!(config.admin_token.as_deref(), Some("12345678901234567890"));
+        assert_eq!(config.redis.password.as_deref(), Some("12345678"));
+        assert_eq!(config.settlement.credential.as_deref(), Some("42"));
     }
 
     #[test]
@@ -98,5 +103,15 @@ mod tests {
             "shutdown.drainTimeoutMs"
         );
         assert_eq!(env_key_to_path("listen"), "listen");
+        assert_eq!(env_key_to_path("REDIS__PASSWORD"), "redis.password");
+        assert_eq!(env_key_to_path("REDIS__CA_FILE"), "redis.caFile");
+        assert_eq!(
+            env_key_to_path("SETTLEMENT__CREDENTIAL"),
+            "settlement.credential"
+        );
+        assert_eq!(
+            env_key_to_path("SETTLEMENT__CREDENTIAL_HEADER"),
+            "settlement.credentialHeader"
+        );
     }
 }

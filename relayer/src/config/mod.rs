@@ -9,8 +9,13 @@
 //! → `shutdown.drainTimeoutMs`), and then [`RelayerConfig::validate`] checks every value. Any
 //! error names the key.
 //!
+//! Secrets (`adminToken`, `redis.password`, `settlement.credential` and the password of any
+//! URL) never show: [`RelayerConfig::redacted`] is what `relayer --print-config` prints, and the
+//! `Debug` of every type holding one prints it as `<redacted>`.
+//!
 //! Here: the types and their defaults; `validate` (the checks and [`ConfigError`]), `load`
-//! (figment layering, server feature) and `text` (keys that accept a bare number).
+//! (figment layering, server feature), `secrets` (redaction) and `text` (keys that accept a
+//! bare number).
 //!
 //! Room: usable by every room; it uses only the leaf config modules [`crate::ratelimit::config`]
 //! and [`crate::resilience::config`], which use nothing of the crate.
@@ -20,22 +25,26 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "server")]
 mod load;
+mod secrets;
 #[cfg(test)]
 mod tests;
 mod text;
 mod validate;
 
+pub use self::secrets::{REDACTED, redact_url, url_password};
 pub use self::validate::ConfigError;
 
 /// Configuration of one relayer process.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+// NB: `Debug` by hand (in `secrets`): it redacts.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RelayerConfig {
     /// Socket address the HTTP server listens on, e.g. `0.0.0.0:3000`.
     #[serde(deserialize_with = "text::required")]
     #[schemars(with = "String")]
     pub listen: String,
-    /// Redis URL (`redis://` or `rediss://`) of the shared store; absent: in-memory store.
+    /// Redis URL (`redis://` or `rediss://`, TLS) of the shared store; absent: in-memory store.
+    /// Prefer `redis.password` to a password in the URL (both at once are refused).
     #[serde(
         skip_serializing_if = "Option::is_none",
         deserialize_with = "text::optional"
@@ -71,7 +80,7 @@ pub struct RelayerConfig {
 }
 
 /// The settlement endpoint (`settlement`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct SettlementConfig {
     /// URL trades are POSTed to; absent: the embedded in-process ledger settles them.
@@ -86,6 +95,19 @@ pub struct SettlementConfig {
     pub timeout_ms: u64,
     /// Retries of a settlement call.
     pub retry: SettlementRetryConfig,
+    /// Secret sent as the value of `credentialHeader` with every settlement POST (e.g.
+    /// `Bearer …`); absent: none. In Kubernetes, pass it as `RELAYER_SETTLEMENT__CREDENTIAL`
+    /// from a Secret rather than here.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text::optional"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub credential: Option<String>,
+    /// HTTP header that carries `credential`.
+    #[serde(deserialize_with = "text::required")]
+    #[schemars(with = "String")]
+    pub credential_header: String,
 }
 
 /// Retry settings of settlement: a named strategy, optionally overridden key by key.
@@ -132,7 +154,7 @@ pub struct SagaConfig {
 }
 
 /// The Redis store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// Prepended to every key, so several relayer deployments can share one Redis. At most 64
@@ -148,6 +170,24 @@ pub struct RedisConfig {
     /// How long filled and cancelled orders (and their order-id claims) are kept, in seconds.
     #[schemars(range(min = 1, max = 31622400))]
     pub order_retention_seconds: u64,
+    /// Redis AUTH password, sent on every connection to `redisUrl` (the store's, and the rate
+    /// limiter's when it uses the store's Redis); a user name in `redisUrl` is kept (ACL). Not
+    /// together with a password inside `redisUrl`. In Kubernetes, pass it as
+    /// `RELAYER_REDIS__PASSWORD` from a Secret rather than here.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text::optional"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub password: Option<String>,
+    /// PEM file of the CA that signs the Redis server's certificate (a `rediss://` `redisUrl`
+    /// only); then only that CA is trusted. Absent: the public web PKI roots (webpki-roots).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text::optional"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub ca_file: Option<String>,
 }
 
 impl Default for RedisConfig {
@@ -159,6 +199,8 @@ impl Default for RedisConfig {
             command_timeout_ms: 1_000,
             // A day: long enough for clients to read the outcome of what they placed.
             order_retention_seconds: 24 * 60 * 60,
+            password: None,
+            ca_file: None,
         }
     }
 }
@@ -285,6 +327,8 @@ impl Default for SettlementConfig {
             url: None,
             timeout_ms: 10_000,
             retry: SettlementRetryConfig::default(),
+            credential: None,
+            credential_header: "Authorization".to_owned(),
         }
     }
 }

@@ -81,6 +81,51 @@ fn each_bad_value_names_its_key() {
             "faultInjection.addedLatencyMs",
             Box::new(|c| c.fault_injection.added_latency_ms = 60_001),
         ),
+        (
+            "redis.password",
+            Box::new(|c| c.redis.password = Some("pw".into())),
+        ),
+        (
+            "redis.password",
+            Box::new(|c| {
+                c.redis_url = Some("redis://h".into());
+                c.redis.password = Some(String::new());
+            }),
+        ),
+        (
+            "redis.caFile",
+            Box::new(|c| {
+                c.redis_url = Some("redis://h".into());
+                c.redis.ca_file = Some("/ca.crt".into());
+            }),
+        ),
+        (
+            "redis.caFile",
+            Box::new(|c| c.redis.ca_file = Some("/ca.crt".into())),
+        ),
+        (
+            "settlement.credentialHeader",
+            Box::new(|c| c.settlement.credential_header = "X Token".into()),
+        ),
+        (
+            "settlement.credentialHeader",
+            Box::new(|c| c.settlement.credential_header = String::new()),
+        ),
+        (
+            "settlement.credentialHeader",
+            Box::new(|c| c.settlement.credential_header = "Content-Type".into()),
+        ),
+        (
+            "settlement.credential",
+            Box::new(|c| {
+                c.settlement.url = Some("http://s".into());
+                c.settlement.credential = Some("Bearer a\r\nX-Evil: 1".into());
+            }),
+        ),
+        (
+            "settlement.credential",
+            Box::new(|c| c.settlement.credential = Some("Bearer abc".into())),
+        ),
     ];
     for (key, mutate) in cases {
         let mut config = RelayerConfig::default();
@@ -111,4 +156,79 @@ fn the_placement_wait_is_below_the_request_timeout_unless_set() {
     config.limits.placement_wait_ms = Some(2_500);
     assert_eq!(config.limits.placement_wait().as_millis(), 2_500);
     config.validate().expect("set below the request timeout");
+}
+
+#[test]
+fn a_password_in_both_places_is_refused_naming_both_keys() {
+    let mut config = RelayerConfig {
+        redis_url: Some("rediss://:in-url@redis:6380/0".into()),
+        ..RelayerConfig::default()
+    };
+    config.redis.password = Some("in-config".into());
+    let error = config.validate().expect_err("two passwords").to_string();
+    assert!(
+        error.contains("redis.password") && error.contains("redisUrl"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("in-url") && !error.contains("in-config"),
+        "no secret in {error}"
+    );
+    config.redis_url = Some("rediss://alice@redis:6380/0".into());
+    config
+        .validate()
+        .expect("a user name in the URL with redis.password");
+    config.redis.ca_file = Some("/etc/relayer/redis-ca/ca.crt".into());
+    config.validate().expect("a CA with rediss://");
+    config.redis.password = None;
+    config.redis_url = Some("redis://:in-url@redis:6379/0".into());
+    config.redis.ca_file = None;
+    config.validate().expect("a password in the URL alone");
+}
+
+#[test]
+fn a_settlement_credential_needs_a_url_and_a_header_name() {
+    let mut config = RelayerConfig::default();
+    config.settlement.url = Some("https://settle.example/v1".into());
+    config.settlement.credential = Some("Bearer tok\u{e9}n".into());
+    config
+        .validate()
+        .expect("a credential with the default header");
+    config.settlement.credential_header = "X-Api-Key".into();
+    config.validate().expect("another header name");
+}
+
+#[test]
+fn the_ca_file_must_be_readable_pem() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = RelayerConfig {
+        redis_url: Some("rediss://redis:6380/0".into()),
+        ..RelayerConfig::default()
+    };
+    let missing = dir.path().join("missing.crt");
+    config.redis.ca_file = Some(missing.display().to_string());
+    config.validate().expect("validate does not read files");
+    let error = config
+        .check_files()
+        .expect_err("a missing file")
+        .to_string();
+    assert!(error.contains("redis.caFile"), "{error}");
+    let not_pem = dir.path().join("not.crt");
+    std::fs::write(&not_pem, "just text\n").expect("write");
+    config.redis.ca_file = Some(not_pem.display().to_string());
+    let error = config.check_files().expect_err("not PEM").to_string();
+    assert!(
+        error.contains("redis.caFile") && error.contains("no PEM certificate"),
+        "{error}"
+    );
+    let pem = dir.path().join("ca.crt");
+    std::fs::write(
+        &pem,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    config.redis.ca_file = Some(pem.display().to_string());
+    config.check_files().expect("a PEM certificate");
+    config.redis.ca_file = None;
+    config.check_files().expect("no file to check");
 }

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::{ORDER_SAGA_STEPS, RelayerConfig};
+use super::{ORDER_SAGA_STEPS, RelayerConfig, url_password};
 
 /// Largest request body the server may be configured to accept (16 MiB).
 const MAX_BODY_LIMIT: u64 = 16 * 1024 * 1024;
@@ -17,6 +17,18 @@ const MIN_ADMIN_TOKEN_LEN: usize = 16;
 const MAX_COMMAND_TIMEOUT_MS: u64 = 60_000;
 /// Retention beyond a year is unbounded growth in practice.
 const MAX_RETENTION_SECONDS: u64 = 366 * 24 * 60 * 60;
+/// Headers the settlement client sets itself (or HTTP does): a credential must not replace them.
+const RESERVED_HEADERS: [&str; 7] = [
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "idempotency-key",
+    "te",
+];
+/// What a PEM certificate starts with.
+const PEM_CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----";
 
 /// A configuration that cannot be used, with the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +68,7 @@ impl RelayerConfig {
         {
             return Err(invalid("redisUrl", "must start with redis:// or rediss://"));
         }
+        self.validate_redis_access()?;
         if let Some(token) = &self.admin_token
             && (token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace))
         {
@@ -177,6 +190,7 @@ impl RelayerConfig {
         if s.timeout_ms == 0 {
             return Err(invalid("settlement.timeoutMs", "must be at least 1"));
         }
+        self.validate_settlement_credential()?;
         if !["fast", "standard", "slow", "blockchain"].contains(&s.retry.strategy.as_str()) {
             return Err(invalid(
                 "settlement.retry.strategy",
@@ -209,4 +223,113 @@ impl RelayerConfig {
         }
         Ok(())
     }
+
+    /// `redis.password` and `redis.caFile` against `redisUrl`.
+    fn validate_redis_access(&self) -> Result<(), ConfigError> {
+        let url = self.redis_url.as_deref();
+        let r = &self.redis;
+        if let Some(password) = &r.password {
+            if password.is_empty() {
+                return Err(invalid("redis.password", "must not be empty"));
+            }
+            let Some(url) = url else {
+                return Err(invalid(
+                    "redis.password",
+                    "is set but redisUrl is not: the in-memory store uses no password",
+                ));
+            };
+            if url_password(url).is_some() {
+                return Err(invalid(
+                    "redis.password",
+                    "is set and redisUrl holds a password too: give the password in one of \
+                     redis.password and redisUrl",
+                ));
+            }
+        }
+        if let Some(ca_file) = &r.ca_file {
+            if ca_file.trim().is_empty() {
+                return Err(invalid("redis.caFile", "must not be empty"));
+            }
+            if !url.is_some_and(|u| u.starts_with("rediss://")) {
+                return Err(invalid(
+                    "redis.caFile",
+                    "needs a rediss:// redisUrl (a CA is only used for TLS)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `settlement.credential` and `settlement.credentialHeader`.
+    fn validate_settlement_credential(&self) -> Result<(), ConfigError> {
+        let s = &self.settlement;
+        let header = &s.credential_header;
+        if !is_header_name(header) {
+            return Err(invalid(
+                "settlement.credentialHeader",
+                format!("{header:?} is not an HTTP header name"),
+            ));
+        }
+        if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+            return Err(invalid(
+                "settlement.credentialHeader",
+                format!("{header} is set by the settlement client itself"),
+            ));
+        }
+        if let Some(credential) = &s.credential {
+            // NB: the messages never echo the value: it is a secret.
+            if credential.trim().is_empty() {
+                return Err(invalid("settlement.credential", "must not be empty"));
+            }
+            if !is_header_value(credential) {
+                return Err(invalid(
+                    "settlement.credential",
+                    "must be a valid HTTP header value (no control characters or line breaks)",
+                ));
+            }
+            if s.url.is_none() {
+                return Err(invalid(
+                    "settlement.credential",
+                    "is set but settlement.url is not: the embedded ledger takes no credential",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks that read the relayer's own files: `redis.caFile` must be a readable PEM
+    /// file holding at least one certificate. Not part of [`RelayerConfig::validate`], which
+    /// the operator also runs on `spec.config` (where the file does not exist);
+    /// [`RelayerConfig::load`] runs both.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.redis.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| invalid("redis.caFile", format!("cannot read {path}: {e}")))?;
+            if !pem
+                .windows(PEM_CERTIFICATE.len())
+                .any(|w| w == PEM_CERTIFICATE.as_bytes())
+            {
+                return Err(invalid(
+                    "redis.caFile",
+                    format!("{path} holds no PEM certificate ({PEM_CERTIFICATE})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An HTTP field name (RFC 9110 `token`).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An HTTP field value as `http::HeaderValue` accepts it: no control character but tab.
+fn is_header_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }

@@ -43,6 +43,9 @@
 //! a fencing token ([`crate::store::Fence`]), so a replica whose lease lapsed (paused, cut off)
 //! cannot write after its successor; it also sends no settlement request without its lease.
 //! A process carries its own pending sagas on in the background, renewing the lease first.
+//! A process that stops before its sagas end (its drain ran out of time) hands them over
+//! ([`OrderSagas::hand_over`]): it ends their leases, so another replica recovers them at its
+//! next sweep rather than once the leases run out.
 //!
 //! # Layout
 //! - this module (the facade): the saga's data ([`OrderSagaData`]), its context, [`OrderSagas`]
@@ -140,6 +143,9 @@ pub struct Deps {
     crash_at: Option<String>,
     /// Sagas this process is driving now (the recovery sweep leaves them alone).
     active: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Set once this process gave its sagas up ([`OrderSagas::hand_over`]): it renews no
+    /// lease, sends no settlement request and sweeps nothing from then on.
+    handed_over: AtomicBool,
     /// The wall clock of lease deadlines and of the recovery's "now".
     clock: Arc<dyn Clock>,
 }
@@ -149,6 +155,11 @@ impl Deps {
     // NB: the saga's one read of the clock, so the relayer's injected clock plugs in here.
     fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// Whether this process gave its sagas up ([`OrderSagas::hand_over`]).
+    fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Acquire)
     }
 
     fn set_active(&self, id: &str, active: bool) -> bool {
@@ -218,6 +229,9 @@ impl OrderCtx {
         if !self.deps.durable {
             return Ok(());
         }
+        if self.deps.handed_over() {
+            return Err(fenced_step());
+        }
         let now = self.deps.now_ms();
         let left = self.fence.lease_until_ms().saturating_sub(now);
         if left > self.deps.lease_ms / 3 {
@@ -246,6 +260,7 @@ impl OrderCtx {
     /// known lost and has not run out (a paused process finds it has on resuming).
     fn holds_lease(&self) -> bool {
         !self.fence.lease_lost.load(Ordering::Acquire)
+            && !self.deps.handed_over()
             && (!self.deps.durable || self.deps.now_ms() < self.fence.lease_until_ms())
     }
 
@@ -355,6 +370,7 @@ impl OrderSagas {
                 durable: config.saga.durable_log,
                 crash_at: config.fault_injection.crash_at_step.clone(),
                 active: std::sync::Mutex::default(),
+                handed_over: AtomicBool::new(false),
                 clock: Arc::new(SystemClock),
             }),
         }
@@ -444,6 +460,49 @@ impl OrderSagas {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .is_empty()
+    }
+
+    /// Gives up the sagas this process still drives, for a process about to stop before they
+    /// end (its drain ran out of time): from now on it renews no lease, sends no settlement
+    /// request and sweeps nothing, and the lease of each saga it holds is ended in the log, so
+    /// the recovery of any replica takes the saga over at its next sweep instead of waiting the
+    /// lease out. Answers how many leases it ended.
+    ///
+    /// Safe while the sagas' tasks still run: a successor's claim raises the epoch, which
+    /// fences this process out of the log and of every slot the successor writes, and what
+    /// this process may still do (a settlement request already sent, an idempotent balance
+    /// move) the successor repeats with the same keys and operation ids.
+    pub async fn hand_over(&self) -> usize {
+        self.deps.handed_over.store(true, Ordering::Release);
+        let ids: Vec<String> = self
+            .deps
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        let mut ended = 0;
+        for id in ids {
+            // NB: the owner's claim sets the lease's end and keeps the epoch; an end of 0 has
+            // passed for every replica. A heartbeat that read the flag just before it was set
+            // may renew once more: then the saga waits out that lease, as after a crash.
+            let now = self.deps.now_ms();
+            match self
+                .deps
+                .store
+                .saga_claim(&id, &self.deps.owner, 0, now)
+                .await
+            {
+                Ok(Some(_)) => ended += 1,
+                // NB: finished meanwhile, parked as manual, or another replica's already.
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, saga = id, "saga lease not handed over: recovered once it runs out");
+                }
+            }
+        }
+        ended
     }
 
     /// Waits until this process drives no saga, at most `within`; false when some still run

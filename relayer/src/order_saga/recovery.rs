@@ -18,6 +18,10 @@ impl OrderSagas {
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         let store = &self.deps.store;
         let mut taken = 0;
+        if self.deps.handed_over() {
+            // NB: this process is stopping and gave its own sagas up: it takes none over.
+            return Ok(0);
+        }
         for entry in store.saga_list().await? {
             // NB: read per entry: taking earlier ones over may have taken a while.
             let now = self.deps.now_ms();

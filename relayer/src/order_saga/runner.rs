@@ -111,8 +111,9 @@ impl OrderSagas {
         let every = Duration::from_millis((self.deps.lease_ms / 3).max(1));
         loop {
             tokio::time::sleep(every).await;
-            if !fence.created() {
-                // NB: the log's first write has not happened (or failed): nothing to renew.
+            if !fence.created() || self.deps.handed_over() {
+                // NB: the log's first write has not happened (or failed): nothing to renew; or
+                // this process gave its sagas up (`hand_over`).
                 continue;
             }
             let now = self.deps.now_ms();

@@ -15,13 +15,13 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use hashbrown::HashTable;
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use smallvec::SmallVec;
 
 use super::window::{Outcome, Spec, Window, admits, settle};
 use crate::clock::Clock;
 use crate::domain::UserId;
-use crate::store::StoreError;
+use crate::store::{RedisAccess, StoreError};
 
 /// Whose requests a per-client counter counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -418,18 +418,19 @@ impl RedisCounters {
         }
     }
 
-    /// Connects lazily to `url` (a Redis that is down makes checks fail, not the start).
+    /// Connects lazily to `url`, the limiter's own Redis (`rateLimit.redisUrl`; a Redis that
+    /// is down makes checks fail, not the start), through the store's connection helper.
+    ///
+    /// NB: `redis.password` and `redis.caFile` belong to the store's Redis (`redisUrl`) and
+    /// are not sent here: this Redis gets the password inside `url`, if any, and a
+    /// `rediss://` `url` is verified against the web PKI roots.
     pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let conn = crate::store::connection_manager(
+            url,
+            &RedisAccess::default(),
+            "rateLimit.redisUrl",
+            timeout,
+        )?;
         Ok(Self::new(conn, prefix, timeout))
     }
 

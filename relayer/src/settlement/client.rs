@@ -1,15 +1,21 @@
-//! The HTTP settlement client: one POST per trade with its idempotency key, through the
-//! `settlement` circuit breaker and the configured retry policy, and the classification of
-//! what the attempts said about the trade (see the parent module).
+//! The HTTP settlement client: one POST per trade with its idempotency key (and, when
+//! `settlement.credential` is set, the `settlement.credentialHeader: <credential>` header),
+//! through the `settlement` circuit breaker and the configured retry policy, and the
+//! classification of what the attempts said about the trade (see the parent module).
+//!
+//! Neither the credential nor a password in `settlement.url` shows in `Debug` or in an error.
 //!
 //! May use: `config`, `domain`, `resilience` (breaker, retry), and the parent's types.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use reqwest::header::HeaderMap;
+
 use super::{SettleError, SettlementTrade};
-use crate::config::RelayerConfig;
+use crate::config::{RelayerConfig, redact_url};
 use crate::resilience::breaker::{BreakerError, BreakerRegistry, CircuitBreaker};
 use crate::resilience::retry::{
     Retrier, RetryBudget, RetryMetrics, RetryPolicy, Retryable, is_retryable_status,
@@ -52,12 +58,49 @@ impl Retryable for AttemptError {
 }
 
 /// The HTTP settlement client.
-#[derive(Debug)]
 pub struct HttpSettlement {
     client: reqwest::Client,
     url: String,
+    /// Sent with every request: the credential, if any (its value marked sensitive).
+    headers: HeaderMap,
     breaker: Arc<CircuitBreaker>,
     retrier: Retrier,
+}
+
+impl fmt::Debug for HttpSettlement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSettlement")
+            .field("url", &redact_url(&self.url))
+            .field("headers", &self.headers)
+            .field("breaker", &self.breaker)
+            .field("retrier", &self.retrier)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The headers every settlement request to `url` carries: `credentialHeader: credential`, if
+/// set, parsed by reqwest itself (a request to `url` is built with them): `validate` has checked
+/// both, and should either still not parse, the error is reqwest's (naming neither value).
+fn credential_headers(
+    client: &reqwest::Client,
+    url: &str,
+    config: &RelayerConfig,
+) -> Result<HeaderMap, reqwest::Error> {
+    let s = &config.settlement;
+    let Some(credential) = &s.credential else {
+        return Ok(HeaderMap::new());
+    };
+    let mut probe = client
+        .post(url)
+        .header(s.credential_header.as_str(), credential.as_str())
+        .build()
+        .map_err(reqwest::Error::without_url)?;
+    let mut headers = std::mem::take(probe.headers_mut());
+    for value in headers.values_mut() {
+        // NB: sensitive values are left out of `Debug` and of HTTP/2 header compression.
+        value.set_sensitive(true);
+    }
+    Ok(headers)
 }
 
 impl HttpSettlement {
@@ -83,9 +126,11 @@ impl HttpSettlement {
             .timeout(Duration::from_millis(s.timeout_ms))
             .connect_timeout(Duration::from_millis(s.timeout_ms.min(2_000)))
             .build()?;
+        let headers = credential_headers(&client, url, config)?;
         Ok(Self {
             client,
             url: url.to_owned(),
+            headers,
             breaker: breakers.get_or_create("settlement", &config.circuit_breakers.settlement),
             retrier: Retrier::new(
                 policy,
@@ -99,6 +144,7 @@ impl HttpSettlement {
         let sent = self
             .client
             .post(&self.url)
+            .headers(self.headers.clone())
             .header("Idempotency-Key", &trade.idempotency_key)
             .json(trade)
             .send()
@@ -114,9 +160,11 @@ impl HttpSettlement {
                 Err(Attempt::Status(resp.status().as_u16(), ra))
             }
             // NB: a refused connection never carried the request; anything else (timeout,
-            // reset) may have.
-            Err(e) if e.is_connect() && !e.is_timeout() => Err(Attempt::Refused(e.to_string())),
-            Err(e) => Err(Attempt::Lost(e.to_string())),
+            // reset) may have. `without_url`: reqwest's text would show the URL's password.
+            Err(e) if e.is_connect() && !e.is_timeout() => {
+                Err(Attempt::Refused(e.without_url().to_string()))
+            }
+            Err(e) => Err(Attempt::Lost(e.without_url().to_string())),
         }
     }
 

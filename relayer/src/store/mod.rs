@@ -21,7 +21,7 @@ mod memory;
 mod redis;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::{RedisSettings, RedisStore};
+pub use self::redis::{RedisAccess, RedisSettings, RedisStore, connection_manager};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -230,20 +230,16 @@ impl Store {
         RedisStore::new(settings).map(Store::Redis)
     }
 
-    /// The store `config` selects: Redis when `redisUrl` is set, else in memory. Either keeps
-    /// finished orders for `redis.orderRetentionSeconds`.
+    /// The store `config` selects: Redis when `redisUrl` is set (with `redis.password` and
+    /// `redis.caFile`), else in memory. Either keeps finished orders for
+    /// `redis.orderRetentionSeconds`.
     pub fn from_config(config: &RelayerConfig) -> Result<Self, StoreError> {
         match &config.redis_url {
             None => Ok(Store::Memory(MemoryStore::new(
                 Duration::from_secs(config.redis.order_retention_seconds),
                 Arc::new(SystemClock),
             ))),
-            Some(url) => Store::redis(&RedisSettings {
-                url: url.clone(),
-                key_prefix: config.redis.key_prefix.clone(),
-                command_timeout: Duration::from_millis(config.redis.command_timeout_ms),
-                order_retention: Duration::from_secs(config.redis.order_retention_seconds),
-            }),
+            Some(url) => RedisStore::from_config(url, config).map(Store::Redis),
         }
     }
 

@@ -1,13 +1,19 @@
 //! A small client of a relayer's HTTP API ([`Api`], [`Trader`]) for relayers started as
 //! processes, and what tests check through it: [`check_invariants`] over every order and
-//! balance, and [`num`] for decimal-string fields.
+//! balance, and [`num`] for decimal-string fields; placements answered as a [`Reply`]
+//! ([`post`], [`post_with`]), a trader's [`balances`], and the saga log ([`sagas`],
+//! [`wait_no_sagas`], [`active_sagas`]).
 //!
-//! Uses [`super::fixtures::ADMIN_TOKEN`], [`super::metrics`], `reqwest` and `serde_json`.
+//! Uses [`super::fixtures::ADMIN_TOKEN`], [`super::metrics`], [`super::wait`], `reqwest` and
+//! `serde_json`.
 
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use super::fixtures::ADMIN_TOKEN;
 use super::metrics::{self, Metrics};
+use super::wait::wait_for_ok;
 
 /// A user of the HTTP API: its address and API key.
 #[derive(Debug, Clone)]
@@ -193,4 +199,105 @@ pub async fn check_invariants(
         }
     }
     Ok(())
+}
+
+/// An answer of the relayer: status, the `Idempotent-Replayed` header, `Location`, the body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub replayed: bool,
+    pub location: Option<String>,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The error code of an error answer (`""` for any other).
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+}
+
+/// `resp` read into a [`Reply`].
+pub async fn reply(resp: reqwest::Response) -> Reply {
+    let status = resp.status().as_u16();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let replayed = header("idempotent-replayed").as_deref() == Some("true");
+    let location = header("location");
+    let body = resp.json().await.unwrap_or(Value::Null);
+    Reply {
+        status,
+        replayed,
+        location,
+        body,
+    }
+}
+
+/// `POST /v2/orders` as `trader`, through `http`.
+pub async fn post_with(
+    http: &reqwest::Client,
+    base: &str,
+    trader: &Trader,
+    order: &Value,
+) -> reqwest::Result<Reply> {
+    let resp = http
+        .post(format!("{base}/v2/orders"))
+        .bearer_auth(&trader.api_key)
+        .json(order)
+        .send()
+        .await?;
+    Ok(reply(resp).await)
+}
+
+/// `POST /v2/orders` as `trader`; the relayer must answer.
+pub async fn post(api: &Api, base: &str, trader: &Trader, order: &Value) -> Reply {
+    post_with(&api.http, base, trader, order)
+        .await
+        .expect("the relayer answers")
+}
+
+/// The trader's balances.
+pub async fn balances(api: &Api, base: &str, trader: &Trader) -> Value {
+    let (status, b) = api
+        .get(&format!("{base}/v2/balances/{}", trader.user_id), trader)
+        .await;
+    assert_eq!(status, 200, "balances of {}: {b}", trader.user_id);
+    b
+}
+
+/// The sagas the relayer's log holds (`/admin/sagas`).
+pub async fn sagas(api: &Api, base: &str) -> Value {
+    let resp = api
+        .http
+        .get(format!("{base}/admin/sagas"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin sagas");
+    assert_eq!(resp.status(), 200, "admin sagas");
+    resp.json::<Value>().await.expect("json")["sagas"].clone()
+}
+
+/// Waits until `base`'s saga log is empty (every saga finished or compensated).
+pub async fn wait_no_sagas(api: &Api, base: &str, deadline: Duration) {
+    wait_for_ok("the saga log to be empty", deadline, async || {
+        let s = sagas(api, base).await;
+        if s == json!([]) {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
+}
+
+/// `foresight_saga_active{saga="order"}` of `base`.
+pub async fn active_sagas(api: &Api, base: &str) -> f64 {
+    api.metrics(base)
+        .await
+        .value("foresight_saga_active", &[("saga", "order")])
 }

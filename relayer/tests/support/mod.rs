@@ -7,13 +7,17 @@
 //! - [`server`]: a relayer served in-process on `127.0.0.1:0`, with a small client (`Server`).
 //! - [`settle`]: a scriptable settlement endpoint (`SettlementServer`, `Mode`).
 //! - [`chaos_settle`]: a settlement endpoint misbehaving at random, seeded (`ChaosSettlement`).
-//! - [`api`]: an HTTP client for relayer processes (`Api`, `Trader`) and `check_invariants`.
+//! - [`tls_redis`]: a private `redis-server` speaking only TLS with a password
+//!   (`TlsRedisServer`), and test CAs (`TestCa`, rcgen).
+//! - [`api`]: an HTTP client for relayer processes (`Api`, `Trader`, `Reply`), the saga log as
+//!   `/admin/sagas` shows it, and `check_invariants`.
 //! - [`metrics`]: the Prometheus text reader; a missing series is a panic, never a 0.
 //! - [`fixtures`]: the fluent `Order`, the admin token, addresses, crossing orders.
 //!
 //! These modules use the relayer crate's public API only. Among themselves: `fixtures`,
 //! `metrics`, `redis`, `settle`, `chaos_settle` and `wait` use no other support module; `api`
-//! and `server` use `fixtures` and `metrics`; `process` uses `redis`.
+//! uses `fixtures`, `metrics` and `wait`; `server` uses `fixtures` and `metrics`; `process`
+//! and `tls_redis` use `redis`.
 // NB: every test binary compiles all of support but uses only part of it.
 #![allow(dead_code)]
 
@@ -25,4 +29,5 @@ pub mod process;
 pub mod redis;
 pub mod server;
 pub mod settle;
+pub mod tls_redis;
 pub mod wait;

@@ -5,7 +5,9 @@
 //!
 //! A [`RelayerProcess`] can be sent a signal (`kill -STOP`/`-CONT`, to pause it), and SIGKILLed
 //! and started again on the same port with the same environment ([`RelayerProcess::restart`]),
-//! its log appended to the same file. Both kill the child when their handle drops. Uses
+//! its log appended to the same file, or asked to stop (`signal("TERM")`, as Kubernetes drains a
+//! pod) and waited on until it exits ([`RelayerProcess::wait_exit`]); [`with`] changes one
+//! variable of an environment. Both kill the child when their handle drops. Uses
 //! [`super::redis::free_port`], `tempfile` and `serde_json`.
 
 use std::io::{BufRead, BufReader};
@@ -14,6 +16,17 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::redis::free_port;
+
+/// `env` with `key` set to `value` (replacing an earlier value).
+pub fn with(
+    mut env: Vec<(&'static str, String)>,
+    key: &'static str,
+    value: &str,
+) -> Vec<(&'static str, String)> {
+    env.retain(|(k, _)| *k != key);
+    env.push((key, value.to_owned()));
+    env
+}
 
 /// A `relayer` process (the crate's binary) configured through `RELAYER_*` variables.
 pub struct RelayerProcess {
@@ -146,6 +159,30 @@ impl RelayerProcess {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Its exit status, once it has exited (`None` while it runs or after [`Self::kill`]).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("wait on the relayer"))
+    }
+
+    /// Waits (polling, at most `deadline`) until the process exits; its exit status and when it
+    /// was seen gone. Panics with its log when it is still running then.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> (ExitStatus, Instant) {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return (status, Instant::now());
+            }
+            assert!(
+                Instant::now() < until,
+                "the relayer did not exit within {deadline:?}; its log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// SIGKILL.

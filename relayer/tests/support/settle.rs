@@ -1,7 +1,9 @@
 //! A test settlement endpoint on `127.0.0.1:0`: told to succeed, fail with a status, hang,
 //! settle and then hang (the answer is lost), or take its time and then settle; it records
 //! every request's idempotency key and every distinct body sent under each key, and settles
-//! each key at most once (as a real idempotent endpoint would).
+//! each key at most once (as a real idempotent endpoint would). It can also require a
+//! credential header ([`SettlementServer::require_header`]): a request without it is answered
+//! 401 and settles nothing; the header of every request is kept.
 //!
 //! Uses `axum` for the endpoint; no other support module.
 
@@ -46,6 +48,12 @@ struct Inner {
     malformed: usize,
     /// Idempotency key → every distinct body sent with it, in arrival order.
     bodies: BTreeMap<String, Vec<Value>>,
+    /// A header (name, value) every request must carry, else 401.
+    required: Option<(String, String)>,
+    /// The required header's value in each request (None: absent), in arrival order.
+    credentials: Vec<Option<String>>,
+    /// Requests answered 401 for a missing or wrong required header.
+    unauthorized: usize,
 }
 
 /// The running endpoint.
@@ -85,6 +93,20 @@ async fn settle(
             s.malformed += 1;
         }
         s.requests.push(key.clone());
+        if let Some((name, value)) = s.required.clone() {
+            let got = headers
+                .get(name.as_str())
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let ok = got.as_deref() == Some(value.as_str());
+            s.credentials.push(got);
+            if !ok {
+                s.unauthorized += 1;
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({"error": "credential missing or wrong"})),
+                );
+            }
+        }
         let bodies = s.bodies.entry(key.clone()).or_default();
         if !bodies.contains(&body) {
             bodies.push(body.clone());
@@ -171,5 +193,22 @@ impl SettlementServer {
     /// Requests without matching header and body keys.
     pub fn malformed(&self) -> usize {
         lock(&self.inner).malformed
+    }
+
+    /// From now on every request must carry `name: value`; any other is answered 401 and
+    /// settles nothing.
+    pub fn require_header(&self, name: &str, value: &str) {
+        lock(&self.inner).required = Some((name.to_ascii_lowercase(), value.to_owned()));
+    }
+
+    /// The required header's value in each request since [`Self::require_header`] (None:
+    /// absent), in arrival order.
+    pub fn credentials(&self) -> Vec<Option<String>> {
+        lock(&self.inner).credentials.clone()
+    }
+
+    /// Requests answered 401 for a missing or wrong required header.
+    pub fn unauthorized(&self) -> usize {
+        lock(&self.inner).unauthorized
     }
 }

@@ -426,6 +426,24 @@ async fn scale_to_zero(
     Ok(())
 }
 
+/// Publishes why a rollback request is not carried out and removes the request.
+async fn refuse_rollback(
+    ctx: &Context,
+    rd: &RelayerDeployment,
+    api: &Api<RelayerDeployment>,
+    why: &str,
+) -> Result<()> {
+    publish(ctx, rd, EventType::Warning, "RollbackRefused", why).await;
+    let patch = json!({ "metadata": { "annotations": { ANNOTATION_ROLLBACK_TO: null } } });
+    api.patch(
+        &rd.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Writes the bundle of revision `target` back into the spec (and drops the annotation in the
 /// same request), so the rollback rolls out like any change.
 async fn restore_revision(
@@ -440,22 +458,8 @@ async fn restore_revision(
     let revision_of = |r: &ControllerRevision| r.labels().get(LABEL_REVISION).cloned();
     let found = decide::rollback_target(revisions, state, target);
     let Some(cr) = found else {
-        publish(
-            ctx,
-            rd,
-            EventType::Warning,
-            "RollbackRefused",
-            &format!("{ANNOTATION_ROLLBACK_TO}={target:?}: no such revision is kept"),
-        )
-        .await;
-        let patch = json!({ "metadata": { "annotations": { ANNOTATION_ROLLBACK_TO: null } } });
-        api.patch(
-            &rd.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-        return Ok(());
+        let why = format!("{ANNOTATION_ROLLBACK_TO}={target:?}: no such revision is kept");
+        return refuse_rollback(ctx, rd, api, &why).await;
     };
     let bundle = Bundle::from_revision(cr).ok_or(Error::Missing("ControllerRevision data"))?;
     // NB: a replace carrying the resourceVersion we read: the whole bundle is restored (absent
@@ -477,6 +481,17 @@ async fn restore_revision(
     {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 409 => return Ok(()),
+        // NB: a revision kept from before a validation rule existed (a literal secret, an
+        // in-memory store with several replicas) is refused by the API server: say why and
+        // drop the request rather than retrying it for ever.
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            let revision = revision_of(cr).unwrap_or_default();
+            let why = format!(
+                "revision {revision} cannot be restored, the API server refuses its spec: {}",
+                status.message
+            );
+            return refuse_rollback(ctx, rd, api, &why).await;
+        }
         Err(error) => return Err(error.into()),
     }
     let revision = revision_of(cr).unwrap_or_default();

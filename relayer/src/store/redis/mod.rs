@@ -35,31 +35,49 @@
 //! Every call is bounded by `redis.commandTimeoutMs`; an error or a late answer becomes
 //! [`StoreError::Unavailable`] (HTTP 503). The connection manager reconnects in the background.
 //!
+//! Connections (`connect`): `rediss://` is TLS (rustls; `redis.caFile` for a private CA, else
+//! the web PKI roots) and `redis.password` is the AUTH password of each. They open lazily, so
+//! a Redis that is down at start does not stop the relayer, and neither does one whose
+//! certificate does not verify or that refuses the password: in every such case the relayer
+//! starts but never reports ready (`/ready` pings the store), and each change between
+//! answering and failing is logged once, naming the keys to check (`redisUrl`,
+//! `redis.caFile`, `redis.password`). NB: chosen over failing at start because startup does
+//! not ping Redis today (a Redis that is down at start is waited for), and one rule for every
+//! "cannot talk to Redis" keeps a rotated server certificate or password from crash-looping
+//! the pods that were serving. The config errors found without a connection (a CA file that is
+//! missing or not PEM, a CA with `redis://`, two passwords) do stop the start.
+//!
 //! Retention: an order that is filled or cancelled expires `redis.orderRetentionSeconds` later,
 //! and so does its claim. The claim of a maker order finished by someone else's placement lives
 //! in another slot; its expiry is set after the match by a best-effort follow-up. Known limit:
 //! a claim whose follow-up was lost keeps no TTL, and nothing collects it yet.
 //!
 //! # Layout
-//! - this module: [`RedisStore`], its connection and one method per store operation;
+//! - this module: [`RedisStore`] and one method per store operation;
+//! - `connect`: opening connections ([`RedisAccess`]: password and CA), shared with the rate
+//!   limiter;
 //! - `scripts`: the Lua scripts (their text in `lua/`) and how one is run;
 //! - `keys`: the key layout above and the sharding of the saga log;
 //! - `wire`: reading replies into domain types, and Redis errors into [`StoreError`]s.
 //!
-//! May use: `domain`, `book`, and the store's own types.
+//! May use: `config` (the `redis` keys), `domain`, `book`, and the store's own types.
 
+mod connect;
 mod keys;
 mod scripts;
 mod wire;
+
+pub use self::connect::{RedisAccess, connection_manager};
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use redis::RedisError;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use self::keys::SAGA_SHARDS;
 use self::scripts::Scripts;
@@ -70,6 +88,7 @@ use self::wire::{
 };
 use super::{ApiKeyRecord, Claim, ClaimEnd, ClaimOutcome, Fence, SagaEntry, StoreError};
 use crate::book::{CancelError, Level, MatchOutcome, UndoOutcome};
+use crate::config::RelayerConfig;
 use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
 
 /// How to reach Redis and how to lay keys out in it.
@@ -98,7 +117,19 @@ struct Inner {
     timeout: Duration,
     retention_ms: u64,
     scripts: Scripts,
+    /// Whether the connection is TLS (`rediss://`), for the hints of failed calls.
+    tls: bool,
+    /// What the last [`RedisStore::ping`] found ([`UNKNOWN`], [`ANSWERS`] or [`FAILS`]), so
+    /// that only a change is logged.
+    health: AtomicU8,
 }
+
+/// No ping yet.
+const UNKNOWN: u8 = 0;
+/// The last ping was answered.
+const ANSWERS: u8 = 1;
+/// The last ping failed.
+const FAILS: u8 = 2;
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -128,21 +159,32 @@ impl RedisStore {
         self.inner.conn.clone()
     }
 
-    /// A store over the Redis at `settings.url`. Connects lazily: a Redis that is down at start
-    /// makes calls fail with [`StoreError::Unavailable`] (and `/ready` false) until it is up.
+    /// A store over the Redis at `settings.url`, with what the URL says only (no
+    /// `redis.password`, no `redis.caFile`): [`RedisStore::with_access`].
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("invalid redis URL: {e}")))?;
-        // NB: the manager's own retries would make one call wait through several reconnection
-        // attempts; one attempt per call, bounded by the timeout, keeps a 503 prompt.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.command_timeout))
-            .set_response_timeout(Some(settings.command_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(settings.command_timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| unavailable("connect", e))?;
+        Self::with_access(settings, &RedisAccess::default())
+    }
+
+    /// The store `config` selects when `redisUrl` is `url`: its `redis` keys, password and CA
+    /// included.
+    pub fn from_config(url: &str, config: &RelayerConfig) -> Result<Self, StoreError> {
+        let r = &config.redis;
+        Self::with_access(
+            &RedisSettings {
+                url: url.to_owned(),
+                key_prefix: r.key_prefix.clone(),
+                command_timeout: Duration::from_millis(r.command_timeout_ms),
+                order_retention: Duration::from_secs(r.order_retention_seconds),
+            },
+            &RedisAccess::from_config(config),
+        )
+    }
+
+    /// A store over the Redis at `settings.url` with `access` (password, CA). Connects lazily:
+    /// a Redis that is down at start, or that refuses the TLS handshake or the password, makes
+    /// calls fail with [`StoreError::Unavailable`] (and `/ready` false) until that changes.
+    pub fn with_access(settings: &RedisSettings, access: &RedisAccess) -> Result<Self, StoreError> {
+        let conn = connection_manager(&settings.url, access, "redisUrl", settings.command_timeout)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 conn,
@@ -151,6 +193,8 @@ impl RedisStore {
                 retention_ms: u64::try_from(settings.order_retention.as_millis())
                     .unwrap_or(u64::MAX),
                 scripts: Scripts::new(),
+                tls: settings.url.starts_with("rediss://"),
+                health: AtomicU8::new(UNKNOWN),
             }),
         })
     }
@@ -163,26 +207,51 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.inner.timeout, f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(classify(what, e)),
+            Ok(Err(e)) => {
+                // NB: a hint names the keys to check (TLS, password); never a secret.
+                let hint = connect::hint(&e, self.inner.tls);
+                Err(match classify(what, e) {
+                    StoreError::Unavailable(message) => StoreError::Unavailable(message + hint),
+                    other => other,
+                })
+            }
             Err(_) => Err(unavailable(
                 what,
-                format!("no answer within {} ms", self.inner.timeout.as_millis()),
+                format_args!(
+                    "no answer within {} ms{}",
+                    self.inner.timeout.as_millis(),
+                    connect::timeout_hint(self.inner.tls)
+                ),
             )),
         }
     }
 
+    /// Whether Redis answers; a change from the last ping is logged (a failure at warn, with
+    /// what to check).
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.inner.conn.clone();
-        let pong: String = self
+        let result = self
             .call("PING", async move {
-                redis::cmd("PING").query_async(&mut conn).await
+                redis::cmd("PING").query_async::<String>(&mut conn).await
             })
-            .await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(corrupt("PING", format!("answered {pong:?}")))
+            .await
+            .and_then(|pong| {
+                if pong == "PONG" {
+                    Ok(())
+                } else {
+                    Err(corrupt("PING", format!("answered {pong:?}")))
+                }
+            });
+        let now = if result.is_ok() { ANSWERS } else { FAILS };
+        let before = self.inner.health.swap(now, Ordering::Relaxed);
+        match &result {
+            Err(error) if before != FAILS => {
+                tracing::warn!(%error, "redis does not answer: not ready");
+            }
+            Ok(()) if before == FAILS => tracing::info!("redis answers again"),
+            _ => {}
         }
+        result
     }
 
     pub(super) async fn apply_moves(

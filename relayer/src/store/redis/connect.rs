@@ -1,0 +1,228 @@
+//! Opening Redis connections: the one place that turns a URL, an AUTH password and a CA file
+//! into a connection manager, for the store and for the rate limiter's own Redis alike.
+//!
+//! - `rediss://` is TLS through rustls (its process-default provider, aws-lc-rs): with
+//!   [`RedisAccess::ca_file`] only that CA is trusted (the redis crate's
+//!   `Client::build_with_tls`), without it the public web PKI roots (webpki-roots).
+//! - [`RedisAccess::password`] is the AUTH password of every connection (with the URL's user
+//!   name, if it has one); a password inside the URL works too, but not both.
+//! - Connections are opened lazily, each attempt bounded by the timeout. A server that is
+//!   down, a certificate that does not verify or a refused password all surface the same way:
+//!   calls fail with [`StoreError::Unavailable`] (the relayer stays not ready), and the message
+//!   says which key to check ([`hint`]).
+//!
+//! No message here ever holds the URL or the password.
+//!
+//! May use: the store's [`StoreError`] and the config's URL helpers.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ErrorKind, IntoConnectionInfo, RedisError, TlsCertificates};
+
+use crate::config::{RelayerConfig, url_password};
+use crate::store::StoreError;
+
+/// What a connection needs besides its URL: the secrets and trust the URL does not carry.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisAccess {
+    /// AUTH password (`redis.password`); the URL must then hold none.
+    pub password: Option<String>,
+    /// PEM file of the only CA trusted for `rediss://` (`redis.caFile`); absent: the web PKI
+    /// roots.
+    pub ca_file: Option<String>,
+}
+
+impl fmt::Debug for RedisAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisAccess")
+            .field(
+                "password",
+                &self.password.as_ref().map(|_| crate::config::REDACTED),
+            )
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl RedisAccess {
+    /// The access to the store's Redis (`redisUrl`) that `config` gives.
+    pub fn from_config(config: &RelayerConfig) -> Self {
+        Self {
+            password: config.redis.password.clone(),
+            ca_file: config.redis.ca_file.clone(),
+        }
+    }
+}
+
+/// A configuration the store cannot use, naming its key.
+fn invalid(key: &str, message: impl fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("invalid config key `{key}`: {message}"))
+}
+
+/// A client for `url` with `access`; `key` names the URL's config key in errors.
+fn client(url: &str, access: &RedisAccess, key: &str) -> Result<Client, StoreError> {
+    // NB: the redis crate's parse errors do not echo the URL; ours must not either.
+    let mut info = url
+        .into_connection_info()
+        .map_err(|e| StoreError::Unavailable(format!("invalid redis URL in `{key}`: {e}")))?;
+    if let Some(password) = &access.password {
+        if url_password(url).is_some() {
+            return Err(invalid(
+                "redis.password",
+                format_args!("{key} holds a password too; give it in one of them"),
+            ));
+        }
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
+    let Some(ca_file) = &access.ca_file else {
+        return Client::open(info)
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis URL in `{key}`: {e}")));
+    };
+    if !url.starts_with("rediss://") {
+        return Err(invalid(
+            "redis.caFile",
+            format_args!("needs a rediss:// {key} (a CA is only used for TLS)"),
+        ));
+    }
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| invalid("redis.caFile", format_args!("cannot read {ca_file}: {e}")))?;
+    let certificates = TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    Client::build_with_tls(info, certificates).map_err(|e| {
+        invalid(
+            "redis.caFile",
+            format_args!("{ca_file} is not a usable CA: {e}"),
+        )
+    })
+}
+
+/// A lazily connecting manager for `url` with `access`: every connection attempt and every
+/// answer bounded by `timeout`, one attempt per call (the manager's own retries would make one
+/// call wait through several reconnections; one attempt, bounded, keeps a 503 prompt).
+pub fn connection_manager(
+    url: &str,
+    access: &RedisAccess,
+    key: &str,
+    timeout: Duration,
+) -> Result<ConnectionManager, StoreError> {
+    let client = client(url, access, key)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(timeout);
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|e| StoreError::Unavailable(format!("redis connect: {e}")))
+}
+
+/// What to check when a call failed with `error` on a connection that is TLS or not: the keys
+/// behind a refused password or a TLS handshake that failed (a certificate that does not verify,
+/// or no TLS on that port); empty for anything else (a server that is down, a stall).
+pub(super) fn hint(error: &RedisError, tls: bool) -> &'static str {
+    let code = error.code().unwrap_or_default();
+    let text = error.to_string();
+    if error.kind() == ErrorKind::AuthenticationFailed
+        || matches!(code, "NOAUTH" | "WRONGPASS")
+        || text.contains("NOAUTH")
+    {
+        return AUTH_HINT;
+    }
+    let text = text.to_ascii_lowercase();
+    if ["certificate", "tls", "handshake", "corrupt message"]
+        .iter()
+        .any(|w| text.contains(w))
+    {
+        return TLS_HINT;
+    }
+    if error.is_timeout() {
+        return timeout_hint(tls);
+    }
+    ""
+}
+
+/// What to check when a call on a connection that is TLS or not got no answer in time: a
+/// server without TLS never answers a TLS handshake (it waits for the end of a command line).
+pub(super) fn timeout_hint(tls: bool) -> &'static str {
+    if tls { NO_TLS_HINT } else { "" }
+}
+
+/// Appended to a refused password.
+const AUTH_HINT: &str =
+    " (authentication refused: check redis.password or the password in redisUrl)";
+/// Appended to a failed TLS handshake.
+const TLS_HINT: &str = " (TLS failed: check that redisUrl's server speaks TLS and that \
+                        redis.caFile holds the CA of its certificate)";
+/// Appended to a call over TLS that got no answer.
+const NO_TLS_HINT: &str = " (over TLS: a server without TLS on redisUrl's port never \
+                           answers the TLS handshake; else it is down or stalled)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_needs_rediss_and_a_readable_file() {
+        let access = RedisAccess {
+            password: None,
+            ca_file: Some("/nonexistent/ca.crt".into()),
+        };
+        let plain = client("redis://127.0.0.1:1/", &access, "redisUrl")
+            .expect_err("a CA without TLS")
+            .to_string();
+        assert!(plain.contains("redis.caFile"), "{plain}");
+        let missing = client("rediss://127.0.0.1:1/", &access, "redisUrl")
+            .expect_err("no CA file")
+            .to_string();
+        assert!(
+            missing.contains("redis.caFile") && missing.contains("/nonexistent/ca.crt"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn a_password_in_both_places_is_refused_without_showing_either() {
+        let access = RedisAccess {
+            password: Some("from-config".into()),
+            ca_file: None,
+        };
+        let error = client("redis://:in-url@127.0.0.1:1/", &access, "redisUrl")
+            .expect_err("two passwords")
+            .to_string();
+        assert!(
+            error.contains("redis.password") && error.contains("redisUrl"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("from-config") && !error.contains("in-url"),
+            "{error}"
+        );
+        client("redis://alice@127.0.0.1:1/", &access, "redisUrl")
+            .expect("a user name in the URL and the password from the config");
+        client("rediss://127.0.0.1:1/", &RedisAccess::default(), "redisUrl")
+            .expect("TLS with the web PKI roots");
+    }
+
+    #[test]
+    fn a_bad_url_is_named_but_not_echoed() {
+        let error = client("redis://:secret@[::1", &RedisAccess::default(), "redisUrl")
+            .expect_err("not a URL")
+            .to_string();
+        assert!(error.contains("redisUrl"), "{error}");
+        assert!(!error.contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let access = RedisAccess {
+            password: Some("hunter2".into()),
+            ca_file: None,
+        };
+        assert!(!format!("{access:?}").contains("hunter2"));
+    }
+}
