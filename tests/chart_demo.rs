@@ -26,7 +26,7 @@ use relayer_operator::crd::RelayerDeployment;
 use serde_json::{Value, json};
 use support::cutover::{
     Checked, Funding, NetnsBackend, Proxy, RedisStore, SettlementStub, WriteLoad, fund_traders,
-    host_address, random_secret, relayer_knows_redis_password, verify,
+    host_address, random_secret, verify,
 };
 use support::operator::OperatorProcess;
 use support::{TestEnv, http, wait_for};
@@ -128,7 +128,6 @@ async fn demo_a_blue_green_cutover_and_a_rollback_with_real_relayers() {
     let admin_token = random_secret();
     for (name, key, value) in [
         ("redis", "redis-password", store.password.clone()),
-        ("redis-url", "url", store.url_with_password()),
         ("market-relayer-admin", "token", admin_token.clone()),
     ] {
         let secret: Secret = serde_json::from_value(json!({
@@ -155,14 +154,8 @@ async fn demo_a_blue_green_cutover_and_a_rollback_with_real_relayers() {
     rd["spec"]["config"]["shutdown"] = json!({ "readinessDelayMs": 500, "drainTimeoutMs": 2000 });
     rd["spec"]["config"]["rateLimit"] = json!({ "enabled": false });
     rd["spec"]["config"]["settlement"] = json!({ "url": stub.url });
-    // NB: the sample's store with this demo's address (`redis-master` resolves nowhere here);
-    // a relayer without `redis.password` yet gets the whole URL from a Secret instead.
-    rd["spec"]["store"]["redis"] = if relayer_knows_redis_password() {
-        json!({ "url": store.url(),
-                "passwordSecretRef": rd["spec"]["store"]["redis"]["passwordSecretRef"] })
-    } else {
-        json!({ "urlSecretRef": { "name": "redis-url", "key": "url" } })
-    };
+    // NB: the sample's store with this demo's address (`redis-master` resolves nowhere here).
+    rd["spec"]["store"]["redis"]["url"] = json!(store.url());
     rd["spec"]["strategy"]["blueGreen"] = json!({
         "autoPromote": true, "scaleDownDelaySeconds": 2, "maxScaleDownWaitSeconds": 30,
         "progressDeadlineSeconds": 120, "prePromotion": gate(), "postPromotion": gate(),

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use support::cutover::{
     Checked, Funding, InvariantWatcher, NetnsBackend, NetnsGuard, Proxy, RedisStore,
     SettlementStub, Trader, Verification, WriteLoad, WriteReport, fund_traders, host_address,
-    random_secret, relayer_knows_redis_password, verify,
+    random_secret, verify,
 };
 use support::fixtures::{BlueGreen, Gate, Rd, blue_green, gate, rd};
 use support::operator::{OperatorProcess, POD_NETWORK, start_operator};
@@ -114,7 +114,6 @@ impl SharedState {
         let secrets = env.api::<Secret>();
         for (name, key, value) in [
             ("relayer-redis", "password", store.password.clone()),
-            ("relayer-redis-url", "url", store.url_with_password()),
             ("relayer-admin", "token", admin_token.clone()),
         ] {
             let secret: Secret = serde_json::from_value(json!({
@@ -137,25 +136,15 @@ impl SharedState {
     /// `rd` on the shared store (`spec.store.redis`: its address, the password from its
     /// Secret), with the admin token from its Secret (`spec.secrets.adminToken`) and settlement
     /// at the stub; sagas recovered promptly.
-    ///
-    /// NB: a relayer without `redis.password` (before the relayer's AUTH support is on this
-    /// branch) gets the whole URL from a Secret instead (`urlSecretRef`), which the API offers
-    /// too; [`store_mode`] says which one runs.
     fn rd(&self, rd: Rd) -> Value {
         let mut json = rd.json();
         let spec = &mut json["spec"];
         spec["config"]["settlement"] = json!({ "url": self.stub.url });
         spec["config"]["saga"] = json!({ "leaseMs": 5000, "recoveryIntervalMs": 1000 });
-        spec["store"] = if relayer_knows_redis_password() {
-            json!({ "redis": {
-                "url": self.store.url(),
-                "passwordSecretRef": { "name": "relayer-redis", "key": "password" },
-            } })
-        } else {
-            json!({ "redis": {
-                "urlSecretRef": { "name": "relayer-redis-url", "key": "url" },
-            } })
-        };
+        spec["store"] = json!({ "redis": {
+            "url": self.store.url(),
+            "passwordSecretRef": { "name": "relayer-redis", "key": "password" },
+        } });
         spec["secrets"] = json!({ "adminToken": { "name": "relayer-admin", "key": "token" } });
         json
     }
@@ -166,15 +155,6 @@ impl SharedState {
             ("the admin token", self.admin_token.clone()),
             ("the Redis password", self.store.password.clone()),
         ]
-    }
-}
-
-/// How the pods get the store's password, for the figures.
-fn store_mode() -> &'static str {
-    if relayer_knows_redis_password() {
-        "spec.store.redis.url + passwordSecretRef"
-    } else {
-        "spec.store.redis.urlSecretRef (the relayer has no redis.password yet)"
     }
 }
 
@@ -217,7 +197,7 @@ impl Run {
             self.window_writes,
             self.writes_since_change,
         );
-        eprintln!("{test}: answers {:?}; store: {}", r.statuses, store_mode());
+        eprintln!("{test}: answers {:?}", r.statuses);
         eprintln!("{test}: afterwards {}", self.verification);
         for v in self.verification.violations.iter().take(20) {
             eprintln!("{test}: VIOLATION {v}");
@@ -747,6 +727,12 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
             .iter()
             .any(|(k, v)| k == "RELAYER_ADMIN_TOKEN" && *v == shared.admin_token)),
         "the pods got the admin token from its Secret"
+    );
+    assert!(
+        started.values().any(|(_, env)| env
+            .iter()
+            .any(|(k, v)| k == "RELAYER_REDIS__PASSWORD" && *v == shared.store.password)),
+        "the pods got the Redis password from its Secret"
     );
     for (what, value) in shared.secret_values() {
         let encoded = serde_json::to_value(k8s_openapi::ByteString(value.as_bytes().to_vec()))

@@ -22,7 +22,7 @@ pub use netns::{NetnsBackend, NetnsGuard, RELAYER_PORT, host_address};
 #[allow(unused_imports)]
 pub use settlement::SettlementStub;
 #[allow(unused_imports)]
-pub use store::{RedisStore, random_secret, relayer_knows_redis_password};
+pub use store::{RedisStore, random_secret};
 #[allow(unused_imports)]
 pub use traffic::{Load, LoadReport, Proxy};
 #[allow(unused_imports)]

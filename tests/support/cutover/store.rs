@@ -23,23 +23,6 @@ pub fn random_secret() -> String {
     hex::encode(bytes)
 }
 
-/// Whether the built relayer (`target/debug/relayer`) takes `redis.password`
-/// (`RELAYER_REDIS__PASSWORD`, what `spec.store.redis.passwordSecretRef` gives the pods); a
-/// relayer without it refuses to start with that variable set.
-pub fn relayer_knows_redis_password() -> bool {
-    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *KNOWS.get_or_init(|| {
-        Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/debug/relayer"))
-            .arg("--print-config")
-            .env_clear()
-            .env("RELAYER_REDIS__PASSWORD", "probe-password")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
 /// A `redis-server` with a password, on `address` and 127.0.0.1.
 pub struct RedisStore {
     child: Child,
@@ -119,11 +102,6 @@ impl RedisStore {
     /// `redis://<addr>/0`, without credentials (the password travels separately).
     pub fn url(&self) -> String {
         format!("redis://{}/0", self.addr)
-    }
-
-    /// The URL with the password in it (`redis://:<password>@<addr>/0`).
-    pub fn url_with_password(&self) -> String {
-        format!("redis://:{}@{}/0", self.password, self.addr)
     }
 
     /// One command on a fresh connection to 127.0.0.1 after `AUTH`: the raw answer (RESP).
