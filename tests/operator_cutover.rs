@@ -660,8 +660,14 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
         r.step_durations_ms
     );
     run.print("rollback with writes");
+    eprintln!("rollback with writes: {:?}", r.abort_reason);
 
     assert_eq!(r.failed_gate.as_deref(), Some("postPromotion"), "{r:?}");
+    let reason = r.abort_reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("error rate"),
+        "rolled back for the release's errors: {reason}"
+    );
     assert_eq!(
         invariants.selected,
         vec!["blue", "green", "blue"],
