@@ -7,12 +7,20 @@
 //! address only. The relayer runs in the namespace with `ip netns exec`. Namespaces are deleted
 //! (which removes their veth pair and route) by [`NetnsGuard`] on drop, also on panic, and
 //! namespaces left by a crashed earlier run (whose process is gone) are swept when a backend
-//! starts. All other traffic goes to 127.0.0.1 only.
+//! starts. While a backend lives, the rest of its /24 is routed `unreachable` on the host, so
+//! an address of a pod already gone fails at once instead of leaving by the default route.
+//! All other traffic goes to 127.0.0.1, or to the host's source address towards the
+//! pods ([`host_address`]), where the tests' store and settlement stub listen for the pods.
+//!
+//! The kubelet's part: the container's environment is resolved like a kubelet does it,
+//! literal values and `valueFrom.secretKeyRef` read from the Secret through the API; a missing
+//! Secret or key keeps the pod from starting (`CreateContainerConfigError`), until an event of
+//! the pod retries it.
 //!
 //! Uses [`crate::support::pod_sim`], [`crate::support::control_plane`] and
 //! [`crate::support::http`] (the kubelet's readiness probe).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -20,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Pod, Secret};
 use kube::ResourceExt;
 use kube::api::Api;
 use tokio::sync::watch;
@@ -86,6 +94,8 @@ struct Inner {
     namespaces: Vec<String>,
     /// What each pod started with: pod name → (config text, env).
     started: BTreeMap<String, (String, Vec<(String, String)>)>,
+    /// The host's source addresses the pods were given as their way back.
+    sources: BTreeSet<Ipv4Addr>,
 }
 
 /// Backs the pods of one Kubernetes namespace by real relayer processes.
@@ -100,6 +110,9 @@ pub struct NetnsBackend {
 /// Removes every namespace and process of a backend when dropped.
 pub struct NetnsGuard {
     inner: Arc<Mutex<Inner>>,
+    /// The backend's /24, routed `unreachable` on the host while it lives (when this guard
+    /// added that route).
+    blackhole: Option<String>,
 }
 
 impl Drop for NetnsGuard {
@@ -111,6 +124,9 @@ impl Drop for NetnsGuard {
         }
         for ns in inner.namespaces.drain(..) {
             let _ = ip(&["netns", "del", &ns]);
+        }
+        if let Some(subnet) = self.blackhole.take() {
+            let _ = ip(&["route", "del", "unreachable", &subnet]);
         }
     }
 }
@@ -134,7 +150,14 @@ impl NetnsBackend {
             .simulator()
             .expect("cutover tests need the local control plane's pod simulator")
             .register(backend.clone());
-        (backend, NetnsGuard { inner })
+        // NB: an address of a pod already gone (an EndpointSlice lags, a scrape of a pod that
+        // just stopped) must fail at once rather than leave the host by its default route.
+        let [a, b, c, _] = backend.address(0).1.octets();
+        let subnet = format!("{a}.{b}.{c}.0/24");
+        let blackhole = ip(&["route", "add", "unreachable", &subnet])
+            .ok()
+            .map(|_| subnet);
+        (backend, NetnsGuard { inner, blackhole })
     }
 
     /// Config text and environment each pod started with, by pod name.
@@ -155,8 +178,33 @@ impl NetnsBackend {
             .len()
     }
 
+    /// Where the running relayers listen (their pod address and [`RELAYER_PORT`]).
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<SocketAddr> = inner
+            .running
+            .values()
+            .map(|p| SocketAddr::new(IpAddr::V4(p.ip), RELAYER_PORT))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// The host's source addresses the pods so far were given as their only way back.
+    pub fn sources(&self) -> BTreeSet<Ipv4Addr> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sources
+            .clone()
+    }
+
     fn allocate(&self) -> (u64, Ipv4Addr) {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.address(self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Pod `n`'s address.
+    fn address(&self, n: u64) -> (u64, Ipv4Addr) {
         let third = 100 + self.base;
         let host = u8::try_from(n % 250 + 2).unwrap_or(2);
         (
@@ -164,56 +212,152 @@ impl NetnsBackend {
             Ipv4Addr::new(10, 244, u8::try_from(third % 256).unwrap_or(100), host),
         )
     }
+}
 
-    fn setup_netns(&self, n: u64, addr: Ipv4Addr) -> anyhow::Result<String> {
-        let pid = std::process::id();
-        let netns = format!("{NETNS_PREFIX}-{pid}-{}-{n}", self.base);
-        let host_if = format!(
-            "fch{}x{}",
-            pid % 100_000,
-            self.base * 1000 + u32::try_from(n).unwrap_or(0)
-        );
-        let host_if: String = host_if.chars().take(15).collect();
-        let peer_if = format!("{host_if}p")
-            .chars()
-            .rev()
-            .take(15)
-            .collect::<String>()
-            .chars()
-            .rev()
-            .collect::<String>();
-        ip(&["netns", "add", &netns])?;
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .namespaces
-            .push(netns.clone());
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
-        ])?;
-        ip(&["link", "set", &peer_if, "netns", &netns])?;
-        ip(&["link", "set", &host_if, "up"])?;
-        let ns = |args: &[&str]| -> anyhow::Result<String> {
-            let mut all = vec!["netns", "exec", &netns, "ip"];
-            all.extend_from_slice(args);
-            ip(&all)
+/// Creates pod `n`'s namespace with address `addr` (see the module doc); returns its name and
+/// the host's source address towards it (the only address the pod routes back to).
+fn setup_netns(
+    base: u32,
+    inner: &Mutex<Inner>,
+    n: u64,
+    addr: Ipv4Addr,
+) -> anyhow::Result<(String, Ipv4Addr)> {
+    let pid = std::process::id();
+    let netns = format!("{NETNS_PREFIX}-{pid}-{base}-{n}");
+    let host_if = format!(
+        "fch{}x{}",
+        pid % 100_000,
+        base * 1000 + u32::try_from(n).unwrap_or(0)
+    );
+    let host_if: String = host_if.chars().take(15).collect();
+    let peer_if = format!("{host_if}p")
+        .chars()
+        .rev()
+        .take(15)
+        .collect::<String>()
+        .chars()
+        .rev()
+        .collect::<String>();
+    ip(&["netns", "add", &netns])?;
+    inner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .namespaces
+        .push(netns.clone());
+    ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+    ])?;
+    ip(&["link", "set", &peer_if, "netns", &netns])?;
+    ip(&["link", "set", &host_if, "up"])?;
+    let ns = |args: &[&str]| -> anyhow::Result<String> {
+        let mut all = vec!["netns", "exec", &netns, "ip"];
+        all.extend_from_slice(args);
+        ip(&all)
+    };
+    ns(&["link", "set", &peer_if, "name", "eth0"])?;
+    ns(&["link", "set", "lo", "up"])?;
+    ns(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
+    ns(&["link", "set", "eth0", "up"])?;
+    ip(&["route", "add", &format!("{addr}/32"), "dev", &host_if])?;
+    // The host's source address towards the pod; the pod routes only that address back.
+    let route = ip(&["-o", "route", "get", &addr.to_string()])?;
+    let src = route
+        .split_whitespace()
+        .skip_while(|w| *w != "src")
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("no source address in {route:?}"))?
+        .to_owned();
+    ns(&["route", "add", &format!("{src}/32"), "dev", "eth0"])?;
+    let src: Ipv4Addr = src
+        .parse()
+        .map_err(|e| anyhow::anyhow!("source address {src:?}: {e}"))?;
+    inner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .sources
+        .insert(src);
+    Ok((netns, src))
+}
+
+/// The host's source address towards the pod network, as the kernel picks it now (before any
+/// pod exists): where a service the pods must reach (a store, a settlement endpoint) listens.
+/// [`NetnsBackend::sources`] tells the addresses pods were actually given as their way back.
+pub fn host_address() -> anyhow::Result<Ipv4Addr> {
+    // NB: 10.244.64.0/24 is no backend's /24 (those are 10.244.{100..=255, 0..=43}.0/24).
+    let route = ip(&["-o", "route", "get", "10.244.64.1"])?;
+    let src = route
+        .split_whitespace()
+        .skip_while(|w| *w != "src")
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("no source address in {route:?}"))?;
+    src.parse()
+        .map_err(|e| anyhow::anyhow!("source address {src:?}: {e}"))
+}
+
+/// The environment of a container as a kubelet resolves it: literal values, and
+/// `valueFrom.secretKeyRef` read from the Secret in `namespace`; a missing Secret or key is an
+/// error (the kubelet's `CreateContainerConfigError`: the container does not start) unless
+/// the reference is `optional`. Other sources (`fieldRef` and friends) are left out.
+async fn resolve_env(
+    client: &kube::Client,
+    namespace: &str,
+    vars: Vec<EnvVar>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut env = Vec::with_capacity(vars.len());
+    for var in vars {
+        if let Some(value) = var.value {
+            env.push((var.name, value));
+            continue;
+        }
+        let Some(reference) = var.value_from.and_then(|f| f.secret_key_ref) else {
+            continue;
         };
-        ns(&["link", "set", &peer_if, "name", "eth0"])?;
-        ns(&["link", "set", "lo", "up"])?;
-        ns(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
-        ns(&["link", "set", "eth0", "up"])?;
-        ip(&["route", "add", &format!("{addr}/32"), "dev", &host_if])?;
-        // The host's source address towards the pod; the pod routes only that address back.
-        let route = ip(&["-o", "route", "get", &addr.to_string()])?;
-        let src = route
-            .split_whitespace()
-            .skip_while(|w| *w != "src")
-            .nth(1)
-            .ok_or_else(|| anyhow::anyhow!("no source address in {route:?}"))?
-            .to_owned();
-        ns(&["route", "add", &format!("{src}/32"), "dev", "eth0"])?;
-        Ok(netns)
+        let optional = reference.optional.unwrap_or(false);
+        let secret = match secrets.get_opt(&reference.name).await? {
+            Some(secret) => secret,
+            None if optional => continue,
+            None => anyhow::bail!(
+                "secret {:?} not found (environment variable {})",
+                reference.name,
+                var.name
+            ),
+        };
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&reference.key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(&reference.key))
+                    .map(|s| s.clone().into_bytes())
+            });
+        let Some(bytes) = bytes else {
+            if optional {
+                continue;
+            }
+            anyhow::bail!(
+                "couldn't find key {} in Secret {}/{} (environment variable {})",
+                reference.key,
+                namespace,
+                reference.name,
+                var.name
+            );
+        };
+        let value = String::from_utf8(bytes).map_err(|_| {
+            anyhow::anyhow!(
+                "key {} of Secret {} is not UTF-8 (environment variable {})",
+                reference.key,
+                reference.name,
+                var.name
+            )
+        })?;
+        env.push((var.name, value));
     }
+    Ok(env)
 }
 
 impl PodBackend for NetnsBackend {
@@ -223,27 +367,27 @@ impl PodBackend for NetnsBackend {
 
     fn start(&self, pod: &Pod) -> BoxFuture<anyhow::Result<Started>> {
         let (n, addr) = self.allocate();
-        let netns = self.setup_netns(n, addr);
+        let base = self.base;
         let inner = self.inner.clone();
         let pod = pod.clone();
         Box::pin(async move {
-            let netns = netns?;
             let spec = pod.spec.clone().unwrap_or_default();
             let container = spec.containers.first().cloned().unwrap_or_default();
-            let env: Vec<(String, String)> = container
-                .env
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|e| Some((e.name, e.value?)))
-                .collect();
+            let client = ControlPlane::shared().client().await?;
+            let pod_namespace = pod.namespace().unwrap_or_default();
+            // NB: like a kubelet, the container does not start while a Secret it needs is
+            // missing; the simulator retries at the pod's next event.
+            let env = resolve_env(&client, &pod_namespace, container.env.unwrap_or_default())
+                .await
+                .map_err(|e| anyhow::anyhow!("CreateContainerConfigError: {e:#}"))?;
+            let (netns, _src) = setup_netns(base, &inner, n, addr)?;
             let config_map = spec
                 .volumes
                 .unwrap_or_default()
                 .into_iter()
                 .find_map(|v| v.config_map.map(|c| c.name))
                 .ok_or_else(|| anyhow::anyhow!("pod without a config volume"))?;
-            let client = ControlPlane::shared().client().await?;
-            let cms: Api<ConfigMap> = Api::namespaced(client, &pod.namespace().unwrap_or_default());
+            let cms: Api<ConfigMap> = Api::namespaced(client, &pod_namespace);
             let cm = cms.get(&config_map).await?;
             let config = cm
                 .data
