@@ -398,7 +398,10 @@ fn print_config_redacts_every_secret() {
     );
     assert_eq!(config["settlement"]["credential"], "<redacted>");
     // NB: the default header is left out of the printed config (as of every serialised one).
-    assert_eq!(config["settlement"]["credentialHeader"], serde_json::Value::Null);
+    assert_eq!(
+        config["settlement"]["credentialHeader"],
+        serde_json::Value::Null
+    );
 
     // And redis.password, given apart from the URL.
     let env = [

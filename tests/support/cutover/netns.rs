@@ -1,8 +1,9 @@
 //! Pods backed by real relayer processes, each in its own network namespace, registered with
 //! the pod simulator as a [`PodBackend`].
 //!
-//! Networking (as a CNI would do it): per pod a network namespace `fscut-<pid>-<n>`, a veth
-//! pair (`fch<pid>x<n>` on the host, `eth0` inside), an address from 10.244.0.0/16 that exists
+//! Networking (as a CNI would do it): per pod a network namespace `fscut-<pid>-<base>-<n>`
+//! (`base`: the /24 of a live backend, never shared by two at once), a veth pair
+//! (`fch<pid>x<n>` on the host, `eth0` inside), an address from 10.244.0.0/16 that exists
 //! only inside that namespace, a host route to it, and inside a route back to the host's own
 //! address only. The relayer runs in the namespace with `ip netns exec`. Namespaces are deleted
 //! (which removes their veth pair and route) by [`NetnsGuard`] on drop, also on panic, and
@@ -113,6 +114,8 @@ pub struct NetnsGuard {
     /// The backend's /24, routed `unreachable` on the host while it lives (when this guard
     /// added that route).
     blackhole: Option<String>,
+    /// The backend's slot in this process, released last.
+    slot: usize,
 }
 
 impl Drop for NetnsGuard {
@@ -128,23 +131,46 @@ impl Drop for NetnsGuard {
         if let Some(subnet) = self.blackhole.take() {
             let _ = ip(&["route", "del", "unreachable", &subnet]);
         }
+        release_slot(self.slot);
     }
 }
 
-static NEXT_BACKEND: AtomicU64 = AtomicU64::new(0);
+/// Backends of this process that may live at once; each has its own /24.
+const SLOTS: usize = 8;
+/// Which of this process's slots a live backend holds. NB: a slot, not a running count, names a
+/// backend's /24 and namespaces, so that tests running side by side never share addresses.
+static SLOTS_IN_USE: Mutex<[bool; SLOTS]> = Mutex::new([false; SLOTS]);
+
+fn take_slot() -> usize {
+    let mut slots = SLOTS_IN_USE.lock().unwrap_or_else(|p| p.into_inner());
+    let free = slots
+        .iter()
+        .position(|used| !used)
+        .expect("at most 8 network-namespace backends at once in one test process");
+    slots[free] = true;
+    free
+}
+
+fn release_slot(slot: usize) {
+    let mut slots = SLOTS_IN_USE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(used) = slots.get_mut(slot) {
+        *used = false;
+    }
+}
 
 impl NetnsBackend {
     /// Registers a backend for the pods of `namespace` with the simulator; keep the guard.
     pub fn register(namespace: &str) -> (Arc<NetnsBackend>, NetnsGuard) {
         sweep_stale_namespaces();
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let index = NEXT_BACKEND.fetch_add(1, Ordering::Relaxed);
+        let slot = take_slot();
         let pid = std::process::id();
+        // NB: third octets 100..=251: 19 processes apart by pid, 8 slots each.
         let backend = Arc::new(NetnsBackend {
             namespace: namespace.to_owned(),
             inner: inner.clone(),
             next: AtomicU64::new(0),
-            base: (pid % 50) * 4 + u32::try_from(index % 4).unwrap_or(0),
+            base: (pid % 19) * SLOTS as u32 + slot as u32,
         });
         ControlPlane::shared()
             .simulator()
@@ -157,7 +183,14 @@ impl NetnsBackend {
         let blackhole = ip(&["route", "add", "unreachable", &subnet])
             .ok()
             .map(|_| subnet);
-        (backend, NetnsGuard { inner, blackhole })
+        (
+            backend,
+            NetnsGuard {
+                inner,
+                blackhole,
+                slot,
+            },
+        )
     }
 
     /// Config text and environment each pod started with, by pod name.
