@@ -36,6 +36,12 @@ const NAME: &str = "market";
 const GATE_INTERVAL_MS: i64 = 300;
 const GATE_SAMPLES: i64 = 3;
 
+/// Latency the bad release of the rollback-with-writes test adds to every request, and the
+/// post-promotion gate's p99 limit it breaks (well above what a good release shows here under
+/// the write load, up to about 0.5 s on two busy cores).
+const BAD_RELEASE_LATENCY_MS: u64 = 1_500;
+const BAD_RELEASE_P99_LIMIT_MS: i64 = 1_000;
+
 /// The gate of these tests: a short window of real traffic and the gate's own probe load.
 fn fast_gate() -> Gate {
     gate()
@@ -609,15 +615,20 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
         .args(["--leader-election", "false"])
         .args(["--pod-networks", POD_NETWORK])
         .spawn();
-    // As in the read-only rollback test: the pre-promotion gate checks latency only; the
-    // fault (errors) shows after promotion. NB: a longer pre-promotion gate, as the
-    // post-promotion one ends at its first failing sample, so that the window holds the
-    // writes it must.
-    let pre = fast_gate()
-        .samples(2 * ZDT_GATE_SAMPLES)
-        .max_error_rate_basis_points(None)
-        .max_p99_latency_ms(1000);
-    h.apply(market(2, zdt_strategy().pre_promotion(pre))).await;
+    // The bad release is slow, not failing, so every client answer stays good and the test
+    // can ask for 0 failed requests: the pre-promotion gate checks errors only, the
+    // post-promotion gate the p99 latency too, which the release's added latency breaks.
+    // NB: a longer pre-promotion gate, as the post-promotion one ends at its first failing
+    // sample, so that the window holds the writes it must.
+    let pre = fast_gate().samples(2 * ZDT_GATE_SAMPLES);
+    let post = fast_gate()
+        .samples(ZDT_GATE_SAMPLES)
+        .max_p99_latency_ms(BAD_RELEASE_P99_LIMIT_MS);
+    h.apply(market(
+        2,
+        zdt_strategy().pre_promotion(pre).post_promotion(post),
+    ))
+    .await;
     h.wait_step(RolloutStep::Stable, "blue").await;
     let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
     let proxy = Proxy::start(h.env.client.clone(), &h.env.namespace, NAME).await;
@@ -632,9 +643,10 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
 
     let (requests_at_change, writes_at_change) = (counts.requests(), counts.writes());
     let changed = Instant::now();
-    h.patch(env_patch(vec![
-        json!({ "name": "RELAYER_FAULT_INJECTION__ERROR_RATE", "value": "0.5" }),
-    ]))
+    h.patch(env_patch(vec![json!({
+        "name": "RELAYER_FAULT_INJECTION__ADDED_LATENCY_MS",
+        "value": BAD_RELEASE_LATENCY_MS.to_string(),
+    })]))
     .await;
     let rd = h.wait_step(RolloutStep::Aborted, "blue").await;
     let to_aborted = changed.elapsed();
@@ -665,8 +677,8 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
     assert_eq!(r.failed_gate.as_deref(), Some("postPromotion"), "{r:?}");
     let reason = r.abort_reason.clone().unwrap_or_default();
     assert!(
-        reason.contains("error rate"),
-        "rolled back for the release's errors: {reason}"
+        reason.contains("p99 latency"),
+        "rolled back for the release's latency: {reason}"
     );
     assert_eq!(
         invariants.selected,
@@ -688,15 +700,8 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
         "blue stayed warm while green was active"
     );
     assert_eq!(h.selector().await, "blue");
-    // The bad release's injected 500s reached the clients while green was active: they are
-    // the release's fault (answered before any handler ran) and are read back as never placed;
-    // every other answer counts as in the good release.
-    assert!(
-        run.report.injected_faults() > 0,
-        "the release's faults never reached the load"
-    );
-    run.assert_zero_downtime(true);
-    assert!(run.verification.injected_checked > 0);
+    // The bad release answered slowly but correctly: not one request failed.
+    run.assert_zero_downtime(false);
 
     // No secret value in any ConfigMap, ControllerRevision, Event, the RelayerDeployment (its
     // status included) or the operator's log; raw or base64-encoded.
