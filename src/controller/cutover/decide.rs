@@ -5,7 +5,8 @@
 //!
 //! May use: [`crate::rollout`], [`crate::resources`] (pure builders and status),
 //! [`crate::gates::Tally`], [`crate::crd`], and [`crate::controller::RunningGate`] (the
-//! snapshot of a running gate, plain data).
+//! snapshot of a running gate, plain data). The refusal of a cutover that would lose state
+//! is in `refusal`, which uses none of this module.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,17 +14,17 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use relayer::config::RelayerConfig;
 
 use super::super::RunningGate;
 use super::ANNOTATION_COMMAND;
 use crate::crd::{
     Color, GateSpec, GateStatus, GateVerdict, RelayerDeployment, RelayerDeploymentStatus,
-    RolloutStatus, RolloutStep, StoreSpec,
+    RolloutStatus, RolloutStep,
 };
 use crate::gates::Tally;
 use crate::resources::{self, LABEL_REVISION, Plan, status};
 use crate::rollout::{self, Action, Command, Event, Facts, GateKind, GateOutcome, Settings, State};
+use refusal::{REFUSED, refusal};
 
 /// How often a colour being left is asked for drain evidence once the minimum delay passed.
 const DRAIN_POLL: Duration = Duration::from_millis(250);
@@ -181,7 +182,7 @@ pub fn decide(obs: &Observation<'_>, now: &Time) -> Decision {
     };
 
     let command = rd.annotations().get(ANNOTATION_COMMAND).cloned();
-    let refused = refusal(obs, &state);
+    let refused = refusal(rd, obs.revisions, &obs.plan.revision, &state);
     let (inputs, unknown_command) = inputs(obs, command.as_deref(), &state, refused.is_none());
     let mut actions = Vec::new();
     for event in &inputs {
@@ -292,92 +293,6 @@ pub fn decide(obs: &Observation<'_>, now: &Time) -> Decision {
         unknown_command,
         requeue,
     }
-}
-
-/// Reason of the condition and Event of a cutover the operator will not start.
-const REFUSED: &str = "CutoverRefused";
-
-/// Where a revision keeps its orders, balances and keys: which Redis (its address, or the
-/// Secret holding it) and the key prefix there; `None` for memory in each pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct StateHome {
-    /// What identifies it (compared).
-    at: String,
-    /// How a message names it (never a credential).
-    shown: String,
-}
-
-fn state_home(store: Option<&StoreSpec>, config: &RelayerConfig) -> Option<StateHome> {
-    let prefix = &config.redis.key_prefix;
-    let redis = store.and_then(|s| s.redis.as_ref());
-    let (at, shown) = match (redis, &config.redis_url) {
-        (Some(r), _) => match (&r.url, &r.url_secret_ref) {
-            (Some(url), _) => (url.clone(), url.clone()),
-            (None, Some(s)) => (
-                format!("secret:{}/{}", s.name, s.key),
-                format!("the Redis URL in Secret {} (key {})", s.name, s.key),
-            ),
-            (None, None) => return None,
-        },
-        // NB: an object written before `spec.store` existed names its Redis in the config.
-        (None, Some(url)) if store.is_none_or(|s| s.memory.is_none()) => {
-            (url.clone(), "config.redisUrl".to_owned())
-        }
-        _ => return None,
-    };
-    Some(StateHome {
-        at: format!("{at} {prefix}"),
-        shown: format!("{shown} (key prefix {prefix:?})"),
-    })
-}
-
-/// Why the spec's revision is not cut over to, when the cutover would start the new colour on
-/// other state than the active colour serves (an in-memory store, or another Redis) and then
-/// scale the active colour, and so its state, away, and the spec does not accept that.
-fn refusal(obs: &Observation<'_>, state: &State) -> Option<String> {
-    let r = &state.rollout;
-    let revision = obs.plan.revision.as_str();
-    let would_start = matches!(r.step, RolloutStep::Stable | RolloutStep::Aborted)
-        && r.active_revision != revision
-        && r.target_revision.as_deref() != Some(revision);
-    let spec = &obs.rd.spec;
-    if !would_start || spec.accepts_state_loss() {
-        return None;
-    }
-    let new = state_home(spec.store.as_ref(), &spec.config);
-    // NB: the active revision's bundle says where the running colour keeps its state; without
-    // it (not kept) the spec is all there is to go by.
-    let active = obs
-        .revisions
-        .iter()
-        .find(|cr| cr.labels().get(LABEL_REVISION) == Some(&r.active_revision))
-        .and_then(|cr| resources::Bundle::from_revision(cr));
-    let old = match &active {
-        Some(bundle) => state_home(bundle.store.as_ref(), &bundle.config),
-        None => new.clone(),
-    };
-    let active_colour = state.active;
-    let why = match (&old, &new) {
-        (Some(old), Some(new)) if old == new => return None,
-        (_, None) => format!(
-            "the store is in memory, so the new colour would start with no orders, balances or \
-             API keys and the {active_colour} colour's would be scaled away"
-        ),
-        (None, Some(new)) => format!(
-            "the {active_colour} colour keeps its state in memory: the new colour on {} would \
-             start without its orders, balances and API keys, which would be scaled away",
-            new.shown
-        ),
-        (Some(old), Some(new)) => format!(
-            "the store moves from {} to {}: the new colour would not see the {active_colour} \
-             colour's orders, balances and API keys",
-            old.shown, new.shown
-        ),
-    };
-    Some(format!(
-        "revision {revision} is not rolled out: {why}; keep spec.store on the state the active \
-         colour serves, or set spec.store.acceptStateLoss: true (development installs)"
-    ))
 }
 
 /// The events every reconcile starts with, and an unknown command if the annotation holds one.
@@ -606,5 +521,6 @@ fn next_wakeup(state: &State, settings: &Settings, now_ms: i64, resync: Duration
     wait.min(IN_FLIGHT_RESYNC)
 }
 
+mod refusal;
 #[cfg(test)]
 mod tests;
