@@ -621,8 +621,11 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
     // NB: a longer pre-promotion gate, as the post-promotion one ends at its first failing
     // sample, so that the window holds the writes it must.
     let pre = fast_gate().samples(2 * ZDT_GATE_SAMPLES);
+    // NB: ten failing samples (3 s) before the rollback, so that green serves some of the load
+    // (each client waits the added latency on green).
     let post = fast_gate()
         .samples(ZDT_GATE_SAMPLES)
+        .failure_limit(9)
         .max_p99_latency_ms(BAD_RELEASE_P99_LIMIT_MS);
     h.apply(market(
         2,
@@ -700,7 +703,20 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
         "blue stayed warm while green was active"
     );
     assert_eq!(h.selector().await, "blue");
-    // The bad release answered slowly but correctly: not one request failed.
+    // The bad release answered slowly but correctly: not one request failed, and what green
+    // served (its writes among it) is checked on blue like the rest.
+    let blue_now: std::collections::BTreeSet<_> = h.backend.addresses().into_iter().collect();
+    let by_green: u64 = proxy
+        .served()
+        .iter()
+        .filter(|(addr, _)| !blue_now.contains(*addr))
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!("rollback with writes: connections served by green through the proxy: {by_green}");
+    assert!(
+        by_green >= 5,
+        "green served {by_green} connections of the load"
+    );
     run.assert_zero_downtime(false);
 
     // No secret value in any ConfigMap, ControllerRevision, Event, the RelayerDeployment (its

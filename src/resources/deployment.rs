@@ -173,35 +173,35 @@ pub fn deployment(rd: &RelayerDeployment, color: Color, revision: &str) -> Resul
     })
 }
 
-/// Variables the operator sets from `spec.secrets` and `spec.store`.
-const SECRET_ENV: [&str; 4] = [
-    "RELAYER_ADMIN_TOKEN",
-    "RELAYER_REDIS_URL",
-    "RELAYER_REDIS__PASSWORD",
-    "RELAYER_SETTLEMENT__CREDENTIAL",
+/// Config keys the operator sets from `spec.secrets` and `spec.store` (as environment).
+const OPERATOR_KEYS: [&str; 4] = [
+    "adminToken",
+    "redisUrl",
+    "redis.password",
+    "settlement.credential",
 ];
 
 /// Why `spec.pod.env` would put a secret into the Deployment and every ControllerRevision, if it
-/// would: a secret variable the operator sets itself, in any case (the relayer reads `RELAYER_*`
-/// names in any case), or credentials in the literal value of a `RELAYER_*URL` variable.
+/// would: a variable of a key the operator sets itself, or a literal value that would set a
+/// secret, in any spelling the relayer reads (any case, a trailing `_`, a `{key="…"}` table,
+/// credentials in a URL; [`relayer::config::env_sets_secret`]).
 pub fn check_pod_env(rd: &RelayerDeployment) -> std::result::Result<(), String> {
     for (i, var) in rd.spec.pod.env.iter().enumerate() {
-        let name = var.name.to_ascii_uppercase();
-        if SECRET_ENV.contains(&name.as_str()) {
+        let Some(key) = relayer::config::env_key(&var.name) else {
+            continue;
+        };
+        if OPERATOR_KEYS.contains(&key.as_str()) {
             return Err(format!(
-                "spec.pod.env[{i}] ({}) must not be set: the operator sets {name} from \
-                 spec.secrets and spec.store",
+                "spec.pod.env[{i}] ({}) must not be set: it is config key {key}, which the \
+                 operator sets from spec.secrets and spec.store",
                 var.name
             ));
         }
         let literal = var.value.as_deref().unwrap_or_default();
-        if name.starts_with("RELAYER_")
-            && name.ends_with("URL")
-            && relayer::config::redact_url(literal) != literal
-        {
+        if let Some(secret) = relayer::config::env_sets_secret(&var.name, literal) {
             return Err(format!(
-                "spec.pod.env[{i}] ({}) must not hold credentials (user:password@) in its \
-                 value: use valueFrom.secretKeyRef",
+                "spec.pod.env[{i}] ({}) must not hold a secret in its value (it sets config \
+                 key {secret}): use valueFrom.secretKeyRef",
                 var.name
             ));
         }
@@ -407,6 +407,8 @@ mod tests {
                 "RELAYER_SETTLEMENT__URL",
                 "https:///token@settle.example/v1",
             ),
+            ("RELAYER_ADMIN_TOKEN_", "0123456789abcdef"),
+            ("RELAYER_REDIS", "{password=\"hunter2\"}"),
         ] {
             let error = check_pod_env(&with_env(name, value)).expect_err(name);
             assert!(error.contains("spec.pod.env[0]"), "{error}");

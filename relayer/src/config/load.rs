@@ -11,29 +11,8 @@ use figment::{
     providers::{Env, Format, Serialized, Yaml},
 };
 
+use super::env::key_to_path as env_key_to_path;
 use super::{ConfigError, RelayerConfig};
-
-/// `SHUTDOWN__DRAIN_TIMEOUT_MS` (prefix already stripped) → `shutdown.drainTimeoutMs`.
-fn env_key_to_path(key: &str) -> String {
-    key.split("__")
-        .map(|segment| {
-            let mut out = String::with_capacity(segment.len());
-            let mut upper = false;
-            for c in segment.chars() {
-                if c == '_' {
-                    upper = true;
-                } else if upper {
-                    out.extend(c.to_uppercase());
-                    upper = false;
-                } else {
-                    out.extend(c.to_lowercase());
-                }
-            }
-            out
-        })
-        .collect::<Vec<_>>()
-        .join(".")
-}
 
 impl RelayerConfig {
     /// Defaults, then `file` (if given; it must exist), then `RELAYER_*` variables, then

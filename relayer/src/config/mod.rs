@@ -14,8 +14,8 @@
 //! `Debug` of every type holding one prints it as `<redacted>`.
 //!
 //! Here: the types and their defaults; `validate` (the checks and [`ConfigError`]), `load`
-//! (figment layering, server feature), `secrets` (redaction) and `text` (keys that accept a
-//! bare number).
+//! (figment layering, server feature), `env` (how `RELAYER_*` names map to keys, and which
+//! would set a secret), `secrets` (redaction) and `text` (keys that accept a bare number).
 //!
 //! Room: usable by every room; it uses only the leaf config modules [`crate::ratelimit::config`]
 //! and [`crate::resilience::config`], which use nothing of the crate.
@@ -23,6 +23,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod env;
 #[cfg(feature = "server")]
 mod load;
 mod secrets;
@@ -31,6 +32,7 @@ mod tests;
 mod text;
 mod validate;
 
+pub use self::env::{env_key, env_sets_secret};
 pub use self::secrets::{REDACTED, redact_url, url_password};
 pub use self::validate::ConfigError;
 

@@ -24,6 +24,8 @@ use crate::support::http;
 /// endpoint of a Service, round robin, following its EndpointSlices with a watch.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Connections forwarded to each endpoint.
+    served: Arc<std::sync::Mutex<BTreeMap<SocketAddr, u64>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -81,6 +83,8 @@ impl Proxy {
             .await
             .expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
+        let served = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let counted = served.clone();
         let serve = tokio::spawn(async move {
             let mut next = 0usize;
             loop {
@@ -94,6 +98,11 @@ impl Proxy {
                 }
                 let target = targets[next % targets.len()];
                 next = next.wrapping_add(1);
+                *counted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(target)
+                    .or_default() += 1;
                 tokio::spawn(async move {
                     // NB: only addresses from the EndpointSlices, i.e. inside the test's
                     // network namespaces.
@@ -108,8 +117,17 @@ impl Proxy {
         });
         Proxy {
             addr,
+            served,
             tasks: vec![follow, serve],
         }
+    }
+
+    /// Connections forwarded so far, by endpoint.
+    pub fn served(&self) -> BTreeMap<SocketAddr, u64> {
+        self.served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

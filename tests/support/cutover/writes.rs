@@ -665,6 +665,12 @@ async fn check_orders(
                         "order {} still pending with the saga log dry",
                         p.order_id
                     ));
+                } else {
+                    // NB: the settlement stub never fails, so an accepted placement ends placed.
+                    out.violations.push(format!(
+                        "order {} answered 202 ended {ended}, not placed",
+                        p.order_id
+                    ));
                 }
                 *out.pending.entry(ended).or_default() += 1;
             }
@@ -682,6 +688,30 @@ async fn check_orders(
     }
     for c in cancels {
         let Some(answer) = &c.answer else { continue };
+        if answer.status == 202 {
+            // An accepted cancellation still in flight then: it must have ended cancelled (the
+            // clean-up that cancels every open order afterwards would hide a lost one).
+            out.cancels_checked += 1;
+            match request(
+                addr,
+                "GET",
+                &format!("/v2/orders/{}", c.order_id),
+                key,
+                None,
+            )
+            .await
+            {
+                Ok(got) if got.status == 200 && got.body["status"] == "cancelled" => {}
+                Ok(got) => out.violations.push(format!(
+                    "cancellation of {} answered 202 reads {} {}",
+                    c.order_id, got.status, got.body
+                )),
+                Err(e) => out
+                    .violations
+                    .push(format!("reading order {}: {e:#}", c.order_id)),
+            }
+            continue;
+        }
         if answer.status != 200 {
             continue;
         }

@@ -264,7 +264,7 @@ fn a_cutover_to_other_state_than_the_active_revision_serves_is_refused() {
         (
             redis("redis://a:6379/0"),
             redis("redis://b:6379/0"),
-            Some("moves from redis://a"),
+            Some("moves from a:6379/0"),
         ),
         (
             redis("redis://a:6379/0"),
