@@ -25,9 +25,11 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PostParams;
 use relayer_operator::crd::{RelayerDeployment, RolloutStep};
 use serde_json::{Value, json};
-use support::cutover::NetnsBackend;
+use support::cutover::{NetnsBackend, RedisStore, host_address};
 use support::fixtures::{Gate, blue_green, gate, rd};
 use support::operator::OperatorProcess;
 use support::{TestEnv, wait_for};
@@ -322,6 +324,20 @@ async fn under_the_charts_account_the_operator_completes_cutovers_and_uses_every
         .await
         .expect("the operator's namespace");
     let (backend, _guard) = NetnsBackend::register(&env.namespace);
+    // The relayers' shared store, its password in a Secret the pods read.
+    let store = RedisStore::start(
+        host_address().expect("the host's address towards the pods"),
+        &env.namespace,
+    );
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "relayer-redis" },
+        "stringData": { "password": store.password.clone() },
+    }))
+    .expect("a Secret");
+    env.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the Secret");
 
     let mut helm = env.control_plane.helm();
     helm.args(["install", RELEASE]).arg(chart()).args([
@@ -359,6 +375,7 @@ async fn under_the_charts_account_the_operator_completes_cutovers_and_uses_every
     // 1. A relayer with an Ingress, an HPA, gates and manual promotion.
     rd(NAME)
         .image("ghcr.io/foresight/relayer:1")
+        .redis_with_password(&store.url(), "relayer-redis", "password")
         .replicas(2)
         .revision_history_limit(3)
         .rate_limit_disabled()

@@ -63,6 +63,17 @@ impl Rd {
         self.set(&["store"], json!({ "redis": { "url": url } }))
     }
 
+    /// `spec.store.redis.url` with the password from key `key` of Secret `secret`.
+    pub fn redis_with_password(self, url: &str, secret: &str, key: &str) -> Self {
+        self.set(
+            &["store"],
+            json!({ "redis": {
+                "url": url,
+                "passwordSecretRef": { "name": secret, "key": key },
+            } }),
+        )
+    }
+
     /// `spec.store.memory`, accepting or not that a cutover loses the state.
     pub fn in_memory(self, accept_state_loss: bool) -> Self {
         self.set(
