@@ -20,8 +20,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use relayer_operator::crd::RelayerDeployment;
 use serde_json::{Value, json};
 use support::cutover::{
@@ -126,20 +125,10 @@ async fn demo_a_blue_green_cutover_and_a_rollback_with_real_relayers() {
     let store = RedisStore::start(host, &env.namespace);
     let stub = SettlementStub::start(host).await;
     let admin_token = random_secret();
-    for (name, key, value) in [
-        ("redis", "redis-password", store.password.clone()),
-        ("market-relayer-admin", "token", admin_token.clone()),
-    ] {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": { "name": name },
-            "stringData": { key: value },
-        }))
-        .expect("a Secret");
-        env.api::<Secret>()
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("create the Secret");
-    }
+    env.create_secret("redis", "redis-password", &store.password)
+        .await;
+    env.create_secret("market-relayer-admin", "token", &admin_token)
+        .await;
     println!(
         "redis-server on {} (requirepass), settlement stub {}",
         store.addr, stub.url

@@ -25,8 +25,6 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::PostParams;
 use relayer_operator::crd::{RelayerDeployment, RolloutStep};
 use serde_json::{Value, json};
 use support::cutover::{NetnsBackend, RedisStore, host_address};
@@ -329,15 +327,8 @@ async fn under_the_charts_account_the_operator_completes_cutovers_and_uses_every
         host_address().expect("the host's address towards the pods"),
         &env.namespace,
     );
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "relayer-redis" },
-        "stringData": { "password": store.password.clone() },
-    }))
-    .expect("a Secret");
-    env.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create the Secret");
+    env.create_secret("relayer-redis", "password", &store.password)
+        .await;
 
     let mut helm = env.control_plane.helm();
     helm.args(["install", RELEASE]).arg(chart()).args([

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Patch, PatchParams};
 use relayer_operator::crd::{RelayerDeployment, RolloutStep};
 use serde_json::{Value, json};
 use support::cutover::{
-    Checked, Funding, InvariantWatcher, NetnsBackend, NetnsGuard, Proxy, RedisStore,
+    Checked, Funding, InvariantWatcher, Invariants, NetnsBackend, NetnsGuard, Proxy, RedisStore,
     SettlementStub, Trader, Verification, WriteLoad, WriteReport, fund_traders, host_address,
     random_secret, verify,
 };
@@ -117,21 +117,10 @@ impl SharedState {
         );
         let stub = SettlementStub::start(host).await;
         let admin_token = random_secret();
-        let secrets = env.api::<Secret>();
-        for (name, key, value) in [
-            ("relayer-redis", "password", store.password.clone()),
-            ("relayer-admin", "token", admin_token.clone()),
-        ] {
-            let secret: Secret = serde_json::from_value(json!({
-                "metadata": { "name": name },
-                "stringData": { key: value },
-            }))
-            .expect("a Secret");
-            secrets
-                .create(&PostParams::default(), &secret)
-                .await
-                .expect("create the Secret");
-        }
+        env.create_secret("relayer-redis", "password", &store.password)
+            .await;
+        env.create_secret("relayer-admin", "token", &admin_token)
+            .await;
         Self {
             store,
             stub,
@@ -386,6 +375,32 @@ impl Harness {
         support::wait_step(&self.env, NAME, step, colour, SETTLE).await
     }
 
+    /// After a rollback from green: the active Service selected blue, green, then blue, never a
+    /// colour without available pods, and blue (`blue_pods` pods, at least 2) stayed warm at 2
+    /// while green was active.
+    async fn assert_back_on_warm_blue(&self, invariants: &Invariants, blue_pods: usize) {
+        assert_eq!(
+            invariants.selected,
+            vec!["blue", "green", "blue"],
+            "promoted, then back"
+        );
+        assert!(
+            invariants.violations.is_empty(),
+            "{:?}",
+            invariants.violations
+        );
+        assert!(blue_pods >= 2);
+        assert_eq!(
+            invariants
+                .min_replicas
+                .get(&format!("{NAME}-blue"))
+                .copied(),
+            Some(2),
+            "blue stayed warm while green was active"
+        );
+        assert_eq!(self.selector().await, "blue");
+    }
+
     async fn selector(&self) -> String {
         let svc = self.env.api::<Service>().get(NAME).await.expect("service");
         svc.spec
@@ -581,27 +596,8 @@ async fn a_release_failing_after_promotion_rolls_back_to_the_still_warm_colour()
     let rd = h.wait_step(RolloutStep::Aborted, "blue").await;
     let r = rollout(&rd);
     assert_eq!(r.failed_gate.as_deref(), Some("postPromotion"), "{r:?}");
-    let invariants = watcher.snapshot();
-    assert_eq!(
-        invariants.selected,
-        vec!["blue", "green", "blue"],
-        "promoted, then back"
-    );
-    assert!(
-        invariants.violations.is_empty(),
-        "{:?}",
-        invariants.violations
-    );
-    assert!(blue_pods_before >= 2);
-    // Blue stayed warm: its Deployment never went below 2 while green was active.
-    assert_eq!(
-        invariants
-            .min_replicas
-            .get(&format!("{NAME}-blue"))
-            .copied(),
-        Some(2)
-    );
-    assert_eq!(h.selector().await, "blue");
+    h.assert_back_on_warm_blue(&watcher.snapshot(), blue_pods_before)
+        .await;
 }
 
 #[tokio::test]
@@ -683,26 +679,8 @@ async fn with_writes_a_release_failing_after_promotion_rolls_back_and_no_secret_
         reason.contains("p99 latency"),
         "rolled back for the release's latency: {reason}"
     );
-    assert_eq!(
-        invariants.selected,
-        vec!["blue", "green", "blue"],
-        "promoted, then back"
-    );
-    assert!(
-        invariants.violations.is_empty(),
-        "{:?}",
-        invariants.violations
-    );
-    assert!(blue_pods_before >= 2);
-    assert_eq!(
-        invariants
-            .min_replicas
-            .get(&format!("{NAME}-blue"))
-            .copied(),
-        Some(2),
-        "blue stayed warm while green was active"
-    );
-    assert_eq!(h.selector().await, "blue");
+    h.assert_back_on_warm_blue(&invariants, blue_pods_before)
+        .await;
     // The bad release answered slowly but correctly: not one request failed, and what green
     // served (its writes among it) is checked on blue like the rest.
     let blue_now: std::collections::BTreeSet<_> = h.backend.addresses().into_iter().collect();
@@ -800,16 +778,7 @@ async fn a_pod_whose_secret_is_missing_does_not_start_until_the_secret_exists() 
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(h.backend.running(), 0, "a pod started without its Secret");
     let token = random_secret();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "late-admin" },
-        "stringData": { "token": token },
-    }))
-    .expect("a Secret");
-    h.env
-        .api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create the Secret");
+    h.env.create_secret("late-admin", "token", &token).await;
     // A kubelet retries on its own; the simulator retries at the pod's next event.
     h.env
         .kubectl(&["annotate", "pod", &name, "retry=1"])

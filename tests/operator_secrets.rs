@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use relayer_operator::crd::{Phase, RelayerDeployment, RolloutStep};
 use serde_json::{Value, json};
@@ -35,18 +35,6 @@ fn spawn_operator(env: &TestEnv) -> OperatorProcess {
         .args(["--leader-election", "false"])
         .args(["--pod-networks", POD_NETWORK])
         .spawn()
-}
-
-async fn create_secret(env: &TestEnv, name: &str, key: &str, value: &str) {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "stringData": { key: value },
-    }))
-    .expect("secret");
-    env.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap_or_else(|e| panic!("create Secret {name}: {e}"));
 }
 
 async fn apply(env: &TestEnv, spec: Value) {
@@ -157,10 +145,12 @@ async fn secret_values_stay_in_their_secrets_through_a_cutover_and_a_rollback() 
     let redis_password = format!("redis-password-{suffix}");
     let redis_url = format!("redis://:url-password-{suffix}@redis.invalid:6379/0");
     let credential = format!("Bearer settle-{suffix}");
-    create_secret(&env, "admin", "token", &admin_token).await;
-    create_secret(&env, "redis", "redis-password", &redis_password).await;
-    create_secret(&env, "redis-url", "url", &redis_url).await;
-    create_secret(&env, "settle", "authorization", &credential).await;
+    env.create_secret("admin", "token", &admin_token).await;
+    env.create_secret("redis", "redis-password", &redis_password)
+        .await;
+    env.create_secret("redis-url", "url", &redis_url).await;
+    env.create_secret("settle", "authorization", &credential)
+        .await;
     let operator = spawn_operator(&env);
 
     let strategy =

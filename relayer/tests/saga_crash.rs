@@ -8,8 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use support::api::{Api, check_invariants, num};
+use serde_json::json;
+use support::api::{Api, check_invariants, num, sagas};
 use support::fixtures::{ADMIN_TOKEN, Order, address};
 use support::process::RelayerProcess;
 use support::redis::RedisServer;
@@ -43,18 +43,6 @@ fn env(
         env.push(("RELAYER_FAULT_INJECTION__CRASH_AT_STEP", point.to_owned()));
     }
     env
-}
-
-async fn sagas(api: &Api, base: &str) -> Value {
-    let resp = api
-        .http
-        .get(format!("{base}/admin/sagas"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin sagas");
-    assert_eq!(resp.status(), 200);
-    resp.json::<Value>().await.expect("json")["sagas"].clone()
 }
 
 /// What recovery must have done with the crashed order.

@@ -257,6 +257,20 @@ impl TestEnv {
             .await;
     }
 
+    /// Creates the Secret `name` in this namespace holding `value` under `key`.
+    pub async fn create_secret(&self, name: &str, key: &str, value: &str) {
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": name },
+                "stringData": { key: value },
+            }))
+            .expect("a Secret");
+        self.api::<k8s_openapi::api::core::v1::Secret>()
+            .create(&kube::api::PostParams::default(), &secret)
+            .await
+            .unwrap_or_else(|e| panic!("create the Secret {name}: {e}"));
+    }
+
     /// Runs the built kubectl against the admin kubeconfig in this namespace; returns stdout,
     /// or an error carrying stderr.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {

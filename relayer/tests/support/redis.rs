@@ -84,14 +84,9 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server; its stdout, or None if it failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
-        (out.status.success() && !out.stdout.starts_with(b"Could not connect"))
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let mut cli = Command::new("redis-cli");
+        cli.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        run_cli(cli.args(args))
     }
 
     /// `redis://127.0.0.1:<port>/`.
@@ -164,4 +159,11 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs a `redis-cli` command; its stdout, or None if it failed or could not connect.
+pub fn run_cli(cli: &mut Command) -> Option<String> {
+    let out = cli.stdin(Stdio::null()).output().ok()?;
+    (out.status.success() && !out.stdout.starts_with(b"Could not connect"))
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }

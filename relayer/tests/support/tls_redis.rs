@@ -153,17 +153,12 @@ impl TlsRedisServer {
     /// Runs `redis-cli` over TLS (trusting the server's CA, with the password) against this
     /// server; its stdout, or None if it failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--tls"])
+        let mut cli = Command::new("redis-cli");
+        cli.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--tls"])
             .arg("--cacert")
             .arg(&self.ca.cert_file)
-            .env("REDISCLI_AUTH", &self.password)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
-        (out.status.success() && !out.stdout.starts_with(b"Could not connect"))
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+            .env("REDISCLI_AUTH", &self.password);
+        super::redis::run_cli(cli.args(args))
     }
 
     /// `rediss://127.0.0.1:<port>/` (no password).

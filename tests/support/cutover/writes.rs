@@ -1,7 +1,7 @@
 //! Writes through the active Service during a cutover, and what must hold afterwards.
 //!
-//! - [`request`]: one HTTP/1.1 request (any method, optional bearer token and JSON body) with
-//!   `Connection: close`, bounded by a timeout.
+//! - [`request`]: one request (any method, optional bearer token and JSON body) through
+//!   [`crate::support::http::exchange`], its JSON answer read.
 //! - [`fund_traders`]: users funded and given API keys through the `/admin` routes.
 //! - [`WriteLoad`]: one client per trader, each placing crossing orders (buys above and sells
 //!   below the middle, so they trade), resting orders far from the middle that it cancels
@@ -21,7 +21,8 @@
 //! the settled trades, nothing reserved once every open order is cancelled).
 //!
 //! Uses tokio, serde_json, [`super::settlement::SettlementStub`] and
-//! [`crate::support::metrics`] / [`crate::support::http`] (the pods' `/metrics`).
+//! [`crate::support::metrics`] / [`crate::support::http`] (every request, and the pods'
+//! `/metrics`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -31,8 +32,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::netns::NetnsBackend;
 use super::settlement::SettlementStub;
@@ -68,45 +67,24 @@ pub async fn request(
     bearer: Option<&str>,
     body: Option<&Value>,
 ) -> anyhow::Result<Answer> {
-    tokio::time::timeout(TIMEOUT, async {
-        let mut s = TcpStream::connect(addr).await?;
-        let mut head =
-            format!("{method} {path} HTTP/1.1\r\nHost: relayer\r\nConnection: close\r\n");
-        if let Some(token) = bearer {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        let payload = body.map(Value::to_string).unwrap_or_default();
-        if body.is_some() {
-            head.push_str("Content-Type: application/json\r\n");
-        }
-        head.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
-        s.write_all(head.as_bytes()).await?;
-        s.write_all(payload.as_bytes()).await?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status: u16 = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no status line in {text:?}"))?;
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow::anyhow!("no end of headers in {text:?}"))?;
-        let chunked = head.lines().any(|l| {
-            let l = l.to_ascii_lowercase();
-            l.starts_with("transfer-encoding:") && l.contains("chunked")
-        });
-        anyhow::ensure!(!chunked, "chunked body (not decoded here): {head}");
-        let body = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()))
-        };
-        Ok(Answer { status, body })
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("{method} {path} via {addr}: no answer within {TIMEOUT:?}"))?
+    let authorization = bearer.map(|token| format!("Bearer {token}"));
+    let mut headers = Vec::new();
+    if let Some(value) = &authorization {
+        headers.push(("Authorization", value.as_str()));
+    }
+    if body.is_some() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let payload = body.map(Value::to_string).unwrap_or_default();
+    let (status, text) =
+        http::exchange(addr, method, path, &headers, payload.as_bytes(), TIMEOUT).await?;
+    let body = http::body_of(&text)?;
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()))
+    };
+    Ok(Answer { status, body })
 }
 
 /// A decimal string (or number) as u128; 0 when absent.
