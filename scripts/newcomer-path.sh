@@ -5,18 +5,19 @@
 #   2. a shared Redis and the Secrets the sample references;
 #   3. apply the sample RelayerDeployment;
 #   4. watch it become Available;
-#   5. roll a new image with the plugin (kubectl relayer set-image), and
-#   6. with plain kubectl (kubectl patch);
+#   5. roll out a change and follow it with the plugin (kubectl relayer status --watch), and
+#   6. another with plain kubectl;
 #   7. roll back, with the plugin and with plain kubectl (kubectl annotate);
 #   and check that no Secret value is in a ConfigMap, a ControllerRevision or the object.
 #
 #   scripts/newcomer-path.sh                      # on a local test control plane it starts
-#   KUBECONFIG_TEST=~/.kube/kind scripts/newcomer-path.sh   # on a cluster of yours
+#   KUBECONFIG_TEST=~/.kube/kind KIND_CLUSTER=kind scripts/newcomer-path.sh   # on a kind cluster
+#   KUBECONFIG_TEST=~/.kube/config scripts/newcomer-path.sh  # a cluster that pulls the images
 #
 # On the local control plane pods are simulated (there is no kubelet), so the chart's operator
-# pods do not run a process: the script runs the operator binary on this machine with the
-# chart's arguments and the chart's ServiceAccount token instead, which is what the pod would
-# do. Simulated pods have no process whose drain could be read, so the sample's scale-down
+# pods do not run a process: the script runs the operator image on this machine
+# (scripts/image-run.sh) with the chart's arguments and the chart's ServiceAccount token
+# instead, which is what the pod would do. Simulated pods have no process whose drain could be read, so the sample's scale-down
 # waits are shortened there, and they connect to nothing, so no Redis is installed there: the
 # Secret its chart would create is made by hand. On a real cluster nothing is substituted.
 set -euo pipefail
@@ -42,6 +43,12 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --locked --bin relayer-operator --bin kubectl-relayer
+step "0. build the images (and load them into a kind cluster)"
+scripts/images.sh
+if [[ -n "${KIND_CLUSTER:-}" ]]; then
+  kind load image-archive --name "$KIND_CLUSTER" target/images/relayer-operator.oci.tar
+  kind load image-archive --name "$KIND_CLUSTER" target/images/relayer.oci.tar
+fi
 k8s_bin="$(tests/k8s/build.sh | tail -n 1)"
 # kubectl and helm from the test binaries; kubectl finds the plugin `kubectl-relayer` on PATH.
 export PATH="$root/target/debug:$k8s_bin:$PATH"
@@ -88,10 +95,19 @@ if ((local_cluster)); then
     -o jsonpath='{.spec.template.spec.containers[0].args[*]}')"
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
   args=("${args[@]/#--metrics-addr=*/--metrics-addr=127.0.0.1:$port}")
-  KUBECONFIG="$work/operator.kubeconfig" POD_NAME=relayer-operator-local POD_NAMESPACE=relayer-system \
-    RUST_LOG=info LOG_JSON=false target/debug/relayer-operator "${args[@]}" >"$work/operator.log" 2>&1 &
+  # The operator image itself (as root; scripts/image-run.sh mounts it read-only and runs it as
+  # uid 65532), else the binary it holds.
+  operator=(target/debug/relayer-operator) kubeconfig="$work/operator.kubeconfig" mounts=""
+  if [[ $(id -u) -eq 0 ]]; then
+    chmod 644 "$work/operator.kubeconfig"
+    operator=(scripts/image-run.sh target/images/relayer-operator.oci.tar)
+    kubeconfig=/etc/relayer-operator/kubeconfig mounts="$work/operator.kubeconfig:$kubeconfig"
+  fi
+  KUBECONFIG="$kubeconfig" IMAGE_RUN_MOUNTS="$mounts" POD_NAME=relayer-operator-local \
+    POD_NAMESPACE=relayer-system RUST_LOG=info LOG_JSON=false \
+    setsid "${operator[@]}" "${args[@]}" >"$work/operator.log" 2>&1 &
   pids+=($!)
-  echo "operator running as system:serviceaccount:relayer-system:relayer-operator (log: $work/operator.log)"
+  echo "operator (${operator[*]}) running as system:serviceaccount:relayer-system:relayer-operator (log: $work/operator.log)"
 fi
 
 step "2. a shared Redis and the Secrets the sample references"
@@ -130,28 +146,33 @@ wait_stable() {
   done
   fail "no Stable within 300 s"
 }
-image() { kubectl get rd market-relayer -o jsonpath='{.spec.image}'; }
-expect_image() { [[ "$(image)" == "$1" ]] || fail "image is $(image), expected $1"; }
+limit() { kubectl get rd market-relayer -o jsonpath='{.spec.config.limits.maxOrderAmount}'; }
+expect_limit() { [[ "$(limit)" == "$1" ]] || fail "maxOrderAmount is $(limit), expected $1"; }
+active_revision() { kubectl get rd market-relayer -o jsonpath='{.status.activeRevision}'; }
+image="$(kubectl get rd market-relayer -o jsonpath='{.spec.image}')"
 
-step "5. roll a new image with the plugin"
-kubectl relayer set-image market-relayer ghcr.io/foresight/relayer:0.2.0
+step "5. roll out a change and follow the cutover with the plugin"
+first_revision="$(active_revision)"
+kubectl patch rd market-relayer --type merge -p '{"spec":{"config":{"limits":{"maxOrderAmount":5000}}}}'
 kubectl relayer status market-relayer --watch --timeout 5m
-expect_image ghcr.io/foresight/relayer:0.2.0
+expect_limit 5000
+[[ "$(active_revision)" != "$first_revision" ]] || fail "no new revision became active"
 
-step "6. roll a new image with plain kubectl"
-kubectl patch rd market-relayer --type merge -p '{"spec":{"image":"ghcr.io/foresight/relayer:0.3.0"}}'
+step "6. another one, with plain kubectl"
+kubectl patch rd market-relayer --type merge -p '{"spec":{"config":{"limits":{"maxOrderAmount":8000}}}}'
 wait_stable
 kubectl get rd market-relayer
-expect_image ghcr.io/foresight/relayer:0.3.0
+expect_limit 8000
 
 step "7. roll back, with the plugin and with plain kubectl"
 kubectl relayer history market-relayer
 kubectl relayer rollback market-relayer
 kubectl relayer status market-relayer --watch --timeout 5m
-expect_image ghcr.io/foresight/relayer:0.2.0
+expect_limit 5000
 kubectl annotate rd market-relayer relayer.foresight.dev/rollback-to=previous
 wait_stable
-expect_image ghcr.io/foresight/relayer:0.3.0
+expect_limit 8000
+[[ "$(kubectl get rd market-relayer -o jsonpath='{.spec.image}')" == "$image" ]] || fail "the image changed"
 kubectl relayer history market-relayer
 kubectl get rd market-relayer -o wide
 

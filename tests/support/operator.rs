@@ -141,6 +141,14 @@ impl OperatorProcess {
     /// The binary as `name` (which names its log file), with the admin kubeconfig and no
     /// flags yet.
     pub fn launch(env: &TestEnv, name: &str) -> Launch {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relayer-operator"));
+        command.env("KUBECONFIG", env.control_plane.kubeconfig());
+        Self::launch_command(env, name, command)
+    }
+
+    /// Like [`Self::launch`], but `command` runs the operator (for example its image through
+    /// `scripts/image-run.sh`), with the identity and environment it already has.
+    pub fn launch_command(env: &TestEnv, name: &str, command: Command) -> Launch {
         let metrics = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port");
@@ -148,8 +156,6 @@ impl OperatorProcess {
             .control_plane
             .work_dir()
             .join(format!("operator-{}-{name}.log", env.namespace));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_relayer-operator"));
-        command.env("KUBECONFIG", env.control_plane.kubeconfig());
         Launch {
             command,
             args: Vec::new(),
