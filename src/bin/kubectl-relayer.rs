@@ -2,8 +2,9 @@
 //! RelayerDeployments through the operator's interface (spec patches and annotations, see
 //! `relayer_operator::plugin`), so everything it does is also possible with plain kubectl.
 //!
-//! Install by putting the binary on PATH (`cargo install --path . --bin kubectl-relayer`);
-//! kubectl then runs it as `kubectl relayer ...`.
+//! Install by putting the binary on PATH (`cargo install --path . --bin kubectl-relayer`), or
+//! with krew from the manifest and archive `scripts/krew.sh` writes; kubectl then runs it as
+//! `kubectl relayer ...`.
 //!
 //! May use: the library's `plugin` and `crd` only.
 
