@@ -148,7 +148,7 @@ wait_stable() {
 }
 limit() { kubectl get rd market-relayer -o jsonpath='{.spec.config.limits.maxOrderAmount}'; }
 expect_limit() { [[ "$(limit)" == "$1" ]] || fail "maxOrderAmount is $(limit), expected $1"; }
-active_revision() { kubectl get rd market-relayer -o jsonpath='{.status.activeRevision}'; }
+active_revision() { kubectl get rd market-relayer -o jsonpath='{.status.rollout.activeRevision}'; }
 image="$(kubectl get rd market-relayer -o jsonpath='{.spec.image}')"
 
 step "5. roll out a change and follow the cutover with the plugin"
