@@ -212,7 +212,7 @@ fn root_is_read_only(pid: u32) -> bool {
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .filter(|f| f.len() > 5 && f[4] == "/")
-        .last()
+        .next_back()
         .expect("a root mount");
     root[5].split(',').any(|o| o == "ro")
 }
