@@ -24,14 +24,10 @@ need=()
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
 command -v musl-gcc >/dev/null 2>&1 || need+=(musl-tools)
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || need+=(ca-certificates)
-if ((${#need[@]})); then
-  sudo=""
-  [[ $(id -u) -eq 0 ]] || sudo="sudo"
-  echo "[images] installing ${need[*]}" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-rustup target list --installed | grep -qx "$musl" || rustup target add "$musl"
+# shellcheck source=packages.sh
+source "$here/packages.sh"
+install_missing images ${need[@]+"${need[@]}"}
+add_musl_target
 
 # One version for the crates, the chart's appVersion and the tags.
 version="$(cargo metadata --no-deps --format-version 1 --locked | python3 -c '

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Packs the `kubectl relayer` plugin for krew: builds kubectl-relayer static (musl, release),
-# packs it with LICENSE into a deterministic archive and fills the krew manifest template
+# Packs the `kubectl relayer` plugin for krew: builds kubectl-relayer static (musl, in the
+# `image` profile the images use, so one build serves both), packs it with LICENSE into a deterministic archive and fills the krew manifest template
 # (krew/relayer.yaml.tmpl) with the crate version and the archive's sha256:
 #
 #   target/krew/kubectl-relayer_v<version>_linux_amd64.tar.gz   kubectl-relayer + LICENSE
@@ -25,14 +25,10 @@ say() { printf '[krew] %s\n' "$*" >&2; }
 need=()
 command -v musl-gcc >/dev/null 2>&1 || need+=(musl-tools)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
-if ((${#need[@]})); then
-  sudo=""
-  [[ $(id -u) -eq 0 ]] || sudo="sudo"
-  say "installing ${need[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-rustup target list --installed | grep -qx "$musl" || rustup target add "$musl"
+# shellcheck source=packages.sh
+source "$here/packages.sh"
+install_missing krew ${need[@]+"${need[@]}"}
+add_musl_target
 
 # The crate version and where cargo puts its output (CARGO_TARGET_DIR is honoured).
 read -r version target_dir < <(cargo metadata --no-deps --format-version 1 --locked | python3 -c '
@@ -43,8 +39,8 @@ print(versions["relayer-operator"], meta["target_directory"])')
 [[ -n "$version" && -n "$target_dir" ]] || { say "could not read the version from cargo metadata"; exit 1; }
 [[ -f LICENSE ]] || { say "LICENSE is missing at $root"; exit 1; }
 
-say "compiling kubectl-relayer $version ($musl, release)"
-cargo build --release --locked --target "$musl" --bin kubectl-relayer
+say "compiling kubectl-relayer $version ($musl, profile image)"
+cargo build --profile image --locked --target "$musl" --bin kubectl-relayer
 
 out="$target_dir/krew"
 archive="$out/kubectl-relayer_v${version}_linux_amd64.tar.gz"
@@ -54,7 +50,7 @@ stage="$(mktemp -d "$out/.stage.XXXXXX")"
 trap 'rm -rf "$stage"' EXIT
 
 # Fixed modes and times, so the archive's bytes depend on the two files' contents only.
-install -m 0755 "$target_dir/$musl/release/kubectl-relayer" "$stage/kubectl-relayer"
+install -m 0755 "$target_dir/$musl/image/kubectl-relayer" "$stage/kubectl-relayer"
 install -m 0644 LICENSE "$stage/LICENSE"
 epoch="$(git log -1 --format=%ct 2>/dev/null || echo 0)"
 tar --sort=name --mtime="@$epoch" --owner=0 --group=0 --numeric-owner --format=gnu \
