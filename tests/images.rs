@@ -211,8 +211,7 @@ fn root_is_read_only(pid: u32) -> bool {
     let root = mounts
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.len() > 5 && f[4] == "/")
-        .next_back()
+        .rfind(|f| f.len() > 5 && f[4] == "/")
         .expect("a root mount");
     root[5].split(',').any(|o| o == "ro")
 }

@@ -406,14 +406,7 @@ fn krew_refuses_an_archive_whose_sha256_is_not_the_manifests() {
         "{}",
         describe(&install)
     );
-    assert!(
-        !home.plugin().exists(),
-        "bin/kubectl-relayer exists after a refused install"
-    );
-    assert!(
-        !home.receipt().exists(),
-        "a receipt exists after a refused install"
-    );
+    assert_nothing_installed(&home);
 }
 
 #[test]
@@ -456,6 +449,11 @@ fn krew_refuses_an_archive_without_the_license() {
         "{}",
         describe(&install)
     );
+    assert_nothing_installed(&home);
+}
+
+/// After a refused install: no plugin link and no receipt.
+fn assert_nothing_installed(home: &KrewHome) {
     assert!(
         !home.plugin().exists(),
         "bin/kubectl-relayer exists after a refused install"
