@@ -127,6 +127,8 @@ pub struct RelayerDeploymentSpec {
         validation = Rule::new("!has(self.redisUrl)").message("config.redisUrl is not used in a RelayerDeployment: the operator sets it from spec.store.redis (url, or urlSecretRef for a URL kept in a Secret)"),
         validation = Rule::new("!has(self.redis.password)").message("config.redis.password must not be written in a RelayerDeployment: put it in a Secret and reference it with spec.store.redis.passwordSecretRef"),
         validation = Rule::new("!has(self.redis.caFile)").message("config.redis.caFile is set by the operator from spec.store.redis.tls.ca"),
+        validation = Rule::new("!has(self.redis.mode) || self.redis.mode == 'standalone'").message("config.redis.mode is set by the operator from spec.store.redis.mode"),
+        validation = Rule::new("!has(self.redis.clusterNodes)").message("config.redis.clusterNodes is set by the operator from spec.store.redis.clusterNodes"),
         validation = Rule::new("!has(self.settlement.credential)").message("config.settlement.credential must not be written in a RelayerDeployment: put it in a Secret and reference it with spec.secrets.settlementCredential"),
         validation = Rule::new(concat!("!has(self.rateLimit.redisUrl) || !self.rateLimit.redisUrl.matches(", url_userinfo!(), ")")).message("config.rateLimit.redisUrl must not hold credentials (user:password@): they would land in a ConfigMap and in every ControllerRevision"),
         validation = Rule::new(concat!("!has(self.settlement.url) || !self.settlement.url.matches(", url_userinfo!(), ")")).message("config.settlement.url must not hold credentials (user:password@): send a credential with spec.secrets.settlementCredential instead"),
@@ -268,7 +270,7 @@ pub struct StoreSpec {
 #[serde(rename_all = "camelCase")]
 pub struct MemoryStoreSpec {}
 
-/// A shared Redis (standalone).
+/// A shared Redis: one node or a Redis Cluster.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -277,6 +279,7 @@ pub struct MemoryStoreSpec {}
     validation = Rule::new("!has(self.tls) || !has(self.url) || self.url.startsWith('rediss://')").message("spec.store.redis.tls needs a rediss:// url"),
     validation = Rule::new("!has(self.url) || !self.url.contains('#')").message("spec.store.redis.url must not have a #fragment (the Redis client reads options there, such as skipping certificate checks)"),
 )]
+#[x_kube(validation = Rule::new("!has(self.clusterNodes) || (has(self.mode) && self.mode == 'cluster')").message("spec.store.redis.clusterNodes needs mode: cluster"))]
 pub struct RedisStoreSpec {
     /// Address of the Redis, `redis://host:port/db` or `rediss://host:port/db` (TLS), without
     /// credentials, e.g. `redis://redis-master.redis.svc.cluster.local:6379/0`.
@@ -292,6 +295,17 @@ pub struct RedisStoreSpec {
     /// TLS settings (the URL is `rediss://`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RedisTlsSpec>,
+    /// `standalone` (default: one Redis, or a primary behind one address) or `cluster` (Redis
+    /// Cluster: the URL names one seed node; each write waits for one replica by default,
+    /// `spec.config.redis.replicaAcks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<relayer::config::RedisMode>,
+    /// More seed nodes of a cluster, `host:port` (they share the URL's scheme and
+    /// credentials), tried when the URL's node does not answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(r"self.all(n, n.matches('^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$'))").message("spec.store.redis.clusterNodes entries must be host:port (no scheme, no credentials)"))]
+    pub cluster_nodes: Vec<String>,
 }
 
 /// TLS to Redis.

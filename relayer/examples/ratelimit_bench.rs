@@ -45,7 +45,7 @@ use relayer::ratelimit::counters::{
     Check, CounterStore, Decision, MemoryCounters, Outcomes, RedisCounters,
 };
 use relayer::ratelimit::window::Outcome;
-use relayer::store::{Store, StoreError};
+use relayer::store::{RedisTarget, Store, StoreError};
 use support::median;
 
 /// The relayer binary's allocator, so the relayer measured here is the one that ships.
@@ -574,7 +574,7 @@ async fn main() -> anyhow::Result<()> {
                     Arc::new(SystemClock),
                 ))),
                 "redis" => Some(Arc::new(RedisCounters::connect(
-                    &url,
+                    &RedisTarget::standalone(url.clone()),
                     &format!("bench{round}:"),
                     Duration::from_secs(1),
                 )?)),

@@ -15,6 +15,7 @@ use relayer::ratelimit::counters::{
     Check, Client, CounterStore, Key, MemoryCounters, RedisCounters,
 };
 use relayer::ratelimit::window::Spec;
+use relayer::store::RedisTarget;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use support::metrics::Metrics;
@@ -295,7 +296,12 @@ async fn concurrent_requests_admit_exactly_the_limit_in_redis() {
     let redis = RedisServer::start();
     let counters = |prefix: &str| -> Arc<dyn CounterStore> {
         Arc::new(
-            RedisCounters::connect(&redis.url(), prefix, Duration::from_secs(2)).expect("connect"),
+            RedisCounters::connect(
+                &RedisTarget::standalone(redis.url()),
+                prefix,
+                Duration::from_secs(2),
+            )
+            .expect("connect"),
         )
     };
     // Load the script once (a first EVALSHA answers NOSCRIPT), then count from zero.
@@ -317,8 +323,12 @@ async fn concurrent_requests_admit_exactly_the_limit_in_redis() {
 #[tokio::test]
 async fn redis_counters_expire_when_nothing_in_them_counts_any_more() {
     let redis = RedisServer::start();
-    let counters =
-        RedisCounters::connect(&redis.url(), "ttl:", Duration::from_secs(2)).expect("connect");
+    let counters = RedisCounters::connect(
+        &RedisTarget::standalone(redis.url()),
+        "ttl:",
+        Duration::from_secs(2),
+    )
+    .expect("connect");
     // Buckets of 100 ms: a bucket counts for at most 300 ms after it starts.
     let checks = [Check {
         key: Key::Global,

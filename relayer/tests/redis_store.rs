@@ -19,6 +19,9 @@ fn store(server: &RedisServer, timeout_ms: u64, retention: Duration) -> Store {
         key_prefix: "ret:".to_owned(),
         command_timeout: Duration::from_millis(timeout_ms),
         order_retention: retention,
+        mode: relayer::store::RedisMode::Standalone,
+        cluster_nodes: Vec::new(),
+        replica_acks: 0,
     })
     .expect("store")
 }

@@ -42,6 +42,9 @@ impl Backend {
             key_prefix: "contract:".to_owned(),
             command_timeout: std::time::Duration::from_secs(5),
             order_retention: std::time::Duration::from_secs(3600),
+            mode: relayer::store::RedisMode::Standalone,
+            cluster_nodes: Vec::new(),
+            replica_acks: 0,
         })
         .expect("redis store");
         Self {

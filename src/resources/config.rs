@@ -30,6 +30,8 @@ pub fn effective_config(rd: &RelayerDeployment) -> relayer::config::RelayerConfi
     if let Some(redis) = rd.spec.redis() {
         // NB: with `urlSecretRef` the URL comes from the environment (RELAYER_REDIS_URL).
         config.redis_url = redis.url.clone();
+        config.redis.mode = redis.mode.unwrap_or_default();
+        config.redis.cluster_nodes = redis.cluster_nodes.clone();
         if redis.tls.as_ref().and_then(|t| t.ca.as_ref()).is_some() {
             config.redis.ca_file = Some(format!("{REDIS_CA_MOUNT}/{REDIS_CA_FILE}"));
         }
@@ -85,6 +87,8 @@ mod tests {
                     url_secret_ref: None,
                     password_secret_ref: None,
                     tls: None,
+                    mode: None,
+                    cluster_nodes: Vec::new(),
                 }),
                 ..crate::crd::StoreSpec::default()
             })

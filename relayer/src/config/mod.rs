@@ -202,6 +202,42 @@ pub struct RedisConfig {
     )]
     #[schemars(with = "Option<String>")]
     pub ca_file: Option<String>,
+    /// `standalone` (one Redis, or a primary behind one address) or `cluster` (Redis Cluster:
+    /// `redisUrl` names one seed node, the client learns the others and follows MOVED and ASK).
+    pub mode: RedisMode,
+    /// More seed nodes of a cluster (`host:port`), tried when `redisUrl`'s node does not
+    /// answer; they share `redisUrl`'s scheme, user and password. `cluster` mode only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub cluster_nodes: Vec<String>,
+    /// How many replicas must confirm each write of the store (Redis `WAIT`) before it counts
+    /// as done; a write they do not confirm within half of `commandTimeoutMs` fails with 503
+    /// and its saga treats it like any write of unknown outcome. Absent: 1 in `cluster` mode
+    /// (a failover then never loses an acknowledged write), 0 in `standalone` mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 5))]
+    pub replica_acks: Option<u32>,
+}
+
+/// Which Redis topology `redisUrl` points at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RedisMode {
+    /// One node (or a primary behind one address, with or without replicas).
+    #[default]
+    Standalone,
+    /// Redis Cluster: keys spread over the masters by hash slot.
+    Cluster,
+}
+
+impl RedisConfig {
+    /// How many replicas must confirm each store write (`replicaAcks`, else by mode).
+    pub fn effective_replica_acks(&self) -> u32 {
+        self.replica_acks.unwrap_or(match self.mode {
+            RedisMode::Standalone => 0,
+            RedisMode::Cluster => 1,
+        })
+    }
 }
 
 impl Default for RedisConfig {
@@ -215,6 +251,9 @@ impl Default for RedisConfig {
             order_retention_seconds: 24 * 60 * 60,
             password: None,
             ca_file: None,
+            mode: RedisMode::Standalone,
+            cluster_nodes: Vec::new(),
+            replica_acks: None,
         }
     }
 }

@@ -124,6 +124,9 @@ impl fmt::Debug for RedisConfig {
             order_retention_seconds,
             password,
             ca_file,
+            mode,
+            cluster_nodes,
+            replica_acks,
         } = self;
         f.debug_struct("RedisConfig")
             .field("key_prefix", key_prefix)
@@ -131,6 +134,9 @@ impl fmt::Debug for RedisConfig {
             .field("order_retention_seconds", order_retention_seconds)
             .field("password", &shown(password))
             .field("ca_file", ca_file)
+            .field("mode", mode)
+            .field("cluster_nodes", cluster_nodes)
+            .field("replica_acks", replica_acks)
             .finish()
     }
 }

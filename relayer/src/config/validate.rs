@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::{ORDER_SAGA_STEPS, RelayerConfig, url_password};
+use super::{ORDER_SAGA_STEPS, RedisMode, RelayerConfig, url_password};
 
 /// Largest request body the server may be configured to accept (16 MiB).
 const MAX_BODY_LIMIT: u64 = 16 * 1024 * 1024;
@@ -17,6 +17,10 @@ const MIN_ADMIN_TOKEN_LEN: usize = 16;
 const MAX_COMMAND_TIMEOUT_MS: u64 = 60_000;
 /// Retention beyond a year is unbounded growth in practice.
 const MAX_RETENTION_SECONDS: u64 = 366 * 24 * 60 * 60;
+/// Most extra seed nodes of a cluster (`redis.clusterNodes`).
+const MAX_CLUSTER_NODES: usize = 32;
+/// Most replicas a write may wait for (`redis.replicaAcks`).
+const MAX_REPLICA_ACKS: u32 = 5;
 /// Headers the settlement client sets itself (or HTTP does): a credential must not replace them.
 const RESERVED_HEADERS: [&str; 7] = [
     "content-type",
@@ -138,6 +142,33 @@ impl RelayerConfig {
                     "must be between 1 and {MAX_COMMAND_TIMEOUT_MS} and at most \
                      limits.requestTimeoutMs"
                 ),
+            ));
+        }
+        if !r.cluster_nodes.is_empty() && r.mode != RedisMode::Cluster {
+            return Err(invalid(
+                "redis.clusterNodes",
+                "is only used with redis.mode: cluster",
+            ));
+        }
+        if r.cluster_nodes.len() > MAX_CLUSTER_NODES {
+            return Err(invalid(
+                "redis.clusterNodes",
+                format!("must list at most {MAX_CLUSTER_NODES} nodes"),
+            ));
+        }
+        for (i, node) in r.cluster_nodes.iter().enumerate() {
+            if !is_host_port(node) {
+                return Err(invalid(
+                    &format!("redis.clusterNodes[{i}]"),
+                    "must be host:port (no scheme, no user or password: those come from \
+                     redisUrl)",
+                ));
+            }
+        }
+        if r.replica_acks.is_some_and(|n| n > MAX_REPLICA_ACKS) {
+            return Err(invalid(
+                "redis.replicaAcks",
+                format!("must be at most {MAX_REPLICA_ACKS}"),
             ));
         }
         if !(1..=MAX_RETENTION_SECONDS).contains(&r.order_retention_seconds) {
@@ -320,6 +351,26 @@ impl RelayerConfig {
 }
 
 /// An HTTP field name (RFC 9110 `token`).
+/// `host:port` with a DNS name, an IPv4 address or a bracketed IPv6 address, and a port.
+fn is_host_port(node: &str) -> bool {
+    let Some((host, port)) = node.rsplit_once(':') else {
+        return false;
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return false;
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name

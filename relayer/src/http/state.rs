@@ -22,7 +22,7 @@ use crate::resilience::breaker::BreakerRegistry;
 use crate::resilience::retry::RetryMetrics;
 use crate::resilience::saga::SagaMetrics;
 use crate::settlement::Settlement;
-use crate::store::{Store, StoreError};
+use crate::store::{RedisTarget, Store, StoreError};
 
 /// Keys the in-memory limiter keeps at most (about 300 bytes each): a flood of distinct client
 /// addresses evicts idle and then least recently used keys instead of growing without bound.
@@ -130,7 +130,14 @@ impl AppState {
             None
         } else if let Some(url) = &limits.redis_url {
             let timeout = Duration::from_millis(config.redis.command_timeout_ms);
-            let redis = RedisCounters::connect(url, &config.redis.key_prefix, timeout)
+            // NB: the limiter's own Redis has the store's topology (`redis.mode`); extra seed
+            // nodes (`redis.clusterNodes`) belong to the store's.
+            let target = RedisTarget {
+                url: url.clone(),
+                mode: config.redis.mode,
+                cluster_nodes: Vec::new(),
+            };
+            let redis = RedisCounters::connect(&target, &config.redis.key_prefix, timeout)
                 .map_err(StartupError::Limiter)?;
             Some(Arc::new(redis))
         } else if let Some(conn) = store.redis_connection() {

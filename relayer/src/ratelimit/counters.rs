@@ -15,13 +15,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use hashbrown::HashTable;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use smallvec::SmallVec;
 
 use super::window::{Outcome, Spec, Window, admits, settle};
 use crate::clock::Clock;
 use crate::domain::UserId;
-use crate::store::{RedisAccess, StoreError};
+use crate::store::{RedisAccess, RedisConnection, RedisTarget, StoreError};
 
 /// Whose requests a per-client counter counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -386,47 +385,82 @@ impl CounterStore for MemoryCounters {
     }
 }
 
-/// Counters in Redis: one `EVALSHA` per request, whatever the number of tiers.
+/// Counters in Redis: one `EVALSHA` per request and slot, whatever the number of tiers.
 ///
-/// Every key carries the hash tag `{<prefix>rl}`, so the script touches one Redis Cluster slot
-/// (the limiter then lives on one shard of a cluster; its load is one small script a request).
-/// Time is the Redis server's (`TIME`), so replicas with skewed clocks still share one window.
+/// On one node every key carries the hash tag `{<prefix>rl}`, so one script checks and counts
+/// every tier of a request atomically. On a cluster each client's counters carry that client's
+/// tag (`{<prefix>rl:ip:10.0.0.1}`, `{<prefix>rl:u:0x…}`: a per-endpoint counter sits with
+/// its client's) and the global counter its own (`{<prefix>rl:g}`), so the counters spread
+/// over the slots and masters. A request then runs one script per slot it touches (the
+/// global one, its IP's and, when authenticated, its user's), all at once: one round trip.
+/// Each script counts only when all of its tiers admit; when one slot denies, the counts the
+/// others made are taken back (one more round trip, denied requests only). So no tier ever
+/// admits more than its limit, and the global tier stays exact; for that round trip a denied
+/// request holds one unit of the other slots' tiers, which can only make a concurrent request
+/// see one more than is left (a denial that a single script would have admitted).
+///
+/// Time is the Redis server's (`TIME`), so replicas with skewed clocks still share one window
+/// (on a cluster, each master's clock for its slots).
 pub struct RedisCounters {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     script: Script,
-    tag: String,
+    refund: Script,
+    prefix: String,
     timeout: Duration,
 }
 
 impl fmt::Debug for RedisCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisCounters")
-            .field("tag", &self.tag)
+            .field("prefix", &self.prefix)
+            .field("cluster", &self.conn.is_cluster())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
+/// Takes back one count per key: `KEYS[i]` in bucket `ARGV[i]`, if that bucket still counts.
+const REFUND_LUA: &str = r"
+for i = 1, #KEYS do
+  local c = tonumber(redis.call('HGET', KEYS[i], ARGV[i]))
+  if c and c > 1 then
+    redis.call('HINCRBY', KEYS[i], ARGV[i], -1)
+  elseif c then
+    redis.call('HDEL', KEYS[i], ARGV[i])
+  end
+end
+return 0
+";
+
+/// The checks of one slot: their places in the request's list.
+type Group = SmallVec<[usize; 4]>;
+
 impl RedisCounters {
     /// Counters over an existing connection, keys under `prefix`, each call bounded by `timeout`.
-    pub fn new(conn: ConnectionManager, prefix: &str, timeout: Duration) -> Self {
+    pub fn new(conn: RedisConnection, prefix: &str, timeout: Duration) -> Self {
         Self {
             conn,
             script: Script::new(include_str!("ratelimit.lua")),
-            tag: format!("{{{prefix}rl}}"),
+            refund: Script::new(REFUND_LUA),
+            prefix: prefix.to_owned(),
             timeout,
         }
     }
 
-    /// Connects lazily to `url`, the limiter's own Redis (`rateLimit.redisUrl`; a Redis that
-    /// is down makes checks fail, not the start), through the store's connection helper.
+    /// Connects lazily to `target`, the limiter's own Redis (`rateLimit.redisUrl`, in
+    /// `redis.mode`; a Redis that is down makes checks fail, not the start), through the
+    /// store's connection helper.
     ///
     /// NB: `redis.password` and `redis.caFile` belong to the store's Redis (`redisUrl`) and
-    /// are not sent here: this Redis gets the password inside `url`, if any, and a
-    /// `rediss://` `url` is verified against the web PKI roots.
-    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let conn = crate::store::connection_manager(
-            url,
+    /// are not sent here: this Redis gets the password inside the URL, if any, and a
+    /// `rediss://` URL is verified against the web PKI roots.
+    pub fn connect(
+        target: &RedisTarget,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let conn = crate::store::connect(
+            target,
             &RedisAccess::default(),
             "rateLimit.redisUrl",
             timeout,
@@ -434,27 +468,135 @@ impl RedisCounters {
         Ok(Self::new(conn, prefix, timeout))
     }
 
-    async fn run(&self, checks: &[Check<'_>]) -> Result<Decision, StoreError> {
+    /// The Redis key of `key`: one tag for all on one node, the client's (or the global
+    /// counter's) on a cluster.
+    fn redis_key(&self, key: &Key<'_>) -> String {
+        let prefix = &self.prefix;
+        if !self.conn.is_cluster() {
+            return format!("{{{prefix}rl}}{key}");
+        }
+        match key {
+            Key::Global => format!("{{{prefix}rl:g}}"),
+            Key::Client(client) => format!("{{{prefix}rl:{client}}}"),
+            Key::Endpoint(endpoint, client) => format!("{{{prefix}rl:{client}}}ep:{endpoint}"),
+        }
+    }
+
+    /// The checks grouped by slot: one group on one node; on a cluster the global counter,
+    /// and one group per client.
+    fn groups(&self, checks: &[Check<'_>]) -> SmallVec<[Group; 3]> {
+        let mut groups: SmallVec<[(Option<Client<'_>>, Group); 3]> = SmallVec::new();
+        for (i, check) in checks.iter().enumerate() {
+            let owner = match check.key {
+                _ if !self.conn.is_cluster() => None,
+                Key::Global => None,
+                Key::Client(client) | Key::Endpoint(_, client) => Some(client),
+            };
+            match groups.iter_mut().find(|(o, _)| *o == owner) {
+                Some((_, group)) => group.push(i),
+                None => groups.push((owner, SmallVec::from_slice(&[i]))),
+            }
+        }
+        groups.into_iter().map(|(_, g)| g).collect()
+    }
+
+    async fn run_group(
+        &self,
+        checks: &[Check<'_>],
+        group: &[usize],
+    ) -> Result<Decision, StoreError> {
         let mut invocation = self.script.prepare_invoke();
-        for c in checks {
+        let mut mine: SmallVec<[Check<'_>; 4]> = SmallVec::new();
+        for &i in group {
+            let Some(c) = checks.get(i) else { continue };
             invocation
-                .key(format!("{}{}", self.tag, c.key))
+                .key(self.redis_key(&c.key))
                 .arg(c.spec.window_ms)
                 .arg(c.spec.limit)
                 .arg(c.spec.buckets);
+            mine.push(*c);
         }
         let mut conn = self.conn.clone();
-        let reply: Vec<redis::Value> =
-            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-                .await
-                .map_err(|_| {
-                    StoreError::Unavailable(format!(
-                        "no answer within {} ms",
-                        self.timeout.as_millis()
-                    ))
-                })?
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        decode(checks, reply)
+        let reply: Vec<redis::Value> = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        decode(&mine, reply)
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))
+            })?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    async fn run(&self, checks: &[Check<'_>]) -> Result<Decision, StoreError> {
+        let groups = self.groups(checks);
+        if let [only] = groups.as_slice() {
+            return self.run_group(checks, only).await;
+        }
+        let decisions =
+            futures::future::try_join_all(groups.iter().map(|g| self.run_group(checks, g))).await?;
+        let admitted = |d: &Decision| d.outcomes.iter().all(|o| o.allowed);
+        let denied = !decisions.iter().all(admitted);
+        let mut outcomes: SmallVec<[Option<Outcome>; 4]> = SmallVec::from_elem(None, checks.len());
+        let mut now_ms = 0;
+        for (group, decision) in groups.iter().zip(&decisions) {
+            now_ms = now_ms.max(decision.now_ms);
+            let taken_back = denied && admitted(decision);
+            for (&i, outcome) in group.iter().zip(&decision.outcomes) {
+                let mut outcome = *outcome;
+                if taken_back {
+                    // NB: as a single script would report it: this request not counted.
+                    outcome.count = outcome.count.saturating_sub(1);
+                    outcome.remaining = outcome.limit.saturating_sub(outcome.count);
+                }
+                if let Some(slot) = outcomes.get_mut(i) {
+                    *slot = Some(outcome);
+                }
+            }
+        }
+        if denied {
+            let refunds = groups
+                .iter()
+                .zip(&decisions)
+                .filter(|(_, d)| admitted(d))
+                .map(|(group, decision)| self.refund_group(checks, group, decision.now_ms));
+            futures::future::try_join_all(refunds).await?;
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .collect::<Option<Outcomes>>()
+            .ok_or_else(|| StoreError::Corrupt("rate-limit script reply: missing tier".into()))?;
+        Ok(Decision { outcomes, now_ms })
+    }
+
+    /// Takes back what one slot's script counted for a request another slot denied.
+    async fn refund_group(
+        &self,
+        checks: &[Check<'_>],
+        group: &[usize],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut invocation = self.refund.prepare_invoke();
+        for &i in group {
+            let Some(check) = checks.get(i) else { continue };
+            let width = check
+                .spec
+                .window_ms
+                .div_ceil(check.spec.buckets.max(1))
+                .max(1);
+            invocation
+                .key(self.redis_key(&check.key))
+                .arg(now_ms / width);
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(invocation.invoke_async::<i64>(&mut conn))
+            .await
+            .map(drop)
     }
 }
 

@@ -21,7 +21,9 @@ mod memory;
 mod redis;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::{RedisAccess, RedisSettings, RedisStore, connection_manager};
+pub use self::redis::{
+    RedisAccess, RedisConnection, RedisMode, RedisSettings, RedisStore, RedisTarget, connect,
+};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,7 +246,7 @@ impl Store {
     }
 
     /// The Redis connection of a Redis store, shared with the rate limiter.
-    pub fn redis_connection(&self) -> Option<::redis::aio::ConnectionManager> {
+    pub fn redis_connection(&self) -> Option<RedisConnection> {
         match self {
             Store::Memory(_) => None,
             Store::Redis(s) => Some(s.connection()),

@@ -11,18 +11,211 @@
 //!   calls fail with [`StoreError::Unavailable`] (the relayer stays not ready), and the message
 //!   says which key to check ([`hint`]).
 //!
+//! - [`RedisConnection`] is one multiplexed connection, to one node (`standalone`, a
+//!   connection manager) or to a Redis Cluster (`cluster`, the redis crate's async cluster
+//!   client: it learns the slot map from the seed nodes, follows MOVED and ASK, and refreshes
+//!   the map after a failover). Both reconnect in the background; callers bound each call.
+//!
 //! No message here ever holds the URL or the password.
 //!
-//! May use: the store's [`StoreError`] and the config's URL helpers.
+//! May use: the store's [`StoreError`] and the config's URL helpers and types.
 
 use std::fmt;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ErrorKind, IntoConnectionInfo, RedisError, TlsCertificates};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    TlsCertificates, Value,
+};
 
+pub use crate::config::RedisMode;
 use crate::config::{RelayerConfig, url_password};
 use crate::store::StoreError;
+
+/// Where to reach the store's Redis: the URL and topology, and how many extra seed nodes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// `redisUrl` (or `rateLimit.redisUrl`): the node, or one seed node of a cluster.
+    pub url: String,
+    /// Standalone or cluster.
+    pub mode: RedisMode,
+    /// More seed nodes of a cluster, `host:port`, reached like `url` (scheme, user, password).
+    pub cluster_nodes: Vec<String>,
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("url", &crate::config::redact_url(&self.url))
+            .field("mode", &self.mode)
+            .field("cluster_nodes", &self.cluster_nodes)
+            .finish()
+    }
+}
+
+impl RedisTarget {
+    /// A standalone node at `url`.
+    pub fn standalone(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            mode: RedisMode::Standalone,
+            cluster_nodes: Vec::new(),
+        }
+    }
+
+    /// A cluster reached through the seed node `url`.
+    pub fn cluster(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            mode: RedisMode::Cluster,
+            cluster_nodes: Vec::new(),
+        }
+    }
+}
+
+/// One multiplexed connection to a node or to a cluster; cheap to clone, one per call.
+#[derive(Clone)]
+pub struct RedisConnection(Kind);
+
+#[derive(Clone)]
+enum Kind {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConnection {
+    /// Whether this is a cluster connection (keys of one call must then share a slot).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.0, Kind::Cluster(_))
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match &mut self.0 {
+            Kind::Standalone(c) => c.req_packed_command(cmd),
+            Kind::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match &mut self.0 {
+            Kind::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Kind::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.0 {
+            Kind::Standalone(c) => c.get_db(),
+            Kind::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A lazily connecting connection to `target` with `access`; `key` names the URL's config
+/// key in errors. Every connection attempt and every answer is bounded by `timeout`.
+pub fn connect(
+    target: &RedisTarget,
+    access: &RedisAccess,
+    key: &str,
+    timeout: Duration,
+) -> Result<RedisConnection, StoreError> {
+    match target.mode {
+        RedisMode::Standalone => connection_manager(&target.url, access, key, timeout)
+            .map(|c| RedisConnection(Kind::Standalone(c))),
+        RedisMode::Cluster => cluster_connection(target, access, key, timeout)
+            .map(|c| RedisConnection(Kind::Cluster(c))),
+    }
+}
+
+/// The seed nodes of `target`: its URL, then each `clusterNodes` entry with the URL's scheme,
+/// user and password.
+fn seed_infos(target: &RedisTarget, key: &str) -> Result<Vec<ConnectionInfo>, StoreError> {
+    let bad = |e: RedisError| StoreError::Unavailable(format!("invalid redis URL in `{key}`: {e}"));
+    let mut infos = vec![target.url.as_str().into_connection_info().map_err(bad)?];
+    if target.cluster_nodes.is_empty() {
+        return Ok(infos);
+    }
+    let (scheme, rest) = target
+        .url
+        .split_once("://")
+        .ok_or_else(|| invalid(key, "has no scheme"))?;
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let userinfo = authority.rsplit_once('@').map(|(u, _)| u);
+    for (i, node) in target.cluster_nodes.iter().enumerate() {
+        let url = match userinfo {
+            Some(u) => format!("{scheme}://{u}@{node}{}", &rest[authority_end..]),
+            None => format!("{scheme}://{node}{}", &rest[authority_end..]),
+        };
+        infos.push(url.as_str().into_connection_info().map_err(|e| {
+            StoreError::Unavailable(format!("invalid node in `redis.clusterNodes[{i}]`: {e}"))
+        })?);
+    }
+    Ok(infos)
+}
+
+/// A cluster connection through the seed nodes of `target`: the slot map is read in the
+/// background, so a cluster that is down at start makes calls fail, not the start.
+fn cluster_connection(
+    target: &RedisTarget,
+    access: &RedisAccess,
+    key: &str,
+    timeout: Duration,
+) -> Result<ClusterConnection, StoreError> {
+    let seeds = seed_infos(target, key)?;
+    let mut builder = ClusterClientBuilder::new(seeds)
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        // NB: few and short retries (MOVED, ASK, TRYAGAIN, a node that went away): the caller
+        // bounds each call by the command timeout anyway, and a prompt 503 beats a long wait.
+        .retries(3)
+        .min_retry_wait(10)
+        .max_retry_wait(
+            u64::try_from(timeout.as_millis() / 4)
+                .unwrap_or(250)
+                .max(10),
+        );
+    if let Some(password) = &access.password {
+        if url_password(&target.url).is_some() {
+            return Err(invalid(
+                "redis.password",
+                format_args!("{key} holds a password too; give it in one of them"),
+            ));
+        }
+        builder = builder.password(password);
+    }
+    if let Some(ca_file) = &access.ca_file {
+        if !target.url.starts_with("rediss://") {
+            return Err(invalid(
+                "redis.caFile",
+                format_args!("needs a rediss:// {key} (a CA is only used for TLS)"),
+            ));
+        }
+        let pem = std::fs::read(ca_file)
+            .map_err(|e| invalid("redis.caFile", format_args!("cannot read {ca_file}: {e}")))?;
+        builder = builder.certs(TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        });
+    }
+    let client = builder
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("invalid redis cluster in `{key}`: {e}")))?;
+    let config = ClusterConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout);
+    Ok(client.get_pending_async_connection_with_config(config))
+}
 
 /// What a connection needs besides its URL: the secrets and trust the URL does not carry.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -104,7 +297,7 @@ fn client(url: &str, access: &RedisAccess, key: &str) -> Result<Client, StoreErr
 /// A lazily connecting manager for `url` with `access`: every connection attempt and every
 /// answer bounded by `timeout`, one attempt per call (the manager's own retries would make one
 /// call wait through several reconnections; one attempt, bounded, keeps a 503 prompt).
-pub fn connection_manager(
+fn connection_manager(
     url: &str,
     access: &RedisAccess,
     key: &str,

@@ -69,6 +69,9 @@ mod tests {
             key_prefix: "fs:".to_owned(),
             command_timeout: Duration::from_millis(10),
             order_retention: Duration::from_secs(1),
+            mode: crate::store::RedisMode::Standalone,
+            cluster_nodes: Vec::new(),
+            replica_acks: 0,
         })
         .expect("store");
         let user = UserId::parse("u", &format!("0x{}", "ab".repeat(20))).expect("valid");

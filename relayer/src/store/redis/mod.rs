@@ -67,7 +67,7 @@ mod keys;
 mod scripts;
 mod wire;
 
-pub use self::connect::{RedisAccess, connection_manager};
+pub use self::connect::{RedisAccess, RedisConnection, RedisMode, RedisTarget, connect};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -77,7 +77,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use redis::RedisError;
-use redis::aio::ConnectionManager;
 
 use self::keys::SAGA_SHARDS;
 use self::scripts::Scripts;
@@ -102,6 +101,12 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// How long filled and cancelled orders (and their claims) are kept.
     pub order_retention: Duration,
+    /// Standalone or cluster (`url` is then one seed node).
+    pub mode: RedisMode,
+    /// More seed nodes of a cluster, `host:port`.
+    pub cluster_nodes: Vec<String>,
+    /// How many replicas must confirm each write (`WAIT`); 0: none.
+    pub replica_acks: u32,
 }
 
 /// State kept in Redis.
@@ -112,11 +117,15 @@ pub struct RedisStore {
 
 struct Inner {
     /// Multiplexed connection that reconnects after an I/O error; cloned per call.
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
     timeout: Duration,
     retention_ms: u64,
     scripts: Scripts,
+    /// Whether Redis is a cluster: the keys of one call must then share a slot.
+    cluster: bool,
+    /// How many replicas must confirm each write before it counts as done.
+    replica_acks: u32,
     /// Whether the connection is TLS (`rediss://`), for the hints of failed calls.
     tls: bool,
     /// What the last [`RedisStore::ping`] found ([`UNKNOWN`], [`ANSWERS`] or [`FAILS`]), so
@@ -155,7 +164,7 @@ fn fence_args(fence: Option<&Fence>) -> [String; 3] {
 
 impl RedisStore {
     /// The multiplexed connection, for other users of the same Redis (the rate limiter).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.inner.conn.clone()
     }
 
@@ -175,6 +184,9 @@ impl RedisStore {
                 key_prefix: r.key_prefix.clone(),
                 command_timeout: Duration::from_millis(r.command_timeout_ms),
                 order_retention: Duration::from_secs(r.order_retention_seconds),
+                mode: r.mode,
+                cluster_nodes: r.cluster_nodes.clone(),
+                replica_acks: r.effective_replica_acks(),
             },
             &RedisAccess::from_config(config),
         )
@@ -184,7 +196,12 @@ impl RedisStore {
     /// a Redis that is down at start, or that refuses the TLS handshake or the password, makes
     /// calls fail with [`StoreError::Unavailable`] (and `/ready` false) until that changes.
     pub fn with_access(settings: &RedisSettings, access: &RedisAccess) -> Result<Self, StoreError> {
-        let conn = connection_manager(&settings.url, access, "redisUrl", settings.command_timeout)?;
+        let target = RedisTarget {
+            url: settings.url.clone(),
+            mode: settings.mode,
+            cluster_nodes: settings.cluster_nodes.clone(),
+        };
+        let conn = connect(&target, access, "redisUrl", settings.command_timeout)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 conn,
@@ -193,6 +210,8 @@ impl RedisStore {
                 retention_ms: u64::try_from(settings.order_retention.as_millis())
                     .unwrap_or(u64::MAX),
                 scripts: Scripts::new(),
+                cluster: settings.mode == RedisMode::Cluster,
+                replica_acks: settings.replica_acks,
                 tls: settings.url.starts_with("rediss://"),
                 health: AtomicU8::new(UNKNOWN),
             }),
@@ -308,8 +327,15 @@ impl RedisStore {
             claim.user_id.to_string(),
         ];
         args.extend(fence_args(fence));
+        // NB: a cluster never held claims of the older builds (they predate cluster support),
+        // and the second key would be in another slot.
+        let keys: &[&str] = if self.inner.cluster {
+            &[&key]
+        } else {
+            &[&key, &legacy]
+        };
         let reply = self
-            .script_keys("claim", &self.inner.scripts.claim, &[&key, &legacy], &args)
+            .script_keys("claim", &self.inner.scripts.claim, keys, &args)
             .await?;
         match reply.first().map(String::as_str) {
             Some("claimed") => Ok(ClaimOutcome::Claimed),
@@ -366,6 +392,9 @@ impl RedisStore {
     ) -> Result<Option<Claim>, StoreError> {
         if let Some(claim) = self.read_claim(self.claim_key(user, order_id)).await? {
             return Ok(Some(claim));
+        }
+        if self.inner.cluster {
+            return Ok(None);
         }
         // NB: claims of older builds were keyed by the order id alone.
         Ok(self
@@ -466,9 +495,21 @@ impl RedisStore {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let mut conn = this.inner.conn.clone();
+            let conn = this.inner.conn.clone();
+            let cluster = this.inner.cluster;
             let result = this
-                .call(what, async move { pipe.query_async::<()>(&mut conn).await })
+                .call(what, async move {
+                    if !cluster {
+                        let mut conn = conn;
+                        return pipe.query_async::<()>(&mut conn).await;
+                    }
+                    // NB: each claim is a slot of its own: one command each, all at once.
+                    let calls = pipe.cmd_iter().map(|cmd| {
+                        let mut conn = conn.clone();
+                        async move { cmd.query_async::<()>(&mut conn).await }
+                    });
+                    futures::future::try_join_all(calls).await.map(drop)
+                })
                 .await;
             if let Err(error) = result {
                 tracing::warn!(%error, ?order_ids, "{on_error}");
@@ -679,7 +720,7 @@ impl RedisStore {
         max_levels: usize,
     ) -> Result<(Vec<Level>, Vec<Level>), StoreError> {
         let reply = self
-            .script(
+            .read_script(
                 "depth",
                 &self.inner.scripts.depth,
                 &self.market_key(market),
@@ -696,7 +737,7 @@ impl RedisStore {
     ) -> Result<Vec<Order>, StoreError> {
         let user = user.map(ToString::to_string).unwrap_or_default();
         let reply = self
-            .script(
+            .read_script(
                 "open_orders",
                 &self.inner.scripts.open_orders,
                 &self.market_key(market),

@@ -3,11 +3,11 @@
 //! scripts' text lives in `lua/`; `num.lua` (exact decimal arithmetic), `fence.lua` (saga
 //! fencing) and `book.lua` (the order book) are prepended to those that need them. [`RedisStore::script`] runs one.
 //!
-//! May use: the store's own types (its error, the parent's bounded call).
+//! May use: the store's own types (its error, the parent's bounded call and connection).
 
-use redis::Script;
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 
-use super::RedisStore;
+use super::{RedisConnection, RedisStore};
 use crate::store::StoreError;
 
 const NUM_LUA: &str = include_str!("lua/num.lua");
@@ -56,8 +56,9 @@ impl Scripts {
 }
 
 impl RedisStore {
-    /// Runs `script` on `key` (the one key, so one slot) with `args`, under the command
-    /// timeout; the reply is a list of strings.
+    /// Runs the state-changing `script` on `key` (the one key, so one slot) with `args`, under
+    /// the command timeout; the reply is a list of strings. With `replicaAcks` set, the write
+    /// counts only once that many replicas confirmed it (`WAIT`, same round trip).
     pub(super) async fn script(
         &self,
         what: &'static str,
@@ -68,6 +69,17 @@ impl RedisStore {
         self.script_keys(what, script, &[key], args).await
     }
 
+    /// [`RedisStore::script`] of a script that only reads (`depth`, `open_orders`): no `WAIT`.
+    pub(super) async fn read_script(
+        &self,
+        what: &'static str,
+        script: &Script,
+        key: &str,
+        args: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        self.run_script(what, script, &[key], args, 0).await
+    }
+
     /// [`RedisStore::script`] on several keys (only `claim`, see `lua/claim.lua`).
     pub(super) async fn script_keys(
         &self,
@@ -76,18 +88,96 @@ impl RedisStore {
         keys: &[&str],
         args: &[String],
     ) -> Result<Vec<String>, StoreError> {
-        let mut invocation = script.prepare_invoke();
-        for k in keys {
-            invocation.key(*k);
-        }
-        for a in args {
-            invocation.arg(a);
-        }
+        self.run_script(what, script, keys, args, self.inner.replica_acks)
+            .await
+    }
+
+    async fn run_script(
+        &self,
+        what: &'static str,
+        script: &Script,
+        keys: &[&str],
+        args: &[String],
+        acks: u32,
+    ) -> Result<Vec<String>, StoreError> {
         let mut conn = self.inner.conn.clone();
-        self.call(
-            what,
-            async move { invocation.invoke_async(&mut conn).await },
-        )
-        .await
+        if acks == 0 {
+            let mut invocation = script.prepare_invoke();
+            for k in keys {
+                invocation.key(*k);
+            }
+            for a in args {
+                invocation.arg(a);
+            }
+            return self
+                .call(
+                    what,
+                    async move { invocation.invoke_async(&mut conn).await },
+                )
+                .await;
+        }
+        // NB: half the command timeout, so that a replica that does not confirm gets its own
+        // message instead of the generic "no answer".
+        let wait_ms = u64::try_from(self.inner.timeout.as_millis() / 2)
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let (reply, acked) = self
+            .call(
+                what,
+                eval_then_wait(&mut conn, script, keys, args, acks, wait_ms),
+            )
+            .await?;
+        if acked < u64::from(acks) {
+            return Err(StoreError::Unavailable(format!(
+                "{what}: written, but confirmed by {acked} of {acks} replicas within {wait_ms} ms \
+                 (redis.replicaAcks): its outcome counts as unknown"
+            )));
+        }
+        Ok(reply)
+    }
+}
+
+/// `EVALSHA` then `WAIT acks wait_ms` in one pipeline (one round trip; on a cluster both go
+/// to the node of the script's key, as the pipeline is routed by its first keyed command).
+/// A node that lost its scripts (a restart, a promoted replica) gets `SCRIPT LOAD` once and the
+/// pipeline again. Returns the script's reply and how many replicas confirmed.
+async fn eval_then_wait(
+    conn: &mut RedisConnection,
+    script: &Script,
+    keys: &[&str],
+    args: &[String],
+    acks: u32,
+    wait_ms: u64,
+) -> Result<(Vec<String>, u64), RedisError> {
+    let mut loaded = false;
+    loop {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(script.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args);
+        pipe.cmd("WAIT").arg(acks).arg(wait_ms);
+        pipe.ignore_errors();
+        let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(conn).await?;
+        let (Some(waited), Some(evaluated), true) =
+            (replies.pop(), replies.pop(), replies.is_empty())
+        else {
+            return Err(RedisError::from((
+                ErrorKind::UnexpectedReturnType,
+                "EVALSHA and WAIT: not two replies",
+            )));
+        };
+        match evaluated {
+            Err(e) if !loaded && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script.prepare_invoke().load_async(conn).await?;
+                loaded = true;
+            }
+            evaluated => {
+                let reply: Vec<String> = redis::from_redis_value(evaluated?)?;
+                let acked: u64 = redis::from_redis_value(waited?)?;
+                return Ok((reply, acked));
+            }
+        }
     }
 }

@@ -247,6 +247,8 @@ fn a_cutover_to_other_state_than_the_active_revision_serves_is_refused() {
                 url_secret_ref: None,
                 password_secret_ref: None,
                 tls: None,
+                mode: None,
+                cluster_nodes: Vec::new(),
             }),
             ..StoreSpec::default()
         })
