@@ -1,7 +1,8 @@
 //! The store contract: the same tests against the in-memory and the Redis backend.
 //!
 //! Each test is an `async fn(Store)` below; `contract!` turns it into `memory::<name>` and
-//! `redis::<name>` (each Redis test starts its own `redis-server`). The expected values are the
+//! `redis::<name>` and `cluster::<name>` (each Redis test starts its own `redis-server`, each
+//! cluster test its own cluster of six). The expected values are the
 //! book rules of `book.rs`; a backend that differs fails here.
 
 mod support;
@@ -18,13 +19,15 @@ use relayer::store::{
     ApiKeyRecord, Claim, ClaimOutcome, FailedPlacement, FailureKind, Fence, PlacementRecord,
     RedisSettings, Store, StoreError,
 };
+use support::cluster::RedisCluster;
 use support::fixtures::Order;
 use support::redis::RedisServer;
 
-/// A store and, for Redis, the server behind it (killed on drop).
+/// A store and, for Redis, the server or cluster behind it (killed on drop).
 struct Backend {
     store: Store,
     _server: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
 }
 
 impl Backend {
@@ -32,6 +35,7 @@ impl Backend {
         Self {
             store: Store::memory(),
             _server: None,
+            _cluster: None,
         }
     }
 
@@ -50,6 +54,27 @@ impl Backend {
         Self {
             store,
             _server: Some(server),
+            _cluster: None,
+        }
+    }
+
+    /// A Redis Cluster of 3 masters and 3 replicas; every write waits for its replica.
+    fn cluster() -> Self {
+        let cluster = RedisCluster::start();
+        let store = Store::redis(&RedisSettings {
+            url: cluster.seed_url(),
+            key_prefix: "contract:".to_owned(),
+            command_timeout: std::time::Duration::from_secs(5),
+            order_retention: std::time::Duration::from_secs(3600),
+            mode: relayer::store::RedisMode::Cluster,
+            cluster_nodes: cluster.other_nodes(),
+            replica_acks: 1,
+        })
+        .expect("redis cluster store");
+        Self {
+            store,
+            _server: None,
+            _cluster: Some(cluster),
         }
     }
 }
@@ -70,6 +95,15 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let backend = super::Backend::redis();
+                    super::$name(backend.store.clone()).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = super::Backend::cluster();
                     super::$name(backend.store.clone()).await;
                 }
             )*

@@ -3,6 +3,8 @@
 //!
 //! - [`wait`]: `wait_for` a condition with a deadline, instead of sleeping.
 //! - [`redis`]: a private `redis-server` per test (`RedisServer`), and `free_port`.
+//! - [`cluster`]: a private Redis Cluster of six nodes per test (`RedisCluster`): failover,
+//!   keys and command statistics per master.
 //! - [`process`]: the `relayer` binary as a child process (`RelayerProcess`, `JsonLogRelayer`).
 //! - [`server`]: a relayer served in-process on `127.0.0.1:0`, with a small client (`Server`).
 //! - [`settle`]: a scriptable settlement endpoint (`SettlementServer`, `Mode`).
@@ -17,12 +19,13 @@
 //! These modules use the relayer crate's public API only. Among themselves: `fixtures`,
 //! `metrics`, `redis`, `settle`, `chaos_settle` and `wait` use no other support module; `api`
 //! uses `fixtures`, `metrics` and `wait`; `server` uses `fixtures` and `metrics`; `process`
-//! and `tls_redis` use `redis`.
+//! `tls_redis` and `cluster` use `redis`.
 // NB: every test binary compiles all of support but uses only part of it.
 #![allow(dead_code)]
 
 pub mod api;
 pub mod chaos_settle;
+pub mod cluster;
 pub mod fixtures;
 pub mod metrics;
 pub mod process;
