@@ -18,6 +18,7 @@ use relayer::ratelimit::window::Spec;
 use relayer::store::RedisTarget;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use support::cluster::RedisCluster;
 use support::metrics::Metrics;
 use support::process::RelayerProcess;
 use support::redis::RedisServer;
@@ -316,6 +317,61 @@ async fn concurrent_requests_admit_exactly_the_limit_in_redis() {
     let scripts =
         calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0);
     assert_eq!(scripts, 640, "{calls:?}");
+}
+
+/// On a cluster the global counter and each client's counters sit in slots of their own, all
+/// checked at once; a request one slot denies is taken back from the others. Still exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_admit_exactly_the_limit_in_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let counters = |prefix: &str| -> Arc<dyn CounterStore> {
+        Arc::new(
+            RedisCounters::connect(
+                &RedisTarget::cluster(cluster.seed_url()),
+                prefix,
+                Duration::from_secs(2),
+            )
+            .expect("connect"),
+        )
+    };
+    // Load both scripts on every master (the first EVALSHA on a node answers NOSCRIPT): the
+    // global tier denies, then each IP's does.
+    hammer(counters("warm:"), 64, 64, 1, 1_000).await;
+    hammer(counters("warm2:"), 128, 64, 1_000, 1).await;
+    cluster.reset_stats();
+
+    // Only the global tier binds: the IPs' counts of denied requests are taken back.
+    let admitted = hammer(counters("a:"), 400, 8, 120, 1_000).await;
+    assert_eq!(admitted.iter().sum::<u64>(), 120);
+    let count = |key: &str| -> u64 {
+        let flat = cluster.cli_any(&["HGETALL", key]).expect("HGETALL answers");
+        flat.lines()
+            .skip(1)
+            .step_by(2)
+            .map(|c| c.trim().parse::<u64>().expect("a count"))
+            .sum()
+    };
+    for (ip, &n) in admitted.iter().enumerate() {
+        let ip = IpAddr::from(u32::try_from(ip).expect("few IPs").to_be_bytes());
+        assert_eq!(count(&format!("{{a:rl:ip:{ip}}}")), n, "counter of {ip}");
+    }
+    assert_eq!(count("{a:rl:g}"), 120, "the global counter");
+    // Only the per-IP tier binds: the global count of denied requests is taken back.
+    let admitted = hammer(counters("b:"), 240, 4, 10_000, 25).await;
+    assert_eq!(admitted, vec![25; 4]);
+    assert_eq!(count("{b:rl:g}"), 100, "the global counter");
+
+    // One script per slot a request touches (2), all at once, and one take-back per denied
+    // request: 640 × 2 + 280 + 140.
+    let calls = cluster.master_command_stats();
+    let scripts = calls.get("evalsha").map_or(0, |c| c.0) + calls.get("eval").map_or(0, |c| c.0);
+    assert_eq!(scripts, 640 * 2 + 280 + 140, "{calls:?}");
+    // The counters spread over the masters.
+    let keys = cluster.keys_per_master();
+    assert!(
+        keys.values().filter(|&&n| n > 0).count() >= 2,
+        "the counters sit on more than one master: {keys:?}"
+    );
 }
 
 /// Redis keeps a counter only while one of its buckets still counts: the key's lifetime is set

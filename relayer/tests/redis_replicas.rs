@@ -1,12 +1,14 @@
 //! Two relayer processes on one Redis, hammered concurrently with crossing orders in the same
 //! markets: afterwards every order's filled amount is what the trades say, no order is
-//! over-filled, and collateral and shares equal the deposits.
+//! over-filled, and collateral and shares equal the deposits. Once on one Redis node, once on
+//! a Redis Cluster.
 
 mod support;
 
 use std::collections::BTreeMap;
 
 use support::api::{Api, check_invariants, num};
+use support::cluster::RedisCluster;
 use support::fixtures::{ADMIN_TOKEN, MARKETS, address, crossing_order};
 use support::process::RelayerProcess;
 use support::redis::RedisServer;
@@ -19,11 +21,34 @@ const SHARES: u64 = 1_000_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_one_redis_keep_every_invariant() {
     let redis = RedisServer::start();
-    let env = [
+    two_replicas_keep_every_invariant(&[
         ("RELAYER_REDIS_URL", redis.url()),
         ("RELAYER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-    ];
-    let replicas = [RelayerProcess::start(&env), RelayerProcess::start(&env)];
+    ])
+    .await;
+}
+
+/// The same on a Redis Cluster (3 masters, 3 replicas), reached through one seed node; the
+/// keys of the markets and users land on every master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_a_redis_cluster_keep_every_invariant() {
+    let cluster = RedisCluster::start();
+    two_replicas_keep_every_invariant(&[
+        ("RELAYER_REDIS_URL", cluster.seed_url()),
+        ("RELAYER_REDIS__MODE", "cluster".to_owned()),
+        ("RELAYER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+    ])
+    .await;
+    let keys = cluster.keys_per_master();
+    assert_eq!(keys.len(), 3, "three masters: {keys:?}");
+    assert!(
+        keys.values().all(|&n| n >= 3),
+        "every master holds keys of the markets, users and sagas: {keys:?}"
+    );
+}
+
+async fn two_replicas_keep_every_invariant(env: &[(&str, String)]) {
+    let replicas = [RelayerProcess::start(env), RelayerProcess::start(env)];
     let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
     let api = Api::default();
 

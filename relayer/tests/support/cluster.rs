@@ -260,6 +260,21 @@ impl RedisCluster {
         cli(port, args)
     }
 
+    /// `redis-cli -c` (following MOVED) through a running node: for commands on one key.
+    pub fn cli_any(&self, args: &[&str]) -> Option<String> {
+        let port = self.nodes.iter().find(|n| n.child.is_some())?.port;
+        let mut c = Command::new("redis-cli");
+        c.args(["-c", "-h", "127.0.0.1", "-p", &port.to_string()]);
+        run_cli(c.args(args))
+    }
+
+    /// `CONFIG RESETSTAT` on every running node.
+    pub fn reset_stats(&self) {
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            cli(n.port, &["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
+        }
+    }
+
     /// SIGKILL of the node on `port`.
     pub fn kill(&mut self, port: u16) {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
