@@ -73,7 +73,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::RedisError;
@@ -124,6 +124,12 @@ struct Inner {
     scripts: Scripts,
     /// Whether Redis is a cluster: the keys of one call must then share a slot.
     cluster: bool,
+    /// With `replica_acks`: [`WRITE_CONNECTIONS`] more connections the writes take turns on.
+    /// NB: a `WAIT` holds up every later command of its connection until the replicas confirm,
+    /// so writes that wait must not all share one multiplexed connection.
+    writers: Vec<RedisConnection>,
+    /// The writer the next write takes.
+    next_writer: AtomicUsize,
     /// How many replicas must confirm each write before it counts as done.
     replica_acks: u32,
     /// Whether the connection is TLS (`rediss://`), for the hints of failed calls.
@@ -132,6 +138,10 @@ struct Inner {
     /// that only a change is logged.
     health: AtomicU8,
 }
+
+/// How many connections the writes that wait for replicas take turns on (each write blocks
+/// its connection for one replica round trip, so this bounds the writes per round trip).
+pub const WRITE_CONNECTIONS: usize = 16;
 
 /// No ping yet.
 const UNKNOWN: u8 = 0;
@@ -163,6 +173,15 @@ fn fence_args(fence: Option<&Fence>) -> [String; 3] {
 }
 
 impl RedisStore {
+    /// The connection a write that waits for replicas takes: the writers in turn.
+    fn writer(&self) -> RedisConnection {
+        let n = self.inner.next_writer.fetch_add(1, Ordering::Relaxed);
+        match self.inner.writers.get(n % self.inner.writers.len().max(1)) {
+            Some(c) => c.clone(),
+            None => self.inner.conn.clone(),
+        }
+    }
+
     /// The multiplexed connection, for other users of the same Redis (the rate limiter).
     pub fn connection(&self) -> RedisConnection {
         self.inner.conn.clone()
@@ -202,6 +221,13 @@ impl RedisStore {
             cluster_nodes: settings.cluster_nodes.clone(),
         };
         let conn = connect(&target, access, "redisUrl", settings.command_timeout)?;
+        let writers = if settings.replica_acks == 0 {
+            Vec::new()
+        } else {
+            (0..WRITE_CONNECTIONS)
+                .map(|_| connect(&target, access, "redisUrl", settings.command_timeout))
+                .collect::<Result<_, _>>()?
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 conn,
@@ -211,6 +237,8 @@ impl RedisStore {
                     .unwrap_or(u64::MAX),
                 scripts: Scripts::new(),
                 cluster: settings.mode == RedisMode::Cluster,
+                writers,
+                next_writer: AtomicUsize::new(0),
                 replica_acks: settings.replica_acks,
                 tls: settings.url.starts_with("rediss://"),
                 health: AtomicU8::new(UNKNOWN),
@@ -750,20 +778,32 @@ impl RedisStore {
     pub(super) async fn put_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError> {
         let key = self.api_keys_key();
         let json = to_json(&record)?;
-        let mut conn = self.inner.conn.clone();
         // One HSET of both fields: atomic without a script.
-        self.call("HSET api key", async move {
-            redis::cmd("HSET")
-                .arg(&key)
-                .arg(format!("h:{}", record.hash))
-                .arg(json)
-                .arg(format!("i:{}", record.key_id))
-                .arg(&record.hash)
-                .query_async::<i64>(&mut conn)
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key)
+            .arg(format!("h:{}", record.hash))
+            .arg(json)
+            .arg(format!("i:{}", record.key_id))
+            .arg(&record.hash);
+        let acks = self.inner.replica_acks;
+        if acks == 0 {
+            let mut conn = self.inner.conn.clone();
+            return self
+                .call("HSET api key", async move {
+                    hset.query_async::<i64>(&mut conn).await
+                })
                 .await
-        })
-        .await
-        .map(drop)
+                .map(drop);
+        }
+        let (wait_ms, mut conn) = (self.wait_ms(), self.writer());
+        let acked = self
+            .call("HSET api key", async move {
+                let (written, acked) = scripts::then_wait(&mut conn, hset, acks, wait_ms).await?;
+                written?;
+                Ok(acked)
+            })
+            .await?;
+        self.confirmed("HSET api key", acked)
     }
 
     pub(super) async fn api_key_by_hash(

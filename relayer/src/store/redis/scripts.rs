@@ -100,8 +100,8 @@ impl RedisStore {
         args: &[String],
         acks: u32,
     ) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.inner.conn.clone();
         if acks == 0 {
+            let mut conn = self.inner.conn.clone();
             let mut invocation = script.prepare_invoke();
             for k in keys {
                 invocation.key(*k);
@@ -116,24 +116,38 @@ impl RedisStore {
                 )
                 .await;
         }
-        // NB: half the command timeout, so that a replica that does not confirm gets its own
-        // message instead of the generic "no answer".
-        let wait_ms = u64::try_from(self.inner.timeout.as_millis() / 2)
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let wait_ms = self.wait_ms();
+        let mut conn = self.writer();
         let (reply, acked) = self
             .call(
                 what,
                 eval_then_wait(&mut conn, script, keys, args, acks, wait_ms),
             )
             .await?;
-        if acked < u64::from(acks) {
-            return Err(StoreError::Unavailable(format!(
-                "{what}: written, but confirmed by {acked} of {acks} replicas within {wait_ms} ms \
-                 (redis.replicaAcks): its outcome counts as unknown"
-            )));
-        }
+        self.confirmed(what, acked)?;
         Ok(reply)
+    }
+
+    /// How long a write waits for its replicas: half the command timeout, so that a replica
+    /// that does not confirm gets its own message instead of the generic "no answer".
+    pub(super) fn wait_ms(&self) -> u64 {
+        u64::try_from(self.inner.timeout.as_millis() / 2)
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// `Ok` when `acked` replicas are enough (`redis.replicaAcks`); else the write's outcome
+    /// is unknown to the caller: [`StoreError::Unavailable`].
+    pub(super) fn confirmed(&self, what: &str, acked: u64) -> Result<(), StoreError> {
+        let acks = self.inner.replica_acks;
+        if acked >= u64::from(acks) {
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(format!(
+            "{what}: written, but confirmed by {acked} of {acks} replicas within {} ms \
+             (redis.replicaAcks): its outcome counts as unknown",
+            self.wait_ms()
+        )))
     }
 }
 
@@ -151,33 +165,41 @@ async fn eval_then_wait(
 ) -> Result<(Vec<String>, u64), RedisError> {
     let mut loaded = false;
     loop {
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVALSHA")
-            .arg(script.get_hash())
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(script.get_hash())
             .arg(keys.len())
             .arg(keys)
             .arg(args);
-        pipe.cmd("WAIT").arg(acks).arg(wait_ms);
-        pipe.ignore_errors();
-        let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(conn).await?;
-        let (Some(waited), Some(evaluated), true) =
-            (replies.pop(), replies.pop(), replies.is_empty())
-        else {
-            return Err(RedisError::from((
-                ErrorKind::UnexpectedReturnType,
-                "EVALSHA and WAIT: not two replies",
-            )));
-        };
+        let (evaluated, acked) = then_wait(conn, eval, acks, wait_ms).await?;
         match evaluated {
             Err(e) if !loaded && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 script.prepare_invoke().load_async(conn).await?;
                 loaded = true;
             }
-            evaluated => {
-                let reply: Vec<String> = redis::from_redis_value(evaluated?)?;
-                let acked: u64 = redis::from_redis_value(waited?)?;
-                return Ok((reply, acked));
-            }
+            evaluated => return Ok((redis::from_redis_value(evaluated?)?, acked)),
         }
     }
+}
+
+/// `cmd` then `WAIT acks wait_ms` in one pipeline on one connection (so the `WAIT` covers
+/// `cmd`'s write): `cmd`'s reply and how many replicas confirmed.
+pub(super) async fn then_wait(
+    conn: &mut RedisConnection,
+    cmd: redis::Cmd,
+    acks: u32,
+    wait_ms: u64,
+) -> Result<(redis::RedisResult<Value>, u64), RedisError> {
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd);
+    pipe.cmd("WAIT").arg(acks).arg(wait_ms);
+    pipe.ignore_errors();
+    let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(conn).await?;
+    let (Some(waited), Some(first), true) = (replies.pop(), replies.pop(), replies.is_empty())
+    else {
+        return Err(RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "a command and WAIT: not two replies",
+        )));
+    };
+    Ok((first, redis::from_redis_value(waited?)?))
 }
