@@ -499,6 +499,41 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
             "spec.store.redis.tls needs a rediss:// url",
         ),
         (
+            "cluster-nodes-without-cluster-mode",
+            base(
+                "s12",
+                json!({"store": {"redis": {"url": "redis://r:6379",
+                                            "clusterNodes": ["r2:6379"]}}}),
+            ),
+            "spec.store.redis.clusterNodes needs mode: cluster",
+        ),
+        (
+            "cluster-node-with-credentials",
+            base(
+                "s13",
+                json!({"store": {"redis": {"url": "redis://r:6379", "mode": "cluster",
+                                            "clusterNodes": ["redis://:pw@r2:6379"]}}}),
+            ),
+            "spec.store.redis.clusterNodes entries must be host:port",
+        ),
+        (
+            "cluster-mode-in-the-config",
+            base(
+                "s14",
+                json!({"store": {"redis": {"url": "redis://r:6379"}},
+                       "config": {"redis": {"mode": "cluster"}}}),
+            ),
+            "config.redis.mode is set by the operator from spec.store.redis.mode",
+        ),
+        (
+            "unknown-redis-mode",
+            base(
+                "s15",
+                json!({"store": {"redis": {"url": "redis://r:6379", "mode": "sentinel"}}}),
+            ),
+            "spec.store.redis.mode",
+        ),
+        (
             "ca-from-both",
             base(
                 "s12",
@@ -625,6 +660,12 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
         base(
             "v3",
             json!({"store": {"redis": {"urlSecretRef": {"name": "r", "key": "url"}}}}),
+        ),
+        base(
+            "v4",
+            json!({"store": {"redis": {"url": "redis://redis-cluster-0.redis:6379", "mode": "cluster",
+                                       "clusterNodes": ["redis-cluster-1.redis:6379", "10.0.0.7:6379", "[fd00::7]:6379"]}},
+                   "config": {"redis": {"replicaAcks": 1}}}),
         ),
     ];
     for (i, rd) in valid.into_iter().enumerate() {

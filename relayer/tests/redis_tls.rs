@@ -10,7 +10,8 @@
 //! - config errors found at start (a CA with `redis://`, a CA file that is not PEM, two
 //!   passwords) stop the relayer with a message naming the key;
 //! - every settlement POST carries `settlement.credentialHeader: settlement.credential`;
-//! - `--print-config` shows no secret.
+//! - `--print-config` shows no secret;
+//! - the same TLS and AUTH on a Redis Cluster (`redis.mode: cluster`).
 //!
 //! Uses `support::tls_redis` (a TLS-only `redis-server` with `requirepass`, CAs from rcgen),
 //! `support::redis`, `support::process`, `support::settle` and `support::api`.
@@ -21,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::api::{Api, Trader};
+use support::cluster::RedisCluster;
 use support::fixtures::{ADMIN_TOKEN, MARKET, Order, address};
 use support::process::RelayerProcess;
 use support::redis::RedisServer;
@@ -203,6 +205,75 @@ async fn a_wrong_or_missing_password_never_lets_the_relayer_be_ready() {
             "the wrong password is in the log:\n{log}"
         );
     }
+}
+
+/// The same TLS and AUTH on a Redis Cluster (`redis.mode: cluster`): the relayer reaches
+/// every master through one seed over TLS with the password, its orders and counters spread
+/// over them; with a wrong password it never becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_with_a_password_serves_and_refuses_a_wrong_password() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::generate(dir.path(), "cluster-ca");
+    let cluster = RedisCluster::start_secured(&ca, PASSWORD);
+    let ca_file = ca.cert_file.display().to_string();
+    let cluster_env = |password: &str| {
+        env(
+            cluster.seed_url(),
+            &[
+                ("RELAYER_REDIS__MODE", "cluster".to_owned()),
+                ("RELAYER_REDIS__PASSWORD", password.to_owned()),
+                ("RELAYER_REDIS__CA_FILE", ca_file.clone()),
+                ("RELAYER_RATE_LIMIT__ENABLED", "true".to_owned()),
+                ("RELAYER_RATE_LIMIT__ON_STORE_ERROR", "deny".to_owned()),
+            ],
+        )
+    };
+    let relayer = RelayerProcess::start(&cluster_env(PASSWORD));
+    let api = Api::default();
+    wait_for_ok("the relayer to be ready", STARTUP, async || {
+        match api.ready(&relayer.base).await {
+            200 => Ok(()),
+            other => Err(format!("/ready {other}; log:\n{}", relayer.log_text())),
+        }
+    })
+    .await;
+    for n in 0..6 {
+        let trader = funded_trader(&api, &relayer.base, 10 + n).await;
+        let id = format!("tls-cluster-{n}");
+        let order = Order::buy()
+            .id(&id)
+            .user(&trader.user_id)
+            .price(400_000)
+            .amount(3)
+            .json();
+        let (status, body) = api
+            .place(&relayer.base, &trader, &order)
+            .await
+            .expect("placement answered");
+        assert_eq!(status, 201, "{body}");
+        let (status, read) = api
+            .get(&format!("{}/v2/orders/{id}", relayer.base), &trader)
+            .await;
+        assert_eq!(
+            (status, &read["amount"]),
+            (200, &serde_json::json!("3")),
+            "{read}"
+        );
+    }
+    let keys = cluster.keys_per_master();
+    assert!(
+        keys.values().filter(|&&n| n > 0).count() >= 2,
+        "the users' keys sit on several masters: {keys:?}"
+    );
+    assert!(!relayer.log_text().contains(PASSWORD));
+
+    let wrong = "not-the-password-93ab";
+    let refused = RelayerProcess::start(&cluster_env(wrong));
+    let log = never_ready(&refused).await;
+    assert!(
+        !log.contains(wrong),
+        "the wrong password is in the log:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,6 +79,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_store_mode_and_seed_nodes_reach_the_relayer_config() {
+        let rd = rd_with(|s| {
+            s.store = Some(crate::crd::StoreSpec {
+                redis: Some(crate::crd::RedisStoreSpec {
+                    url: Some("redis://redis-0.redis:6379".into()),
+                    url_secret_ref: None,
+                    password_secret_ref: None,
+                    tls: None,
+                    mode: Some(relayer::config::RedisMode::Cluster),
+                    cluster_nodes: vec!["redis-1.redis:6379".into()],
+                }),
+                ..crate::crd::StoreSpec::default()
+            })
+        });
+        let config = effective_config(&rd);
+        assert_eq!(config.redis.mode, relayer::config::RedisMode::Cluster);
+        assert_eq!(config.redis.cluster_nodes, ["redis-1.redis:6379"]);
+        assert_eq!(config.redis.effective_replica_acks(), 1);
+        config.validate().expect("the rendered config is valid");
+        let rendered = render_config(&rd).expect("render");
+        assert!(rendered.contains("mode: cluster"), "{rendered}");
+    }
+
+    #[test]
     fn config_map_round_trips_the_config_and_is_named_by_its_hash() {
         let rd = rd_with(|s| {
             s.store = Some(crate::crd::StoreSpec {

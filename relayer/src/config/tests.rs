@@ -126,6 +126,35 @@ fn each_bad_value_names_its_key() {
             "settlement.credential",
             Box::new(|c| c.settlement.credential = Some("Bearer abc".into())),
         ),
+        (
+            "redis.clusterNodes",
+            Box::new(|c| c.redis.cluster_nodes = vec!["r2:6379".into()]),
+        ),
+        (
+            "redis.clusterNodes[1]",
+            Box::new(|c| {
+                c.redis.mode = RedisMode::Cluster;
+                c.redis.cluster_nodes = vec!["r2:6379".into(), "redis://:pw@r3:6379".into()];
+            }),
+        ),
+        (
+            "redis.clusterNodes[0]",
+            Box::new(|c| {
+                c.redis.mode = RedisMode::Cluster;
+                c.redis.cluster_nodes = vec!["r2:0".into()];
+            }),
+        ),
+        (
+            "redis.clusterNodes[0]",
+            Box::new(|c| {
+                c.redis.mode = RedisMode::Cluster;
+                c.redis.cluster_nodes = vec!["[not-v6]:6379".into()];
+            }),
+        ),
+        (
+            "redis.replicaAcks",
+            Box::new(|c| c.redis.replica_acks = Some(6)),
+        ),
     ];
     for (key, mutate) in cases {
         let mut config = RelayerConfig::default();
@@ -231,4 +260,24 @@ fn the_ca_file_must_be_readable_pem() {
     config.check_files().expect("a PEM certificate");
     config.redis.ca_file = None;
     config.check_files().expect("no file to check");
+}
+
+#[test]
+fn cluster_seed_nodes_are_host_and_port() {
+    let mut config = RelayerConfig::default();
+    config.redis.mode = RedisMode::Cluster;
+    config.redis.cluster_nodes = vec![
+        "redis-1.redis.svc:6379".into(),
+        "10.0.0.7:7000".into(),
+        "[fd00::7]:6379".into(),
+    ];
+    config.validate().expect("host:port seeds");
+    assert_eq!(
+        config.redis.effective_replica_acks(),
+        1,
+        "a cluster write waits for its replica"
+    );
+    config.redis.replica_acks = Some(0);
+    assert_eq!(config.redis.effective_replica_acks(), 0);
+    assert_eq!(RelayerConfig::default().redis.effective_replica_acks(), 0);
 }

@@ -4,8 +4,9 @@
 //!
 //! A cluster node also listens on its port + 10000 (the cluster bus), so each node's port is
 //! chosen with that bus port free and below 65536. `cluster-node-timeout` is short (1 s) so a
-//! killed master's replica takes over within a few seconds. Uses only std, `tempfile` and the
-//! sibling `redis` module's `run_cli`.
+//! killed master's replica takes over within a few seconds. [`RedisCluster::start_secured`]
+//! starts one that speaks only TLS and requires a password. Uses std, `tempfile`, the sibling
+//! `redis` module's `run_cli` and `tls_redis`'s `TestCa`.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -13,20 +14,32 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::redis::run_cli;
+use super::tls_redis::TestCa;
 
 /// Milliseconds a node may be unreachable before it is failed over.
 pub const NODE_TIMEOUT_MS: u64 = 1_000;
 
-/// One node: its process (absent while killed), port and data directory.
+/// One node: its process (absent while killed), port and data directory, and the options
+/// of its cluster.
 struct Node {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    access: Access,
+}
+
+/// TLS and AUTH of a cluster: extra `redis-server` and `redis-cli` arguments.
+#[derive(Clone, Default)]
+struct Access {
+    server: Vec<String>,
+    cli: Vec<String>,
+    tls: bool,
 }
 
 /// A cluster of six nodes on loopback.
 pub struct RedisCluster {
     nodes: Vec<Node>,
+    access: Access,
 }
 
 /// A role in `CLUSTER NODES`.
@@ -72,9 +85,15 @@ fn free_cluster_port(taken: &[u16]) -> u16 {
 
 impl Node {
     fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(self.port.to_string())
+        let port = self.port.to_string();
+        let mut server = Command::new("redis-server");
+        if self.access.tls {
+            server.args(["--port", "0", "--tls-port", &port]);
+        } else {
+            server.args(["--port", &port]);
+        }
+        let child = server
+            .args(&self.access.server)
             .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
             .arg("--cluster-node-timeout")
@@ -102,7 +121,7 @@ impl Node {
                 self.child = None;
                 return false;
             }
-            if cli(self.port, &["PING"]).is_some_and(|o| o.trim() == "PONG") {
+            if cli(&self.access, self.port, &["PING"]).is_some_and(|o| o.trim() == "PONG") {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -119,10 +138,11 @@ impl Node {
     }
 }
 
-/// `redis-cli -p <port> args…`: its stdout, or None.
-fn cli(port: u16, args: &[&str]) -> Option<String> {
+/// `redis-cli -p <port> args…` with the cluster's TLS and password: its stdout, or None.
+fn cli(access: &Access, port: u16, args: &[&str]) -> Option<String> {
     let mut c = Command::new("redis-cli");
-    c.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    c.args(&access.cli)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()]);
     run_cli(c.args(args))
 }
 
@@ -130,6 +150,57 @@ impl RedisCluster {
     /// Starts six nodes and joins them into 3 masters with one replica each; returns once
     /// every node reports `cluster_state:ok` and knows all six.
     pub fn start() -> Self {
+        Self::start_with(Access::default())
+    }
+
+    /// [`RedisCluster::start`], every node speaking only TLS (client, bus and replication
+    /// links: a certificate from `ca` for 127.0.0.1) and requiring `password` (replicas
+    /// authenticate to their masters with it).
+    pub fn start_secured(ca: &TestCa, password: &str) -> Self {
+        let (cert, key) = ca.issue_node("cluster-node");
+        let path = |p: &std::path::Path| p.display().to_string();
+        let tls = [
+            "--tls-cert-file".to_owned(),
+            path(&cert),
+            "--tls-key-file".to_owned(),
+            path(&key),
+            "--tls-ca-cert-file".to_owned(),
+            path(&ca.cert_file),
+        ];
+        let mut server: Vec<String> = tls.to_vec();
+        server.extend(
+            [
+                "--tls-auth-clients",
+                "no",
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+                "--requirepass",
+                password,
+                "--masterauth",
+                password,
+            ]
+            .map(str::to_owned),
+        );
+        let cli = [
+            "--tls",
+            "--cacert",
+            &path(&ca.cert_file),
+            "-a",
+            password,
+            "--no-auth-warning",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        Self::start_with(Access {
+            server,
+            cli,
+            tls: true,
+        })
+    }
+
+    fn start_with(access: Access) -> Self {
         let mut nodes: Vec<Node> = Vec::new();
         while nodes.len() < 6 {
             let taken: Vec<u16> = nodes.iter().map(|n| n.port).collect();
@@ -137,26 +208,35 @@ impl RedisCluster {
                 child: None,
                 port: free_cluster_port(&taken),
                 dir: tempfile::tempdir().expect("temp dir for a cluster node"),
+                access: access.clone(),
             };
             if node.spawn() {
                 nodes.push(node);
             }
         }
-        let cluster = Self { nodes };
+        let cluster = Self { nodes, access };
         let addrs: Vec<String> = cluster
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let mut create = Command::new("redis-cli");
-        create.arg("--cluster").arg("create").args(&addrs).args([
-            "--cluster-replicas",
-            "1",
-            "--cluster-yes",
-        ]);
+        // NB: `--cluster create` waits without end for nodes that cannot meet (a bus link
+        // that fails, say), so it runs under coreutils' `timeout`.
+        let created = Command::new("timeout")
+            .args(["60", "redis-cli"])
+            .args(&cluster.access.cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
         assert!(
-            run_cli(&mut create).is_some(),
-            "redis-cli --cluster create failed"
+            created.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
         );
         cluster.wait_healthy(Duration::from_secs(30));
         cluster
@@ -168,7 +248,7 @@ impl RedisCluster {
         let deadline = Instant::now() + within;
         loop {
             let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
-                cli(n.port, &["CLUSTER", "INFO"]).is_some_and(|info| {
+                cli(&self.access, n.port, &["CLUSTER", "INFO"]).is_some_and(|info| {
                     info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6")
                 })
             });
@@ -176,7 +256,7 @@ impl RedisCluster {
             // NB: a replica still in its first sync confirms no write (WAIT), so healthy
             // means every master has its replica online.
             let replicated = masters.iter().all(|&p| {
-                cli(p, &["INFO", "replication"]).is_some_and(|info| {
+                cli(&self.access, p, &["INFO", "replication"]).is_some_and(|info| {
                     info.contains("connected_slaves:1") && info.contains("state=online")
                 })
             });
@@ -192,14 +272,15 @@ impl RedisCluster {
         }
     }
 
-    /// `redis://127.0.0.1:<port>/` of the first running node: a seed.
+    /// `redis://127.0.0.1:<port>/` (`rediss://` with TLS) of the first running node: a seed.
     pub fn seed_url(&self) -> String {
         let port = self
             .nodes
             .iter()
             .find(|n| n.child.is_some())
             .map_or(0, |n| n.port);
-        format!("redis://127.0.0.1:{port}/")
+        let scheme = if self.access.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{port}/")
     }
 
     /// `127.0.0.1:<port>` of every node but the first (extra seeds).
@@ -217,7 +298,7 @@ impl RedisCluster {
             .nodes
             .iter()
             .filter(|n| n.child.is_some())
-            .find_map(|n| cli(n.port, &["CLUSTER", "NODES"]))
+            .find_map(|n| cli(&self.access, n.port, &["CLUSTER", "NODES"]))
         else {
             return Vec::new();
         };
@@ -257,21 +338,22 @@ impl RedisCluster {
 
     /// `redis-cli` against the node on `port`.
     pub fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
-        cli(port, args)
+        cli(&self.access, port, args)
     }
 
     /// `redis-cli -c` (following MOVED) through a running node: for commands on one key.
     pub fn cli_any(&self, args: &[&str]) -> Option<String> {
         let port = self.nodes.iter().find(|n| n.child.is_some())?.port;
         let mut c = Command::new("redis-cli");
-        c.args(["-c", "-h", "127.0.0.1", "-p", &port.to_string()]);
+        c.args(&self.access.cli)
+            .args(["-c", "-h", "127.0.0.1", "-p", &port.to_string()]);
         run_cli(c.args(args))
     }
 
     /// `CONFIG RESETSTAT` on every running node.
     pub fn reset_stats(&self) {
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-            cli(n.port, &["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
+            cli(&self.access, n.port, &["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
         }
     }
 
@@ -305,7 +387,7 @@ impl RedisCluster {
         self.master_ports()
             .into_iter()
             .map(|p| {
-                let n = cli(p, &["DBSIZE"])
+                let n = cli(&self.access, p, &["DBSIZE"])
                     .and_then(|s| s.trim().parse().ok())
                     .unwrap_or(0);
                 (p, n)
@@ -318,7 +400,7 @@ impl RedisCluster {
         let mut total: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for p in self.master_ports() {
             for (name, (calls, usec)) in
-                command_stats(&cli(p, &["INFO", "commandstats"]).unwrap_or_default())
+                command_stats(&cli(&self.access, p, &["INFO", "commandstats"]).unwrap_or_default())
             {
                 let e = total.entry(name).or_default();
                 e.0 += calls;

@@ -19,7 +19,8 @@
 //! These modules use the relayer crate's public API only. Among themselves: `fixtures`,
 //! `metrics`, `redis`, `settle`, `chaos_settle` and `wait` use no other support module; `api`
 //! uses `fixtures`, `metrics` and `wait`; `server` uses `fixtures` and `metrics`; `process`
-//! `tls_redis` and `cluster` use `redis`.
+//! `tls_redis` uses `redis`;
+//! `cluster` uses `redis` and `tls_redis`.
 // NB: every test binary compiles all of support but uses only part of it.
 #![allow(dead_code)]
 

@@ -52,6 +52,22 @@ impl TestCa {
 
     /// A server certificate for `127.0.0.1` and `localhost`: its certificate and key files.
     pub fn issue_server(&self, stem: &str) -> (PathBuf, PathBuf) {
+        self.issue(stem, vec![ExtendedKeyUsagePurpose::ServerAuth])
+    }
+
+    /// [`TestCa::issue_server`] that may also serve as a client certificate: Redis Cluster
+    /// nodes verify each other's certificates on the cluster bus.
+    pub fn issue_node(&self, stem: &str) -> (PathBuf, PathBuf) {
+        self.issue(
+            stem,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    fn issue(&self, stem: &str, usages: Vec<ExtendedKeyUsagePurpose>) -> (PathBuf, PathBuf) {
         let mut params =
             CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
                 .expect("server params");
@@ -62,7 +78,7 @@ impl TestCa {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = usages;
         let key = KeyPair::generate().expect("server key");
         let cert = params
             .signed_by(&key, &self.issuer)
