@@ -2,7 +2,8 @@
 //! endpoint; relayer A aborts (`faultInjection.crashAtStep`) at a chosen step of an order saga
 //! and relayer B, the survivor, finishes or compensates it from the durable saga log. Then:
 //! collateral and shares are conserved, each trade's idempotency key was settled exactly once,
-//! and no reservation is orphaned.
+//! and no reservation is orphaned. The `cluster` tests run four of the crash points with both
+//! relayers on a Redis Cluster (3 masters, 3 replicas).
 
 mod support;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::api::{Api, check_invariants, num, sagas};
+use support::cluster::RedisCluster;
 use support::fixtures::{ADMIN_TOKEN, Order, address};
 use support::process::RelayerProcess;
 use support::redis::RedisServer;
@@ -20,13 +22,39 @@ const MARKET: &str = "80002:1";
 const SHARES: u64 = 100;
 const COLLATERAL: u64 = 1_000_000;
 
+/// The shared store: one Redis node, or a Redis Cluster of 3 masters and 3 replicas.
+enum Shared {
+    Node(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Shared {
+    fn start(cluster: bool) -> Self {
+        if cluster {
+            Shared::Cluster(RedisCluster::start())
+        } else {
+            Shared::Node(RedisServer::start())
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Shared::Node(r) => vec![("RELAYER_REDIS_URL", r.url())],
+            Shared::Cluster(c) => vec![
+                ("RELAYER_REDIS_URL", c.seed_url()),
+                ("RELAYER_REDIS__MODE", "cluster".to_owned()),
+            ],
+        }
+    }
+}
+
 fn env(
-    redis: &RedisServer,
+    redis: &Shared,
     settlement: &SettlementServer,
     crash: Option<&str>,
 ) -> Vec<(&'static str, String)> {
-    let mut env = vec![
-        ("RELAYER_REDIS_URL", redis.url()),
+    let mut env = redis.env();
+    env.extend([
         ("RELAYER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("RELAYER_SETTLEMENT__URL", settlement.url.clone()),
         ("RELAYER_SETTLEMENT__TIMEOUT_MS", "1000".to_owned()),
@@ -38,7 +66,7 @@ fn env(
         ("RELAYER_SETTLEMENT__RETRY__MAX_DELAY_MS", "50".to_owned()),
         ("RELAYER_SAGA__LEASE_MS", "1000".to_owned()),
         ("RELAYER_SAGA__RECOVERY_INTERVAL_MS", "200".to_owned()),
-    ];
+    ]);
     if let Some(point) = crash {
         env.push(("RELAYER_FAULT_INJECTION__CRASH_AT_STEP", point.to_owned()));
     }
@@ -58,7 +86,17 @@ enum Expect {
 }
 
 async fn crash_at(point: &str, expect: Expect) {
-    let redis = RedisServer::start();
+    crash_on(false, point, expect).await;
+}
+
+/// [`crash_at`] with the two relayers on a Redis Cluster: the saga log, its leases and the
+/// recovery work the same across slots and masters.
+async fn crash_on_a_cluster_at(point: &str, expect: Expect) {
+    crash_on(true, point, expect).await;
+}
+
+async fn crash_on(cluster: bool, point: &str, expect: Expect) {
+    let redis = Shared::start(cluster);
     let endpoint = SettlementServer::start().await;
     let mut a = RelayerProcess::start(&env(&redis, &endpoint, Some(point)));
     let b = RelayerProcess::start(&env(&redis, &endpoint, None));
@@ -244,4 +282,28 @@ async fn killed_after_the_reservation_the_survivor_releases_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_after_the_balance_update_the_survivor_finishes_without_settling_again() {
     crash_at("after:update", Expect::Finished { requests: 1 }).await;
+}
+
+mod cluster {
+    use super::{Expect, crash_on_a_cluster_at};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_after_the_match_before_settlement_the_survivor_compensates() {
+        crash_on_a_cluster_at("after:match", Expect::Compensated).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_during_settlement_the_survivor_resends_the_same_key_and_finishes() {
+        crash_on_a_cluster_at("during:settle", Expect::Finished { requests: 2 }).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_after_the_reservation_the_survivor_releases_it() {
+        crash_on_a_cluster_at("after:reserve", Expect::Compensated).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_after_the_balance_update_the_survivor_finishes_without_settling_again() {
+        crash_on_a_cluster_at("after:update", Expect::Finished { requests: 1 }).await;
+    }
 }
