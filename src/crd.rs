@@ -303,8 +303,17 @@ pub struct RedisStoreSpec {
     /// More seed nodes of a cluster, `host:port` (they share the URL's scheme and
     /// credentials), tried when the URL's node does not answer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new(r"self.all(n, n.matches('^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$'))").message("spec.store.redis.clusterNodes entries must be host:port (no scheme, no credentials)"))]
+    // NB: a pattern per item, not a CEL rule: CEL over a list of strings costs too much for
+    // the API server's budget.
+    #[schemars(
+        length(max = 32),
+        inner(
+            length(min = 3, max = 261),
+            regex(
+                pattern = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$"
+            )
+        )
+    )]
     pub cluster_nodes: Vec<String>,
 }
 

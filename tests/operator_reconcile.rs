@@ -514,7 +514,7 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
                 json!({"store": {"redis": {"url": "redis://r:6379", "mode": "cluster",
                                             "clusterNodes": ["redis://:pw@r2:6379"]}}}),
             ),
-            "spec.store.redis.clusterNodes entries must be host:port",
+            "spec.store.redis.clusterNodes[0]",
         ),
         (
             "cluster-mode-in-the-config",

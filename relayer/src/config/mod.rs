@@ -214,8 +214,9 @@ pub struct RedisConfig {
     /// as done; a write they do not confirm within half of `commandTimeoutMs` fails with 503
     /// and its saga treats it like any write of unknown outcome. Absent: 1 in `cluster` mode
     /// (a failover then never loses an acknowledged write), 0 in `standalone` mode.
+    // NB: schema as int32 (a format Kubernetes knows); the value is checked to be 0 to 5.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 5))]
+    #[schemars(with = "Option<i32>", range(min = 0, max = 5))]
     pub replica_acks: Option<u32>,
 }
 

@@ -155,6 +155,13 @@ fn each_bad_value_names_its_key() {
             "redis.replicaAcks",
             Box::new(|c| c.redis.replica_acks = Some(6)),
         ),
+        (
+            "redisUrl",
+            Box::new(|c| {
+                c.redis.mode = RedisMode::Cluster;
+                c.redis_url = Some("redis://r:6379/3".into());
+            }),
+        ),
     ];
     for (key, mutate) in cases {
         let mut config = RelayerConfig::default();
@@ -271,7 +278,10 @@ fn cluster_seed_nodes_are_host_and_port() {
         "10.0.0.7:7000".into(),
         "[fd00::7]:6379".into(),
     ];
-    config.validate().expect("host:port seeds");
+    config.redis_url = Some("redis://r:6379/0".into());
+    config.validate().expect("host:port seeds, database 0");
+    config.redis_url = Some("rediss://alice@r:6380".into());
+    config.validate().expect("no database named");
     assert_eq!(
         config.redis.effective_replica_acks(),
         1,

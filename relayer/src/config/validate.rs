@@ -165,6 +165,15 @@ impl RelayerConfig {
                 ));
             }
         }
+        if r.mode == RedisMode::Cluster
+            && let Some(url) = &self.redis_url
+            && !matches!(url_database(url), None | Some("0"))
+        {
+            return Err(invalid(
+                "redisUrl",
+                "names a database other than 0: Redis Cluster has only database 0",
+            ));
+        }
         if r.replica_acks.is_some_and(|n| n > MAX_REPLICA_ACKS) {
             return Err(invalid(
                 "redis.replicaAcks",
@@ -351,6 +360,14 @@ impl RelayerConfig {
 }
 
 /// An HTTP field name (RFC 9110 `token`).
+/// The database a Redis URL names (`redis://host:6379/3` → `3`), if any.
+fn url_database(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let path = rest.split_once('/')?.1;
+    let db = path.split(['?', '#']).next().unwrap_or_default();
+    (!db.is_empty()).then_some(db)
+}
+
 /// `host:port` with a DNS name, an IPv4 address or a bracketed IPv6 address, and a port.
 fn is_host_port(node: &str) -> bool {
     let Some((host, port)) = node.rsplit_once(':') else {

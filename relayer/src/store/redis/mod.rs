@@ -14,8 +14,8 @@
 //!
 //! \* `claim` also reads the claim an older build kept for the same order id (`{c:<orderId>}`,
 //! not scoped to its user), so an order id placed before an upgrade stays claimed: the one
-//! script with a second slot, fine on a single node; Redis Cluster support must migrate those
-//! claims (or wait out their retention) and drop the second key.
+//! script with a second slot, fine on a single node; in cluster mode (`redis.mode: cluster`,
+//! which those builds never ran in) the second key is left out.
 //!
 //! A market slot also records each placement's match reply under `:x:<orderId>` (for the
 //! order retention), which makes `match_order` idempotent and lets `undo_match` revert it.
@@ -33,7 +33,16 @@
 //! the same as the in-memory backend's: u64 per order field and per deposit, u128 notionals.
 //!
 //! Every call is bounded by `redis.commandTimeoutMs`; an error or a late answer becomes
-//! [`StoreError::Unavailable`] (HTTP 503). The connection manager reconnects in the background.
+//! [`StoreError::Unavailable`] (HTTP 503). The connection (one node's, or the cluster client's
+//! with one connection per node) reconnects in the background.
+//!
+//! Topologies: `redis.mode: standalone` (one node) or `cluster` (Redis Cluster, `redisUrl` one
+//! seed). With `redis.replicaAcks` (1 by default in cluster mode) each state-changing script
+//! and API-key write is sent with `WAIT` in the same pipeline and fails with `Unavailable`
+//! unless that many replicas confirmed it: a failover then never loses a write a caller was
+//! told about. Those writes take turns on [`WRITE_CONNECTIONS`] connections, since a `WAIT`
+//! holds up its connection's later commands. The read-only scripts (`depth`, `open_orders`)
+//! and the claims' expiry do not wait.
 //!
 //! Connections (`connect`): `rediss://` is TLS (rustls; `redis.caFile` for a private CA, else
 //! the web PKI roots) and `redis.password` is the AUTH password of each. They open lazily, so
