@@ -11,14 +11,12 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::api::{Api, check_invariants, wait_no_sagas};
 use support::cluster::RedisCluster;
-use support::fixtures::{ADMIN_TOKEN, MARKETS, Order, address, crossing_order};
+use support::fixtures::{ADMIN_TOKEN, MARKETS, Order, address};
+use support::load::{Load, LoadOutcome};
 use support::process::RelayerProcess;
 use support::wait::{wait_for, wait_for_ok};
 
@@ -61,57 +59,10 @@ async fn a_master_killed_under_load_fails_over_with_only_503s_and_every_invarian
         }
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let placed = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let (api, bases, trader, stop, placed) = (
-                api.clone(),
-                bases.clone(),
-                traders[c].clone(),
-                stop.clone(),
-                placed.clone(),
-            );
-            tokio::spawn(async move {
-                let mut attempted = Vec::new();
-                let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
-                let mut slowest = Duration::ZERO;
-                let mut seed = 0x6a09_e667_f3bc_c908u64 ^ (c as u64 * 0x9e37_79b9);
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) && i < 20_000 {
-                    seed = seed
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1_442_695_040_888_963_407);
-                    let id = format!("f{c}-{i}");
-                    let base = &bases[(c + i) % 2];
-                    i += 1;
-                    let order = crossing_order(seed, &id, &trader.user_id).json();
-                    let started = Instant::now();
-                    let (status, body) = api
-                        .place(base, &trader, &order)
-                        .await
-                        .expect("every request is answered");
-                    slowest = slowest.max(started.elapsed());
-                    if status == 503 {
-                        assert!(
-                            body["error"]["code"].is_string(),
-                            "a 503 carries a JSON error: {body}"
-                        );
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    if status == 201 {
-                        placed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    *statuses.entry(status).or_default() += 1;
-                    attempted.push((id, c));
-                }
-                (attempted, statuses, slowest)
-            })
-        })
-        .collect();
+    let load = Load::start(&api, &bases, &traders, "f", 0x6a09_e667_f3bc_c908);
 
     wait_for("traffic to flow", Duration::from_secs(20), async || {
-        placed.load(Ordering::Relaxed) >= TRAFFIC
+        load.placed() >= TRAFFIC
     })
     .await;
     let victim = cluster.master_ports()[0];
@@ -136,27 +87,19 @@ async fn a_master_killed_under_load_fails_over_with_only_503s_and_every_invarian
     let promoted_after = killed_at.elapsed();
     cluster.restart(victim);
     cluster.wait_healthy(Duration::from_secs(30));
-    let before = placed.load(Ordering::Relaxed);
+    let before = load.placed();
     wait_for(
         "traffic to flow after the failover",
         Duration::from_secs(30),
-        async || placed.load(Ordering::Relaxed) >= before + TRAFFIC,
+        async || load.placed() >= before + TRAFFIC,
     )
     .await;
     let serving_again_after = killed_at.elapsed();
-    stop.store(true, Ordering::Relaxed);
-
-    let mut orders = Vec::new();
-    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
-    let mut slowest = Duration::ZERO;
-    for t in tasks {
-        let (attempted, s, slow) = t.await.expect("client task");
-        orders.extend(attempted);
-        slowest = slowest.max(slow);
-        for (k, v) in s {
-            *statuses.entry(k).or_default() += v;
-        }
-    }
+    let LoadOutcome {
+        mut orders,
+        statuses,
+        slowest,
+    } = load.finish().await;
     let unexpected: Vec<_> = statuses
         .keys()
         .filter(|s| !matches!(s, 201 | 202 | 503))

@@ -4,13 +4,11 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::api::{Api, check_invariants};
-use support::fixtures::{ADMIN_TOKEN, MARKETS, Order, address, crossing_order};
+use support::fixtures::{ADMIN_TOKEN, MARKETS, Order, address};
+use support::load::{Load, LoadOutcome};
 use support::process::RelayerProcess;
 use support::redis::RedisServer;
 use support::wait::{wait_for, wait_for_ok};
@@ -52,60 +50,18 @@ async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_inta
     }
     assert_eq!(api.ready(&base).await, 200);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    // Placements answered 201 so far, over all clients.
-    let placed = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let (api, base, trader, stop, placed) = (
-                api.clone(),
-                base.clone(),
-                traders[c].clone(),
-                stop.clone(),
-                placed.clone(),
-            );
-            tokio::spawn(async move {
-                let mut attempted = Vec::new();
-                let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
-                let mut slowest = Duration::ZERO;
-                let mut seed = 0x2545_f491_4f6c_dd1du64 ^ (c as u64 * 0x9e37_79b9);
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) && i < 5_000 {
-                    seed = seed
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1_442_695_040_888_963_407);
-                    let id = format!("k{c}-{i}");
-                    i += 1;
-                    let order = crossing_order(seed, &id, &trader.user_id).json();
-                    let started = Instant::now();
-                    let (status, body) = api
-                        .place(&base, &trader, &order)
-                        .await
-                        .expect("every request is answered");
-                    slowest = slowest.max(started.elapsed());
-                    if status == 503 {
-                        assert!(
-                            body["error"]["code"].is_string(),
-                            "a 503 carries a JSON error: {body}"
-                        );
-                        // NB: what a client would do: back off a little.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    if status == 201 {
-                        placed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    *statuses.entry(status).or_default() += 1;
-                    attempted.push((id, c));
-                }
-                (attempted, statuses, slowest)
-            })
-        })
-        .collect();
+    let load = Load::start(
+        &api,
+        std::slice::from_ref(&base),
+        &traders,
+        "k",
+        0x2545_f491_4f6c_dd1d,
+    );
 
     // Traffic flows, then Redis hangs with every client's request somewhere in its sequence of
     // store calls, and dies.
     wait_for("traffic to flow", Duration::from_secs(10), async || {
-        placed.load(Ordering::Relaxed) >= TRAFFIC
+        load.placed() >= TRAFFIC
     })
     .await;
     let before_kill = Instant::now();
@@ -135,26 +91,18 @@ async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_inta
     )
     .await;
     // Traffic continues after the restart, then stops.
-    let before_restart_traffic = placed.load(Ordering::Relaxed);
+    let before_restart_traffic = load.placed();
     wait_for(
         "traffic to flow after the restart",
         Duration::from_secs(10),
-        async || placed.load(Ordering::Relaxed) >= before_restart_traffic + TRAFFIC,
+        async || load.placed() >= before_restart_traffic + TRAFFIC,
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-
-    let mut orders = Vec::new();
-    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
-    let mut slowest = Duration::ZERO;
-    for t in tasks {
-        let (attempted, s, slow) = t.await.expect("client task");
-        orders.extend(attempted);
-        slowest = slowest.max(slow);
-        for (k, v) in s {
-            *statuses.entry(k).or_default() += v;
-        }
-    }
+    let LoadOutcome {
+        mut orders,
+        statuses,
+        slowest,
+    } = load.finish().await;
     let unexpected: Vec<_> = statuses
         .keys()
         .filter(|s| !matches!(s, 201 | 202 | 503))

@@ -13,7 +13,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis::run_cli;
+use super::redis::{await_start, run_cli};
 use super::tls_redis::TestCa;
 
 /// Milliseconds a node may be unreachable before it is failed over.
@@ -33,6 +33,8 @@ struct Node {
 struct Access {
     server: Vec<String>,
     cli: Vec<String>,
+    /// Given to `redis-cli` as `REDISCLI_AUTH` (not on its command line).
+    password: Option<String>,
     tls: bool,
 }
 
@@ -113,21 +115,10 @@ impl Node {
             .spawn()
             .expect("spawn redis-server (apt-get install redis-server)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(_)) = child.try_wait()
-            {
-                self.child = None;
-                return false;
-            }
-            if cli(&self.access, self.port, &["PING"]).is_some_and(|o| o.trim() == "PONG") {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill();
-        false
+        let (access, port) = (self.access.clone(), self.port);
+        await_start(&mut self.child, move || {
+            cli(&access, port, &["PING"]).is_some_and(|o| o.trim() == "PONG")
+        })
     }
 
     fn kill(&mut self) {
@@ -141,9 +132,19 @@ impl Node {
 /// `redis-cli -p <port> args…` with the cluster's TLS and password: its stdout, or None.
 fn cli(access: &Access, port: u16, args: &[&str]) -> Option<String> {
     let mut c = Command::new("redis-cli");
-    c.args(&access.cli)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    access.apply(&mut c);
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
     run_cli(c.args(args))
+}
+
+impl Access {
+    /// The TLS arguments and the password of a `redis-cli` call.
+    fn apply(&self, cli: &mut Command) {
+        cli.args(&self.cli);
+        if let Some(password) = &self.password {
+            cli.env("REDISCLI_AUTH", password);
+        }
+    }
 }
 
 impl RedisCluster {
@@ -183,19 +184,13 @@ impl RedisCluster {
             ]
             .map(str::to_owned),
         );
-        let cli = [
-            "--tls",
-            "--cacert",
-            &path(&ca.cert_file),
-            "-a",
-            password,
-            "--no-auth-warning",
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let cli = ["--tls", "--cacert", &path(&ca.cert_file)]
+            .map(str::to_owned)
+            .to_vec();
         Self::start_with(Access {
             server,
             cli,
+            password: Some(password.to_owned()),
             tls: true,
         })
     }
@@ -222,9 +217,10 @@ impl RedisCluster {
             .collect();
         // NB: `--cluster create` waits without end for nodes that cannot meet (a bus link
         // that fails, say), so it runs under coreutils' `timeout`.
-        let created = Command::new("timeout")
-            .args(["60", "redis-cli"])
-            .args(&cluster.access.cli)
+        let mut create = Command::new("timeout");
+        create.args(["60", "redis-cli"]);
+        cluster.access.apply(&mut create);
+        let created = create
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -345,8 +341,8 @@ impl RedisCluster {
     pub fn cli_any(&self, args: &[&str]) -> Option<String> {
         let port = self.nodes.iter().find(|n| n.child.is_some())?.port;
         let mut c = Command::new("redis-cli");
-        c.args(&self.access.cli)
-            .args(["-c", "-h", "127.0.0.1", "-p", &port.to_string()]);
+        self.access.apply(&mut c);
+        c.args(["-c", "-h", "127.0.0.1", "-p", &port.to_string()]);
         run_cli(c.args(args))
     }
 

@@ -15,10 +15,11 @@
 //!   `/admin/sagas` shows it, and `check_invariants`.
 //! - [`metrics`]: the Prometheus text reader; a missing series is a panic, never a 0.
 //! - [`fixtures`]: the fluent `Order`, the admin token, addresses, crossing orders.
+//! - [`load`]: clients placing crossing orders through a fault until stopped (`Load`).
 //!
 //! These modules use the relayer crate's public API only. Among themselves: `fixtures`,
 //! `metrics`, `redis`, `settle`, `chaos_settle` and `wait` use no other support module; `api`
-//! uses `fixtures`, `metrics` and `wait`; `server` uses `fixtures` and `metrics`; `process`
+//! uses `fixtures`, `metrics` and `wait`; `load` uses `api` and `fixtures`; `server` uses `fixtures` and `metrics`; `process`
 //! `tls_redis` uses `redis`;
 //! `cluster` uses `redis` and `tls_redis`.
 // NB: every test binary compiles all of support but uses only part of it.
@@ -28,6 +29,7 @@ pub mod api;
 pub mod chaos_settle;
 pub mod cluster;
 pub mod fixtures;
+pub mod load;
 pub mod metrics;
 pub mod process;
 pub mod redis;

@@ -60,21 +60,12 @@ impl RedisServer {
             .spawn()
             .expect("spawn redis-server (apt-get install redis-server)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(_)) = child.try_wait()
-            {
-                self.child = None;
-                return false;
-            }
-            if self.ping() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill();
-        false
+        let port = self.port;
+        await_start(&mut self.child, || {
+            let mut cli = Command::new("redis-cli");
+            cli.args(["-h", "127.0.0.1", "-p", &port.to_string(), "PING"]);
+            run_cli(&mut cli).is_some_and(|out| out.trim() == "PONG")
+        })
     }
 
     /// Whether the server answers PING.
@@ -159,6 +150,30 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Waits, at most 10 s, for the server just spawned into `child` to answer `ping`: true once
+/// it does; false when the process exited (another process took its port) or never answered
+/// (it is then killed and `child` emptied).
+pub fn await_start(child: &mut Option<Child>, ping: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(c) = child.as_mut()
+            && let Ok(Some(_)) = c.try_wait()
+        {
+            *child = None;
+            return false;
+        }
+        if ping() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    false
 }
 
 /// Runs a `redis-cli` command; its stdout, or None if it failed or could not connect.

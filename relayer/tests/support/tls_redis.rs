@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
@@ -150,20 +149,22 @@ impl TlsRedisServer {
             .spawn()
             .expect("spawn redis-server (apt-get install redis-server)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(_)) = child.try_wait()
-            {
-                self.child = None;
-                return false;
-            }
-            if self.cli(&["PING"]).is_some_and(|out| out.trim() == "PONG") {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        let (port, ca, password) = (self.port, self.ca.cert_file.clone(), self.password.clone());
+        super::redis::await_start(&mut self.child, move || {
+            let mut cli = Command::new("redis-cli");
+            cli.args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--tls",
+                "--cacert",
+            ])
+            .arg(&ca)
+            .env("REDISCLI_AUTH", &password)
+            .arg("PING");
+            super::redis::run_cli(&mut cli).is_some_and(|out| out.trim() == "PONG")
+        })
     }
 
     /// Runs `redis-cli` over TLS (trusting the server's CA, with the password) against this
