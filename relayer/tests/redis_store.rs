@@ -387,3 +387,99 @@ async fn a_cancel_that_meets_a_corrupt_level_writes_nothing() {
         "the error names it: {error}"
     );
 }
+
+/// A store on `primary` whose writes wait for one replica, each call bounded by 1 s.
+fn acked_store(primary: &RedisServer) -> Store {
+    Store::redis(&RedisSettings {
+        url: primary.url(),
+        key_prefix: "acks:".to_owned(),
+        command_timeout: Duration::from_millis(1_000),
+        order_retention: Duration::from_secs(3600),
+        mode: relayer::store::RedisMode::Standalone,
+        cluster_nodes: Vec::new(),
+        replica_acks: 1,
+    })
+    .expect("store")
+}
+
+/// `replica` replicating `primary`, its link up.
+fn replicate(primary: &RedisServer, replica: &RedisServer) {
+    replica
+        .cli(&["REPLICAOF", "127.0.0.1", &primary.port().to_string()])
+        .expect("REPLICAOF");
+    let replica_online = || {
+        primary
+            .cli(&["INFO", "replication"])
+            .is_some_and(|i| i.contains("connected_slaves:1") && i.contains("state=online"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !replica_online() {
+        assert!(Instant::now() < deadline, "the replica did not come online");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// With `redis.replicaAcks: 1` a write counts only once a replica has it: without one it is
+/// answered `Unavailable` (outcome unknown, it did happen on the primary), and so is its
+/// replay with the same operation id, on another connection, while the replica still lacks
+/// the first write; once the replica catches up, the replay is confirmed and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_and_its_replay_count_only_once_a_replica_has_them() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start();
+    replicate(&primary, &replica);
+    let store = acked_store(&primary);
+    let deposit = [Move::credit(Asset::Collateral, 7)];
+    store
+        .apply_moves_once(&user(1), "dep-0", &deposit)
+        .await
+        .expect("confirmed by the replica")
+        .expect("applied");
+
+    // The replica hangs: the write happens on the primary but is not confirmed.
+    replica.freeze();
+    let error = store
+        .apply_moves_once(&user(1), "dep-1", &deposit)
+        .await
+        .expect_err("no replica confirms");
+    assert!(
+        matches!(&error, StoreError::Unavailable(m) if m.contains("confirmed by 0 of 1")),
+        "{error:?}"
+    );
+    // Its replay finds the operation done and writes nothing of its own; still it must not
+    // count as confirmed while the replica lacks the first write.
+    for _ in 0..3 {
+        let replay = store.apply_moves_once(&user(1), "dep-1", &deposit).await;
+        assert!(
+            matches!(&replay, Err(StoreError::Unavailable(m)) if m.contains("confirmed by 0 of 1")),
+            "a replay counted as confirmed while the replica lacks the write: {replay:?}"
+        );
+    }
+    replica.thaw();
+    let account = store
+        .apply_moves_once(&user(1), "dep-1", &deposit)
+        .await
+        .expect("confirmed once the replica caught up")
+        .expect("applied once");
+    assert_eq!(account.collateral.available, 14, "each deposit once");
+}
+
+/// Without any replica, a write with `replicaAcks: 1` is never confirmed, and reads still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_replica_writes_are_unconfirmed_and_reads_work() {
+    let primary = RedisServer::start();
+    let store = acked_store(&primary);
+    let error = store
+        .apply_moves(&user(2), &[Move::credit(Asset::Collateral, 5)])
+        .await
+        .expect_err("no replica");
+    assert!(
+        matches!(&error, StoreError::Unavailable(m) if m.contains("redis.replicaAcks")),
+        "{error:?}"
+    );
+    store.account(&user(2)).await.expect("reads do not wait");
+    store
+        .depth(&market(), 10)
+        .await
+        .expect("read-only scripts do not wait");
+}

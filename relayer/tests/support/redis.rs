@@ -107,6 +107,17 @@ impl RedisServer {
         }
     }
 
+    /// SIGCONT after [`RedisServer::freeze`].
+    pub fn thaw(&self) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status()
+                .expect("run kill -CONT");
+            assert!(status.success(), "kill -CONT failed");
+        }
+    }
+
     /// SIGKILL: no shutdown save, exactly what a crash leaves behind.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -176,15 +176,12 @@ fn cluster_connection(
     let mut builder = ClusterClientBuilder::new(seeds)
         .connection_timeout(timeout)
         .response_timeout(timeout)
-        // NB: few and short retries (MOVED, ASK, TRYAGAIN, a node that went away): the caller
-        // bounds each call by the command timeout anyway, and a prompt 503 beats a long wait.
-        .retries(3)
-        .min_retry_wait(10)
-        .max_retry_wait(
-            u64::try_from(timeout.as_millis() / 4)
-                .unwrap_or(250)
-                .max(10),
-        );
+        // NB: no retries, like the standalone connection manager: the cluster client
+        // re-sends a command after a dropped connection or a timeout even when it may have run
+        // already, and a write without an operation id (a deposit) must not run twice. A MOVED,
+        // ASK or a node that went away fails the call (503) and refreshes the slot map for the
+        // next one.
+        .retries(0);
     if let Some(password) = &access.password {
         if url_password(&target.url).is_some() {
             return Err(invalid(

@@ -805,9 +805,11 @@ impl RedisStore {
                 .map(drop);
         }
         let (wait_ms, mut conn) = (self.wait_ms(), self.writer());
+        let mut pipe = redis::pipe();
+        pipe.add_command(hset);
         let acked = self
             .call("HSET api key", async move {
-                let (written, acked) = scripts::then_wait(&mut conn, hset, acks, wait_ms).await?;
+                let (written, acked) = scripts::then_wait(&mut conn, pipe, acks, wait_ms).await?;
                 written?;
                 Ok(acked)
             })

@@ -14,26 +14,44 @@ const NUM_LUA: &str = include_str!("lua/num.lua");
 const BOOK_LUA: &str = include_str!("lua/book.lua");
 const FENCE_LUA: &str = include_str!("lua/fence.lua");
 
+/// A script and its text: the text is sent with `EVAL` to a node that lacks the script (a
+/// restarted or promoted node), which caches it there, without `SCRIPT LOAD` (which a cluster
+/// client sends to every node, so one unreachable node would fail it).
+pub(super) struct Lua {
+    pub(super) script: Script,
+    code: String,
+}
+
+impl Lua {
+    fn new(code: String) -> Self {
+        Self {
+            script: Script::new(&code),
+            code,
+        }
+    }
+}
+
 pub(super) struct Scripts {
-    pub(super) apply_moves: Script,
-    pub(super) match_order: Script,
-    pub(super) cancel_order: Script,
-    pub(super) depth: Script,
-    pub(super) open_orders: Script,
-    pub(super) claim: Script,
-    pub(super) finish_claim: Script,
-    pub(super) delete_api_key: Script,
-    pub(super) undo_match: Script,
-    pub(super) saga_write: Script,
-    pub(super) saga_claim: Script,
-    pub(super) saga_delete: Script,
+    pub(super) apply_moves: Lua,
+    pub(super) match_order: Lua,
+    pub(super) cancel_order: Lua,
+    pub(super) depth: Lua,
+    pub(super) open_orders: Lua,
+    pub(super) claim: Lua,
+    pub(super) finish_claim: Lua,
+    pub(super) delete_api_key: Lua,
+    pub(super) undo_match: Lua,
+    pub(super) saga_write: Lua,
+    pub(super) saga_claim: Lua,
+    pub(super) saga_delete: Lua,
 }
 
 impl Scripts {
     pub(super) fn new() -> Self {
-        let book = |body: &str| Script::new(&format!("{NUM_LUA}{FENCE_LUA}{BOOK_LUA}{body}"));
+        let book = |body: &str| Lua::new(format!("{NUM_LUA}{FENCE_LUA}{BOOK_LUA}{body}"));
+        let fenced = |body: &str| Lua::new(format!("{FENCE_LUA}{body}"));
         Self {
-            apply_moves: Script::new(&format!(
+            apply_moves: Lua::new(format!(
                 "{NUM_LUA}{FENCE_LUA}{}",
                 include_str!("lua/apply_moves.lua")
             )),
@@ -41,16 +59,13 @@ impl Scripts {
             cancel_order: book(include_str!("lua/cancel_order.lua")),
             depth: book(include_str!("lua/depth.lua")),
             open_orders: book(include_str!("lua/open_orders.lua")),
-            claim: Script::new(&format!("{FENCE_LUA}{}", include_str!("lua/claim.lua"))),
-            finish_claim: Script::new(&format!(
-                "{FENCE_LUA}{}",
-                include_str!("lua/finish_claim.lua")
-            )),
-            delete_api_key: Script::new(include_str!("lua/delete_api_key.lua")),
+            claim: fenced(include_str!("lua/claim.lua")),
+            finish_claim: fenced(include_str!("lua/finish_claim.lua")),
+            delete_api_key: Lua::new(include_str!("lua/delete_api_key.lua").to_owned()),
             undo_match: book(include_str!("lua/undo_match.lua")),
-            saga_write: Script::new(include_str!("lua/saga_write.lua")),
-            saga_claim: Script::new(include_str!("lua/saga_claim.lua")),
-            saga_delete: Script::new(include_str!("lua/saga_delete.lua")),
+            saga_write: Lua::new(include_str!("lua/saga_write.lua").to_owned()),
+            saga_claim: Lua::new(include_str!("lua/saga_claim.lua").to_owned()),
+            saga_delete: Lua::new(include_str!("lua/saga_delete.lua").to_owned()),
         }
     }
 }
@@ -62,7 +77,7 @@ impl RedisStore {
     pub(super) async fn script(
         &self,
         what: &'static str,
-        script: &Script,
+        script: &Lua,
         key: &str,
         args: &[String],
     ) -> Result<Vec<String>, StoreError> {
@@ -73,7 +88,7 @@ impl RedisStore {
     pub(super) async fn read_script(
         &self,
         what: &'static str,
-        script: &Script,
+        script: &Lua,
         key: &str,
         args: &[String],
     ) -> Result<Vec<String>, StoreError> {
@@ -84,7 +99,7 @@ impl RedisStore {
     pub(super) async fn script_keys(
         &self,
         what: &'static str,
-        script: &Script,
+        script: &Lua,
         keys: &[&str],
         args: &[String],
     ) -> Result<Vec<String>, StoreError> {
@@ -95,14 +110,14 @@ impl RedisStore {
     async fn run_script(
         &self,
         what: &'static str,
-        script: &Script,
+        script: &Lua,
         keys: &[&str],
         args: &[String],
         acks: u32,
     ) -> Result<Vec<String>, StoreError> {
         if acks == 0 {
             let mut conn = self.inner.conn.clone();
-            let mut invocation = script.prepare_invoke();
+            let mut invocation = script.script.prepare_invoke();
             for k in keys {
                 invocation.key(*k);
             }
@@ -128,10 +143,11 @@ impl RedisStore {
         Ok(reply)
     }
 
-    /// How long a write waits for its replicas: half the command timeout, so that a replica
-    /// that does not confirm gets its own message instead of the generic "no answer".
+    /// How long a write waits for its replicas: a third of the command timeout, so that a
+    /// replica that does not confirm gets its own message instead of the generic "no answer",
+    /// also when a node that lacked the script takes a second pipeline.
     pub(super) fn wait_ms(&self) -> u64 {
-        u64::try_from(self.inner.timeout.as_millis() / 2)
+        u64::try_from(self.inner.timeout.as_millis() / 3)
             .unwrap_or(u64::MAX)
             .max(1)
     }
@@ -151,46 +167,73 @@ impl RedisStore {
     }
 }
 
-/// `EVALSHA` then `WAIT acks wait_ms` in one pipeline (one round trip; on a cluster both go
-/// to the node of the script's key, as the pipeline is routed by its first keyed command).
-/// A node that lost its scripts (a restart, a promoted replica) gets `SCRIPT LOAD` once and the
-/// pipeline again. Returns the script's reply and how many replicas confirmed.
+/// `EVALSHA`, a write of the slot's sync key, then `WAIT acks wait_ms`, in one pipeline: one
+/// round trip, and on a cluster all three go to the node of the script's key (the pipeline is
+/// routed by its first keyed command). A node that lacks the script gets the pipeline again
+/// with `EVAL` and the script's text. Returns the script's reply and how many replicas
+/// confirmed.
+///
+/// NB: `WAIT` counts the replicas that have this connection's last write. A script that
+/// writes nothing (the replay of a step already done, on another connection than the first
+/// run) would leave that at an older write, and a `WAIT` would confirm a first run the
+/// replicas may still lack. The sync key's write comes after everything the node did before,
+/// so the `WAIT` covers all of it.
 async fn eval_then_wait(
     conn: &mut RedisConnection,
-    script: &Script,
+    lua: &Lua,
     keys: &[&str],
     args: &[String],
     acks: u32,
     wait_ms: u64,
 ) -> Result<(Vec<String>, u64), RedisError> {
-    let mut loaded = false;
+    let sync = keys.first().map(|k| format!("{k}{SYNC_SUFFIX}"));
+    let mut by_text = false;
     loop {
-        let mut eval = redis::cmd("EVALSHA");
-        eval.arg(script.get_hash())
-            .arg(keys.len())
-            .arg(keys)
-            .arg(args);
-        let (evaluated, acked) = then_wait(conn, eval, acks, wait_ms).await?;
+        let mut eval = if by_text {
+            let mut c = redis::cmd("EVAL");
+            c.arg(&lua.code);
+            c
+        } else {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(lua.script.get_hash());
+            c
+        };
+        eval.arg(keys.len()).arg(keys).arg(args);
+        let mut pipe = redis::pipe();
+        pipe.add_command(eval);
+        if let Some(sync) = &sync {
+            pipe.cmd("SET")
+                .arg(sync)
+                .arg("1")
+                .arg("PX")
+                .arg(SYNC_TTL_MS)
+                .ignore();
+        }
+        let (evaluated, acked) = then_wait(conn, pipe, acks, wait_ms).await?;
         match evaluated {
-            Err(e) if !loaded && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                script.prepare_invoke().load_async(conn).await?;
-                loaded = true;
+            Err(e) if !by_text && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                by_text = true;
             }
             evaluated => return Ok((redis::from_redis_value(evaluated?)?, acked)),
         }
     }
 }
 
-/// `cmd` then `WAIT acks wait_ms` in one pipeline on one connection (so the `WAIT` covers
-/// `cmd`'s write): `cmd`'s reply and how many replicas confirmed.
+/// Appended to a script's first key: the key each waiting write also sets (same hash tag).
+const SYNC_SUFFIX: &str = ":w";
+/// How long a sync key lives, ms: a key per slot written in that time.
+const SYNC_TTL_MS: u64 = 10_000;
+
+/// The commands of `pipe` then `WAIT acks wait_ms`, in one pipeline on one connection (so the
+/// `WAIT` covers their writes): the reply of the first command not ignored, and how many
+/// replicas confirmed. A `WAIT` that fails (a node that just became a replica, say) counts as
+/// confirmed by none: the write's outcome is then unknown, never corrupt.
 pub(super) async fn then_wait(
     conn: &mut RedisConnection,
-    cmd: redis::Cmd,
+    mut pipe: redis::Pipeline,
     acks: u32,
     wait_ms: u64,
 ) -> Result<(redis::RedisResult<Value>, u64), RedisError> {
-    let mut pipe = redis::pipe();
-    pipe.add_command(cmd);
     pipe.cmd("WAIT").arg(acks).arg(wait_ms);
     pipe.ignore_errors();
     let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(conn).await?;
@@ -201,5 +244,9 @@ pub(super) async fn then_wait(
             "a command and WAIT: not two replies",
         )));
     };
-    Ok((first, redis::from_redis_value(waited?)?))
+    let acked = waited
+        .ok()
+        .and_then(|v| redis::from_redis_value::<u64>(v).ok())
+        .unwrap_or(0);
+    Ok((first, acked))
 }
