@@ -42,10 +42,12 @@ for p in "$primary_port" "$replica_port"; do
     --dir "$work/node-$p" --logfile "$work/node-$p/redis.log" --daemonize no "${extra[@]}" &
   pids+=($!)
 done
+online=0
 for _ in $(seq 200); do
-  redis-cli -p "$primary_port" info replication | grep -q 'state=online' && break
+  redis-cli -p "$primary_port" info replication | grep -q 'state=online' && { online=1; break; }
   sleep 0.05
 done
+[ "$online" = 1 ] || { echo "the replica of the standalone-acks primary did not come online" >&2; exit 1; }
 
 # --- the cluster: six nodes, ports p with a free bus port p + 10000 --------------------------
 cluster_ports=($(python3 - <<'PY'
@@ -61,7 +63,9 @@ def free(p):
 ports = []
 while len(ports) < 6:
     p = random.randint(15000, 29999)
-    if p not in ports and free(p) and free(p + 10000):
+    # neither its port nor its bus port (+10000) may be another node's port or bus port
+    clash = lambda q: any(q in (t, t + 10000) for t in ports)
+    if not clash(p) and not clash(p + 10000) and free(p) and free(p + 10000):
         ports.append(p)
 print(" ".join(map(str, ports)))
 PY

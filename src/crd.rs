@@ -279,7 +279,11 @@ pub struct MemoryStoreSpec {}
     validation = Rule::new("!has(self.tls) || !has(self.url) || self.url.startsWith('rediss://')").message("spec.store.redis.tls needs a rediss:// url"),
     validation = Rule::new("!has(self.url) || !self.url.contains('#')").message("spec.store.redis.url must not have a #fragment (the Redis client reads options there, such as skipping certificate checks)"),
 )]
-#[x_kube(validation = Rule::new("!has(self.clusterNodes) || (has(self.mode) && self.mode == 'cluster')").message("spec.store.redis.clusterNodes needs mode: cluster"))]
+#[x_kube(
+    validation = Rule::new("!has(self.clusterNodes) || (has(self.mode) && self.mode == 'cluster')").message("spec.store.redis.clusterNodes needs mode: cluster"),
+    validation = Rule::new("!has(self.clusterNodes) || !has(self.urlSecretRef)").message("spec.store.redis.clusterNodes cannot be used with urlSecretRef: the credentials in that Secret would be sent to every host listed here; give url and passwordSecretRef instead"),
+    validation = Rule::new("!has(self.mode) || self.mode != 'cluster' || !has(self.url) || !self.url.matches('^rediss?://[^/]*/0*[1-9][0-9]*$')").message("spec.store.redis.url must not name a database other than 0 in cluster mode: Redis Cluster has only database 0"),
+)]
 pub struct RedisStoreSpec {
     /// Address of the Redis, `redis://host:port/db` or `rediss://host:port/db` (TLS), without
     /// credentials, e.g. `redis://redis-master.redis.svc.cluster.local:6379/0`.

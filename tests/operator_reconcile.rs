@@ -526,6 +526,23 @@ async fn invalid_relayer_deployments_are_rejected_naming_the_field() {
             "config.redis.mode is set by the operator from spec.store.redis.mode",
         ),
         (
+            "cluster-nodes-with-a-url-secret",
+            base(
+                "s16",
+                json!({"store": {"redis": {"urlSecretRef": {"name": "r", "key": "url"},
+                                            "mode": "cluster", "clusterNodes": ["evil.example:6379"]}}}),
+            ),
+            "spec.store.redis.clusterNodes cannot be used with urlSecretRef",
+        ),
+        (
+            "cluster-with-a-database",
+            base(
+                "s17",
+                json!({"store": {"redis": {"url": "redis://r:6379/2", "mode": "cluster"}}}),
+            ),
+            "must not name a database other than 0 in cluster mode",
+        ),
+        (
             "unknown-redis-mode",
             base(
                 "s15",

@@ -102,6 +102,7 @@ async fn a_redis_outage_gives_503s_and_the_relayer_recovers_with_invariants_inta
         mut orders,
         statuses,
         slowest,
+        ..
     } = load.finish().await;
     let unexpected: Vec<_> = statuses
         .keys()

@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use support::api::{Api, check_invariants, num};
+use support::api::{Api, check_invariants, check_reservations, num};
 use support::cluster::RedisCluster;
 use support::fixtures::{ADMIN_TOKEN, MARKETS, address, crossing_order};
 use support::process::RelayerProcess;
@@ -159,52 +159,9 @@ async fn two_replicas_keep_every_invariant(env: &[(&str, String)]) {
     .unwrap_or_else(|e| panic!("{e}"));
 
     // What each trader has reserved is what their open orders still need.
-    for (c, t) in traders.iter().enumerate() {
-        let (mut need_c, mut need_s) = (0u128, BTreeMap::<&str, u128>::new());
-        for m in MARKETS {
-            let (_, open) = api
-                .get(
-                    &format!(
-                        "{}/orderbook/orders?marketKey={m}&userId={}",
-                        bases[c % 2],
-                        t.user_id
-                    ),
-                    t,
-                )
-                .await;
-            for o in open["orders"].as_array().cloned().unwrap_or_default() {
-                let (price, amount, filled) =
-                    (num(&o["price"]), num(&o["amount"]), num(&o["filled"]));
-                if o["side"] == "buy" {
-                    need_c += (price * amount).div_ceil(1_000_000) - num(&o["collateral"]);
-                } else {
-                    *need_s.entry(m).or_default() += amount - filled;
-                }
-            }
-        }
-        let (_, b) = api
-            .get(&format!("{}/v2/balances/{}", bases[0], t.user_id), t)
-            .await;
-        assert_eq!(
-            num(&b["collateral"]["reserved"]),
-            need_c,
-            "reserved collateral of {}",
-            t.user_id
-        );
-        for m in MARKETS {
-            let reserved = if b["shares"][m].is_null() {
-                0
-            } else {
-                num(&b["shares"][m]["reserved"])
-            };
-            assert_eq!(
-                reserved,
-                need_s.get(m).copied().unwrap_or_default(),
-                "reserved {m} of {}",
-                t.user_id
-            );
-        }
-    }
+    check_reservations(&api, &bases[0], &traders, &MARKETS)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     // NB: keeps the replicas alive until here.
     drop(replicas);
 }

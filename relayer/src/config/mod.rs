@@ -204,6 +204,10 @@ pub struct RedisConfig {
     pub ca_file: Option<String>,
     /// `standalone` (one Redis, or a primary behind one address) or `cluster` (Redis Cluster:
     /// `redisUrl` names one seed node, the client learns the others and follows MOVED and ASK).
+    // NB: left out when standalone (the default), so that the config of every object written
+    // before this key existed serializes, and so hashes, as before (its revision and ConfigMap
+    // name stay, and an operator upgrade starts no cutover).
+    #[serde(skip_serializing_if = "RedisMode::is_standalone")]
     pub mode: RedisMode,
     /// More seed nodes of a cluster (`host:port`), tried when `redisUrl`'s node does not
     /// answer; they share `redisUrl`'s scheme, user and password. `cluster` mode only.
@@ -211,7 +215,7 @@ pub struct RedisConfig {
     #[schemars(length(max = 32))]
     pub cluster_nodes: Vec<String>,
     /// How many replicas must confirm each write of the store (Redis `WAIT`) before it counts
-    /// as done; a write they do not confirm within half of `commandTimeoutMs` fails with 503
+    /// as done; a write they do not confirm within a third of `commandTimeoutMs` fails with 503
     /// and its saga treats it like any write of unknown outcome. Absent: 1 in `cluster` mode
     /// (a failover then never loses an acknowledged write), 0 in `standalone` mode.
     // NB: schema as int32 (a format Kubernetes knows); the value is checked to be 0 to 5.
@@ -229,6 +233,13 @@ pub enum RedisMode {
     Standalone,
     /// Redis Cluster: keys spread over the masters by hash slot.
     Cluster,
+}
+
+impl RedisMode {
+    /// Whether this is the default, [`RedisMode::Standalone`].
+    pub fn is_standalone(&self) -> bool {
+        *self == RedisMode::Standalone
+    }
 }
 
 impl RedisConfig {

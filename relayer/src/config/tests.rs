@@ -162,6 +162,14 @@ fn each_bad_value_names_its_key() {
                 c.redis_url = Some("redis://r:6379/3".into());
             }),
         ),
+        (
+            "saga.durableLog",
+            Box::new(|c| {
+                c.redis.mode = RedisMode::Cluster;
+                c.redis_url = Some("redis://r:6379".into());
+                c.saga.durable_log = false;
+            }),
+        ),
     ];
     for (key, mutate) in cases {
         let mut config = RelayerConfig::default();

@@ -174,6 +174,14 @@ impl RelayerConfig {
                 "names a database other than 0: Redis Cluster has only database 0",
             ));
         }
+        if self.redis_url.is_some() && r.effective_replica_acks() > 0 && !self.saga.durable_log {
+            return Err(invalid(
+                "saga.durableLog",
+                "must be true when writes wait for replicas (redis.replicaAcks, 1 by default \
+                 in cluster mode): a write its replica did not confirm has happened, and only \
+                 the saga log lets recovery finish or undo it",
+            ));
+        }
         if r.replica_acks.is_some_and(|n| n > MAX_REPLICA_ACKS) {
             return Err(invalid(
                 "redis.replicaAcks",
@@ -359,7 +367,6 @@ impl RelayerConfig {
     }
 }
 
-/// An HTTP field name (RFC 9110 `token`).
 /// The database a Redis URL names (`redis://host:6379/3` → `3`), if any.
 fn url_database(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
@@ -388,6 +395,7 @@ fn is_host_port(node: &str) -> bool {
         })
 }
 
+/// An HTTP field name (RFC 9110 `token`).
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name

@@ -538,9 +538,31 @@ impl RedisCounters {
         if let [only] = groups.as_slice() {
             return self.run_group(checks, only).await;
         }
-        let decisions =
-            futures::future::try_join_all(groups.iter().map(|g| self.run_group(checks, g))).await?;
+        let results =
+            futures::future::join_all(groups.iter().map(|g| self.run_group(checks, g))).await;
         let admitted = |d: &Decision| d.outcomes.iter().all(|o| o.allowed);
+        let mut error = None;
+        let mut answered: Vec<Option<Decision>> = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(d) => answered.push(Some(d)),
+                Err(e) => {
+                    error.get_or_insert(e);
+                    answered.push(None);
+                }
+            }
+        }
+        if let Some(error) = error {
+            // NB: what the slots that answered counted is taken back before the policy for a
+            // failing store decides, so a store error leaves no count behind.
+            let refunds = groups.iter().zip(&answered).filter_map(|(group, d)| {
+                let d = d.as_ref().filter(|d| admitted(d))?;
+                Some(self.refund_group(checks, group, d.now_ms))
+            });
+            self.refund_all(refunds).await;
+            return Err(error);
+        }
+        let decisions: Vec<Decision> = answered.into_iter().flatten().collect();
         let denied = !decisions.iter().all(admitted);
         let mut outcomes: SmallVec<[Option<Outcome>; 4]> = SmallVec::from_elem(None, checks.len());
         let mut now_ms = 0;
@@ -565,13 +587,30 @@ impl RedisCounters {
                 .zip(&decisions)
                 .filter(|(_, d)| admitted(d))
                 .map(|(group, decision)| self.refund_group(checks, group, decision.now_ms));
-            futures::future::try_join_all(refunds).await?;
+            // NB: the request stays denied whatever the take-back answers: a failed one only
+            // leaves a count that expires with its bucket.
+            self.refund_all(refunds).await;
         }
         let outcomes = outcomes
             .into_iter()
             .collect::<Option<Outcomes>>()
             .ok_or_else(|| StoreError::Corrupt("rate-limit script reply: missing tier".into()))?;
         Ok(Decision { outcomes, now_ms })
+    }
+
+    /// Runs the take-backs at once; one that fails is logged (its count expires with its
+    /// bucket), never the request's verdict.
+    async fn refund_all(
+        &self,
+        refunds: impl Iterator<Item = impl std::future::Future<Output = Result<(), StoreError>>>,
+    ) {
+        for failed in futures::future::join_all(refunds)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+        {
+            tracing::warn!(error = %failed, "rate limiter: could not take back a count");
+        }
     }
 
     /// Takes back what one slot's script counted for a request another slot denied.

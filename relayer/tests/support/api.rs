@@ -1,6 +1,7 @@
 //! A small client of a relayer's HTTP API ([`Api`], [`Trader`]) for relayers started as
 //! processes, and what tests check through it: [`check_invariants`] over every order and
-//! balance, and [`num`] for decimal-string fields; placements answered as a [`Reply`]
+//! balance, [`check_reservations`] (what is reserved is what open orders need), and [`num`]
+//! for decimal-string fields; placements answered as a [`Reply`]
 //! ([`post`], [`post_with`]), a trader's [`balances`], and the saga log ([`sagas`],
 //! [`wait_no_sagas`], [`active_sagas`]).
 //!
@@ -280,6 +281,72 @@ pub async fn sagas(api: &Api, base: &str) -> Value {
         .expect("admin sagas");
     assert_eq!(resp.status(), 200, "admin sagas");
     resp.json::<Value>().await.expect("json")["sagas"].clone()
+}
+
+/// Each trader's reserved collateral and shares are exactly what their open orders in
+/// `markets` still need (a buy: its price × amount, rounded up, less the collateral it paid;
+/// a sell: its unfilled amount): nothing reserved is locked without an order, no open order
+/// lacks its reservation. Read through `base`.
+pub async fn check_reservations(
+    api: &Api,
+    base: &str,
+    traders: &[Trader],
+    markets: &[&str],
+) -> Result<(), String> {
+    for t in traders {
+        let (mut need_c, mut need_s) = (0u128, std::collections::BTreeMap::<&str, u128>::new());
+        for m in markets {
+            let (status, open) = api
+                .get(
+                    &format!("{base}/orderbook/orders?marketKey={m}&userId={}", t.user_id),
+                    t,
+                )
+                .await;
+            if status != 200 {
+                return Err(format!(
+                    "open orders of {} in {m}: {status} {open}",
+                    t.user_id
+                ));
+            }
+            for o in open["orders"].as_array().cloned().unwrap_or_default() {
+                let (price, amount, filled) =
+                    (num(&o["price"]), num(&o["amount"]), num(&o["filled"]));
+                if o["side"] == "buy" {
+                    need_c += (price * amount).div_ceil(1_000_000) - num(&o["collateral"]);
+                } else {
+                    *need_s.entry(m).or_default() += amount - filled;
+                }
+            }
+        }
+        let (status, b) = api
+            .get(&format!("{base}/v2/balances/{}", t.user_id), t)
+            .await;
+        if status != 200 {
+            return Err(format!("balances of {}: {status} {b}", t.user_id));
+        }
+        let reserved_c = num(&b["collateral"]["reserved"]);
+        if reserved_c != need_c {
+            return Err(format!(
+                "reserved collateral of {}: {reserved_c}, its open orders need {need_c}",
+                t.user_id
+            ));
+        }
+        for m in markets {
+            let reserved = if b["shares"][*m].is_null() {
+                0
+            } else {
+                num(&b["shares"][*m]["reserved"])
+            };
+            let need = need_s.get(m).copied().unwrap_or_default();
+            if reserved != need {
+                return Err(format!(
+                    "reserved {m} of {}: {reserved}, its open orders need {need}",
+                    t.user_id
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits until `base`'s saga log is empty (every saga finished or compensated).

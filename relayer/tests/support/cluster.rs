@@ -74,7 +74,9 @@ fn free_cluster_port(taken: &[u16]) -> u16 {
         } else {
             candidate + 1
         };
-        if taken.contains(&candidate) {
+        // NB: neither its port nor its bus port may be another node's port or bus port.
+        let clash = |p: u16| taken.iter().any(|&t| p == t || p == t + 10_000);
+        if clash(candidate) || clash(candidate + 10_000) {
             continue;
         }
         let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
@@ -131,7 +133,9 @@ impl Node {
 
 /// `redis-cli -p <port> args…` with the cluster's TLS and password: its stdout, or None.
 fn cli(access: &Access, port: u16, args: &[&str]) -> Option<String> {
-    let mut c = Command::new("redis-cli");
+    // NB: bounded (coreutils' `timeout`): a node that hangs (SIGSTOP) must not hang the test.
+    let mut c = Command::new("timeout");
+    c.args(["10", "redis-cli"]);
     access.apply(&mut c);
     c.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
     run_cli(c.args(args))
@@ -197,7 +201,13 @@ impl RedisCluster {
 
     fn start_with(access: Access) -> Self {
         let mut nodes: Vec<Node> = Vec::new();
+        let mut attempts = 0;
         while nodes.len() < 6 {
+            attempts += 1;
+            assert!(
+                attempts <= 30,
+                "redis-server did not start as a cluster node (is the redis-server package installed, with TLS?)"
+            );
             let taken: Vec<u16> = nodes.iter().map(|n| n.port).collect();
             let mut node = Node {
                 child: None,
@@ -340,7 +350,8 @@ impl RedisCluster {
     /// `redis-cli -c` (following MOVED) through a running node: for commands on one key.
     pub fn cli_any(&self, args: &[&str]) -> Option<String> {
         let port = self.nodes.iter().find(|n| n.child.is_some())?.port;
-        let mut c = Command::new("redis-cli");
+        let mut c = Command::new("timeout");
+        c.args(["10", "redis-cli"]);
         self.access.apply(&mut c);
         c.args(["-c", "-h", "127.0.0.1", "-p", &port.to_string()]);
         run_cli(c.args(args))
@@ -350,6 +361,32 @@ impl RedisCluster {
     pub fn reset_stats(&self) {
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
             cli(&self.access, n.port, &["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
+        }
+    }
+
+    /// The port of the replica of the master on `master_port`.
+    pub fn replica_of(&self, master_port: u16) -> Option<u16> {
+        let nodes = self.nodes_info();
+        let master = nodes.iter().find(|n| n.port == master_port)?;
+        nodes
+            .iter()
+            .find(|n| n.master_id.as_deref() == Some(master.id.as_str()))
+            .map(|n| n.port)
+    }
+
+    /// SIGSTOP of the node on `port` (`signal` `STOP`) or SIGCONT (`CONT`): a node that hangs.
+    pub fn signal(&self, port: u16, signal: &str) {
+        if let Some(child) = self
+            .nodes
+            .iter()
+            .find(|n| n.port == port)
+            .and_then(|n| n.child.as_ref())
+        {
+            let status = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -{signal} failed");
         }
     }
 

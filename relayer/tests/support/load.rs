@@ -27,6 +27,7 @@ pub struct Load {
 /// What one client saw.
 struct ClientRun {
     attempted: Vec<(String, usize)>,
+    acknowledged: Vec<(String, usize)>,
     statuses: BTreeMap<u16, usize>,
     slowest: Duration,
 }
@@ -36,6 +37,9 @@ struct ClientRun {
 pub struct LoadOutcome {
     /// Every order attempted, as (order id, trader index).
     pub orders: Vec<(String, usize)>,
+    /// The orders answered 201 (placed) or 202 (accepted, finishing in the background): each
+    /// must exist afterwards.
+    pub acknowledged: Vec<(String, usize)>,
     /// How many requests were answered with each status.
     pub statuses: BTreeMap<u16, usize>,
     /// The slowest answer.
@@ -64,6 +68,7 @@ impl Load {
                 tokio::spawn(async move {
                     let mut run = ClientRun {
                         attempted: Vec::new(),
+                        acknowledged: Vec::new(),
                         statuses: BTreeMap::new(),
                         slowest: Duration::ZERO,
                     };
@@ -94,6 +99,9 @@ impl Load {
                             placed.fetch_add(1, Ordering::Relaxed);
                         }
                         *run.statuses.entry(status).or_default() += 1;
+                        if matches!(status, 201 | 202) {
+                            run.acknowledged.push((id.clone(), c));
+                        }
                         run.attempted.push((id, c));
                     }
                     run
@@ -119,6 +127,7 @@ impl Load {
         for t in self.tasks {
             let run = t.await.expect("client task");
             outcome.orders.extend(run.attempted);
+            outcome.acknowledged.extend(run.acknowledged);
             outcome.slowest = outcome.slowest.max(run.slowest);
             for (k, v) in run.statuses {
                 *outcome.statuses.entry(k).or_default() += v;

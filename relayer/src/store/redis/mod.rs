@@ -39,8 +39,9 @@
 //! Topologies: `redis.mode: standalone` (one node) or `cluster` (Redis Cluster, `redisUrl` one
 //! seed). With `redis.replicaAcks` (1 by default in cluster mode) each state-changing script
 //! and API-key write is sent with `WAIT` in the same pipeline and fails with `Unavailable`
-//! unless that many replicas confirmed it: a failover then never loses a write a caller was
-//! told about. Those writes take turns on [`WRITE_CONNECTIONS`] connections, since a `WAIT`
+//! unless that many replicas confirmed it (with a write of the slot's sync key first, so the
+//! `WAIT` covers everything the node wrote before, a replay's first run included): a failover
+//! to the replica that confirmed it then loses no write a caller was told about. Those writes take turns on [`WRITE_CONNECTIONS`] connections, since a `WAIT`
 //! holds up its connection's later commands. The read-only scripts (`depth`, `open_orders`)
 //! and the claims' expiry do not wait.
 //!
