@@ -57,6 +57,8 @@ pub struct NodeInfo {
     pub failed: bool,
     /// The master it replicates, for a replica.
     pub master_id: Option<String>,
+    /// The slot ranges it serves, for a master.
+    pub slots: Vec<(u16, u16)>,
 }
 
 /// A port `p` whose cluster bus port `p + 10000` is free too; both below 65536.
@@ -319,6 +321,17 @@ impl RedisCluster {
                     master: flags.contains("master"),
                     failed: flags.contains("fail") && !flags.contains("fail?"),
                     master_id: (*master != "-").then(|| (*master).to_owned()),
+                    // NB: ranges such as `0-5460` or a single slot; `[…]` entries are slots
+                    // being migrated, not served.
+                    slots: f
+                        .iter()
+                        .skip(8)
+                        .filter(|r| !r.starts_with('['))
+                        .filter_map(|r| {
+                            let (a, b) = r.split_once('-').unwrap_or((r, r));
+                            Some((a.parse().ok()?, b.parse().ok()?))
+                        })
+                        .collect(),
                 })
             })
             .collect()
@@ -362,6 +375,13 @@ impl RedisCluster {
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
             cli(&self.access, n.port, &["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
         }
+    }
+
+    /// The master serving `slot`.
+    pub fn owner_of(&self, slot: u16) -> Option<NodeInfo> {
+        self.nodes_info().into_iter().find(|n| {
+            n.master && !n.failed && n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+        })
     }
 
     /// The port of the replica of the master on `master_port`.

@@ -13,8 +13,9 @@
 //!
 //! - [`RedisConnection`] is one multiplexed connection, to one node (`standalone`, a
 //!   connection manager) or to a Redis Cluster (`cluster`, the redis crate's async cluster
-//!   client: it learns the slot map from the seed nodes, follows MOVED and ASK, and refreshes
-//!   the map after a failover). Both reconnect in the background; callers bound each call.
+//!   client: it learns the slot map from the seed nodes and refreshes it after a failover; MOVED
+//!   and ASK are followed here, never a re-send of a command that may have run). Both reconnect
+//!   in the background; callers bound each call.
 //!
 //! No message here ever holds the URL or the password.
 //!
@@ -26,9 +27,10 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
     Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
-    TlsCertificates, Value,
+    ServerErrorKind, TlsCertificates, Value,
 };
 
 pub use crate::config::RedisMode;
@@ -97,7 +99,29 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
             Kind::Standalone(c) => c.req_packed_command(cmd),
-            Kind::Cluster(c) => c.req_packed_command(cmd),
+            Kind::Cluster(c) => Box::pin(async move {
+                let mut hop = Hop::BySlot;
+                for attempt in 1.. {
+                    let result = match &hop {
+                        Hop::BySlot => c.req_packed_command(cmd).await,
+                        Hop::Moved(host, port) => {
+                            c.route_command(cmd.clone(), by_address(host, *port)).await
+                        }
+                        Hop::Ask(host, port) => {
+                            let mut asking = redis::pipe();
+                            asking.cmd("ASKING").ignore().add_command(cmd.clone());
+                            c.route_pipeline(asking, 1, 1, by_node(host, *port))
+                                .await
+                                .and_then(|mut v| v.pop().ok_or_else(no_reply))
+                        }
+                    };
+                    match result {
+                        Err(e) if attempt <= REDIRECTS => hop = next_hop(&e).await.ok_or(e)?,
+                        other => return other,
+                    }
+                }
+                Err(no_reply())
+            }),
         }
     }
 
@@ -109,7 +133,32 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.0 {
             Kind::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
-            Kind::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Kind::Cluster(c) => Box::pin(async move {
+                let mut hop = Hop::BySlot;
+                for attempt in 1.. {
+                    let result = match &hop {
+                        Hop::BySlot => c.req_packed_commands(pipeline, offset, count).await,
+                        Hop::Moved(host, port) => {
+                            c.route_pipeline(pipeline.clone(), offset, count, by_node(host, *port))
+                                .await
+                        }
+                        Hop::Ask(host, port) => {
+                            let mut asking = redis::pipe();
+                            asking.cmd("ASKING").ignore();
+                            for cmd in pipeline.cmd_iter() {
+                                asking.add_command(cmd.clone());
+                            }
+                            c.route_pipeline(asking, offset + 1, count, by_node(host, *port))
+                                .await
+                        }
+                    };
+                    match result {
+                        Err(e) if attempt <= REDIRECTS => hop = next_hop(&e).await.ok_or(e)?,
+                        other => return other,
+                    }
+                }
+                Err(no_reply())
+            }),
         }
     }
 
@@ -119,6 +168,68 @@ impl ConnectionLike for RedisConnection {
             Kind::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// Most redirects (MOVED, ASK) and waits (TRYAGAIN, CLUSTERDOWN, …) one cluster call follows;
+/// the caller's timeout bounds them all.
+const REDIRECTS: usize = 5;
+
+/// Where a cluster call goes next.
+enum Hop {
+    /// By the key's slot, as the client's slot map says.
+    BySlot,
+    /// To the node a MOVED named (the slot map is refreshed meanwhile).
+    Moved(String, u16),
+    /// To the node an ASK named, after `ASKING` on the same connection (a slot migrating).
+    Ask(String, u16),
+}
+
+/// The next hop after `error`, for the errors that say the command did not run: MOVED and ASK
+/// (to the node named), TRYAGAIN, CLUSTERDOWN, MASTERDOWN, LOADING and READONLY (again by slot,
+/// after a short wait). Anything else, a lost connection or a timeout above all (the command
+/// may have run), is the caller's to handle: never re-sent here.
+///
+/// NB: this is why the cluster client itself is built without retries: it would re-send on
+/// those too.
+async fn next_hop(error: &RedisError) -> Option<Hop> {
+    let node = || {
+        let (addr, _slot) = error.redirect_node()?;
+        let (host, port) = addr.rsplit_once(':')?;
+        Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+    };
+    match error.kind() {
+        ErrorKind::Server(ServerErrorKind::Moved) => node().map(|(h, p)| Hop::Moved(h, p)),
+        ErrorKind::Server(ServerErrorKind::Ask) => node().map(|(h, p)| Hop::Ask(h, p)),
+        ErrorKind::Server(
+            ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::BusyLoading
+            | ServerErrorKind::ReadOnly,
+        ) => {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            Some(Hop::BySlot)
+        }
+        _ => None,
+    }
+}
+
+fn by_node(host: &str, port: u16) -> SingleNodeRoutingInfo {
+    SingleNodeRoutingInfo::ByAddress {
+        host: host.to_owned(),
+        port,
+    }
+}
+
+fn by_address(host: &str, port: u16) -> RoutingInfo {
+    RoutingInfo::SingleNode(by_node(host, port))
+}
+
+fn no_reply() -> RedisError {
+    RedisError::from((
+        ErrorKind::UnexpectedReturnType,
+        "no reply from the redirected node",
+    ))
 }
 
 /// A lazily connecting connection to `target` with `access`; `key` names the URL's config
@@ -176,11 +287,10 @@ fn cluster_connection(
     let mut builder = ClusterClientBuilder::new(seeds)
         .connection_timeout(timeout)
         .response_timeout(timeout)
-        // NB: no retries, like the standalone connection manager: the cluster client
-        // re-sends a command after a dropped connection or a timeout even when it may have run
-        // already, and a write without an operation id (a deposit) must not run twice. A MOVED,
-        // ASK or a node that went away fails the call (503) and refreshes the slot map for the
-        // next one.
+        // NB: no retries in the client, like the standalone connection manager: it would
+        // re-send a command after a dropped connection or a timeout, when it may have run
+        // already, and a write without an operation id (a deposit) must not run twice.
+        // `RedisConnection` follows MOVED and ASK itself (`next_hop`), which say it did not.
         .retries(0);
     if let Some(password) = &access.password {
         if url_password(&target.url).is_some() {

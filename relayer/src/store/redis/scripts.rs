@@ -16,17 +16,32 @@ const FENCE_LUA: &str = include_str!("lua/fence.lua");
 
 /// A script and its text: the text is sent with `EVAL` to a node that lacks the script (a
 /// restarted or promoted node), which caches it there, without `SCRIPT LOAD` (which a cluster
-/// client sends to every node, so one unreachable node would fail it).
+/// client sends to every node, so one unreachable node would fail it). A state-changing script
+/// also has a variant that first sets its slot's sync key, for writes that wait for replicas
+/// (see [`eval_then_wait`]).
 pub(super) struct Lua {
     pub(super) script: Script,
-    code: String,
+    synced: Option<(Script, String)>,
 }
 
+/// Prepended to a write script that waits for replicas: its slot's sync key (`<KEYS[1]>:w`).
+const SYNC_LUA: &str = "redis.call('SET', KEYS[1] .. ':w', '1', 'PX', 10000)\n";
+
 impl Lua {
+    /// A script that changes state.
     fn new(code: String) -> Self {
+        let synced = format!("{SYNC_LUA}{code}");
         Self {
             script: Script::new(&code),
-            code,
+            synced: Some((Script::new(&synced), synced)),
+        }
+    }
+
+    /// A script that only reads: never waits, so no sync variant.
+    fn read_only(code: String) -> Self {
+        Self {
+            script: Script::new(&code),
+            synced: None,
         }
     }
 }
@@ -57,8 +72,14 @@ impl Scripts {
             )),
             match_order: book(include_str!("lua/match_order.lua")),
             cancel_order: book(include_str!("lua/cancel_order.lua")),
-            depth: book(include_str!("lua/depth.lua")),
-            open_orders: book(include_str!("lua/open_orders.lua")),
+            depth: Lua::read_only(format!(
+                "{NUM_LUA}{FENCE_LUA}{BOOK_LUA}{}",
+                include_str!("lua/depth.lua")
+            )),
+            open_orders: Lua::read_only(format!(
+                "{NUM_LUA}{FENCE_LUA}{BOOK_LUA}{}",
+                include_str!("lua/open_orders.lua")
+            )),
             claim: fenced(include_str!("lua/claim.lua")),
             finish_claim: fenced(include_str!("lua/finish_claim.lua")),
             delete_api_key: Lua::new(include_str!("lua/delete_api_key.lua").to_owned()),
@@ -167,17 +188,17 @@ impl RedisStore {
     }
 }
 
-/// `EVALSHA`, a write of the slot's sync key, then `WAIT acks wait_ms`, in one pipeline: one
-/// round trip, and on a cluster all three go to the node of the script's key (the pipeline is
-/// routed by its first keyed command). A node that lacks the script gets the pipeline again
-/// with `EVAL` and the script's text. Returns the script's reply and how many replicas
-/// confirmed.
+/// The script's sync variant with `EVALSHA`, then `WAIT acks wait_ms`, in one pipeline: one
+/// round trip, and on a cluster both go to the node of the script's key (the pipeline is routed
+/// by its one keyed command, so a MOVED or ASK can only be for the script: nothing ran). A node
+/// that lacks the script gets the pipeline again with `EVAL` and the script's text. Returns the
+/// script's reply and how many replicas confirmed.
 ///
 /// NB: `WAIT` counts the replicas that have this connection's last write. A script that
 /// writes nothing (the replay of a step already done, on another connection than the first
 /// run) would leave that at an older write, and a `WAIT` would confirm a first run the
-/// replicas may still lack. The sync key's write comes after everything the node did before,
-/// so the `WAIT` covers all of it.
+/// replicas may still lack. The sync variant's first command writes the slot's sync key, after
+/// everything the node did before, so the `WAIT` covers all of it.
 async fn eval_then_wait(
     conn: &mut RedisConnection,
     lua: &Lua,
@@ -186,29 +207,26 @@ async fn eval_then_wait(
     acks: u32,
     wait_ms: u64,
 ) -> Result<(Vec<String>, u64), RedisError> {
-    let sync = keys.first().map(|k| format!("{k}{SYNC_SUFFIX}"));
+    let Some((synced, code)) = &lua.synced else {
+        return Err(RedisError::from((
+            ErrorKind::Client,
+            "a read-only script does not wait for replicas",
+        )));
+    };
     let mut by_text = false;
     loop {
         let mut eval = if by_text {
             let mut c = redis::cmd("EVAL");
-            c.arg(&lua.code);
+            c.arg(code);
             c
         } else {
             let mut c = redis::cmd("EVALSHA");
-            c.arg(lua.script.get_hash());
+            c.arg(synced.get_hash());
             c
         };
         eval.arg(keys.len()).arg(keys).arg(args);
         let mut pipe = redis::pipe();
         pipe.add_command(eval);
-        if let Some(sync) = &sync {
-            pipe.cmd("SET")
-                .arg(sync)
-                .arg("1")
-                .arg("PX")
-                .arg(SYNC_TTL_MS)
-                .ignore();
-        }
         let (evaluated, acked) = then_wait(conn, pipe, acks, wait_ms).await?;
         match evaluated {
             Err(e) if !by_text && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
@@ -218,11 +236,6 @@ async fn eval_then_wait(
         }
     }
 }
-
-/// Appended to a script's first key: the key each waiting write also sets (same hash tag).
-const SYNC_SUFFIX: &str = ":w";
-/// How long a sync key lives, ms: a key per slot written in that time.
-const SYNC_TTL_MS: u64 = 10_000;
 
 /// The commands of `pipe` then `WAIT acks wait_ms`, in one pipeline on one connection (so the
 /// `WAIT` covers their writes): the reply of the first command not ignored, and how many
