@@ -2,7 +2,8 @@
 //! `redis-cli --cluster reshard` moves it: while it migrates, the old master answers ASK for
 //! the keys it no longer holds, and once it moved, MOVED. The store follows both (`ASKING` on
 //! the new master) without an error, a write applies once, and a deposit sent while the slot
-//! migrates is neither lost nor doubled.
+//! migrates is neither lost nor doubled; one whose keys are split over the two nodes is
+//! refused before it runs (503, nothing written).
 
 mod support;
 
@@ -53,6 +54,9 @@ async fn a_slot_that_migrates_and_moves_is_followed_with_ask_and_moved() {
             .unwrap_or_else(|| panic!("redis-cli -p {port} {args:?}"))
     };
     let slot_arg = slot.to_string();
+    let sync = format!("{key}:w");
+    // NB: as a write of the last 10 s leaves it (the deposit above did).
+    on(source.port, &["SET", &sync, "1", "PX", "60000"]);
     on(
         target.port,
         &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &source.id],
@@ -61,15 +65,7 @@ async fn a_slot_that_migrates_and_moves_is_followed_with_ask_and_moved() {
         source.port,
         &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &target.id],
     );
-    // Every key of the slot (the account, its sync key) goes over; the source then answers
-    // ASK for them.
-    let keys = on(source.port, &["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"]);
-    let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
-    assert!(
-        keys.contains(&key.as_str()),
-        "the account is in its slot: {keys:?}"
-    );
-    for k in &keys {
+    let migrate = |k: &str| {
         let moved = on(
             source.port,
             &[
@@ -82,6 +78,32 @@ async fn a_slot_that_migrates_and_moves_is_followed_with_ask_and_moved() {
             ],
         );
         assert_eq!(moved.trim(), "OK", "MIGRATE {k}");
+    };
+
+    // A write whose keys are split over the two nodes (the account still on the source, its
+    // slot's sync key moved already) is refused before it runs (TRYAGAIN, waited for a
+    // little): 503, nothing written.
+    migrate(&sync);
+    let refused = store.apply_moves(&user(), &collateral(100)).await;
+    assert!(
+        matches!(refused, Err(relayer::store::StoreError::Unavailable(_))),
+        "a write to a slot half migrated: {refused:?}"
+    );
+    let account = store.account(&user()).await.expect("a read on the source");
+    assert_eq!(
+        account.collateral.available, 10,
+        "the refused write wrote nothing"
+    );
+
+    // The rest of the slot goes over; the source then answers ASK for its keys.
+    let keys = on(source.port, &["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"]);
+    let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+    assert!(
+        keys.contains(&key.as_str()),
+        "the account is in its slot: {keys:?}"
+    );
+    for k in &keys {
+        migrate(k);
     }
 
     // While the slot migrates: a read and a write (a deposit: no operation id, so it must run

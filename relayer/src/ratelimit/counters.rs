@@ -554,7 +554,9 @@ impl RedisCounters {
         }
         if let Some(error) = error {
             // NB: what the slots that answered counted is taken back before the policy for a
-            // failing store decides, so a store error leaves no count behind.
+            // failing store decides. A slot whose call failed after its script ran keeps its
+            // count (taking back what may not have been counted could undercount): it expires
+            // with its bucket.
             let refunds = groups.iter().zip(&answered).filter_map(|(group, d)| {
                 let d = d.as_ref().filter(|d| admitted(d))?;
                 Some(self.refund_group(checks, group, d.now_ms))

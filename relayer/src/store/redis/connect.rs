@@ -27,7 +27,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{
     Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
     ServerErrorKind, TlsCertificates, Value,
@@ -104,9 +104,6 @@ impl ConnectionLike for RedisConnection {
                 for attempt in 1.. {
                     let result = match &hop {
                         Hop::BySlot => c.req_packed_command(cmd).await,
-                        Hop::Moved(host, port) => {
-                            c.route_command(cmd.clone(), by_address(host, *port)).await
-                        }
                         Hop::Ask(host, port) => {
                             let mut asking = redis::pipe();
                             asking.cmd("ASKING").ignore().add_command(cmd.clone());
@@ -134,14 +131,19 @@ impl ConnectionLike for RedisConnection {
         match &mut self.0 {
             Kind::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
             Kind::Cluster(c) => Box::pin(async move {
+                // NB: a redirect is followed only when it says that nothing of the pipeline
+                // ran: one keyed command (ours are a command and its WAIT), and no MULTI/EXEC
+                // (whose replies `ASKING` would shift).
+                let keyed = pipeline.cmd_iter().filter(|cmd| !keyless(cmd)).count();
+                let redirects = if keyed <= 1 && !pipeline.is_transaction() {
+                    REDIRECTS
+                } else {
+                    0
+                };
                 let mut hop = Hop::BySlot;
                 for attempt in 1.. {
                     let result = match &hop {
                         Hop::BySlot => c.req_packed_commands(pipeline, offset, count).await,
-                        Hop::Moved(host, port) => {
-                            c.route_pipeline(pipeline.clone(), offset, count, by_node(host, *port))
-                                .await
-                        }
                         Hop::Ask(host, port) => {
                             let mut asking = redis::pipe();
                             asking.cmd("ASKING").ignore();
@@ -153,7 +155,7 @@ impl ConnectionLike for RedisConnection {
                         }
                     };
                     match result {
-                        Err(e) if attempt <= REDIRECTS => hop = next_hop(&e).await.ok_or(e)?,
+                        Err(e) if attempt <= redirects => hop = next_hop(&e).await.ok_or(e)?,
                         other => return other,
                     }
                 }
@@ -178,16 +180,16 @@ const REDIRECTS: usize = 5;
 enum Hop {
     /// By the key's slot, as the client's slot map says.
     BySlot,
-    /// To the node a MOVED named (the slot map is refreshed meanwhile).
-    Moved(String, u16),
     /// To the node an ASK named, after `ASKING` on the same connection (a slot migrating).
     Ask(String, u16),
 }
 
-/// The next hop after `error`, for the errors that say the command did not run: MOVED and ASK
-/// (to the node named), TRYAGAIN, CLUSTERDOWN, MASTERDOWN, LOADING and READONLY (again by slot,
-/// after a short wait). Anything else, a lost connection or a timeout above all (the command
-/// may have run), is the caller's to handle: never re-sent here.
+/// The next hop after `error`, for the errors that say the command did not run: ASK (to the
+/// node named), MOVED (by slot again, once the client refreshed its slot map, which a MOVED
+/// starts: the node named may be one the client has no connection to yet), TRYAGAIN,
+/// CLUSTERDOWN, MASTERDOWN, LOADING and READONLY (by slot again, after a short wait).
+/// Anything else, a lost connection or a timeout above all (the command may have run), is the
+/// caller's to handle: never re-sent here.
 ///
 /// NB: this is why the cluster client itself is built without retries: it would re-send on
 /// those too.
@@ -198,10 +200,10 @@ async fn next_hop(error: &RedisError) -> Option<Hop> {
         Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
     };
     match error.kind() {
-        ErrorKind::Server(ServerErrorKind::Moved) => node().map(|(h, p)| Hop::Moved(h, p)),
         ErrorKind::Server(ServerErrorKind::Ask) => node().map(|(h, p)| Hop::Ask(h, p)),
         ErrorKind::Server(
-            ServerErrorKind::TryAgain
+            ServerErrorKind::Moved
+            | ServerErrorKind::TryAgain
             | ServerErrorKind::ClusterDown
             | ServerErrorKind::MasterDown
             | ServerErrorKind::BusyLoading
@@ -214,15 +216,21 @@ async fn next_hop(error: &RedisError) -> Option<Hop> {
     }
 }
 
+/// Whether `cmd` is one of the keyless commands our pipelines carry beside their one keyed
+/// command (`WAIT`, `ASKING`, `PING`).
+fn keyless(cmd: &Cmd) -> bool {
+    matches!(
+        cmd.args_iter().next(),
+        Some(redis::Arg::Simple(name))
+            if [&b"WAIT"[..], b"ASKING", b"PING"].iter().any(|k| name.eq_ignore_ascii_case(k))
+    )
+}
+
 fn by_node(host: &str, port: u16) -> SingleNodeRoutingInfo {
     SingleNodeRoutingInfo::ByAddress {
         host: host.to_owned(),
         port,
     }
-}
-
-fn by_address(host: &str, port: u16) -> RoutingInfo {
-    RoutingInfo::SingleNode(by_node(host, port))
 }
 
 fn no_reply() -> RedisError {

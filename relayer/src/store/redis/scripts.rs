@@ -24,8 +24,11 @@ pub(super) struct Lua {
     synced: Option<(Script, String)>,
 }
 
-/// Prepended to a write script that waits for replicas: its slot's sync key (`<KEYS[1]>:w`).
-const SYNC_LUA: &str = "redis.call('SET', KEYS[1] .. ':w', '1', 'PX', 10000)\n";
+/// Prepended to a write script that waits for replicas: sets its slot's sync key, passed as the
+/// last key (declared, so that a node whose slot is migrating refuses the call before it runs,
+/// with TRYAGAIN or ASK, instead of failing it inside) and taken off `KEYS`, so the script's
+/// own keys are as without it.
+const SYNC_LUA: &str = "redis.call('SET', table.remove(KEYS), '1', 'PX', 10000)\n";
 
 impl Lua {
     /// A script that changes state.
@@ -213,6 +216,12 @@ async fn eval_then_wait(
             "a read-only script does not wait for replicas",
         )));
     };
+    let Some(first) = keys.first() else {
+        return Err(RedisError::from((
+            ErrorKind::Client,
+            "a script that waits for replicas needs a key",
+        )));
+    };
     let mut by_text = false;
     loop {
         let mut eval = if by_text {
@@ -224,7 +233,10 @@ async fn eval_then_wait(
             c.arg(synced.get_hash());
             c
         };
-        eval.arg(keys.len()).arg(keys).arg(args);
+        eval.arg(keys.len() + 1)
+            .arg(keys)
+            .arg(format!("{first}{SYNC_SUFFIX}"))
+            .arg(args);
         let mut pipe = redis::pipe();
         pipe.add_command(eval);
         let (evaluated, acked) = then_wait(conn, pipe, acks, wait_ms).await?;
@@ -236,6 +248,9 @@ async fn eval_then_wait(
         }
     }
 }
+
+/// Appended to a script's first key: its slot's sync key (same hash tag).
+const SYNC_SUFFIX: &str = ":w";
 
 /// The commands of `pipe` then `WAIT acks wait_ms`, in one pipeline on one connection (so the
 /// `WAIT` covers their writes): the reply of the first command not ignored, and how many
