@@ -540,37 +540,33 @@ impl RedisCounters {
         }
         let results =
             futures::future::join_all(groups.iter().map(|g| self.run_group(checks, g))).await;
-        let admitted = |d: &Decision| d.outcomes.iter().all(|o| o.allowed);
-        let mut error = None;
-        let mut answered: Vec<Option<Decision>> = Vec::with_capacity(results.len());
-        for r in results {
-            match r {
-                Ok(d) => answered.push(Some(d)),
-                Err(e) => {
-                    error.get_or_insert(e);
-                    answered.push(None);
-                }
-            }
-        }
-        if let Some(error) = error {
-            // NB: what the slots that answered counted is taken back before the policy for a
-            // failing store decides. A slot whose call failed after its script ran keeps its
-            // count (taking back what may not have been counted could undercount): it expires
-            // with its bucket.
-            let refunds = groups.iter().zip(&answered).filter_map(|(group, d)| {
-                let d = d.as_ref().filter(|d| admitted(d))?;
-                Some(self.refund_group(checks, group, d.now_ms))
-            });
+        let admitted = |r: &Result<Decision, StoreError>| {
+            r.as_ref()
+                .is_ok_and(|d| d.outcomes.iter().all(|o| o.allowed))
+        };
+        // NB: when a slot denies or fails, what the slots that admitted counted is taken back,
+        // before the verdict (or the policy for a failing store) decides; a failed take-back
+        // keeps the denial. A slot whose call failed after its script ran keeps its count
+        // (taking back what may not have been counted could undercount): it expires with its
+        // bucket.
+        let denied = !results.iter().all(admitted);
+        if denied {
+            let refunds = groups
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| admitted(r))
+                .filter_map(|(group, r)| {
+                    let now_ms = r.as_ref().ok()?.now_ms;
+                    Some(self.refund_group(checks, group, now_ms))
+                });
             self.refund_all(refunds).await;
-            return Err(error);
         }
-        let decisions: Vec<Decision> = answered.into_iter().flatten().collect();
-        let denied = !decisions.iter().all(admitted);
         let mut outcomes: SmallVec<[Option<Outcome>; 4]> = SmallVec::from_elem(None, checks.len());
         let mut now_ms = 0;
-        for (group, decision) in groups.iter().zip(&decisions) {
+        for (group, result) in groups.iter().zip(results) {
+            let taken_back = denied && admitted(&result);
+            let decision = result?;
             now_ms = now_ms.max(decision.now_ms);
-            let taken_back = denied && admitted(decision);
             for (&i, outcome) in group.iter().zip(&decision.outcomes) {
                 let mut outcome = *outcome;
                 if taken_back {
@@ -582,16 +578,6 @@ impl RedisCounters {
                     *slot = Some(outcome);
                 }
             }
-        }
-        if denied {
-            let refunds = groups
-                .iter()
-                .zip(&decisions)
-                .filter(|(_, d)| admitted(d))
-                .map(|(group, decision)| self.refund_group(checks, group, decision.now_ms));
-            // NB: the request stays denied whatever the take-back answers: a failed one only
-            // leaves a count that expires with its bucket.
-            self.refund_all(refunds).await;
         }
         let outcomes = outcomes
             .into_iter()
@@ -625,14 +611,10 @@ impl RedisCounters {
         let mut invocation = self.refund.prepare_invoke();
         for &i in group {
             let Some(check) = checks.get(i) else { continue };
-            let width = check
-                .spec
-                .window_ms
-                .div_ceil(check.spec.buckets.max(1))
-                .max(1);
+            // NB: the bucket the script counted in (`ratelimit.lua`: width, current).
             invocation
                 .key(self.redis_key(&check.key))
-                .arg(now_ms / width);
+                .arg(now_ms / check.spec.bucket_ms());
         }
         let mut conn = self.conn.clone();
         self.bounded(invocation.invoke_async::<i64>(&mut conn))
