@@ -41,8 +41,9 @@
 //! and API-key write is sent with `WAIT` in the same pipeline and fails with `Unavailable`
 //! unless that many replicas confirmed it (with a write of the slot's sync key first, so the
 //! `WAIT` covers everything the node wrote before, a replay's first run included): a failover
-//! to the replica that confirmed it then loses no write a caller was told about. Those writes take turns on [`WRITE_CONNECTIONS`] connections, since a `WAIT`
-//! holds up its connection's later commands. The read-only scripts (`depth`, `open_orders`)
+//! to the replica that confirmed it then loses no write a caller was told about. Those writes
+//! take turns on [`WRITE_CONNECTIONS`] connections, since a `WAIT` holds up its connection's
+//! later commands. The read-only scripts (`depth`, `open_orders`)
 //! and the claims' expiry do not wait.
 //!
 //! Connections (`connect`): `rediss://` is TLS (rustls; `redis.caFile` for a private CA, else
@@ -132,8 +133,6 @@ struct Inner {
     timeout: Duration,
     retention_ms: u64,
     scripts: Scripts,
-    /// Whether Redis is a cluster: the keys of one call must then share a slot.
-    cluster: bool,
     /// With `replica_acks`: [`WRITE_CONNECTIONS`] more connections the writes take turns on.
     /// NB: a `WAIT` holds up every later command of its connection until the replicas confirm,
     /// so writes that wait must not all share one multiplexed connection.
@@ -246,7 +245,6 @@ impl RedisStore {
                 retention_ms: u64::try_from(settings.order_retention.as_millis())
                     .unwrap_or(u64::MAX),
                 scripts: Scripts::new(),
-                cluster: settings.mode == RedisMode::Cluster,
                 writers,
                 next_writer: AtomicUsize::new(0),
                 replica_acks: settings.replica_acks,
@@ -367,7 +365,7 @@ impl RedisStore {
         args.extend(fence_args(fence));
         // NB: a cluster never held claims of the older builds (they predate cluster support),
         // and the second key would be in another slot.
-        let keys: &[&str] = if self.inner.cluster {
+        let keys: &[&str] = if self.inner.conn.is_cluster() {
             &[&key]
         } else {
             &[&key, &legacy]
@@ -431,7 +429,7 @@ impl RedisStore {
         if let Some(claim) = self.read_claim(self.claim_key(user, order_id)).await? {
             return Ok(Some(claim));
         }
-        if self.inner.cluster {
+        if self.inner.conn.is_cluster() {
             return Ok(None);
         }
         // NB: claims of older builds were keyed by the order id alone.
@@ -534,7 +532,7 @@ impl RedisStore {
         let this = self.clone();
         tokio::spawn(async move {
             let conn = this.inner.conn.clone();
-            let cluster = this.inner.cluster;
+            let cluster = this.inner.conn.is_cluster();
             let result = this
                 .call(what, async move {
                     if !cluster {
@@ -758,7 +756,7 @@ impl RedisStore {
         max_levels: usize,
     ) -> Result<(Vec<Level>, Vec<Level>), StoreError> {
         let reply = self
-            .read_script(
+            .script(
                 "depth",
                 &self.inner.scripts.depth,
                 &self.market_key(market),
@@ -775,7 +773,7 @@ impl RedisStore {
     ) -> Result<Vec<Order>, StoreError> {
         let user = user.map(ToString::to_string).unwrap_or_default();
         let reply = self
-            .read_script(
+            .script(
                 "open_orders",
                 &self.inner.scripts.open_orders,
                 &self.market_key(market),

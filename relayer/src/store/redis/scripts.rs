@@ -95,9 +95,10 @@ impl Scripts {
 }
 
 impl RedisStore {
-    /// Runs the state-changing `script` on `key` (the one key, so one slot) with `args`, under
-    /// the command timeout; the reply is a list of strings. With `replicaAcks` set, the write
-    /// counts only once that many replicas confirmed it (`WAIT`, same round trip).
+    /// Runs `script` on `key` (the one key, so one slot) with `args`, under the command
+    /// timeout; the reply is a list of strings. With `replicaAcks` set, a state-changing
+    /// script counts only once that many replicas confirmed it (`WAIT`, same round trip); a
+    /// read-only one (`depth`, `open_orders`) never waits.
     pub(super) async fn script(
         &self,
         what: &'static str,
@@ -108,17 +109,6 @@ impl RedisStore {
         self.script_keys(what, script, &[key], args).await
     }
 
-    /// [`RedisStore::script`] of a script that only reads (`depth`, `open_orders`): no `WAIT`.
-    pub(super) async fn read_script(
-        &self,
-        what: &'static str,
-        script: &Lua,
-        key: &str,
-        args: &[String],
-    ) -> Result<Vec<String>, StoreError> {
-        self.run_script(what, script, &[key], args, 0).await
-    }
-
     /// [`RedisStore::script`] on several keys (only `claim`, see `lua/claim.lua`).
     pub(super) async fn script_keys(
         &self,
@@ -127,19 +117,9 @@ impl RedisStore {
         keys: &[&str],
         args: &[String],
     ) -> Result<Vec<String>, StoreError> {
-        self.run_script(what, script, keys, args, self.inner.replica_acks)
-            .await
-    }
-
-    async fn run_script(
-        &self,
-        what: &'static str,
-        script: &Lua,
-        keys: &[&str],
-        args: &[String],
-        acks: u32,
-    ) -> Result<Vec<String>, StoreError> {
-        if acks == 0 {
+        let acks = self.inner.replica_acks;
+        let synced = script.synced.as_ref().filter(|_| acks > 0);
+        let Some(synced) = synced else {
             let mut conn = self.inner.conn.clone();
             let mut invocation = script.script.prepare_invoke();
             for k in keys {
@@ -154,13 +134,13 @@ impl RedisStore {
                     async move { invocation.invoke_async(&mut conn).await },
                 )
                 .await;
-        }
+        };
         let wait_ms = self.wait_ms();
         let mut conn = self.writer();
         let (reply, acked) = self
             .call(
                 what,
-                eval_then_wait(&mut conn, script, keys, args, acks, wait_ms),
+                eval_then_wait(&mut conn, synced, keys, args, acks, wait_ms),
             )
             .await?;
         self.confirmed(what, acked)?;
@@ -204,18 +184,12 @@ impl RedisStore {
 /// everything the node did before, so the `WAIT` covers all of it.
 async fn eval_then_wait(
     conn: &mut RedisConnection,
-    lua: &Lua,
+    (synced, code): &(Script, String),
     keys: &[&str],
     args: &[String],
     acks: u32,
     wait_ms: u64,
 ) -> Result<(Vec<String>, u64), RedisError> {
-    let Some((synced, code)) = &lua.synced else {
-        return Err(RedisError::from((
-            ErrorKind::Client,
-            "a read-only script does not wait for replicas",
-        )));
-    };
     let Some(first) = keys.first() else {
         return Err(RedisError::from((
             ErrorKind::Client,
