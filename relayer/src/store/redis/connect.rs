@@ -99,26 +99,24 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
             Kind::Standalone(c) => c.req_packed_command(cmd),
-            Kind::Cluster(c) => Box::pin(async move {
-                let mut hop = Hop::BySlot;
-                for attempt in 1.. {
-                    let result = match &hop {
-                        Hop::BySlot => c.req_packed_command(cmd).await,
-                        Hop::Ask(host, port) => {
-                            let mut asking = redis::pipe();
-                            asking.cmd("ASKING").ignore().add_command(cmd.clone());
-                            c.route_pipeline(asking, 1, 1, by_node(host, *port))
-                                .await
-                                .and_then(|mut v| v.pop().ok_or_else(no_reply))
+            Kind::Cluster(c) => {
+                let c = c.clone();
+                Box::pin(follow(REDIRECTS, move |hop| {
+                    let mut c = c.clone();
+                    async move {
+                        match hop {
+                            Hop::BySlot => c.req_packed_command(cmd).await,
+                            Hop::Ask(host, port) => {
+                                let mut asking = redis::pipe();
+                                asking.cmd("ASKING").ignore().add_command(cmd.clone());
+                                c.route_pipeline(asking, 1, 1, by_node(&host, port))
+                                    .await
+                                    .and_then(|mut v| v.pop().ok_or_else(no_reply))
+                            }
                         }
-                    };
-                    match result {
-                        Err(e) if attempt <= REDIRECTS => hop = next_hop(&e).await.ok_or(e)?,
-                        other => return other,
                     }
-                }
-                Err(no_reply())
-            }),
+                }))
+            }
         }
     }
 
@@ -140,26 +138,25 @@ impl ConnectionLike for RedisConnection {
                 } else {
                     0
                 };
-                let mut hop = Hop::BySlot;
-                for attempt in 1.. {
-                    let result = match &hop {
-                        Hop::BySlot => c.req_packed_commands(pipeline, offset, count).await,
-                        Hop::Ask(host, port) => {
-                            let mut asking = redis::pipe();
-                            asking.cmd("ASKING").ignore();
-                            for cmd in pipeline.cmd_iter() {
-                                asking.add_command(cmd.clone());
+                let c = c.clone();
+                follow(redirects, move |hop| {
+                    let mut c = c.clone();
+                    async move {
+                        match hop {
+                            Hop::BySlot => c.req_packed_commands(pipeline, offset, count).await,
+                            Hop::Ask(host, port) => {
+                                let mut asking = redis::pipe();
+                                asking.cmd("ASKING").ignore();
+                                for cmd in pipeline.cmd_iter() {
+                                    asking.add_command(cmd.clone());
+                                }
+                                c.route_pipeline(asking, offset + 1, count, by_node(&host, port))
+                                    .await
                             }
-                            c.route_pipeline(asking, offset + 1, count, by_node(host, *port))
-                                .await
                         }
-                    };
-                    match result {
-                        Err(e) if attempt <= redirects => hop = next_hop(&e).await.ok_or(e)?,
-                        other => return other,
                     }
-                }
-                Err(no_reply())
+                })
+                .await
             }),
         }
     }
@@ -182,6 +179,26 @@ enum Hop {
     BySlot,
     /// To the node an ASK named, after `ASKING` on the same connection (a slot migrating).
     Ask(String, u16),
+}
+
+/// Sends with `send` by slot, then, while it fails with an error that says nothing ran, to
+/// where [`next_hop`] says, at most `redirects` times.
+async fn follow<T, F, Fut>(redirects: usize, mut send: F) -> Result<T, RedisError>
+where
+    F: FnMut(Hop) -> Fut,
+    Fut: std::future::Future<Output = Result<T, RedisError>>,
+{
+    let mut hop = Hop::BySlot;
+    let mut followed = 0;
+    loop {
+        match send(hop).await {
+            Err(e) if followed < redirects => {
+                followed += 1;
+                hop = next_hop(&e).await.ok_or(e)?;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The next hop after `error`, for the errors that say the command did not run: ASK (to the
