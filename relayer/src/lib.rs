@@ -7,6 +7,8 @@
 //! to this order):
 //! - [`exposition`]: the parser of the Prometheus text on `/metrics` (the operator's gates and
 //!   the tests read it with this one). Pure.
+//! - [`otel`]: OpenTelemetry traces from the standard `OTEL_*` variables (off by default) and
+//!   the W3C trace-context helpers; uses nothing of the crate (the operator uses it too).
 //! - [`clock`]: the one wall clock ([`clock::Clock`]: system and manual).
 //! - [`domain`]: identifiers, orders, fills, balances and their validation. Pure.
 //! - [`book`]: one market's order book and its matching rules. Pure.
@@ -32,6 +34,8 @@
 
 pub mod config;
 pub mod exposition;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod ratelimit;
 pub mod resilience;
 

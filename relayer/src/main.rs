@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&config.redacted())?);
         return Ok(());
     }
-    init_tracing(&config)?;
+    let traces = init_tracing(&config)?;
     // NB: the store's errors name their key (`redisUrl`, `redis.caFile`, …) and never hold
     // the URL or a password.
     let store = Store::from_config(&config).context("cannot set up the store")?;
@@ -62,16 +62,52 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(sagas.recover_periodically(recovery_interval, std::future::pending()));
     relayer::serve(listener, state, relayer::shutdown_signal()).await?;
     tracing::info!("relayer stopped");
+    if let Some(traces) = traces {
+        // NB: flushing blocks (bounded by OTEL_BSP_EXPORT_TIMEOUT), so off the runtime's threads.
+        tokio::task::spawn_blocking(move || traces.shutdown()).await?;
+    }
     Ok(())
 }
 
-fn init_tracing(config: &RelayerConfig) -> anyhow::Result<()> {
+/// Installs the log subscriber (`log.filter`, `log.format`) and, when the `OTEL_*` variables
+/// ask for them, the OpenTelemetry layer (the relayer's own spans at `info`, whatever the log
+/// filter says); answers the tracer provider to flush at exit.
+fn init_tracing(config: &RelayerConfig) -> anyhow::Result<Option<relayer::otel::Tracing>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
         .with_context(|| format!("invalid config key `log.filter`: {:?}", config.log.filter))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(())
+    let logs = match config.log.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+    };
+    let (traces, spans) =
+        match relayer::otel::install("relayer").context("invalid OTEL_* variable")? {
+            Some((traces, tracer)) => {
+                let spans = tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(
+                        tracing_subscriber::filter::Targets::new()
+                            .with_target("relayer", tracing::Level::INFO),
+                    );
+                (Some(traces), Some(spans))
+            }
+            None => (None, None),
+        };
+    // NB: the log lines of a request then name the spans they happened in, each with its
+    // `trace_id`, whatever level `log.filter` asks for.
+    let our_spans = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.is_span()
+            && meta.target().starts_with("relayer")
+            && *meta.level() <= tracing::Level::INFO
+    });
+    let logs = match spans {
+        Some(_) => logs.with_filter(filter.or(our_spans)).boxed(),
+        None => logs.with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry().with(spans).with(logs).init();
+    Ok(traces)
 }

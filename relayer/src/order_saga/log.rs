@@ -397,6 +397,7 @@ mod tests {
             not_settled: None,
             fingerprint: String::new(),
             duplicate: None,
+            trace_parent: None,
         }
     }
 

@@ -58,8 +58,13 @@
 //! - `cancel`: durable cancellation ([`OrderSagas::cancel`]), logged and recovered like a
 //!   placement.
 //!
-//! May use: `clock` (its [`Clock`], through `Deps`), `config`, `domain`, `book`, `store`,
-//! `resilience`, `settlement`.
+//! # Traces
+//! With traces on ([`crate::otel`]) a saga runs in a span of its own, a child of the request's,
+//! its steps and the settlement requests below it; its log entry keeps the span's
+//! `traceparent`, and a replica that recovers the saga starts a trace linked to that one.
+//!
+//! May use: `otel`, `clock` (its [`Clock`], through `Deps`), `config`, `domain`, `book`,
+//! `store`, `resilience`, `settlement`.
 
 mod cancel;
 mod log;
@@ -77,6 +82,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use self::log::{DurableLog, Fence};
 use self::runner::Drive;
@@ -118,6 +124,10 @@ pub struct OrderSagaData {
     /// The claim of another placement that holds the order id (not logged).
     #[serde(skip)]
     pub duplicate: Option<Claim>,
+    /// The W3C `traceparent` of the saga's span where it began, when traces are on: a replica
+    /// that recovers the saga links its own trace to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// A match as the saga records it.
@@ -408,6 +418,21 @@ impl OrderSagas {
     /// [`Ended::Pending`] while the saga is carried on in the background, then how it ended.
     pub fn start(&self, order: Order, fingerprint: String) -> watch::Receiver<Option<Ended>> {
         let (tx, rx) = watch::channel(None);
+        // NB: a child of the caller's span (the request's), in the task the saga runs in.
+        let span = crate::otel::span_if_enabled(|| {
+            tracing::info_span!(
+                "order saga",
+                otel.name = "order saga",
+                saga.id = %order.order_id,
+                order.client_id = order.client_id(),
+                market = %order.market_key,
+                trace_id = tracing::field::Empty,
+            )
+        });
+        let trace_parent = crate::otel::traceparent(&span);
+        if let Some(id) = crate::otel::trace_id(&span) {
+            span.record("trace_id", id);
+        }
         let ctx = self.ctx(OrderSagaData {
             order,
             matched: None,
@@ -419,9 +444,10 @@ impl OrderSagas {
             not_settled: None,
             fingerprint,
             duplicate: None,
+            trace_parent,
         });
         self.deps.set_active(&ctx.data.order.order_id, true);
-        tokio::spawn(self.clone().run_to_end(ctx, tx));
+        tokio::spawn(self.clone().run_to_end(ctx, tx).instrument(span));
         rx
     }
 

@@ -3,9 +3,14 @@
 //! cancellation's entry is finished by [`super::cancel`]). The claim raises the entry's epoch,
 //! which fences the replica that lost it out of every slot this one writes.
 //!
-//! May use: `store`, the clock, and the saga's runner and log from its parent.
+//! With traces on, a recovery runs in a new trace linked to the saga's original span (its
+//! `traceparent` from the log).
+//!
+//! May use: `otel`, `store`, the clock, and the saga's runner and log from its parent.
 
 use std::time::Duration;
+
+use tracing::Instrument as _;
 
 use super::log::LogRecord;
 use super::runner::Drive;
@@ -88,14 +93,38 @@ impl OrderSagas {
                 "recovering an abandoned saga"
             );
             let plan = plan(step, record.phase);
+            // NB: a trace of its own (this sweep is no request's work), linked to the one the
+            // saga began in.
+            let span = crate::otel::span_if_enabled(|| {
+                let span = tracing::info_span!(
+                    parent: None,
+                    "recover saga",
+                    otel.name = "order saga recovery",
+                    saga.id = %entry.id,
+                    step = step.name(),
+                    phase = record.phase.as_str(),
+                    trace_id = tracing::field::Empty,
+                );
+                if let Some(original) = &record.data.trace_parent {
+                    crate::otel::link_to(&span, original);
+                }
+                if let Some(id) = crate::otel::trace_id(&span) {
+                    span.record("trace_id", id);
+                }
+                span
+            });
             let mut ctx = self.ctx(record.data);
             ctx.fence.hold(entry.epoch, lease_until_ms);
             if plan.settlement_in_doubt {
                 ctx.data.in_doubt = true;
             }
             let how = plan.drive;
-            let outcome = self.drive(&mut ctx, how).await;
-            let ended = self.conclude(ctx, outcome).await;
+            let ended = async {
+                let outcome = self.drive(&mut ctx, how).await;
+                self.conclude(ctx, outcome).await
+            }
+            .instrument(span)
+            .await;
             tracing::info!(saga = entry.id, ?ended, "recovered saga ended");
         }
         Ok(true)

@@ -9,7 +9,10 @@
 //!
 //! The context `C` carries the saga's data between steps; steps receive `&mut C`.
 //!
-//! Room: part of `resilience/`; uses nothing else of the crate.
+//! Each step and compensation runs in a span of its own when traces are on
+//! ([`crate::otel`]).
+//!
+//! Room: part of `resilience/`; uses [`crate::otel`] and nothing else of the crate.
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 /// A step's failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -374,6 +378,37 @@ impl<C: Send> SagaExecutor<C> {
         step: &Step<C>,
         ctx: &mut C,
         retryable: bool,
+        compensation: bool,
+    ) -> Result<(), StepError> {
+        let span = crate::otel::span_if_enabled(|| {
+            let verb = if compensation { "compensate" } else { "step" };
+            tracing::info_span!(
+                "saga step",
+                otel.name = format!("{} {verb} {}", self.definition.name, step.name),
+                saga = self.definition.name,
+                step = step.name,
+                compensation,
+                otel.status_code = tracing::field::Empty,
+                error = tracing::field::Empty,
+            )
+        });
+        let result = self
+            .attempt_retrying(action, step, ctx, retryable)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            span.record("otel.status_code", "error");
+            span.record("error", e.message.as_str());
+        }
+        result
+    }
+
+    async fn attempt_retrying(
+        &self,
+        action: &Action<C>,
+        step: &Step<C>,
+        ctx: &mut C,
+        retryable: bool,
     ) -> Result<(), StepError> {
         let mut tries = 0;
         loop {
@@ -412,7 +447,10 @@ impl<C: Send> SagaExecutor<C> {
         let mut outcome = SagaOutcome::Completed;
         for (i, step) in self.definition.steps.iter().enumerate().skip(from) {
             self.emit(SagaEvent::StepStarted(step.name), ctx).await;
-            match self.attempt(&step.execute, step, ctx, step.retryable).await {
+            match self
+                .attempt(&step.execute, step, ctx, step.retryable, false)
+                .await
+            {
                 Ok(()) => {
                     if let Some(m) = &self.metrics {
                         m.step(saga, step.name, "completed");
@@ -515,7 +553,7 @@ impl<C: Send> SagaExecutor<C> {
             let Some(compensate) = &step.compensate else {
                 continue;
             };
-            match self.attempt(compensate, step, ctx, true).await {
+            match self.attempt(compensate, step, ctx, true, true).await {
                 Ok(()) => {
                     if let Some(m) = &self.metrics {
                         m.step(saga, step.name, "compensated");

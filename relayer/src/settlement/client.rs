@@ -5,7 +5,10 @@
 //!
 //! Neither the credential nor a password in `settlement.url` shows in `Debug` or in an error.
 //!
-//! May use: `config`, `domain`, `resilience` (breaker, retry), and the parent's types.
+//! With traces on ([`crate::otel`]) each attempt is a client span whose W3C `traceparent` the
+//! request carries, so the endpoint can continue the order's trace.
+//!
+//! May use: `otel`, `config`, `domain`, `resilience` (breaker, retry), and the parent's types.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
+use tracing::Instrument as _;
 
 use super::{SettleError, SettlementTrade};
 use crate::config::{RelayerConfig, redact_url};
@@ -141,10 +145,35 @@ impl HttpSettlement {
     }
 
     async fn attempt(&self, trade: &SettlementTrade) -> Result<(), Attempt> {
+        let span = crate::otel::span_if_enabled(|| {
+            tracing::info_span!(
+                "settlement request",
+                otel.name = "POST settlement",
+                otel.kind = "client",
+                http.request.method = "POST",
+                settlement.idempotency_key = %trade.idempotency_key,
+                http.response.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            )
+        });
+        let mut headers = self.headers.clone();
+        crate::otel::inject(&span, &mut headers);
+        let result = self.send(trade, headers).instrument(span.clone()).await;
+        match &result {
+            Ok(()) => span.record("http.response.status_code", 200),
+            Err(Attempt::Status(status, _)) => span
+                .record("http.response.status_code", status)
+                .record("otel.status_code", "error"),
+            Err(_) => span.record("otel.status_code", "error"),
+        };
+        result
+    }
+
+    async fn send(&self, trade: &SettlementTrade, headers: HeaderMap) -> Result<(), Attempt> {
         let sent = self
             .client
             .post(&self.url)
-            .headers(self.headers.clone())
+            .headers(headers)
             .header("Idempotency-Key", &trade.idempotency_key)
             .json(trade)
             .send()

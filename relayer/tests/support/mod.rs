@@ -16,9 +16,11 @@
 //! - [`metrics`]: the Prometheus text reader; a missing series is a panic, never a 0.
 //! - [`fixtures`]: the fluent `Order`, the admin token, addresses, crossing orders.
 //! - [`load`]: clients placing crossing orders through a fault until stopped (`Load`).
+//! - [`otlp`]: an OTLP/HTTP trace receiver decoding the protobuf export requests
+//!   (`OtlpReceiver`, `SpanRecord`).
 //!
 //! These modules use the relayer crate's public API only. Among themselves: `fixtures`,
-//! `metrics`, `redis`, `settle`, `chaos_settle` and `wait` use no other support module; `api`
+//! `metrics`, `otlp`, `redis`, `settle`, `chaos_settle` and `wait` use no other support module; `api`
 //! uses `fixtures`, `metrics` and `wait`; `load` uses `api` and `fixtures`; `server` uses `fixtures` and `metrics`; `process`
 //! `tls_redis` uses `redis`;
 //! `cluster` uses `redis` and `tls_redis`.
@@ -31,6 +33,7 @@ pub mod cluster;
 pub mod fixtures;
 pub mod load;
 pub mod metrics;
+pub mod otlp;
 pub mod process;
 pub mod redis;
 pub mod server;

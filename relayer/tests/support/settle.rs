@@ -3,7 +3,8 @@
 //! every request's idempotency key and every distinct body sent under each key, and settles
 //! each key at most once (as a real idempotent endpoint would). It can also require a
 //! credential header ([`SettlementServer::require_header`]): a request without it is answered
-//! 401 and settles nothing; the header of every request is kept.
+//! 401 and settles nothing; the header of every request is kept, and so is every request's W3C
+//! `traceparent`.
 //!
 //! Uses `axum` for the endpoint; no other support module.
 
@@ -54,6 +55,9 @@ struct Inner {
     credentials: Vec<Option<String>>,
     /// Requests answered 401 for a missing or wrong required header.
     unauthorized: usize,
+    /// Each request's idempotency key and W3C `traceparent` header (None: absent), in arrival
+    /// order.
+    traceparents: Vec<(String, Option<String>)>,
 }
 
 /// The running endpoint.
@@ -93,6 +97,10 @@ async fn settle(
             s.malformed += 1;
         }
         s.requests.push(key.clone());
+        let traceparent = headers
+            .get("traceparent")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        s.traceparents.push((key.clone(), traceparent));
         if let Some((name, value)) = s.required.clone() {
             let got = headers
                 .get(name.as_str())
@@ -210,5 +218,10 @@ impl SettlementServer {
     /// Requests answered 401 for a missing or wrong required header.
     pub fn unauthorized(&self) -> usize {
         lock(&self.inner).unauthorized
+    }
+
+    /// Each request's idempotency key and `traceparent` header (None: absent), in arrival order.
+    pub fn traceparents(&self) -> Vec<(String, Option<String>)> {
+        lock(&self.inner).traceparents.clone()
     }
 }
