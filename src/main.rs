@@ -64,8 +64,21 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init_logging(&args.log, args.log_json);
+    let traces =
+        telemetry::init_logging(&args.log, args.log_json).context("invalid OTEL_* variable")?;
+    let exit_code = run(args).await;
+    if let Some(traces) = traces {
+        // NB: flushing blocks (bounded by OTEL_BSP_EXPORT_TIMEOUT), so off the runtime's threads.
+        tokio::task::spawn_blocking(move || traces.shutdown()).await?;
+    }
+    match exit_code? {
+        0 => Ok(()),
+        code => std::process::exit(code),
+    }
+}
 
+/// Runs the operator until it is told to stop (0) or loses the leader Lease (1).
+async fn run(args: Args) -> anyhow::Result<i32> {
     let metrics = Arc::new(Metrics::default());
     let client = client(&metrics).await?;
     let health = Health::new(metrics.clone());
@@ -108,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
             () = elector.acquire() => {}
             () = stopped(stop_rx.clone()) => {
                 server.await??;
-                return Ok(());
+                return Ok(0);
             }
         }
         tracing::info!(%identity, "leading");
@@ -133,11 +146,10 @@ async fn main() -> anyhow::Result<()> {
         controller::run(client, config, metrics, stopped(stop_rx.clone())).await;
     }
     health.set_ready(false);
-    if exit_code != 0 {
-        std::process::exit(exit_code);
+    if exit_code == 0 {
+        server.await??;
     }
-    server.await??;
-    Ok(())
+    Ok(exit_code)
 }
 
 /// A client whose every request is counted in `relayer_operator_api_requests_total`.

@@ -3,7 +3,7 @@
 //! The server takes its listener and shutdown signal from the caller, so tests bind
 //! `127.0.0.1:0` and run it in-process.
 //!
-//! May use: [`crate::metrics`] only.
+//! May use: [`crate::metrics`] only (and `relayer::otel`, the traces both binaries share).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,15 +18,49 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 
-/// Installs the global `tracing` subscriber: `json` lines for log pipelines, text otherwise.
-pub fn init_logging(filter: &str, json: bool) {
+/// Installs the global `tracing` subscriber: `json` lines for log pipelines, text otherwise,
+/// and, when the standard `OTEL_*` variables ask for traces ([`relayer::otel`]), the
+/// OpenTelemetry layer with the operator's own spans (reconciles and cutover steps, at `info`
+/// whatever `filter` says; log lines then name the spans they happened in, with their
+/// `trace_id`). Answers the tracer provider to flush at exit; an `OTEL_*` variable this build
+/// cannot follow is an error naming it. Must run inside the tokio runtime.
+pub fn init_logging(
+    filter: &str,
+    json: bool,
+) -> Result<Option<relayer::otel::Tracing>, relayer::otel::OtelError> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::new(filter);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
+    let logs = if json {
+        tracing_subscriber::fmt::layer().json().boxed()
     } else {
-        builder.init();
-    }
+        tracing_subscriber::fmt::layer().boxed()
+    };
+    let ours = || {
+        tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_span()
+                && meta.target().starts_with("relayer_operator")
+                && *meta.level() <= tracing::Level::INFO
+        })
+    };
+    let (traces, spans) = match relayer::otel::install("relayer-operator")? {
+        Some((traces, tracer)) => {
+            let spans = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(ours());
+            (Some(traces), Some(spans))
+        }
+        None => (None, None),
+    };
+    let logs = match spans {
+        Some(_) => logs.with_filter(filter.or(ours())).boxed(),
+        None => logs.with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry().with(spans).with(logs).init();
+    Ok(traces)
 }
 
 /// What the HTTP server reports: metrics and readiness.

@@ -9,8 +9,12 @@
 //! converged RelayerDeployment therefore sends no request at all.
 //! Lease-based leader election lives in [`leader`].
 //!
+//! With traces on (`relayer::otel`), each reconcile is a span (the RelayerDeployment and its
+//! revision as attributes) and each cutover step it acts on a span below it.
+//!
 //! May use: every room of the crate ([`crate::crd`], [`crate::resources`], [`crate::rollout`],
-//! [`crate::gates`], [`crate::metrics`]) and `relayer::resilience::backoff`; nothing uses it but
+//! [`crate::gates`], [`crate::metrics`]), `relayer::resilience::backoff` and `relayer::otel`;
+//! nothing uses it but
 //! `main.rs` and the integration tests.
 
 mod apply;
@@ -41,6 +45,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use relayer::resilience::backoff::RetryPolicy;
 use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
 
 pub use apply::is_subset;
 pub use gate_runs::{GateRuns, RunningGate};
@@ -352,8 +357,34 @@ fn tokio_stream_of<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Reconciles one RelayerDeployment.
+/// Reconciles one RelayerDeployment, in a span of its own when traces are on (its
+/// `relayerdeployment` is `namespace/name`; `revision` is recorded once planned).
 pub async fn reconcile(rd: Arc<RelayerDeployment>, ctx: Arc<Context>) -> Result<Action> {
+    let span = relayer::otel::span_if_enabled(|| {
+        let span = tracing::info_span!(
+            "reconcile",
+            otel.name = "reconcile RelayerDeployment",
+            relayerdeployment = %format!("{}/{}", rd.namespace().unwrap_or_default(), rd.name_any()),
+            k8s.namespace.name = rd.namespace().unwrap_or_default(),
+            revision = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            error = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        if let Some(id) = relayer::otel::trace_id(&span) {
+            span.record("trace_id", id);
+        }
+        span
+    });
+    let result = reconcile_in_span(rd, ctx).instrument(span.clone()).await;
+    if let Err(error) = &result {
+        span.record("otel.status_code", "error");
+        span.record("error", error.to_string());
+    }
+    result
+}
+
+async fn reconcile_in_span(rd: Arc<RelayerDeployment>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
     if !ctx.stores.wait_until_ready().await {
         tracing::warn!("child caches are not synced yet; retrying");

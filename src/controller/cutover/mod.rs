@@ -48,6 +48,7 @@ use crate::rollout::{self, Action, State};
 use crate::{Error, Result};
 use decide::{Decision, Observation};
 use pods::{PodTargets, drain_evidence};
+use tracing::Instrument as _;
 
 pub use decide::{settings, state_from_status};
 
@@ -88,6 +89,7 @@ pub(crate) async fn reconcile(
     };
 
     let plan = plan(rd, revisions)?;
+    tracing::Span::current().record("revision", plan.revision.as_str());
     if let Some(target) = rd.annotations().get(ANNOTATION_ROLLBACK_TO) {
         let state = state_from_status(rd, &plan);
         restore_revision(ctx, rd, &api, revisions, &state, target).await?;
@@ -111,8 +113,37 @@ pub(crate) async fn reconcile(
         return Ok(Requeue::requeue(Duration::from_millis(50)));
     }
 
-    act(ctx, rd, ns, &key, &decision, phase_before).await;
-    realise(ctx, rd, ns, &plan, &decision.state, revisions).await?;
+    let step_before = rd
+        .status
+        .as_ref()
+        .and_then(|st| st.rollout.as_ref())
+        .map_or(RolloutStep::Stable, |r| r.step);
+    let rollout = &decision.state.rollout;
+    // NB: a span per step the cutover acts on; a converged object's reconciles have none.
+    let span = if decision.state.in_flight() || step_before != rollout.step {
+        relayer::otel::span_if_enabled(|| {
+            tracing::info_span!(
+                "cutover step",
+                otel.name = format!("cutover {:?}", rollout.step),
+                relayerdeployment = %format!("{ns}/{}", rd.name_any()),
+                step = ?rollout.step,
+                step_before = ?step_before,
+                revision = %plan.revision,
+                target_revision = rollout.target_revision.as_deref().unwrap_or_default(),
+                active_revision = %rollout.active_revision,
+                active_color = decision.state.active.as_str(),
+                preview_color = decision.state.other().as_str(),
+            )
+        })
+    } else {
+        tracing::Span::none()
+    };
+    async {
+        act(ctx, rd, ns, &key, &decision, phase_before).await;
+        realise(ctx, rd, ns, &plan, &decision.state, revisions).await
+    }
+    .instrument(span)
+    .await?;
     if decision.command.is_some() {
         let patch = json!({ "metadata": { "annotations": { ANNOTATION_COMMAND: null } } });
         api.patch(
