@@ -62,6 +62,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every label [`Error::metric_label`] returns (the operator's metrics create their series at
+    /// zero).
+    pub const METRIC_LABELS: [&'static str; 5] =
+        ["kube", "invalid_spec", "render", "yaml", "missing"];
+
     /// A short, bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {

@@ -2,7 +2,8 @@
 //! child writes, cutover Events, gate decisions and leadership. One [`Metrics`] lives in the
 //! controller's `Context` (and the telemetry server's `Health`); nothing is global.
 //!
-//! May use: [`crate::Error`] (for its metric label) only.
+//! May use: [`crate::Error`] (for its metric labels) and [`crate::rollout::GateKind`] (gate
+//! names) only.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +16,18 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::Error;
+use crate::rollout::GateKind;
+
+/// Cutover Event reasons whose series exist from the start: the ones the chart's alerts and
+/// dashboards count (`src/rollout.rs` emits them).
+const ZEROED_ROLLOUT_REASONS: [&str; 6] = [
+    "CutoverStarted",
+    "Promoted",
+    "CutoverComplete",
+    "Aborted",
+    "RolledBack",
+    "RollbackRequested",
+];
 
 /// Labels of a failed reconcile.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,6 +111,27 @@ impl Default for Metrics {
         let rollout_events = Family::<RolloutLabels, Counter>::default();
         let gate_decisions = Family::<GateLabels, Counter>::default();
         let gates_running = Gauge::default();
+        // NB: these series exist at zero from the start. `increase()` cannot see the first step
+        // of a series that appears at 1, so the first failed reconcile or aborted cutover after
+        // a restart would escape the chart's alerts.
+        for error in Error::METRIC_LABELS {
+            drop(failures.get_or_create(&ErrorLabels {
+                error: error.to_owned(),
+            }));
+        }
+        for reason in ZEROED_ROLLOUT_REASONS {
+            drop(rollout_events.get_or_create(&RolloutLabels {
+                reason: reason.to_owned(),
+            }));
+        }
+        for gate in [GateKind::PrePromotion, GateKind::PostPromotion] {
+            for verdict in ["passed", "failed"] {
+                drop(gate_decisions.get_or_create(&GateLabels {
+                    gate: gate.name().to_owned(),
+                    verdict: verdict.to_owned(),
+                }));
+            }
+        }
         registry.register(
             "rollout_events",
             "Cutover Events, by reason",
@@ -229,5 +263,25 @@ mod tests {
             text.contains("relayer_operator_reconcile_duration_seconds_count 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn series_that_alerts_count_exist_at_zero_before_anything_happens() {
+        let text = Metrics::default().encode().expect("encode");
+        for series in [
+            "relayer_operator_reconcile_errors_total{error=\"kube\"} 0",
+            "relayer_operator_reconcile_errors_total{error=\"missing\"} 0",
+            "relayer_operator_rollout_events_total{reason=\"Aborted\"} 0",
+            "relayer_operator_rollout_events_total{reason=\"RolledBack\"} 0",
+            "relayer_operator_gate_decisions_total{gate=\"postPromotion\",verdict=\"failed\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing in:\n{text}");
+        }
+        for error in [
+            Error::InvalidSpec("x".into()),
+            Error::Missing("metadata.name"),
+        ] {
+            assert!(Error::METRIC_LABELS.contains(&error.metric_label()));
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! The Helm chart (`charts/relayer-operator`): `helm lint`, the values schema, the chart's CRDs
-//! against the generated ones, every rendering accepted by the real API server (server-side
-//! dry run), `helm install` into the test control plane, and the operator binary running under
-//! the chart's ServiceAccount (not admin) reconciling the sample to Available.
+//! against the generated ones, the dashboard ConfigMaps and the PrometheusRule it renders, every
+//! rendering accepted by the real API server (server-side dry run), `helm install` into the test
+//! control plane, and the operator binary running under the chart's ServiceAccount (not admin)
+//! reconciling the sample to Available.
 //!
 //! Run with `cargo test --test chart`. The full cutover under the chart's RBAC, and the check
-//! that the chart grants nothing unused, are in `tests/chart_rbac.rs`.
+//! that the chart grants nothing unused, are in `tests/chart_rbac.rs`; the queries of the
+//! dashboards and alerts against live metrics are in `tests/observability.rs`.
 
 mod support;
 
@@ -88,6 +90,8 @@ fn helm_lint_passes_in_strict_mode() {
         "instance.redis.url=redis://redis:6379/0",
         "metrics.serviceMonitor.enabled=true",
         "operator.watchNamespace=apps",
+        "dashboards.enabled=true",
+        "alerts.enabled=true",
     ];
     let mut helm = offline_helm(scratch.path());
     helm.args(["lint", "--strict"]).arg(chart());
@@ -144,7 +148,7 @@ fn chart_crds_are_identical_to_the_generated_crds() {
 #[test]
 fn values_schema_refuses_bad_values_naming_them() {
     let scratch = tempfile::tempdir().expect("scratch folder");
-    let cases: [(&[&str], &str); 13] = [
+    let cases: [(&[&str], &str); 16] = [
         (&["replicaCount=0"], "/replicaCount"),
         (&["replicaCount=two"], "/replicaCount"),
         (&["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
@@ -167,6 +171,15 @@ fn values_schema_refuses_bad_values_naming_them() {
             &["metrics.serviceMonitor.interval=soon"],
             "/metrics/serviceMonitor/interval",
         ),
+        (
+            &["alerts.highErrorRate.threshold=2"],
+            "/alerts/highErrorRate/threshold",
+        ),
+        (
+            &["alerts.circuitBreakerOpen.for=soon"],
+            "/alerts/circuitBreakerOpen/for",
+        ),
+        (&["dashboards.labelValue=not ok"], "/dashboards/labelValue"),
         (&["instance.enabled=true"], "/instance/redis/url"),
         (
             &[
@@ -273,6 +286,106 @@ fn the_rendered_deployment_is_hardened_and_elects_a_leader() {
     );
 }
 
+#[test]
+fn dashboards_and_alerts_render_for_the_grafana_sidecar_and_the_prometheus_operator() {
+    let scratch = tempfile::tempdir().expect("scratch folder");
+    let dashboards = |docs: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        docs.iter()
+            .filter(|d| {
+                d["kind"] == "ConfigMap"
+                    && d["metadata"]["labels"]["app.kubernetes.io/component"] == "dashboards"
+            })
+            .cloned()
+            .collect()
+    };
+    let alerts = |docs: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        docs.iter()
+            .filter(|d| d["kind"] == "PrometheusRule")
+            .flat_map(|d| d["spec"]["groups"].as_array().cloned().unwrap_or_default())
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    let defaults = documents(&template(scratch.path(), "ops", &[]).expect("defaults render"));
+    assert!(dashboards(&defaults).is_empty() && alerts(&defaults).is_empty());
+
+    let on = ["dashboards.enabled=true", "alerts.enabled=true"];
+    let docs = documents(&template(scratch.path(), "ops", &on).expect("renders"));
+    let maps = dashboards(&docs);
+    let names: Vec<&str> = maps
+        .iter()
+        .filter_map(|m| m["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "rel-relayer-operator-dashboard-relayer",
+            "rel-relayer-operator-dashboard-operator"
+        ]
+    );
+    for map in &maps {
+        // What the kube-prometheus-stack Grafana sidecar watches by default.
+        assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1", "{map}");
+        assert_eq!(map["metadata"]["namespace"], "ops");
+        let (file, json) = map["data"]
+            .as_object()
+            .and_then(|d| d.iter().next())
+            .expect("one dashboard per ConfigMap");
+        let dashboard: serde_json::Value = serde_json::from_str(json.as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{file} is not JSON: {e}"));
+        assert!(dashboard["uid"].is_string(), "{file}");
+    }
+    let rules = alerts(&docs);
+    let alert_names: Vec<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
+    assert_eq!(
+        alert_names,
+        [
+            "RelayerSagaManual",
+            "RelayerCircuitBreakerOpen",
+            "RelayerHighErrorRate",
+            "RelayerCutoverFailed",
+            "RelayerOperatorNotReconciling"
+        ]
+    );
+    for rule in &rules {
+        assert!(rule["labels"]["severity"].is_string(), "{rule}");
+        assert!(rule["annotations"]["summary"].is_string(), "{rule}");
+        assert!(rule["annotations"]["description"].is_string(), "{rule}");
+    }
+    assert_eq!(rules[1]["for"], "5m");
+
+    let tuned = [
+        "dashboards.enabled=true",
+        "dashboards.label=my_dashboard",
+        "dashboards.labelValue=yes",
+        "dashboards.annotations.grafana_folder=Foresight",
+        "dashboards.namespace=grafana",
+        "alerts.enabled=true",
+        "alerts.ruleLabels.release=kube-prometheus-stack",
+        "alerts.labels.team=trading",
+        "alerts.circuitBreakerOpen.for=10m",
+        "alerts.operatorNotReconciling.enabled=false",
+    ];
+    let docs = documents(&template(scratch.path(), "ops", &tuned).expect("renders"));
+    for map in dashboards(&docs) {
+        let meta = &map["metadata"];
+        assert_eq!(meta["labels"]["my_dashboard"], "yes", "{meta}");
+        assert_eq!(meta["annotations"]["grafana_folder"], "Foresight", "{meta}");
+        assert_eq!(meta["namespace"], "grafana", "{meta}");
+    }
+    let rule = docs
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("the PrometheusRule");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    let rules = alerts(&docs);
+    assert_eq!(rules.len(), 4, "one alert switched off");
+    assert!(rules.iter().all(|r| r["labels"]["team"] == "trading"));
+    assert_eq!(rules[1]["for"], "10m");
+}
+
 /// Every YAML document of a rendering, as JSON values.
 fn documents(rendered: &str) -> Vec<serde_json::Value> {
     rendered
@@ -292,6 +405,26 @@ spec:
   group: monitoring.coreos.com
   scope: Namespaced
   names: { kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor }
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec: { type: object, x-kubernetes-preserve-unknown-fields: true }
+"#;
+
+/// The same stand-in for the Prometheus Operator's PrometheusRule CRD.
+const PROMETHEUS_RULE_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: prometheusrules.monitoring.coreos.com }
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: { kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule }
   versions:
     - name: v1
       served: true
@@ -333,19 +466,18 @@ fn kubectl_with_stdin(env: &TestEnv, args: &[&str], stdin: &str) -> Result<Strin
 async fn every_rendering_is_accepted_by_the_api_server_in_a_server_side_dry_run() {
     let env = TestEnv::new("chart-dry-run").await;
     env.install_crds(&chart().join("crds")).await;
-    kubectl_with_stdin(
-        &env,
-        &["apply", "--server-side", "-f", "-"],
-        SERVICE_MONITOR_CRD,
-    )
-    .expect("the ServiceMonitor stand-in CRD");
+    for crd in [SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD] {
+        kubectl_with_stdin(&env, &["apply", "--server-side", "-f", "-"], crd)
+            .expect("a Prometheus Operator stand-in CRD");
+    }
     env.kubectl(&[
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
         "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
     ])
-    .expect("ServiceMonitor CRD established");
+    .expect("ServiceMonitor and PrometheusRule CRDs established");
 
     let scratch = tempfile::tempdir().expect("scratch folder");
     let ns = env.namespace.clone();
@@ -360,6 +492,8 @@ async fn every_rendering_is_accepted_by_the_api_server_in_a_server_side_dry_run(
         "instance.autoscaling.maxReplicas=6",
         "instance.ingress.host=relayer.example.com",
         "metrics.serviceMonitor.enabled=true",
+        "dashboards.enabled=true",
+        "alerts.enabled=true",
     ];
     let watch_one = format!("operator.watchNamespace={ns}");
     let variants: [&[&str]; 4] = [
@@ -416,6 +550,10 @@ async fn every_rendering_is_accepted_by_the_api_server_in_a_server_side_dry_run(
             );
             assert!(
                 applied.contains("servicemonitor.monitoring.coreos.com"),
+                "{applied}"
+            );
+            assert!(
+                applied.contains("prometheusrule.monitoring.coreos.com"),
                 "{applied}"
             );
         }

@@ -62,8 +62,9 @@ impl Exposition {
         Ok(buckets)
     }
 
-    /// The distinct metric names present, for error messages.
-    fn names(&self) -> Vec<&str> {
+    /// The distinct metric names of the samples (`x_total`, `x_bucket`, ...: what Prometheus
+    /// stores), sorted.
+    pub fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.0.samples().iter().map(|s| s.name.as_str()).collect();
         names.sort_unstable();
         names.dedup();

@@ -43,7 +43,8 @@ const NETNS_PREFIX: &str = "fscut";
 /// Port the relayer listens on inside its namespace (the config's default `0.0.0.0:3000`).
 pub const RELAYER_PORT: u16 = 3000;
 
-fn relayer_binary() -> PathBuf {
+/// The relayer binary the tests run: `cargo build -p relayer` builds it.
+pub fn relayer_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/debug/relayer")
 }
 

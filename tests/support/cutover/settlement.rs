@@ -1,7 +1,8 @@
 //! [`SettlementStub`]: the settlement endpoint of the cutover tests, on the host's source
 //! address towards the pods (so relayers in their network namespaces reach it). It settles
-//! every trade (200) and records, per `Idempotency-Key`, every distinct body sent with it, and
-//! requests whose header and body keys differ.
+//! every trade (200), or refuses the first few requests (503) when started so, and records,
+//! per `Idempotency-Key`, every distinct body it settled, and requests whose header and body
+//! keys differ.
 //!
 //! Uses `axum` and tokio only.
 
@@ -19,6 +20,8 @@ use serde_json::{Value, json};
 struct Inner {
     /// Requests received.
     requests: u64,
+    /// Requests answered 503 (not settled) before the first 200.
+    refuse_first: u64,
     /// Idempotency key → every distinct body sent with it, in arrival order.
     bodies: BTreeMap<String, Vec<Value>>,
     /// Requests without a key, or whose header and body keys differ.
@@ -56,6 +59,12 @@ async fn settle(
         .to_owned();
     let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
     s.requests += 1;
+    if s.requests <= s.refuse_first {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": "refused by the test" })),
+        );
+    }
     if header.is_empty() || header != key {
         s.malformed += 1;
     }
@@ -69,7 +78,16 @@ async fn settle(
 impl SettlementStub {
     /// Starts on a free port of `address`.
     pub async fn start(address: Ipv4Addr) -> Self {
-        let inner = Arc::new(Mutex::new(Inner::default()));
+        Self::start_refusing_first(address, 0).await
+    }
+
+    /// Starts on a free port of `address`, answering 503 (not settled, retryable) to the first
+    /// `refused` requests.
+    pub async fn start_refusing_first(address: Ipv4Addr, refused: u64) -> Self {
+        let inner = Arc::new(Mutex::new(Inner {
+            refuse_first: refused,
+            ..Inner::default()
+        }));
         let listener = tokio::net::TcpListener::bind((address, 0))
             .await
             .expect("bind the settlement stub");
