@@ -18,10 +18,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
-use relayer_operator::crd::RelayerDeployment;
 use support::binaries::Binaries;
 use support::operator::OperatorProcess;
-use support::{TestEnv, wait_for};
+use support::{TestEnv, wait_available};
 
 const SETTLE: Duration = Duration::from_secs(120);
 
@@ -395,16 +394,19 @@ fn documents(rendered: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A stand-in for the Prometheus Operator's ServiceMonitor CRD (not available offline): the
-/// group, version, kind and scope are real; the schema accepts any spec.
-const SERVICE_MONITOR_CRD: &str = r#"
+/// A stand-in for a Prometheus Operator CRD (not available offline): the group, version, kind
+/// (`kind`, `plural`) and scope are real; the schema accepts any spec.
+fn monitoring_crd(kind: &str, plural: &str) -> String {
+    let singular = kind.to_ascii_lowercase();
+    format!(
+        r#"
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: { name: servicemonitors.monitoring.coreos.com }
+metadata: {{ name: {plural}.monitoring.coreos.com }}
 spec:
   group: monitoring.coreos.com
   scope: Namespaced
-  names: { kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor }
+  names: {{ kind: {kind}, listKind: {kind}List, plural: {plural}, singular: {singular} }}
   versions:
     - name: v1
       served: true
@@ -413,28 +415,10 @@ spec:
         openAPIV3Schema:
           type: object
           properties:
-            spec: { type: object, x-kubernetes-preserve-unknown-fields: true }
-"#;
-
-/// The same stand-in for the Prometheus Operator's PrometheusRule CRD.
-const PROMETHEUS_RULE_CRD: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: { name: prometheusrules.monitoring.coreos.com }
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: { kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule }
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          properties:
-            spec: { type: object, x-kubernetes-preserve-unknown-fields: true }
-"#;
+            spec: {{ type: object, x-kubernetes-preserve-unknown-fields: true }}
+"#
+    )
+}
 
 fn kubectl_with_stdin(env: &TestEnv, args: &[&str], stdin: &str) -> Result<String, String> {
     let mut child = env
@@ -466,8 +450,12 @@ fn kubectl_with_stdin(env: &TestEnv, args: &[&str], stdin: &str) -> Result<Strin
 async fn every_rendering_is_accepted_by_the_api_server_in_a_server_side_dry_run() {
     let env = TestEnv::new("chart-dry-run").await;
     env.install_crds(&chart().join("crds")).await;
-    for crd in [SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD] {
-        kubectl_with_stdin(&env, &["apply", "--server-side", "-f", "-"], crd)
+    for (kind, plural) in [
+        ("ServiceMonitor", "servicemonitors"),
+        ("PrometheusRule", "prometheusrules"),
+    ] {
+        let crd = monitoring_crd(kind, plural);
+        kubectl_with_stdin(&env, &["apply", "--server-side", "-f", "-"], &crd)
             .expect("a Prometheus Operator stand-in CRD");
     }
     env.kubectl(&[
@@ -676,21 +664,7 @@ async fn the_operator_under_the_charts_service_account_reconciles_the_sample_to_
     let sample = repo().join("crds/samples/relayerdeployment.yaml");
     env.kubectl(&["apply", "-f", &sample.display().to_string()])
         .expect("kubectl apply the sample");
-    let api = env.api::<RelayerDeployment>();
-    wait_for("the sample to become Available", SETTLE, || {
-        let api = api.clone();
-        async move {
-            let rd = api.get("market-relayer").await?;
-            let available = rd.status.as_ref().is_some_and(|s| {
-                s.observed_generation == rd.metadata.generation
-                    && s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Available" && c.status == "True")
-            });
-            Ok(available.then_some(()))
-        }
-    })
-    .await;
+    wait_available(&env, "market-relayer", SETTLE).await;
     env.kubectl(&[
         "wait",
         "--for=condition=Available",

@@ -27,7 +27,6 @@ use std::time::Duration;
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{self, Expr};
 use promql_parser::util::{ExprVisitor, walk_expr};
-use relayer_operator::crd::RelayerDeployment;
 use relayer_operator::resources::RPS_METRIC;
 use serde_json::{Value, json};
 use support::binaries::Binaries;
@@ -37,7 +36,7 @@ use support::fixtures::rd;
 use support::http;
 use support::metrics::Exposition;
 use support::operator::{OperatorProcess, POD_NETWORK};
-use support::{TestEnv, wait_for};
+use support::{TestEnv, wait_available, wait_for};
 
 /// Upper bound for the control plane, the operator and the relayer; seconds when warm.
 const SETTLE: Duration = Duration::from_secs(90);
@@ -521,21 +520,7 @@ async fn operator_metrics(env: &TestEnv) -> String {
         .args(["--pod-networks", POD_NETWORK])
         .spawn();
     rd("market").replicas(1).apply(env, "observability").await;
-    let api = env.api::<RelayerDeployment>();
-    wait_for("the RelayerDeployment to become Available", SETTLE, || {
-        let api = api.clone();
-        async move {
-            let rd = api.get("market").await?;
-            let available = rd.status.as_ref().is_some_and(|s| {
-                s.observed_generation == rd.metadata.generation
-                    && s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Available" && c.status == "True")
-            });
-            Ok(available.then_some(()))
-        }
-    })
-    .await;
+    wait_available(env, "market", SETTLE).await;
     let text = operator
         .metrics_text()
         .await

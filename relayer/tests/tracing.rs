@@ -102,6 +102,19 @@ async fn place_traced(api: &Api, base: &str, buyer: &Trader) -> Option<(u16, Val
     Some((status, resp.json().await.unwrap_or(Value::Null)))
 }
 
+/// Starts a relayer with `env`, rests the ask and places the crossing bid with the client's
+/// `traceparent`, which must be answered 201.
+async fn start_and_cross(env: &[(&str, String)]) -> RelayerProcess {
+    let relayer = RelayerProcess::start(env);
+    let api = Api::default();
+    let (_, buyer) = traders(&api, &relayer.base).await;
+    let (status, body) = place_traced(&api, &relayer.base, &buyer)
+        .await
+        .expect("the relayer answers");
+    assert_eq!(status, 201, "{body}");
+    relayer
+}
+
 /// The one span of `spans` named `name`, or an error listing what there is.
 fn one<'a>(spans: &'a [SpanRecord], name: &str) -> Result<&'a SpanRecord, String> {
     let found: Vec<&SpanRecord> = spans.iter().filter(|s| s.name == name).collect();
@@ -127,17 +140,10 @@ fn ids(traceparent: &str) -> (String, String) {
 async fn a_crossing_order_is_one_trace_from_the_client_through_the_saga_to_settlement() {
     let receiver = OtlpReceiver::start().await;
     let settlement = SettlementServer::start().await;
-    let relayer = RelayerProcess::start(&env(&settlement, &receiver, "relayer-under-test"));
-    let api = Api::default();
-    let (_, buyer) = traders(&api, &relayer.base).await;
-
     // The first settlement attempt fails with 503: the retry is a second client span, and its
     // warning a log line of the trace.
     settlement.script(&[Mode::Fail(503)]);
-    let (status, body) = place_traced(&api, &relayer.base, &buyer)
-        .await
-        .expect("the relayer answers");
-    assert_eq!(status, 201, "{body}");
+    let relayer = start_and_cross(&env(&settlement, &receiver, "relayer-under-test")).await;
 
     let steps = ["validate", "reserve", "match", "settle", "update"];
     let spans = wait_for_ok(
@@ -338,13 +344,7 @@ async fn without_the_variables_nothing_is_exported_and_no_traceparent_is_forward
     // The endpoint is set, but the exporter is `none`: traces stay off.
     let mut env = env(&settlement, &receiver, "relayer-off");
     env.push(("OTEL_TRACES_EXPORTER", "none".to_owned()));
-    let relayer = RelayerProcess::start(&env);
-    let api = Api::default();
-    let (_, buyer) = traders(&api, &relayer.base).await;
-    let (status, body) = place_traced(&api, &relayer.base, &buyer)
-        .await
-        .expect("the relayer answers");
-    assert_eq!(status, 201, "{body}");
+    let _relayer = start_and_cross(&env).await;
     let sent = settlement.traceparents();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].1, None, "no traceparent forwarded: {sent:?}");
@@ -362,13 +362,7 @@ async fn grpc_carries_the_same_spans() {
         "OTEL_EXPORTER_OTLP_PROTOCOL",
         "grpc",
     );
-    let relayer = RelayerProcess::start(&env);
-    let api = Api::default();
-    let (_, buyer) = traders(&api, &relayer.base).await;
-    let (status, body) = place_traced(&api, &relayer.base, &buyer)
-        .await
-        .expect("the relayer answers");
-    assert_eq!(status, 201, "{body}");
+    let _relayer = start_and_cross(&env).await;
     let spans = wait_for_ok(
         "the order's spans over gRPC",
         Duration::from_secs(20),

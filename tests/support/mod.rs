@@ -64,7 +64,7 @@ use serde::de::DeserializeOwned;
 
 pub use control_plane::ControlPlane;
 #[allow(unused_imports)] // NB: not every test binary waits.
-pub use wait::{wait_for, wait_for_every, wait_step};
+pub use wait::{wait_available, wait_for, wait_for_every, wait_step};
 
 /// One test's slice of the shared control plane: its own namespace and an admin client.
 pub struct TestEnv {

@@ -1,5 +1,6 @@
 //! Waiting for a condition with a deadline, never for a fixed time: [`wait_for`] polls any
-//! check, [`wait_step`] waits for a RelayerDeployment's rollout to reach a step.
+//! check, [`wait_step`] waits for a RelayerDeployment's rollout to reach a step and
+//! [`wait_available`] for its `Available` condition.
 //!
 //! Uses [`crate::support::TestEnv`] and the shared control plane (for the diagnosis printed
 //! on a timeout).
@@ -86,6 +87,26 @@ pub async fn wait_step<'a>(
                     && (step != RolloutStep::Stable || s.ready_replicas >= s.desired_replicas)
             });
             Ok(done.then_some(rd))
+        }
+    })
+    .await
+}
+
+/// Waits until RelayerDeployment `name` has status for its current generation with the
+/// `Available` condition true; answers it.
+pub async fn wait_available(env: &TestEnv, name: &str, timeout: Duration) -> RelayerDeployment {
+    let api = env.api::<RelayerDeployment>();
+    wait_for(&format!("{name} to become Available"), timeout, || {
+        let api = api.clone();
+        async move {
+            let rd = api.get(name).await?;
+            let available = rd.status.as_ref().is_some_and(|s| {
+                s.observed_generation == rd.metadata.generation
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Available" && c.status == "True")
+            });
+            Ok(available.then_some(rd))
         }
     })
     .await
