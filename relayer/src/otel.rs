@@ -199,15 +199,13 @@ pub fn set_remote_parent(span: &Span, headers: &http::HeaderMap) {
     }
 }
 
-/// Adds `span`'s `traceparent` (and `tracestate`) to `headers`; nothing when traces are off.
+/// Adds `span`'s `traceparent` to `headers`; nothing when traces are off. Never `tracestate`:
+/// that would forward whatever a client sent (up to 32 members of 256-byte values) to the
+/// settlement endpoint, whose proxies may refuse the request for its size.
 pub fn inject(span: &Span, headers: &mut http::HeaderMap) {
-    if !enabled() {
-        return;
+    if let Some(value) = traceparent(span).and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+        headers.insert("traceparent", value);
     }
-    TraceContextPropagator::new().inject_context(
-        &span.context(),
-        &mut opentelemetry_http::HeaderInjector(headers),
-    );
 }
 
 /// `span`'s W3C `traceparent`, for a record that outlives the process (the saga log); `None`

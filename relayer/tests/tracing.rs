@@ -27,6 +27,14 @@ const MARKET: &str = "80002:1";
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
+/// 32 members of 200-byte values: what the W3C limits allow a client to send.
+fn big_tracestate() -> String {
+    (0..32)
+        .map(|i| format!("k{i}={}", "v".repeat(200)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn client_traceparent() -> String {
     format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")
 }
@@ -94,6 +102,8 @@ async fn place_traced(api: &Api, base: &str, buyer: &Trader) -> Option<(u16, Val
         .post(format!("{base}/v2/orders"))
         .bearer_auth(&buyer.api_key)
         .header("traceparent", client_traceparent())
+        // NB: a client's large tracestate must not reach the settlement endpoint.
+        .header("tracestate", big_tracestate())
         .json(&order)
         .send()
         .await
@@ -225,6 +235,12 @@ async fn a_crossing_order_is_one_trace_from_the_client_through_the_saga_to_settl
             "{traceparent} names an attempt's span"
         );
     }
+
+    assert_eq!(
+        settlement.tracestates(),
+        0,
+        "the client's tracestate stays here"
+    );
 
     // The retry's warning carries the trace id.
     let log = relayer.log_text();

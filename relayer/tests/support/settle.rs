@@ -58,6 +58,8 @@ struct Inner {
     /// Each request's idempotency key and W3C `traceparent` header (None: absent), in arrival
     /// order.
     traceparents: Vec<(String, Option<String>)>,
+    /// Requests that carried a `tracestate` header.
+    tracestates: usize,
 }
 
 /// The running endpoint.
@@ -100,6 +102,9 @@ async fn settle(
         let traceparent = headers
             .get("traceparent")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        if headers.contains_key("tracestate") {
+            s.tracestates += 1;
+        }
         s.traceparents.push((key.clone(), traceparent));
         if let Some((name, value)) = s.required.clone() {
             let got = headers
@@ -218,6 +223,11 @@ impl SettlementServer {
     /// Requests answered 401 for a missing or wrong required header.
     pub fn unauthorized(&self) -> usize {
         lock(&self.inner).unauthorized
+    }
+
+    /// Requests that carried a `tracestate` header.
+    pub fn tracestates(&self) -> usize {
+        lock(&self.inner).tracestates
     }
 
     /// Each request's idempotency key and `traceparent` header (None: absent), in arrival order.
