@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
         telemetry::init_logging(&args.log, args.log_json).context("invalid OTEL_* variable")?;
     let exit_code = run(args).await;
     if let Some(traces) = traces {
-        // NB: flushing blocks (bounded by OTEL_BSP_EXPORT_TIMEOUT), so off the runtime's threads.
+        // NB: flushing blocks (at most 5 s, the SDK's shutdown bound), so off the runtime's threads.
         tokio::task::spawn_blocking(move || traces.shutdown()).await?;
     }
     match exit_code? {

@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     relayer::serve(listener, state, relayer::shutdown_signal()).await?;
     tracing::info!("relayer stopped");
     if let Some(traces) = traces {
-        // NB: flushing blocks (bounded by OTEL_BSP_EXPORT_TIMEOUT), so off the runtime's threads.
+        // NB: flushing blocks (at most 5 s, the SDK's shutdown bound), so off the runtime's threads.
         tokio::task::spawn_blocking(move || traces.shutdown()).await?;
     }
     Ok(())

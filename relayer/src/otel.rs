@@ -135,7 +135,7 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Exports what is still queued (bounded by `OTEL_BSP_EXPORT_TIMEOUT`) and stops. Blocks:
+    /// Exports what is still queued (at most 5 s, the SDK's shutdown bound) and stops. Blocks:
     /// call it off the async runtime's threads (e.g. in `spawn_blocking`).
     pub fn shutdown(self) {
         ENABLED.store(false, Ordering::Release);
