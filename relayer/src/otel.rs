@@ -235,8 +235,16 @@ pub fn parse_traceparent(traceparent: &str) -> Option<SpanContext> {
     span.is_valid().then_some(span)
 }
 
-/// `span`'s trace id in hex (what log lines carry as `trace_id`); `None` when traces are off.
-pub fn trace_id(span: &Span) -> Option<String> {
+/// Records `span`'s trace id, in hex, as its field `trace_id` (declared `Empty`), so the log
+/// lines inside it name the trace; nothing when traces are off.
+pub fn record_trace_id(span: &Span) {
+    if let Some(id) = trace_id(span) {
+        span.record("trace_id", id);
+    }
+}
+
+/// `span`'s trace id in hex; `None` when traces are off.
+fn trace_id(span: &Span) -> Option<String> {
     if !enabled() {
         return None;
     }

@@ -371,9 +371,7 @@ pub async fn reconcile(rd: Arc<RelayerDeployment>, ctx: Arc<Context>) -> Result<
             error = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
-        if let Some(id) = relayer::otel::trace_id(&span) {
-            span.record("trace_id", id);
-        }
+        relayer::otel::record_trace_id(&span);
         span
     });
     let result = reconcile_in_span(rd, ctx).instrument(span.clone()).await;

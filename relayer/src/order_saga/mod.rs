@@ -430,9 +430,7 @@ impl OrderSagas {
             )
         });
         let trace_parent = crate::otel::traceparent(&span);
-        if let Some(id) = crate::otel::trace_id(&span) {
-            span.record("trace_id", id);
-        }
+        crate::otel::record_trace_id(&span);
         let ctx = self.ctx(OrderSagaData {
             order,
             matched: None,

@@ -108,9 +108,7 @@ impl OrderSagas {
                 if let Some(original) = &record.data.trace_parent {
                     crate::otel::link_to(&span, original);
                 }
-                if let Some(id) = crate::otel::trace_id(&span) {
-                    span.record("trace_id", id);
-                }
+                crate::otel::record_trace_id(&span);
                 span
             });
             let mut ctx = self.ctx(record.data);

@@ -153,17 +153,28 @@ fn keep(inner: &Mutex<Inner>, request: ExportTraceServiceRequest) {
 impl OtlpReceiver {
     /// Starts on a free loopback port.
     pub async fn start() -> Self {
+        Self::serve(|listener, inner| async move {
+            let app = axum::Router::new()
+                .route("/v1/traces", post(traces))
+                .with_state(inner);
+            let _ = axum::serve(listener, app).await;
+        })
+        .await
+    }
+
+    /// Binds a free loopback port and runs `server` on it, with the spans' store, until
+    /// dropped.
+    async fn serve<F, Fut>(server: F) -> Self
+    where
+        F: FnOnce(tokio::net::TcpListener, Arc<Mutex<Inner>>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = axum::Router::new()
-            .route("/v1/traces", post(traces))
-            .with_state(inner.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let task = tokio::spawn(server(listener, inner.clone()));
         Self {
             endpoint,
             inner,
@@ -174,23 +185,13 @@ impl OtlpReceiver {
     /// Starts a gRPC receiver on a free loopback port (`endpoint` for
     /// `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`).
     pub async fn start_grpc() -> Self {
-        let inner = Arc::new(Mutex::new(Inner::default()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-        let service = TraceServiceServer::new(Grpc(inner.clone()));
-        let task = tokio::spawn(async move {
+        Self::serve(|listener, inner| async move {
             let _ = tonic::transport::Server::builder()
-                .add_service(service)
+                .add_service(TraceServiceServer::new(Grpc(inner)))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
                 .await;
-        });
-        Self {
-            endpoint,
-            inner,
-            task,
-        }
+        })
+        .await
     }
 
     /// Every span received so far.

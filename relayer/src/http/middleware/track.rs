@@ -44,9 +44,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
                 trace_id = tracing::field::Empty,
             );
             otel::set_remote_parent(&span, request.headers());
-            if let Some(id) = otel::trace_id(&span) {
-                span.record("trace_id", id);
-            }
+            otel::record_trace_id(&span);
             span
         })
     };
