@@ -5,7 +5,12 @@
 //! become the field docs of `kubectl explain`. This module depends on nothing but kube's derive
 //! macros and the relayer's config type; the controller and the builders depend on it.
 //!
+//! Every schema `format` is one the API server knows ([`formats`], a schemars transform on the
+//! spec and the status), so the bounds of the Rust integer types are enforced by it too.
+//!
 //! May use: `relayer::config` (the type of `spec.config`) only.
+
+pub mod formats;
 
 use std::collections::BTreeMap;
 
@@ -24,6 +29,22 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Path of the generated CRD file, relative to the repository root.
 pub const CRD_FILE: &str = "crds/relayerdeployments.yaml";
+
+/// The pattern of a probe path (RE2 and Rust `regex` alike): `/`, then printable ASCII
+/// other than space (`!` to `~`).
+macro_rules! probe_path_pattern {
+    () => {
+        "^/[!-~]*$"
+    };
+}
+
+/// What a probe path must be, as the API server and the operator both say it.
+const PROBE_PATH_RULE: &str = "probe.path must start with / and hold only printable ASCII \
+    characters without spaces or control characters (percent-encode others, e.g. %20): it is \
+    the request target of the gate's probe requests";
+
+/// Longest probe path (the schema's `maxLength`).
+const PROBE_PATH_MAX: usize = 1024;
 
 /// A CEL raw string of the RE2 pattern (for `matches`) of a URL with credentials:
 /// `scheme://user:password@` or `scheme://token@` before the host. NB: any run of `/` and `\`
@@ -103,6 +124,7 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = formats::kubernetes_formats)]
 pub struct RelayerDeploymentSpec {
     /// Container image of the relayer, e.g. `ghcr.io/foresight/relayer:1.4.2`.
     #[schemars(length(min = 1, max = 512), regex(pattern = r"^[^\s]+$"))]
@@ -757,16 +779,55 @@ pub struct RelativeGate {
 /// A bounded, read-only probe load.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.path.startsWith('/')").message("probe.path must start with /"))]
 pub struct ProbeSpec {
-    /// Path (and query) of a read-only `GET` request.
+    /// Path (and query) of a read-only `GET` request: starts with `/`, printable ASCII
+    /// without spaces (percent-encode anything else, e.g. `%20`).
     #[serde(default = "default_probe_path")]
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = PROBE_PATH_MAX))]
+    // NB: sent as the request target of the operator's probe requests; a CR, LF or space
+    // there would add headers or requests of the user's choosing. RE2 (CEL's regex dialect).
+    #[x_kube(validation = Rule::new(concat!("self.matches('", probe_path_pattern!(), "')")).message(PROBE_PATH_RULE))]
     pub path: String,
     /// Requests per second, spread over the pods under test.
     #[serde(default = "default_probe_rate")]
     #[schemars(range(min = 1, max = 1000))]
     pub requests_per_second: i32,
+}
+
+impl ProbeSpec {
+    /// Whether [`Self::path`] is one the schema admits (an object stored under an older CRD
+    /// may hold any string): the error names `field` (where this probe is in the spec).
+    pub fn check_path(&self, field: &str) -> Result<(), String> {
+        let path = &self.path;
+        let sendable = path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic());
+        if sendable && path.len() <= PROBE_PATH_MAX {
+            Ok(())
+        } else if sendable {
+            Err(format!(
+                "{field}.path is longer than {PROBE_PATH_MAX} bytes ({} bytes)",
+                path.len()
+            ))
+        } else {
+            Err(format!("{field}.path {path:?}: {PROBE_PATH_RULE}"))
+        }
+    }
+}
+
+impl RelayerDeploymentSpec {
+    /// Whether the probe paths of both gates are ones the schema admits
+    /// ([`ProbeSpec::check_path`]); the error names the field.
+    pub fn check_probe_paths(&self) -> Result<(), String> {
+        let blue_green = &self.strategy.blue_green;
+        for (gate, spec) in [
+            ("prePromotion", &blue_green.pre_promotion),
+            ("postPromotion", &blue_green.post_promotion),
+        ] {
+            if let Some(probe) = spec.as_ref().and_then(|g| g.probe.as_ref()) {
+                probe.check_path(&format!("spec.strategy.blueGreen.{gate}.probe"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_probe_path() -> String {
@@ -841,6 +902,7 @@ pub struct RevisionRecord {
 /// Observed state of a RelayerDeployment.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = formats::kubernetes_formats)]
 pub struct RelayerDeploymentStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1126,5 +1188,128 @@ mod tests {
         let ingress: IngressSpec =
             serde_json::from_value(json!({ "host": "relayer.example.com" })).expect("ingress");
         assert_eq!(ingress.class_name, "nginx");
+    }
+
+    /// Every `(path, format)` of the schema nodes under `schema` (not default or enum values).
+    fn formats(path: &str, schema: &Value, out: &mut Vec<(String, String)>) {
+        if let Some(format) = schema.get("format").and_then(Value::as_str) {
+            out.push((path.to_owned(), format.to_owned()));
+        }
+        if let Some(Value::Object(properties)) = schema.get("properties") {
+            for (name, child) in properties {
+                formats(&format!("{path}.{name}"), child, out);
+            }
+        }
+        if let Some(items @ Value::Object(_)) = schema.get("items") {
+            formats(&format!("{path}[]"), items, out);
+        }
+        if let Some(values @ Value::Object(_)) = schema.get("additionalProperties") {
+            formats(&format!("{path}{{}}"), values, out);
+        }
+    }
+
+    #[test]
+    fn every_format_in_the_schema_is_one_the_api_server_knows() {
+        let root = &crd_json()["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut found = Vec::new();
+        formats("", root, &mut found);
+        assert!(
+            found.iter().any(|(_, f)| f == "int64") && found.iter().any(|(_, f)| f == "date-time"),
+            "the walk reaches the integer and time fields: {found:?}"
+        );
+        let unknown: Vec<_> = found
+            .iter()
+            .filter(|(_, format)| !formats::is_known(format))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "formats the API server does not know (it warns and validates nothing): {unknown:?}"
+        );
+    }
+
+    #[test]
+    fn unsigned_fields_carry_the_range_of_their_rust_type() {
+        let config = &spec_schema()["properties"]["config"]["properties"];
+        let retries = &config["settlement"]["properties"]["retry"]["properties"]["maxRetries"];
+        assert_eq!(retries["format"], "int64", "a u32: {retries}");
+        assert_eq!(retries["minimum"], json!(0.0), "{retries}");
+        assert_eq!(retries["maximum"], json!(4294967295.0), "{retries}");
+        let amount = &config["limits"]["properties"]["maxOrderAmount"];
+        assert_eq!(amount["format"], "int64", "a u64: {amount}");
+        assert_eq!(
+            amount["minimum"],
+            json!(1.0),
+            "the explicit, tighter bound: {amount}"
+        );
+    }
+
+    fn probe(path: &str) -> ProbeSpec {
+        ProbeSpec {
+            path: path.to_owned(),
+            requests_per_second: default_probe_rate(),
+        }
+    }
+
+    #[test]
+    fn a_probe_path_is_a_printable_request_target() {
+        for ok in [
+            "/",
+            default_probe_path().as_str(),
+            "/v2/depth?marketKey=80002:1&depth=5%20",
+        ] {
+            probe(ok)
+                .check_path("p")
+                .unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        for bad in [
+            "/x\r\nHost: evil",
+            "/x\nX-Injected: 1",
+            "/x HTTP/1.1",
+            "/x\ty",
+            "/x\u{0}y",
+            "/x\u{7f}",
+            "/d\u{e9}p\u{f4}t",
+            "v2/depth",
+            "",
+        ] {
+            let error = probe(bad).check_path("spec.x.probe").expect_err(bad);
+            assert!(error.starts_with("spec.x.probe.path "), "{bad:?}: {error}");
+        }
+        let long = format!("/{}", "a".repeat(PROBE_PATH_MAX));
+        let error = probe(&long).check_path("p").expect_err("too long");
+        assert!(error.contains("longer than 1024"), "{error}");
+    }
+
+    #[test]
+    fn the_operator_refuses_a_bad_probe_path_in_either_gate() {
+        let mut spec: RelayerDeploymentSpec = serde_json::from_value(json!({
+            "image": "relayer:1",
+            "strategy": { "blueGreen": {
+                "prePromotion": { "probe": { "path": "/v2/depth" } },
+                "postPromotion": { "probe": { "path": "/ok\r\nX-Evil: 1" } },
+            } },
+        }))
+        .expect("a spec an older CRD could have stored");
+        let error = spec
+            .check_probe_paths()
+            .expect_err("CR/LF in postPromotion");
+        assert!(
+            error.starts_with("spec.strategy.blueGreen.postPromotion.probe.path "),
+            "{error}"
+        );
+        spec.strategy.blue_green.post_promotion = None;
+        spec.check_probe_paths()
+            .expect("prePromotion's path is fine");
+    }
+
+    #[test]
+    fn the_schema_checks_the_probe_path_as_the_operator_does() {
+        let probe = &spec_schema()["properties"]["strategy"]["properties"]["blueGreen"]["properties"]
+            ["prePromotion"]["properties"]["probe"];
+        let path = &probe["properties"]["path"];
+        assert_eq!(path["maxLength"], json!(PROBE_PATH_MAX), "{path}");
+        let rules = path["x-kubernetes-validations"].to_string();
+        assert!(rules.contains(r"self.matches('^/[!-~]*$')"), "{rules}");
+        assert!(rules.contains(PROBE_PATH_RULE), "{rules}");
     }
 }
