@@ -59,13 +59,34 @@ pub enum Error {
     /// An object the API server returned lacks a field every such object has.
     #[error("missing {0}")]
     Missing(&'static str),
+    /// The reconcile panicked (caught by `controller::caught`, so other objects go on).
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
+    /// A child's name is taken by an object the RelayerDeployment does not control; nothing
+    /// was written to it.
+    #[error("{kind} {name} exists and {holder}; it is not this RelayerDeployment's to write")]
+    NameCollision {
+        /// Kind of the child.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// Who controls the existing object, as a phrase ("has no controller", ...).
+        holder: String,
+    },
 }
 
 impl Error {
     /// Every label [`Error::metric_label`] returns (the operator's metrics create their series at
     /// zero).
-    pub const METRIC_LABELS: [&'static str; 5] =
-        ["kube", "invalid_spec", "render", "yaml", "missing"];
+    pub const METRIC_LABELS: [&'static str; 7] = [
+        "kube",
+        "invalid_spec",
+        "render",
+        "yaml",
+        "missing",
+        "panic",
+        "name_collision",
+    ];
 
     /// A short, bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
@@ -75,6 +96,8 @@ impl Error {
             Error::Render { .. } => "render",
             Error::Yaml(_) => "yaml",
             Error::Missing(_) => "missing",
+            Error::Panicked(_) => "panic",
+            Error::NameCollision { .. } => "name_collision",
         }
     }
 }

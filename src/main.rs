@@ -56,6 +56,28 @@ struct Args {
         value_delimiter = ','
     )]
     pod_networks: Vec<controller::Network>,
+    /// Exchanges with pods (gate scrapes, drain evidence; probes have a pool of their own) in
+    /// flight at once in the whole process; each reads at most 1 MiB, so this bounds that
+    /// memory too.
+    #[arg(long, env = "MAX_POD_REQUESTS", default_value_t = relayer_operator::gates::runner::DEFAULT_MAX_REQUESTS)]
+    max_pod_requests: usize,
+    /// Hosts a RelayerDeployment's Ingress may use: exact hosts or `*.suffix` (`*` is one
+    /// DNS label), repeatable or comma-separated. Absent: any host.
+    #[arg(
+        long = "ingress-host-pattern",
+        env = "INGRESS_HOST_PATTERNS",
+        value_delimiter = ','
+    )]
+    ingress_host_patterns: Vec<relayer_operator::resources::HostPattern>,
+    /// Types a RelayerDeployment's `spec.service.type` may take (comma-separated).
+    #[arg(
+        long,
+        env = "ALLOWED_SERVICE_TYPES",
+        default_value = "ClusterIP,NodePort",
+        value_delimiter = ',',
+        value_parser = relayer_operator::resources::parse_service_type
+    )]
+    allowed_service_types: Vec<relayer_operator::crd::ServiceType>,
     /// Seconds between resyncs of a converged RelayerDeployment.
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
@@ -102,6 +124,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         namespace: args.namespace.clone(),
         resync: Duration::from_secs(args.resync_seconds),
         pod_networks: args.pod_networks.clone(),
+        max_pod_requests: args.max_pod_requests,
+        ingress_host_patterns: args.ingress_host_patterns.clone(),
+        allowed_service_types: args.allowed_service_types.clone(),
         ..controller::Config::default()
     };
 
@@ -206,4 +231,56 @@ async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use relayer_operator::crd::ServiceType;
+
+    use super::Args;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("relayer-operator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn without_flags_any_ingress_host_and_no_load_balancer_is_admitted() {
+        let args = parse(&[]).expect("defaults");
+        assert!(args.ingress_host_patterns.is_empty());
+        assert_eq!(
+            args.allowed_service_types,
+            [ServiceType::ClusterIP, ServiceType::NodePort]
+        );
+    }
+
+    #[test]
+    fn host_patterns_repeat_or_split_on_commas_and_bad_values_stop_the_start() {
+        let args = parse(&[
+            "--ingress-host-pattern=*.apps.example.com,relayer.example.com",
+            "--ingress-host-pattern",
+            "*.preview.example.com",
+            "--allowed-service-types=ClusterIP,LoadBalancer",
+        ])
+        .expect("flags");
+        let patterns: Vec<String> = args
+            .ingress_host_patterns
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            patterns,
+            [
+                "*.apps.example.com",
+                "relayer.example.com",
+                "*.preview.example.com"
+            ]
+        );
+        assert_eq!(
+            args.allowed_service_types,
+            [ServiceType::ClusterIP, ServiceType::LoadBalancer]
+        );
+        assert!(parse(&["--ingress-host-pattern=*"]).is_err());
+        assert!(parse(&["--allowed-service-types=ExternalName"]).is_err());
+    }
 }

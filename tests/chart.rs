@@ -147,7 +147,7 @@ fn chart_crds_are_identical_to_the_generated_crds() {
 #[test]
 fn values_schema_refuses_bad_values_naming_them() {
     let scratch = tempfile::tempdir().expect("scratch folder");
-    let cases: [(&[&str], &str); 16] = [
+    let cases: [(&[&str], &str); 19] = [
         (&["replicaCount=0"], "/replicaCount"),
         (&["replicaCount=two"], "/replicaCount"),
         (&["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
@@ -164,6 +164,18 @@ fn values_schema_refuses_bad_values_naming_them() {
         (
             &["operator.watchNamespace=Not_A_Namespace"],
             "/operator/watchNamespace",
+        ),
+        (
+            &["operator.ingressHostPatterns={Bad_Host.example.com}"],
+            "/operator/ingressHostPatterns/0",
+        ),
+        (
+            &["operator.allowedServiceTypes={ExternalName}"],
+            "/operator/allowedServiceTypes/0",
+        ),
+        (
+            &["operator.allowedServiceTypes={}"],
+            "/operator/allowedServiceTypes",
         ),
         (&["metricsPort=70000"], "/metricsPort"),
         (
@@ -282,6 +294,49 @@ fn the_rendered_deployment_is_hardened_and_elects_a_leader() {
             .resources
             .as_ref()
             .is_some_and(|r| r.limits.is_some())
+    );
+}
+
+/// The operator container's arguments as rendered with `sets`.
+fn operator_args(scratch: &Path, sets: &[&str]) -> Vec<String> {
+    let rendered = template(scratch, "ops", sets).unwrap_or_else(|e| panic!("{sets:?}: {e}"));
+    let deployment: Deployment = documents(&rendered)
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .map(|d| serde_json::from_value(d).expect("a Deployment"))
+        .expect("the chart renders a Deployment");
+    let pod = deployment.spec.template.spec.expect("pod spec");
+    pod.containers[0].args.clone().unwrap_or_default()
+}
+
+#[test]
+fn ingress_host_patterns_and_service_types_reach_the_operators_flags() {
+    let scratch = tempfile::tempdir().expect("scratch folder");
+    let defaults = operator_args(scratch.path(), &[]);
+    assert!(
+        defaults.contains(&"--allowed-service-types=ClusterIP,NodePort".to_owned()),
+        "no LoadBalancer by default: {defaults:?}"
+    );
+    assert!(
+        !defaults
+            .iter()
+            .any(|a| a.starts_with("--ingress-host-pattern")),
+        "no pattern by default (any host): {defaults:?}"
+    );
+    let set = operator_args(
+        scratch.path(),
+        &[
+            "operator.ingressHostPatterns={*.apps.example.com,relayer.example.com}",
+            "operator.allowedServiceTypes={ClusterIP,LoadBalancer}",
+        ],
+    );
+    assert!(
+        set.contains(&"--ingress-host-pattern=*.apps.example.com,relayer.example.com".to_owned()),
+        "{set:?}"
+    );
+    assert!(
+        set.contains(&"--allowed-service-types=ClusterIP,LoadBalancer".to_owned()),
+        "{set:?}"
     );
 }
 

@@ -29,9 +29,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures::{StreamExt, future};
+use futures::{FutureExt as _, StreamExt, future};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -68,6 +68,14 @@ pub struct Config {
     /// evidence). NB: empty by default, so that a library user contacts no pod unless told
     /// to; the binary's `--pod-networks` defaults to every address.
     pub pod_networks: Vec<Network>,
+    /// Exchanges with pods (scrapes, drain evidence; probes have a pool of their own) in
+    /// flight at once, across every gate of the process (`--max-pod-requests`).
+    pub max_pod_requests: usize,
+    /// Hosts an RD's Ingress may use (`--ingress-host-pattern`); empty: any host.
+    pub ingress_host_patterns: Vec<resources::HostPattern>,
+    /// Types `spec.service.type` may take (`--allowed-service-types`); by default ClusterIP
+    /// and NodePort ([`resources::DEFAULT_SERVICE_TYPES`]).
+    pub allowed_service_types: Vec<crate::crd::ServiceType>,
 }
 
 /// An IP network (`10.244.0.0/16`, `fd00::/64`), for [`Config::pod_networks`]. Host bits may
@@ -108,6 +116,9 @@ impl Default for Config {
             resync: Duration::from_secs(300),
             concurrency: 4,
             pod_networks: Vec::new(),
+            max_pod_requests: crate::gates::runner::DEFAULT_MAX_REQUESTS,
+            ingress_host_patterns: Vec::new(),
+            allowed_service_types: resources::DEFAULT_SERVICE_TYPES.to_vec(),
         }
     }
 }
@@ -146,6 +157,8 @@ pub struct Stores {
     pub revisions: Store<ControllerRevision>,
     /// Relayer pods (for gate targets and drain evidence).
     pub pods: Store<Pod>,
+    /// The colours' ReplicaSets (a pod is a target only when its ReplicaSet is a colour's).
+    pub replica_sets: Store<ReplicaSet>,
     /// EndpointSlices of the Services (for drain evidence).
     pub slices: Store<EndpointSlice>,
 }
@@ -161,6 +174,7 @@ impl Stores {
             boxed_ready(&self.pdbs),
             boxed_ready(&self.revisions),
             boxed_ready(&self.pods),
+            boxed_ready(&self.replica_sets),
             boxed_ready(&self.slices),
         ]);
         tokio::time::timeout(CACHE_SYNC_TIMEOUT, all)
@@ -201,6 +215,8 @@ pub struct Context {
     pub seen: Seen,
     /// Wakes the reconcile of an object (a gate took a sample).
     pub wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<RelayerDeployment>>,
+    /// The process-wide budget of exchanges with pods, shared by every gate and drain.
+    pub pod_requests: crate::gates::runner::Budget,
 }
 
 /// Consecutive failed reconciles per object, for [`backoff_delay`].
@@ -293,6 +309,7 @@ pub async fn run(
     let (pdbs, pdb_stream) = child_stream::<PodDisruptionBudget>(&client, ns);
     let (revisions, revision_stream) = child_stream::<ControllerRevision>(&client, ns);
     let (pods, pod_stream) = child_stream::<Pod>(&client, ns);
+    let (replica_sets, replica_set_stream) = child_stream::<ReplicaSet>(&client, ns);
     let (slices, slice_stream) = child_stream::<EndpointSlice>(&client, ns);
     let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
     let metrics_gauge = metrics.gates_running.clone();
@@ -308,6 +325,7 @@ pub async fn run(
             pdbs,
             revisions,
             pods,
+            replica_sets,
             slices,
         },
         metrics,
@@ -316,6 +334,7 @@ pub async fn run(
         gates: GateRuns::new(metrics_gauge),
         seen: Seen::default(),
         wake,
+        pod_requests: crate::gates::runner::Budget::new(config.max_pod_requests),
     });
     let controller_config =
         kube::runtime::controller::Config::default().concurrency(config.concurrency);
@@ -332,6 +351,8 @@ pub async fn run(
         // Services own them); their instance label names it.
         .watches_stream(pod_stream, instance_of)
         .watches_stream(slice_stream, instance_of)
+        // NB: only to fill the cache; the pods' own events wake the reconciles.
+        .watches_stream(replica_set_stream, |_| None::<ObjectRef<RelayerDeployment>>)
         .reconcile_on(tokio_stream_of(woken))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -374,7 +395,8 @@ pub async fn reconcile(rd: Arc<RelayerDeployment>, ctx: Arc<Context>) -> Result<
         relayer::otel::record_trace_id(&span);
         span
     });
-    let result = reconcile_in_span(rd, ctx).instrument(span.clone()).await;
+    let name = rd.name_any();
+    let result = caught(&name, reconcile_in_span(rd, ctx).instrument(span.clone())).await;
     if let Err(error) = &result {
         span.record("otel.status_code", "error");
         span.record("error", error.to_string());
@@ -391,6 +413,24 @@ async fn reconcile_in_span(rd: Arc<RelayerDeployment>, ctx: Arc<Context>) -> Res
     let action = apply::apply(&rd, &ctx).await?;
     ctx.failures.clear(&ObjectRef::from_obj(&*rd));
     Ok(action)
+}
+
+/// Runs one reconcile; a panic in it becomes [`Error::Panicked`] (logged here, counted and
+/// backed off by [`error_policy`] like any failure) instead of unwinding into kube-runtime,
+/// which would re-raise it and end the process for every object.
+pub async fn caught(name: &str, reconcile: impl Future<Output = Result<Action>>) -> Result<Action> {
+    match std::panic::AssertUnwindSafe(reconcile).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            tracing::error!(%name, panic = %message, "reconcile panicked; backing off");
+            Err(Error::Panicked(message))
+        }
+    }
 }
 
 /// Logs, counts and backs off per object.
@@ -436,6 +476,50 @@ mod tests {
         assert_eq!(backoff_delay(4), Duration::from_secs(8));
         assert_eq!(backoff_delay(30), Duration::from_secs(300));
         assert_eq!(backoff_delay(u32::MAX), Duration::from_secs(300));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_becomes_an_error_that_is_counted_and_backed_off() {
+        let panicking = async {
+            let size = usize::MAX;
+            if size > 1 {
+                panic!("chunk size {size:x} overflows");
+            }
+            Ok(Action::await_change())
+        };
+        let result = caught("market", panicking).await;
+        let Err(error) = result else {
+            panic!("a panic must become an error: {result:?}");
+        };
+        assert!(
+            matches!(&error, Error::Panicked(m) if m.contains("ffffffffffffffff overflows")),
+            "{error}"
+        );
+        assert_eq!(error.metric_label(), "panic");
+        let metrics = Metrics::default();
+        assert!(
+            metrics
+                .encode()
+                .expect("encode")
+                .contains("relayer_operator_reconcile_errors_total{error=\"panic\"} 0"),
+            "the series exists before the first panic"
+        );
+        metrics.reconcile_failed(&error);
+        assert!(
+            metrics
+                .encode()
+                .expect("encode")
+                .contains("relayer_operator_reconcile_errors_total{error=\"panic\"} 1")
+        );
+        let failures = Failures::default();
+        let key = ObjectRef::new("market").within("ns");
+        assert_eq!(
+            backoff_delay(failures.record(key.clone())),
+            Duration::from_secs(1)
+        );
+        assert_eq!(backoff_delay(failures.record(key)), Duration::from_secs(2));
+        let fine = caught("market", async { Ok(Action::await_change()) }).await;
+        assert!(fine.is_ok());
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! The I/O around the pure gate logic: a task per running gate that scrapes the pods under
 //! test, an optional probe load, and the drain evidence of a colour being left.
 //!
-//! Everything here is bounded: each exchange has a timeout and a body cap, the probe load has
-//! a fixed rate, and a task ends when its gate decides or its [`GateRun`] is dropped. The one
-//! network client, [`get`], is hyper's HTTP/1.1 client on a connection per request.
+//! Everything here is bounded: each exchange has one deadline for all of it (connect, request,
+//! every byte of the body) and a body cap counted while it streams, the probe load has a fixed
+//! rate, and every exchange holds a permit of the process-wide [`Budget`] (scrapes and drain
+//! evidence from one pool, probes from another), so what pods can make the operator hold is at
+//! most permits × cap whatever their number or answers. A task
+//! ends when its gate decides or its [`GateRun`] is dropped. The one network client, [`get`],
+//! is hyper's HTTP/1.1 client on a connection per request; it parses nothing by hand, so no
+//! length a pod sends is used in arithmetic here.
 //!
 //! May use: [`super`] (the pure gate logic), [`crate::crd`].
 
@@ -17,16 +22,85 @@ use hyper::body::Bytes;
 use hyper::{Request, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{Scrape, Tally, Window, judge, parse};
 use crate::crd::GateSpec;
 
-/// Bound of one HTTP exchange with a pod (connect, write, read).
+/// Bound of one whole HTTP exchange with a pod: connect, request, head and every byte of the
+/// body. NB: one deadline, not one per read, so a pod that trickles an endless body is cut off
+/// at 2 s like one that never answers.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest body read (a `/metrics` text; a relayer's is a few kilobytes): a longer one is an
-/// error, noticed as soon as that many bytes arrived.
-const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Largest `/metrics` body read. A relayer's is a few kilobytes (a few dozen series, with
+/// histogram buckets per route); 1 MiB leaves two orders of magnitude of room and still bounds
+/// what one pod can make the operator hold. A longer body is an error, noticed as soon as that
+/// many bytes arrived.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Largest probe answer read (and dropped): probes ask for small JSON documents.
+pub const MAX_PROBE_BODY: usize = 64 * 1024;
+/// Probes in flight at once in the whole process. NB: apart from the scrape permits, because
+/// a slow release under a probe load holds rate × latency probes open (40/s at 1.5 s is 60),
+/// which must not starve the scrapes nor thin the probe load below the rate the gate asked
+/// for; 256 × [`MAX_PROBE_BODY`] is 16 MiB at worst.
+pub const MAX_PROBES: usize = 256;
+/// How long a scrape waits for a permit of the [`Budget`] before it counts as a scrape error:
+/// long enough for a few rounds of exchanges that run into [`HTTP_TIMEOUT`].
+const PERMIT_WAIT: Duration = Duration::from_secs(10);
+/// Exchanges with pods in flight at once in the whole process, unless `--max-pod-requests`
+/// says otherwise: 16 × [`MAX_BODY`] is 16 MiB of bodies at worst (about twice that while a
+/// body becomes text), far inside the chart's 256 Mi memory limit.
+pub const DEFAULT_MAX_REQUESTS: usize = 16;
+
+/// The process-wide budget of exchanges with pods, shared by every gate of every object: a
+/// permit per exchange in flight, scrapes and drain evidence from `--max-pod-requests`
+/// permits, probes from [`MAX_PROBES`] of their own. Cheap to clone (clones share the permits).
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// One permit per scrape or drain exchange that may be in flight; an exchange holds its
+    /// permit until its body is read or it failed.
+    permits: Arc<Semaphore>,
+    /// One permit per probe in flight ([`MAX_PROBES`]); a probe without one is skipped.
+    probes: Arc<Semaphore>,
+    /// Permits in all (at least 1).
+    size: usize,
+}
+
+impl Budget {
+    /// A budget of `max_requests` scrape and drain exchanges at once (at least 1), and
+    /// [`MAX_PROBES`] probes.
+    pub fn new(max_requests: usize) -> Self {
+        let size = max_requests.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            permits: Arc::new(Semaphore::new(size)),
+            probes: Arc::new(Semaphore::new(MAX_PROBES)),
+            size,
+        }
+    }
+
+    /// Scrape and drain exchanges in flight now.
+    pub fn in_use(&self) -> usize {
+        self.size.saturating_sub(self.permits.available_permits())
+    }
+
+    /// A permit, waiting up to `wait` for one.
+    async fn acquire(&self, wait: Duration) -> Result<OwnedSemaphorePermit, String> {
+        match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err("the pod request budget is closed".to_owned()),
+            Err(_) => Err(format!(
+                "no free pod request slot within {wait:?} (all {} of --max-pod-requests busy)",
+                self.size
+            )),
+        }
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_REQUESTS)
+    }
+}
 
 /// One pod under test.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -69,12 +143,13 @@ impl Drop for GateRun {
     }
 }
 
-/// Starts gate `spec` from `tally` (fresh, or restored from status after a restart); calls
-/// `changed` after every sample or scrape error.
+/// Starts gate `spec` from `tally` (fresh, or restored from status after a restart), its
+/// exchanges within `budget`; calls `changed` after every sample or scrape error.
 pub fn spawn(
     spec: GateSpec,
     tally: Tally,
     targets: Arc<dyn Targets>,
+    budget: Budget,
     changed: Arc<dyn Fn() + Send + Sync>,
 ) -> GateRun {
     let shared = Arc::new(Mutex::new(tally));
@@ -84,12 +159,14 @@ pub fn spawn(
             probe.path,
             probe.requests_per_second,
             targets.clone(),
+            budget.clone(),
         )));
     }
     tasks.push(tokio::spawn(sample_loop(
         spec,
         shared.clone(),
         targets,
+        budget,
         changed,
     )));
     GateRun {
@@ -102,6 +179,7 @@ async fn sample_loop(
     spec: GateSpec,
     tally: Arc<Mutex<Tally>>,
     targets: Arc<dyn Targets>,
+    budget: Budget,
     changed: Arc<dyn Fn() + Send + Sync>,
 ) {
     let interval = Duration::from_millis(u64::try_from(spec.interval_ms.max(100)).unwrap_or(100));
@@ -116,7 +194,7 @@ async fn sample_loop(
         let round = if pods.is_empty() {
             Err("no ready pod to scrape".to_owned())
         } else {
-            scrape_all(&pods).await
+            scrape_all(&budget, &pods).await
         };
         let scrapes = match round {
             Ok(scrapes) => scrapes,
@@ -136,7 +214,7 @@ async fn sample_loop(
         };
         let window = windows(&mut previous, scrapes);
         let active_window = if relative {
-            match scrape_all(&targets.active()).await {
+            match scrape_all(&budget, &targets.active()).await {
                 Ok(scrapes) => windows(&mut previous_active, scrapes),
                 Err(_) => {
                     previous_active.clear();
@@ -192,15 +270,17 @@ fn windows(
     total
 }
 
-async fn scrape_all(pods: &[Target]) -> Result<Vec<(String, Scrape)>, String> {
+async fn scrape_all(budget: &Budget, pods: &[Target]) -> Result<Vec<(String, Scrape)>, String> {
     let results = futures::future::join_all(pods.iter().map(|pod| async move {
-        let text = get(pod.addr, "/metrics").await.and_then(|(status, body)| {
-            if status == 200 {
-                Ok(body)
-            } else {
-                Err(format!("HTTP {status}"))
-            }
-        });
+        let text = get(budget, pod.addr, "/metrics")
+            .await
+            .and_then(|(status, body)| {
+                if status == 200 {
+                    Ok(body)
+                } else {
+                    Err(format!("HTTP {status}"))
+                }
+            });
         let scrape = text.and_then(|t| parse(&t).map_err(|e| e.to_string()));
         (pod, scrape)
     }))
@@ -217,8 +297,9 @@ async fn scrape_all(pods: &[Target]) -> Result<Vec<(String, Scrape)>, String> {
 
 /// Sends `GET path` at `rate` per second, round robin over the pods under test, each on its
 /// own connection (as short-lived clients would). Answers are not judged here: the pods'
-/// own metrics count them.
-async fn probe_load(path: String, rate: i32, targets: Arc<dyn Targets>) {
+/// own metrics count them. NB: a probe that finds no free probe permit of `budget` is skipped, not
+/// queued, so slow pods cannot pile up probe tasks.
+async fn probe_load(path: String, rate: i32, targets: Arc<dyn Targets>, budget: Budget) {
     let rate = u64::try_from(rate.clamp(1, 1000)).unwrap_or(1);
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -229,11 +310,17 @@ async fn probe_load(path: String, rate: i32, targets: Arc<dyn Targets>) {
         if pods.is_empty() {
             continue;
         }
-        let addr = pods[next % pods.len()].addr;
+        let Some(addr) = pods.get(next % pods.len()).map(|p| p.addr) else {
+            continue;
+        };
         next = next.wrapping_add(1);
+        let Ok(permit) = budget.probes.clone().try_acquire_owned() else {
+            continue;
+        };
         let path = path.clone();
         tokio::spawn(async move {
-            let _ = get(addr, &path).await;
+            let _ = bounded(addr, &path, MAX_PROBE_BODY).await;
+            drop(permit);
         });
     }
 }
@@ -248,9 +335,9 @@ pub enum Drain {
     Busy(String),
 }
 
-/// Asks every pod of a colour being left whether it is idle.
-pub async fn drain_evidence(pods: &[Target]) -> Drain {
-    match scrape_all(pods).await {
+/// Asks every pod of a colour being left whether it is idle, within `budget`.
+pub async fn drain_evidence(budget: &Budget, pods: &[Target]) -> Drain {
+    match scrape_all(budget, pods).await {
         Err(what) => Drain::Busy(what),
         Ok(scrapes) => {
             for (key, s) in scrapes {
@@ -268,21 +355,31 @@ pub async fn drain_evidence(pods: &[Target]) -> Drain {
 }
 
 /// `GET path` from `addr` on a connection of its own (`Connection: close`), over hyper's
-/// HTTP/1.1 client; returns the status and the body. Bounded: 2 s for the whole exchange
-/// (connect, request, body) and 4 MiB of body, counted while it streams.
-pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    get_limited(addr, path, MAX_BODY).await
+/// HTTP/1.1 client, holding a permit of `budget` (waiting up to 10 s for one); returns the
+/// status and the body. Bounded: 2 s for the whole exchange (connect, request, body) and
+/// [`MAX_BODY`] of body, counted while it streams.
+pub async fn get(budget: &Budget, addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    get_limited(budget, addr, path, MAX_BODY).await
 }
 
 /// [`get`] with another body cap (for tests).
 pub(super) async fn get_limited(
+    budget: &Budget,
     addr: SocketAddr,
     path: &str,
     limit: usize,
 ) -> Result<(u16, String), String> {
+    let permit = budget.acquire(PERMIT_WAIT).await?;
+    let result = bounded(addr, path, limit).await;
+    drop(permit);
+    result
+}
+
+/// One exchange under [`HTTP_TIMEOUT`] as a whole.
+async fn bounded(addr: SocketAddr, path: &str, limit: usize) -> Result<(u16, String), String> {
     tokio::time::timeout(HTTP_TIMEOUT, exchange(addr, path, limit))
         .await
-        .map_err(|_| format!("no answer within {HTTP_TIMEOUT:?}"))?
+        .map_err(|_| format!("no whole answer within {HTTP_TIMEOUT:?}"))?
 }
 
 async fn exchange(addr: SocketAddr, path: &str, limit: usize) -> Result<(u16, String), String> {
@@ -321,7 +418,12 @@ async fn exchange(addr: SocketAddr, path: &str, limit: usize) -> Result<(u16, St
             }
         })?
         .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    // NB: no second copy of a valid body (the common case).
+    let text = match String::from_utf8(Vec::from(body)) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
+    Ok((status, text))
 }
 
 /// Aborts a spawned task when dropped.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::runner::{get, get_limited};
+use super::runner::{Budget, get, get_limited};
 use super::*;
 use crate::crd::RelativeGate;
 
@@ -293,12 +293,18 @@ async fn answer_once(raw: &'static [u8], forever: Option<Vec<u8>>) -> SocketAddr
 async fn responses_are_read_plain_or_chunked() {
     let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
     let addr = answer_once(plain, None).await;
-    assert_eq!(get(addr, "/metrics").await, Ok((200, "hello".into())));
+    assert_eq!(
+        get(&Budget::default(), addr, "/metrics").await,
+        Ok((200, "hello".into()))
+    );
     let chunked = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
     let addr = answer_once(chunked, None).await;
-    assert_eq!(get(addr, "/metrics").await, Ok((503, "hello".into())));
+    assert_eq!(
+        get(&Budget::default(), addr, "/metrics").await,
+        Ok((503, "hello".into()))
+    );
     let addr = answer_once(b"garbage", None).await;
-    assert!(get(addr, "/metrics").await.is_err());
+    assert!(get(&Budget::default(), addr, "/metrics").await.is_err());
 }
 
 #[tokio::test]
@@ -310,7 +316,101 @@ async fn a_body_over_the_cap_fails_while_it_streams_not_at_the_timeout() {
     chunk.extend_from_slice(b"\r\n");
     let addr = answer_once(head, Some(chunk)).await;
     // NB: the body never ends, so a cap applied after reading would end in the timeout.
-    let result = get_limited(addr, "/metrics", 64 * 1024).await;
+    let result = get_limited(&Budget::default(), addr, "/metrics", 64 * 1024).await;
     let error = result.expect_err("over the cap");
     assert!(error.contains("longer than 65536 bytes"), "{error}");
+}
+
+#[tokio::test]
+async fn a_chunk_size_of_u64_max_is_an_error_not_a_panic() {
+    let huge = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nabc\r\n";
+    let addr = answer_once(huge, None).await;
+    let error = get(&Budget::default(), addr, "/metrics")
+        .await
+        .expect_err("a chunk that cannot be read");
+    assert!(error.starts_with("read:"), "{error}");
+    let longer =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\nabc\r\n";
+    let addr = answer_once(longer, None).await;
+    assert!(get(&Budget::default(), addr, "/metrics").await.is_err());
+}
+
+#[tokio::test]
+async fn a_body_trickled_without_end_is_cut_off_at_one_deadline_for_the_whole_exchange() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if stream.write_all(head).await.is_err() {
+            return;
+        }
+        // One byte every 100 ms: every read is quick, the whole never ends.
+        for _ in 0..100 {
+            if stream.write_all(b"1\r\n#\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let error = get(&Budget::default(), addr, "/metrics")
+        .await
+        .expect_err("cut off");
+    let took = started.elapsed();
+    assert!(error.contains("within 2s"), "{error}");
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "one deadline for the exchange, not one per read: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn exchanges_wait_for_a_permit_of_the_shared_budget() {
+    // A pod that answers only after 300 ms.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let budget = Budget::new(1);
+    let first = {
+        let budget = budget.clone();
+        tokio::spawn(async move { get(&budget, addr, "/metrics").await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        budget.in_use(),
+        1,
+        "the first exchange holds the only permit"
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(get(&budget, addr, "/metrics").await, Ok((200, "ok".into())));
+    // NB: waited for the first (about 200 ms left), then its own 300 ms.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(450));
+    assert_eq!(first.await.expect("join"), Ok((200, "ok".into())));
+    assert_eq!(budget.in_use(), 0, "permits are given back");
+    assert_eq!(
+        Budget::new(0).in_use(),
+        0,
+        "a budget has at least one permit"
+    );
 }

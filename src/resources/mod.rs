@@ -31,12 +31,15 @@ pub use config::{
 };
 pub use deployment::{check_pod_env, container_port, deployment, deployment_name};
 pub use hpa::{RPS_METRIC, hold_scale_down, hpa};
-pub use ingress::ingress;
+pub use ingress::{HostPattern, check_hosts, ingress};
 pub use pdb::pdb;
 pub use revision::{
     ANNOTATION_AUTOSCALING, controller_revision, controller_revision_name, history,
 };
-pub use service::{preview_service, preview_service_name, service, service_name};
+pub use service::{
+    DEFAULT_SERVICE_TYPES, check_service_type, parse_service_type, preview_service,
+    preview_service_name, service, service_name, service_type_name,
+};
 
 /// Field manager of every server-side apply the operator makes.
 pub const MANAGER: &str = "relayer-operator";

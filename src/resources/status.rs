@@ -20,6 +20,16 @@ pub const PROGRESSING: &str = "Progressing";
 /// Condition type: the spec cannot be realised or the active colour is failing.
 pub const DEGRADED: &str = "Degraded";
 
+/// Reason of the conditions while a child's name is taken by an object this RelayerDeployment
+/// does not control (nothing is written until the name is free).
+pub const NAME_COLLISION: &str = "NameCollision";
+/// Reason of the conditions while the spec asks for what the operator does not admit (an
+/// Ingress host outside `--ingress-host-pattern`, a Service type outside
+/// `--allowed-service-types`); nothing is written.
+pub const NOT_ALLOWED: &str = "NotAllowed";
+/// Reason of the conditions while the spec cannot be realised.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+
 /// What the controller observed, as input to [`status`].
 #[derive(Debug, Clone, Copy)]
 pub struct Observed<'a> {
@@ -46,23 +56,8 @@ pub fn status(
     };
 
     let Some(plan) = plan else {
-        let message = observed.invalid.unwrap_or("invalid spec").to_owned();
-        return RelayerDeploymentStatus {
-            observed_generation: generation,
-            phase: Phase::Degraded,
-            desired_replicas: desired,
-            conditions: vec![
-                cond(
-                    AVAILABLE,
-                    previous_is(&previous, AVAILABLE),
-                    "InvalidSpec",
-                    message.clone(),
-                ),
-                cond(PROGRESSING, false, "InvalidSpec", message.clone()),
-                cond(DEGRADED, true, "InvalidSpec", message),
-            ],
-            ..previous
-        };
+        let message = observed.invalid.unwrap_or("invalid spec");
+        return blocked(rd, INVALID_SPEC, message, now);
     };
 
     let d_status = observed
@@ -159,6 +154,41 @@ pub fn status(
         conditions: vec![available_c, progressing_c, degraded_c],
         rollout: previous.rollout.clone(),
     }
+}
+
+/// The status of `rd` while the operator writes none of its children, for `reason`
+/// ([`INVALID_SPEC`], [`NOT_ALLOWED`], [`NAME_COLLISION`]) explained by `message`: Degraded,
+/// not progressing, available as it was; everything else as it was.
+pub fn blocked(
+    rd: &RelayerDeployment,
+    reason: &str,
+    message: &str,
+    now: &Time,
+) -> RelayerDeploymentStatus {
+    let previous = rd.status.clone().unwrap_or_default();
+    let conditions = Conditions::of(rd, now);
+    let was_available = previous_is(&previous, AVAILABLE);
+    RelayerDeploymentStatus {
+        observed_generation: rd.metadata.generation,
+        phase: Phase::Degraded,
+        desired_replicas: rd.spec.replicas,
+        conditions: vec![
+            conditions.make(AVAILABLE, was_available, reason, message.to_owned()),
+            conditions.make(PROGRESSING, false, reason, message.to_owned()),
+            conditions.make(DEGRADED, true, reason, message.to_owned()),
+        ],
+        ..previous
+    }
+}
+
+/// Whether `rd`'s status already says it is blocked for `reason` with `message` (so the
+/// Warning Event about it was published already).
+pub fn is_blocked_by(rd: &RelayerDeployment, reason: &str, message: &str) -> bool {
+    rd.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == DEGRADED && c.status == "True" && c.reason == reason && c.message == message
+        })
+    })
 }
 
 fn previous_is(previous: &RelayerDeploymentStatus, type_: &str) -> bool {
@@ -383,6 +413,52 @@ mod tests {
             ("True", "InvalidSpec")
         );
         assert!(degraded.message.contains("listen"));
+    }
+
+    #[test]
+    fn a_name_collision_blocks_with_its_reason_and_keeps_what_was_there() {
+        let d = deployment(3, 3);
+        let observed = Observed {
+            deployment: Some(&d),
+            invalid: None,
+        };
+        let mut rd = rd();
+        let running = status(&rd, Some(&plan()), observed, vec![], &at(10));
+        rd.status = Some(running.clone());
+        let why = "Service market exists and has no controller";
+        assert!(!is_blocked_by(&rd, NAME_COLLISION, why));
+        let s = blocked(&rd, NAME_COLLISION, why, &at(20));
+        assert_eq!(s.phase, Phase::Degraded);
+        for (t, status) in [
+            (AVAILABLE, "True"),
+            (PROGRESSING, "False"),
+            (DEGRADED, "True"),
+        ] {
+            let c = get(&s, t);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                (status, NAME_COLLISION),
+                "{t}"
+            );
+            assert_eq!(c.message, why);
+        }
+        assert_eq!(get(&s, DEGRADED).last_transition_time, at(20), "it flipped");
+        assert_eq!(
+            get(&s, AVAILABLE).last_transition_time,
+            at(10),
+            "it did not"
+        );
+        assert_eq!(s.active_color, running.active_color);
+        assert_eq!(s.current_revision, running.current_revision);
+        rd.status = Some(s.clone());
+        assert!(is_blocked_by(&rd, NAME_COLLISION, why));
+        assert!(!is_blocked_by(&rd, NAME_COLLISION, "another object"));
+        assert!(!is_blocked_by(&rd, NOT_ALLOWED, why));
+        assert_eq!(
+            blocked(&rd, NAME_COLLISION, why, &at(99)),
+            s,
+            "idle: nothing to write"
+        );
     }
 
     #[test]

@@ -97,34 +97,42 @@ grants a verb the operator never used. Keep both in step with the code.
   resources: ["relayerdeployments/finalizers"]
   verbs: ["update"]
 # Children, server-side applied (an apply that creates needs create as well as patch) and
-# watched into caches; the colours are scaled to zero with a merge patch.
+# watched into caches; the colours are scaled to zero with a merge patch. `get`: before a
+# child absent from the cache (which holds only what carries the operator's labels) is
+# written, its name is read, and an object the RelayerDeployment does not control is never
+# written.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Children that are also deleted: the HPA and the Ingress when the spec drops them, revisions
 # and their ConfigMaps beyond revisionHistoryLimit.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["controllerrevisions"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Read only: the pods under test (gate and drain targets) and the active Service's
 # EndpointSlices (drain evidence).
 - apiGroups: [""]
   resources: ["pods"]
+  verbs: ["list", "watch"]
+# Read only: the colours' ReplicaSets, so that a pod is a target only when its owner chain
+# (ReplicaSet, then Deployment) leads to the RelayerDeployment, never by labels alone.
+- apiGroups: ["apps"]
+  resources: ["replicasets"]
   verbs: ["list", "watch"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]

@@ -273,19 +273,12 @@ fn start_gate(
     wanted: &decide::WantedGate,
     start: &decide::GateStart,
 ) {
-    let port = resources::container_port(rd)
-        .ok()
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or(3000);
-    let targets = Arc::new(PodTargets {
-        pods: ctx.stores.pods.clone(),
-        namespace: rd.namespace().unwrap_or_default(),
-        instance: rd.name_any(),
-        under_test: start.under_test,
-        active: start.compare_with,
-        port,
-        networks: ctx.config.pod_networks.clone(),
-    });
+    let targets = Arc::new(PodTargets::new(
+        ctx,
+        rd,
+        start.under_test,
+        start.compare_with,
+    ));
     let wake = ctx.wake.clone();
     let wake_key = key.clone();
     let changed = Arc::new(move || {
@@ -293,7 +286,13 @@ fn start_gate(
     });
     let gate = &wanted.gate;
     tracing::info!(name = %rd.name_any(), gate = gate.kind.name(), revision = %gate.revision, "gate started");
-    let run = runner::spawn(start.spec.clone(), gate.tally.clone(), targets, changed);
+    let run = runner::spawn(
+        start.spec.clone(),
+        gate.tally.clone(),
+        targets,
+        ctx.pod_requests.clone(),
+        changed,
+    );
     ctx.gates
         .start(key.clone(), gate.kind, gate.revision.clone(), run);
 }
