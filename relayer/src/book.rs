@@ -13,6 +13,13 @@
 //!   matching continues.
 //! - Whatever is left of the incoming order rests in the book (limit orders, good till
 //!   cancelled).
+//! - One placement makes at most [`MAX_FILLS_PER_ORDER`] fills and at most
+//!   [`MAX_SELF_TRADE_CANCELS_PER_ORDER`] self-trade cancellations, so the work one request
+//!   causes is bounded whatever the book holds. When either cap is reached matching stops and
+//!   the remainder rests at its limit price like any remainder (it keeps its reservation, and
+//!   the next orders on the other side trade with it at its price): nothing is released or
+//!   moved that the fills did not, so balances are conserved. NB: the book can then be crossed
+//!   (a bid at or above the best ask) until later orders trade through those levels.
 //!
 //! Undoing a match ([`OrderBook::undo`], the order saga's compensation when settlement says
 //! "not settled") reverts each fill of one placement on its maker: a maker still resting gets
@@ -32,11 +39,60 @@
 //! ([`OrderBook::take_finished`]) and its owner (the in-memory store) forgets each one when its
 //! retention has passed, as Redis expires a finished order's keys.
 //!
+//! Open orders are also indexed by arrival number, for the market and per user, so a page of
+//! them ([`OrderBook::open_orders_page`]) costs what it answers, never a walk of every order
+//! the book remembers.
+//!
 //! Room: after `domain`; uses [`crate::domain`] only.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 
-use crate::domain::{Fill, Order, OrderStatus, Side, ceil_div_scale};
+use crate::domain::{Fill, Order, OrderStatus, Side, UserId, ceil_div_scale};
+
+/// Most fills one placement makes (see the module docs). NB: 100 keeps a placement's match
+/// (and its undo, settlement and balance steps, one per fill) well under a Redis script's
+/// milliseconds and a saga's lease, while a market order against a deep book still takes 100
+/// price levels or resting orders in one go.
+pub const MAX_FILLS_PER_ORDER: usize = 100;
+
+/// Most resting orders of its own user one placement cancels by self-trade prevention (see the
+/// module docs); the same bound as fills, for the same reason.
+pub const MAX_SELF_TRADE_CANCELS_PER_ORDER: usize = 100;
+
+/// Largest page of open orders ([`OrderBook::open_orders_page`], the store's listings).
+pub const MAX_PAGE: usize = 500;
+
+/// Where a listing of open orders starts and how much it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Only orders that arrived after this arrival number ([`Order::seq`]): the previous
+    /// page's [`OrdersPage::next`]; `None` from the first.
+    pub after: Option<u64>,
+    /// At most this many orders (1 to [`MAX_PAGE`]; larger is taken as [`MAX_PAGE`]).
+    pub limit: usize,
+}
+
+impl PageRequest {
+    /// The first page of at most `limit` orders.
+    pub fn first(limit: usize) -> Self {
+        Self { after: None, limit }
+    }
+
+    /// The limit, within 1 to [`MAX_PAGE`].
+    pub fn bounded_limit(&self) -> usize {
+        self.limit.clamp(1, MAX_PAGE)
+    }
+}
+
+/// One page of open orders, in arrival order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OrdersPage {
+    /// The orders.
+    pub orders: Vec<Order>,
+    /// Where the next page starts ([`PageRequest::after`]), when there are more.
+    pub next: Option<u64>,
+}
 
 /// What placing an order did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +222,10 @@ pub struct OrderBook {
     /// last [`OrderBook::take_finished`] (an id may repeat; the owner drains it after each
     /// change, so it holds one call's worth).
     finished: Vec<String>,
+    /// The resting orders by arrival number: exactly the ids queued in `bids` and `asks`.
+    open_by_seq: BTreeMap<u64, String>,
+    /// The same, per user (a user with no resting order has no entry).
+    open_by_user: HashMap<UserId, BTreeMap<u64, String>>,
 }
 
 impl OrderBook {
@@ -186,7 +246,10 @@ impl OrderBook {
         let mut fills = Vec::new();
         let mut self_trade_cancelled = Vec::new();
 
-        while order.remaining() > 0 {
+        while order.remaining() > 0
+            && fills.len() < MAX_FILLS_PER_ORDER
+            && self_trade_cancelled.len() < MAX_SELF_TRADE_CANCELS_PER_ORDER
+        {
             let best = match order.side {
                 Side::Buy => self
                     .asks
@@ -215,6 +278,7 @@ impl OrderBook {
             };
             if maker.user_id == order.user_id {
                 self.pop_front(maker.side, level_price);
+                self.index_leave(&maker);
                 maker.status = OrderStatus::Cancelled;
                 self.finished.push(maker_id.clone());
                 self.orders.insert(maker_id, maker.clone());
@@ -255,6 +319,7 @@ impl OrderBook {
             });
             if maker.remaining() == 0 {
                 self.pop_front(maker.side, level_price);
+                self.index_leave(&maker);
                 self.finished.push(maker_id.clone());
             }
             self.orders.insert(maker_id, maker);
@@ -269,6 +334,7 @@ impl OrderBook {
                 .entry(order.price)
                 .or_default()
                 .push_back(order.order_id.clone());
+            self.index_rest(&order);
         } else {
             self.finished.push(order.order_id.clone());
         }
@@ -391,6 +457,7 @@ impl OrderBook {
     }
 
     fn insert_by_seq(&mut self, order: &Order) {
+        self.index_rest(order);
         let levels = match order.side {
             Side::Buy => &mut self.bids,
             Side::Sell => &mut self.asks,
@@ -404,6 +471,7 @@ impl OrderBook {
     }
 
     fn remove_from_queue(&mut self, order: &Order) {
+        self.index_leave(order);
         let levels = match order.side {
             Side::Buy => &mut self.bids,
             Side::Sell => &mut self.asks,
@@ -433,6 +501,7 @@ impl OrderBook {
         }
         order.status = OrderStatus::Cancelled;
         let order = order.clone();
+        self.index_leave(&order);
         self.finished.push(order.order_id.clone());
         let levels = match order.side {
             Side::Buy => &mut self.bids,
@@ -487,16 +556,66 @@ impl OrderBook {
         (bids, asks)
     }
 
-    /// Open orders, optionally of one user, in arrival order.
-    pub fn open_orders(&self, user: Option<&crate::domain::UserId>) -> Vec<Order> {
-        let mut open: Vec<Order> = self
-            .orders
+    /// Every open order, optionally of one user, in arrival order (from the index: the cost
+    /// of the answer).
+    pub fn open_orders(&self, user: Option<&UserId>) -> Vec<Order> {
+        let Some(index) = self.open_index(user) else {
+            return Vec::new();
+        };
+        index
             .values()
-            .filter(|o| o.status.is_open() && user.is_none_or(|u| &o.user_id == u))
+            .filter_map(|id| self.orders.get(id))
             .cloned()
-            .collect();
-        open.sort_by_key(|o| o.seq);
-        open
+            .collect()
+    }
+
+    /// One page of the open orders, optionally of one user, in arrival order: at most
+    /// [`PageRequest::bounded_limit`] of them, read from the index (`limit + 1` entries, to
+    /// know whether more follow), so its cost is the page's.
+    pub fn open_orders_page(&self, user: Option<&UserId>, page: PageRequest) -> OrdersPage {
+        let Some(index) = self.open_index(user) else {
+            return OrdersPage::default();
+        };
+        let start = page.after.map_or(Bound::Unbounded, Bound::Excluded);
+        let limit = page.bounded_limit();
+        let mut entries = index.range((start, Bound::Unbounded));
+        let mut orders = Vec::with_capacity(limit);
+        let mut last = None;
+        for (seq, id) in entries.by_ref().take(limit) {
+            last = Some(*seq);
+            if let Some(order) = self.orders.get(id) {
+                orders.push(order.clone());
+            }
+        }
+        let next = entries.next().and(last);
+        OrdersPage { orders, next }
+    }
+
+    fn open_index(&self, user: Option<&UserId>) -> Option<&BTreeMap<u64, String>> {
+        match user {
+            None => Some(&self.open_by_seq),
+            Some(u) => self.open_by_user.get(u),
+        }
+    }
+
+    /// Indexes an order that now rests in the book.
+    fn index_rest(&mut self, order: &Order) {
+        self.open_by_seq.insert(order.seq, order.order_id.clone());
+        self.open_by_user
+            .entry(order.user_id.clone())
+            .or_default()
+            .insert(order.seq, order.order_id.clone());
+    }
+
+    /// Takes an order that left the book out of the index.
+    fn index_leave(&mut self, order: &Order) {
+        self.open_by_seq.remove(&order.seq);
+        if let Some(mine) = self.open_by_user.get_mut(&order.user_id) {
+            mine.remove(&order.seq);
+            if mine.is_empty() {
+                self.open_by_user.remove(&order.user_id);
+            }
+        }
     }
 
     /// Every order of this book, open or finished.

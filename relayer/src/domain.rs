@@ -36,23 +36,36 @@ impl FieldError {
 pub struct MarketKey(String);
 
 impl MarketKey {
-    /// Parses `chainId:marketId`: a decimal chain id and a market id of 1 to 66 characters
-    /// from `[A-Za-z0-9_-]` (a number or a 0x condition id).
+    /// Parses `chainId:marketId` in its one canonical spelling, so that one market has one
+    /// key: a chain id `1` to `9999999999999999999` in decimal without sign or leading zeros,
+    /// and a market id that is either such a decimal (`0` allowed) or `0x` followed by 1 to 64
+    /// lower-case hex digits (a condition id). As a regex: [`MarketKey::PATTERN`].
+    /// `+80002:1`, `080002:1`, ` 1:2`, `1:01` and `1:0xAB` are refused, naming `field`.
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, FieldError> {
-        let bad = || FieldError::new(field, "must be `chainId:marketId`, e.g. `80002:1`");
+        let bad = || {
+            FieldError::new(
+                field,
+                "must be `chainId:marketId` in decimal without sign or leading zeros (or a \
+                 lower-case 0x market id), e.g. `80002:1`",
+            )
+        };
         let (chain, market) = raw.split_once(':').ok_or_else(bad)?;
-        let chain_ok = !chain.is_empty() && chain.len() <= 20 && chain.parse::<u64>().is_ok();
-        let market_ok = !market.is_empty()
-            && market.len() <= 66
-            && market
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let chain_ok = canonical_decimal(chain) && chain != "0";
+        let market_ok = canonical_decimal(market)
+            || market.strip_prefix("0x").is_some_and(|hex| {
+                (1..=64).contains(&hex.len())
+                    && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            });
         if chain_ok && market_ok {
             Ok(Self(raw.to_owned()))
         } else {
             Err(bad())
         }
     }
+
+    /// The canonical market keys as a regular expression (the OpenAPI `pattern`).
+    /// NB: 19 digits at most, so every match fits a u64 and the pattern is exact.
+    pub const PATTERN: &'static str = "^[1-9][0-9]{0,18}:(0|[1-9][0-9]{0,18}|0x[0-9a-f]{1,64})$";
 
     /// The key as text.
     pub fn as_str(&self) -> &str {
@@ -63,6 +76,17 @@ impl MarketKey {
 impl fmt::Display for MarketKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// `0` or a decimal of 1 to 19 digits without sign or leading zero (so it fits a u64).
+fn canonical_decimal(s: &str) -> bool {
+    match s.as_bytes() {
+        [b'0'] => true,
+        [first, rest @ ..] => {
+            (b'1'..=b'9').contains(first) && rest.len() <= 18 && rest.iter().all(u8::is_ascii_digit)
+        }
+        [] => false,
     }
 }
 
@@ -559,6 +583,47 @@ mod tests {
             );
         }
         assert!(MarketKey::parse("marketKey", "80002:0xabc").is_ok());
+    }
+
+    #[test]
+    fn market_keys_have_one_spelling_per_market() {
+        let longest = format!("1:0x{}", "f".repeat(64));
+        for good in [
+            "80002:1",
+            "1:0",
+            "9999999999999999999:9999999999999999999",
+            "80002:0x0123456789abcdef",
+            &longest,
+        ] {
+            assert!(
+                MarketKey::parse("marketKey", good).is_ok(),
+                "{good:?} refused"
+            );
+        }
+        let too_long = format!("1:0x{}", "f".repeat(65));
+        for bad in [
+            "+80002:1",
+            "080002:1",
+            " 1:2",
+            "1:2 ",
+            "-1:2",
+            "0:1",
+            "00:1",
+            "1:01",
+            "1:+2",
+            "1:00",
+            "10000000000000000000:1",
+            "1:10000000000000000000",
+            "80002:0xABC",
+            "80002:0x",
+            &too_long,
+            "80002:abc",
+            "80002:a_b",
+            "\u{661}:1",
+        ] {
+            let err = MarketKey::parse("marketKey", bad).expect_err(bad);
+            assert_eq!(err.field, "marketKey", "{bad:?}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::book::Level;
+use crate::book::{Level, OrdersPage, PageRequest};
 use crate::domain::{Account, Asset, BalanceError, MarketKey, Move, Order, Side, UserId};
 use crate::order_saga::{CancelEnded, Ended, OrderSagas};
 use crate::store::{ApiKeyRecord, Claim, FailedPlacement, PlacementRecord, Store, StoreError};
@@ -352,7 +352,18 @@ impl Exchange {
         Ok(self.store.depth(market, max_levels).await?)
     }
 
-    /// Open orders of a market, optionally of one user.
+    /// One page of the open orders of a market, optionally of one user, in arrival order.
+    pub async fn open_orders_page(
+        &self,
+        market: &MarketKey,
+        user: Option<&UserId>,
+        page: PageRequest,
+    ) -> Result<OrdersPage, ExchangeError> {
+        Ok(self.store.open_orders_page(market, user, page).await?)
+    }
+
+    /// Every open order of a market, optionally of one user, in arrival order, page after
+    /// page (for tools and tests; clients are served pages, [`Exchange::open_orders_page`]).
     pub async fn open_orders(
         &self,
         market: &MarketKey,

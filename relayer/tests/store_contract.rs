@@ -10,7 +10,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use relayer::book::{CancelError, Level};
+use relayer::book::{
+    CancelError, Level, MAX_FILLS_PER_ORDER, MAX_SELF_TRADE_CANCELS_PER_ORDER, PageRequest,
+};
 use relayer::domain::{
     Account, Asset, Balance, BalanceError, MarketKey, Move, OrderStatus, Side, UserId,
 };
@@ -137,6 +139,11 @@ contract!(
     orders_are_found_by_market_and_id,
     depth_aggregates_levels_best_first_and_limits_them,
     open_orders_list_in_arrival_order_optionally_by_user,
+    open_order_pages_cover_every_order_once_in_arrival_order,
+    a_page_cursor_survives_orders_added_and_cancelled_between_pages,
+    one_placement_makes_at_most_the_capped_fills_and_rests_the_remainder,
+    one_placement_cancels_at_most_the_capped_own_resting_orders,
+    the_caps_keep_collateral_and_shares_conserved,
     api_keys_are_found_by_hash_and_revoked_by_id,
     concurrent_reserves_never_overspend,
     concurrent_claims_have_one_winner,
@@ -979,7 +986,7 @@ async fn a_filled_order_cannot_be_cancelled(store: Store) {
 async fn cancel_in_an_unknown_market_finds_nothing(store: Store) {
     assert_eq!(
         store
-            .cancel_order(&market("1:nowhere"), "x", &user(1))
+            .cancel_order(&market("1:404"), "x", &user(1))
             .await
             .expect("store"),
         Err(CancelError::NotFound)
@@ -1117,6 +1124,414 @@ async fn open_orders_list_in_arrival_order_optionally_by_user(store: Store) {
             .expect("open")
             .is_empty()
     );
+}
+
+/// The ids of a page's orders.
+fn page_ids(orders: &[relayer::domain::Order]) -> Vec<String> {
+    orders.iter().map(|o| o.order_id.clone()).collect()
+}
+
+/// Reads every page of `limit` from `after` on (bounded): each page's ids.
+async fn all_pages(
+    store: &Store,
+    user: Option<&UserId>,
+    limit: usize,
+    mut after: Option<u64>,
+) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    for _ in 0..100 {
+        let page = store
+            .open_orders_page(&m1(), user, PageRequest { after, limit })
+            .await
+            .expect("page");
+        assert!(page.orders.len() <= limit, "a page holds at most its limit");
+        pages.push(page_ids(&page.orders));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return pages,
+        }
+    }
+    panic!("pages never ended: {pages:?}");
+}
+
+/// Rests `n` orders that do not cross, alternating users 1 and 2: `o0` .. `o<n-1>`.
+async fn rest_orders(store: &Store, n: usize) {
+    for i in 0..n {
+        let (order, price) = if i % 2 == 0 {
+            (Order::buy(), 100_000 + i as u64)
+        } else {
+            (Order::sell(), 900_000 + i as u64)
+        };
+        let u = if i % 3 == 0 { 1 } else { 2 };
+        let placed = place(
+            store,
+            order
+                .id(format!("o{i}"))
+                .user(user(u))
+                .price(price)
+                .amount(3),
+        )
+        .await;
+        assert!(placed.fills.is_empty(), "o{i} rests");
+    }
+}
+
+async fn open_order_pages_cover_every_order_once_in_arrival_order(store: Store) {
+    rest_orders(&store, 7).await;
+    let every: Vec<String> = (0..7).map(|i| format!("o{i}")).collect();
+    let pages = all_pages(&store, None, 3, None).await;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        [3, 3, 1],
+        "{pages:?}"
+    );
+    assert_eq!(pages.concat(), every, "every order once, in arrival order");
+
+    let exact = store
+        .open_orders_page(&m1(), None, PageRequest::first(7))
+        .await
+        .expect("page");
+    assert_eq!(page_ids(&exact.orders), every);
+    assert_eq!(
+        exact.next, None,
+        "a page that holds the rest says there is no more"
+    );
+    let short = store
+        .open_orders_page(&m1(), None, PageRequest::first(6))
+        .await
+        .expect("page");
+    assert_eq!(page_ids(&short.orders), every[..6]);
+    let next = short.next.expect("one order follows");
+    let last = store
+        .open_orders_page(
+            &m1(),
+            None,
+            PageRequest {
+                after: Some(next),
+                limit: 6,
+            },
+        )
+        .await
+        .expect("page");
+    assert_eq!(page_ids(&last.orders), ["o6"]);
+    assert_eq!(last.next, None);
+    let past = store
+        .open_orders_page(
+            &m1(),
+            None,
+            PageRequest {
+                after: Some(next + 1_000),
+                limit: 6,
+            },
+        )
+        .await
+        .expect("page");
+    assert!(past.orders.is_empty() && past.next.is_none(), "{past:?}");
+
+    let mine = all_pages(&store, Some(&user(1)), 2, None).await;
+    assert_eq!(mine, [vec!["o0", "o3"], vec!["o6"]]);
+    let theirs = all_pages(&store, Some(&user(2)), 500, None).await;
+    assert_eq!(theirs, [vec!["o1", "o2", "o4", "o5"]]);
+    let nobody = all_pages(&store, Some(&user(9)), 10, None).await;
+    assert_eq!(nobody, [Vec::<String>::new()]);
+    let elsewhere = store
+        .open_orders_page(&market("80002:9"), None, PageRequest::first(10))
+        .await
+        .expect("page");
+    assert!(elsewhere.orders.is_empty() && elsewhere.next.is_none());
+}
+
+async fn a_page_cursor_survives_orders_added_and_cancelled_between_pages(store: Store) {
+    rest_orders(&store, 6).await;
+    let first = store
+        .open_orders_page(&m1(), None, PageRequest::first(3))
+        .await
+        .expect("page");
+    assert_eq!(page_ids(&first.orders), ["o0", "o1", "o2"]);
+    store
+        .cancel_order(&m1(), "o4", &user(2))
+        .await
+        .expect("store")
+        .expect("cancel");
+    store
+        .cancel_order(&m1(), "o1", &user(2))
+        .await
+        .expect("store")
+        .expect("cancel");
+    place(
+        &store,
+        Order::buy()
+            .id("late")
+            .user(user(3))
+            .price(200_000)
+            .amount(1),
+    )
+    .await;
+    place(
+        &store,
+        Order::buy()
+            .id("later")
+            .user(user(3))
+            .price(150_000)
+            .amount(1),
+    )
+    .await;
+    // A maker filled between pages leaves too: this takes `late`, the best bid.
+    let taker = place(
+        &store,
+        Order::sell()
+            .id("taker")
+            .user(user(4))
+            .price(150_000)
+            .amount(1),
+    )
+    .await;
+    assert_eq!(taker.fills.len(), 1);
+    assert_eq!(taker.fills[0].maker_order_id, "late");
+    let rest = all_pages(&store, None, 3, first.next).await;
+    assert_eq!(
+        rest.concat(),
+        ["o3", "o5", "later"],
+        "cancelled and filled orders are gone, one added since follows (pages {rest:?})"
+    );
+}
+
+/// Rests `n` asks of one share each by user `u` at 400_000: `<prefix>0` ..
+async fn rest_asks(store: &Store, prefix: &str, u: u8, n: usize) {
+    for i in 0..n {
+        place(
+            store,
+            Order::sell()
+                .id(format!("{prefix}{i}"))
+                .user(user(u))
+                .price(400_000)
+                .amount(1),
+        )
+        .await;
+    }
+}
+
+async fn one_placement_makes_at_most_the_capped_fills_and_rests_the_remainder(store: Store) {
+    let over = MAX_FILLS_PER_ORDER + 5;
+    rest_asks(&store, "ask", 1, over).await;
+    let taker = place(
+        &store,
+        Order::buy()
+            .id("sweep")
+            .user(user(2))
+            .price(500_000)
+            .amount(200),
+    )
+    .await;
+    assert_eq!(taker.fills.len(), MAX_FILLS_PER_ORDER, "stops at the cap");
+    assert_eq!(taker.order.filled, MAX_FILLS_PER_ORDER as u64);
+    assert_eq!(taker.order.status, OrderStatus::PartiallyFilled);
+    let makers: Vec<String> = taker
+        .fills
+        .iter()
+        .map(|f| f.maker_order_id.clone())
+        .collect();
+    let first: Vec<String> = (0..MAX_FILLS_PER_ORDER)
+        .map(|i| format!("ask{i}"))
+        .collect();
+    assert_eq!(makers, first, "the earliest makers, in priority order");
+    let (bids, asks) = store.depth(&m1(), 10).await.expect("depth");
+    assert_eq!(
+        asks,
+        vec![Level {
+            price: 400_000,
+            amount: 5,
+            orders: 5
+        }],
+        "the makers past the cap keep resting"
+    );
+    assert_eq!(
+        bids,
+        vec![Level {
+            price: 500_000,
+            amount: 100,
+            orders: 1
+        }],
+        "the remainder rests at its limit"
+    );
+    let open = store
+        .open_orders(&m1(), Some(&user(2)))
+        .await
+        .expect("open");
+    assert_eq!(page_ids(&open), ["sweep"]);
+    // The rested remainder is a maker like any other: the next sell trades with it at its price.
+    let next = place(
+        &store,
+        Order::sell()
+            .id("hit")
+            .user(user(3))
+            .price(450_000)
+            .amount(100),
+    )
+    .await;
+    assert_eq!(next.fills.len(), 1);
+    assert_eq!(next.fills[0].maker_order_id, "sweep");
+    assert_eq!(next.fills[0].price, 500_000);
+    assert_eq!(next.order.status, OrderStatus::Filled);
+}
+
+async fn one_placement_cancels_at_most_the_capped_own_resting_orders(store: Store) {
+    let over = MAX_SELF_TRADE_CANCELS_PER_ORDER + 3;
+    rest_asks(&store, "mine", 1, over).await;
+    let taker = place(
+        &store,
+        Order::buy()
+            .id("self")
+            .user(user(1))
+            .price(500_000)
+            .amount(10),
+    )
+    .await;
+    assert!(taker.fills.is_empty());
+    assert_eq!(
+        taker.self_trade_cancelled.len(),
+        MAX_SELF_TRADE_CANCELS_PER_ORDER,
+        "stops at the cap"
+    );
+    assert!(
+        taker
+            .self_trade_cancelled
+            .iter()
+            .all(|o| o.status == OrderStatus::Cancelled)
+    );
+    assert_eq!(
+        taker.order.status,
+        OrderStatus::Open,
+        "the taker rests untouched"
+    );
+    let (bids, asks) = store.depth(&m1(), 10).await.expect("depth");
+    assert_eq!(
+        asks,
+        vec![Level {
+            price: 400_000,
+            amount: 3,
+            orders: 3
+        }]
+    );
+    assert_eq!(
+        bids,
+        vec![Level {
+            price: 500_000,
+            amount: 10,
+            orders: 1
+        }]
+    );
+    let open = store
+        .open_orders(&m1(), Some(&user(1)))
+        .await
+        .expect("open");
+    let expected: Vec<String> = (MAX_SELF_TRADE_CANCELS_PER_ORDER..over)
+        .map(|i| format!("mine{i}"))
+        .chain(["self".to_owned()])
+        .collect();
+    assert_eq!(page_ids(&open), expected);
+}
+
+/// What `users` hold in all (available + reserved) and reserved, collateral and shares of m1.
+async fn holdings(exchange: &Exchange, users: &[u8]) -> [u128; 4] {
+    let mut sums = [0u128; 4];
+    for u in users {
+        let a = exchange.account(&user(*u)).await.expect("account");
+        let s = a.balance(&Asset::Shares(m1()));
+        sums[0] += a.collateral.available + a.collateral.reserved;
+        sums[1] += a.collateral.reserved;
+        sums[2] += s.available + s.reserved;
+        sums[3] += s.reserved;
+    }
+    sums
+}
+
+/// Reserved collateral and shares equal what the open orders still need.
+async fn assert_reservations_match_open_orders(exchange: &Exchange, users: &[u8]) {
+    let open = exchange.open_orders(&m1(), None).await.expect("open");
+    let need = |side| -> u128 {
+        open.iter()
+            .filter(|o| o.side == side)
+            .map(|o| u128::from(o.still_reserved()))
+            .sum()
+    };
+    let [_, reserved_c, _, reserved_s] = holdings(exchange, users).await;
+    assert_eq!(reserved_c, need(Side::Buy), "reserved collateral");
+    assert_eq!(reserved_s, need(Side::Sell), "reserved shares");
+}
+
+async fn the_caps_keep_collateral_and_shares_conserved(store: Store) {
+    let exchange = Exchange::new(store);
+    let users = [1, 2, 3];
+    for u in users {
+        exchange
+            .deposit(&user(u), Asset::Collateral, 1_000)
+            .await
+            .expect("collateral");
+        exchange
+            .deposit(&user(u), Asset::Shares(m1()), 1_000)
+            .await
+            .expect("shares");
+    }
+    let before = holdings(&exchange, &users).await;
+    let sell = |id: String, u: u8, price: u64| {
+        Order::sell()
+            .id(id)
+            .user(user(u))
+            .price(price)
+            .amount(1)
+            .new_order()
+    };
+    for i in 0..MAX_FILLS_PER_ORDER + 5 {
+        exchange
+            .place(sell(format!("ask{i}"), 1, 400_000), 1)
+            .await
+            .expect("ask rests");
+    }
+    let sweep = Order::buy()
+        .id("sweep")
+        .user(user(2))
+        .price(500_000)
+        .amount(200)
+        .new_order();
+    let Ok(relayer::exchange::Placed::Done(placed)) = exchange.place(sweep, 1).await else {
+        panic!("the sweep is placed");
+    };
+    assert_eq!(placed.record.fills.len(), MAX_FILLS_PER_ORDER);
+    assert_reservations_match_open_orders(&exchange, &users).await;
+    for i in 0..MAX_SELF_TRADE_CANCELS_PER_ORDER + 3 {
+        exchange
+            .place(sell(format!("mine{i}"), 3, 600_000), 1)
+            .await
+            .expect("ask rests");
+    }
+    let own = Order::buy()
+        .id("own")
+        .user(user(3))
+        .price(650_000)
+        .amount(10)
+        .new_order();
+    // Takes the 5 asks left of user 1, then cancels user 3's own asks up to the cap.
+    let Ok(relayer::exchange::Placed::Done(placed)) = exchange.place(own, 1).await else {
+        panic!("the order is placed");
+    };
+    assert_eq!(placed.record.fills.len(), 5);
+    assert_eq!(placed.record.order.filled, 5);
+    let left: Vec<_> = exchange
+        .open_orders(&m1(), Some(&user(3)))
+        .await
+        .expect("open")
+        .into_iter()
+        .map(|o| o.client_order_id)
+        .collect();
+    assert_eq!(left, ["mine100", "mine101", "mine102", "own"]);
+    let after = holdings(&exchange, &users).await;
+    assert_eq!(
+        [before[0], before[2]],
+        [after[0], after[2]],
+        "collateral and shares are conserved"
+    );
+    assert_reservations_match_open_orders(&exchange, &users).await;
 }
 
 async fn api_keys_are_found_by_hash_and_revoked_by_id(store: Store) {

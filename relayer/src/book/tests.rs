@@ -203,3 +203,88 @@ fn a_maker_put_back_by_an_undo_is_not_forgotten() {
     assert_eq!(book.open_orders(None).len(), 1);
     assert_eq!(book.depth(10).1.len(), 1, "the maker still rests");
 }
+
+/// The open orders by a walk of every order the book holds: what the index must answer.
+fn open_by_walk(book: &OrderBook, user: Option<&UserId>) -> Vec<String> {
+    let mut open: Vec<&Order> = book
+        .orders()
+        .filter(|o| o.status.is_open() && user.is_none_or(|u| &o.user_id == u))
+        .collect();
+    open.sort_by_key(|o| o.seq);
+    open.into_iter().map(|o| o.order_id.clone()).collect()
+}
+
+#[test]
+fn the_open_order_index_follows_every_placement_cancellation_and_undo() {
+    let mut book = OrderBook::default();
+    let mut seed = 11_u64;
+    for i in 0..400_u64 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let u = (seed >> 33) as u8 % 3 + 1;
+        let side = if (seed >> 20).is_multiple_of(2) {
+            Side::Buy
+        } else {
+            Side::Sell
+        };
+        let price = 400_000 + (seed >> 40) % 5 * 50_000;
+        let id = format!("o{i}");
+        match (seed >> 55) % 6 {
+            0 => {
+                let victim = format!("o{}", (seed >> 8) % (i + 1));
+                let _ = book.cancel(&victim, &user(u));
+            }
+            1 => {
+                let victim = format!("o{}", (seed >> 8) % (i + 1));
+                book.undo(&victim);
+            }
+            _ => {
+                let _ = book
+                    .place_once(order(&id, u, side, price, 1 + (seed >> 50) % 4), |t, n| {
+                        format!("{t}-{n}")
+                    });
+            }
+        }
+        for who in [None, Some(user(1)), Some(user(2)), Some(user(3))] {
+            let walked = open_by_walk(&book, who.as_ref());
+            let listed: Vec<String> = book
+                .open_orders(who.as_ref())
+                .into_iter()
+                .map(|o| o.order_id)
+                .collect();
+            assert_eq!(listed, walked, "step {i}, user {who:?}");
+            let mut paged = Vec::new();
+            let mut page = PageRequest::first(3);
+            for _ in 0..1_000 {
+                let got = book.open_orders_page(who.as_ref(), page);
+                paged.extend(got.orders.into_iter().map(|o| o.order_id));
+                match got.next {
+                    Some(after) => page.after = Some(after),
+                    None => break,
+                }
+            }
+            assert_eq!(paged, walked, "step {i}, user {who:?}, by pages");
+        }
+    }
+}
+
+#[test]
+fn one_placement_stops_at_the_fill_cap_and_rests_the_remainder() {
+    let mut book = OrderBook::default();
+    for i in 0..MAX_FILLS_PER_ORDER + 1 {
+        place(
+            &mut book,
+            order(&format!("a{i}"), 1, Side::Sell, 500_000, 1),
+        );
+    }
+    let out = place(&mut book, order("b", 2, Side::Buy, 600_000, 1_000));
+    assert_eq!(out.fills.len(), MAX_FILLS_PER_ORDER);
+    assert_eq!(out.order.status, OrderStatus::PartiallyFilled);
+    let open: Vec<String> = book
+        .open_orders(None)
+        .into_iter()
+        .map(|o| o.order_id)
+        .collect();
+    assert_eq!(open, [format!("a{MAX_FILLS_PER_ORDER}"), "b".to_owned()]);
+}

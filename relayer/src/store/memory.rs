@@ -39,7 +39,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{ApiKeyRecord, Claim, ClaimEnd, ClaimOutcome, Fence, SagaEntry, StoreError};
-use crate::book::{CancelError, Level, MatchOutcome, OrderBook, UndoOutcome};
+use crate::book::{
+    CancelError, Level, MatchOutcome, OrderBook, OrdersPage, PageRequest, UndoOutcome,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::config::RedisConfig;
 use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
@@ -698,13 +700,16 @@ impl MemoryStore {
             .unwrap_or_default())
     }
 
-    pub(super) fn open_orders(
+    /// A page of open orders, from the book's index (see [`OrderBook::open_orders_page`]):
+    /// the book's lock is held for the page's worth of work, never a walk of every order.
+    pub(super) fn open_orders_page(
         &self,
         market: &MarketKey,
         user: Option<&UserId>,
-    ) -> Result<Vec<Order>, StoreError> {
+        page: PageRequest,
+    ) -> Result<OrdersPage, StoreError> {
         Ok(self
-            .read_book(market, |book| book.open_orders(user))
+            .read_book(market, |book| book.open_orders_page(user, page))
             .unwrap_or_default())
     }
 

@@ -33,7 +33,9 @@ use crate::config::RelayerConfig;
 
 use serde::{Deserialize, Serialize};
 
-use crate::book::{CancelError, Level, MatchOutcome, UndoOutcome};
+use crate::book::{
+    CancelError, Level, MAX_PAGE, MatchOutcome, OrdersPage, PageRequest, UndoOutcome,
+};
 use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
 
 /// A store failure that is not a business outcome.
@@ -473,13 +475,36 @@ impl Store {
         dispatch!(self, s => s.depth(market, max_levels))
     }
 
-    /// Open orders of a market, optionally of one user.
+    /// One page of the open orders of a market, optionally of one user, in arrival order.
+    /// Either backend reads only the page (and one entry more, to know whether another page
+    /// follows) from an index of the resting orders: the cost is the answer's, however many
+    /// orders the market holds or has held.
+    pub async fn open_orders_page(
+        &self,
+        market: &MarketKey,
+        user: Option<&UserId>,
+        page: PageRequest,
+    ) -> Result<OrdersPage, StoreError> {
+        dispatch!(self, s => s.open_orders_page(market, user, page))
+    }
+
+    /// Every open order of a market, optionally of one user, in arrival order: page after page
+    /// of [`MAX_PAGE`] (for tools and tests; clients are served pages).
     pub async fn open_orders(
         &self,
         market: &MarketKey,
         user: Option<&UserId>,
     ) -> Result<Vec<Order>, StoreError> {
-        dispatch!(self, s => s.open_orders(market, user))
+        let mut all = Vec::new();
+        let mut page = PageRequest::first(MAX_PAGE);
+        loop {
+            let got = self.open_orders_page(market, user, page).await?;
+            all.extend(got.orders);
+            match got.next {
+                Some(after) => page.after = Some(after),
+                None => return Ok(all),
+            }
+        }
     }
 
     /// Stores a new API key.

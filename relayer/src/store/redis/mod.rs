@@ -97,7 +97,10 @@ use self::wire::{
     parse_saga_claim, parse_saga_shard, parse_status, parse_undo, side_code, to_json, unavailable,
 };
 use super::{ApiKeyRecord, Claim, ClaimEnd, ClaimOutcome, Fence, SagaEntry, StoreError};
-use crate::book::{CancelError, Level, MatchOutcome, UndoOutcome};
+use crate::book::{
+    CancelError, Level, MAX_FILLS_PER_ORDER, MAX_SELF_TRADE_CANCELS_PER_ORDER, MatchOutcome,
+    OrdersPage, PageRequest, UndoOutcome,
+};
 use crate::config::RelayerConfig;
 use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
 
@@ -481,6 +484,8 @@ impl RedisStore {
             saga,
             epoch,
             lease,
+            MAX_FILLS_PER_ORDER.to_string(),
+            MAX_SELF_TRADE_CANCELS_PER_ORDER.to_string(),
         ];
         let reply = self
             .script(
@@ -766,21 +771,40 @@ impl RedisStore {
         parse_depth(&reply)
     }
 
-    pub(super) async fn open_orders(
+    /// A page of open orders from the market's arrival index (`lua/open_orders.lua`): one
+    /// range read of `limit + 1` entries and one read per order answered.
+    pub(super) async fn open_orders_page(
         &self,
         market: &MarketKey,
         user: Option<&UserId>,
-    ) -> Result<Vec<Order>, StoreError> {
+        page: PageRequest,
+    ) -> Result<OrdersPage, StoreError> {
         let user = user.map(ToString::to_string).unwrap_or_default();
+        let after = page.after.map(|a| a.to_string()).unwrap_or_default();
         let reply = self
             .script(
                 "open_orders",
                 &self.inner.scripts.open_orders,
                 &self.market_key(market),
-                &[user],
+                &[user, after, page.bounded_limit().to_string()],
             )
             .await?;
-        reply.iter().map(|raw| parse_order(market, raw)).collect()
+        let Some((next, orders)) = reply.split_first() else {
+            return Err(StoreError::Corrupt("open_orders: empty reply".to_owned()));
+        };
+        let next =
+            if next.is_empty() {
+                None
+            } else {
+                Some(next.parse::<u64>().map_err(|_| {
+                    StoreError::Corrupt(format!("open_orders: next cursor {next:?}"))
+                })?)
+            };
+        let orders = orders
+            .iter()
+            .map(|raw| parse_order(market, raw))
+            .collect::<Result<_, _>>()?;
+        Ok(OrdersPage { orders, next })
     }
 
     pub(super) async fn put_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError> {

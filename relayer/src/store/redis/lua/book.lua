@@ -7,6 +7,11 @@
 --   <base>:p:b, :p:a  sorted sets of the prices that have resting orders (score = member = price)
 --   <base>:l:b, :l:a  hashes: "<price>" -> sum of the remaining shares resting at that price,
 --                     "<price>:n" -> number of resting orders at that price
+--   <base>:i          sorted set of the resting orders by arrival: score = seq, member = id
+--   <base>:i:<user>   the same, of one user's resting orders (gone when it has none)
+-- "<base>:meta" also holds "ix" = "1" once the arrival index holds every resting order: a book
+-- written by a build without the index is indexed (once, from its queues) by the first script
+-- that changes its resting orders.
 -- Order fields: id (the placement id), cid (the client order id; absent in orders of older
 -- builds), user, side ("buy"/"sell"), price, amount, filled, notional, reserved, paid,
 -- status ("open", "partially_filled", "filled", "cancelled"), seq, created: all strings.
@@ -48,8 +53,30 @@ local function queue_score(o)
   return o.price
 end
 
+local function index_key(user)
+  if user then return base .. ':i:' .. user end
+  return base .. ':i'
+end
+
+-- Builds the arrival index from the queues, once per book (see the header).
+local function ensure_index()
+  if redis.call('HGET', base .. ':meta', 'ix') then return end
+  for _, s in ipairs({ 'buy', 'sell' }) do
+    for _, m in ipairs(redis.call('ZRANGE', sidekey('q', s), 0, -1)) do
+      local id, seq = string.sub(m, 22), tonumber(string.sub(m, 1, 20))
+      redis.call('ZADD', index_key(), seq, id)
+      local user = redis.call('HGET', okey(id), 'user')
+      if user then redis.call('ZADD', index_key(user), seq, id) end
+    end
+  end
+  redis.call('HSET', base .. ':meta', 'ix', '1')
+end
+
 -- A new order rests at its price.
 local function level_add(o)
+  ensure_index()
+  redis.call('ZADD', index_key(), o.seq, o.id)
+  redis.call('ZADD', index_key(o.user), o.seq, o.id)
   local l, p, amount = sidekey('l', o.side), o.price, remaining(o)
   local cur = redis.call('HGET', l, p)
   if cur then
@@ -67,6 +94,9 @@ local function level_sub(o, amount, leaves)
   local l, p = sidekey('l', o.side), o.price
   local left = n_sub(redis.call('HGET', l, p) or '0', amount)
   if leaves then
+    ensure_index()
+    redis.call('ZREM', index_key(), o.id)
+    redis.call('ZREM', index_key(o.user), o.id)
     redis.call('ZREM', sidekey('q', o.side), queue_member(o))
     if redis.call('HINCRBY', l, p .. ':n', -1) <= 0 then
       redis.call('HDEL', l, p, p .. ':n')

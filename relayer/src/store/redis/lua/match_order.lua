@@ -4,7 +4,10 @@
 --
 -- KEYS[1]: the market's base key (see book.lua).
 -- ARGV: orderId (the placement id), userId, side, price, amount, reserved, createdAtMs,
--- retentionMs, clientOrderId, then the fence (saga id or "", epoch, lease end; see fence.lua).
+-- retentionMs, clientOrderId, then the fence (saga id or "", epoch, lease end; see fence.lua),
+-- then the most fills and the most self-trade cancellations this placement makes (book.rs's
+-- MAX_FILLS_PER_ORDER and MAX_SELF_TRADE_CANCELS_PER_ORDER): when either is reached matching
+-- stops and the remainder rests, so the script's work is bounded whatever the book holds.
 -- Returns {orderJson, fillCount, fillJson..., cancelledJson...}. A fill's "makerDone" is "1"
 -- when the maker order finished with it.
 -- Nothing is written when an argument or the book's data cannot be computed with (an error
@@ -28,10 +31,14 @@ local function crosses(maker_price)
   return tonumber(maker_price) >= tonumber(ARGV[4])
 end
 
+-- The caps (validated by check() before they bound anything that writes).
+local max_fills, max_removed = tonumber(ARGV[13]) or 0, tonumber(ARGV[14]) or 0
+
 -- Checks everything the match below computes with (see book.lua), walking the opposite queue
 -- the way the match will consume it, before the first write.
 local function check()
-  for i, what in pairs({ [4] = 'price', [5] = 'amount', [6] = 'reserved', [7] = 'createdAtMs', [8] = 'retentionMs' }) do
+  for i, what in pairs({ [4] = 'price', [5] = 'amount', [6] = 'reserved', [7] = 'createdAtMs', [8] = 'retentionMs',
+      [13] = 'maxFills', [14] = 'maxSelfTradeCancels' }) do
     if not canonical(ARGV[i]) then return corrupt('argument', what .. ' is not a decimal') end
   end
   if ARGV[3] ~= 'buy' and ARGV[3] ~= 'sell' then return corrupt('argument', 'side') end
@@ -41,13 +48,15 @@ local function check()
   end
   local seq = redis.call('HGET', base .. ':meta', 'seq')
   if seq and not string.match(seq, '^%d+$') then return corrupt('book', 'seq is not a count') end
-  local left, need, i = ARGV[5], {}, 0
-  while left ~= '0' do
+  local left, need, i, nfills, nremoved = ARGV[5], {}, 0, 0, 0
+  while left ~= '0' and nfills < max_fills and nremoved < max_removed do
     local top = redis.call('ZRANGE', sidekey('q', opposite), i, i)
     if #top == 0 then break end
     i = i + 1
     local maker = load_order(string.sub(top[1], 22))
-    if maker ~= nil then
+    if maker == nil then
+      nremoved = nremoved + 1
+    else
       local why = invalid_order(maker)
       if why then return corrupt('order ' .. tostring(maker.id), why) end
       if not crosses(maker.price) then break end
@@ -55,6 +64,9 @@ local function check()
       if maker.user ~= ARGV[2] then
         take = n_min(left, take)
         left = n_sub(left, take)
+        nfills = nfills + 1
+      else
+        nremoved = nremoved + 1
       end
       need[maker.price] = n_add(need[maker.price] or '0', take)
     end
@@ -74,20 +86,24 @@ local seq = redis.call('HINCRBY', base .. ':meta', 'seq', 1) - 1
 local o = { id = ARGV[1], cid = ARGV[9], user = ARGV[2], side = ARGV[3], price = ARGV[4], amount = ARGV[5],
   filled = '0', notional = '0', reserved = ARGV[6], paid = '0', status = 'open',
   seq = string.format('%d', seq), created = ARGV[7] }
-local fills, cancelled = {}, {}
+local fills, cancelled, removed = {}, {}, 0
 
-while remaining(o) ~= '0' do
+while remaining(o) ~= '0' and #fills < max_fills and removed < max_removed do
   local top = redis.call('ZRANGE', sidekey('q', opposite), 0, 0)
   if #top == 0 then break end
   local maker_id = string.sub(top[1], 22)
   local maker = load_order(maker_id)
   if maker == nil then
-    -- NB: unreachable while every queued id has its order; drop it rather than loop forever.
+    -- NB: unreachable while every queued id has its order; drop it rather than loop forever
+    -- (counted with the self-trade cancellations, so it is bounded too).
     redis.call('ZREM', sidekey('q', opposite), top[1])
+    redis.call('ZREM', index_key(), maker_id)
+    removed = removed + 1
   else
     local level = tonumber(maker.price)
     if not crosses(maker.price) then break end
     if maker.user == o.user then
+      removed = removed + 1
       level_sub(maker, remaining(maker), true)
       maker.status = 'cancelled'
       save_order(maker, retention)
