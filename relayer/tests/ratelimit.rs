@@ -1,6 +1,7 @@
 //! The rate limiter end to end: 429s with their headers, exactness under concurrency for both
 //! counter stores, one budget across two relayer processes on one Redis, client identity behind
-//! proxies, and the store-failure policies.
+//! proxies (an IPv6 client keyed by its network of `ipv6Prefix` bits), and the store-failure
+//! policies.
 
 mod support;
 
@@ -226,6 +227,70 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_the_key() {
     let statuses = futures_statuses(&server, "203.0.113.50, 198.51.100.1", 1).await;
     assert_eq!(statuses, vec![429]);
     server.stop().await;
+}
+
+/// Two IPv6 clients of one /64 (one subscriber's network) share one per-IP budget; a client
+/// of another /64 has its own; and an IPv4-mapped client is the IPv4 one.
+///
+/// Before the fix, each /128 had a budget of its own, so the second client of the /64 was
+/// admitted both times (`[200, 200]`, not `[200, 429]`).
+#[tokio::test]
+async fn ipv6_clients_of_one_slash_64_share_one_per_ip_budget() {
+    let server = Server::start(|c| {
+        per_ip_only(c, 3);
+        c.rate_limit.trusted_proxies = vec!["127.0.0.1/32".to_owned()];
+    })
+    .await;
+    let first = futures_statuses(&server, "2001:db8:1:2::1", 2).await;
+    let second = futures_statuses(&server, "2001:db8:1:2:aaaa:bbbb:cccc:dddd", 2).await;
+    assert_eq!(
+        (first, second),
+        (vec![200, 200], vec![200, 429]),
+        "one budget of 3 for the whole /64"
+    );
+    let other = futures_statuses(&server, "2001:db8:1:3::1", 4).await;
+    assert_eq!(
+        other,
+        vec![200, 200, 200, 429],
+        "another /64, another budget"
+    );
+
+    let v4 = futures_statuses(&server, "192.0.2.9", 3).await;
+    let mapped = futures_statuses(&server, "::ffff:192.0.2.9", 1).await;
+    assert_eq!(
+        (v4, mapped),
+        (vec![200, 200, 200], vec![429]),
+        "::ffff:a.b.c.d is a.b.c.d"
+    );
+    server.stop().await;
+}
+
+/// `rateLimit.ipv6Prefix` sets how much of an IPv6 address is the key: with 128 every address
+/// has its own budget, with 48 two /64s of one /48 share one.
+#[tokio::test]
+async fn the_ipv6_prefix_is_configurable() {
+    let per_address = Server::start(|c| {
+        per_ip_only(c, 1);
+        c.rate_limit.trusted_proxies = vec!["127.0.0.1/32".to_owned()];
+        c.rate_limit.ipv6_prefix = 128;
+    })
+    .await;
+    for client in ["2001:db8:1:2::1", "2001:db8:1:2::2"] {
+        let statuses = futures_statuses(&per_address, client, 2).await;
+        assert_eq!(statuses, vec![200, 429], "/128: client {client} alone");
+    }
+    per_address.stop().await;
+
+    let per_48 = Server::start(|c| {
+        per_ip_only(c, 1);
+        c.rate_limit.trusted_proxies = vec!["127.0.0.1/32".to_owned()];
+        c.rate_limit.ipv6_prefix = 48;
+    })
+    .await;
+    let first = futures_statuses(&per_48, "2001:db8:1:2::1", 1).await;
+    let second = futures_statuses(&per_48, "2001:db8:1:3::1", 1).await;
+    assert_eq!((first, second), (vec![200], vec![429]), "/48: one budget");
+    per_48.stop().await;
 }
 
 async fn futures_statuses(server: &Server, xff: &str, n: usize) -> Vec<u16> {

@@ -1,8 +1,10 @@
 //! The order saga against a test settlement endpoint (in-process relayer, in-memory store):
 //! an outage opens the `settlement` breaker, orders fail fast while it is open, half-open
 //! probes close it when the endpoint recovers, and every failed order leaves balances and book
-//! exactly as they were; an unconfirmed settlement is carried forward with the same keys; a
-//! trade rejected after it may have settled parks the saga as `manual`.
+//! exactly as they were; an unconfirmed settlement (a lost answer, a redirect, which is never
+//! followed, or a 2xx without the settlement answer) is carried forward with the same keys; a
+//! trade rejected after it may have settled parks the saga as `manual`; the credential header
+//! goes to the endpoint only and never into the log.
 
 mod support;
 
@@ -10,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::api::Api;
 use support::fixtures::{ADMIN_TOKEN, Order};
 use support::metrics::Metrics;
+use support::process::RelayerProcess;
 use support::server::Server;
 use support::settle::{Mode, SettlementServer};
 use support::wait::wait_for;
@@ -35,9 +39,20 @@ impl Market {
 
     /// [`Market::start`] with `POST /v2/orders` waiting at most `wait_ms` for its saga.
     async fn start_waiting(settlement: &SettlementServer, wait_ms: u64) -> Self {
+        Self::start_with(settlement, move |c| {
+            c.limits.placement_wait_ms = Some(wait_ms)
+        })
+        .await
+    }
+
+    /// [`Market::start`] with whatever `tweak` changes after this file's settings.
+    async fn start_with(
+        settlement: &SettlementServer,
+        tweak: impl FnOnce(&mut relayer::config::RelayerConfig),
+    ) -> Self {
         let url = settlement.url.clone();
         let server = Server::start(move |c| {
-            c.limits.placement_wait_ms = Some(wait_ms);
+            c.limits.placement_wait_ms = Some(5_000);
             c.rate_limit.enabled = false;
             c.settlement.url = Some(url);
             c.settlement.timeout_ms = 300;
@@ -51,6 +66,7 @@ impl Market {
             b.timeout = 300;
             b.min_requests = 1_000;
             b.half_open_max_calls = 1;
+            tweak(c);
         })
         .await;
         server.deposit(SELLER, MARKET, 1_000).await;
@@ -467,4 +483,211 @@ async fn a_live_saga_keeps_its_lease_through_a_long_settlement_so_no_replica_tak
         "settled once: {settled:?}"
     );
     m.server.stop().await;
+}
+
+/// A redirect is no answer about the trade. It is not followed: the URL it names gets
+/// nothing, so neither the trade nor the credential goes there. The trade is not counted as
+/// settled; it is carried forward under the same key until the endpoint confirms it.
+///
+/// Before the fix, reqwest followed each redirect to a URL that answered "settled", so the
+/// placement answered 201 and the trade was never settled at the endpoint (`followed` held
+/// its key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_and_the_trade_is_carried_forward_until_confirmed() {
+    const HEADER: &str = "X-Settlement-Token";
+    const CREDENTIAL: &str = "Bearer redirect-7f3a";
+    let endpoint = SettlementServer::start().await;
+    endpoint.require_header(HEADER, CREDENTIAL);
+    let m = Market::start_with(&endpoint, |c| {
+        c.limits.placement_wait_ms = Some(400);
+        c.settlement.credential = Some(CREDENTIAL.to_owned());
+        c.settlement.credential_header = HEADER.to_owned();
+        // NB: every bid meets redirects: an open breaker would fail the later ones fast.
+        c.circuit_breakers.settlement.failure_threshold = 1_000;
+    })
+    .await;
+    assert_eq!(m.ask("a1", 500_000, 10).await.0, StatusCode::CREATED);
+    let before = m.snapshot().await;
+    const REDIRECTS: [u16; 5] = [301, 302, 303, 307, 308];
+    for status in REDIRECTS {
+        endpoint.set_mode(Mode::Redirect(status));
+        let id = format!("b{status}");
+        let (placed, body) = m.bid(&id, 500_000, 1).await;
+        assert_eq!(placed, StatusCode::ACCEPTED, "after a {status}: {body}");
+        assert_eq!(body, json!({"orderId": id, "state": "pending"}), "{status}");
+    }
+    assert_eq!(
+        endpoint.followed(),
+        Vec::<String>::new(),
+        "a redirect was followed"
+    );
+    assert!(endpoint.settled().is_empty(), "{:?}", endpoint.settled());
+    let during = m.snapshot().await;
+    assert_eq!(during["buyer"]["shares"], before["buyer"]["shares"]);
+    assert_eq!(during["seller"], before["seller"], "nothing paid out");
+
+    endpoint.set_mode(Mode::Succeed);
+    wait_for(
+        "the five trades to complete",
+        Duration::from_secs(15),
+        async || m.snapshot().await["buyer"]["shares"][MARKET]["available"] == "5",
+    )
+    .await;
+    let settled = endpoint.settled();
+    assert_eq!(settled.len(), REDIRECTS.len(), "{settled:?}");
+    assert!(
+        settled.values().all(|n| *n == 1),
+        "settled once: {settled:?}"
+    );
+    let requests = endpoint.requests();
+    assert!(
+        requests.iter().all(|k| settled.contains_key(k)),
+        "only the trades' own keys: {requests:?}"
+    );
+    assert!(endpoint.followed().is_empty());
+    assert_eq!(endpoint.unauthorized(), 0);
+    let credentials = endpoint.credentials();
+    assert!(
+        credentials.iter().all(|c| c.as_deref() == Some(CREDENTIAL)),
+        "{credentials:?}"
+    );
+    m.server.stop().await;
+}
+
+/// A 2xx counts only when it carries the settlement answer for the trade's key. An empty
+/// body, other JSON, another trade's key or an HTML page leaves the trade unconfirmed. The
+/// endpoint may have acted on it, so it is never undone: it is carried forward under the
+/// same key until the answer comes.
+///
+/// Before the fix, any 2xx counted as settled, so each placement answered 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_without_the_settlement_answer_is_not_counted_as_settled() {
+    let endpoint = SettlementServer::start().await;
+    let m = Market::start_with(&endpoint, |c| {
+        c.limits.placement_wait_ms = Some(400);
+        c.circuit_breakers.settlement.failure_threshold = 1_000;
+    })
+    .await;
+    assert_eq!(m.ask("a1", 500_000, 10).await.0, StatusCode::CREATED);
+    let before = m.snapshot().await;
+    const ANSWERS: [&str; 6] = [
+        "",
+        "{}",
+        r#"{"ok": true}"#,
+        r#"{"settled": true}"#,
+        r#"{"settled": "trade:another"}"#,
+        "<html>settled</html>",
+    ];
+    for (i, answer) in ANSWERS.into_iter().enumerate() {
+        endpoint.set_mode(Mode::Answer(answer));
+        let id = format!("b{i}");
+        let (placed, body) = m.bid(&id, 500_000, 1).await;
+        assert_eq!(placed, StatusCode::ACCEPTED, "answered {answer:?}: {body}");
+        assert_eq!(
+            body,
+            json!({"orderId": id, "state": "pending"}),
+            "{answer:?}"
+        );
+    }
+    let during = m.snapshot().await;
+    assert_eq!(during["buyer"]["shares"], before["buyer"]["shares"]);
+    assert_eq!(during["seller"], before["seller"], "nothing paid out");
+    let (_, sagas) = m
+        .server
+        .call(Method::GET, "/admin/sagas", Some(ADMIN_TOKEN), None)
+        .await;
+    let sagas = sagas["sagas"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        sagas.len(),
+        ANSWERS.len(),
+        "one live saga a trade: {sagas:?}"
+    );
+    assert!(
+        sagas.iter().all(|s| s["data"]["inDoubt"] == true),
+        "each carried forward as in doubt, never compensated: {sagas:?}"
+    );
+
+    endpoint.set_mode(Mode::Succeed);
+    wait_for(
+        "the trades to complete",
+        Duration::from_secs(15),
+        async || m.snapshot().await["buyer"]["shares"][MARKET]["available"] == "6",
+    )
+    .await;
+    let settled = endpoint.settled();
+    assert_eq!(settled.len(), ANSWERS.len(), "{settled:?}");
+    assert!(
+        settled.values().all(|n| *n == 1),
+        "settled once: {settled:?}"
+    );
+    let snap = m.snapshot().await;
+    assert_eq!(snap["buyer"]["collateral"]["reserved"], "0", "{snap}");
+    let figure = |v: &Value| v.as_str().and_then(|s| s.parse::<u64>().ok());
+    let paid = figure(&snap["buyer"]["collateral"]["available"])
+        .and_then(|left| 1_000_000u64.checked_sub(left));
+    assert_eq!(
+        paid,
+        figure(&snap["seller"]["collateral"]["available"]),
+        "the seller got what the buyer paid, once: {snap}"
+    );
+    m.server.stop().await;
+}
+
+/// What the relayer logs of unconfirmed answers names the status and what was wrong, and never
+/// the credential it sent.
+///
+/// Before the fix, the redirect was followed and the empty 200 counted as settled, so neither
+/// was logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_answers_are_logged_without_the_credential() {
+    const HEADER: &str = "X-Settlement-Token";
+    const SECRET: &str = "settle-c0ffee-91";
+    let credential = format!("Bearer {SECRET}");
+    let endpoint = SettlementServer::start().await;
+    endpoint.require_header(HEADER, &credential);
+    endpoint.script(&[Mode::Redirect(307), Mode::Answer("{}")]);
+    let relayer = RelayerProcess::start(&[
+        ("RELAYER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("RELAYER_SETTLEMENT__URL", endpoint.url.clone()),
+        ("RELAYER_SETTLEMENT__RETRY__STRATEGY", "fast".to_owned()),
+        ("RELAYER_SETTLEMENT__CREDENTIAL", credential.clone()),
+        ("RELAYER_SETTLEMENT__CREDENTIAL_HEADER", HEADER.to_owned()),
+    ]);
+    let api = Api::default();
+    let seller = api.trader(&relayer.base, SELLER).await;
+    let buyer = api.trader(&relayer.base, BUYER).await;
+    api.deposit(&relayer.base, SELLER, MARKET, 10).await;
+    api.deposit(&relayer.base, BUYER, "collateral", 1_000_000)
+        .await;
+    let ask = Order::sell()
+        .id("a1")
+        .market(MARKET)
+        .user(SELLER)
+        .price(500_000);
+    let (status, body) = api
+        .place(&relayer.base, &seller, &ask.amount(4).json())
+        .await
+        .expect("ask");
+    assert_eq!(status, 201, "{body}");
+    let bid = Order::buy()
+        .id("b1")
+        .market(MARKET)
+        .user(BUYER)
+        .price(500_000);
+    let (status, body) = api
+        .place(&relayer.base, &buyer, &bid.amount(4).json())
+        .await
+        .expect("bid");
+    assert_eq!(status, 201, "settled on the third attempt: {body}");
+    assert_eq!(endpoint.requests().len(), 3, "{:?}", endpoint.requests());
+    assert_eq!(endpoint.settled().len(), 1);
+    assert!(endpoint.followed().is_empty());
+
+    let log = relayer.log_text();
+    assert!(log.contains("HTTP 307 redirect, not followed"), "{log}");
+    assert!(log.contains("HTTP 200 unconfirmed"), "{log}");
+    assert!(
+        !log.contains(SECRET),
+        "the credential is in the log:\n{log}"
+    );
 }

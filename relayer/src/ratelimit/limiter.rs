@@ -20,7 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::client_ip::client_ip;
+use super::client_ip::{client_ip, client_key};
 use super::config::{OnStoreError, RateLimitConfig, TierLimit};
 use super::counters::{Check, Client, CounterStore, Decision, Key};
 use super::window::{Outcome, Spec};
@@ -291,7 +291,8 @@ impl Limiter {
         client_ip(&self.trusted, peer, headers)
     }
 
-    /// The counters a request touches, with their tiers.
+    /// The counters a request from client `ip` touches, with their tiers. An IPv6 client is
+    /// counted under its network of `ipv6Prefix` bits (see [`client_key`]).
     pub fn checks<'a>(
         &'a self,
         ip: IpAddr,
@@ -299,6 +300,7 @@ impl Limiter {
         method: &str,
         route: &str,
     ) -> Checks<'a> {
+        let ip = client_key(ip, self.config.ipv6_prefix);
         let spec = |t: &TierLimit| Spec {
             window_ms: t.window_ms,
             limit: t.max_requests,

@@ -3,6 +3,10 @@
 //! through the `settlement` circuit breaker and the configured retry policy, and the
 //! classification of what the attempts said about the trade (see the parent module).
 //!
+//! Redirects are never followed (the credential would go along, and a redirect is not an
+//! answer about the trade); a 2xx counts only when its body is the settlement answer,
+//! `{"settled": "<idempotencyKey>"}` ([`confirms`], reading at most [`MAX_ANSWER_BYTES`]).
+//!
 //! Neither the credential nor a password in `settlement.url` shows in `Debug` or in an error.
 //!
 //! With traces on ([`crate::otel`]) each attempt is a client span whose W3C `traceparent` the
@@ -35,6 +39,9 @@ enum Attempt {
     Lost(String),
     /// The endpoint answered an error status.
     Status(u16, Option<Duration>),
+    /// The endpoint answered, but not that the trade is settled: a redirect (not followed) or
+    /// a 2xx without the settlement answer. It may have acted on the request.
+    Unconfirmed(u16, String),
     /// Not sent: the caller withdrew its permission (e.g. its saga's lease lapsed).
     Withheld,
 }
@@ -48,7 +55,10 @@ impl Retryable for AttemptError {
         match &self.0 {
             BreakerError::Open(_) => false,
             BreakerError::Timeout(_) => true,
-            BreakerError::Inner(Attempt::Refused(_) | Attempt::Lost(_)) => true,
+            // NB: a repeat under the same key is safe, and may confirm the trade.
+            BreakerError::Inner(
+                Attempt::Refused(_) | Attempt::Lost(_) | Attempt::Unconfirmed(..),
+            ) => true,
             BreakerError::Inner(Attempt::Status(s, _)) => is_retryable_status(*s),
             BreakerError::Inner(Attempt::Withheld) => false,
         }
@@ -59,6 +69,59 @@ impl Retryable for AttemptError {
             _ => None,
         }
     }
+}
+
+/// The most of a 2xx body read: the settlement answer is a few dozen bytes, and an endpoint
+/// (or whatever answers in its place) must not make the relayer buffer megabytes per trade.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Whether `body` (a 2xx's) is the settlement answer for `idempotency_key`: a JSON object whose
+/// `settled` is that key (other fields are ignored). Else why not, for the error.
+fn confirms(body: &[u8], idempotency_key: &str) -> Result<(), String> {
+    let expected = format!(r#"expected {{"settled": "{idempotency_key}"}}"#);
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| format!("the body is not JSON ({expected})"))?;
+    match value.get("settled") {
+        Some(serde_json::Value::String(key)) if key == idempotency_key => Ok(()),
+        Some(serde_json::Value::String(key)) => {
+            let shown: String = key.chars().take(80).collect();
+            Err(format!(
+                "`settled` names another key, {shown:?} ({expected})"
+            ))
+        }
+        Some(other) => Err(format!(
+            "`settled` is a {}, not the idempotency key ({expected})",
+            json_kind(other)
+        )),
+        None if value.is_object() => Err(format!("the body has no `settled` ({expected})")),
+        None => Err(format!(
+            "the body is a JSON {}, not an object ({expected})",
+            json_kind(&value)
+        )),
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+/// Reads the body of `resp`, at most [`MAX_ANSWER_BYTES`] of it; `Ok(None)`: longer.
+async fn read_bounded(mut resp: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 /// The HTTP settlement client.
@@ -127,6 +190,8 @@ impl HttpSettlement {
             policy.max_delay = Duration::from_millis(ms);
         }
         let client = reqwest::Client::builder()
+            // NB: a redirect is answered, never followed: see `Attempt::Unconfirmed`.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(s.timeout_ms))
             .connect_timeout(Duration::from_millis(s.timeout_ms.min(2_000)))
             .build()?;
@@ -161,7 +226,7 @@ impl HttpSettlement {
         let result = self.send(trade, headers).instrument(span.clone()).await;
         match &result {
             Ok(()) => span.record("http.response.status_code", 200),
-            Err(Attempt::Status(status, _)) => span
+            Err(Attempt::Status(status, _) | Attempt::Unconfirmed(status, _)) => span
                 .record("http.response.status_code", status)
                 .record("otel.status_code", "error"),
             Err(_) => span.record("otel.status_code", "error"),
@@ -179,7 +244,34 @@ impl HttpSettlement {
             .send()
             .await;
         match sent {
-            Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) if resp.status().is_success() => {
+                let status = resp.status().as_u16();
+                match read_bounded(resp).await {
+                    Ok(Some(body)) => confirms(&body, &trade.idempotency_key).map_err(|why| {
+                        Attempt::Unconfirmed(status, format!("HTTP {status} unconfirmed: {why}"))
+                    }),
+                    Ok(None) => Err(Attempt::Unconfirmed(
+                        status,
+                        format!(
+                            "HTTP {status} unconfirmed: the body is over {MAX_ANSWER_BYTES} bytes, \
+                             not the settlement answer"
+                        ),
+                    )),
+                    // NB: the answer was lost on the way, like a connection broken mid-answer.
+                    Err(e) => Err(Attempt::Lost(e.without_url().to_string())),
+                }
+            }
+            Ok(resp) if resp.status().is_redirection() => {
+                let status = resp.status().as_u16();
+                // NB: the target is not shown: it may carry a token in its query.
+                Err(Attempt::Unconfirmed(
+                    status,
+                    format!(
+                        "HTTP {status} redirect, not followed: a redirect does not say the trade \
+                         is settled (is settlement.url the endpoint itself?)"
+                    ),
+                ))
+            }
             Ok(resp) => {
                 let ra = resp
                     .headers()
@@ -219,7 +311,9 @@ impl HttpSettlement {
                         .breaker
                         .call(self.attempt(trade), |e: &Attempt| match e {
                             Attempt::Status(s, _) => *s >= 500 || *s == 408 || *s == 429,
-                            Attempt::Refused(_) | Attempt::Lost(_) => true,
+                            Attempt::Refused(_) | Attempt::Lost(_) | Attempt::Unconfirmed(..) => {
+                                true
+                            }
                             Attempt::Withheld => false,
                         })
                         .await
@@ -227,7 +321,8 @@ impl HttpSettlement {
                     if matches!(
                         &r,
                         Err(AttemptError(
-                            BreakerError::Timeout(_) | BreakerError::Inner(Attempt::Lost(_))
+                            BreakerError::Timeout(_)
+                                | BreakerError::Inner(Attempt::Lost(_) | Attempt::Unconfirmed(..))
                         ))
                     ) {
                         doubt.store(true, Ordering::Relaxed);
@@ -247,6 +342,7 @@ impl HttpSettlement {
             BreakerError::Timeout(_) => "no answer in time".to_owned(),
             BreakerError::Inner(Attempt::Refused(e) | Attempt::Lost(e)) => e.clone(),
             BreakerError::Inner(Attempt::Status(s, _)) => format!("HTTP {s}"),
+            BreakerError::Inner(Attempt::Unconfirmed(_, why)) => why.clone(),
             BreakerError::Inner(Attempt::Withheld) => {
                 "not sent again: the caller may no longer send it".to_owned()
             }
@@ -259,5 +355,46 @@ impl HttpSettlement {
             (false, true) => Err(SettleError::Rejected(detail)),
             (false, false) => Err(SettleError::NotSettled(detail)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "trade:t-1";
+
+    #[test]
+    fn the_settlement_answer_for_the_key_sent_confirms() {
+        assert_eq!(confirms(br#"{"settled": "trade:t-1"}"#, KEY), Ok(()));
+        assert_eq!(
+            confirms(br#"{"settled":"trade:t-1","at":"2026-01-01"}"#, KEY),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn any_other_body_does_not_confirm_and_says_what_was_wrong() {
+        let why = |body: &[u8]| confirms(body, KEY).expect_err("not confirmed");
+        assert!(why(b"").contains("not JSON"), "{}", why(b""));
+        assert!(why(b"<html>ok</html>").contains("not JSON"));
+        assert!(why(b"{}").contains("no `settled`"));
+        assert!(why(br#"{"ok": true}"#).contains("no `settled`"));
+        assert!(why(br#"{"settled": true}"#).contains("`settled` is a boolean"));
+        assert!(why(br#"{"settled": null}"#).contains("`settled` is a null"));
+        assert!(why(br#"["trade:t-1"]"#).contains("not an object"));
+        let other = why(br#"{"settled": "trade:t-2"}"#);
+        assert!(other.contains(r#""trade:t-2""#), "{other}");
+        assert!(
+            other.contains(r#"expected {"settled": "trade:t-1"}"#),
+            "{other}"
+        );
+    }
+
+    #[test]
+    fn a_long_foreign_key_is_cut_in_the_message() {
+        let body = format!(r#"{{"settled": "{}"}}"#, "x".repeat(10_000));
+        let why = confirms(body.as_bytes(), KEY).expect_err("not confirmed");
+        assert!(why.len() < 300, "{why}");
     }
 }

@@ -4,14 +4,19 @@
 //! Each trade is one POST with its idempotency key in the `Idempotency-Key` header and in the
 //! body (`idempotencyKey`), so the endpoint can recognise a repeat. The answer is classified
 //! by what it says about the trade:
-//! - settled: a 2xx;
+//! - settled: a 2xx whose body is the settlement answer, a JSON object whose `settled` is the
+//!   idempotency key sent (`{"settled": "trade:<tradeId>"}`; other fields are ignored);
 //! - not settled: an HTTP error status, a connection refused before anything was sent, or the
 //!   breaker open (no call made). Retryable statuses (408, 429, 5xx) and refused connections
 //!   are retried; other 4xx are [`SettleError::Rejected`];
-//! - in doubt: a timeout or a connection lost after the request was sent. Retried with the same
-//!   key; if no attempt confirms it, the answer is [`SettleError::InDoubt`] even when a later
-//!   attempt said "not settled" (an earlier one may have been accepted), and
-//!   [`SettleError::RejectedInDoubt`] when the last attempt was a 4xx refusal.
+//! - in doubt: a timeout or a connection lost after the request was sent, a redirect (never
+//!   followed: it is no answer about the trade, and a 303 may even follow a POST that was
+//!   applied), or a 2xx without the settlement answer (something answered that may have acted
+//!   on the request). Retried with the same key; if no attempt confirms it, the answer is
+//!   [`SettleError::InDoubt`] even when a later attempt said "not settled" (an earlier one may
+//!   have been accepted), and [`SettleError::RejectedInDoubt`] when the last attempt was a 4xx
+//!   refusal. Doubt is carried forward, never undone: money stays safe when the endpoint did
+//!   settle.
 //!
 //! # Layout
 //! - this module: the trade as sent ([`SettlementTrade`]), its idempotency key, the outcome

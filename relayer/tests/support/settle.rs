@@ -4,7 +4,9 @@
 //! each key at most once (as a real idempotent endpoint would). It can also require a
 //! credential header ([`SettlementServer::require_header`]): a request without it is answered
 //! 401 and settles nothing; the header of every request is kept, and so is every request's W3C
-//! `traceparent`.
+//! `traceparent`. It can also answer a redirect to a URL of its own that would settle
+//! ([`Mode::Redirect`]; requests that follow it are kept, [`SettlementServer::followed`]), or a
+//! 200 with a body of the test's choosing that settles nothing ([`Mode::Answer`]).
 //!
 //! Uses `axum` for the endpoint; no other support module.
 
@@ -14,8 +16,9 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
 use serde_json::{Value, json};
 
 /// What the endpoint does with a request.
@@ -34,6 +37,11 @@ pub enum Mode {
     Delay(u64),
     /// Waits this many milliseconds, then answers the status without settling.
     FailAfter(u64, u16),
+    /// Answers this 3xx status with `Location: /settled-elsewhere`, which would answer
+    /// `{"settled": <Idempotency-Key>}` with 200 to any request; settles nothing here.
+    Redirect(u16),
+    /// Answers 200 with this body (as `application/json`) without settling.
+    Answer(&'static str),
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +68,8 @@ struct Inner {
     traceparents: Vec<(String, Option<String>)>,
     /// Requests that carried a `tracestate` header.
     tracestates: usize,
+    /// The `Idempotency-Key` of every request that followed a redirect, in arrival order.
+    followed: Vec<String>,
 }
 
 /// The running endpoint.
@@ -83,7 +93,7 @@ async fn settle(
     State(inner): State<Arc<Mutex<Inner>>>,
     headers: HeaderMap,
     Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
+) -> Response {
     let header = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -117,7 +127,8 @@ async fn settle(
                 return (
                     StatusCode::UNAUTHORIZED,
                     Json(json!({"error": "credential missing or wrong"})),
-                );
+                )
+                    .into_response();
             }
         }
         let bodies = s.bodies.entry(key.clone()).or_default();
@@ -131,15 +142,27 @@ async fn settle(
         mode
     };
     match mode {
-        Mode::Succeed => (StatusCode::OK, Json(json!({"settled": key}))),
+        Mode::Redirect(status) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
+            [(header::LOCATION, "/settled-elsewhere")],
+        )
+            .into_response(),
+        Mode::Answer(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            text,
+        )
+            .into_response(),
+        Mode::Succeed => (StatusCode::OK, Json(json!({"settled": key}))).into_response(),
         Mode::Fail(status) => (
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Json(json!({"error": "told to fail"})),
-        ),
+        )
+            .into_response(),
         Mode::Hang | Mode::SettleThenHang => {
             // NB: this sleep is the scenario (an endpoint that never answers), not a wait.
             tokio::time::sleep(Duration::from_secs(3600)).await;
-            (StatusCode::OK, Json(json!({})))
+            (StatusCode::OK, Json(json!({}))).into_response()
         }
         Mode::FailAfter(ms, status) => {
             // NB: this sleep is the scenario (a slow endpoint that then refuses), not a wait.
@@ -148,14 +171,29 @@ async fn settle(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 Json(json!({"error": "told to fail"})),
             )
+                .into_response()
         }
         Mode::Delay(ms) => {
             // NB: this sleep is the scenario (a slow endpoint), not a wait.
             tokio::time::sleep(Duration::from_millis(ms)).await;
             lock(&inner).settled.entry(key.clone()).or_insert(1);
-            (StatusCode::OK, Json(json!({"settled": key})))
+            (StatusCode::OK, Json(json!({"settled": key}))).into_response()
         }
     }
+}
+
+/// Where [`Mode::Redirect`] points: answers any request as settled (by its `Idempotency-Key`
+/// header, which a client following a redirect keeps) and records that it was followed.
+async fn settled_elsewhere(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    lock(&inner).followed.push(key.clone());
+    (StatusCode::OK, Json(json!({"settled": key})))
 }
 
 impl SettlementServer {
@@ -168,6 +206,7 @@ impl SettlementServer {
         let url = format!("http://{}/settle", listener.local_addr().expect("addr"));
         let app = axum::Router::new()
             .route("/settle", post(settle))
+            .route("/settled-elsewhere", any(settled_elsewhere))
             .with_state(inner.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -223,6 +262,11 @@ impl SettlementServer {
     /// Requests answered 401 for a missing or wrong required header.
     pub fn unauthorized(&self) -> usize {
         lock(&self.inner).unauthorized
+    }
+
+    /// The `Idempotency-Key` of every request that followed a [`Mode::Redirect`].
+    pub fn followed(&self) -> Vec<String> {
+        lock(&self.inner).followed.clone()
     }
 
     /// Requests that carried a `tracestate` header.
