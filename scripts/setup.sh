@@ -13,6 +13,9 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# NB: Debian ships `venv` without `ensurepip` unless python3-venv is installed
+# (scripts/schemathesis.sh makes a virtualenv).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # shellcheck source=packages.sh
 source "$here/packages.sh"

@@ -15,5 +15,6 @@ cargo build --workspace --all-targets --locked
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+"$here/schemathesis.sh" target/debug/relayer
 # One closing line over every test binary (cargo prints one summary per binary, doc tests last).
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"

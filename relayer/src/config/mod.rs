@@ -290,6 +290,46 @@ pub struct LimitsConfig {
     #[schemars(range(min = 1, max = 600000))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement_wait_ms: Option<u64>,
+    /// Time a client has to send the headers of a request, in milliseconds, counted from when
+    /// the connection opens or its previous response went out; a connection slower than that
+    /// is closed (slowloris), and so is a keep-alive connection idle that long between requests.
+    // NB: left out when default, so configs written before this key existed serialise as they
+    // did (the operator hashes them into revisions); the same for the two keys below.
+    #[serde(skip_serializing_if = "is_default_header_read_timeout")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub header_read_timeout_ms: u64,
+    /// A connection on which no byte moves either way for this long, in milliseconds, is closed
+    /// (a stalled upload, a client that stops reading its response). Above `requestTimeoutMs`,
+    /// so a slow request is answered rather than cut off; unset, 60000 or `requestTimeoutMs` +
+    /// 1000, whichever is more (see [`LimitsConfig::idle_timeout`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 3600000))]
+    pub idle_timeout_ms: Option<u64>,
+    /// Connections served at once. At the cap the server stops accepting: new connections wait
+    /// in the listen backlog until one of the open ones closes.
+    #[serde(skip_serializing_if = "is_default_max_connections")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: u32,
+}
+
+/// `limits.headerReadTimeoutMs` unless configured: a real client sends its headers in one
+/// packet; 10 s leaves room for a slow mobile link and frees a slowloris socket quickly.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+
+/// `limits.idleTimeoutMs` unless configured (and `limits.requestTimeoutMs` is below it).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+
+/// `limits.maxConnections` unless configured: far above what one replica serves (a few
+/// hundred keep-alive clients behind a load balancer), far below the usual file limit of a
+/// container (65536), so a flood of sockets meets the cap before it exhausts descriptors.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4_096;
+
+fn is_default_header_read_timeout(ms: &u64) -> bool {
+    *ms == DEFAULT_HEADER_READ_TIMEOUT_MS
+}
+
+fn is_default_max_connections(n: &u32) -> bool {
+    *n == DEFAULT_MAX_CONNECTIONS
 }
 
 /// The placement wait when `limits.placementWaitMs` is unset, at most.
@@ -303,6 +343,15 @@ impl LimitsConfig {
             DEFAULT_PLACEMENT_WAIT_MS
                 .min(self.request_timeout_ms / 2)
                 .max(1)
+        });
+        std::time::Duration::from_millis(ms)
+    }
+
+    /// How long a connection may move no byte before it is closed: `idleTimeoutMs`, or,
+    /// unset, 60000 ms or `requestTimeoutMs` + 1000 ms, whichever is more.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        let ms = self.idle_timeout_ms.unwrap_or_else(|| {
+            DEFAULT_IDLE_TIMEOUT_MS.max(self.request_timeout_ms.saturating_add(1_000))
         });
         std::time::Duration::from_millis(ms)
     }
@@ -429,6 +478,9 @@ impl Default for LimitsConfig {
             max_order_amount: 1_000_000_000_000,
             request_timeout_ms: 10_000,
             placement_wait_ms: None,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            idle_timeout_ms: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

@@ -74,6 +74,22 @@ fn each_bad_value_names_its_key() {
             Box::new(|c| c.redis.order_retention_seconds = 0),
         ),
         (
+            "limits.headerReadTimeoutMs",
+            Box::new(|c| c.limits.header_read_timeout_ms = 0),
+        ),
+        (
+            "limits.idleTimeoutMs",
+            Box::new(|c| c.limits.idle_timeout_ms = Some(c.limits.request_timeout_ms)),
+        ),
+        (
+            "limits.maxConnections",
+            Box::new(|c| c.limits.max_connections = 0),
+        ),
+        (
+            "rateLimit.ipv6Prefix",
+            Box::new(|c| c.rate_limit.ipv6_prefix = 129),
+        ),
+        (
             "faultInjection.errorRate",
             Box::new(|c| c.fault_injection.error_rate = 1.5),
         ),
@@ -200,6 +216,32 @@ fn the_placement_wait_is_below_the_request_timeout_unless_set() {
     config.limits.placement_wait_ms = Some(2_500);
     assert_eq!(config.limits.placement_wait().as_millis(), 2_500);
     config.validate().expect("set below the request timeout");
+}
+
+#[test]
+fn the_idle_timeout_is_above_the_request_timeout_unless_set() {
+    let mut config = RelayerConfig::default();
+    assert_eq!(config.limits.idle_timeout().as_millis(), 60_000);
+    config.limits.request_timeout_ms = 120_000;
+    assert_eq!(
+        config.limits.idle_timeout().as_millis(),
+        121_000,
+        "a slow request is answered before its connection counts as idle"
+    );
+    config
+        .validate()
+        .expect("a long request timeout alone is valid");
+    config.limits.idle_timeout_ms = Some(120_001);
+    assert_eq!(config.limits.idle_timeout().as_millis(), 120_001);
+    config.validate().expect("set above the request timeout");
+}
+
+#[test]
+fn connection_limits_at_their_defaults_are_not_serialised() {
+    let text = serde_json::to_string(&RelayerConfig::default().limits).expect("json");
+    for key in ["headerReadTimeoutMs", "idleTimeoutMs", "maxConnections"] {
+        assert!(!text.contains(key), "{key} in {text}");
+    }
 }
 
 #[test]

@@ -13,6 +13,12 @@ const MAX_BODY_LIMIT: u64 = 16 * 1024 * 1024;
 const MAX_DRAIN_MS: u64 = 10 * 60 * 1000;
 /// Below this length an admin token is guessable.
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
+/// Ten minutes to send a request's headers is already a socket held hostage.
+const MAX_HEADER_READ_MS: u64 = 10 * 60 * 1000;
+/// An hour: a connection silent longer than that is dead, whatever the client thinks.
+const MAX_IDLE_MS: u64 = 60 * 60 * 1000;
+/// A million sockets is beyond any one process's file limit.
+const MAX_CONNECTIONS: u32 = 1_000_000;
 /// A Redis call slower than a minute is an outage, not latency.
 const MAX_COMMAND_TIMEOUT_MS: u64 = 60_000;
 /// Retention beyond a year is unbounded growth in practice.
@@ -107,6 +113,30 @@ impl RelayerConfig {
                      still running is answered 202 rather than cut off",
                     l.request_timeout_ms
                 ),
+            ));
+        }
+        if !(1..=MAX_HEADER_READ_MS).contains(&l.header_read_timeout_ms) {
+            return Err(invalid(
+                "limits.headerReadTimeoutMs",
+                format!("must be between 1 and {MAX_HEADER_READ_MS}"),
+            ));
+        }
+        if let Some(idle) = l.idle_timeout_ms
+            && (idle <= l.request_timeout_ms || idle > MAX_IDLE_MS)
+        {
+            return Err(invalid(
+                "limits.idleTimeoutMs",
+                format!(
+                    "must be above limits.requestTimeoutMs ({}) and at most {MAX_IDLE_MS}, so \
+                     a slow request is answered rather than cut off",
+                    l.request_timeout_ms
+                ),
+            ));
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&l.max_connections) {
+            return Err(invalid(
+                "limits.maxConnections",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
             ));
         }
         let s = &self.shutdown;

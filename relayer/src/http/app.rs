@@ -33,7 +33,7 @@ pub fn app(state: AppState) -> Router {
     let business = routes::business_routes(&layers);
     let mut router = business.merge(routes::ops_routes());
     if config.admin_token.is_some() {
-        router = router.merge(routes::admin_routes());
+        router = router.merge(routes::admin_routes(&state));
     }
     router
         .fallback(|| async { ApiError::not_found("route") })

@@ -11,12 +11,16 @@ use crate::domain::UserId;
 use crate::http::auth::ApiUser;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
-use crate::http::views::BalancesView;
+use crate::http::views::{BalancesView, ErrorView};
 
 /// The caller's balances.
 #[utoipa::path(get, path = "/v2/balances/{userId}", tag = "balances",
-    params(("userId" = String, Path, description = "0x address")),
-    responses((status = 200, body = BalancesView), (status = 401), (status = 403)),
+    params(("userId" = String, Path, description = "0x address", pattern = "^0[xX][0-9a-fA-F]{40}$")),
+    responses(
+        (status = 200, description = "The balances", body = BalancesView),
+        (status = 400, description = "Invalid userId", body = ErrorView),
+        (status = 403, description = "userId is not the key's user", body = ErrorView),
+    ),
     security(("apiKey" = [])))]
 pub(crate) async fn balances(
     State(state): State<AppState>,

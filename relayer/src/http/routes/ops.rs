@@ -13,7 +13,7 @@ use crate::http::state::AppState;
 use crate::http::views::{ApiDoc, ProbeView};
 
 /// Liveness: the process serves HTTP.
-#[utoipa::path(get, path = "/health", tag = "probes", responses((status = 200, body = ProbeView)))]
+#[utoipa::path(get, path = "/health", tag = "probes", responses((status = 200, description = "Serving", body = ProbeView)))]
 pub(crate) async fn health() -> Json<ProbeView> {
     Json(ProbeView {
         status: "ok".to_owned(),
@@ -22,7 +22,10 @@ pub(crate) async fn health() -> Json<ProbeView> {
 
 /// Readiness: the store answers and the process is not draining.
 #[utoipa::path(get, path = "/ready", tag = "probes",
-    responses((status = 200, body = ProbeView), (status = 503, body = ProbeView)))]
+    responses(
+        (status = 200, description = "Ready", body = ProbeView),
+        (status = 503, description = "Draining or the store is unavailable", body = ProbeView),
+    ))]
 pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<ProbeView>) {
     let status = if state.lifecycle().is_draining() {
         Some("draining")

@@ -15,7 +15,9 @@ use crate::exchange::{Cancelled, ExchangeError, Found, NewOrder, Placed};
 use crate::http::auth::ApiUser;
 use crate::http::error::{ApiError, ValidJson};
 use crate::http::state::AppState;
-use crate::http::views::{FillView, OrderView, PendingView, PlaceOrderRequest, PlaceOrderResponse};
+use crate::http::views::{
+    ErrorView, FillView, OrderView, PendingView, PlaceOrderRequest, PlaceOrderResponse,
+};
 
 fn replayed(mut response: Response) -> Response {
     response
@@ -50,10 +52,10 @@ fn accepted(order_id: &str, state: &str) -> Response {
     responses(
         (status = 201, description = "Placed (or replayed)", body = PlaceOrderResponse),
         (status = 202, description = "Accepted, still running (or parked for manual handling)", body = PendingView),
-        (status = 400, description = "Invalid field"), (status = 401, description = "No or unknown API key"),
-        (status = 403, description = "userId is not the key's user"), (status = 409, description = "orderId used by another order"),
-        (status = 413, description = "Body too large"), (status = 422, description = "Insufficient balance"),
-        (status = 503, description = "Store or settlement unavailable; the order was not placed"),
+        (status = 403, description = "userId is not the key's user", body = ErrorView),
+        (status = 409, description = "orderId used by another order, or not placed", body = ErrorView),
+        (status = 422, description = "Insufficient balance", body = ErrorView),
+        (status = 503, description = "Store or settlement unavailable (the order was not placed), or shutting down", body = ErrorView),
     ),
     security(("apiKey" = [])))]
 pub(crate) async fn place_order(
@@ -136,8 +138,13 @@ fn path_order_id(raw: &str) -> Result<String, ApiError> {
 
 /// One of the caller's orders; 202 while its placement is still running.
 #[utoipa::path(get, path = "/v2/orders/{id}", tag = "orders",
-    params(("id" = String, Path, description = "Order id")),
-    responses((status = 200, body = OrderView), (status = 202, body = PendingView), (status = 401), (status = 404)),
+    params(("id" = String, Path, description = "Order id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 202, description = "Its placement is still running", body = PendingView),
+        (status = 400, description = "Invalid order id", body = ErrorView),
+        (status = 404, description = "No such order of the caller's", body = ErrorView),
+    ),
     security(("apiKey" = [])))]
 pub(crate) async fn get_order(
     State(state): State<AppState>,
@@ -154,8 +161,14 @@ pub(crate) async fn get_order(
 /// Cancels one of the caller's open orders and releases its reservation; 202 when the
 /// cancellation is logged but not finished (recovery finishes it).
 #[utoipa::path(delete, path = "/v2/orders/{id}", tag = "orders",
-    params(("id" = String, Path, description = "Order id")),
-    responses((status = 200, body = OrderView), (status = 202, body = PendingView), (status = 401), (status = 404), (status = 409, description = "Not open, or its placement still running")),
+    params(("id" = String, Path, description = "Order id", pattern = "^[A-Za-z0-9_.:-]{1,64}$")),
+    responses(
+        (status = 200, description = "Cancelled", body = OrderView),
+        (status = 202, description = "Cancellation logged, finished by recovery", body = PendingView),
+        (status = 400, description = "Invalid order id", body = ErrorView),
+        (status = 404, description = "No such order of the caller's", body = ErrorView),
+        (status = 409, description = "Not open, or its placement still running", body = ErrorView),
+    ),
     security(("apiKey" = [])))]
 pub(crate) async fn cancel_order(
     State(state): State<AppState>,
