@@ -63,6 +63,25 @@ impl MarketKey {
         }
     }
 
+    /// A key read back from the store: the canonical spelling or one that older releases
+    /// accepted (a decimal chain id of up to 20 digits, a market id of 1 to 66 characters from
+    /// `[A-Za-z0-9_-]`). NB: both colours of a cutover share one store, so balances and orders
+    /// written under an older spelling must stay readable and movable; only new input must be
+    /// canonical ([`MarketKey::parse`]). `None` for anything else (a corrupt field).
+    pub fn stored(raw: &str) -> Option<Self> {
+        if Self::parse("marketKey", raw).is_ok() {
+            return Some(Self(raw.to_owned()));
+        }
+        let (chain, market) = raw.split_once(':')?;
+        let chain_ok = !chain.is_empty() && chain.len() <= 20 && chain.parse::<u64>().is_ok();
+        let market_ok = !market.is_empty()
+            && market.len() <= 66
+            && market
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        (chain_ok && market_ok).then(|| Self(raw.to_owned()))
+    }
+
     /// The canonical market keys as a regular expression (the OpenAPI `pattern`).
     /// NB: 19 digits at most, so every match fits a u64 and the pattern is exact.
     pub const PATTERN: &'static str = "^[1-9][0-9]{0,18}:(0|[1-9][0-9]{0,18}|0x[0-9a-f]{1,64})$";

@@ -105,7 +105,7 @@ pub(super) fn parse_account(flat: &[String]) -> Result<Account, StoreError> {
         } else {
             let market = asset
                 .strip_prefix("s:")
-                .and_then(|m| MarketKey::parse("marketKey", m).ok())
+                .and_then(MarketKey::stored)
                 .ok_or_else(|| corrupt("account field", field))?;
             shares.entry(market).or_default()
         };
@@ -533,5 +533,21 @@ mod tests {
         assert_eq!(account.balance(&Asset::Shares(market)).available, 7);
         assert!(parse_account(&["x:a".to_owned(), "1".to_owned()]).is_err());
         assert!(parse_account(&["c:a".to_owned(), "-1".to_owned()]).is_err());
+        assert!(parse_account(&["s:80002 1:a".to_owned(), "1".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn shares_written_under_an_older_market_spelling_stay_readable() {
+        // Older releases accepted these spellings; the store may still hold such balances.
+        for legacy in ["080002:1", "80002:0xABC", "80002:a_b", "1:01"] {
+            assert!(
+                MarketKey::parse("m", legacy).is_err(),
+                "{legacy} is not new input"
+            );
+            let flat = [format!("s:{legacy}:a"), "7".to_owned()];
+            let account = parse_account(&flat).unwrap_or_else(|e| panic!("{legacy}: {e}"));
+            let market = MarketKey::stored(legacy).expect("an older spelling");
+            assert_eq!(account.balance(&Asset::Shares(market)).available, 7);
+        }
     }
 }
