@@ -43,7 +43,8 @@ local n = #entries / 2
 local reply = { '' }
 for i = 1, math.min(n, limit) do
   local o = load_order(entries[2 * i - 1])
-  if o ~= nil then reply[#reply + 1] = encode_order(o) end
+  -- NB: an entry a build without the index left behind (a rollback) may name a closed order.
+  if o ~= nil and is_open(o) then reply[#reply + 1] = encode_order(o) end
 end
 if n > limit then reply[1] = string.format('%d', tonumber(entries[2 * limit])) end
 return reply
