@@ -737,9 +737,134 @@ pub struct GateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relative_to_active: Option<RelativeGate>,
     /// Probe load the operator sends to the pods under test (the ready addresses of the
-    /// Service under test) so that a colour without traffic can still be judged. Absent: none.
+    /// Service under test) so that a colour without traffic can still be judged; with a
+    /// `statistical` judge it alternates between the pods under test and the colour they are
+    /// compared with, so both are measured on the same requests. Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeSpec>,
+    /// Compare the pods under test with the other colour's pods of the same time,
+    /// statistically, besides the thresholds. Absent: thresholds only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistical: Option<StatisticalGate>,
+}
+
+/// A statistical judgement: per metric, one sample per scrape interval from the pods under
+/// test and one from the colour they are compared with (the active colour before promotion,
+/// the previous one after), compared once the gate's samples are taken. A metric fails when a
+/// one-sided Mann-Whitney U test finds the pods under test worse at `confidenceBasisPoints`
+/// and the Hodges-Lehmann estimate of the shift is outside `tolerancePercent` of the other
+/// colour's median. Every metric here is worse when higher, so only an increase fails.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))").message("statistical metrics must not repeat a name"))]
+pub struct StatisticalGate {
+    /// Confidence of the test in basis points (9800 = 0.98): the chance that a release no
+    /// worse than the other colour is judged worse is at most 1 minus this.
+    #[serde(default = "default_confidence_basis_points")]
+    #[schemars(range(min = 5000, max = 9999))]
+    pub confidence_basis_points: i32,
+    /// A shift (Hodges-Lehmann estimate) within this percent of the other colour's median
+    /// passes, however significant.
+    #[serde(default = "default_tolerance_percent")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub tolerance_percent: i32,
+    /// Samples each metric needs from both colours before it is compared.
+    #[serde(default = "default_min_stat_samples")]
+    #[schemars(range(min = 5, max = 1000))]
+    pub min_samples: i32,
+    /// The metrics compared. Default: all four, each with `noData: Pass`.
+    #[serde(default = "default_stat_metrics")]
+    #[schemars(length(min = 1, max = 4))]
+    pub metrics: Vec<StatisticalMetric>,
+}
+
+fn default_confidence_basis_points() -> i32 {
+    9800
+}
+
+fn default_tolerance_percent() -> i32 {
+    25
+}
+
+fn default_min_stat_samples() -> i32 {
+    10
+}
+
+fn default_stat_metrics() -> Vec<StatisticalMetric> {
+    [
+        StatMetric::P99Latency,
+        StatMetric::MeanLatency,
+        StatMetric::ErrorRate,
+        StatMetric::SagaCompensationRate,
+    ]
+    .into_iter()
+    .map(|name| StatisticalMetric {
+        name,
+        no_data: NoDataPolicy::Pass,
+    })
+    .collect()
+}
+
+impl Default for StatisticalGate {
+    fn default() -> Self {
+        Self {
+            confidence_basis_points: default_confidence_basis_points(),
+            tolerance_percent: default_tolerance_percent(),
+            min_samples: default_min_stat_samples(),
+            metrics: default_stat_metrics(),
+        }
+    }
+}
+
+/// One metric of a statistical judgement and what happens without data for it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatisticalMetric {
+    /// The metric.
+    pub name: StatMetric,
+    /// What happens when the gate's samples are taken and this metric has fewer than
+    /// `minSamples` from either colour (no requests, or no finished sagas).
+    #[serde(default)]
+    pub no_data: NoDataPolicy,
+}
+
+/// A metric the statistical judge compares, one value per scrape interval and colour.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+pub enum StatMetric {
+    /// p99 request latency in ms, interpolated within the histogram's bucket.
+    P99Latency,
+    /// Mean request latency in ms (the histogram's sum over its count).
+    MeanLatency,
+    /// Share of 5xx answers.
+    ErrorRate,
+    /// Share of finished sagas that were compensated.
+    SagaCompensationRate,
+}
+
+impl StatMetric {
+    /// The name used in status, reasons and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            StatMetric::P99Latency => "p99Latency",
+            StatMetric::MeanLatency => "meanLatency",
+            StatMetric::ErrorRate => "errorRate",
+            StatMetric::SagaCompensationRate => "sagaCompensationRate",
+        }
+    }
+}
+
+/// What a metric without enough samples does to the judgement.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NoDataPolicy {
+    /// It passes (recorded as `NoData`).
+    #[default]
+    Pass,
+    /// The gate fails.
+    Fail,
+    /// The gate keeps sampling; after `inconclusiveLimit` more intervals it fails.
+    Wait,
 }
 
 fn default_gate_interval_ms() -> i64 {
@@ -1062,6 +1187,52 @@ pub struct GateStatus {
     /// Why the gate failed, naming the check and its threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The statistical judgement, per metric (with a `statistical` judge).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statistics: Vec<MetricJudgement>,
+}
+
+/// Verdict of one metric of a statistical judgement.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MetricVerdict {
+    /// Collecting samples; not compared yet.
+    #[default]
+    Pending,
+    /// Not worse than the other colour (or worse within the tolerance band).
+    Passed,
+    /// Significantly worse, beyond the tolerance band.
+    Failed,
+    /// Too few samples when the gate's samples were taken; passed or failed by its policy.
+    NoData,
+}
+
+/// One metric of a statistical judgement: the samples, and once compared the test's result.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricJudgement {
+    /// `p99Latency`, `meanLatency`, `errorRate` or `sagaCompensationRate`.
+    pub metric: String,
+    /// Verdict so far.
+    pub verdict: MetricVerdict,
+    /// Samples from the pods under test.
+    pub under_test_samples: i32,
+    /// Samples from the colour they are compared with.
+    pub baseline_samples: i32,
+    /// Median of the samples under test (ms for latencies, a share for rates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub under_test_median: Option<f64>,
+    /// Median of the other colour's samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_median: Option<f64>,
+    /// One-sided Mann-Whitney U p-value that the pods under test are worse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    /// Hodges-Lehmann shift (under test minus baseline), in the metric's unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift: Option<f64>,
+    /// The shift in percent of the baseline median (absent when that median is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift_percent: Option<f64>,
 }
 
 #[cfg(test)]

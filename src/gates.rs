@@ -37,6 +37,8 @@ pub struct Scrape {
     pub rate_limited: f64,
     /// Cumulative latency histogram over all non-ops routes: (upper bound in s, count).
     pub latency_buckets: Vec<(f64, f64)>,
+    /// The histogram's sum over all non-ops routes, in s.
+    pub latency_sum: f64,
     /// `foresight_http_requests_in_flight` (business requests; probes and scrapes excluded).
     pub in_flight: f64,
     /// Sum of `foresight_saga_active`.
@@ -80,6 +82,9 @@ pub fn parse(text: &str) -> Result<Scrape, ParseError> {
                 let entry = buckets.entry(le.to_bits()).or_insert((le, 0.0));
                 entry.1 += sample.value;
             }
+            "foresight_http_request_duration_seconds_sum" if !ops => {
+                s.latency_sum += sample.value;
+            }
             "foresight_http_requests_in_flight" => s.in_flight += sample.value,
             "foresight_saga_active" => s.sagas_active += sample.value,
             "foresight_saga_executions_total" => {
@@ -117,6 +122,8 @@ pub struct Window {
     pub rate_limited: f64,
     /// Latency histogram of the window: (upper bound in s, cumulative count).
     pub latency_buckets: Vec<(f64, f64)>,
+    /// Latency observed in the window, summed, in s.
+    pub latency_sum: f64,
     /// Sagas that finished, by outcome.
     pub sagas: BTreeMap<String, f64>,
     /// Open breakers at the end of the window.
@@ -153,6 +160,7 @@ impl Scrape {
             errors: increase(self.errors, base(earlier.errors)),
             rate_limited: increase(self.rate_limited, base(earlier.rate_limited)),
             latency_buckets,
+            latency_sum: increase(self.latency_sum, base(earlier.latency_sum)),
             sagas,
             open_breakers: self.open_breakers,
         }
@@ -165,6 +173,7 @@ impl Window {
         self.requests += other.requests;
         self.errors += other.errors;
         self.rate_limited += other.rate_limited;
+        self.latency_sum += other.latency_sum;
         self.open_breakers += other.open_breakers;
         for (k, v) in &other.sagas {
             *self.sagas.entry(k.clone()).or_insert(0.0) += v;
@@ -201,7 +210,43 @@ impl Window {
             .map(|(le, _)| le * 1000.0)
     }
 
-    fn sagas_finished(&self) -> f64 {
+    /// Latency quantile `q` in milliseconds, interpolated linearly within the bucket that
+    /// holds it (as PromQL's `histogram_quantile`; the largest finite bound when only `+Inf`
+    /// does); `None` without observations.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.latency_buckets.last()?.1;
+        if total <= 0.0 || !q.is_finite() {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for (le, count) in &self.latency_buckets {
+            if *count >= rank {
+                if !le.is_finite() {
+                    return Some(lower * 1000.0);
+                }
+                let inside = count - below;
+                let share = if inside > 0.0 {
+                    (rank - below) / inside
+                } else {
+                    1.0
+                };
+                return Some((lower + (le - lower) * share) * 1000.0);
+            }
+            lower = *le;
+            below = *count;
+        }
+        Some(lower * 1000.0)
+    }
+
+    /// Mean latency in milliseconds; `None` without observations.
+    pub fn mean_ms(&self) -> Option<f64> {
+        let count = self.latency_buckets.last()?.1;
+        (count > 0.0).then(|| self.latency_sum / count * 1000.0)
+    }
+
+    /// Sagas that finished in the window (completed, compensated or parked).
+    pub fn sagas_finished(&self) -> f64 {
         ["completed", "compensated", "manual"]
             .iter()
             .filter_map(|k| self.sagas.get(*k))
@@ -451,6 +496,7 @@ impl Tally {
 }
 
 pub mod runner;
+pub mod stats;
 
 #[cfg(test)]
 mod tests;

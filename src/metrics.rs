@@ -2,10 +2,11 @@
 //! child writes, cutover Events, gate decisions and leadership. One [`Metrics`] lives in the
 //! controller's `Context` (and the telemetry server's `Health`); nothing is global.
 //!
-//! May use: [`crate::Error`] (for its metric labels) and [`crate::rollout::GateKind`] (gate
-//! names) only.
+//! May use: [`crate::Error`] (for its metric labels), [`crate::rollout::GateKind`] (gate
+//! names) and [`crate::crd::MetricJudgement`] (a statistical judgement's figures) only.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,6 +17,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::Error;
+use crate::crd::{MetricJudgement, MetricVerdict};
 use crate::rollout::GateKind;
 
 /// Cutover Event reasons whose series exist from the start: the ones the chart's alerts and
@@ -68,6 +70,33 @@ pub struct GateLabels {
     pub verdict: String,
 }
 
+/// Labels of one metric of a statistical judgement of one object's gate.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatLabels {
+    /// Namespace of the RelayerDeployment.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// `prePromotion` or `postPromotion`.
+    pub gate: String,
+    /// `p99Latency`, `meanLatency`, `errorRate` or `sagaCompensationRate`.
+    pub metric: String,
+}
+
+/// Labels of a statistical verdict.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatVerdictLabels {
+    /// `prePromotion` or `postPromotion`.
+    pub gate: String,
+    /// The metric compared.
+    pub metric: String,
+    /// `passed`, `failed` or `noData`.
+    pub verdict: String,
+}
+
+/// A gauge of a float.
+type FloatGauge = Gauge<f64, AtomicU64>;
+
 /// The operator's metrics and the registry that exposes them.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -92,6 +121,12 @@ pub struct Metrics {
     pub gate_decisions: Family<GateLabels, Counter>,
     /// Gates running now.
     pub gates_running: Gauge,
+    /// The last statistical judgement's p-value, per object, gate and metric.
+    pub stat_p_value: Family<StatLabels, FloatGauge>,
+    /// The last statistical judgement's Hodges-Lehmann shift in percent of the baseline.
+    pub stat_shift_percent: Family<StatLabels, FloatGauge>,
+    /// Statistical verdicts, by gate, metric and verdict.
+    pub stat_verdicts: Family<StatVerdictLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -111,6 +146,9 @@ impl Default for Metrics {
         let rollout_events = Family::<RolloutLabels, Counter>::default();
         let gate_decisions = Family::<GateLabels, Counter>::default();
         let gates_running = Gauge::default();
+        let stat_p_value = Family::<StatLabels, FloatGauge>::default();
+        let stat_shift_percent = Family::<StatLabels, FloatGauge>::default();
+        let stat_verdicts = Family::<StatVerdictLabels, Counter>::default();
         // NB: these series exist at zero from the start. `increase()` cannot see the first step
         // of a series that appears at 1, so the first failed reconcile or aborted cutover after
         // a restart would escape the chart's alerts.
@@ -146,6 +184,21 @@ impl Default for Metrics {
             "gates_running",
             "Health gates running now",
             gates_running.clone(),
+        );
+        registry.register(
+            "gate_statistic_p_value",
+            "One-sided Mann-Whitney U p-value of the last statistical judgement, by object, gate and metric",
+            stat_p_value.clone(),
+        );
+        registry.register(
+            "gate_statistic_shift_percent",
+            "Hodges-Lehmann shift of the last statistical judgement in percent of the baseline median",
+            stat_shift_percent.clone(),
+        );
+        registry.register(
+            "gate_statistic_verdicts",
+            "Statistical judgements per metric, by gate, metric and verdict",
+            stat_verdicts.clone(),
         );
         registry.register("reconcile", "Reconciles started", reconciles.clone());
         registry.register(
@@ -186,6 +239,9 @@ impl Default for Metrics {
             rollout_events,
             gate_decisions,
             gates_running,
+            stat_p_value,
+            stat_shift_percent,
+            stat_verdicts,
         }
     }
 }
@@ -217,6 +273,43 @@ impl Metrics {
                 action: action.to_owned(),
             })
             .inc();
+    }
+
+    /// Records a decided statistical judgement of gate `gate` of object `namespace/name`.
+    pub fn statistics_decided(
+        &self,
+        namespace: &str,
+        name: &str,
+        gate: &str,
+        judgements: &[MetricJudgement],
+    ) {
+        for j in judgements {
+            let verdict = match j.verdict {
+                MetricVerdict::Pending => continue,
+                MetricVerdict::Passed => "passed",
+                MetricVerdict::Failed => "failed",
+                MetricVerdict::NoData => "noData",
+            };
+            self.stat_verdicts
+                .get_or_create(&StatVerdictLabels {
+                    gate: gate.to_owned(),
+                    metric: j.metric.clone(),
+                    verdict: verdict.to_owned(),
+                })
+                .inc();
+            let labels = StatLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                gate: gate.to_owned(),
+                metric: j.metric.clone(),
+            };
+            if let Some(p) = j.p_value {
+                self.stat_p_value.get_or_create(&labels).set(p);
+            }
+            if let Some(shift) = j.shift_percent {
+                self.stat_shift_percent.get_or_create(&labels).set(shift);
+            }
+        }
     }
 
     /// The registry in the Prometheus text format.
@@ -262,6 +355,46 @@ mod tests {
         assert!(
             text.contains("relayer_operator_reconcile_duration_seconds_count 1"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_statistical_judgement_is_exposed_per_metric() {
+        let metrics = Metrics::default();
+        let judged = |metric: &str, verdict, p_value, shift_percent| MetricJudgement {
+            metric: metric.to_owned(),
+            verdict,
+            p_value,
+            shift_percent,
+            ..MetricJudgement::default()
+        };
+        metrics.statistics_decided(
+            "prod",
+            "market",
+            "prePromotion",
+            &[
+                judged(
+                    "meanLatency",
+                    MetricVerdict::Failed,
+                    Some(0.001),
+                    Some(30.5),
+                ),
+                judged("errorRate", MetricVerdict::Passed, Some(1.0), None),
+                judged("sagaCompensationRate", MetricVerdict::NoData, None, None),
+            ],
+        );
+        let text = metrics.encode().expect("encode");
+        for series in [
+            "relayer_operator_gate_statistic_p_value{namespace=\"prod\",name=\"market\",gate=\"prePromotion\",metric=\"meanLatency\"} 0.001",
+            "relayer_operator_gate_statistic_shift_percent{namespace=\"prod\",name=\"market\",gate=\"prePromotion\",metric=\"meanLatency\"} 30.5",
+            "relayer_operator_gate_statistic_verdicts_total{gate=\"prePromotion\",metric=\"meanLatency\",verdict=\"failed\"} 1",
+            "relayer_operator_gate_statistic_verdicts_total{gate=\"prePromotion\",metric=\"sagaCompensationRate\",verdict=\"noData\"} 1",
+        ] {
+            assert!(text.contains(series), "{series} missing in:\n{text}");
+        }
+        assert!(
+            !text.contains("shift_percent{namespace=\"prod\",name=\"market\",gate=\"prePromotion\",metric=\"errorRate\"}"),
+            "no shift without a baseline median: {text}"
         );
     }
 

@@ -577,6 +577,134 @@ async fn a_bad_release_fails_the_pre_promotion_gate_and_traffic_never_leaves_blu
     );
 }
 
+/// Latency every release of the statistical-gate tests adds to each request, and the slow
+/// release's: 30 % more. Large beside what a relayer adds itself here (a few ms), so the
+/// release's own latency is what the colours differ by.
+const STAT_LATENCY_MS: u64 = 100;
+const STAT_SLOW_LATENCY_MS: u64 = 130;
+
+/// A pre-promotion gate whose only threshold is a loose p99 limit (ten times the slow
+/// release's latency), with the statistical judge on its defaults (0.98, ±25 %, every metric)
+/// over 12 intervals, its probe load sent to both colours.
+fn statistical_strategy() -> BlueGreen {
+    let gate = fast_gate()
+        .samples(12)
+        .max_error_rate_basis_points(None)
+        .max_p99_latency_ms(1_300)
+        .statistical(json!({ "minSamples": 10 }));
+    blue_green()
+        .scale_down_delay_seconds(1)
+        .max_scale_down_wait_seconds(30)
+        .progress_deadline_seconds(60)
+        .pre_promotion(gate)
+}
+
+/// `market` with every pod adding `latency_ms` to each request, and `release` as a label of
+/// the release (so two releases of one latency differ in revision only).
+fn latency_env(latency_ms: u64, release: &str) -> Value {
+    env_patch(vec![
+        json!({ "name": "RELAYER_FAULT_INJECTION__ADDED_LATENCY_MS", "value": latency_ms.to_string() }),
+        json!({ "name": "RELEASE", "value": release }),
+    ])
+}
+
+/// The prePromotion gate of the last cutover.
+fn pre_gate(rd: &RelayerDeployment) -> relayer_operator::crd::GateStatus {
+    rollout(rd)
+        .gates
+        .into_iter()
+        .find(|g| g.name == "prePromotion")
+        .expect("prePromotion gate status")
+}
+
+fn judged<'a>(
+    gate: &'a relayer_operator::crd::GateStatus,
+    metric: &str,
+) -> &'a relayer_operator::crd::MetricJudgement {
+    gate.statistics
+        .iter()
+        .find(|m| m.metric == metric)
+        .unwrap_or_else(|| panic!("{metric} judged: {gate:?}"))
+}
+
+#[tokio::test]
+async fn a_preview_thirty_percent_slower_fails_the_statistical_gate_that_a_loose_p99_limit_passes()
+{
+    use relayer_operator::crd::{GateVerdict, MetricVerdict};
+    let h = Harness::new("cut-stat-slow").await;
+    let operator = start_operator(&h.env);
+    let mut rd = h.shared.rd(market(2, statistical_strategy()));
+    rd["spec"]["pod"] = latency_env(STAT_LATENCY_MS, "1")["spec"]["pod"].clone();
+    h.apply_json(rd).await;
+    h.wait_step(RolloutStep::Stable, "blue").await;
+    let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
+    h.patch(latency_env(STAT_SLOW_LATENCY_MS, "2")).await;
+    let rd = h.wait_step(RolloutStep::Aborted, "blue").await;
+    let r = rollout(&rd);
+    assert_eq!(r.failed_gate.as_deref(), Some("prePromotion"), "{r:?}");
+    let reason = r.abort_reason.clone().unwrap_or_default();
+    assert!(reason.contains("statistical judge"), "{reason}");
+    assert!(reason.contains("meanLatency worse"), "{reason}");
+    let pre = pre_gate(&rd);
+    assert_eq!(pre.verdict, GateVerdict::Failed);
+    // The thresholds alone passed: every sample was within the loose p99 limit.
+    assert_eq!(pre.failed, 0, "{pre:?}");
+    assert!(pre.passed >= 12, "{pre:?}");
+    let mean = judged(&pre, "meanLatency");
+    assert_eq!(mean.verdict, MetricVerdict::Failed, "{mean:?}");
+    assert!(
+        mean.under_test_samples >= 10 && mean.baseline_samples >= 10,
+        "{mean:?}"
+    );
+    assert!(mean.p_value.is_some_and(|p| p < 0.02), "{mean:?}");
+    assert!(mean.shift_percent.is_some_and(|s| s > 25.0), "{mean:?}");
+    assert_eq!(judged(&pre, "errorRate").verdict, MetricVerdict::Passed);
+    assert_eq!(
+        judged(&pre, "sagaCompensationRate").verdict,
+        MetricVerdict::NoData,
+        "a read-only probe finishes no saga"
+    );
+    println!(
+        "statistical gate, 30 % slower: meanLatency {:?} vs {:?} ms, p={:?}, shift {:?} %",
+        mean.under_test_median, mean.baseline_median, mean.p_value, mean.shift_percent
+    );
+    assert_eq!(h.selector().await, "blue");
+    let invariants = watcher.snapshot();
+    assert_eq!(invariants.selected, vec!["blue"], "traffic never left blue");
+    let metrics = operator.metrics.encode().expect("the operator's metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "relayer_operator_gate_statistic_verdicts_total{gate=\"prePromotion\",metric=\"meanLatency\",verdict=\"failed\"}"
+        ) && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn identical_releases_pass_the_statistical_gate() {
+    use relayer_operator::crd::{GateVerdict, MetricVerdict};
+    let h = Harness::new("cut-stat-same").await;
+    let _operator = start_operator(&h.env);
+    let mut rd = h.shared.rd(market(2, statistical_strategy()));
+    rd["spec"]["pod"] = latency_env(STAT_LATENCY_MS, "1")["spec"]["pod"].clone();
+    h.apply_json(rd).await;
+    h.wait_step(RolloutStep::Stable, "blue").await;
+    h.patch(latency_env(STAT_LATENCY_MS, "2")).await;
+    let rd = h.wait_step(RolloutStep::Stable, "green").await;
+    let pre = pre_gate(&rd);
+    assert_eq!(pre.verdict, GateVerdict::Passed, "{pre:?}");
+    for metric in ["p99Latency", "meanLatency", "errorRate"] {
+        let m = judged(&pre, metric);
+        assert_eq!(m.verdict, MetricVerdict::Passed, "{m:?}");
+        assert!(m.under_test_samples >= 10 && m.p_value.is_some(), "{m:?}");
+    }
+    let mean = judged(&pre, "meanLatency");
+    println!(
+        "statistical gate, identical: meanLatency {:?} vs {:?} ms, p={:?}, shift {:?} %",
+        mean.under_test_median, mean.baseline_median, mean.p_value, mean.shift_percent
+    );
+}
+
 #[tokio::test]
 async fn a_release_failing_after_promotion_rolls_back_to_the_still_warm_colour() {
     let h = Harness::new("cut-post").await;

@@ -25,8 +25,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::stats::{Decision, Judge};
 use super::{Scrape, Tally, Window, judge, parse};
-use crate::crd::GateSpec;
+use crate::crd::{GateSpec, GateVerdict};
 
 /// Bound of one whole HTTP exchange with a pod: connect, request, head and every byte of the
 /// body. NB: one deadline, not one per read, so a pod that trickles an endless body is cut off
@@ -158,6 +159,7 @@ pub fn spawn(
         tasks.push(tokio::spawn(probe_load(
             probe.path,
             probe.requests_per_second,
+            spec.statistical.is_some(),
             targets.clone(),
             budget.clone(),
         )));
@@ -185,7 +187,12 @@ async fn sample_loop(
     let interval = Duration::from_millis(u64::try_from(spec.interval_ms.max(100)).unwrap_or(100));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let relative = spec.relative_to_active.is_some();
+    let relative = spec.relative_to_active.is_some() || spec.statistical.is_some();
+    // NB: a judge starts afresh with its task (after an operator restart too); it decides only
+    // on intervals it saw itself.
+    let mut stats = spec.statistical.clone().map(Judge::new);
+    #[allow(clippy::cast_precision_loss)]
+    let min_requests = spec.min_requests as f64;
     let mut previous: HashMap<String, Scrape> = HashMap::new();
     let mut previous_active: HashMap<String, Scrape> = HashMap::new();
     loop {
@@ -234,6 +241,12 @@ async fn sample_loop(
         }
         let mut t = lock(&tally);
         t.record(&spec, sample, values);
+        if let Some(stats) = stats.as_mut() {
+            if let Some(active) = &active_window {
+                stats.add(&window, active, min_requests);
+            }
+            judge_statistically(&spec, &mut t, stats);
+        }
         let done = t.decided();
         drop(t);
         changed();
@@ -241,6 +254,19 @@ async fn sample_loop(
             return;
         }
     }
+}
+
+/// Holds a gate whose thresholds passed until the statistical judge decides, and fails it
+/// when the judge does; records the judgement in the tally either way.
+fn judge_statistically(spec: &GateSpec, t: &mut Tally, stats: &mut Judge) {
+    if t.0.verdict == GateVerdict::Passed {
+        match stats.decide(spec.samples, spec.inconclusive_limit) {
+            Decision::Pass => {}
+            Decision::Wait => t.0.verdict = GateVerdict::Running,
+            Decision::Fail(reason) => t.fail(reason),
+        }
+    }
+    t.0.statistics = stats.status();
 }
 
 fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
@@ -296,24 +322,37 @@ async fn scrape_all(budget: &Budget, pods: &[Target]) -> Result<Vec<(String, Scr
 }
 
 /// Sends `GET path` at `rate` per second, round robin over the pods under test, each on its
-/// own connection (as short-lived clients would). Answers are not judged here: the pods'
-/// own metrics count them. NB: a probe that finds no free probe permit of `budget` is skipped, not
-/// queued, so slow pods cannot pile up probe tasks.
-async fn probe_load(path: String, rate: i32, targets: Arc<dyn Targets>, budget: Budget) {
-    let rate = u64::try_from(rate.clamp(1, 1000)).unwrap_or(1);
+/// own connection (as short-lived clients would); with `both`, the same rate to the colour
+/// they are compared with as well, alternately, so a statistical judge compares like with
+/// like. Answers are not judged here: the pods' own metrics count them. NB: a probe that
+/// finds no free probe permit of `budget` is skipped, not queued, so slow pods cannot pile up
+/// probe tasks.
+async fn probe_load(
+    path: String,
+    rate: i32,
+    both: bool,
+    targets: Arc<dyn Targets>,
+    budget: Budget,
+) {
+    let rate = u64::try_from(rate.clamp(1, 1000)).unwrap_or(1) * if both { 2 } else { 1 };
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut next = 0usize;
+    let (mut next, mut next_other, mut turn) = (0usize, 0usize, false);
     loop {
         ticker.tick().await;
-        let pods = targets.under_test();
+        turn = both && !turn;
+        let (pods, index) = if turn {
+            (targets.active(), &mut next_other)
+        } else {
+            (targets.under_test(), &mut next)
+        };
         if pods.is_empty() {
             continue;
         }
-        let Some(addr) = pods.get(next % pods.len()).map(|p| p.addr) else {
+        let Some(addr) = pods.get(*index % pods.len()).map(|p| p.addr) else {
             continue;
         };
-        next = next.wrapping_add(1);
+        *index = index.wrapping_add(1);
         let Ok(permit) = budget.probes.clone().try_acquire_owned() else {
             continue;
         };

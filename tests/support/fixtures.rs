@@ -246,6 +246,11 @@ impl Gate {
         self.set("maxP99LatencyMs", json!(ms))
     }
 
+    /// `statistical`: the statistical judge, as given (`{}` for its defaults).
+    pub fn statistical(self, judge: Value) -> Self {
+        self.set("statistical", judge)
+    }
+
     /// `probe.requestsPerSecond`: the gate's own probe load.
     pub fn probe(self, requests_per_second: i32) -> Self {
         self.set("probe", json!({ "requestsPerSecond": requests_per_second }))

@@ -222,6 +222,17 @@ async fn act(
                 verdict: verdict.to_owned(),
             })
             .inc();
+        let judged = decision
+            .status
+            .rollout
+            .as_ref()
+            .and_then(|r| r.gates.iter().find(|g| g.name == kind.name()));
+        if let Some(gate) = judged
+            && !gate.statistics.is_empty()
+        {
+            ctx.metrics
+                .statistics_decided(ns, &rd.name_any(), kind.name(), &gate.statistics);
+        }
     }
     match &decision.gate {
         None => ctx.gates.stop(key),
