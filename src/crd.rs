@@ -612,6 +612,18 @@ pub struct BlueGreenStrategy {
     #[serde(default = "default_progress_deadline")]
     #[schemars(range(min = 10, max = 86400))]
     pub progress_deadline_seconds: i32,
+    /// With `autoPromote`, pause this many seconds once the preview is available and its
+    /// pre-promotion gates passed, then promote (a `promote` command ends the pause early, an
+    /// `abort` ends the cutover). Absent: promote at once. Ignored without `autoPromote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub auto_promotion_seconds: Option<i32>,
+    /// Seconds a preview aborted before promotion stays up (at its preview size, without
+    /// traffic, for inspection) before it is scaled to zero. Absent or 0: at once. A colour
+    /// aborted after promotion drains like any colour being left (`scaleDownDelaySeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub abort_scale_down_delay_seconds: Option<i32>,
     /// Return traffic to the previous (still warm) colour when a post-promotion gate fails.
     /// False: keep the new colour active and wait for a command (`abort` or `promote`).
     #[serde(default = "default_true")]
@@ -652,6 +664,8 @@ impl Default for BlueGreenStrategy {
             scale_down_delay_seconds: default_scale_down_delay(),
             max_scale_down_wait_seconds: default_max_scale_down_wait(),
             progress_deadline_seconds: default_progress_deadline(),
+            auto_promotion_seconds: None,
+            abort_scale_down_delay_seconds: None,
             auto_rollback: true,
             pre_promotion: None,
             post_promotion: None,

@@ -20,7 +20,10 @@
 //!   touches the active colour; after promotion it waits for `Stable`, except a change back to
 //!   the previous revision, which switches back to the still-warm colour at once;
 //! - a restart changes nothing: the state comes from status, so no promotion is repeated and
-//!   no abort lost.
+//!   no abort lost;
+//! - with `auto_promotion_ms`, `AwaitingPromotion` promotes by itself once the pause is over
+//!   (still only to an available colour); with `abort_scale_down_delay_ms`, a preview aborted
+//!   before promotion keeps its revision (and pods) in `Aborted` until the delay is over.
 //!
 //! May use: [`crate::crd`] only.
 
@@ -89,6 +92,11 @@ pub struct Settings {
     pub scale_down_delay_ms: i64,
     /// Most time the previous colour waits for drain evidence.
     pub max_scale_down_wait_ms: i64,
+    /// With `auto_promote`: the pause in `AwaitingPromotion` before promoting; `None`:
+    /// promote at once.
+    pub auto_promotion_ms: Option<i64>,
+    /// How long a preview aborted before promotion stays up; 0: scaled to zero at once.
+    pub abort_scale_down_delay_ms: i64,
 }
 
 impl Default for Settings {
@@ -101,6 +109,8 @@ impl Default for Settings {
             progress_deadline_ms: 600_000,
             scale_down_delay_ms: 30_000,
             max_scale_down_wait_ms: 300_000,
+            auto_promotion_ms: None,
+            abort_scale_down_delay_ms: 0,
         }
     }
 }
@@ -388,6 +398,7 @@ impl Machine<'_> {
             S::Aborted => {
                 if is_active {
                     self.s.rollout.target_revision = None;
+                    self.s.rollout.other_revision = None;
                     self.s.rollout.abort_reason = None;
                     self.s.rollout.failed_gate = None;
                     self.s.rollout.step = S::Stable;
@@ -440,10 +451,8 @@ impl Machine<'_> {
                 ));
                 if self.settings.pre_gate {
                     self.enter(S::PrePromotion);
-                } else if self.settings.auto_promote {
-                    self.promote();
                 } else {
-                    self.enter(S::AwaitingPromotion);
+                    self.promote_or_wait();
                 }
             }
             S::AwaitingPromotion if self.s.rollout.promote_requested => self.promote(),
@@ -461,6 +470,37 @@ impl Machine<'_> {
                     self.settings.progress_deadline_ms / 1000
                 );
                 self.abort(&reason, None);
+            }
+            S::AwaitingPromotion
+                if self.settings.auto_promote
+                    && !self.s.rollout.promote_requested
+                    && self
+                        .settings
+                        .auto_promotion_ms
+                        .is_some_and(|ms| self.elapsed() >= ms) =>
+            {
+                self.actions.push(emit(
+                    "AutoPromotion",
+                    format!(
+                        "the pause of {} s before promotion is over",
+                        self.settings.auto_promotion_ms.unwrap_or(0) / 1000
+                    ),
+                ));
+                self.promote();
+            }
+            S::Aborted
+                if self.s.rollout.other_revision.is_some()
+                    && self.elapsed() >= self.settings.abort_scale_down_delay_ms =>
+            {
+                self.s.rollout.other_revision = None;
+                self.actions.push(emit(
+                    "ScaledDown",
+                    format!(
+                        "the aborted preview {} scaled to zero after {} s",
+                        self.s.other(),
+                        self.settings.abort_scale_down_delay_ms / 1000
+                    ),
+                ));
             }
             S::ScalingDown if self.elapsed() >= self.settings.max_scale_down_wait_ms => {
                 let note = format!(
@@ -482,11 +522,7 @@ impl Machine<'_> {
             (S::PrePromotion, GateOutcome::Passed) => {
                 self.actions
                     .push(emit("GatePassed", "prePromotion gates passed"));
-                if self.settings.auto_promote {
-                    self.promote();
-                } else {
-                    self.enter(S::AwaitingPromotion);
-                }
+                self.promote_or_wait();
             }
             (S::PrePromotion, GateOutcome::Failed { gate, reason }) => {
                 self.abort(&format!("{gate} failed: {reason}"), Some(gate));
@@ -512,6 +548,16 @@ impl Machine<'_> {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// After the preview is ready (and its gates passed): promote now, or wait in
+    /// `AwaitingPromotion` for a command or the end of the automatic pause.
+    fn promote_or_wait(&mut self) {
+        if self.settings.auto_promote && self.settings.auto_promotion_ms.is_none() {
+            self.promote();
+        } else {
+            self.enter(RolloutStep::AwaitingPromotion);
         }
     }
 
@@ -597,8 +643,11 @@ impl Machine<'_> {
         match self.step() {
             S::Deploying | S::PrePromotion | S::AwaitingPromotion => {
                 let r = &mut self.s.rollout;
-                // NB: the preview never had production traffic; it goes to zero at once.
-                r.other_revision = None;
+                // NB: the preview never had production traffic; it goes to zero at once, or
+                // after the abort's scale-down delay (`tick`).
+                if self.settings.abort_scale_down_delay_ms <= 0 {
+                    r.other_revision = None;
+                }
                 r.promote_requested = false;
                 r.abort_reason = Some(why.to_owned());
                 r.failed_gate = gate.cloned();
@@ -669,7 +718,12 @@ pub fn layout(state: &State, spec_replicas: i32, preview_replicas: Option<i32>) 
     let r = &state.rollout;
     let held = spec_replicas.max(r.hold_replicas);
     let (active_n, other_n) = match r.step {
-        S::Stable | S::Aborted => (spec_replicas, 0),
+        S::Stable => (spec_replicas, 0),
+        // NB: an aborted preview kept up for inspection keeps its preview size.
+        S::Aborted => (
+            spec_replicas,
+            preview_replicas.map_or(spec_replicas, |p| p.min(spec_replicas)),
+        ),
         S::Deploying | S::PrePromotion => (held, preview_replicas.map_or(held, |p| p.min(held))),
         S::AwaitingPromotion => (
             held,

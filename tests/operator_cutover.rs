@@ -706,6 +706,73 @@ async fn identical_releases_pass_the_statistical_gate() {
 }
 
 #[tokio::test]
+async fn the_automatic_promotion_waits_out_its_pause_after_the_gates_pass() {
+    let h = Harness::new("cut-pause").await;
+    let _operator = start_operator(&h.env);
+    h.apply(market(2, strategy().auto_promotion_seconds(3)))
+        .await;
+    h.wait_step(RolloutStep::Stable, "blue").await;
+    h.patch(env_patch(vec![json!({ "name": "RELEASE", "value": "2" })]))
+        .await;
+    let rd = h.wait_step(RolloutStep::Stable, "green").await;
+    let paused = step_ms(&rd, "AwaitingPromotion");
+    assert!(
+        (3_000..60_000).contains(&paused),
+        "AwaitingPromotion took {paused} ms: {:?}",
+        rollout(&rd).step_durations_ms
+    );
+    let events = h
+        .env
+        .kubectl(&["get", "events", "-o", "jsonpath={.items[*].reason}"])
+        .expect("events");
+    assert!(
+        events.contains("AutoPromotion") && events.contains("Promoted"),
+        "{events}"
+    );
+}
+
+#[tokio::test]
+async fn an_aborted_preview_stays_up_for_the_abort_delay_then_goes_to_zero() {
+    const DELAY_S: u64 = 4;
+    let h = Harness::new("cut-abort-delay").await;
+    let _operator = start_operator(&h.env);
+    h.apply(market(
+        2,
+        strategy().abort_scale_down_delay_seconds(i32::try_from(DELAY_S).unwrap_or(4)),
+    ))
+    .await;
+    h.wait_step(RolloutStep::Stable, "blue").await;
+    h.patch(env_patch(vec![json!({
+        "name": "RELAYER_FAULT_INJECTION__ERROR_RATE", "value": "0.5"
+    })]))
+    .await;
+    let rd = h.wait_step(RolloutStep::Aborted, "blue").await;
+    let aborted = Instant::now();
+    assert_eq!(
+        rd.status.as_ref().and_then(|s| s.preview_color),
+        Some(relayer_operator::crd::Color::Green),
+        "the aborted preview is still listed"
+    );
+    // Kept at its size, without traffic, for most of the delay.
+    while aborted.elapsed() < Duration::from_secs(DELAY_S - 2) {
+        assert_eq!(h.replicas("green").await, 2, "green kept during the delay");
+        assert_eq!(h.selector().await, "blue");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for("green to be scaled to zero", SETTLE, || {
+        let h = &h;
+        async move { Ok((h.replicas("green").await == 0).then_some(())) }
+    })
+    .await;
+    assert!(
+        aborted.elapsed() >= Duration::from_secs(DELAY_S - 2),
+        "scaled down after {:?}",
+        aborted.elapsed()
+    );
+    assert_eq!(h.selector().await, "blue");
+}
+
+#[tokio::test]
 async fn a_release_failing_after_promotion_rolls_back_to_the_still_warm_colour() {
     let h = Harness::new("cut-post").await;
     let _operator = start_operator(&h.env);

@@ -16,6 +16,8 @@ fn settings() -> Settings {
         progress_deadline_ms: 60_000,
         scale_down_delay_ms: 5_000,
         max_scale_down_wait_ms: 30_000,
+        auto_promotion_ms: None,
+        abort_scale_down_delay_ms: 0,
     }
 }
 
@@ -443,19 +445,27 @@ fn any_event() -> impl Strategy<Value = Event> {
     ]
 }
 
-/// Random settings (the gates and automatic steps on or off).
+/// Random settings (the gates and automatic steps on or off, with or without the automatic
+/// promotion's pause and the abort's scale-down delay).
 fn any_settings() -> impl Strategy<Value = Settings> {
-    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-        |(auto_promote, auto_rollback, pre_gate, post_gate)| Settings {
-            auto_promote,
-            auto_rollback,
-            pre_gate,
-            post_gate,
-            progress_deadline_ms: 10_000,
-            scale_down_delay_ms: 1_000,
-            max_scale_down_wait_ms: 20_000,
-        },
+    (
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+        prop::option::of(0i64..8_000),
+        prop_oneof![Just(0i64), 1i64..8_000],
     )
+        .prop_map(
+            |((auto_promote, auto_rollback, pre_gate, post_gate), pause, abort_delay)| Settings {
+                auto_promote,
+                auto_rollback,
+                pre_gate,
+                post_gate,
+                progress_deadline_ms: 10_000,
+                scale_down_delay_ms: 1_000,
+                max_scale_down_wait_ms: 20_000,
+                auto_promotion_ms: pause,
+                abort_scale_down_delay_ms: abort_delay,
+            },
+        )
 }
 
 /// One step of a random run: time passing, the facts at that moment, and an event.
@@ -534,4 +544,155 @@ fn the_active_selector_only_ever_points_at_a_colour_that_was_available() {
         "the sequences exercise switches ({})",
         switches.get()
     );
+}
+
+fn switched_to(actions: &[Action]) -> Option<Color> {
+    actions.iter().find_map(|a| match a {
+        Action::SwitchActive(c) => Some(*c),
+        _ => None,
+    })
+}
+
+fn emitted(actions: &[Action], reason: &str) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Emit { reason: r, .. } if *r == reason))
+}
+
+#[test]
+fn auto_promotion_pauses_after_the_gates_then_promotes() {
+    let pause = Settings {
+        auto_promotion_ms: Some(10_000),
+        ..settings()
+    };
+    let (waiting, actions) = transition(
+        &in_step(RolloutStep::PrePromotion),
+        &Event::Gate(GateOutcome::Passed),
+        &pause,
+        &facts(T0 + 1_000),
+    );
+    assert_eq!(waiting.rollout.step, RolloutStep::AwaitingPromotion);
+    assert_eq!(switched_to(&actions), None, "no switch during the pause");
+    let (early, _) = transition(&waiting, &Event::Tick, &pause, &facts(T0 + 10_999));
+    assert_eq!(early.rollout.step, RolloutStep::AwaitingPromotion);
+    let (promoted, actions) = transition(&waiting, &Event::Tick, &pause, &facts(T0 + 11_000));
+    assert_eq!(switched_to(&actions), Some(Color::Green));
+    assert!(emitted(&actions, "AutoPromotion") && emitted(&actions, "Promoted"));
+    assert_eq!(promoted.rollout.step, RolloutStep::PostPromotion);
+    // A promote command ends the pause early.
+    let (commanded, actions) = transition(
+        &waiting,
+        &Event::Command(Command::Promote),
+        &pause,
+        &facts(T0 + 2_000),
+    );
+    assert_eq!(switched_to(&actions), Some(Color::Green));
+    assert_eq!(commanded.active, Color::Green);
+    // Without the preview at full size when the pause ends, promotion waits for it.
+    let mut short = facts(T0 + 11_000);
+    short.other_available = false;
+    let (held, actions) = transition(&waiting, &Event::Tick, &pause, &short);
+    assert_eq!(switched_to(&actions), None);
+    assert!(held.rollout.promote_requested);
+    let (promoted, actions) = transition(&held, &Event::PodsReady, &pause, &facts(T0 + 12_000));
+    assert_eq!(switched_to(&actions), Some(Color::Green));
+    assert_eq!(promoted.active, Color::Green);
+    // Paused, the pause does not run out.
+    let mut paused = waiting.clone();
+    paused.rollout.paused = true;
+    let (still, _) = transition(&paused, &Event::Tick, &pause, &facts(T0 + 60_000));
+    assert_eq!(still.rollout.step, RolloutStep::AwaitingPromotion);
+}
+
+#[test]
+fn auto_promotion_without_gates_pauses_from_the_preview_being_ready() {
+    let pause = Settings {
+        pre_gate: false,
+        auto_promotion_ms: Some(5_000),
+        ..settings()
+    };
+    let (waiting, actions) = transition(
+        &in_step(RolloutStep::Deploying),
+        &Event::PodsReady,
+        &pause,
+        &facts(T0 + 1_000),
+    );
+    assert_eq!(waiting.rollout.step, RolloutStep::AwaitingPromotion);
+    assert_eq!(switched_to(&actions), None);
+    let (_, actions) = transition(&waiting, &Event::Tick, &pause, &facts(T0 + 6_000));
+    assert_eq!(switched_to(&actions), Some(Color::Green));
+}
+
+#[test]
+fn without_auto_promote_the_pause_never_promotes() {
+    let manual = Settings {
+        auto_promote: false,
+        auto_promotion_ms: Some(1_000),
+        ..settings()
+    };
+    let (waiting, _) = transition(
+        &in_step(RolloutStep::PrePromotion),
+        &Event::Gate(GateOutcome::Passed),
+        &manual,
+        &facts(T0),
+    );
+    assert_eq!(waiting.rollout.step, RolloutStep::AwaitingPromotion);
+    let (still, actions) = transition(&waiting, &Event::Tick, &manual, &facts(T0 + 3_600_000));
+    assert_eq!(still.rollout.step, RolloutStep::AwaitingPromotion);
+    assert_eq!(switched_to(&actions), None);
+}
+
+#[test]
+fn an_aborted_preview_stays_up_for_the_abort_delay_then_goes_to_zero() {
+    let keep = Settings {
+        abort_scale_down_delay_ms: 20_000,
+        ..settings()
+    };
+    let failed = Event::Gate(GateOutcome::Failed {
+        gate: "prePromotion".into(),
+        reason: "error rate".into(),
+    });
+    let (aborted, _) = transition(
+        &in_step(RolloutStep::PrePromotion),
+        &failed,
+        &keep,
+        &facts(T0 + 1_000),
+    );
+    assert_eq!(aborted.rollout.step, RolloutStep::Aborted);
+    assert_eq!(aborted.active, Color::Blue);
+    assert_eq!(aborted.rollout.other_revision.as_deref(), Some("r2"));
+    let l = layout(&aborted, 3, Some(2));
+    assert_eq!(l.active_plan.replicas, 3);
+    assert_eq!(
+        (l.other_plan.revision.as_deref(), l.other_plan.replicas),
+        (Some("r2"), 2),
+        "kept at its preview size"
+    );
+    let (kept, _) = transition(&aborted, &Event::Tick, &keep, &facts(T0 + 20_999));
+    assert_eq!(kept.rollout.other_revision.as_deref(), Some("r2"));
+    let (gone, actions) = transition(&aborted, &Event::Tick, &keep, &facts(T0 + 21_000));
+    assert_eq!(gone.rollout.other_revision, None);
+    assert!(emitted(&actions, "ScaledDown"));
+    assert_eq!(layout(&gone, 3, Some(2)).other_plan.replicas, 0);
+    assert_eq!(gone.rollout.step, RolloutStep::Aborted);
+    // The spec back at the running revision ends it at once, preview and all.
+    let (stable, _) = transition(
+        &aborted,
+        &Event::SpecChanged {
+            revision: "r1".into(),
+        },
+        &keep,
+        &facts(T0 + 2_000),
+    );
+    assert_eq!(stable.rollout.step, RolloutStep::Stable);
+    assert_eq!(stable.rollout.other_revision, None);
+    assert_eq!(layout(&stable, 3, Some(2)).other_plan.replicas, 0);
+    // Without the delay the preview goes at once.
+    let (at_once, _) = transition(
+        &in_step(RolloutStep::PrePromotion),
+        &failed,
+        &settings(),
+        &facts(T0 + 1_000),
+    );
+    assert_eq!(at_once.rollout.other_revision, None);
 }

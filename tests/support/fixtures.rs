@@ -193,6 +193,16 @@ impl BlueGreen {
         self.set("progressDeadlineSeconds", json!(seconds))
     }
 
+    /// `autoPromotionSeconds`.
+    pub fn auto_promotion_seconds(self, seconds: i32) -> Self {
+        self.set("autoPromotionSeconds", json!(seconds))
+    }
+
+    /// `abortScaleDownDelaySeconds`.
+    pub fn abort_scale_down_delay_seconds(self, seconds: i32) -> Self {
+        self.set("abortScaleDownDelaySeconds", json!(seconds))
+    }
+
     /// `prePromotion` (`None`: `null`, no gate).
     pub fn pre_promotion(self, gate: impl Into<Option<Gate>>) -> Self {
         let gate = gate.into().map_or(Value::Null, |g| Value::Object(g.0));

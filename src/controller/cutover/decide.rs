@@ -135,6 +135,8 @@ pub fn settings(rd: &RelayerDeployment) -> Settings {
         progress_deadline_ms: ms(bg.progress_deadline_seconds),
         scale_down_delay_ms: ms(bg.scale_down_delay_seconds),
         max_scale_down_wait_ms: ms(bg.max_scale_down_wait_seconds),
+        auto_promotion_ms: bg.auto_promotion_seconds.map(ms),
+        abort_scale_down_delay_ms: bg.abort_scale_down_delay_seconds.map_or(0, ms),
     }
 }
 
@@ -509,8 +511,14 @@ fn next_wakeup(state: &State, settings: &Settings, now_ms: i64, resync: Duration
         Duration::from_millis(u64::try_from(ms.saturating_sub(elapsed).max(1)).unwrap_or(1))
     };
     let wait = match r.step {
+        RolloutStep::Aborted if r.other_revision.is_some() && !r.paused => {
+            until(settings.abort_scale_down_delay_ms)
+        }
         RolloutStep::Stable | RolloutStep::Aborted => return resync,
         _ if r.paused => IN_FLIGHT_RESYNC,
+        RolloutStep::AwaitingPromotion if settings.auto_promote && !r.promote_requested => {
+            settings.auto_promotion_ms.map_or(IN_FLIGHT_RESYNC, until)
+        }
         RolloutStep::Deploying => until(settings.progress_deadline_ms),
         RolloutStep::ScalingDown if elapsed < settings.scale_down_delay_ms => {
             until(settings.scale_down_delay_ms)

@@ -597,3 +597,39 @@ fn a_rollback_finds_the_warm_colour_the_newest_other_a_hash_or_a_number() {
         None
     );
 }
+
+#[test]
+fn the_automatic_pause_and_the_abort_delay_wake_the_reconcile_when_they_end() {
+    let (active, r) = rollout_in(RolloutStep::AwaitingPromotion, T0 - 2_000, 2);
+    let mut rd = rd_in(active, r);
+    rd.spec.strategy.blue_green.auto_promotion_seconds = Some(3);
+    rd.spec.strategy.blue_green.abort_scale_down_delay_seconds = Some(20);
+    let s = settings(&rd);
+    assert_eq!(
+        (s.auto_promotion_ms, s.abort_scale_down_delay_ms),
+        (Some(3_000), 20_000)
+    );
+    let plan = plan("r2");
+    let mut obs = observation(&rd, &plan);
+    obs.blue = Some(available_deployment("r1", rd.spec.replicas));
+    let d = decide(&obs, &at(T0));
+    assert_eq!(d.state.rollout.step, RolloutStep::AwaitingPromotion);
+    assert_eq!(d.requeue, Duration::from_secs(1), "the pause ends in 1 s");
+
+    let (active, mut r) = rollout_in(RolloutStep::Aborted, T0 - 18_000, 2);
+    r.other_revision = Some("r2".into());
+    let mut rd = rd_in(active, r);
+    rd.spec.strategy.blue_green.abort_scale_down_delay_seconds = Some(20);
+    let mut obs = observation(&rd, &plan);
+    obs.blue = Some(available_deployment("r1", rd.spec.replicas));
+    let d = decide(&obs, &at(T0));
+    assert_eq!(d.state.rollout.other_revision.as_deref(), Some("r2"));
+    assert_eq!(
+        d.requeue,
+        Duration::from_secs(2),
+        "the kept preview goes in 2 s"
+    );
+    let d = decide(&obs, &at(T0 + 2_000));
+    assert_eq!(d.state.rollout.other_revision, None);
+    assert!(emitted(&d).contains(&"ScaledDown"), "{:?}", emitted(&d));
+}
