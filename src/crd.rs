@@ -760,6 +760,116 @@ pub struct GateSpec {
     /// statistically, besides the thresholds. Absent: thresholds only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statistical: Option<StatisticalGate>,
+    /// Asked once the thresholds (and the statistical judge) passed, every interval until
+    /// each has answered: the operator POSTs the cutover's context as JSON; a 2xx answer
+    /// passes, `423 Locked` holds the gate (and the cutover) until a later call passes, and any
+    /// other answer, a timeout or a refused connection is retried with backoff, then fails
+    /// the gate. Only `http://` URLs whose address is inside the operator's
+    /// `--webhook-networks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(w, self.exists_one(v, v.name == w.name))").message("gate webhooks must not repeat a name"))]
+    pub webhooks: Vec<WebhookSpec>,
+}
+
+/// The pattern of a webhook URL (RE2 and Rust alike): `http://`, a DNS name or an IPv4
+/// address (or an IPv6 one in brackets), an optional port, an optional path of printable
+/// ASCII; no user information, no fragment.
+macro_rules! webhook_url_pattern {
+    () => {
+        "^http://([A-Za-z0-9.-]+|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[!-~]*)?$"
+    };
+}
+
+/// What a webhook URL must be, as the API server and the operator both say it.
+const WEBHOOK_URL_RULE: &str = "webhook url must be http://HOST[:PORT][/PATH] with a DNS name \
+    or an IP address, no user information and a path of printable ASCII without spaces";
+
+/// A webhook a gate asks before it passes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// Name, in status and reasons.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Where to POST: `http://HOST[:PORT][/PATH]`.
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(validation = Rule::new(concat!("self.matches(r'", webhook_url_pattern!(), "')")).message(WEBHOOK_URL_RULE))]
+    pub url: String,
+    /// Bound of one call: connect, request and answer.
+    #[serde(default = "default_webhook_timeout")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: i32,
+    /// Calls after a failed one (with backoff: 0.5 s, doubling, at most 8 s) before the gate
+    /// fails.
+    #[serde(default = "default_webhook_retries")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: i32,
+}
+
+fn default_webhook_timeout() -> i32 {
+    5
+}
+
+fn default_webhook_retries() -> i32 {
+    2
+}
+
+/// Where a webhook URL points: host, port and request target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    /// DNS name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// Port (80 when absent).
+    pub port: u16,
+    /// Request target (`/` when absent).
+    pub path: String,
+}
+
+impl WebhookSpec {
+    /// The URL's parts, if it is one the schema admits (an object stored under an older CRD
+    /// may hold any string); the error names `field`.
+    pub fn target(&self, field: &str) -> Result<WebhookTarget, String> {
+        let bad = || format!("{field}.url {:?}: {WEBHOOK_URL_RULE}", self.url);
+        let rest = self.url.strip_prefix("http://").ok_or_else(bad)?;
+        if self.url.len() > 2048 || !rest.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad());
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad());
+            }
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        let host_ok = !host.is_empty()
+            && (host.contains(':')
+                || host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+        let port = match port {
+            None => 80,
+            Some(p) if (1..=5).contains(&p.len()) => p.parse::<u16>().map_err(|_| bad())?,
+            Some(_) => return Err(bad()),
+        };
+        if !host_ok || port == 0 {
+            return Err(bad());
+        }
+        Ok(WebhookTarget {
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+        })
+    }
 }
 
 /// A statistical judgement: per metric, one sample per scrape interval from the pods under
@@ -963,6 +1073,9 @@ impl RelayerDeploymentSpec {
         ] {
             if let Some(probe) = spec.as_ref().and_then(|g| g.probe.as_ref()) {
                 probe.check_path(&format!("spec.strategy.blueGreen.{gate}.probe"))?;
+            }
+            for (i, hook) in spec.iter().flat_map(|g| g.webhooks.iter()).enumerate() {
+                hook.target(&format!("spec.strategy.blueGreen.{gate}.webhooks[{i}]"))?;
             }
         }
         Ok(())
@@ -1204,6 +1317,38 @@ pub struct GateStatus {
     /// The statistical judgement, per metric (with a `statistical` judge).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statistics: Vec<MetricJudgement>,
+    /// What each webhook answered (with `webhooks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookStatus>,
+}
+
+/// What a gate's webhook said.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WebhookVerdict {
+    /// Not asked yet (the gate's other checks have not passed).
+    #[default]
+    Pending,
+    /// Answered 2xx.
+    Passed,
+    /// Answered `423 Locked`: the gate waits and asks again next interval.
+    Held,
+    /// Failed every call.
+    Failed,
+}
+
+/// One webhook of a gate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookStatus {
+    /// The webhook's name.
+    pub name: String,
+    /// Verdict so far.
+    pub verdict: WebhookVerdict,
+    /// Calls made (retries included).
+    pub calls: i32,
+    /// The last answer: `HTTP 200`, `HTTP 423`, or why there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_answer: Option<String>,
 }
 
 /// Verdict of one metric of a statistical judgement.

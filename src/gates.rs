@@ -14,6 +14,9 @@
 //! left. The only network client is [`runner::get`] (hyper's HTTP/1.1 client), bounded by a
 //! timeout and a body cap.
 //!
+//! Beside the thresholds: [`stats`], the statistical judge of the pods under test against the
+//! other colour, and [`webhook`], what a gate's webhooks' answers mean; both pure.
+//!
 //! May use: [`crate::crd`] and [`relayer::exposition`] only; [`runner`] uses the pure core here
 //! and nothing else.
 
@@ -497,6 +500,7 @@ impl Tally {
 
 pub mod runner;
 pub mod stats;
+pub mod webhook;
 
 #[cfg(test)]
 mod tests;

@@ -56,6 +56,16 @@ struct Args {
         value_delimiter = ','
     )]
     pod_networks: Vec<controller::Network>,
+    /// Networks a gate's webhooks may be at (comma-separated CIDRs). The default is the
+    /// private ranges clusters use for Services and pods; link-local addresses (cloud
+    /// metadata), loopback and public addresses need saying so.
+    #[arg(
+        long,
+        env = "WEBHOOK_NETWORKS",
+        default_value = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
+        value_delimiter = ','
+    )]
+    webhook_networks: Vec<controller::Network>,
     /// Exchanges with pods (gate scrapes, drain evidence; probes have a pool of their own) in
     /// flight at once in the whole process; each reads at most 1 MiB, so this bounds that
     /// memory too.
@@ -124,6 +134,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         namespace: args.namespace.clone(),
         resync: Duration::from_secs(args.resync_seconds),
         pod_networks: args.pod_networks.clone(),
+        webhook_networks: args.webhook_networks.clone(),
         max_pod_requests: args.max_pod_requests,
         ingress_host_patterns: args.ingress_host_patterns.clone(),
         allowed_service_types: args.allowed_service_types.clone(),

@@ -772,6 +772,157 @@ async fn an_aborted_preview_stays_up_for_the_abort_delay_then_goes_to_zero() {
     assert_eq!(h.selector().await, "blue");
 }
 
+/// A webhook receiver on loopback for the operator of the test: answers every call with the
+/// status it is set to, and keeps each call's JSON body.
+struct Receiver {
+    url: String,
+    status: Arc<std::sync::atomic::AtomicU16>,
+    calls: Arc<std::sync::Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(status: u16) -> Self {
+        use axum::http::StatusCode;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let answer = Arc::new(std::sync::atomic::AtomicU16::new(status));
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (a, c) = (answer.clone(), calls.clone());
+        let app = axum::Router::new().route(
+            "/confirm",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (a, c) = (a.clone(), c.clone());
+                async move {
+                    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    c.lock().expect("calls").push(json);
+                    StatusCode::from_u16(a.load(std::sync::atomic::Ordering::SeqCst))
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url: format!("http://{addr}/confirm"),
+            status: answer,
+            calls,
+            task,
+        }
+    }
+
+    fn answer(&self, status: u16) {
+        self.status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> Vec<Value> {
+        self.calls.lock().expect("calls").clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// [`strategy`] with a pre-promotion webhook at `receiver` (one retry).
+fn webhook_strategy(receiver: &Receiver) -> BlueGreen {
+    strategy().pre_promotion(fast_gate().webhook("confirm", &receiver.url, 1))
+}
+
+#[tokio::test]
+async fn a_webhook_answering_500_aborts_the_cutover() {
+    let receiver = Receiver::start(500).await;
+    let h = Harness::new("cut-hook-500").await;
+    let _operator = start_operator(&h.env);
+    h.apply(market(2, webhook_strategy(&receiver))).await;
+    h.wait_step(RolloutStep::Stable, "blue").await;
+    let watcher = InvariantWatcher::start(h.env.client.clone(), &h.env.namespace, NAME);
+    h.patch(env_patch(vec![json!({ "name": "RELEASE", "value": "2" })]))
+        .await;
+    let rd = h.wait_step(RolloutStep::Aborted, "blue").await;
+    let r = rollout(&rd);
+    assert_eq!(r.failed_gate.as_deref(), Some("prePromotion"), "{r:?}");
+    let reason = r.abort_reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("webhook confirm failed 2 calls (1 retries): HTTP 500"),
+        "{reason}"
+    );
+    let pre = pre_gate(&rd);
+    assert_eq!(pre.webhooks.len(), 1, "{pre:?}");
+    assert_eq!(
+        pre.webhooks[0].verdict,
+        relayer_operator::crd::WebhookVerdict::Failed
+    );
+    let calls = receiver.calls();
+    assert_eq!(calls.len(), 2, "one call and one retry: {calls:?}");
+    let context = &calls[0];
+    assert_eq!(context["name"], NAME);
+    assert_eq!(context["gate"], "prePromotion");
+    assert_eq!(context["underTestColor"], "green");
+    assert_eq!(context["activeColor"], "blue");
+    assert_eq!(context["revision"], json!(r.target_revision));
+    assert!(
+        context["previewAddress"]
+            .as_str()
+            .is_some_and(|a| a.starts_with(&format!("http://{NAME}-preview."))),
+        "{context}"
+    );
+    assert_eq!(h.selector().await, "blue");
+    assert_eq!(
+        watcher.snapshot().selected,
+        vec!["blue"],
+        "traffic never left blue"
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_that_holds_keeps_the_cutover_waiting_until_it_answers_200() {
+    use relayer_operator::crd::{GateVerdict, WebhookVerdict};
+    let receiver = Receiver::start(423).await;
+    let h = Harness::new("cut-hook-hold").await;
+    let _operator = start_operator(&h.env);
+    h.apply(market(2, webhook_strategy(&receiver))).await;
+    h.wait_step(RolloutStep::Stable, "blue").await;
+    h.patch(env_patch(vec![json!({ "name": "RELEASE", "value": "2" })]))
+        .await;
+    // Held: asked again every interval, the cutover waits in PrePromotion on blue.
+    let held = wait_for("the webhook asked five times while holding", SETTLE, || {
+        let h = &h;
+        let calls = receiver.calls().len();
+        async move {
+            let rd = h.env.api::<RelayerDeployment>().get(NAME).await?;
+            let held = rd
+                .status
+                .as_ref()
+                .and_then(|s| s.rollout.as_ref())
+                .and_then(|r| r.gates.iter().find(|g| g.name == "prePromotion"))
+                .is_some_and(|g| {
+                    g.webhooks
+                        .first()
+                        .is_some_and(|w| w.verdict == WebhookVerdict::Held)
+                });
+            Ok((calls >= 5 && held).then_some(rd))
+        }
+    })
+    .await;
+    let r = rollout(&held);
+    assert_eq!(r.step, RolloutStep::PrePromotion, "{r:?}");
+    assert_eq!(pre_gate(&held).verdict, GateVerdict::Running);
+    assert_eq!(h.selector().await, "blue", "no promotion while held");
+    receiver.answer(200);
+    let rd = h.wait_step(RolloutStep::Stable, "green").await;
+    let pre = pre_gate(&rd);
+    assert_eq!(pre.verdict, GateVerdict::Passed, "{pre:?}");
+    assert_eq!(pre.webhooks[0].verdict, WebhookVerdict::Passed);
+    assert!(pre.webhooks[0].calls >= 6, "{pre:?}");
+}
+
 #[tokio::test]
 async fn a_release_failing_after_promotion_rolls_back_to_the_still_warm_colour() {
     let h = Harness::new("cut-post").await;

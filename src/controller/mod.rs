@@ -68,6 +68,9 @@ pub struct Config {
     /// evidence). NB: empty by default, so that a library user contacts no pod unless told
     /// to; the binary's `--pod-networks` defaults to every address.
     pub pod_networks: Vec<Network>,
+    /// Networks of addresses a gate's webhooks may be at (`--webhook-networks`). NB: empty by
+    /// default, so a library user calls no webhook unless told to.
+    pub webhook_networks: Vec<Network>,
     /// Exchanges with pods (scrapes, drain evidence; probes have a pool of their own) in
     /// flight at once, across every gate of the process (`--max-pod-requests`).
     pub max_pod_requests: usize,
@@ -116,6 +119,7 @@ impl Default for Config {
             resync: Duration::from_secs(300),
             concurrency: 4,
             pod_networks: Vec::new(),
+            webhook_networks: Vec::new(),
             max_pod_requests: crate::gates::runner::DEFAULT_MAX_REQUESTS,
             ingress_host_patterns: Vec::new(),
             allowed_service_types: resources::DEFAULT_SERVICE_TYPES.to_vec(),

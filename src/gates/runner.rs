@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Bytes;
 use hyper::{Request, header};
 use hyper_util::rt::TokioIo;
@@ -26,8 +26,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::stats::{Decision, Judge};
+use super::webhook::{self, Answer};
 use super::{Scrape, Tally, Window, judge, parse};
-use crate::crd::{GateSpec, GateVerdict};
+use crate::crd::{GateSpec, GateVerdict, WebhookSpec, WebhookStatus};
 
 /// Bound of one whole HTTP exchange with a pod: connect, request, head and every byte of the
 /// body. NB: one deadline, not one per read, so a pod that trickles an endless body is cut off
@@ -120,6 +121,29 @@ pub trait Targets: Send + Sync + 'static {
     fn active(&self) -> Vec<Target>;
 }
 
+/// Largest webhook answer read (and dropped): only its status counts.
+pub const MAX_WEBHOOK_BODY: usize = 64 * 1024;
+
+/// What a gate's webhooks are told and where they may be: the cutover's context (the JSON
+/// body of every call) and the addresses the operator may contact (`--webhook-networks`).
+#[derive(Clone)]
+pub struct HookEnv {
+    /// The body of every call.
+    pub context: serde_json::Value,
+    /// Whether an address may be contacted.
+    pub allowed: Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>,
+}
+
+impl Default for HookEnv {
+    /// No context, and no address allowed.
+    fn default() -> Self {
+        Self {
+            context: serde_json::Value::Null,
+            allowed: Arc::new(|_| false),
+        }
+    }
+}
+
 /// A running gate; dropping it stops its tasks.
 pub struct GateRun {
     tally: Arc<Mutex<Tally>>,
@@ -145,12 +169,14 @@ impl Drop for GateRun {
 }
 
 /// Starts gate `spec` from `tally` (fresh, or restored from status after a restart), its
-/// exchanges within `budget`; calls `changed` after every sample or scrape error.
+/// exchanges within `budget`, its webhooks told and bounded by `hooks`; calls `changed` after
+/// every sample or scrape error.
 pub fn spawn(
     spec: GateSpec,
     tally: Tally,
     targets: Arc<dyn Targets>,
     budget: Budget,
+    hooks: HookEnv,
     changed: Arc<dyn Fn() + Send + Sync>,
 ) -> GateRun {
     let shared = Arc::new(Mutex::new(tally));
@@ -169,6 +195,7 @@ pub fn spawn(
         shared.clone(),
         targets,
         budget,
+        hooks,
         changed,
     )));
     GateRun {
@@ -182,6 +209,7 @@ async fn sample_loop(
     tally: Arc<Mutex<Tally>>,
     targets: Arc<dyn Targets>,
     budget: Budget,
+    hooks: HookEnv,
     changed: Arc<dyn Fn() + Send + Sync>,
 ) {
     let interval = Duration::from_millis(u64::try_from(spec.interval_ms.max(100)).unwrap_or(100));
@@ -239,21 +267,129 @@ async fn sample_loop(
         if let Some(active) = &active_window {
             values.push_str(&format!("; active: {}", active.describe()));
         }
-        let mut t = lock(&tally);
-        t.record(&spec, sample, values);
-        if let Some(stats) = stats.as_mut() {
-            if let Some(active) = &active_window {
-                stats.add(&window, active, min_requests);
+        let ask = {
+            let mut t = lock(&tally);
+            t.record(&spec, sample, values);
+            if let Some(stats) = stats.as_mut() {
+                if let Some(active) = &active_window {
+                    stats.add(&window, active, min_requests);
+                }
+                judge_statistically(&spec, &mut t, stats);
             }
-            judge_statistically(&spec, &mut t, stats);
+            // NB: the gate is held while its webhooks are asked (outside the lock), so a
+            // reconcile reading the tally meanwhile never sees it passed before they agreed.
+            if t.0.verdict == GateVerdict::Passed && !spec.webhooks.is_empty() {
+                t.0.verdict = GateVerdict::Running;
+                Some(webhook::records(&spec.webhooks, &t.0.webhooks))
+            } else {
+                None
+            }
+        };
+        if let Some(mut records) = ask {
+            changed();
+            ask_webhooks(&spec.webhooks, &mut records, &hooks).await;
+            let mut t = lock(&tally);
+            match webhook::decide(&spec.webhooks, &records) {
+                webhook::Decision::Pass if !t.decided() => t.0.verdict = GateVerdict::Passed,
+                webhook::Decision::Fail(reason) if !t.decided() => t.fail(reason),
+                _ => {}
+            }
+            t.0.webhooks = records;
         }
-        let done = t.decided();
-        drop(t);
+        let done = lock(&tally).decided();
         changed();
         if done {
             return;
         }
     }
+}
+
+/// Asks every webhook that has not agreed yet, each up to `1 + retries` calls with backoff;
+/// a hold ends its calls for this interval.
+pub(super) async fn ask_webhooks(
+    specs: &[WebhookSpec],
+    records: &mut [WebhookStatus],
+    env: &HookEnv,
+) {
+    let body = Bytes::from(serde_json::to_vec(&env.context).unwrap_or_default());
+    for (spec, status) in specs.iter().zip(records.iter_mut()) {
+        if status.verdict == crate::crd::WebhookVerdict::Passed {
+            continue;
+        }
+        let retries = u32::try_from(spec.retries.clamp(0, 10)).unwrap_or(0);
+        for attempt in 0..=retries {
+            if attempt > 0 {
+                tokio::time::sleep(webhook::backoff(attempt)).await;
+            }
+            let answer = webhook::classify(&call_webhook(spec, body.clone(), env).await);
+            webhook::record(status, &answer, attempt == retries);
+            if !matches!(answer, Answer::Retry(_)) {
+                break;
+            }
+        }
+    }
+}
+
+/// One `POST` of `body` to `spec`'s URL, on a connection of its own, to the first address
+/// its host resolves to that `env` allows; bounded by the webhook's timeout as a whole and
+/// [`MAX_WEBHOOK_BODY`] of answer. Returns the status.
+async fn call_webhook(spec: &WebhookSpec, body: Bytes, env: &HookEnv) -> Result<u16, String> {
+    let target = spec.target("webhook")?;
+    let timeout =
+        Duration::from_secs(u64::try_from(spec.timeout_seconds.clamp(1, 60)).unwrap_or(5));
+    let allowed = env.allowed.clone();
+    let exchange = async move {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| format!("resolve {}: {e}", target.host))?
+            .collect();
+        // NB: the address connected to is the one checked, so a name that resolves elsewhere
+        // later cannot lead the operator outside the allowed networks.
+        let addr = addrs
+            .iter()
+            .copied()
+            .find(|a| allowed(a.ip()))
+            .ok_or_else(|| {
+                format!(
+                    "{} resolves to {addrs:?}, none inside --webhook-networks",
+                    target.host
+                )
+            })?;
+        post(addr, &target.host, &target.path, body).await
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no whole answer within {timeout:?}"))?
+}
+
+async fn post(addr: SocketAddr, host: &str, path: &str, body: Bytes) -> Result<u16, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let _abort = AbortOnDrop(connection);
+    let request = Request::post(path)
+        .header(header::HOST, host)
+        .header(header::USER_AGENT, "relayer-operator")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONNECTION, "close")
+        .body(Full::new(body))
+        .map_err(|e| format!("request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let status = response.status().as_u16();
+    // NB: the answer is read (bounded) so the webhook's server sees a whole exchange.
+    let _ = Limited::new(response.into_body(), MAX_WEBHOOK_BODY)
+        .collect()
+        .await;
+    Ok(status)
 }
 
 /// Holds a gate whose thresholds passed until the statistical judge decides, and fails it

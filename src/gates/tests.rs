@@ -2,12 +2,14 @@
 //! local socket.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::runner::{Budget, get, get_limited};
+use super::runner::{Budget, HookEnv, ask_webhooks, get, get_limited};
 use super::*;
-use crate::crd::RelativeGate;
+use crate::crd::{RelativeGate, WebhookVerdict};
 
 /// The shape of a relayer's `/metrics` (OpenMetrics text from prometheus-client).
 fn exposition(ok: u64, errors: u64, fast: u64, slow: u64, in_flight: u64) -> String {
@@ -413,4 +415,198 @@ async fn exchanges_wait_for_a_permit_of_the_shared_budget() {
         0,
         "a budget has at least one permit"
     );
+}
+
+/// A webhook receiver on a fresh local port: answers the calls with `statuses` in turn (the
+/// last one repeated), or never when `statuses` is empty; keeps each call's body.
+async fn webhook_receiver(statuses: Vec<u16>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    tokio::spawn(async move {
+        let mut call = 0usize;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            let body = loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break Some(body.to_owned());
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            seen.lock().expect("bodies").push(body);
+            let Some(status) = statuses
+                .get(call.min(statuses.len().saturating_sub(1)))
+                .copied()
+            else {
+                // Never answers: hold the connection open until the client gives up.
+                tokio::spawn(async move {
+                    let mut sink = [0u8; 16];
+                    let _ = stream.read(&mut sink).await;
+                });
+                continue;
+            };
+            call += 1;
+            let answer =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    (addr, bodies)
+}
+
+fn hook(addr: SocketAddr, retries: i32) -> crate::crd::WebhookSpec {
+    crate::crd::WebhookSpec {
+        name: "confirm".into(),
+        url: format!("http://{addr}/confirm"),
+        timeout_seconds: 1,
+        retries,
+    }
+}
+
+fn loopback_only() -> HookEnv {
+    HookEnv {
+        context: serde_json::json!({ "name": "market", "gate": "prePromotion" }),
+        allowed: Arc::new(|ip: std::net::IpAddr| ip.is_loopback()),
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_answering_500_fails_after_its_retries_with_backoff() {
+    let (addr, bodies) = webhook_receiver(vec![500]).await;
+    let specs = [hook(addr, 2)];
+    let mut records = webhook::records(&specs, &[]);
+    let started = std::time::Instant::now();
+    ask_webhooks(&specs, &mut records, &loopback_only()).await;
+    assert_eq!(records[0].verdict, WebhookVerdict::Failed, "{records:?}");
+    assert_eq!(records[0].calls, 3);
+    assert!(
+        started.elapsed() >= webhook::backoff(1) + webhook::backoff(2),
+        "retried with backoff: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        webhook::decide(&specs, &records),
+        webhook::Decision::Fail("webhook confirm failed 3 calls (2 retries): HTTP 500".into())
+    );
+    let bodies = bodies.lock().expect("bodies").clone();
+    assert_eq!(bodies.len(), 3);
+    let context: serde_json::Value = serde_json::from_str(&bodies[0]).expect("a JSON body");
+    assert_eq!(context["gate"], "prePromotion");
+}
+
+#[tokio::test]
+async fn a_webhook_that_holds_waits_until_it_answers_200() {
+    let (addr, _) = webhook_receiver(vec![423, 423, 200]).await;
+    let specs = [hook(addr, 2)];
+    let mut records = webhook::records(&specs, &[]);
+    for expected in [
+        WebhookVerdict::Held,
+        WebhookVerdict::Held,
+        WebhookVerdict::Passed,
+    ] {
+        ask_webhooks(&specs, &mut records, &loopback_only()).await;
+        assert_eq!(records[0].verdict, expected, "{records:?}");
+    }
+    assert_eq!(
+        records[0].calls, 3,
+        "a hold is not retried within the interval"
+    );
+    assert_eq!(webhook::decide(&specs, &records), webhook::Decision::Pass);
+    // A passed webhook is not asked again.
+    ask_webhooks(&specs, &mut records, &loopback_only()).await;
+    assert_eq!(records[0].calls, 3);
+}
+
+#[tokio::test]
+async fn a_webhook_outside_the_allowed_networks_is_never_contacted() {
+    let (addr, bodies) = webhook_receiver(vec![200]).await;
+    let specs = [hook(addr, 0)];
+    let mut records = webhook::records(&specs, &[]);
+    let nowhere = HookEnv::default();
+    ask_webhooks(&specs, &mut records, &nowhere).await;
+    assert_eq!(records[0].verdict, WebhookVerdict::Failed);
+    let answer = records[0].last_answer.clone().unwrap_or_default();
+    assert!(
+        answer.contains("none inside --webhook-networks"),
+        "{answer}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        bodies.lock().expect("bodies").is_empty(),
+        "no call reached it"
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_that_never_answers_times_out() {
+    let (addr, _) = webhook_receiver(Vec::new()).await;
+    let specs = [hook(addr, 0)];
+    let mut records = webhook::records(&specs, &[]);
+    let started = std::time::Instant::now();
+    ask_webhooks(&specs, &mut records, &loopback_only()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(records[0].verdict, WebhookVerdict::Failed);
+    let answer = records[0].last_answer.clone().unwrap_or_default();
+    assert!(answer.contains("no whole answer within 1s"), "{answer}");
+}
+
+#[test]
+fn webhook_urls_are_checked_like_the_schema_says() {
+    let target = |url: &str| {
+        crate::crd::WebhookSpec {
+            name: "w".into(),
+            url: url.into(),
+            timeout_seconds: 1,
+            retries: 0,
+        }
+        .target("spec.w")
+    };
+    let ok = target("http://approver.ns.svc:8080/confirm?x=1").expect("valid");
+    assert_eq!(
+        (ok.host.as_str(), ok.port, ok.path.as_str()),
+        ("approver.ns.svc", 8080, "/confirm?x=1")
+    );
+    let bare = target("http://10.0.0.5").expect("valid");
+    assert_eq!((bare.port, bare.path.as_str()), (80, "/"));
+    let v6 = target("http://[fd00::1]:9000/x").expect("valid");
+    assert_eq!((v6.host.as_str(), v6.port), ("fd00::1", 9000));
+    for bad in [
+        "https://approver/confirm",
+        "http://user:pw@approver/",
+        "http://approver/with space",
+        "http://approver/\r\nX: y",
+        "http://approver:0/",
+        "http://approver:99999/",
+        "http://[not-v6]/",
+        "http:///path",
+        "ftp://approver/",
+    ] {
+        let error = target(bad).expect_err(bad);
+        assert!(error.starts_with("spec.w.url"), "{bad}: {error}");
+    }
 }

@@ -261,6 +261,18 @@ impl Gate {
         self.set("statistical", judge)
     }
 
+    /// One more of `webhooks`: `name` at `url`, with `retries` and a 1 s timeout.
+    pub fn webhook(mut self, name: &str, url: &str, retries: i32) -> Self {
+        let hook = json!({ "name": name, "url": url, "retries": retries, "timeoutSeconds": 1 });
+        match self.0.get_mut("webhooks") {
+            Some(Value::Array(hooks)) => hooks.push(hook),
+            _ => {
+                self.0.insert("webhooks".to_owned(), json!([hook]));
+            }
+        }
+        self
+    }
+
     /// `probe.requestsPerSecond`: the gate's own probe load.
     pub fn probe(self, requests_per_second: i32) -> Self {
         self.set("probe", json!({ "requestsPerSecond": requests_per_second }))

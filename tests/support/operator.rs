@@ -58,13 +58,14 @@ impl Drop for InProcessOperator {
 }
 
 /// Starts the controller in this test process for this test's namespace, allowed to contact
-/// [`POD_NETWORK`] only.
+/// pods in [`POD_NETWORK`] only and webhooks on loopback only.
 pub fn start_operator(env: &TestEnv) -> InProcessOperator {
     InProcessOperator::start(
         env.client.clone(),
         controller::Config {
             namespace: Some(env.namespace.clone()),
             pod_networks: vec![POD_NETWORK.parse().expect("network")],
+            webhook_networks: vec!["127.0.0.0/8".parse().expect("network")],
             ..controller::Config::default()
         },
     )

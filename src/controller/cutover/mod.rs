@@ -297,15 +297,53 @@ fn start_gate(
     });
     let gate = &wanted.gate;
     tracing::info!(name = %rd.name_any(), gate = gate.kind.name(), revision = %gate.revision, "gate started");
+    let networks = ctx.config.webhook_networks.clone();
+    let hooks = runner::HookEnv {
+        context: webhook_context(rd, gate.kind, &gate.revision, start),
+        allowed: Arc::new(move |ip| networks.iter().any(|n| n.contains(ip))),
+    };
     let run = runner::spawn(
         start.spec.clone(),
         gate.tally.clone(),
         targets,
         ctx.pod_requests.clone(),
+        hooks,
         changed,
     );
     ctx.gates
         .start(key.clone(), gate.kind, gate.revision.clone(), run);
+}
+
+/// The body of a gate's webhook calls: which object, gate, revision and colours, and the
+/// addresses of the Service under test and the active one.
+fn webhook_context(
+    rd: &RelayerDeployment,
+    kind: crate::rollout::GateKind,
+    revision: &str,
+    start: &decide::GateStart,
+) -> serde_json::Value {
+    let ns = rd.namespace().unwrap_or_default();
+    let port = rd.spec.service.port;
+    let active = match kind {
+        crate::rollout::GateKind::PrePromotion => start.compare_with,
+        crate::rollout::GateKind::PostPromotion => start.under_test,
+    };
+    let rollout = rd.status.as_ref().and_then(|s| s.rollout.as_ref());
+    serde_json::json!({
+        "kind": "RelayerDeploymentGate",
+        "namespace": ns,
+        "name": rd.name_any(),
+        "uid": rd.uid(),
+        "gate": kind.name(),
+        "revision": revision,
+        "activeRevision": rollout.map(|r| r.active_revision.clone()),
+        "targetRevision": rollout.and_then(|r| r.target_revision.clone()),
+        "underTestColor": start.under_test.as_str(),
+        "comparedWithColor": start.compare_with.as_str(),
+        "activeColor": active.as_str(),
+        "previewAddress": format!("http://{}.{ns}.svc:{port}", resources::preview_service_name(rd)),
+        "activeAddress": format!("http://{}.{ns}.svc:{port}", resources::service_name(rd)),
+    })
 }
 
 fn needs_fresh_read(rd: &RelayerDeployment) -> bool {
