@@ -1,8 +1,9 @@
 //! The `kubectl relayer` plugin binary against the test control plane, with the operator's
 //! controller running in this process: every command through a cutover (set-image, promote,
 //! abort, retry, pause, resume, rollback, history, status with --watch and -o json|yaml), the
-//! error cases (no such object, no cutover in progress, unknown revision, forbidden), and
-//! kubectl finding the plugin on PATH.
+//! error cases (no such object, no cutover in progress, unknown revision, forbidden), explain
+//! of a gate status written through the status subresource, and kubectl finding the plugin on
+//! PATH.
 //!
 //! Run with `cargo test --test plugin`. Pods are simulated (no processes), so no gates run and
 //! the operator may contact only a network no simulated pod is in.
@@ -14,9 +15,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
+use kube::api::{Patch, PatchParams};
 use relayer_operator::crd::{RelayerDeployment, RolloutStep};
-use serde_json::Value;
-use support::fixtures::{blue_green, rd};
+use serde_json::{Value, json};
+use support::fixtures::{blue_green, gate, rd};
 use support::operator::start_operator;
 use support::{TestEnv, wait_for};
 
@@ -321,6 +323,81 @@ async fn a_caller_without_write_access_gets_exit_5_and_the_servers_reason() {
     let run = plugin_as(&env, &nobody, &["status", NAME]).await;
     assert_eq!(run.code, 5, "{run:?}");
     assert!(run.stderr.contains("cannot get resource"), "{run:?}");
+}
+
+#[tokio::test]
+async fn explain_says_why_a_gate_failed_from_the_status_and_exits_3_for_a_missing_object() {
+    let env = TestEnv::new("plugin-explain").await;
+    env.install_crds(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .await;
+    // NB: no operator here, so the status written below stays as written.
+    rd(NAME)
+        .blue_green(blue_green().auto_promote(false).pre_promotion(
+            gate().samples(12).max_p99_latency_ms(1000).statistical(
+                json!({ "metrics": [{ "name": "MeanLatency" }, { "name": "ErrorRate" }] }),
+            ),
+        ))
+        .apply(&env, "plugin-test")
+        .await;
+    let reason = "statistical judge: meanLatency worse than the other colour";
+    let status = json!({ "status": {
+        "activeColor": "blue",
+        "revisionHistory": [
+            { "revision": "bbbbbbbbbbbbbbbb", "number": 2, "image": "relayer:2" },
+            { "revision": "aaaaaaaaaaaaaaaa", "number": 1, "image": "relayer:1" },
+        ],
+        "rollout": {
+            "step": "Aborted", "activeRevision": "aaaaaaaaaaaaaaaa",
+            "targetRevision": "bbbbbbbbbbbbbbbb",
+            "abortReason": format!("prePromotion failed: {reason}"),
+            "failedGate": "prePromotion",
+            "gates": [{
+                "name": "prePromotion", "revision": "bbbbbbbbbbbbbbbb", "verdict": "Failed",
+                "samples": 12, "passed": 12, "failed": 0, "inconclusive": 0, "scrapeErrors": 0,
+                "reason": reason,
+                "statistics": [
+                    { "metric": "meanLatency", "verdict": "Failed",
+                      "underTestSamples": 12, "baselineSamples": 12,
+                      "underTestMedian": 131.7, "baselineMedian": 101.7,
+                      "pValue": 0.0000213, "shift": 30.0, "shiftPercent": 29.5 },
+                    { "metric": "errorRate", "verdict": "Passed",
+                      "underTestSamples": 12, "baselineSamples": 12,
+                      "underTestMedian": 0.0, "baselineMedian": 0.0, "pValue": 1.0, "shift": 0.0 },
+                ],
+            }],
+        },
+    } });
+    env.api::<RelayerDeployment>()
+        .patch_status(NAME, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("write the status");
+
+    let run = plugin(&env, &["explain", NAME]).await;
+    ok(&run, "explain");
+    for expected in [
+        "Gate prePromotion: Failed, revision bbbbbbbbbb (#2)",
+        reason,
+        "meanLatency: FAILED — under test median 131.7 ms vs 101.7 ms",
+        "p=0.000021 < 0.02 and shift outside ±25 %",
+        "errorRate: passed — p=1.0000 ≥ 0.02",
+    ] {
+        assert!(run.stdout.contains(expected), "{expected:?}: {run:?}");
+    }
+    let document = json_of(&plugin(&env, &["explain", NAME, "-o", "json"]).await);
+    let metric = &document["gates"][0]["statistics"][0];
+    assert_eq!(metric["metric"], "meanLatency", "{document}");
+    assert_eq!(metric["verdict"], "Failed", "{document}");
+
+    let run = plugin(&env, &["explain", "missing"]).await;
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "relayerdeployment \"missing\" not found in namespace \"{}\"",
+            env.namespace
+        )),
+        "{run:?}"
+    );
+    assert!(run.stdout.is_empty(), "{run:?}");
 }
 
 #[tokio::test]

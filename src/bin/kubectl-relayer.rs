@@ -43,7 +43,8 @@ struct Args {
     /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config or the in-cluster config).
     #[arg(long, global = true)]
     kubeconfig: Option<std::path::PathBuf>,
-    /// Output format: human-readable text (default), or the object as JSON or YAML.
+    /// Output format: human-readable text (default), or as JSON or YAML the object (history,
+    /// explain: their own document).
     #[arg(short = 'o', long, global = true, value_enum)]
     output: Option<Output>,
     #[command(subcommand)]
@@ -91,6 +92,9 @@ enum Cmd {
     },
     /// Kept revisions, newest first, and which colour runs each.
     History { name: String },
+    /// Why each gate of the current or last cutover passed, failed or is waiting, with the
+    /// numbers (samples, limits, medians, p-values); -o json|yaml prints the same as a document.
+    Explain { name: String },
 }
 
 impl Cmd {
@@ -104,7 +108,8 @@ impl Cmd {
             | Cmd::Pause { name }
             | Cmd::Resume { name }
             | Cmd::Rollback { name, .. }
-            | Cmd::History { name } => name,
+            | Cmd::History { name }
+            | Cmd::Explain { name } => name,
         }
     }
 
@@ -117,7 +122,7 @@ impl Cmd {
             Cmd::Pause { .. } => Request::Pause,
             Cmd::Resume { .. } => Request::Resume,
             Cmd::Rollback { to_revision, .. } => Request::Rollback(*to_revision),
-            Cmd::Status { .. } | Cmd::History { .. } => return None,
+            Cmd::Status { .. } | Cmd::History { .. } | Cmd::Explain { .. } => return None,
         })
     }
 }
@@ -201,6 +206,15 @@ async fn run(args: Args) -> Result<ExitCode, PluginError> {
             match args.output {
                 None => print!("{}", plugin::render_history(&rd)),
                 Some(format) => print_document(&plugin::history_document(&rd), format)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Explain { .. } => {
+            let rd = get().await?;
+            let explanation = plugin::explanation(&rd, now_ms());
+            match args.output {
+                None => print!("{}", plugin::explain::render(&explanation)),
+                Some(format) => print_document(&explanation, format)?,
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -11,6 +11,10 @@
 //! | `promote` / `abort` / `retry`   | `kubectl annotate rd NAME relayer.foresight.dev/command=promote` (abort, retry)  |
 //! | `pause` / `resume`              | `kubectl patch rd NAME --type merge -p '{"spec":{"strategy":{"blueGreen":{"paused":true}}}}'` |
 //! | `rollback [--to-revision N]`    | `kubectl annotate rd NAME relayer.foresight.dev/rollback-to=previous` (or `=N`)  |
+//! | `explain NAME`                  | `kubectl get rd NAME -o jsonpath='{.status.rollout}'` (the numbers, without the words) |
+//!
+//! [`explain`] (its own room, [`mod@explain`]) says why each gate of the current or last cutover
+//! passed, failed or is waiting, from the object alone.
 //!
 //! May use: [`crate::crd`] and the annotation names of [`crate::controller::cutover`].
 
@@ -20,6 +24,10 @@ use serde_json::{Value, json};
 
 use crate::controller::cutover::{ANNOTATION_COMMAND, ANNOTATION_ROLLBACK_TO};
 use crate::crd::{GateVerdict, RelayerDeployment, RolloutStatus, RolloutStep};
+
+pub mod explain;
+
+pub use explain::{Explanation, explain, explanation};
 
 /// Something the plugin asks the operator to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
