@@ -46,6 +46,19 @@ const PROBE_PATH_RULE: &str = "probe.path must start with / and hold only printa
 /// Longest probe path (the schema's `maxLength`).
 const PROBE_PATH_MAX: usize = 1024;
 
+/// The pattern of a webhook URL (RE2 and Rust alike): `http://`, a DNS name or an IPv4
+/// address (or an IPv6 one in brackets), an optional port, an optional path of printable
+/// ASCII; no user information, no fragment.
+macro_rules! webhook_url_pattern {
+    () => {
+        "^http://([A-Za-z0-9.-]+|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[!-~]*)?$"
+    };
+}
+
+/// What a webhook URL must be, as the API server and the operator both say it.
+const WEBHOOK_URL_RULE: &str = "webhook url must be http://HOST[:PORT][/PATH] with a DNS name \
+    or an IP address, no user information and a path of printable ASCII without spaces";
+
 /// A CEL raw string of the RE2 pattern (for `matches`) of a URL with credentials:
 /// `scheme://user:password@` or `scheme://token@` before the host. NB: any run of `/` and `\`
 /// may follow the scheme, as URL parsers (the url crate, browsers) read `https:///u:p@host`.
@@ -188,6 +201,101 @@ pub struct RelayerDeploymentSpec {
     #[serde(default = "default_revision_history_limit")]
     #[schemars(range(min = 1, max = 100))]
     pub revision_history_limit: i32,
+
+    /// Receivers told about cutovers (started, gate failed, promoted, aborted, rolled back,
+    /// stable), each event at least once with a dedupe key and never again once delivered
+    /// (the record is in `status.notifications`, so an operator restart re-sends nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(n, self.exists_one(m, m.name == n.name))").message("notification receivers must not repeat a name"))]
+    pub notifications: Vec<NotificationSpec>,
+}
+
+/// A receiver of cutover notifications.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationSpec {
+    /// Name, in status.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Where to POST: `http://HOST[:PORT][/PATH]`, at an address inside the operator's
+    /// `--webhook-networks`.
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(validation = Rule::new(concat!("self.matches(r'", webhook_url_pattern!(), "')")).message(WEBHOOK_URL_RULE))]
+    pub url: String,
+    /// Body: `Generic` JSON, or `Slack` (an incoming-webhook `text`).
+    #[serde(default)]
+    pub format: NotificationFormat,
+    /// Events sent. Default: all.
+    #[serde(default = "all_notification_events")]
+    #[schemars(length(min = 1, max = 6))]
+    pub events: Vec<NotificationEvent>,
+    /// Bound of one call.
+    #[serde(default = "default_webhook_timeout")]
+    #[schemars(range(min = 1, max = 30))]
+    pub timeout_seconds: i32,
+}
+
+impl NotificationSpec {
+    /// The URL's parts ([`webhook_target`]); the error names `field`.
+    pub fn target(&self, field: &str) -> Result<WebhookTarget, String> {
+        webhook_target(&self.url, field)
+    }
+}
+
+fn all_notification_events() -> Vec<NotificationEvent> {
+    NotificationEvent::ALL.to_vec()
+}
+
+/// Body of a notification.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NotificationFormat {
+    /// `{key, event, namespace, name, revision, message, atMs}`.
+    #[default]
+    Generic,
+    /// `{text}`, as Slack's (and Mattermost's) incoming webhooks take it.
+    Slack,
+}
+
+/// A cutover event a receiver can be told about.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotificationEvent {
+    /// A cutover started on the idle colour.
+    CutoverStarted,
+    /// A gate failed.
+    GateFailed,
+    /// The active Service switched to the new colour.
+    Promoted,
+    /// The cutover was aborted before promotion (traffic stayed).
+    Aborted,
+    /// Traffic returned to the previous colour after promotion.
+    RolledBack,
+    /// The cutover is over: one colour serves, the other is at zero.
+    Stable,
+}
+
+impl NotificationEvent {
+    /// Every event.
+    pub const ALL: [NotificationEvent; 6] = [
+        NotificationEvent::CutoverStarted,
+        NotificationEvent::GateFailed,
+        NotificationEvent::Promoted,
+        NotificationEvent::Aborted,
+        NotificationEvent::RolledBack,
+        NotificationEvent::Stable,
+    ];
+
+    /// The name in bodies, keys and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            NotificationEvent::CutoverStarted => "CutoverStarted",
+            NotificationEvent::GateFailed => "GateFailed",
+            NotificationEvent::Promoted => "Promoted",
+            NotificationEvent::Aborted => "Aborted",
+            NotificationEvent::RolledBack => "RolledBack",
+            NotificationEvent::Stable => "Stable",
+        }
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -772,19 +880,6 @@ pub struct GateSpec {
     pub webhooks: Vec<WebhookSpec>,
 }
 
-/// The pattern of a webhook URL (RE2 and Rust alike): `http://`, a DNS name or an IPv4
-/// address (or an IPv6 one in brackets), an optional port, an optional path of printable
-/// ASCII; no user information, no fragment.
-macro_rules! webhook_url_pattern {
-    () => {
-        "^http://([A-Za-z0-9.-]+|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[!-~]*)?$"
-    };
-}
-
-/// What a webhook URL must be, as the API server and the operator both say it.
-const WEBHOOK_URL_RULE: &str = "webhook url must be http://HOST[:PORT][/PATH] with a DNS name \
-    or an IP address, no user information and a path of printable ASCII without spaces";
-
 /// A webhook a gate asks before it passes.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -827,12 +922,19 @@ pub struct WebhookTarget {
 }
 
 impl WebhookSpec {
-    /// The URL's parts, if it is one the schema admits (an object stored under an older CRD
-    /// may hold any string); the error names `field`.
+    /// The URL's parts ([`webhook_target`]); the error names `field`.
     pub fn target(&self, field: &str) -> Result<WebhookTarget, String> {
-        let bad = || format!("{field}.url {:?}: {WEBHOOK_URL_RULE}", self.url);
-        let rest = self.url.strip_prefix("http://").ok_or_else(bad)?;
-        if self.url.len() > 2048 || !rest.bytes().all(|b| b.is_ascii_graphic()) {
+        webhook_target(&self.url, field)
+    }
+}
+
+/// The parts of `url`, if it is one the schema admits (an object stored under an older CRD
+/// may hold any string); the error names `field`.
+pub fn webhook_target(url: &str, field: &str) -> Result<WebhookTarget, String> {
+    {
+        let bad = || format!("{field}.url {url:?}: {WEBHOOK_URL_RULE}");
+        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        if url.len() > 2048 || !rest.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(bad());
         }
         let (authority, path) = match rest.find('/') {
@@ -1078,6 +1180,9 @@ impl RelayerDeploymentSpec {
                 hook.target(&format!("spec.strategy.blueGreen.{gate}.webhooks[{i}]"))?;
             }
         }
+        for (i, receiver) in self.notifications.iter().enumerate() {
+            receiver.target(&format!("spec.notifications[{i}]"))?;
+        }
         Ok(())
     }
 }
@@ -1197,6 +1302,68 @@ pub struct RelayerDeploymentStatus {
     /// the first reconcile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// Notifications waiting for delivery, and the keys of those delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<NotificationsStatus>,
+}
+
+/// The notification outbox: an event enters it in the same status write as the transition
+/// that caused it, and leaves it for `delivered` once every receiver took it (2xx) or gave up.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationsStatus {
+    /// Events not yet delivered to every receiver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<Notification>,
+    /// The latest events delivered (or given up), newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered: Vec<DeliveredNotification>,
+}
+
+/// An event waiting for some receivers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    /// Dedupe key: `<uid>/<cutover start ms>/<event>/<n>`, the same on every (re)send.
+    pub key: String,
+    /// The event.
+    pub event: NotificationEvent,
+    /// What happened, as the Event says it.
+    pub message: String,
+    /// The cutover's target revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// When it happened (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// Receivers that have not taken it yet.
+    pub pending: Vec<String>,
+    /// Receivers that never took it (after the last attempt).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+    /// Delivery attempts so far.
+    #[serde(default)]
+    pub attempts: i32,
+    /// Not before this time (ms) is it sent again.
+    #[serde(default)]
+    pub next_attempt_ms: i64,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// An event that left the outbox.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveredNotification {
+    /// Its dedupe key.
+    pub key: String,
+    /// The event.
+    pub event: NotificationEvent,
+    /// When it happened (ms).
+    pub at_ms: i64,
+    /// Receivers that never took it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
 }
 
 /// Step of a blue-green cutover (see `rollout.rs` for the transitions).

@@ -17,11 +17,14 @@
 //!   the layout of both colours it implies.
 //! - [`gates`]: health gates: parsing the relayer's `/metrics` ([`gates::Exposition`] reads
 //!   one series by name and labels, for tests too), deltas, verdicts, and the scrape, probe
-//!   and drain-evidence tasks around them ([`gates::runner`], on hyper's client).
+//!   and drain-evidence tasks around them ([`gates::runner`], on hyper's client); the
+//!   statistical judge ([`gates::stats`]) and what webhooks' answers mean ([`gates::webhook`]).
+//! - [`notify`]: cutover notifications (pure): the outbox in status, dedupe keys, bodies,
+//!   retries; the controller sends them.
 //! - [`plugin`]: the pure core of the `kubectl relayer` plugin (`src/bin/kubectl-relayer.rs`).
 //!
 //! Rooms from the bottom up, each using only rooms listed before it: `crd` → `rollout` →
-//! `resources` → `gates` → `metrics` → `controller` → `telemetry`; `plugin` uses `crd` and the
+//! `resources` → `gates` → `notify` → `metrics` → `controller` → `telemetry`; `plugin` uses `crd` and the
 //! annotation names of `controller::cutover`.
 
 #![forbid(unsafe_code)]
@@ -30,6 +33,7 @@ pub mod controller;
 pub mod crd;
 pub mod gates;
 pub mod metrics;
+pub mod notify;
 pub mod plugin;
 pub mod resources;
 pub mod rollout;

@@ -94,6 +94,15 @@ pub struct StatVerdictLabels {
     pub verdict: String,
 }
 
+/// Labels of a notification attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    /// `CutoverStarted`, `GateFailed`, `Promoted`, `Aborted`, `RolledBack` or `Stable`.
+    pub event: String,
+    /// `delivered` or `failed`.
+    pub result: String,
+}
+
 /// A gauge of a float.
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -127,6 +136,8 @@ pub struct Metrics {
     pub stat_shift_percent: Family<StatLabels, FloatGauge>,
     /// Statistical verdicts, by gate, metric and verdict.
     pub stat_verdicts: Family<StatVerdictLabels, Counter>,
+    /// Notification attempts, by event and result.
+    pub notifications: Family<NotificationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -149,6 +160,7 @@ impl Default for Metrics {
         let stat_p_value = Family::<StatLabels, FloatGauge>::default();
         let stat_shift_percent = Family::<StatLabels, FloatGauge>::default();
         let stat_verdicts = Family::<StatVerdictLabels, Counter>::default();
+        let notifications = Family::<NotificationLabels, Counter>::default();
         // NB: these series exist at zero from the start. `increase()` cannot see the first step
         // of a series that appears at 1, so the first failed reconcile or aborted cutover after
         // a restart would escape the chart's alerts.
@@ -200,6 +212,11 @@ impl Default for Metrics {
             "Statistical judgements per metric, by gate, metric and verdict",
             stat_verdicts.clone(),
         );
+        registry.register(
+            "notifications",
+            "Notification attempts, by event and result",
+            notifications.clone(),
+        );
         registry.register("reconcile", "Reconciles started", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -242,6 +259,7 @@ impl Default for Metrics {
             stat_p_value,
             stat_shift_percent,
             stat_verdicts,
+            notifications,
         }
     }
 }
@@ -310,6 +328,16 @@ impl Metrics {
                 self.stat_shift_percent.get_or_create(&labels).set(shift);
             }
         }
+    }
+
+    /// Counts a notification attempt of `event`.
+    pub fn notification_sent(&self, event: &str, delivered: bool) {
+        self.notifications
+            .get_or_create(&NotificationLabels {
+                event: event.to_owned(),
+                result: if delivered { "delivered" } else { "failed" }.to_owned(),
+            })
+            .inc();
     }
 
     /// The registry in the Prometheus text format.

@@ -923,6 +923,108 @@ async fn a_webhook_that_holds_keeps_the_cutover_waiting_until_it_answers_200() {
     assert!(pre.webhooks[0].calls >= 6, "{pre:?}");
 }
 
+/// The dedupe keys of `event` among the bodies a receiver got (generic format), one per call.
+fn keys_of(calls: &[Value], event: &str) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c["event"] == event)
+        .filter_map(|c| c["key"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn notifications_arrive_once_each_across_an_operator_restart_mid_cutover() {
+    let generic = Receiver::start(200).await;
+    let slack = Receiver::start(200).await;
+    let h = Harness::new("cut-notify").await;
+    let operator = start_operator(&h.env);
+    // A longer pre-promotion gate, so the operator can be stopped while it runs.
+    let gate = fast_gate().samples(10);
+    let mut rd = h.shared.rd(market(2, strategy().pre_promotion(gate)));
+    rd["spec"]["notifications"] = json!([
+        { "name": "ops", "url": generic.url },
+        { "name": "chat", "url": slack.url, "format": "Slack",
+          "events": ["Promoted", "Aborted", "RolledBack"] },
+    ]);
+    h.apply_json(rd).await;
+    h.wait_step(RolloutStep::Stable, "blue").await;
+    assert!(
+        generic.calls().is_empty(),
+        "creating the object is no cutover"
+    );
+    h.patch(env_patch(vec![json!({ "name": "RELEASE", "value": "2" })]))
+        .await;
+    wait_for("CutoverStarted delivered", SETTLE, || {
+        let calls = generic.calls();
+        async move { Ok((!keys_of(&calls, "CutoverStarted").is_empty()).then_some(())) }
+    })
+    .await;
+    // Stopped mid-cutover (its task aborted, as a crash would), then a new operator.
+    drop(operator);
+    let _operator = start_operator(&h.env);
+    let rd = h.wait_step(RolloutStep::Stable, "green").await;
+    wait_for("Stable delivered", SETTLE, || {
+        let calls = generic.calls();
+        async move { Ok((!keys_of(&calls, "Stable").is_empty()).then_some(())) }
+    })
+    .await;
+    // Then a bad release: the gate fails and the cutover aborts.
+    h.patch(env_patch(vec![json!({
+        "name": "RELAYER_FAULT_INJECTION__ERROR_RATE", "value": "0.5"
+    })]))
+    .await;
+    h.wait_step(RolloutStep::Aborted, "green").await;
+    wait_for("Aborted delivered to both", SETTLE, || {
+        let (calls, chat) = (generic.calls(), slack.calls());
+        async move { Ok((!keys_of(&calls, "Aborted").is_empty() && chat.len() >= 2).then_some(())) }
+    })
+    .await;
+    // Time for anything re-sent to arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = generic.calls();
+    let events: Vec<&str> = calls.iter().filter_map(|c| c["event"].as_str()).collect();
+    assert_eq!(
+        events,
+        [
+            "CutoverStarted",
+            "Promoted",
+            "Stable",
+            "CutoverStarted",
+            "GateFailed",
+            "Aborted"
+        ],
+        "each event once, in order: {calls:?}"
+    );
+    let mut keys: Vec<&str> = calls.iter().filter_map(|c| c["key"].as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), calls.len(), "no key twice: {calls:?}");
+    let uid = rd.metadata.uid.clone().unwrap_or_default();
+    assert!(
+        keys.iter().all(|k| k.starts_with(&format!("{uid}/"))),
+        "{keys:?}"
+    );
+    let chat = slack.calls();
+    let texts: Vec<&str> = chat.iter().filter_map(|c| c["text"].as_str()).collect();
+    assert_eq!(texts.len(), 2, "only the events it asked for: {chat:?}");
+    assert!(
+        texts[0].contains(" Promoted: ") && texts[1].contains(" Aborted: "),
+        "{texts:?}"
+    );
+    let rd = h
+        .env
+        .api::<RelayerDeployment>()
+        .get(NAME)
+        .await
+        .expect("rd");
+    let record = rd
+        .status
+        .and_then(|s| s.notifications)
+        .expect("the record in status");
+    assert!(record.outbox.is_empty(), "{record:?}");
+    assert_eq!(record.delivered.len(), 6, "{record:?}");
+}
+
 #[tokio::test]
 async fn a_release_failing_after_promotion_rolls_back_to_the_still_warm_colour() {
     let h = Harness::new("cut-post").await;

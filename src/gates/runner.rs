@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use super::stats::{Decision, Judge};
 use super::webhook::{self, Answer};
 use super::{Scrape, Tally, Window, judge, parse};
-use crate::crd::{GateSpec, GateVerdict, WebhookSpec, WebhookStatus};
+use crate::crd::{GateSpec, GateVerdict, WebhookSpec, WebhookStatus, webhook_target};
 
 /// Bound of one whole HTTP exchange with a pod: connect, request, head and every byte of the
 /// body. NB: one deadline, not one per read, so a pod that trickles an endless body is cut off
@@ -330,14 +330,26 @@ pub(super) async fn ask_webhooks(
     }
 }
 
-/// One `POST` of `body` to `spec`'s URL, on a connection of its own, to the first address
-/// its host resolves to that `env` allows; bounded by the webhook's timeout as a whole and
-/// [`MAX_WEBHOOK_BODY`] of answer. Returns the status.
+/// One `POST` of `body` to `spec`'s URL ([`post_json`] within the webhook's timeout).
 async fn call_webhook(spec: &WebhookSpec, body: Bytes, env: &HookEnv) -> Result<u16, String> {
-    let target = spec.target("webhook")?;
     let timeout =
         Duration::from_secs(u64::try_from(spec.timeout_seconds.clamp(1, 60)).unwrap_or(5));
-    let allowed = env.allowed.clone();
+    post_json(&spec.url, body, timeout, env.allowed.as_ref(), None).await
+}
+
+/// One `POST` of the JSON `body` to `url` (an `http://` URL as [`webhook_target`] admits),
+/// on a connection of its own, to the first address its host resolves to that `allowed`
+/// admits; with `key` as its `Idempotency-Key` header when given. Bounded by `timeout` as a
+/// whole (resolving, connecting, the request and [`MAX_WEBHOOK_BODY`] of answer). Returns the
+/// status.
+pub async fn post_json(
+    url: &str,
+    body: Bytes,
+    timeout: Duration,
+    allowed: &(dyn Fn(std::net::IpAddr) -> bool + Send + Sync),
+    key: Option<&str>,
+) -> Result<u16, String> {
+    let target = webhook_target(url, "webhook")?;
     let exchange = async move {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
@@ -355,14 +367,20 @@ async fn call_webhook(spec: &WebhookSpec, body: Bytes, env: &HookEnv) -> Result<
                     target.host
                 )
             })?;
-        post(addr, &target.host, &target.path, body).await
+        post(addr, &target.host, &target.path, body, key).await
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| format!("no whole answer within {timeout:?}"))?
 }
 
-async fn post(addr: SocketAddr, host: &str, path: &str, body: Bytes) -> Result<u16, String> {
+async fn post(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    body: Bytes,
+    key: Option<&str>,
+) -> Result<u16, String> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -373,11 +391,15 @@ async fn post(addr: SocketAddr, host: &str, path: &str, body: Bytes) -> Result<u
         let _ = connection.await;
     });
     let _abort = AbortOnDrop(connection);
-    let request = Request::post(path)
+    let mut request = Request::post(path)
         .header(header::HOST, host)
         .header(header::USER_AGENT, "relayer-operator")
         .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CONNECTION, "close")
+        .header(header::CONNECTION, "close");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let request = request
         .body(Full::new(body))
         .map_err(|e| format!("request: {e}"))?;
     let response = sender

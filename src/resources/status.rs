@@ -153,6 +153,7 @@ pub fn status(
         selector: Some(selector_string(&color_selector(rd, plan.active))),
         conditions: vec![available_c, progressing_c, degraded_c],
         rollout: previous.rollout.clone(),
+        notifications: previous.notifications.clone(),
     }
 }
 

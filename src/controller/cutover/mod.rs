@@ -22,7 +22,8 @@
 //!
 //! May use: [`super`] ([`Context`], [`super::plan`], the apply helpers, [`super::GateRuns`]),
 //! [`crate::rollout`], [`crate::gates`] (the runner; its pod targets live in the private
-//! `pods` module), [`crate::resources`], [`crate::crd`], [`crate::metrics`].
+//! `pods` module), [`crate::notify`] (the outbox it sends), [`crate::resources`],
+//! [`crate::crd`], [`crate::metrics`].
 
 pub mod decide;
 mod pods;
@@ -43,6 +44,7 @@ use super::apply::{Owned, ensure, prune, publish, remove, write_status};
 use super::{Context, plan};
 use crate::crd::{Color, GateVerdict, RelayerDeployment, RolloutStep};
 use crate::gates::runner;
+use crate::notify;
 use crate::resources::{self, Bundle, LABEL_REVISION, Plan};
 use crate::rollout::{self, Action, State};
 use crate::{Error, Result};
@@ -105,6 +107,13 @@ pub(crate) async fn reconcile(
         };
         observed.drain = Some(drain_evidence(ctx, rd, ns, left).await);
         decision = decide::decide(&observed, now);
+    }
+
+    // Notifications: send what an earlier status write put in the outbox, and add this
+    // decision's own events to it, all recorded by the status write below.
+    let notify_in = notifications(ctx, rd, ns, &mut decision, now.0.as_millisecond()).await;
+    if let Some(wait) = notify_in {
+        decision.requeue = decision.requeue.min(wait);
     }
 
     // Status first: it is the record every later reconcile (and a new leader) acts on.
@@ -314,6 +323,91 @@ fn start_gate(
         .start(key.clone(), gate.kind, gate.revision.clone(), run);
 }
 
+/// Sends the notifications due in `rd`'s outbox (those an earlier status write recorded),
+/// folds the results and `decision`'s notified Events into the outbox of `decision.status`,
+/// and says when the next one is due. NB: an entry is sent only once a status write holds it,
+/// and marked delivered only by the write after the send: at least once, never again once
+/// recorded.
+async fn notifications(
+    ctx: &Context,
+    rd: &RelayerDeployment,
+    ns: &str,
+    decision: &mut Decision,
+    now_ms: i64,
+) -> Option<Duration> {
+    let specs = &rd.spec.notifications;
+    let mut outbox = rd
+        .status
+        .as_ref()
+        .and_then(|s| s.notifications.clone())
+        .unwrap_or_default();
+    if specs.is_empty() && outbox.outbox.is_empty() {
+        return None;
+    }
+    let networks = ctx.config.webhook_networks.clone();
+    let allowed = move |ip: std::net::IpAddr| networks.iter().any(|n| n.contains(ip));
+    let mut failed_entries = Vec::new();
+    for (i, receiver) in notify::due(&outbox, now_ms) {
+        let Some(entry) = outbox.outbox.get(i) else {
+            continue;
+        };
+        let event = entry.event.name();
+        let result = match specs.iter().find(|s| s.name == receiver) {
+            None => Err("no longer configured".to_owned()),
+            Some(spec) => {
+                let body = notify::body(spec.format, entry, ns, &rd.name_any());
+                let timeout = Duration::from_secs(
+                    u64::try_from(spec.timeout_seconds.clamp(1, 30)).unwrap_or(5),
+                );
+                match runner::post_json(
+                    &spec.url,
+                    serde_json::to_vec(&body).unwrap_or_default().into(),
+                    timeout,
+                    &allowed,
+                    Some(&entry.key),
+                )
+                .await
+                {
+                    Ok(status) if (200..300).contains(&status) => Ok(()),
+                    Ok(status) => Err(format!("HTTP {status}")),
+                    Err(what) => Err(what),
+                }
+            }
+        };
+        ctx.metrics.notification_sent(event, result.is_ok());
+        if let Err(why) = &result {
+            tracing::warn!(name = %rd.name_any(), namespace = %ns, receiver, event, "notification not delivered: {why}");
+            failed_entries.push(i);
+        }
+        notify::record(&mut outbox, i, &receiver, result);
+    }
+    notify::settle(&mut outbox, &failed_entries, now_ms);
+    let rollout = &decision.state.rollout;
+    let uid = rd.uid().unwrap_or_default();
+    notify::enqueue(
+        &mut outbox,
+        specs,
+        &decision.actions,
+        &notify::Cutover {
+            uid: &uid,
+            started_ms: rollout.started_ms,
+            revision: rollout.target_revision.as_deref(),
+        },
+        now_ms,
+    );
+    let next = outbox.outbox.iter().map(|e| e.next_attempt_ms).min();
+    decision.status.notifications =
+        (outbox != crate::crd::NotificationsStatus::default()).then_some(outbox);
+    // NB: a new entry is due at once, but only after the status write records it.
+    next.map(|at| {
+        Duration::from_millis(
+            u64::try_from(at.saturating_sub(now_ms))
+                .unwrap_or(0)
+                .max(100),
+        )
+    })
+}
+
 /// The body of a gate's webhook calls: which object, gate, revision and colours, and the
 /// addresses of the Service under test and the active one.
 fn webhook_context(
@@ -357,7 +451,13 @@ fn needs_fresh_read(rd: &RelayerDeployment) -> bool {
     let changed = status.observed_generation != rd.metadata.generation;
     let commanded = rd.annotations().contains_key(ANNOTATION_COMMAND)
         || rd.annotations().contains_key(ANNOTATION_ROLLBACK_TO);
-    in_flight || changed || commanded
+    // NB: a cached copy may not show that the last write recorded a notification as
+    // delivered; sending from it would send that notification again.
+    let notifying = status
+        .notifications
+        .as_ref()
+        .is_some_and(|n| !n.outbox.is_empty());
+    in_flight || changed || commanded || notifying
 }
 
 /// Applies the children of `state`'s layout.
