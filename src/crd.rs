@@ -746,6 +746,47 @@ pub struct BlueGreenStrategy {
     /// works).
     #[serde(default)]
     pub paused: bool,
+    /// Keep the pods of the two colours apart (pods of one revision avoid nodes, or whatever
+    /// `topologyKey` names, running pods of this object's other revisions), so a bad node
+    /// cannot take both colours down. Part of the revision: a change rolls out as a cutover.
+    /// Absent: no such rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity: Option<AntiAffinity>,
+}
+
+/// How strictly the colours' pods are kept apart: exactly one of `preferred` and `required`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.preferred) != has(self.required)").message("strategy.blueGreen.antiAffinity takes exactly one of preferred and required"))]
+pub struct AntiAffinity {
+    /// A scheduler preference of this weight (1-100) against the other colour's nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred: Option<PreferredAntiAffinity>,
+    /// A requirement: a pod that finds no node without the other colour's pods stays
+    /// Pending (and the cutover runs into its progress deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<RequiredAntiAffinity>,
+    /// The node label that defines "the same place".
+    #[serde(default = "default_topology_key")]
+    #[schemars(length(min = 1, max = 316))]
+    pub topology_key: String,
+}
+
+/// A preferred anti-affinity.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreferredAntiAffinity {
+    /// Weight of the preference.
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: i32,
+}
+
+/// A required anti-affinity (no settings).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct RequiredAntiAffinity {}
+
+fn default_topology_key() -> String {
+    "kubernetes.io/hostname".to_owned()
 }
 
 fn default_true() -> bool {
@@ -778,6 +819,7 @@ impl Default for BlueGreenStrategy {
             pre_promotion: None,
             post_promotion: None,
             paused: false,
+            anti_affinity: None,
         }
     }
 }

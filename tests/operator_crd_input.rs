@@ -227,3 +227,125 @@ async fn an_unsigned_field_refuses_negative_and_too_large_values() {
         );
     }
 }
+
+/// A RelayerDeployment with `blue_green` as its blue-green strategy and `extra` merged into
+/// its spec.
+fn with_strategy(name: &str, blue_green: Value, extra: Value) -> Value {
+    let mut spec = json!({ "strategy": { "blueGreen": blue_green } });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    rd(name, spec)
+}
+
+#[tokio::test]
+async fn webhook_and_notification_urls_statistical_metrics_and_anti_affinity_are_checked() {
+    let env = TestEnv::new("crd-gates").await;
+    env.install_crds(&repo().join("crds")).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hook = |url: &str| json!({ "prePromotion": { "webhooks": [{ "name": "w", "url": url }] } });
+    let notify = |url: &str| json!({ "notifications": [{ "name": "n", "url": url }] });
+    let bad_urls = [
+        ("https", "https://approver.ns.svc/confirm"),
+        ("userinfo", "http://user:secret@approver/confirm"),
+        ("crlf", "http://approver/x\r\nHost: evil"),
+        ("space", "http://approver/x y"),
+        ("no-host", "http:///confirm"),
+    ];
+    for (i, (case, url)) in bad_urls.into_iter().enumerate() {
+        let error = refused(
+            &env,
+            dir.path(),
+            &format!("hook-{case}"),
+            &with_strategy(&format!("h{i}"), hook(url), json!({})),
+        );
+        assert!(
+            error.contains("webhook url must be http://"),
+            "{case}: {error}"
+        );
+        let error = refused(
+            &env,
+            dir.path(),
+            &format!("notify-{case}"),
+            &with_strategy(&format!("n{i}"), json!({}), notify(url)),
+        );
+        assert!(
+            error.contains("webhook url must be http://"),
+            "{case}: {error}"
+        );
+    }
+    let refusals = [
+        (
+            "duplicate-webhooks",
+            json!({ "prePromotion": { "webhooks": [
+                { "name": "w", "url": "http://a/x" }, { "name": "w", "url": "http://b/x" },
+            ] } }),
+            "gate webhooks must not repeat a name",
+        ),
+        (
+            "duplicate-metrics",
+            json!({ "prePromotion": { "statistical": { "metrics": [
+                { "name": "MeanLatency" }, { "name": "MeanLatency" },
+            ] } } }),
+            "statistical metrics must not repeat a name",
+        ),
+        (
+            "low-confidence",
+            json!({ "prePromotion": { "statistical": { "confidenceBasisPoints": 100 } } }),
+            "confidenceBasisPoints",
+        ),
+        (
+            "both-anti-affinities",
+            json!({ "antiAffinity": { "preferred": { "weight": 10 }, "required": {} } }),
+            "exactly one of preferred and required",
+        ),
+        (
+            "no-anti-affinity",
+            json!({ "antiAffinity": {} }),
+            "exactly one of preferred and required",
+        ),
+    ];
+    for (i, (case, blue_green, message)) in refusals.into_iter().enumerate() {
+        let error = refused(
+            &env,
+            dir.path(),
+            case,
+            &with_strategy(&format!("r{i}"), blue_green, json!({})),
+        );
+        assert!(error.contains(message), "{case}: {error}");
+    }
+    let stored = env
+        .api::<RelayerDeployment>()
+        .list(&ListParams::default())
+        .await
+        .expect("list RelayerDeployments");
+    assert!(stored.items.is_empty(), "nothing invalid was stored");
+
+    accepted(
+        &env,
+        dir.path(),
+        "valid",
+        &with_strategy(
+            "ok",
+            json!({
+                "autoPromotionSeconds": 30,
+                "abortScaleDownDelaySeconds": 60,
+                "antiAffinity": { "preferred": { "weight": 50 } },
+                "prePromotion": {
+                    "webhooks": [
+                        { "name": "dns", "url": "http://approver.ns.svc:8080/confirm?x=1" },
+                        { "name": "v6", "url": "http://[fd00::1]/confirm", "retries": 0 },
+                    ],
+                    "statistical": { "minSamples": 12, "metrics": [
+                        { "name": "MeanLatency" }, { "name": "ErrorRate", "noData": "Wait" },
+                    ] },
+                },
+            }),
+            json!({ "notifications": [
+                { "name": "ops", "url": "http://10.0.0.9/hook" },
+                { "name": "chat", "url": "http://chat.ns.svc/hooks/x", "format": "Slack",
+                  "events": ["Promoted", "RolledBack"] },
+            ] }),
+        ),
+    );
+}

@@ -40,6 +40,38 @@ pub fn container_port(rd: &RelayerDeployment) -> Result<i32> {
     Ok(i32::from(addr.port()))
 }
 
+/// Adds to `pod_spec`'s affinity (after the user's own terms) a term that keeps pods of
+/// `revision` apart from this object's pods of any other revision: colour-free, so the
+/// revision's template fits either colour.
+fn add_anti_affinity(
+    pod_spec: &mut serde_json::Value,
+    rd: &RelayerDeployment,
+    apart: &crate::crd::AntiAffinity,
+    revision: &str,
+) {
+    let term = json!({
+        "labelSelector": {
+            "matchLabels": super::instance_selector(rd),
+            "matchExpressions": [
+                { "key": LABEL_REVISION, "operator": "NotIn", "values": [revision] },
+            ],
+        },
+        "topologyKey": apart.topology_key,
+    });
+    let (field, entry) = match &apart.preferred {
+        Some(p) => (
+            "preferredDuringSchedulingIgnoredDuringExecution",
+            json!({ "weight": p.weight.clamp(1, 100), "podAffinityTerm": term }),
+        ),
+        None => ("requiredDuringSchedulingIgnoredDuringExecution", term),
+    };
+    let terms = &mut pod_spec["affinity"]["podAntiAffinity"][field];
+    match terms.as_array_mut() {
+        Some(list) => list.push(entry),
+        None => *terms = json!([entry]),
+    }
+}
+
 /// The Deployment of `color` running `revision` of `rd`.
 pub fn deployment(rd: &RelayerDeployment, color: Color, revision: &str) -> Result<Deployment> {
     let spec = &rd.spec;
@@ -147,6 +179,9 @@ pub fn deployment(rd: &RelayerDeployment, color: Color, revision: &str) -> Resul
     }
     if let Some(affinity) = &spec.pod.affinity {
         pod_spec["affinity"] = to_json("affinity", affinity)?;
+    }
+    if let Some(apart) = &spec.strategy.blue_green.anti_affinity {
+        add_anti_affinity(&mut pod_spec, rd, apart, revision);
     }
 
     let mut template_meta = json!({ "labels": pod_labels });
@@ -430,5 +465,56 @@ mod tests {
     fn a_listen_address_without_a_port_is_an_invalid_spec() {
         let rd = rd_with(|s| s.config.listen = "nope".into());
         assert!(matches!(container_port(&rd), Err(Error::InvalidSpec(_))));
+    }
+
+    #[test]
+    fn anti_affinity_keeps_a_revision_apart_from_the_others_after_the_users_own_terms() {
+        let user = json!({ "podAntiAffinity": { "preferredDuringSchedulingIgnoredDuringExecution": [
+            { "weight": 5, "podAffinityTerm": { "topologyKey": "zone",
+              "labelSelector": { "matchLabels": { "app": "other" } } } },
+        ] } });
+        let rd = rd_with(|rd| {
+            rd.pod.affinity = Some(serde_json::from_value(user.clone()).expect("affinity"));
+            rd.strategy.blue_green.anti_affinity = Some(crate::crd::AntiAffinity {
+                preferred: Some(crate::crd::PreferredAntiAffinity { weight: 80 }),
+                required: None,
+                topology_key: "kubernetes.io/hostname".into(),
+            });
+        });
+        let d = blue(&rd);
+        let terms = &d["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+        assert_eq!(terms.as_array().map(Vec::len), Some(2), "{terms}");
+        assert_eq!(terms[0]["weight"], 5, "the user's term first");
+        let ours = &terms[1];
+        assert_eq!(ours["weight"], 80);
+        let term = &ours["podAffinityTerm"];
+        assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+        assert_eq!(
+            term["labelSelector"]["matchLabels"][super::super::LABEL_INSTANCE],
+            "market"
+        );
+        assert_eq!(
+            term["labelSelector"]["matchExpressions"],
+            json!([{ "key": LABEL_REVISION, "operator": "NotIn", "values": ["abc123"] }])
+        );
+        assert!(
+            !term.to_string().contains(LABEL_COLOR),
+            "colour-free, so a revision's template fits either colour: {term}"
+        );
+        let required = rd_with(|rd| {
+            rd.strategy.blue_green.anti_affinity = Some(crate::crd::AntiAffinity {
+                preferred: None,
+                required: Some(crate::crd::RequiredAntiAffinity {}),
+                topology_key: "zone".into(),
+            });
+        });
+        let d = blue(&required);
+        let terms = &d["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+        assert_eq!(terms[0]["topologyKey"], "zone");
+        assert!(
+            blue(&super::super::fixtures::rd())
+                .pointer("/spec/template/spec/affinity")
+                .is_none()
+        );
     }
 }

@@ -95,6 +95,9 @@ pub struct Bundle {
     /// The Secrets the pods read (references, never values).
     #[serde(default)]
     pub secrets: crate::crd::SecretsSpec,
+    /// How its pods keep apart from the other colour's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity: Option<crate::crd::AntiAffinity>,
 }
 
 impl Bundle {
@@ -107,6 +110,7 @@ impl Bundle {
             autoscaling: rd.spec.autoscaling.clone(),
             store: rd.spec.store.clone(),
             secrets: rd.spec.secrets.clone(),
+            anti_affinity: rd.spec.strategy.blue_green.anti_affinity.clone(),
         }
     }
 
@@ -130,6 +134,7 @@ impl Bundle {
         rd.spec.config = self.config.clone();
         rd.spec.store = self.store.clone();
         rd.spec.secrets = self.secrets.clone();
+        rd.spec.strategy.blue_green.anti_affinity = self.anti_affinity.clone();
         rd.spec.replicas = replicas;
         rd
     }
@@ -184,6 +189,8 @@ pub fn revision_hash(rd: &RelayerDeployment) -> Result<String> {
         store: Option<&'a crate::crd::StoreSpec>,
         #[serde(skip_serializing_if = "Option::is_none")]
         secrets: Option<&'a crate::crd::SecretsSpec>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        anti_affinity: Option<&'a crate::crd::AntiAffinity>,
     }
     let secrets = &rd.spec.secrets;
     // NB: accepting a loss of state permits a cutover; it is not one.
@@ -197,6 +204,7 @@ pub fn revision_hash(rd: &RelayerDeployment) -> Result<String> {
         config: &rd.spec.config,
         store: store.as_ref(),
         secrets: (secrets != &crate::crd::SecretsSpec::default()).then_some(secrets),
+        anti_affinity: rd.spec.strategy.blue_green.anti_affinity.as_ref(),
     })
 }
 

@@ -64,6 +64,9 @@ pub fn controller_revision(rd: &RelayerDeployment, plan: &Plan) -> Result<Contro
     if rd.spec.secrets != crate::crd::SecretsSpec::default() {
         data["secrets"] = json!(rd.spec.secrets);
     }
+    if let Some(anti_affinity) = &rd.spec.strategy.blue_green.anti_affinity {
+        data["antiAffinity"] = json!(anti_affinity);
+    }
     Ok(ControllerRevision {
         metadata,
         data: RawExtension(data),
@@ -143,5 +146,53 @@ mod tests {
         assert_eq!(bundle.secrets, rd.spec.secrets);
         let restored = bundle.apply_to(&crate::resources::fixtures::rd(), 3);
         assert_eq!(restored.spec.secrets, rd.spec.secrets);
+    }
+
+    #[test]
+    fn anti_affinity_is_part_of_the_revision_and_a_bundle_restores_it() {
+        use crate::crd::{AntiAffinity, RequiredAntiAffinity};
+        use crate::resources::{Bundle, revision_hash};
+        let plain = crate::resources::fixtures::rd();
+        let apart = crate::resources::fixtures::rd_with(|s| {
+            s.strategy.blue_green.anti_affinity = Some(AntiAffinity {
+                preferred: None,
+                required: Some(RequiredAntiAffinity {}),
+                topology_key: "kubernetes.io/hostname".into(),
+            });
+        });
+        assert_ne!(
+            revision_hash(&apart).expect("hash"),
+            revision_hash(&plain).expect("hash"),
+            "a change of it rolls out as a cutover"
+        );
+        let plan = Plan {
+            active: Color::Blue,
+            revision: revision_hash(&apart).expect("hash"),
+            revision_number: 2,
+        };
+        let cr = controller_revision(&apart, &plan).expect("revision");
+        let bundle = Bundle::from_revision(&cr).expect("bundle");
+        assert_eq!(
+            bundle.anti_affinity,
+            apart.spec.strategy.blue_green.anti_affinity
+        );
+        let as_run = bundle.apply_to(&plain, 3);
+        assert_eq!(
+            as_run.spec.strategy.blue_green.anti_affinity,
+            apart.spec.strategy.blue_green.anti_affinity,
+            "the revision's pods keep their rule whatever the spec says now"
+        );
+        let without = Bundle::from_revision(
+            &controller_revision(
+                &plain,
+                &Plan {
+                    revision: revision_hash(&plain).expect("hash"),
+                    ..plan
+                },
+            )
+            .expect("revision"),
+        )
+        .expect("bundle");
+        assert_eq!(without.anti_affinity, None);
     }
 }

@@ -654,6 +654,7 @@ async fn restore_revision(
         store
     });
     restored.spec.secrets = bundle.secrets.clone();
+    restored.spec.strategy.blue_green.anti_affinity = bundle.anti_affinity.clone();
     if let Some(annotations) = restored.metadata.annotations.as_mut() {
         annotations.remove(ANNOTATION_ROLLBACK_TO);
     }
