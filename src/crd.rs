@@ -1059,18 +1059,13 @@ fn default_min_stat_samples() -> i32 {
 }
 
 fn default_stat_metrics() -> Vec<StatisticalMetric> {
-    [
-        StatMetric::P99Latency,
-        StatMetric::MeanLatency,
-        StatMetric::ErrorRate,
-        StatMetric::SagaCompensationRate,
-    ]
-    .into_iter()
-    .map(|name| StatisticalMetric {
-        name,
-        no_data: NoDataPolicy::Pass,
-    })
-    .collect()
+    StatMetric::ALL
+        .into_iter()
+        .map(|name| StatisticalMetric {
+            name,
+            no_data: NoDataPolicy::Pass,
+        })
+        .collect()
 }
 
 impl Default for StatisticalGate {
@@ -1112,6 +1107,14 @@ pub enum StatMetric {
 }
 
 impl StatMetric {
+    /// Every metric.
+    pub const ALL: [StatMetric; 4] = [
+        StatMetric::P99Latency,
+        StatMetric::MeanLatency,
+        StatMetric::ErrorRate,
+        StatMetric::SagaCompensationRate,
+    ];
+
     /// The name used in status, reasons and metric labels.
     pub fn name(self) -> &'static str {
         match self {

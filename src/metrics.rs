@@ -3,7 +3,7 @@
 //! controller's `Context` (and the telemetry server's `Health`); nothing is global.
 //!
 //! May use: [`crate::Error`] (for its metric labels), [`crate::rollout::GateKind`] (gate
-//! names) and [`crate::crd::MetricJudgement`] (a statistical judgement's figures) only.
+//! names) and [`crate::crd`] (a statistical judgement's figures, metric and event names) only.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -17,7 +17,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::Error;
-use crate::crd::{MetricJudgement, MetricVerdict};
+use crate::crd::{MetricJudgement, MetricVerdict, NotificationEvent, StatMetric};
 use crate::rollout::GateKind;
 
 /// Cutover Event reasons whose series exist from the start: the ones the chart's alerts and
@@ -73,10 +73,9 @@ pub struct GateLabels {
 /// Labels of one metric of a statistical judgement of one object's gate.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatLabels {
-    /// Namespace of the RelayerDeployment.
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
+    /// `namespace/name` of the RelayerDeployment. NB: not `namespace`, which Prometheus sets
+    /// to the scraped target's (the operator's) namespace.
+    pub relayerdeployment: String,
     /// `prePromotion` or `postPromotion`.
     pub gate: String,
     /// `p99Latency`, `meanLatency`, `errorRate` or `sagaCompensationRate`.
@@ -179,6 +178,23 @@ impl Default for Metrics {
                 drop(gate_decisions.get_or_create(&GateLabels {
                     gate: gate.name().to_owned(),
                     verdict: verdict.to_owned(),
+                }));
+            }
+            for metric in StatMetric::ALL {
+                for verdict in ["passed", "failed", "noData"] {
+                    drop(stat_verdicts.get_or_create(&StatVerdictLabels {
+                        gate: gate.name().to_owned(),
+                        metric: metric.name().to_owned(),
+                        verdict: verdict.to_owned(),
+                    }));
+                }
+            }
+        }
+        for event in NotificationEvent::ALL {
+            for result in ["delivered", "failed"] {
+                drop(notifications.get_or_create(&NotificationLabels {
+                    event: event.name().to_owned(),
+                    result: result.to_owned(),
                 }));
             }
         }
@@ -316,8 +332,7 @@ impl Metrics {
                 })
                 .inc();
             let labels = StatLabels {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
+                relayerdeployment: format!("{namespace}/{name}"),
                 gate: gate.to_owned(),
                 metric: j.metric.clone(),
             };
@@ -413,15 +428,15 @@ mod tests {
         );
         let text = metrics.encode().expect("encode");
         for series in [
-            "relayer_operator_gate_statistic_p_value{namespace=\"prod\",name=\"market\",gate=\"prePromotion\",metric=\"meanLatency\"} 0.001",
-            "relayer_operator_gate_statistic_shift_percent{namespace=\"prod\",name=\"market\",gate=\"prePromotion\",metric=\"meanLatency\"} 30.5",
+            "relayer_operator_gate_statistic_p_value{relayerdeployment=\"prod/market\",gate=\"prePromotion\",metric=\"meanLatency\"} 0.001",
+            "relayer_operator_gate_statistic_shift_percent{relayerdeployment=\"prod/market\",gate=\"prePromotion\",metric=\"meanLatency\"} 30.5",
             "relayer_operator_gate_statistic_verdicts_total{gate=\"prePromotion\",metric=\"meanLatency\",verdict=\"failed\"} 1",
             "relayer_operator_gate_statistic_verdicts_total{gate=\"prePromotion\",metric=\"sagaCompensationRate\",verdict=\"noData\"} 1",
         ] {
             assert!(text.contains(series), "{series} missing in:\n{text}");
         }
         assert!(
-            !text.contains("shift_percent{namespace=\"prod\",name=\"market\",gate=\"prePromotion\",metric=\"errorRate\"}"),
+            !text.contains("shift_percent{relayerdeployment=\"prod/market\",gate=\"prePromotion\",metric=\"errorRate\"}"),
             "no shift without a baseline median: {text}"
         );
     }
