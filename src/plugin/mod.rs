@@ -13,7 +13,7 @@
 //! | `rollback [--to-revision N]`    | `kubectl annotate rd NAME relayer.foresight.dev/rollback-to=previous` (or `=N`)  |
 //! | `explain NAME`                  | `kubectl get rd NAME -o jsonpath='{.status.rollout}'` (the numbers, without the words) |
 //!
-//! [`explain`] (its own room, [`mod@explain`]) says why each gate of the current or last cutover
+//! [`explain()`] (its own room, [`mod@explain`]) says why each gate of the current or last cutover
 //! passed, failed or is waiting, from the object alone.
 //!
 //! May use: [`crate::crd`] and the annotation names of [`crate::controller::cutover`].
