@@ -843,6 +843,7 @@ pub enum InconclusivePolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.failureLimit < self.samples").message("gate failureLimit must be less than samples"))]
+#[x_kube(validation = Rule::new("!has(self.statistical) || has(self.probe)").message(STATISTICAL_NEEDS_PROBE))]
 pub struct GateSpec {
     /// Milliseconds between two scrapes of the pods.
     #[serde(default = "default_gate_interval_ms")]
@@ -1015,6 +1016,11 @@ pub fn webhook_target(url: &str, field: &str) -> Result<WebhookTarget, String> {
         })
     }
 }
+
+/// Why a statistical judge needs a probe, as the API server and the operator say it.
+const STATISTICAL_NEEDS_PROBE: &str = "a gate with a statistical judge needs a probe: it sends \
+    the same requests to both colours, which are otherwise not alike (after promotion the \
+    previous colour has no traffic at all)";
 
 /// A statistical judgement: per metric, one sample per scrape interval from the pods under
 /// test and one from the colour they are compared with (the active colour before promotion,
@@ -1220,6 +1226,14 @@ impl RelayerDeploymentSpec {
         ] {
             if let Some(probe) = spec.as_ref().and_then(|g| g.probe.as_ref()) {
                 probe.check_path(&format!("spec.strategy.blueGreen.{gate}.probe"))?;
+            }
+            if spec
+                .as_ref()
+                .is_some_and(|g| g.statistical.is_some() && g.probe.is_none())
+            {
+                return Err(format!(
+                    "spec.strategy.blueGreen.{gate}: {STATISTICAL_NEEDS_PROBE}"
+                ));
             }
             for (i, hook) in spec.iter().flat_map(|g| g.webhooks.iter()).enumerate() {
                 hook.target(&format!("spec.strategy.blueGreen.{gate}.webhooks[{i}]"))?;
@@ -1598,10 +1612,12 @@ pub struct MetricJudgement {
     /// One-sided Mann-Whitney U p-value that the pods under test are worse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p_value: Option<f64>,
-    /// Hodges-Lehmann shift (under test minus baseline), in the metric's unit.
+    /// The difference, under test minus baseline, in the metric's unit: the Hodges-Lehmann
+    /// shift for latencies, the difference of the means for rates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shift: Option<f64>,
-    /// The shift in percent of the baseline median (absent when that median is 0).
+    /// The shift in percent of the baseline's median (latencies) or mean (rates); absent
+    /// when that is 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shift_percent: Option<f64>,
 }

@@ -37,8 +37,8 @@ pub fn event_of(reason: &str) -> Option<NotificationEvent> {
         "GateFailed" => NotificationEvent::GateFailed,
         "Promoted" => NotificationEvent::Promoted,
         "Aborted" => NotificationEvent::Aborted,
-        "RolledBack" => NotificationEvent::RolledBack,
-        "CutoverComplete" | "Stable" => NotificationEvent::Stable,
+        "RolledBack" | "Reverted" => NotificationEvent::RolledBack,
+        "CutoverComplete" | "CutoverCancelled" | "Stable" => NotificationEvent::Stable,
         _ => return None,
     })
 }
@@ -55,8 +55,10 @@ pub struct Cutover<'a> {
 }
 
 /// Adds an entry for every notified Event among `actions` that some receiver of `specs`
-/// wants, keyed `<uid>/<started ms>/<event>/<n>` (`n` counts earlier entries of that event of
-/// the cutover, so the key of one transition is the same however often it is decided).
+/// wants (one per event per decision: a failed gate is published by the gate and by the
+/// step it fails), keyed `<uid>/<started ms>/<event>/<n>` (`n` counts earlier entries of that
+/// event of the cutover, so the key of one transition is the same however often it is
+/// decided).
 pub fn enqueue(
     outbox: &mut NotificationsStatus,
     specs: &[NotificationSpec],
@@ -64,6 +66,7 @@ pub fn enqueue(
     cutover: &Cutover<'_>,
     now_ms: i64,
 ) {
+    let mut seen = Vec::new();
     for action in actions {
         let Action::Emit {
             reason, message, ..
@@ -74,6 +77,10 @@ pub fn enqueue(
         let Some(event) = event_of(reason) else {
             continue;
         };
+        if seen.contains(&event) {
+            continue;
+        }
+        seen.push(event);
         let pending: Vec<String> = specs
             .iter()
             .filter(|s| s.events.contains(&event))
@@ -182,7 +189,10 @@ pub fn record(
 /// moves entries without pending receivers to `delivered` (keeping the last
 /// [`DELIVERED_KEPT`]).
 pub fn settle(outbox: &mut NotificationsStatus, failed_entries: &[usize], now_ms: i64) {
-    for &i in failed_entries {
+    let mut failed_entries = failed_entries.to_vec();
+    failed_entries.sort_unstable();
+    failed_entries.dedup();
+    for i in failed_entries {
         if let Some(entry) = outbox.outbox.get_mut(i)
             && !entry.pending.is_empty()
         {

@@ -287,8 +287,12 @@ impl Machine<'_> {
                 if paused {
                     self.s.rollout.paused = false;
                     // NB: like a Deployment's progress deadline, the clocks of the waiting
-                    // steps start again on resume.
-                    if matches!(self.step(), S::Deploying | S::ScalingDown) {
+                    // steps (deadline, drain, automatic promotion, kept preview) start again
+                    // on resume.
+                    if matches!(
+                        self.step(),
+                        S::Deploying | S::ScalingDown | S::AwaitingPromotion | S::Aborted
+                    ) {
                         self.s.rollout.step_started_ms = self.facts.now_ms;
                     }
                     self.actions.push(emit("Resumed", "rollout resumed"));
@@ -660,6 +664,17 @@ impl Machine<'_> {
             }
             S::PostPromotion | S::Failed => self.switch_back(gate, why),
             S::ScalingDown if !self.s.rollout.aborting => self.switch_back(gate, why),
+            // NB: an abort of an aborted cutover releases a preview kept for inspection.
+            S::Aborted if self.s.rollout.other_revision.is_some() => {
+                self.s.rollout.other_revision = None;
+                self.actions.push(emit(
+                    "ScaledDown",
+                    format!(
+                        "the aborted preview {} scaled to zero by command",
+                        self.s.other()
+                    ),
+                ));
+            }
             _ => {}
         }
     }

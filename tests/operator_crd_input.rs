@@ -284,15 +284,20 @@ async fn webhook_and_notification_urls_statistical_metrics_and_anti_affinity_are
         ),
         (
             "duplicate-metrics",
-            json!({ "prePromotion": { "statistical": { "metrics": [
+            json!({ "prePromotion": { "probe": {}, "statistical": { "metrics": [
                 { "name": "MeanLatency" }, { "name": "MeanLatency" },
             ] } } }),
             "statistical metrics must not repeat a name",
         ),
         (
             "low-confidence",
-            json!({ "prePromotion": { "statistical": { "confidenceBasisPoints": 100 } } }),
+            json!({ "prePromotion": { "probe": {}, "statistical": { "confidenceBasisPoints": 100 } } }),
             "confidenceBasisPoints",
+        ),
+        (
+            "statistical-without-probe",
+            json!({ "postPromotion": { "statistical": {} } }),
+            "a gate with a statistical judge needs a probe",
         ),
         (
             "both-anti-affinities",
@@ -336,6 +341,7 @@ async fn webhook_and_notification_urls_statistical_metrics_and_anti_affinity_are
                         { "name": "dns", "url": "http://approver.ns.svc:8080/confirm?x=1" },
                         { "name": "v6", "url": "http://[fd00::1]/confirm", "retries": 0 },
                     ],
+                    "probe": { "requestsPerSecond": 10 },
                     "statistical": { "minSamples": 12, "metrics": [
                         { "name": "MeanLatency" }, { "name": "ErrorRate", "noData": "Wait" },
                     ] },

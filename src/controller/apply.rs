@@ -485,8 +485,18 @@ pub(crate) async fn write_status(
     rd: &RelayerDeployment,
     next: crate::crd::RelayerDeploymentStatus,
 ) -> Result<bool> {
+    Ok(write_status_returning(ctx, rd, next).await?.is_some())
+}
+
+/// [`write_status`], returning the object as written (`rd` itself when nothing changed), or
+/// `None` when the object changed meanwhile and nothing was written.
+pub(crate) async fn write_status_returning(
+    ctx: &Context,
+    rd: &RelayerDeployment,
+    next: crate::crd::RelayerDeploymentStatus,
+) -> Result<Option<RelayerDeployment>> {
     if rd.status.as_ref() == Some(&next) {
-        return Ok(true);
+        return Ok(Some(rd.clone()));
     }
     let ns = rd.namespace().ok_or(Error::Missing("metadata.namespace"))?;
     let api: Api<RelayerDeployment> = Api::namespaced(ctx.client.clone(), &ns);
@@ -496,7 +506,7 @@ pub(crate) async fn write_status(
         "metadata": { "resourceVersion": rd.resource_version() },
         "status": next,
     });
-    match api
+    let written = match api
         .patch_status(
             &rd.name_any(),
             &PatchParams::apply(MANAGER).force(),
@@ -504,15 +514,15 @@ pub(crate) async fn write_status(
         )
         .await
     {
-        Ok(_) => {}
+        Ok(written) => written,
         Err(kube::Error::Api(status)) if status.code == 409 => {
             tracing::debug!(name = %rd.name_any(), "status changed meanwhile; reconciling again");
-            return Ok(false);
+            return Ok(None);
         }
         Err(error) => return Err(error.into()),
-    }
+    };
     ctx.metrics.status_writes.inc();
-    Ok(true)
+    Ok(Some(written))
 }
 
 /// Publishes a Kubernetes Event about `rd` (best effort; the note is cut to 1024 characters).

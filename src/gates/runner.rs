@@ -130,6 +130,8 @@ pub const MAX_WEBHOOK_BODY: usize = 64 * 1024;
 pub struct HookEnv {
     /// The body of every call.
     pub context: serde_json::Value,
+    /// The namespace a one-label host name is in (the RelayerDeployment's).
+    pub namespace: String,
     /// Whether an address may be contacted.
     pub allowed: Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>,
 }
@@ -139,6 +141,7 @@ impl Default for HookEnv {
     fn default() -> Self {
         Self {
             context: serde_json::Value::Null,
+            namespace: String::new(),
             allowed: Arc::new(|_| false),
         }
     }
@@ -271,8 +274,9 @@ async fn sample_loop(
             let mut t = lock(&tally);
             t.record(&spec, sample, values);
             if let Some(stats) = stats.as_mut() {
-                if let Some(active) = &active_window {
-                    stats.add(&window, active, min_requests);
+                match &active_window {
+                    Some(active) => stats.add(&window, active, min_requests),
+                    None => stats.missed(),
                 }
                 judge_statistically(&spec, &mut t, stats);
             }
@@ -334,24 +338,39 @@ pub(super) async fn ask_webhooks(
 async fn call_webhook(spec: &WebhookSpec, body: Bytes, env: &HookEnv) -> Result<u16, String> {
     let timeout =
         Duration::from_secs(u64::try_from(spec.timeout_seconds.clamp(1, 60)).unwrap_or(5));
-    post_json(&spec.url, body, timeout, env.allowed.as_ref(), None).await
+    post_json(
+        &spec.url,
+        &env.namespace,
+        body,
+        timeout,
+        env.allowed.as_ref(),
+        None,
+    )
+    .await
 }
 
 /// One `POST` of the JSON `body` to `url` (an `http://` URL as [`webhook_target`] admits),
 /// on a connection of its own, to the first address its host resolves to that `allowed`
-/// admits; with `key` as its `Idempotency-Key` header when given. Bounded by `timeout` as a
-/// whole (resolving, connecting, the request and [`MAX_WEBHOOK_BODY`] of answer). Returns the
-/// status.
+/// admits; with `key` as its `Idempotency-Key` header when given. A one-label host name is a
+/// Service of `namespace` (`<host>.<namespace>.svc`), not of the operator's namespace its
+/// resolver would pick. Bounded by `timeout` as a whole (resolving, connecting, the request
+/// and [`MAX_WEBHOOK_BODY`] of answer). Returns the status.
 pub async fn post_json(
     url: &str,
+    namespace: &str,
     body: Bytes,
     timeout: Duration,
     allowed: &(dyn Fn(std::net::IpAddr) -> bool + Send + Sync),
     key: Option<&str>,
 ) -> Result<u16, String> {
     let target = webhook_target(url, "webhook")?;
+    let name = if target.host.contains(['.', ':']) || namespace.is_empty() {
+        target.host.clone()
+    } else {
+        format!("{}.{namespace}.svc", target.host)
+    };
     let exchange = async move {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), target.port))
             .await
             .map_err(|e| format!("resolve {}: {e}", target.host))?
             .collect();
@@ -360,7 +379,7 @@ pub async fn post_json(
         let addr = addrs
             .iter()
             .copied()
-            .find(|a| allowed(a.ip()))
+            .find(|a| allowed(a.ip().to_canonical()))
             .ok_or_else(|| {
                 format!(
                     "{} resolves to {addrs:?}, none inside --webhook-networks",

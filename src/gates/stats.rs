@@ -21,10 +21,14 @@ use crate::crd::{
     MetricJudgement, MetricVerdict, NoDataPolicy, StatMetric, StatisticalGate, StatisticalMetric,
 };
 
-/// Samples kept per metric and colour: a gate of at most 1000 samples and 10000
-/// inconclusive ones never needs more than this many for a fair comparison, and it bounds the
-/// O(n·m) shift estimate.
-pub const MAX_SAMPLES: usize = 2_000;
+/// Samples kept per metric and colour (the first ones): far more than a fair comparison
+/// needs, and it bounds the O(n·m) shift estimate (250,000 differences at most, computed once
+/// per gate).
+pub const MAX_SAMPLES: usize = 500;
+
+/// The least band of a rate metric (error or compensation rate), as a share: 0.1 percentage
+/// point, so that a baseline without errors does not make a single error a regression.
+pub const RATE_BAND_FLOOR: f64 = 0.001;
 
 /// The median of `values`; `None` when empty.
 pub fn median(values: &[f64]) -> Option<f64> {
@@ -97,47 +101,91 @@ pub fn mann_whitney_greater(x: &[f64], y: &[f64]) -> Option<f64> {
     Some(normal_upper_tail(z).clamp(0.0, 1.0))
 }
 
+/// How the size of a difference is measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Effect {
+    /// The Hodges-Lehmann shift, relative to the baseline median (latencies).
+    MedianShift,
+    /// The difference of the means, relative to the baseline mean, with a band of at least
+    /// `floor` (rates, mostly zero, where medians say nothing).
+    MeanDifference {
+        /// Least band, in the metric's unit.
+        floor: f64,
+    },
+}
+
+impl StatMetric {
+    /// How this metric's difference is measured.
+    pub fn effect(self) -> Effect {
+        match self {
+            StatMetric::P99Latency | StatMetric::MeanLatency => Effect::MedianShift,
+            StatMetric::ErrorRate | StatMetric::SagaCompensationRate => Effect::MeanDifference {
+                floor: RATE_BAND_FLOOR,
+            },
+        }
+    }
+}
+
+fn mean(values: &[f64]) -> Option<f64> {
+    #[allow(clippy::cast_precision_loss)]
+    let n = values.len() as f64;
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / n)
+}
+
 /// The result of comparing one metric.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
     /// One-sided p-value that the pods under test are worse (higher).
     pub p_value: f64,
-    /// Hodges-Lehmann shift, under test minus baseline.
+    /// The difference, under test minus baseline ([`Effect`]).
     pub shift: f64,
     /// Median of the samples under test.
     pub under_test_median: f64,
     /// Median of the baseline samples.
     pub baseline_median: f64,
+    /// What the shift is measured against (the baseline's median or mean).
+    pub reference: f64,
+    /// The band: a shift up to this passes.
+    pub band: f64,
     /// Whether the pods under test are worse: significant and outside the band.
     pub worse: bool,
 }
 
 impl Comparison {
-    /// The shift in percent of the baseline median; `None` when that median is 0.
+    /// The shift in percent of its reference; `None` when that is 0.
     pub fn shift_percent(&self) -> Option<f64> {
-        (self.baseline_median != 0.0).then(|| self.shift / self.baseline_median.abs() * 100.0)
+        (self.reference != 0.0).then(|| self.shift / self.reference.abs() * 100.0)
     }
 }
 
 /// Compares `under_test` with `baseline` (higher is worse): worse when the one-sided p-value
-/// is below `1 − confidence` and the shift exceeds `tolerance` (a share, 0.25 = ±25 %) of the
-/// baseline median. `None` when either sample is empty.
+/// is below `1 − confidence` and the shift ([`Effect`]) exceeds `tolerance` (a share, 0.25 =
+/// ±25 %) of its reference (and the effect's floor). `None` when either sample is empty.
 pub fn compare(
     under_test: &[f64],
     baseline: &[f64],
     confidence: f64,
     tolerance: f64,
+    effect: Effect,
 ) -> Option<Comparison> {
     let p_value = mann_whitney_greater(under_test, baseline)?;
-    let shift = hodges_lehmann(under_test, baseline)?;
     let under_test_median = median(under_test)?;
     let baseline_median = median(baseline)?;
-    let band = tolerance * baseline_median.abs();
+    let (shift, reference, floor) = match effect {
+        Effect::MedianShift => (hodges_lehmann(under_test, baseline)?, baseline_median, 0.0),
+        Effect::MeanDifference { floor } => {
+            let base = mean(baseline)?;
+            (mean(under_test)? - base, base, floor)
+        }
+    };
+    let band = (tolerance * reference.abs()).max(floor);
     Some(Comparison {
         p_value,
         shift,
         under_test_median,
         baseline_median,
+        reference,
+        band,
         worse: p_value < 1.0 - confidence && shift > band,
     })
 }
@@ -194,6 +242,15 @@ impl Judge {
             rounds: 0,
             waited: 0,
             decision: None,
+        }
+    }
+
+    /// Counts an interval in which the colour compared with gave no window (its pods not
+    /// ready, or not answering): no samples, but the interval counts, so the metrics' `noData`
+    /// policies decide rather than the judge waiting for ever.
+    pub fn missed(&mut self) {
+        if self.decision.is_none() {
+            self.rounds = self.rounds.saturating_add(1);
         }
     }
 
@@ -269,17 +326,18 @@ impl Judge {
                 self.results.insert(*metric, (MetricVerdict::NoData, None));
                 continue;
             }
-            let Some(c) = compare(mine, theirs, confidence, tolerance) else {
+            let Some(c) = compare(mine, theirs, confidence, tolerance, metric.effect()) else {
                 continue;
             };
             let verdict = if c.worse {
                 failures.push(format!(
-                    "{name} worse than the other colour: median {:.3} vs {:.3}, shift {:+.3}{} beyond ±{}%, p={:.4} < {:.4}",
+                    "{name} worse than the other colour: median {:.4} vs {:.4}, shift {:+.4}{} beyond the band {:.4} (±{}%), p={:.4} < {:.4}",
                     c.under_test_median,
                     c.baseline_median,
                     c.shift,
                     c.shift_percent()
                         .map_or(String::new(), |p| format!(" ({p:+.1}%)")),
+                    c.band,
                     self.spec.tolerance_percent,
                     c.p_value,
                     1.0 - confidence
@@ -328,14 +386,17 @@ impl Judge {
     }
 }
 
-/// Six significant digits: enough for status, and stable across re-serialisation.
+/// Six significant digits: enough for status, and stable across re-serialisation. NB: never
+/// NaN or infinite (status holds neither, and a value that does not survive a round trip
+/// would make every reconcile write status again); values too small to scale are 0.
 fn round(v: f64) -> f64 {
     if v == 0.0 || !v.is_finite() {
-        return v;
+        return if v.is_finite() { v } else { 0.0 };
     }
     let digits = 6.0 - v.abs().log10().ceil();
     let scale = 10f64.powf(digits);
-    (v * scale).round() / scale
+    let rounded = (v * scale).round() / scale;
+    if rounded.is_finite() { rounded } else { 0.0 }
 }
 
 #[cfg(test)]

@@ -487,6 +487,7 @@ fn hook(addr: SocketAddr, retries: i32) -> crate::crd::WebhookSpec {
 fn loopback_only() -> HookEnv {
     HookEnv {
         context: serde_json::json!({ "name": "market", "gate": "prePromotion" }),
+        namespace: "prod".into(),
         allowed: Arc::new(|ip: std::net::IpAddr| ip.is_loopback()),
     }
 }

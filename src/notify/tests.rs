@@ -53,6 +53,19 @@ fn notified_events_enter_the_outbox_with_stable_keys_for_the_receivers_that_want
         again.outbox.iter().map(|e| &e.key).collect::<Vec<_>>(),
         outbox.outbox.iter().map(|e| &e.key).collect::<Vec<_>>()
     );
+    // One event per decision: a failed gate is published twice, notified once.
+    let mut once = NotificationsStatus::default();
+    enqueue(
+        &mut once,
+        &specs,
+        &[
+            emit("GateFailed", "by the gate"),
+            emit("GateFailed", "by the step"),
+        ],
+        &CUTOVER,
+        0,
+    );
+    assert_eq!(once.outbox.len(), 1);
     // A second event of a kind in one cutover gets the next number.
     enqueue(
         &mut outbox,
@@ -79,6 +92,11 @@ fn reasons_map_to_the_six_events() {
     assert_eq!(event_of("CutoverComplete"), Some(NotificationEvent::Stable));
     assert_eq!(event_of("RolledBack"), Some(NotificationEvent::RolledBack));
     assert_eq!(event_of("GateFailed"), Some(NotificationEvent::GateFailed));
+    assert_eq!(
+        event_of("CutoverCancelled"),
+        Some(NotificationEvent::Stable)
+    );
+    assert_eq!(event_of("Reverted"), Some(NotificationEvent::RolledBack));
     assert_eq!(event_of("PreviewAvailable"), None);
     assert_eq!(event_of("ScaledDown"), None);
 }
@@ -103,7 +121,8 @@ fn a_delivered_entry_leaves_the_outbox_and_is_never_due_again() {
     );
     record(&mut outbox, 0, "a", Ok(()));
     record(&mut outbox, 0, "b", Err("HTTP 500".into()));
-    settle(&mut outbox, &[0], 1_000);
+    // Listed once per failed call: still one attempt of the entry.
+    settle(&mut outbox, &[0, 0], 1_000);
     assert_eq!(outbox.outbox[0].pending, ["b"]);
     assert_eq!(outbox.outbox[0].attempts, 1);
     assert_eq!(outbox.outbox[0].last_error.as_deref(), Some("b: HTTP 500"));

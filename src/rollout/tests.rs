@@ -597,11 +597,26 @@ fn auto_promotion_pauses_after_the_gates_then_promotes() {
     let (promoted, actions) = transition(&held, &Event::PodsReady, &pause, &facts(T0 + 12_000));
     assert_eq!(switched_to(&actions), Some(Color::Green));
     assert_eq!(promoted.active, Color::Green);
-    // Paused, the pause does not run out.
+    // Paused, the pause does not run out; resumed, it starts again.
     let mut paused = waiting.clone();
     paused.rollout.paused = true;
     let (still, _) = transition(&paused, &Event::Tick, &pause, &facts(T0 + 60_000));
     assert_eq!(still.rollout.step, RolloutStep::AwaitingPromotion);
+    let (resumed, _) = transition(
+        &still,
+        &Event::Command(Command::Resume),
+        &pause,
+        &facts(T0 + 3_600_000),
+    );
+    let (after, actions) = transition(&resumed, &Event::Tick, &pause, &facts(T0 + 3_605_000));
+    assert_eq!(
+        switched_to(&actions),
+        None,
+        "5 s of a 10 s pause after the resume"
+    );
+    assert_eq!(after.rollout.step, RolloutStep::AwaitingPromotion);
+    let (_, actions) = transition(&resumed, &Event::Tick, &pause, &facts(T0 + 3_610_000));
+    assert_eq!(switched_to(&actions), Some(Color::Green));
 }
 
 #[test]
@@ -687,6 +702,16 @@ fn an_aborted_preview_stays_up_for_the_abort_delay_then_goes_to_zero() {
     assert_eq!(stable.rollout.step, RolloutStep::Stable);
     assert_eq!(stable.rollout.other_revision, None);
     assert_eq!(layout(&stable, 3, Some(2)).other_plan.replicas, 0);
+    // An abort command releases the kept preview at once.
+    let (released, actions) = transition(
+        &aborted,
+        &Event::Command(Command::Abort),
+        &keep,
+        &facts(T0 + 2_000),
+    );
+    assert_eq!(released.rollout.step, RolloutStep::Aborted);
+    assert_eq!(released.rollout.other_revision, None);
+    assert!(emitted(&actions, "ScaledDown"));
     // Without the delay the preview goes at once.
     let (at_once, _) = transition(
         &in_step(RolloutStep::PrePromotion),

@@ -212,7 +212,10 @@ pub fn decide(obs: &Observation<'_>, now: &Time) -> Decision {
         if let Some(tally) = ensure_gate(rd, &state, &mut gate) {
             record_gate(&mut state.rollout, tally.0.clone());
             let kind = gate.as_ref().map(|g| g.gate.kind);
+            // NB: a paused machine ignores a gate's outcome; it is taken (counted, published
+            // and notified once) when the rollout resumes.
             if let Some(kind) = kind
+                && !state.rollout.paused
                 && let Some(outcome) = gate_outcome(kind, &tally, &mut actions, &mut gate_verdicts)
             {
                 derived.push(Event::Gate(outcome));

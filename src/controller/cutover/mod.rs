@@ -40,7 +40,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
-use super::apply::{Owned, ensure, prune, publish, remove, write_status};
+use super::apply::{Owned, ensure, prune, publish, remove, write_status_returning};
 use super::{Context, plan};
 use crate::crd::{Color, GateVerdict, RelayerDeployment, RolloutStep};
 use crate::gates::runner;
@@ -109,18 +109,15 @@ pub(crate) async fn reconcile(
         decision = decide::decide(&observed, now);
     }
 
-    // Notifications: send what an earlier status write put in the outbox, and add this
-    // decision's own events to it, all recorded by the status write below.
-    let notify_in = notifications(ctx, rd, ns, &mut decision, now.0.as_millisecond()).await;
-    if let Some(wait) = notify_in {
-        decision.requeue = decision.requeue.min(wait);
-    }
+    // This decision's notified Events join the outbox, in the status write that records the
+    // transitions that caused them.
+    enqueue_notifications(rd, &mut decision, now.0.as_millisecond());
 
     // Status first: it is the record every later reconcile (and a new leader) acts on.
     let phase_before = rd.status.as_ref().map(|st| st.phase);
-    if !write_status(ctx, rd, decision.status.clone()).await? {
+    let Some(written) = write_status_returning(ctx, rd, decision.status.clone()).await? else {
         return Ok(Requeue::requeue(Duration::from_millis(50)));
-    }
+    };
 
     let step_before = rd
         .status
@@ -153,6 +150,10 @@ pub(crate) async fn reconcile(
     }
     .instrument(span)
     .await?;
+    // Last, within a time budget of its own: nothing the cutover does waits for a receiver.
+    if let Some(wait) = send_notifications(ctx, &written, ns, now.0.as_millisecond()).await? {
+        decision.requeue = decision.requeue.min(wait);
+    }
     if decision.command.is_some() {
         let patch = json!({ "metadata": { "annotations": { ANNOTATION_COMMAND: null } } });
         api.patch(
@@ -247,7 +248,7 @@ async fn act(
         None => ctx.gates.stop(key),
         Some(wanted) => {
             if let Some(start) = &wanted.start {
-                start_gate(ctx, rd, key, wanted, start);
+                start_gate(ctx, rd, key, wanted, start, &decision.state.rollout);
             }
         }
     }
@@ -292,6 +293,7 @@ fn start_gate(
     key: &ObjectRef<RelayerDeployment>,
     wanted: &decide::WantedGate,
     start: &decide::GateStart,
+    rollout: &crate::crd::RolloutStatus,
 ) {
     let targets = Arc::new(PodTargets::new(
         ctx,
@@ -308,7 +310,8 @@ fn start_gate(
     tracing::info!(name = %rd.name_any(), gate = gate.kind.name(), revision = %gate.revision, "gate started");
     let networks = ctx.config.webhook_networks.clone();
     let hooks = runner::HookEnv {
-        context: webhook_context(rd, gate.kind, &gate.revision, start),
+        context: webhook_context(rd, gate.kind, &gate.revision, start, rollout),
+        namespace: rd.namespace().unwrap_or_default(),
         allowed: Arc::new(move |ip| networks.iter().any(|n| n.contains(ip))),
     };
     let run = runner::spawn(
@@ -323,31 +326,63 @@ fn start_gate(
         .start(key.clone(), gate.kind, gate.revision.clone(), run);
 }
 
-/// Sends the notifications due in `rd`'s outbox (those an earlier status write recorded),
-/// folds the results and `decision`'s notified Events into the outbox of `decision.status`,
-/// and says when the next one is due. NB: an entry is sent only once a status write holds it,
-/// and marked delivered only by the write after the send: at least once, never again once
-/// recorded.
-async fn notifications(
-    ctx: &Context,
-    rd: &RelayerDeployment,
-    ns: &str,
-    decision: &mut Decision,
-    now_ms: i64,
-) -> Option<Duration> {
+/// Adds `decision`'s notified Events to the outbox `decision.status` carries (the one of
+/// `rd`'s status: a status builder keeps it).
+fn enqueue_notifications(rd: &RelayerDeployment, decision: &mut Decision, now_ms: i64) {
     let specs = &rd.spec.notifications;
-    let mut outbox = rd
+    let mut outbox = decision.status.notifications.clone().unwrap_or_default();
+    if specs.is_empty() {
+        return;
+    }
+    let rollout = &decision.state.rollout;
+    let uid = rd.uid().unwrap_or_default();
+    notify::enqueue(
+        &mut outbox,
+        specs,
+        &decision.actions,
+        &notify::Cutover {
+            uid: &uid,
+            started_ms: rollout.started_ms,
+            revision: rollout.target_revision.as_deref(),
+        },
+        now_ms,
+    );
+    decision.status.notifications =
+        (outbox != crate::crd::NotificationsStatus::default()).then_some(outbox);
+}
+
+/// Longest a reconcile spends sending notifications (every call's timeout is cut to what is
+/// left of it), so receivers that do not answer hold up no reconcile for long.
+const NOTIFY_BUDGET: Duration = Duration::from_secs(5);
+
+/// Sends the notifications due in the outbox of `written` (the object as the last status
+/// write left it), records the results with another fenced status write, and says when the
+/// next one is due. NB: an entry is sent only once a status write holds it, and marked
+/// delivered only by a write after the send: at least once, never again once recorded.
+async fn send_notifications(
+    ctx: &Context,
+    written: &RelayerDeployment,
+    ns: &str,
+    now_ms: i64,
+) -> Result<Option<Duration>> {
+    let Some(mut outbox) = written
         .status
         .as_ref()
         .and_then(|s| s.notifications.clone())
-        .unwrap_or_default();
-    if specs.is_empty() && outbox.outbox.is_empty() {
-        return None;
-    }
+    else {
+        return Ok(None);
+    };
+    let before = outbox.clone();
+    let specs = &written.spec.notifications;
     let networks = ctx.config.webhook_networks.clone();
     let allowed = move |ip: std::net::IpAddr| networks.iter().any(|n| n.contains(ip));
+    let started = std::time::Instant::now();
     let mut failed_entries = Vec::new();
     for (i, receiver) in notify::due(&outbox, now_ms) {
+        let left = NOTIFY_BUDGET.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            break;
+        }
         let Some(entry) = outbox.outbox.get(i) else {
             continue;
         };
@@ -355,12 +390,14 @@ async fn notifications(
         let result = match specs.iter().find(|s| s.name == receiver) {
             None => Err("no longer configured".to_owned()),
             Some(spec) => {
-                let body = notify::body(spec.format, entry, ns, &rd.name_any());
+                let body = notify::body(spec.format, entry, ns, &written.name_any());
                 let timeout = Duration::from_secs(
                     u64::try_from(spec.timeout_seconds.clamp(1, 30)).unwrap_or(5),
-                );
+                )
+                .min(left);
                 match runner::post_json(
                     &spec.url,
+                    ns,
                     serde_json::to_vec(&body).unwrap_or_default().into(),
                     timeout,
                     &allowed,
@@ -376,36 +413,28 @@ async fn notifications(
         };
         ctx.metrics.notification_sent(event, result.is_ok());
         if let Err(why) = &result {
-            tracing::warn!(name = %rd.name_any(), namespace = %ns, receiver, event, "notification not delivered: {why}");
+            tracing::warn!(name = %written.name_any(), namespace = %ns, receiver, event, "notification not delivered: {why}");
             failed_entries.push(i);
         }
         notify::record(&mut outbox, i, &receiver, result);
     }
     notify::settle(&mut outbox, &failed_entries, now_ms);
-    let rollout = &decision.state.rollout;
-    let uid = rd.uid().unwrap_or_default();
-    notify::enqueue(
-        &mut outbox,
-        specs,
-        &decision.actions,
-        &notify::Cutover {
-            uid: &uid,
-            started_ms: rollout.started_ms,
-            revision: rollout.target_revision.as_deref(),
-        },
-        now_ms,
-    );
     let next = outbox.outbox.iter().map(|e| e.next_attempt_ms).min();
-    decision.status.notifications =
-        (outbox != crate::crd::NotificationsStatus::default()).then_some(outbox);
-    // NB: a new entry is due at once, but only after the status write records it.
-    next.map(|at| {
+    if outbox != before {
+        let mut status = written.status.clone().unwrap_or_default();
+        status.notifications =
+            (outbox != crate::crd::NotificationsStatus::default()).then_some(outbox);
+        // NB: a conflict leaves the sends unrecorded; the next reconcile sends them again,
+        // with the same keys.
+        write_status_returning(ctx, written, status).await?;
+    }
+    Ok(next.map(|at| {
         Duration::from_millis(
             u64::try_from(at.saturating_sub(now_ms))
                 .unwrap_or(0)
                 .max(100),
         )
-    })
+    }))
 }
 
 /// The body of a gate's webhook calls: which object, gate, revision and colours, and the
@@ -415,6 +444,7 @@ fn webhook_context(
     kind: crate::rollout::GateKind,
     revision: &str,
     start: &decide::GateStart,
+    rollout: &crate::crd::RolloutStatus,
 ) -> serde_json::Value {
     let ns = rd.namespace().unwrap_or_default();
     let port = rd.spec.service.port;
@@ -422,7 +452,6 @@ fn webhook_context(
         crate::rollout::GateKind::PrePromotion => start.compare_with,
         crate::rollout::GateKind::PostPromotion => start.under_test,
     };
-    let rollout = rd.status.as_ref().and_then(|s| s.rollout.as_ref());
     serde_json::json!({
         "kind": "RelayerDeploymentGate",
         "namespace": ns,
@@ -430,8 +459,8 @@ fn webhook_context(
         "uid": rd.uid(),
         "gate": kind.name(),
         "revision": revision,
-        "activeRevision": rollout.map(|r| r.active_revision.clone()),
-        "targetRevision": rollout.and_then(|r| r.target_revision.clone()),
+        "activeRevision": rollout.active_revision,
+        "targetRevision": rollout.target_revision,
         "underTestColor": start.under_test.as_str(),
         "comparedWithColor": start.compare_with.as_str(),
         "activeColor": active.as_str(),

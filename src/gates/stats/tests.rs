@@ -63,7 +63,7 @@ fn identical_distributions_fail_at_most_two_percent_of_seeded_runs() {
         let mut rng = StdRng::seed_from_u64(seed);
         let a = lognormal(&mut rng, 10, 50.0, 0.3);
         let b = lognormal(&mut rng, 10, 50.0, 0.3);
-        let c = compare(&a, &b, CONFIDENCE, TOLERANCE).expect("comparison");
+        let c = compare(&a, &b, CONFIDENCE, TOLERANCE, Effect::MedianShift).expect("comparison");
         rejected += u32::from(c.p_value < 1.0 - CONFIDENCE);
         failed += u32::from(c.worse);
     }
@@ -84,7 +84,14 @@ fn a_thirty_percent_latency_regression_fails() {
         let mut rng = StdRng::seed_from_u64(10_000 + seed);
         let baseline = lognormal(&mut rng, 20, 50.0, 0.05);
         let slower = lognormal(&mut rng, 20, 65.0, 0.05);
-        let c = compare(&slower, &baseline, CONFIDENCE, TOLERANCE).expect("comparison");
+        let c = compare(
+            &slower,
+            &baseline,
+            CONFIDENCE,
+            TOLERANCE,
+            Effect::MedianShift,
+        )
+        .expect("comparison");
         failed += u32::from(c.worse);
     }
     println!("30 % regression: judge fails {failed} of {runs} runs");
@@ -100,7 +107,14 @@ fn a_tiny_regression_inside_the_band_passes() {
         let mut rng = StdRng::seed_from_u64(20_000 + seed);
         let baseline = lognormal(&mut rng, 20, 50.0, 0.05);
         let slower = lognormal(&mut rng, 20, 52.5, 0.05);
-        let c = compare(&slower, &baseline, CONFIDENCE, TOLERANCE).expect("comparison");
+        let c = compare(
+            &slower,
+            &baseline,
+            CONFIDENCE,
+            TOLERANCE,
+            Effect::MedianShift,
+        )
+        .expect("comparison");
         significant += u32::from(c.p_value < 1.0 - CONFIDENCE);
         failed += u32::from(c.worse);
     }
@@ -118,7 +132,14 @@ fn a_faster_release_passes() {
     let mut rng = StdRng::seed_from_u64(7);
     let baseline = lognormal(&mut rng, 20, 50.0, 0.05);
     let faster = lognormal(&mut rng, 20, 25.0, 0.05);
-    let c = compare(&faster, &baseline, CONFIDENCE, TOLERANCE).expect("comparison");
+    let c = compare(
+        &faster,
+        &baseline,
+        CONFIDENCE,
+        TOLERANCE,
+        Effect::MedianShift,
+    )
+    .expect("comparison");
     assert!(!c.worse, "{c:?}");
     assert!(c.p_value > 0.99 && c.shift < 0.0, "{c:?}");
 }
@@ -289,8 +310,44 @@ fn no_data_policies_pass_fail_or_wait_a_bounded_time() {
     assert_eq!(recovering.decide(10, 10), Decision::Pass);
 }
 
+/// Rates: a mostly-zero error rate that rises in some intervals fails (medians would say 0
+/// and 0), and one stray error over a clean baseline passes (the band's floor).
+#[test]
+fn rates_compare_their_means_with_a_floor_under_the_band() {
+    let baseline = vec![0.0; 20];
+    let mut bursty = vec![0.0; 20];
+    for v in bursty.iter_mut().take(8) {
+        *v = 0.5;
+    }
+    let effect = StatMetric::ErrorRate.effect();
+    let c = compare(&bursty, &baseline, CONFIDENCE, TOLERANCE, effect).expect("comparison");
+    assert!(c.worse, "{c:?}");
+    assert!((c.shift - 0.2).abs() < 1e-12, "{c:?}");
+    let mut stray = vec![0.0; 20];
+    stray[3] = 0.0005;
+    stray[9] = 0.0004;
+    stray[15] = 0.0006;
+    let c = compare(&stray, &baseline, CONFIDENCE, TOLERANCE, effect).expect("comparison");
+    assert!(!c.worse, "within the 0.1 point floor: {c:?}");
+    assert_eq!(c.band, RATE_BAND_FLOOR);
+    assert_eq!(c.shift_percent(), None, "no percent of a zero baseline");
+}
+
+#[test]
+fn a_judge_without_the_other_colours_windows_decides_by_its_no_data_policies() {
+    let mut passing = Judge::new(spec(&[(StatMetric::MeanLatency, NoDataPolicy::Pass)]));
+    let mut failing = Judge::new(spec(&[(StatMetric::MeanLatency, NoDataPolicy::Fail)]));
+    for _ in 0..10 {
+        passing.missed();
+        failing.missed();
+    }
+    assert_eq!(passing.decide(10, 0), Decision::Pass);
+    assert!(matches!(failing.decide(10, 0), Decision::Fail(_)));
+}
+
 #[test]
 fn rounding_keeps_six_significant_digits() {
+    assert!(round(1e-310).is_finite() && round(f64::NAN) == 0.0 && round(f64::INFINITY) == 0.0);
     assert_eq!(round(0.0), 0.0);
     assert_eq!(round(123.456_789_1), 123.457);
     assert_eq!(round(0.000_123_456_78), 0.000_123_457);

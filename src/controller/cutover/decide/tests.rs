@@ -633,3 +633,33 @@ fn the_automatic_pause_and_the_abort_delay_wake_the_reconcile_when_they_end() {
     assert_eq!(d.state.rollout.other_revision, None);
     assert!(emitted(&d).contains(&"ScaledDown"), "{:?}", emitted(&d));
 }
+
+#[test]
+fn a_gate_failing_while_paused_is_taken_once_on_resume_not_on_every_reconcile() {
+    let replicas = rd().spec.replicas;
+    let (active, mut r) = rollout_in(RolloutStep::PrePromotion, T0 - 1_000, replicas);
+    r.paused = true;
+    let mut rd = rd_in(active, r);
+    rd.spec.strategy.blue_green.paused = true;
+    let plan = plan("r2");
+    let mut obs = observation(&rd, &plan);
+    obs.green = Some(available_deployment("r2", replicas));
+    obs.gate = Some(running(GateVerdict::Failed, 2));
+    for _ in 0..3 {
+        let d = decide(&obs, &at(T0));
+        assert!(d.gate_verdicts.is_empty(), "{:?}", d.gate_verdicts);
+        assert!(!emitted(&d).contains(&"GateFailed"), "{:?}", emitted(&d));
+        assert_eq!(d.state.rollout.step, RolloutStep::PrePromotion);
+    }
+    let mut resumed = rd.clone();
+    resumed.spec.strategy.blue_green.paused = false;
+    let mut obs = observation(&resumed, &plan);
+    obs.green = Some(available_deployment("r2", replicas));
+    obs.gate = Some(running(GateVerdict::Failed, 2));
+    let d = decide(&obs, &at(T0));
+    assert_eq!(
+        d.gate_verdicts,
+        vec![(GateKind::PrePromotion, GateVerdict::Failed)]
+    );
+    assert_eq!(d.state.rollout.step, RolloutStep::Aborted);
+}
