@@ -400,16 +400,7 @@ async fn post(
     body: Bytes,
     key: Option<&str>,
 ) -> Result<u16, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let connection = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let _abort = AbortOnDrop(connection);
+    let (mut sender, _abort) = open(addr).await?;
     let mut request = Request::post(path)
         .header(header::HOST, host)
         .header(header::USER_AGENT, "relayer-operator")
@@ -598,19 +589,31 @@ async fn bounded(addr: SocketAddr, path: &str, limit: usize) -> Result<(u16, Str
         .map_err(|_| format!("no whole answer within {HTTP_TIMEOUT:?}"))?
 }
 
-async fn exchange(addr: SocketAddr, path: &str, limit: usize) -> Result<(u16, String), String> {
+/// A connection of its own to `addr` over hyper's HTTP/1.1 client, and its task, aborted when
+/// the guard is dropped. NB: the connection task ends with the exchange (the server closes it,
+/// or the request is dropped on timeout and the connection with it).
+async fn open<B>(
+    addr: SocketAddr,
+) -> Result<(hyper::client::conn::http1::SendRequest<B>, AbortOnDrop), String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-    // NB: the connection task ends with the exchange (the server closes it, or the request is
-    // dropped on timeout and the connection with it).
     let connection = tokio::spawn(async move {
         let _ = connection.await;
     });
-    let _abort = AbortOnDrop(connection);
+    Ok((sender, AbortOnDrop(connection)))
+}
+
+async fn exchange(addr: SocketAddr, path: &str, limit: usize) -> Result<(u16, String), String> {
+    let (mut sender, _abort) = open(addr).await?;
     let request = Request::get(path)
         .header(header::HOST, addr.to_string())
         .header(header::USER_AGENT, "relayer-operator")

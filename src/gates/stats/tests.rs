@@ -75,50 +75,48 @@ fn identical_distributions_fail_at_most_two_percent_of_seeded_runs() {
     assert!(failed <= 0.02, "{failed}");
 }
 
-/// A 30 % regression of per-interval latency (5 % spread, 20 intervals) fails nearly always.
+/// `runs` seeded comparisons of 20 per-interval latencies with a 5 % spread: a baseline around
+/// 50 ms against a release around `slower_ms`.
+fn seeded_runs(first_seed: u64, runs: u64, slower_ms: f64) -> Vec<Comparison> {
+    (first_seed..first_seed + runs)
+        .map(|seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let baseline = lognormal(&mut rng, 20, 50.0, 0.05);
+            let slower = lognormal(&mut rng, 20, slower_ms, 0.05);
+            compare(
+                &slower,
+                &baseline,
+                CONFIDENCE,
+                TOLERANCE,
+                Effect::MedianShift,
+            )
+            .expect("comparison")
+        })
+        .collect()
+}
+
+/// A 30 % regression of per-interval latency fails nearly always.
 #[test]
 fn a_thirty_percent_latency_regression_fails() {
-    let runs = 500;
-    let mut failed = 0;
-    for seed in 0..runs {
-        let mut rng = StdRng::seed_from_u64(10_000 + seed);
-        let baseline = lognormal(&mut rng, 20, 50.0, 0.05);
-        let slower = lognormal(&mut rng, 20, 65.0, 0.05);
-        let c = compare(
-            &slower,
-            &baseline,
-            CONFIDENCE,
-            TOLERANCE,
-            Effect::MedianShift,
-        )
-        .expect("comparison");
-        failed += u32::from(c.worse);
-    }
-    println!("30 % regression: judge fails {failed} of {runs} runs");
-    assert!(failed >= 490, "{failed} of {runs}");
+    let runs = seeded_runs(10_000, 500, 65.0);
+    let failed = runs.iter().filter(|c| c.worse).count();
+    println!(
+        "30 % regression: judge fails {failed} of {} runs",
+        runs.len()
+    );
+    assert!(failed >= 490, "{failed} of {}", runs.len());
 }
 
 /// A 5 % regression is significant, but inside the ±25 % band it passes.
 #[test]
 fn a_tiny_regression_inside_the_band_passes() {
-    let runs = 500;
-    let (mut significant, mut failed) = (0, 0);
-    for seed in 0..runs {
-        let mut rng = StdRng::seed_from_u64(20_000 + seed);
-        let baseline = lognormal(&mut rng, 20, 50.0, 0.05);
-        let slower = lognormal(&mut rng, 20, 52.5, 0.05);
-        let c = compare(
-            &slower,
-            &baseline,
-            CONFIDENCE,
-            TOLERANCE,
-            Effect::MedianShift,
-        )
-        .expect("comparison");
-        significant += u32::from(c.p_value < 1.0 - CONFIDENCE);
-        failed += u32::from(c.worse);
-    }
-    println!("5 % regression: significant in {significant}, judge fails {failed} of {runs}");
+    let runs = seeded_runs(20_000, 500, 52.5);
+    let significant = runs.iter().filter(|c| c.p_value < 1.0 - CONFIDENCE).count();
+    let failed = runs.iter().filter(|c| c.worse).count();
+    println!(
+        "5 % regression: significant in {significant}, judge fails {failed} of {}",
+        runs.len()
+    );
     assert!(
         significant > 250,
         "the test alone sees it in most runs: {significant}"
