@@ -82,6 +82,19 @@ pub struct StatLabels {
     pub metric: String,
 }
 
+/// Labels of the sample count of one side of a statistical judgement.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatSampleLabels {
+    /// `namespace/name` of the RelayerDeployment.
+    pub relayerdeployment: String,
+    /// `prePromotion` or `postPromotion`.
+    pub gate: String,
+    /// The metric compared.
+    pub metric: String,
+    /// `underTest` or `baseline`.
+    pub side: String,
+}
+
 /// Labels of a statistical verdict.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatVerdictLabels {
@@ -133,6 +146,8 @@ pub struct Metrics {
     pub stat_p_value: Family<StatLabels, FloatGauge>,
     /// The last statistical judgement's Hodges-Lehmann shift in percent of the baseline.
     pub stat_shift_percent: Family<StatLabels, FloatGauge>,
+    /// The last statistical judgement's sample count, per object, gate, metric and side.
+    pub stat_samples: Family<StatSampleLabels, Gauge>,
     /// Statistical verdicts, by gate, metric and verdict.
     pub stat_verdicts: Family<StatVerdictLabels, Counter>,
     /// Notification attempts, by event and result.
@@ -159,6 +174,7 @@ impl Default for Metrics {
         let stat_p_value = Family::<StatLabels, FloatGauge>::default();
         let stat_shift_percent = Family::<StatLabels, FloatGauge>::default();
         let stat_verdicts = Family::<StatVerdictLabels, Counter>::default();
+        let stat_samples = Family::<StatSampleLabels, Gauge>::default();
         let notifications = Family::<NotificationLabels, Counter>::default();
         // NB: these series exist at zero from the start. `increase()` cannot see the first step
         // of a series that appears at 1, so the first failed reconcile or aborted cutover after
@@ -224,6 +240,11 @@ impl Default for Metrics {
             stat_shift_percent.clone(),
         );
         registry.register(
+            "gate_statistic_samples",
+            "Samples of the last statistical judgement, by object, gate, metric and side",
+            stat_samples.clone(),
+        );
+        registry.register(
             "gate_statistic_verdicts",
             "Statistical judgements per metric, by gate, metric and verdict",
             stat_verdicts.clone(),
@@ -274,6 +295,7 @@ impl Default for Metrics {
             gates_running,
             stat_p_value,
             stat_shift_percent,
+            stat_samples,
             stat_verdicts,
             notifications,
         }
@@ -338,6 +360,19 @@ impl Metrics {
             };
             if let Some(p) = j.p_value {
                 self.stat_p_value.get_or_create(&labels).set(p);
+            }
+            for (side, count) in [
+                ("underTest", j.under_test_samples),
+                ("baseline", j.baseline_samples),
+            ] {
+                self.stat_samples
+                    .get_or_create(&StatSampleLabels {
+                        relayerdeployment: labels.relayerdeployment.clone(),
+                        gate: gate.to_owned(),
+                        metric: j.metric.clone(),
+                        side: side.to_owned(),
+                    })
+                    .set(i64::from(count));
             }
             if let Some(shift) = j.shift_percent {
                 self.stat_shift_percent.get_or_create(&labels).set(shift);
@@ -409,6 +444,8 @@ mod tests {
             verdict,
             p_value,
             shift_percent,
+            under_test_samples: 12,
+            baseline_samples: 11,
             ..MetricJudgement::default()
         };
         metrics.statistics_decided(
@@ -431,6 +468,7 @@ mod tests {
             "relayer_operator_gate_statistic_p_value{relayerdeployment=\"prod/market\",gate=\"prePromotion\",metric=\"meanLatency\"} 0.001",
             "relayer_operator_gate_statistic_shift_percent{relayerdeployment=\"prod/market\",gate=\"prePromotion\",metric=\"meanLatency\"} 30.5",
             "relayer_operator_gate_statistic_verdicts_total{gate=\"prePromotion\",metric=\"meanLatency\",verdict=\"failed\"} 1",
+            "relayer_operator_gate_statistic_samples{relayerdeployment=\"prod/market\",gate=\"prePromotion\",metric=\"meanLatency\",side=\"underTest\"} 12",
             "relayer_operator_gate_statistic_verdicts_total{gate=\"prePromotion\",metric=\"sagaCompensationRate\",verdict=\"noData\"} 1",
         ] {
             assert!(text.contains(series), "{series} missing in:\n{text}");
