@@ -76,6 +76,14 @@ kubectl version
 
 step "1. install the CRDs and the chart"
 kubectl apply --server-side -f crds/
+# NB: right after the apply, the CRD may have no status.conditions yet, and kubectl wait then
+# fails at once ("accessor error: <nil>") instead of waiting; ask again, a bounded number of
+# times, and let the last answer decide.
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  kubectl wait --for=condition=Established --timeout=60s \
+    crd/relayerdeployments.relayer.foresight.dev 2>/dev/null && break
+  sleep 1
+done
 kubectl wait --for=condition=Established --timeout=60s crd/relayerdeployments.relayer.foresight.dev
 helm_args=()
 # NB: simulated pods get addresses nothing may contact; allow only a range no pod is in.

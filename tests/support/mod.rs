@@ -246,13 +246,23 @@ impl TestEnv {
             .get_or_init(|| async {
                 self.kubectl(&["apply", "--server-side", "-f", &dir.display().to_string()])
                     .unwrap_or_else(|e| panic!("kubectl apply -f {}: {e:#}", dir.display()));
-                self.kubectl(&[
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    "crd/relayerdeployments.relayer.foresight.dev",
-                ])
-                .expect("the CRD becomes established");
+                // NB: right after the apply the CRD may have no status.conditions yet, and
+                // kubectl wait then fails at once instead of waiting: ask again, bounded.
+                let wait = || {
+                    self.kubectl(&[
+                        "wait",
+                        "--for=condition=Established",
+                        "--timeout=60s",
+                        "crd/relayerdeployments.relayer.foresight.dev",
+                    ])
+                };
+                for _ in 0..10 {
+                    if wait().is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                wait().expect("the CRD becomes established");
             })
             .await;
     }
