@@ -1616,6 +1616,10 @@ pub struct MetricJudgement {
     /// shift for latencies, the difference of the means for rates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shift: Option<f64>,
+    /// The band the shift was judged against, in the metric's unit: the tolerance of the
+    /// baseline's median (latencies) or mean (rates, at least 0.1 percentage point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub band: Option<f64>,
     /// The shift in percent of the baseline's median (latencies) or mean (rates); absent
     /// when that is 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -376,6 +376,7 @@ impl Judge {
                     baseline_median: median(theirs).map(round),
                     p_value: comparison.as_ref().map(|c| round(c.p_value)),
                     shift: comparison.as_ref().map(|c| round(c.shift)),
+                    band: comparison.as_ref().map(|c| round(c.band)),
                     shift_percent: comparison
                         .as_ref()
                         .and_then(Comparison::shift_percent)

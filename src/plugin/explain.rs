@@ -979,30 +979,49 @@ fn metric(m: &MetricJudgement, stat: Option<&StatisticalGate>) -> MetricExplanat
         ),
         None => format!("p={}", p_value(p)),
     });
-    let band = stat.and_then(|s| {
-        let tolerance = f64::from(s.tolerance_percent);
-        let percent = match (m.shift_percent, m.shift, m.baseline_median) {
-            (Some(p), _, _) => p,
-            // NB: with a baseline median of 0 the band is 0: any increase is outside it.
-            (None, Some(shift), Some(0.0)) => {
-                if shift > 0.0 {
-                    f64::INFINITY
-                } else {
-                    0.0
-                }
-            }
-            _ => return None,
-        };
-        let t = s.tolerance_percent;
-        Some(if percent > tolerance {
-            (true, format!("shift outside ±{t} %"))
-        } else if percent < -tolerance {
+    // NB: the band the judge used is in status (latencies: the tolerance of the median;
+    // rates: of the mean, at least 0.1 point); an older status has none, then the percent
+    // decides.
+    let recorded = m.band.zip(m.shift).map(|(band, shift)| {
+        let t = stat.map_or(String::new(), |s| format!(" (±{} %)", s.tolerance_percent));
+        if shift > band {
             (
-                false,
-                format!("shift below −{t} % (better: only an increase fails)"),
+                true,
+                format!("shift outside the band {}{t}", value(unit, band)),
             )
         } else {
-            (false, format!("shift within ±{t} %"))
+            (
+                false,
+                format!("shift within the band {}{t}", value(unit, band)),
+            )
+        }
+    });
+    let band = recorded.or_else(|| {
+        stat.and_then(|s| {
+            let tolerance = f64::from(s.tolerance_percent);
+            let percent = match (m.shift_percent, m.shift, m.baseline_median) {
+                (Some(p), _, _) => p,
+                // NB: with a baseline median of 0 the band is 0: any increase is outside it.
+                (None, Some(shift), Some(0.0)) => {
+                    if shift > 0.0 {
+                        f64::INFINITY
+                    } else {
+                        0.0
+                    }
+                }
+                _ => return None,
+            };
+            let t = s.tolerance_percent;
+            Some(if percent > tolerance {
+                (true, format!("shift outside ±{t} %"))
+            } else if percent < -tolerance {
+                (
+                    false,
+                    format!("shift below −{t} % (better: only an increase fails)"),
+                )
+            } else {
+                (false, format!("shift within ±{t} %"))
+            })
         })
     });
     let worse = significant

@@ -238,6 +238,11 @@ fn the_judge_fails_a_slower_colour_and_reports_every_figure() {
         "{mean:?}"
     );
     assert!(mean.shift_percent.is_some_and(|s| s > 25.0), "{mean:?}");
+    // The band: 25 % of the baseline median (51.75 ms).
+    assert!(
+        mean.band.is_some_and(|b| (b - 12.9375).abs() < 1e-6),
+        "{mean:?}"
+    );
     let errors = status
         .iter()
         .find(|m| m.metric == "errorRate")

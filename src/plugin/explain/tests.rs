@@ -439,3 +439,29 @@ fn p_values_keep_two_significant_digits_when_small() {
     assert_eq!(p_value(0.0), "0.0000");
     assert_eq!(p_value(f64::NAN), "NaN");
 }
+
+#[test]
+fn the_band_the_judge_recorded_decides_even_over_a_zero_baseline() {
+    let object = rd(
+        json!({ "prePromotion": statistical_gate() }),
+        json!({
+            "step": "AwaitingPromotion", "activeRevision": OLD, "otherRevision": NEW,
+            "targetRevision": NEW,
+            "gates": [{ "name": "prePromotion", "revision": NEW, "verdict": "Passed",
+                        "samples": 12, "passed": 12, "failed": 0, "inconclusive": 0,
+                        "scrapeErrors": 0,
+                        "statistics": [
+                            { "metric": "errorRate", "verdict": "Passed",
+                              "underTestSamples": 12, "baselineSamples": 12,
+                              "underTestMedian": 0.0, "baselineMedian": 0.0,
+                              "pValue": 0.01, "shift": 0.0005, "band": 0.001 },
+                        ] }],
+        }),
+    );
+    let text = explain(&object, 0);
+    has(
+        &text,
+        &["errorRate: passed — p=0.0100 < 0.02 but shift within the band 0.10 % (±25 %)"],
+    );
+    assert!(!text.contains("other statistical settings"), "{text}");
+}
