@@ -332,11 +332,17 @@ async fn explain_says_why_a_gate_failed_from_the_status_and_exits_3_for_a_missin
         .await;
     // NB: no operator here, so the status written below stays as written.
     rd(NAME)
-        .blue_green(blue_green().auto_promote(false).pre_promotion(
-            gate().samples(12).max_p99_latency_ms(1000).statistical(
-                json!({ "metrics": [{ "name": "MeanLatency" }, { "name": "ErrorRate" }] }),
+        .blue_green(
+            blue_green().auto_promote(false).pre_promotion(
+                gate()
+                    .samples(12)
+                    .max_p99_latency_ms(1000)
+                    .probe(20)
+                    .statistical(
+                        json!({ "metrics": [{ "name": "MeanLatency" }, { "name": "ErrorRate" }] }),
+                    ),
             ),
-        ))
+        )
         .apply(&env, "plugin-test")
         .await;
     let reason = "statistical judge: meanLatency worse than the other colour";
