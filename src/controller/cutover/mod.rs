@@ -308,11 +308,10 @@ fn start_gate(
     });
     let gate = &wanted.gate;
     tracing::info!(name = %rd.name_any(), gate = gate.kind.name(), revision = %gate.revision, "gate started");
-    let networks = ctx.config.webhook_networks.clone();
     let hooks = runner::HookEnv {
         context: webhook_context(rd, gate.kind, &gate.revision, start, rollout),
         namespace: rd.namespace().unwrap_or_default(),
-        allowed: Arc::new(move |ip| networks.iter().any(|n| n.contains(ip))),
+        allowed: webhook_allowed(ctx),
     };
     let run = runner::spawn(
         start.spec.clone(),
@@ -330,10 +329,10 @@ fn start_gate(
 /// `rd`'s status: a status builder keeps it).
 fn enqueue_notifications(rd: &RelayerDeployment, decision: &mut Decision, now_ms: i64) {
     let specs = &rd.spec.notifications;
-    let mut outbox = decision.status.notifications.clone().unwrap_or_default();
     if specs.is_empty() {
         return;
     }
+    let mut outbox = decision.status.notifications.clone().unwrap_or_default();
     let rollout = &decision.state.rollout;
     let uid = rd.uid().unwrap_or_default();
     notify::enqueue(
@@ -347,8 +346,19 @@ fn enqueue_notifications(rd: &RelayerDeployment, decision: &mut Decision, now_ms
         },
         now_ms,
     );
-    decision.status.notifications =
-        (outbox != crate::crd::NotificationsStatus::default()).then_some(outbox);
+    decision.status.notifications = stored(outbox);
+}
+
+/// The outbox as status keeps it: absent when it holds nothing.
+fn stored(outbox: crate::crd::NotificationsStatus) -> Option<crate::crd::NotificationsStatus> {
+    (outbox != crate::crd::NotificationsStatus::default()).then_some(outbox)
+}
+
+/// Whether an address is one a webhook or notification receiver may be at
+/// (`--webhook-networks`).
+fn webhook_allowed(ctx: &Context) -> Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync> {
+    let networks = ctx.config.webhook_networks.clone();
+    Arc::new(move |ip| networks.iter().any(|n| n.contains(ip)))
 }
 
 /// Longest a reconcile spends sending notifications (every call's timeout is cut to what is
@@ -374,8 +384,7 @@ async fn send_notifications(
     };
     let before = outbox.clone();
     let specs = &written.spec.notifications;
-    let networks = ctx.config.webhook_networks.clone();
-    let allowed = move |ip: std::net::IpAddr| networks.iter().any(|n| n.contains(ip));
+    let allowed = webhook_allowed(ctx);
     let started = std::time::Instant::now();
     let mut failed_entries = Vec::new();
     for (i, receiver) in notify::due(&outbox, now_ms) {
@@ -400,7 +409,7 @@ async fn send_notifications(
                     ns,
                     serde_json::to_vec(&body).unwrap_or_default().into(),
                     timeout,
-                    &allowed,
+                    allowed.as_ref(),
                     Some(&entry.key),
                 )
                 .await
@@ -422,8 +431,7 @@ async fn send_notifications(
     let next = outbox.outbox.iter().map(|e| e.next_attempt_ms).min();
     if outbox != before {
         let mut status = written.status.clone().unwrap_or_default();
-        status.notifications =
-            (outbox != crate::crd::NotificationsStatus::default()).then_some(outbox);
+        status.notifications = stored(outbox);
         // NB: a conflict leaves the sends unrecorded; the next reconcile sends them again,
         // with the same keys.
         write_status_returning(ctx, written, status).await?;
