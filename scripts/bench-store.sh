@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark of the relayer's two store backends, side by side in one run on this machine:
 # requests/s and p50/p99 latency of POST /v2/orders (every other order crosses and trades) and
-# GET /v2/depth, for the in-memory store and the Redis store, plus the Redis commands sent per
+# GET /v2/depth (100 and 200 levels per side of a book with 200 on each), for the in-memory
+# store and the Redis store, with the ratios Redis / memory, plus the Redis commands sent per
 # placed order (counted with MONITOR, script-internal commands excluded).
 #
 # Needs: redis-server, redis-cli, wrk, curl (apt-get install -y redis-server wrk curl).
@@ -41,7 +42,10 @@ for backend in memory redis; do
     curl -fsS -o /dev/null -X POST "$base/v2/orders" -H "Authorization: Bearer $key_b" -H 'Content-Type: application/json' \
       -d "{\"marketKey\":\"$market\",\"userId\":\"$user_b\",\"side\":\"sell\",\"price\":\"$((700000 + i * 1000))\",\"amount\":\"3\"}"
   done
-  wrk -t2 -c"$connections" -d"$duration" --latency "$base/v2/depth?marketKey=$market" >"$work/depth-$backend.txt"
+  for levels in 100 200; do
+    wrk -t2 -c"$connections" -d"$duration" --latency "$base/v2/depth?marketKey=$market&levels=$levels" \
+      >"$work/depth$levels-$backend.txt"
+  done
 
   if [ "$backend" = redis ]; then
     # Commands sent by the relayer per placed order: 200 crossing placements under MONITOR.
@@ -66,12 +70,17 @@ for backend in memory redis; do
   kill "$relayer_pid"
   wait "$relayer_pid" 2>/dev/null || true
   results+=("POST /v2/orders  $backend  $(summary "$work/post-$backend.txt")")
-  results+=("GET  /v2/depth   $backend  $(summary "$work/depth-$backend.txt")")
+  for levels in 100 200; do
+    results+=("GET  /v2/depth   $backend  $levels levels  $(summary "$work/depth$levels-$backend.txt")")
+  done
 done
+rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
+ratio() { python3 -c "print(f'{$(rps "$1")/$(rps "$2"):.3f}')"; }
 
 echo
 echo "wrk -t2 -c$connections -d$duration, $(nproc) CPUs, relayer (release) and redis-server $(redis-server --version | awk '{print $3}') on this machine"
 printf '%s\n' "${results[@]}"
+echo "Redis / memory: POST /v2/orders $(ratio "$work/post-redis.txt" "$work/post-memory.txt"), GET /v2/depth 100 levels $(ratio "$work/depth100-redis.txt" "$work/depth100-memory.txt"), 200 levels $(ratio "$work/depth200-redis.txt" "$work/depth200-memory.txt")"
 echo "Redis commands per placed order (crossing pairs, API-key lookup included): $per_order"
 echo "  = EVALSHA scripts $(python3 -c "print(f'{$evalsha/200:.2f}')") + plain commands; script-internal calls: $(python3 -c "print(f'{$lua_cmds/200:.1f}')") per order"
 echo "  by command over 200 orders: $breakdown"

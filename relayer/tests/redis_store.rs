@@ -483,3 +483,54 @@ async fn without_a_replica_writes_are_unconfirmed_and_reads_work() {
         .await
         .expect("read-only scripts do not wait");
 }
+
+/// Two replicas share one Redis: a depth that one of them read is not answered again once the
+/// other changed the book (the book's depth version moved), and a change the version does not
+/// show (what a build without it writes during a cutover; here a raw write of a level) is seen
+/// within the snapshot's age bound of one second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_read_by_one_replica_follows_the_other_replicas_changes() {
+    let server = RedisServer::start();
+    let a = store(&server, 5_000, Duration::from_secs(3600));
+    let b = store(&server, 5_000, Duration::from_secs(3600));
+    let bids = |s: &Store| {
+        let s = s.clone();
+        async move {
+            s.depth(&market(), 10)
+                .await
+                .expect("depth")
+                .0
+                .iter()
+                .map(|l| (l.price, l.amount, l.orders))
+                .collect::<Vec<_>>()
+        }
+    };
+    b.match_order(bid("o1", 400_000, 5)).await.expect("placed");
+    assert_eq!(bids(&a).await, vec![(400_000, 5, 1)]);
+    b.match_order(bid("o2", 400_000, 2)).await.expect("placed");
+    assert_eq!(
+        bids(&a).await,
+        vec![(400_000, 7, 2)],
+        "b's order is seen at once"
+    );
+    b.match_order(ask("t1", 400_000, 7)).await.expect("placed");
+    assert_eq!(bids(&a).await, vec![], "b's fill is seen at once");
+    b.match_order(bid("o3", 300_000, 5)).await.expect("placed");
+    assert_eq!(bids(&a).await, vec![(300_000, 5, 1)]);
+    // A level written without moving the depth version.
+    server
+        .cli(&["HSET", "ret:{m:80002:1}:l:b", "300000", "9"])
+        .expect("raw write");
+    let started = Instant::now();
+    wait_for(
+        "the raw write in a's depth",
+        Duration::from_secs(5),
+        async || bids(&a).await == vec![(300_000, 9, 1)],
+    )
+    .await;
+    assert!(
+        started.elapsed() <= Duration::from_millis(2_500),
+        "seen after {:?}, beyond the one-second age bound",
+        started.elapsed()
+    );
+}

@@ -138,6 +138,7 @@ contract!(
     cancel_in_an_unknown_market_finds_nothing,
     orders_are_found_by_market_and_id,
     depth_aggregates_levels_best_first_and_limits_them,
+    depth_follows_every_change_of_the_book,
     open_orders_list_in_arrival_order_optionally_by_user,
     open_order_pages_cover_every_order_once_in_arrival_order,
     a_page_cursor_survives_orders_added_and_cancelled_between_pages,
@@ -1065,6 +1066,93 @@ async fn depth_aggregates_levels_best_first_and_limits_them(store: Store) {
     );
     let (bids, asks) = store.depth(&market("80002:9"), 10).await.expect("depth");
     assert!(bids.is_empty() && asks.is_empty());
+}
+
+/// Depth read again after each kind of change of the levels (a resting order, a partial and
+/// a complete fill, a cancellation, undoing a fill of an open maker and of one it completed)
+/// answers the book as it is now: the Redis store serves a depth read again only while the
+/// book's depth version says nothing changed, so this fails if a change leaves it unmoved.
+async fn depth_follows_every_change_of_the_book(store: Store) {
+    let lvl = |price, amount, orders| Level {
+        price,
+        amount,
+        orders,
+    };
+    let bids = |store: Store| async move { store.depth(&m1(), 10).await.expect("depth").0 };
+    assert_eq!(bids(store.clone()).await, vec![]);
+    place(
+        &store,
+        Order::buy().id("o1").user(user(1)).price(400_000).amount(5),
+    )
+    .await;
+    assert_eq!(bids(store.clone()).await, vec![lvl(400_000, 5, 1)]);
+    assert_eq!(
+        bids(store.clone()).await,
+        vec![lvl(400_000, 5, 1)],
+        "read twice"
+    );
+    place(
+        &store,
+        Order::sell()
+            .id("t1")
+            .user(user(2))
+            .price(400_000)
+            .amount(2),
+    )
+    .await;
+    assert_eq!(
+        bids(store.clone()).await,
+        vec![lvl(400_000, 3, 1)],
+        "partial fill"
+    );
+    store
+        .cancel_order(&m1(), "o1", &user(1))
+        .await
+        .expect("store")
+        .expect("cancelled");
+    assert_eq!(bids(store.clone()).await, vec![], "cancelled");
+    place(
+        &store,
+        Order::buy().id("o2").user(user(3)).price(300_000).amount(4),
+    )
+    .await;
+    assert_eq!(bids(store.clone()).await, vec![lvl(300_000, 4, 1)]);
+    place(
+        &store,
+        Order::sell()
+            .id("t2")
+            .user(user(4))
+            .price(300_000)
+            .amount(1),
+    )
+    .await;
+    assert_eq!(
+        bids(store.clone()).await,
+        vec![lvl(300_000, 3, 1)],
+        "partial fill"
+    );
+    store.undo_match(&m1(), "t2").await.expect("undo");
+    assert_eq!(
+        bids(store.clone()).await,
+        vec![lvl(300_000, 4, 1)],
+        "undo into an open maker"
+    );
+    place(
+        &store,
+        Order::sell()
+            .id("t3")
+            .user(user(5))
+            .price(300_000)
+            .amount(4),
+    )
+    .await;
+    assert_eq!(bids(store.clone()).await, vec![], "complete fill");
+    store.undo_match(&m1(), "t3").await.expect("undo");
+    assert_eq!(
+        bids(store.clone()).await,
+        vec![lvl(300_000, 4, 1)],
+        "the maker is back"
+    );
 }
 
 async fn open_orders_list_in_arrival_order_optionally_by_user(store: Store) {

@@ -69,6 +69,8 @@
 //!   limiter;
 //! - `scripts`: the Lua scripts (their text in `lua/`) and how one is run;
 //! - `keys`: the key layout above and the sharding of the saga log;
+//! - `snapshots`: the last depth read of each market, served again while the book's depth
+//!   version (moved on by every script that changes its price levels) has not moved;
 //! - `wire`: reading replies into domain types, and Redis errors into [`StoreError`]s.
 //!
 //! May use: `config` (the `redis` keys), `domain`, `book`, and the store's own types.
@@ -76,6 +78,7 @@
 mod connect;
 mod keys;
 mod scripts;
+mod snapshots;
 mod wire;
 
 pub use self::connect::{RedisAccess, RedisConnection, RedisMode, RedisTarget, connect};
@@ -91,6 +94,7 @@ use redis::RedisError;
 
 use self::keys::SAGA_SHARDS;
 use self::scripts::Scripts;
+use self::snapshots::DepthSnapshots;
 use self::wire::{
     WireOrder, asset_field, bucket_code, classify, corrupt, from_json, parse_account,
     parse_apply_moves, parse_claim, parse_depth, parse_match, parse_num, parse_order,
@@ -149,6 +153,8 @@ struct Inner {
     /// What the last [`RedisStore::ping`] found ([`UNKNOWN`], [`ANSWERS`] or [`FAILS`]), so
     /// that only a change is logged.
     health: AtomicU8,
+    /// The last depth read of each market, with the book's depth version it was read at.
+    depth: DepthSnapshots,
 }
 
 /// How many connections the writes that wait for replicas take turns on (each write blocks
@@ -253,6 +259,7 @@ impl RedisStore {
                 replica_acks: settings.replica_acks,
                 tls: settings.url.starts_with("rediss://"),
                 health: AtomicU8::new(UNKNOWN),
+                depth: DepthSnapshots::default(),
             }),
         })
     }
@@ -755,20 +762,49 @@ impl RedisStore {
         wire.into_order(market).map(Some)
     }
 
+    /// Depth (`lua/depth.lua`, one script), or, when the last depth read of this market and
+    /// level count is fresh (`snapshots`) and the book's depth version is still the one it was
+    /// read at, that read, after one `HGET` of the version.
     pub(super) async fn depth(
         &self,
         market: &MarketKey,
         max_levels: usize,
     ) -> Result<(Vec<Level>, Vec<Level>), StoreError> {
+        let key = self.market_key(market);
+        let started = std::time::Instant::now();
+        if let Some((version, sides)) = self.inner.depth.fresh(&key, max_levels, started) {
+            let mut conn = self.inner.conn.clone();
+            let meta = format!("{key}:meta");
+            let now: Option<String> = self
+                .call("depth", async move {
+                    redis::cmd("HGET")
+                        .arg(meta)
+                        .arg("dv")
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            if now.as_deref().unwrap_or("0") == version {
+                return Ok((sides.0.clone(), sides.1.clone()));
+            }
+        }
         let reply = self
             .script(
                 "depth",
                 &self.inner.scripts.depth,
-                &self.market_key(market),
+                &key,
                 &[max_levels.to_string()],
             )
             .await?;
-        parse_depth(&reply)
+        let (version, bids, asks) = parse_depth(&reply)?;
+        self.inner.depth.put(
+            &key,
+            max_levels,
+            version,
+            started,
+            Arc::new((bids.clone(), asks.clone())),
+        );
+        Ok((bids, asks))
     }
 
     /// A page of open orders from the market's arrival index (`lua/open_orders.lua`): one

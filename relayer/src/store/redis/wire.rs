@@ -423,12 +423,14 @@ pub(super) fn parse_undo(market: &MarketKey, reply: &[String]) -> Result<UndoOut
     })
 }
 
-/// The reply of `depth.lua`: the bid count, then (price, amount, orders) per level, bids
-/// first.
-pub(super) fn parse_depth(reply: &[String]) -> Result<(Vec<Level>, Vec<Level>), StoreError> {
-    let (count, flat) = reply
-        .split_first()
-        .ok_or_else(|| corrupt("depth", "empty reply"))?;
+/// The reply of `depth.lua`: the depth version it was read at, the bid count, then (price,
+/// amount, orders) per level, bids first.
+pub(super) fn parse_depth(
+    reply: &[String],
+) -> Result<(String, Vec<Level>, Vec<Level>), StoreError> {
+    let [version, count, flat @ ..] = reply else {
+        return Err(corrupt("depth", format!("short reply {reply:?}")));
+    };
     let bid_count: usize = parse_num("bid count", Some(count))?;
     if flat.len() % 3 != 0 || bid_count * 3 > flat.len() {
         return Err(corrupt("depth", format!("malformed reply {reply:?}")));
@@ -445,7 +447,7 @@ pub(super) fn parse_depth(reply: &[String]) -> Result<(Vec<Level>, Vec<Level>), 
         .collect::<Result<Vec<_>, StoreError>>()?;
     let mut bids = levels;
     let asks = bids.split_off(bid_count);
-    Ok((bids, asks))
+    Ok((version.clone(), bids, asks))
 }
 
 /// The reply of `saga_claim.lua`: the entry taken over, or nothing.

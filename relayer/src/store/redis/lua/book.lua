@@ -1,6 +1,7 @@
 -- One market's book, shared by the market scripts. Every key derives from KEYS[1], the
 -- market's base key "<prefix>{m:<marketKey>}", so all of them sit in its hash slot:
---   <base>:meta       hash: "seq", the next arrival number minus one
+--   <base>:meta       hash: "seq", the next arrival number minus one; "dv", the depth version:
+--                     one more each time a script changes the price levels (see depth.lua)
 --   <base>:o:<id>     hash: one order (fields below), expiring after retention once finished
 --   <base>:q:b, :q:a  sorted sets of resting bids / asks: score -price (bids) or price (asks),
 --                     member "<seq, 20 digits>:<id>", so ZRANGE 0 0 is the best price, earliest
@@ -72,9 +73,19 @@ local function ensure_index()
   redis.call('HSET', base .. ':meta', 'ix', '1')
 end
 
+-- Marks the price levels changed: the depth version moves on, once per script run, so a
+-- depth snapshot taken at the old version is known stale by everyone who reads the version.
+local levels_changed_done = false
+local function levels_changed()
+  if levels_changed_done then return end
+  levels_changed_done = true
+  redis.call('HINCRBY', base .. ':meta', 'dv', 1)
+end
+
 -- A new order rests at its price.
 local function level_add(o)
   ensure_index()
+  levels_changed()
   redis.call('ZADD', index_key(), o.seq, o.id)
   redis.call('ZADD', index_key(o.user), o.seq, o.id)
   local l, p, amount = sidekey('l', o.side), o.price, remaining(o)
@@ -91,6 +102,7 @@ end
 
 -- `amount` shares of a resting order leave its level; `leaves` when the order itself does.
 local function level_sub(o, amount, leaves)
+  levels_changed()
   local l, p = sidekey('l', o.side), o.price
   local left = n_sub(redis.call('HGET', l, p) or '0', amount)
   if leaves then

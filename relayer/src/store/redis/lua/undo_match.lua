@@ -91,6 +91,7 @@ for i = n, 1, -1 do
     revert(m, f)
     if was_open then
       local l = sidekey('l', m.side)
+      levels_changed()
       redis.call('HSET', l, m.price, n_add(redis.call('HGET', l, m.price) or '0', f.amount))
       m.status = reopened(m)
     elseif back_in then
