@@ -1,7 +1,26 @@
 # Shared by the store and saga benchmarks (sourced, not run): builds the release relayer,
 # starts a private redis-server on a free loopback port, and defines the helpers that start
-# relayers, fund users and read wrk's output. Every process it starts is stopped on exit.
+# relayers, fund users, build a baseline revision's relayer and read wrk's output. Every
+# process it starts is stopped on exit.
 cargo build --release --locked -p relayer --bin relayer >&2
+
+# The release relayer of git revision $1, for a baseline in the same run: built once from a
+# detached worktree into target/bench-baseline (cached by revision; the first build takes as
+# long as a release build). Prints its path.
+baseline_relayer() {
+  local rev bin tree
+  rev="$(git rev-parse --verify "$1^{commit}")"
+  bin="target/bench-baseline/relayer-$rev"
+  if [ ! -x "$bin" ]; then
+    tree="$(mktemp -d)/baseline"
+    git worktree add --detach "$tree" "$rev" >&2
+    (cd "$tree" && CARGO_TARGET_DIR="$OLDPWD/target/bench-baseline" \
+      cargo build --release --locked -p relayer --bin relayer >&2)
+    cp target/bench-baseline/release/relayer "$bin"
+    git worktree remove --force "$tree"
+  fi
+  echo "$bin"
+}
 work="$(mktemp -d)"
 pids=()
 cleanup() {
@@ -51,6 +70,12 @@ api_key() {
 deposit() {
   curl -fsS -X POST "$1/admin/deposits" -H "Authorization: Bearer $token" \
     -H 'Content-Type: application/json' -d "{\"userId\":\"$2\",\"asset\":\"$3\",\"amount\":\"$4\"}" >/dev/null
+}
+# Sum of the usec of INFO commandstats (Redis CPU in commands, scripts included) since the
+# last CONFIG RESETSTAT.
+redis_usec() {
+  redis-cli -p "$redis_port" info commandstats |
+    awk -F'usec=' '/^cmdstat_/ {split($2, a, ","); sum += a[1]} END {printf "%d", sum}'
 }
 # "Requests/sec", p50 and p99 from wrk --latency output.
 summary() {

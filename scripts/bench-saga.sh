@@ -3,7 +3,8 @@
 # on (saga.durableLog true, the default) and off (the same build, RELAYER_SAGA__DURABLE_LOG=
 # false), side by side in one run: requests/s, p50/p99 latency (wrk; every other order crosses
 # and trades, settled by the embedded ledger), and the Redis round trips per placed order
-# (counted with MONITOR over 100 crossing pairs, script-internal commands excluded).
+# (counted with MONITOR over 100 crossing pairs, script-internal commands excluded), and Redis
+# CPU per placed order (the usec of INFO commandstats over the load, over the orders placed).
 #
 # With BASELINE=<git revision>, the same load also runs against the relayer of that revision
 # (saga log on), in the same run, as a baseline: built once from a detached worktree into
@@ -21,25 +22,14 @@ cd "$(dirname "$here")"
 duration="${1:-10s}"
 connections="${2:-32}"
 rounds="${ROUNDS:-1}"
-baseline_bin=""
-if [ -n "${BASELINE:-}" ]; then
-  rev="$(git rev-parse --verify "${BASELINE}^{commit}")"
-  baseline_bin="target/bench-baseline/relayer-$rev"
-  if [ ! -x "$baseline_bin" ]; then
-    tree="$(mktemp -d)/baseline"
-    git worktree add --detach "$tree" "$rev" >&2
-    (cd "$tree" && CARGO_TARGET_DIR="$OLDPWD/target/bench-baseline" \
-      cargo build --release --locked -p relayer --bin relayer >&2)
-    cp target/bench-baseline/release/relayer "$baseline_bin"
-    git worktree remove --force "$tree"
-  fi
-fi
 for tool in redis-server redis-cli wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y redis-server wrk curl" >&2; exit 1; }
 done
 
 # shellcheck source=bench-common.sh
 source "$here/bench-common.sh"
+baseline_bin=""
+[ -n "${BASELINE:-}" ] && baseline_bin="$(baseline_relayer "$BASELINE")"
 
 results=()
 variants=(on off)
@@ -62,9 +52,15 @@ for variant in "${variants[@]}"; do
   relayer_bin="$bin"
   start_relayer "$variant-$round" "${env[@]}"
 
+  redis-cli -p "$redis_port" config resetstat >/dev/null
   KEY_A="$key_a" KEY_B="$key_b" USER_A="$user_a" USER_B="$user_b" \
     wrk -t2 -c"$connections" -d"$duration" --latency -s "$work/orders.lua" "$base" >"$work/post-$variant-$round.txt"
-  awk -v v="$variant" '/Requests\/sec/ {print v, $2}' "$work/post-$variant-$round.txt" >>"$work/rps.txt"
+  # Redis CPU per placed order: the usec of INFO commandstats over the load (reset just
+  # before it), over the orders wrk placed.
+  usec="$(redis_usec)"
+  orders="$(awk '/requests in/ {print $1}' "$work/post-$variant-$round.txt")"
+  us_per_order="$(python3 -c "print(f'{$usec/max($orders,1):.1f}')")"
+  awk -v v="$variant" -v us="$us_per_order" '/Requests\/sec/ {print v, $2, us}' "$work/post-$variant-$round.txt" >>"$work/rps.txt"
 
   redis-cli -p "$redis_port" monitor >"$work/monitor-$variant-$round.txt" &
   monitor_pid=$!
@@ -89,7 +85,7 @@ for variant in "${variants[@]}"; do
   wait "$relayer_pid" 2>/dev/null || true
   label="saga log $log"
   [ "$variant" = baseline ] && label="baseline $BASELINE (saga log on)"
-  results+=("round $round, $label:  POST /v2/orders $(summary "$work/post-$variant-$round.txt")")
+  results+=("round $round, $label:  POST /v2/orders $(summary "$work/post-$variant-$round.txt")  Redis µs/order in commands $us_per_order")
   results+=("  Redis round trips per placed order (100 crossing pairs): $per_order  [$breakdown]; recovery sweep reads in the window: $scans")
 done
 done
@@ -101,12 +97,17 @@ echo
 python3 - "$work/rps.txt" <<'PY'
 import statistics, sys
 runs = {}
+cpu = {}
 for line in open(sys.argv[1]):
-    variant, rps = line.split()
+    variant, rps, us = line.split()
     runs.setdefault(variant, []).append(float(rps))
+    cpu.setdefault(variant, []).append(float(us))
 base = statistics.median(runs["baseline"]) if "baseline" in runs else None
 for variant, values in runs.items():
     median = statistics.median(values)
     ratio = f", {median / base:.3f} x baseline" if base else ""
-    print(f"median req/s, {variant}: {median:.0f} over {len(values)} round(s){ratio}")
+    us = statistics.median(cpu[variant])
+    print(f"median req/s, {variant}: {median:.0f} over {len(values)} round(s){ratio}; Redis µs/order {us:.1f}")
+if "on" in runs and "off" in runs:
+    print(f"saga log on / off: {statistics.median(runs['on']) / statistics.median(runs['off']):.3f}")
 PY

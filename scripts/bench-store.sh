@@ -5,9 +5,12 @@
 # store and the Redis store, with the ratios Redis / memory, plus the Redis commands sent per
 # placed order (counted with MONITOR, script-internal commands excluded).
 #
+# With BASELINE=<git revision>, every variant also runs against the relayer of that revision,
+# first, in the same run (built once into target/bench-baseline, see bench-common.sh).
+#
 # Needs: redis-server, redis-cli, wrk, curl (apt-get install -y redis-server wrk curl).
 # The rate limiter is switched off for the run.
-# Usage: scripts/bench-store.sh [duration, default 10s] [connections, default 32]
+# Usage: [BASELINE=<rev>] scripts/bench-store.sh [duration, default 10s] [connections, default 32]
 # Traffic goes to 127.0.0.1 only; every process it starts is stopped on exit.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,7 +24,17 @@ done
 # shellcheck source=bench-common.sh
 source "$here/bench-common.sh"
 
+builds=(current)
+baseline_bin=""
+if [ -n "${BASELINE:-}" ]; then
+  baseline_bin="$(baseline_relayer "$BASELINE")"
+  builds=(baseline current)
+fi
 results=()
+summaries=()
+for build in "${builds[@]}"; do
+relayer_bin=target/release/relayer
+[ "$build" = baseline ] && relayer_bin="$baseline_bin"
 for backend in memory redis; do
   port="$(free_port)"
   # The limiter is off: this measures the stores, not the limiter (scripts/bench-ratelimit.sh).
@@ -31,10 +44,10 @@ for backend in memory redis; do
     redis-cli -p "$redis_port" flushall >/dev/null
     env+=(RELAYER_REDIS_URL="redis://127.0.0.1:$redis_port/")
   fi
-  start_relayer "$backend" "${env[@]}"
+  start_relayer "$build-$backend" "${env[@]}"
 
   KEY_A="$key_a" KEY_B="$key_b" USER_A="$user_a" USER_B="$user_b" \
-    wrk -t2 -c"$connections" -d"$duration" --latency -s "$work/orders.lua" "$base" >"$work/post-$backend.txt"
+    wrk -t2 -c"$connections" -d"$duration" --latency -s "$work/orders.lua" "$base" >"$work/post-$build-$backend.txt"
   # Leave a book to aggregate: 200 resting levels on each side.
   for i in $(seq 1 200); do
     curl -fsS -o /dev/null -X POST "$base/v2/orders" -H "Authorization: Bearer $key_a" -H 'Content-Type: application/json' \
@@ -44,7 +57,7 @@ for backend in memory redis; do
   done
   for levels in 100 200; do
     wrk -t2 -c"$connections" -d"$duration" --latency "$base/v2/depth?marketKey=$market&levels=$levels" \
-      >"$work/depth$levels-$backend.txt"
+      >"$work/depth$levels-$build-$backend.txt"
   done
 
   if [ "$backend" = redis ]; then
@@ -69,10 +82,14 @@ for backend in memory redis; do
   fi
   kill "$relayer_pid"
   wait "$relayer_pid" 2>/dev/null || true
-  results+=("POST /v2/orders  $backend  $(summary "$work/post-$backend.txt")")
+  results+=("$build  POST /v2/orders  $backend  $(summary "$work/post-$build-$backend.txt")")
   for levels in 100 200; do
-    results+=("GET  /v2/depth   $backend  $levels levels  $(summary "$work/depth$levels-$backend.txt")")
+    results+=("$build  GET  /v2/depth   $backend  $levels levels  $(summary "$work/depth$levels-$build-$backend.txt")")
   done
+  [ "$backend" = redis ] && summaries+=("$build: Redis commands per placed order (crossing pairs, API-key lookup included): $per_order
+  = EVALSHA scripts $(python3 -c "print(f'{$evalsha/200:.2f}')") + plain commands; script-internal calls: $(python3 -c "print(f'{$lua_cmds/200:.1f}')") per order
+  by command over 200 orders: $breakdown")
+done
 done
 rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
 ratio() { python3 -c "print(f'{$(rps "$1")/$(rps "$2"):.3f}')"; }
@@ -80,7 +97,8 @@ ratio() { python3 -c "print(f'{$(rps "$1")/$(rps "$2"):.3f}')"; }
 echo
 echo "wrk -t2 -c$connections -d$duration, $(nproc) CPUs, relayer (release) and redis-server $(redis-server --version | awk '{print $3}') on this machine"
 printf '%s\n' "${results[@]}"
-echo "Redis / memory: POST /v2/orders $(ratio "$work/post-redis.txt" "$work/post-memory.txt"), GET /v2/depth 100 levels $(ratio "$work/depth100-redis.txt" "$work/depth100-memory.txt"), 200 levels $(ratio "$work/depth200-redis.txt" "$work/depth200-memory.txt")"
-echo "Redis commands per placed order (crossing pairs, API-key lookup included): $per_order"
-echo "  = EVALSHA scripts $(python3 -c "print(f'{$evalsha/200:.2f}')") + plain commands; script-internal calls: $(python3 -c "print(f'{$lua_cmds/200:.1f}')") per order"
-echo "  by command over 200 orders: $breakdown"
+for build in "${builds[@]}"; do
+  w="$work"
+  echo "$build Redis / memory: POST /v2/orders $(ratio "$w/post-$build-redis.txt" "$w/post-$build-memory.txt"), GET /v2/depth 100 levels $(ratio "$w/depth100-$build-redis.txt" "$w/depth100-$build-memory.txt"), 200 levels $(ratio "$w/depth200-$build-redis.txt" "$w/depth200-$build-memory.txt")"
+done
+printf '%s\n' "${summaries[@]}"
