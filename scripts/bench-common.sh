@@ -89,7 +89,7 @@ summary() {
 start_relayer() {
   local name="$1"
   shift
-  env "$@" "${relayer_bin:-target/release/relayer}" >"$work/relayer-$name.log" 2>&1 &
+  ${BENCH_RELAYER_PIN:-} env "$@" "${relayer_bin:-target/release/relayer}" >"$work/relayer-$name.log" 2>&1 &
   relayer_pid=$!
   pids+=("$relayer_pid")
   base="http://127.0.0.1:$port"

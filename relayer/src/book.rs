@@ -209,15 +209,15 @@ pub struct OrderBook {
     /// Asks by price; best ask is the lowest key.
     asks: BTreeMap<u64, VecDeque<String>>,
     /// Every order of this market, open or finished.
-    orders: HashMap<String, Order>,
+    orders: BTreeMap<String, Order>,
     /// Next arrival sequence number.
     next_seq: u64,
     /// Placements by taker order id (see the module docs).
-    recorded: HashMap<String, Recorded>,
+    recorded: BTreeMap<String, Recorded>,
     /// Orders their owner cancelled ([`OrderBook::cancel_once`]).
     /// Orders their owner cancelled ([`OrderBook::cancel_once`]), with what the cancellation
     /// left to release.
-    cancelled_by_owner: HashMap<String, u64>,
+    cancelled_by_owner: BTreeMap<String, u64>,
     /// Orders that finished, and placements undone before they reached the book, since the
     /// last [`OrderBook::take_finished`] (an id may repeat; the owner drains it after each
     /// change, so it holds one call's worth).

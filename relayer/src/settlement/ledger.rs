@@ -10,14 +10,14 @@
 //!
 //! May use: `clock`, `config` (the default retention), and the parent's types.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::SettlementTrade;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, DueQueue, SystemClock};
 use crate::config::RedisConfig;
 
 /// Trades settled in process, by idempotency key: a key settled again within the retention is
@@ -33,10 +33,10 @@ pub struct EmbeddedLedger {
 /// The settled trades, and their keys in the order they are forgotten.
 #[derive(Debug, Default)]
 struct Trades {
-    by_key: HashMap<String, SettlementTrade>,
+    by_key: BTreeMap<String, SettlementTrade>,
     /// One entry per key of `by_key`: a key is recorded only when absent, and removed only
     /// when its entry pops.
-    due: VecDeque<(Instant, String)>,
+    due: DueQueue<String>,
 }
 
 impl Default for EmbeddedLedger {
@@ -63,10 +63,8 @@ impl EmbeddedLedger {
     fn trades(&self) -> (MutexGuard<'_, Trades>, Instant) {
         let mut trades = self.trades.lock().unwrap_or_else(PoisonError::into_inner);
         let now = self.clock.now();
-        while trades.due.front().is_some_and(|(due, _)| *due <= now) {
-            if let Some((_, key)) = trades.due.pop_front() {
-                trades.by_key.remove(&key);
-            }
+        while let Some((_, key)) = trades.due.pop_due(now) {
+            trades.by_key.remove(&key);
         }
         (trades, now)
     }
@@ -78,9 +76,10 @@ impl EmbeddedLedger {
             return;
         }
         // NB: a retention past the clock's range is never reached: the key is kept.
-        if let Some(due) = now.checked_add(self.retention) {
-            trades.due.push_back((due, trade.idempotency_key.clone()));
-        }
+        trades.due.push(
+            now.checked_add(self.retention),
+            trade.idempotency_key.clone(),
+        );
         trades.by_key.insert(trade.idempotency_key.clone(), trade);
     }
 

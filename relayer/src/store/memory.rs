@@ -29,10 +29,15 @@
 //! operation and never scans. A popped entry acts only if it is still its key's latest due (a
 //! key dated again, or kept since, has a later one or none).
 //!
+//! No table stalls as it grows: the tables that hold an entry per order of a retention are
+//! B-trees and their queues are chunked ([`DueQueue`]), so no insertion moves a whole table
+//! (a hash map that doubles copies every entry under its lock, which stalled every placement
+//! behind it for hundreds of milliseconds once a table held a few hundred thousand orders).
+//!
 //! May use: `clock`, `config` (the default retention), `domain`, `book`, and the store's own
 //! types.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -42,7 +47,7 @@ use super::{ApiKeyRecord, Claim, ClaimEnd, ClaimOutcome, Fence, SagaEntry, Store
 use crate::book::{
     CancelError, Level, MatchOutcome, OrderBook, OrdersPage, PageRequest, UndoOutcome,
 };
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, DueQueue, SystemClock};
 use crate::config::RedisConfig;
 use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
 
@@ -120,53 +125,15 @@ impl Retention {
     }
 }
 
-/// Keys in the order they fall due (see the module docs).
-#[derive(Debug)]
-struct Expiry<K> {
-    queue: VecDeque<(Instant, K)>,
-}
-
-impl<K> Default for Expiry<K> {
-    fn default() -> Self {
-        Self {
-            queue: VecDeque::new(),
-        }
-    }
-}
-
-impl<K> Expiry<K> {
-    /// Queues `key` to fall due at `due` (nothing when never).
-    fn push(&mut self, due: Option<Instant>, key: K) {
-        if let Some(due) = due {
-            self.queue.push_back((due, key));
-        }
-    }
-
-    /// Takes the next entry due at `now`, if the first one is.
-    fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
-        if self.queue.front().is_some_and(|(due, _)| *due <= now) {
-            self.queue.pop_front()
-        } else {
-            None
-        }
-    }
-
-    /// How many entries are queued (due or not).
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.queue.len()
-    }
-}
-
 /// Accounts and the operation ids already applied to them (one lock: checked and recorded
 /// atomically with the moves).
 #[derive(Debug, Default)]
 struct Accounts {
     by_user: HashMap<UserId, Account>,
-    applied: HashSet<(UserId, String)>,
+    applied: BTreeSet<(UserId, String)>,
     /// When each id of `applied` is forgotten: one entry per id, since an id is recorded only
     /// when absent and removed only when its entry pops.
-    applied_due: Expiry<(UserId, String)>,
+    applied_due: DueQueue<(UserId, String)>,
 }
 
 impl Accounts {
@@ -183,8 +150,8 @@ type ClaimKey = (UserId, String);
 /// Claims by (user, client order id), each with when it is forgotten.
 #[derive(Debug, Default)]
 struct Claims {
-    held: HashMap<ClaimKey, Held>,
-    due: Expiry<ClaimKey>,
+    held: BTreeMap<ClaimKey, Held>,
+    due: DueQueue<ClaimKey>,
 }
 
 /// A claim, and when it is forgotten (`None`: kept, its order open or its placement running).
@@ -222,8 +189,8 @@ impl Claims {
 /// Fence marks: the highest epoch each saga wrote, and when that mark is forgotten.
 #[derive(Debug, Default)]
 struct Fences {
-    seen: HashMap<String, (u64, Option<Instant>)>,
-    due: Expiry<String>,
+    seen: BTreeMap<String, (u64, Option<Instant>)>,
+    due: DueQueue<String>,
 }
 
 impl Fences {
@@ -240,9 +207,9 @@ impl Fences {
 #[derive(Debug, Default)]
 struct Market {
     book: OrderBook,
-    due: Expiry<String>,
+    due: DueQueue<String>,
     /// The latest due of each order queued in `due`.
-    dated: HashMap<String, Instant>,
+    dated: BTreeMap<String, Instant>,
 }
 
 impl Market {
