@@ -32,7 +32,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{Context, cutover};
+use super::{Context, Trim, cutover};
 use crate::crd::{Color, RelayerDeployment};
 use crate::resources::status;
 use crate::resources::{self, LABEL_CONFIG_HASH, LABEL_INSTANCE, MANAGER, Plan};
@@ -301,8 +301,9 @@ impl<K: Resource> Owned for K {
     }
 }
 
-/// Server-side applies `desired` unless the cached object already matches it; an existing
-/// object of that name not controlled by `desired`'s controller is [`Error::NameCollision`].
+/// Server-side applies `desired` unless the cached object already matches it (`desired` as the
+/// cache would hold it, [`Trim`]); an existing object of that name not controlled by
+/// `desired`'s controller is [`Error::NameCollision`].
 pub(crate) async fn ensure<K>(
     ctx: &Context,
     store: &Store<K>,
@@ -311,6 +312,7 @@ pub(crate) async fn ensure<K>(
 ) -> Result<()>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Trim
         + Clone
         + Debug
         + Serialize
@@ -321,10 +323,13 @@ where
         .namespace()
         .ok_or(Error::Missing("child namespace"))?;
     let desired_json = to_value(desired)?;
-    if let Some(observed) = store.get(&ObjectRef::new(&name).within(&ns))
-        && is_subset(&desired_json, &to_value(&*observed)?)
-    {
-        return Ok(());
+    if let Some(observed) = store.get(&ObjectRef::new(&name).within(&ns)) {
+        // NB: compared as the cache holds it: what the cache trims is not there to compare.
+        let mut cached_desired = desired.clone();
+        cached_desired.trim();
+        if is_subset(&to_value(&cached_desired)?, &to_value(&*observed)?) {
+            return Ok(());
+        }
     }
     // NB: `desired` carries the controller reference to its RelayerDeployment; an object of
     // that name controlled by anything else is never written, not even patched.

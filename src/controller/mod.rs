@@ -1,6 +1,6 @@
-//! The controller: kube-runtime wiring ([`run`]), the caches of the children ([`Stores`]), the
-//! per-controller [`Context`] with its per-object state ([`Failures`], [`Seen`],
-//! [`GateRuns`]), and [`reconcile`] / [`error_policy`].
+//! The controller: kube-runtime wiring ([`run`]), the caches of the children ([`Stores`]; what
+//! they keep of each kind is in [`cache`]), the per-controller [`Context`] with its per-object
+//! state ([`Failures`], [`Seen`], [`GateRuns`]), and [`reconcile`] / [`error_policy`].
 //!
 //! Reconcile is level-triggered and idempotent: it plans ([`plan`], [`crate::resources`]),
 //! decides the cutover step ([`cutover`], around the pure [`crate::rollout`] machine), and
@@ -18,6 +18,7 @@
 //! `main.rs` and the integration tests.
 
 mod apply;
+pub mod cache;
 pub mod cutover;
 mod gate_runs;
 pub mod leader;
@@ -48,6 +49,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
 pub use apply::is_subset;
+pub use cache::Trim;
 pub use gate_runs::{GateRuns, RunningGate};
 
 use crate::crd::{Color, RelayerDeployment};
@@ -142,7 +144,9 @@ pub fn backoff_delay(failures: u32) -> Duration {
     REQUEUE_BACKOFF.bound(failures.saturating_sub(1))
 }
 
-/// Caches of the children, filled by the same watches that trigger reconciles.
+/// Caches of the children, filled by the same watches that trigger reconciles, each object
+/// trimmed as [`Trim`] says for its kind (no managed fields anywhere; pods, ReplicaSets and
+/// ControllerRevisions keep only what the controller reads of them).
 #[derive(Clone)]
 pub struct Stores {
     /// Deployments managed by the operator.
@@ -157,11 +161,13 @@ pub struct Stores {
     pub ingresses: Store<Ingress>,
     /// PodDisruptionBudgets.
     pub pdbs: Store<PodDisruptionBudget>,
-    /// ControllerRevisions.
+    /// ControllerRevisions, without `data.template`.
     pub revisions: Store<ControllerRevision>,
-    /// Relayer pods (for gate targets and drain evidence).
+    /// Relayer pods (for gate targets and drain evidence): metadata, `status.podIP` and
+    /// `status.conditions` only.
     pub pods: Store<Pod>,
-    /// The colours' ReplicaSets (a pod is a target only when its ReplicaSet is a colour's).
+    /// The colours' ReplicaSets (a pod is a target only when its ReplicaSet is a colour's):
+    /// without their pod template and status.
     pub replica_sets: Store<ReplicaSet>,
     /// EndpointSlices of the Services (for drain evidence).
     pub slices: Store<EndpointSlice>,
@@ -259,7 +265,8 @@ impl Seen {
     }
 }
 
-/// A label-selected, managed-fields-free watch of one child kind, reflected into a store.
+/// A label-selected watch of one child kind, reflected into a store of objects trimmed as
+/// [`Trim`] says for that kind.
 fn child_stream<K>(
     client: &Client,
     namespace: Option<&str>,
@@ -269,6 +276,7 @@ fn child_stream<K>(
 )
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Trim
         + Clone
         + Debug
         + DeserializeOwned
@@ -286,8 +294,7 @@ where
         watcher::Config::default().labels(resources::MANAGED_SELECTOR),
     )
     .default_backoff()
-    // NB: managed fields are never compared and are most of an object's bytes.
-    .modify(|o: &mut K| o.managed_fields_mut().clear())
+    .modify(K::trim)
     .reflect(writer)
     .touched_objects();
     (reader, stream)
@@ -342,7 +349,14 @@ pub async fn run(
     });
     let controller_config =
         kube::runtime::controller::Config::default().concurrency(config.concurrency);
-    Controller::new(rds, watcher::Config::default().any_semantic())
+    let (rd_store, rd_writer) = reflector::store();
+    let rd_stream = watcher(rds, watcher::Config::default().any_semantic())
+        .modify(RelayerDeployment::trim)
+        .reflect(rd_writer)
+        .applied_objects();
+    // NB: what `Controller::new` builds, but with the cached objects trimmed ([`Trim`]); the
+    // controller's own trigger backoff covers this watch as it does there.
+    Controller::for_stream(rd_stream, rd_store)
         .with_config(controller_config)
         .owns_stream(deployment_stream)
         .owns_stream(service_stream)

@@ -477,17 +477,21 @@ fn webhook_context(
     })
 }
 
+/// Whether the reconcile must act on a quorum read of `rd` rather than on the cached copy.
 fn needs_fresh_read(rd: &RelayerDeployment) -> bool {
+    // NB: with or without a status: a rollback replaces the whole object, and the cached copy
+    // lacks what the cache trims (managed fields, kubectl's last-applied annotation), which
+    // the replace would otherwise remove.
+    let commanded = rd.annotations().contains_key(ANNOTATION_COMMAND)
+        || rd.annotations().contains_key(ANNOTATION_ROLLBACK_TO);
     let Some(status) = rd.status.as_ref() else {
-        return false;
+        return commanded;
     };
     let in_flight = status
         .rollout
         .as_ref()
         .is_some_and(|r| !matches!(r.step, RolloutStep::Stable | RolloutStep::Aborted));
     let changed = status.observed_generation != rd.metadata.generation;
-    let commanded = rd.annotations().contains_key(ANNOTATION_COMMAND)
-        || rd.annotations().contains_key(ANNOTATION_ROLLBACK_TO);
     // NB: a cached copy may not show that the last write recorded a notification as
     // delivered; sending from it would send that notification again.
     let notifying = status
@@ -661,7 +665,8 @@ async fn refuse_rollback(
 }
 
 /// Writes the bundle of revision `target` back into the spec (and drops the annotation in the
-/// same request), so the rollback rolls out like any change.
+/// same request), so the rollback rolls out like any change. `rd` is a fresh read
+/// ([`needs_fresh_read`]), never the trimmed cached copy.
 async fn restore_revision(
     ctx: &Context,
     rd: &RelayerDeployment,
