@@ -43,9 +43,12 @@
 //! them ([`OrderBook::open_orders_page`]) costs what it answers, never a walk of every order
 //! the book remembers.
 //!
-//! Room: after `domain`; uses [`crate::domain`] only.
+//! Room: after `domain`; uses [`crate::domain`] and [`crate::tables`] (its per-order tables are
+//! sharded, so the book never stalls as it grows).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::tables::ShardedMap;
 use std::ops::Bound;
 
 use crate::domain::{Fill, Order, OrderStatus, Side, UserId, ceil_div_scale};
@@ -209,15 +212,15 @@ pub struct OrderBook {
     /// Asks by price; best ask is the lowest key.
     asks: BTreeMap<u64, VecDeque<String>>,
     /// Every order of this market, open or finished.
-    orders: BTreeMap<String, Order>,
+    orders: ShardedMap<String, Order>,
     /// Next arrival sequence number.
     next_seq: u64,
     /// Placements by taker order id (see the module docs).
-    recorded: BTreeMap<String, Recorded>,
+    recorded: ShardedMap<String, Recorded>,
     /// Orders their owner cancelled ([`OrderBook::cancel_once`]).
     /// Orders their owner cancelled ([`OrderBook::cancel_once`]), with what the cancellation
     /// left to release.
-    cancelled_by_owner: BTreeMap<String, u64>,
+    cancelled_by_owner: ShardedMap<String, u64>,
     /// Orders that finished, and placements undone before they reached the book, since the
     /// last [`OrderBook::take_finished`] (an id may repeat; the owner drains it after each
     /// change, so it holds one call's worth).

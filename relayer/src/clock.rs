@@ -8,12 +8,8 @@
 //! [`Instant`] ([`Clock::now`], for durations inside one process: a breaker's open time). The
 //! system clock's `Instant` is tokio's, so `tokio::time::pause` moves it in tests too.
 //!
-//! [`DueQueue`] keeps keys in the order they fall due, for the tables that forget what
-//! finished a retention ago (the in-memory store, the embedded settlement ledger).
-//!
 //! Room: the first of the relayer; it uses no other module of the crate.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -94,104 +90,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Keys in the order they were queued, each with the instant it falls due: with a constant
-/// retention that is due order, so the front is always the next one due.
-///
-/// Kept in chunks of [`DueQueue::CHUNK`] entries, so that growing never copies the queue: a
-/// queue of every order of a retention (hundreds of thousands) would otherwise be moved
-/// whole, under its table's lock, each time it doubles.
-#[derive(Debug)]
-pub struct DueQueue<K> {
-    chunks: VecDeque<VecDeque<(Instant, K)>>,
-}
-
-impl<K> Default for DueQueue<K> {
-    fn default() -> Self {
-        Self {
-            chunks: VecDeque::new(),
-        }
-    }
-}
-
-impl<K> DueQueue<K> {
-    /// Entries per chunk.
-    pub const CHUNK: usize = 1024;
-
-    /// Queues `key` to fall due at `due` (nothing when `None`: never).
-    pub fn push(&mut self, due: Option<Instant>, key: K) {
-        let Some(due) = due else { return };
-        match self.chunks.back_mut() {
-            Some(last) if last.len() < Self::CHUNK => last.push_back((due, key)),
-            _ => {
-                let mut chunk = VecDeque::with_capacity(Self::CHUNK);
-                chunk.push_back((due, key));
-                self.chunks.push_back(chunk);
-            }
-        }
-    }
-
-    /// Takes the first entry if it is due at `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
-        let first = self.chunks.front_mut()?;
-        if first.front().is_none_or(|(due, _)| *due > now) {
-            return None;
-        }
-        let entry = first.pop_front();
-        if first.is_empty() {
-            self.chunks.pop_front();
-        }
-        entry
-    }
-
-    /// How many entries are queued (due or not).
-    pub fn len(&self) -> usize {
-        self.chunks.iter().map(VecDeque::len).sum()
-    }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_due_queue_pops_in_order_only_what_is_due_across_chunks() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut q = DueQueue::default();
-        let n = DueQueue::<u64>::CHUNK as u64 * 2 + 5;
-        for i in 0..n {
-            q.push(Some(at(i)), i);
-        }
-        q.push(None, u64::MAX);
-        assert_eq!(
-            q.len() as u64,
-            n,
-            "a key that never falls due is not queued"
-        );
-        assert_eq!(
-            q.pop_due(t0 - Duration::from_millis(1)),
-            None,
-            "nothing due yet"
-        );
-        let popped: Vec<u64> =
-            std::iter::from_fn(|| q.pop_due(at(n / 2)).map(|(_, k)| k)).collect();
-        assert_eq!(popped, (0..=n / 2).collect::<Vec<_>>());
-        let rest: Vec<u64> = std::iter::from_fn(|| q.pop_due(at(n)).map(|(_, k)| k)).collect();
-        assert_eq!(rest, (n / 2 + 1..n).collect::<Vec<_>>());
-        assert!(q.is_empty());
-        assert_eq!(q.len(), 0);
-        q.push(Some(at(1)), 7);
-        assert_eq!(
-            q.pop_due(at(1)),
-            Some((at(1), 7)),
-            "usable again once drained"
-        );
-    }
 
     #[test]
     fn a_manual_clock_moves_only_when_told() {

@@ -9,6 +9,8 @@
 //!   the tests read it with this one). Pure.
 //! - [`otel`]: OpenTelemetry traces from the standard `OTEL_*` variables (off by default) and
 //!   the W3C trace-context helpers; uses nothing of the crate (the operator uses it too).
+//! - [`tables`]: tables that grow without stalls (sharded maps, chunked expiry queues) for the
+//!   in-memory state.
 //! - [`clock`]: the one wall clock ([`clock::Clock`]: system and manual).
 //! - [`domain`]: identifiers, orders, fills, balances and their validation. Pure.
 //! - [`book`]: one market's order book and its matching rules. Pure.
@@ -59,6 +61,8 @@ pub mod server;
 pub mod settlement;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+pub mod tables;
 
 #[cfg(feature = "server")]
 pub use http::{AppState, app};

@@ -8,17 +8,17 @@
 //! the order settled (which is due order, the retention being constant); each call pops what is
 //! due, so forgetting costs amortised O(1) per call and never scans.
 //!
-//! May use: `clock`, `config` (the default retention), and the parent's types.
+//! May use: `tables`, `clock`, `config` (the default retention), and the parent's types.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::SettlementTrade;
-use crate::clock::{Clock, DueQueue, SystemClock};
+use crate::clock::{Clock, SystemClock};
 use crate::config::RedisConfig;
+use crate::tables::{DueQueue, ShardedMap};
 
 /// Trades settled in process, by idempotency key: a key settled again within the retention is
 /// acknowledged and changes nothing.
@@ -33,7 +33,7 @@ pub struct EmbeddedLedger {
 /// The settled trades, and their keys in the order they are forgotten.
 #[derive(Debug, Default)]
 struct Trades {
-    by_key: BTreeMap<String, SettlementTrade>,
+    by_key: ShardedMap<String, SettlementTrade>,
     /// One entry per key of `by_key`: a key is recorded only when absent, and removed only
     /// when its entry pops.
     due: DueQueue<String>,

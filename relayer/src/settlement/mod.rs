@@ -26,7 +26,7 @@
 //!   `redis.orderRetentionSeconds` after it was settled (trade ids, and so keys, are never
 //!   reused).
 //!
-//! May use: `clock`, `config`, `domain`, `resilience`. Knows nothing of sagas.
+//! May use: `tables`, `clock`, `config`, `domain`, `resilience`. Knows nothing of sagas.
 
 mod client;
 mod ledger;

@@ -30,14 +30,13 @@
 //! key dated again, or kept since, has a later one or none).
 //!
 //! No table stalls as it grows: the tables that hold an entry per order of a retention are
-//! B-trees and their queues are chunked ([`DueQueue`]), so no insertion moves a whole table
-//! (a hash map that doubles copies every entry under its lock, which stalled every placement
-//! behind it for hundreds of milliseconds once a table held a few hundred thousand orders).
+//! sharded ([`ShardedMap`]) and their queues chunked ([`DueQueue`]), so no insertion moves a
+//! whole table (see [`crate::tables`]).
 //!
-//! May use: `clock`, `config` (the default retention), `domain`, `book`, and the store's own
+//! May use: `tables`, `clock`, `config` (the default retention), `domain`, `book`, and the store's own
 //! types.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -47,9 +46,10 @@ use super::{ApiKeyRecord, Claim, ClaimEnd, ClaimOutcome, Fence, SagaEntry, Store
 use crate::book::{
     CancelError, Level, MatchOutcome, OrderBook, OrdersPage, PageRequest, UndoOutcome,
 };
-use crate::clock::{Clock, DueQueue, SystemClock};
+use crate::clock::{Clock, SystemClock};
 use crate::config::RedisConfig;
 use crate::domain::{Account, BalanceError, MarketKey, Move, Order, UserId};
+use crate::tables::{DueQueue, ShardedMap, ShardedSet};
 
 /// State kept in process memory.
 #[derive(Debug, Clone, Default)]
@@ -130,7 +130,7 @@ impl Retention {
 #[derive(Debug, Default)]
 struct Accounts {
     by_user: HashMap<UserId, Account>,
-    applied: BTreeSet<(UserId, String)>,
+    applied: ShardedSet<(UserId, String)>,
     /// When each id of `applied` is forgotten: one entry per id, since an id is recorded only
     /// when absent and removed only when its entry pops.
     applied_due: DueQueue<(UserId, String)>,
@@ -150,7 +150,7 @@ type ClaimKey = (UserId, String);
 /// Claims by (user, client order id), each with when it is forgotten.
 #[derive(Debug, Default)]
 struct Claims {
-    held: BTreeMap<ClaimKey, Held>,
+    held: ShardedMap<ClaimKey, Held>,
     due: DueQueue<ClaimKey>,
 }
 
@@ -189,7 +189,7 @@ impl Claims {
 /// Fence marks: the highest epoch each saga wrote, and when that mark is forgotten.
 #[derive(Debug, Default)]
 struct Fences {
-    seen: BTreeMap<String, (u64, Option<Instant>)>,
+    seen: ShardedMap<String, (u64, Option<Instant>)>,
     due: DueQueue<String>,
 }
 
@@ -209,7 +209,7 @@ struct Market {
     book: OrderBook,
     due: DueQueue<String>,
     /// The latest due of each order queued in `due`.
-    dated: BTreeMap<String, Instant>,
+    dated: ShardedMap<String, Instant>,
 }
 
 impl Market {

@@ -14,7 +14,7 @@
 //! operation ids and fence marks `redis.orderRetentionSeconds` after they finish (see each
 //! backend for the details). The enum dispatches statically: no boxing, no `async_trait`.
 //!
-//! May use: `clock`, `config`, `domain`, `book`; nothing above them (the order saga's log
+//! May use: `tables`, `clock`, `config`, `domain`, `book`; nothing above them (the order saga's log
 //! entries are opaque [`SagaEntry`] records here).
 
 mod memory;
