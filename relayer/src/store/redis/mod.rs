@@ -291,22 +291,20 @@ impl RedisStore {
         }
     }
 
-    /// Whether Redis answers; a change from the last ping is logged (a failure at warn, with
-    /// what to check).
+    /// Whether Redis answers on every connection the store uses: the main one and, with
+    /// `redis.replicaAcks`, each of the [`WRITE_CONNECTIONS`] (opened lazily too, so a relayer
+    /// whose write connections are still opening is not ready yet: a write would fail with
+    /// 503). A change from the last ping is logged (a failure at warn, with what to check).
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.inner.conn.clone();
-        let result = self
-            .call("PING", async move {
-                redis::cmd("PING").query_async::<String>(&mut conn).await
-            })
-            .await
-            .and_then(|pong| {
-                if pong == "PONG" {
-                    Ok(())
-                } else {
-                    Err(corrupt("PING", format!("answered {pong:?}")))
-                }
-            });
+        let main = self.ping_on(self.inner.conn.clone(), "PING");
+        let writers = futures::future::join_all(
+            self.inner
+                .writers
+                .iter()
+                .map(|c| self.ping_on(c.clone(), "PING on a write connection")),
+        );
+        let (main, writers) = futures::join!(main, writers);
+        let result = main.and_then(|()| writers.into_iter().collect::<Result<(), _>>());
         let now = if result.is_ok() { ANSWERS } else { FAILS };
         let before = self.inner.health.swap(now, Ordering::Relaxed);
         match &result {
@@ -317,6 +315,24 @@ impl RedisStore {
             _ => {}
         }
         result
+    }
+
+    /// One `PING` on `conn`.
+    async fn ping_on(
+        &self,
+        mut conn: RedisConnection,
+        what: &'static str,
+    ) -> Result<(), StoreError> {
+        let pong = self
+            .call(what, async move {
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            })
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(corrupt(what, format!("answered {pong:?}")))
+        }
     }
 
     pub(super) async fn apply_moves(
