@@ -586,8 +586,8 @@ async fn run(scenario: Scenario) -> Report {
     let redis = RedisServer::start();
     let endpoint = ChaosSettlement::start(seed, scenario.odds.clone()).await;
     let env = env(&redis, &endpoint);
-    let a = RelayerProcess::start(&env);
-    let b = RelayerProcess::start(&env);
+    let a = RelayerProcess::start_ready(&env);
+    let b = RelayerProcess::start_ready(&env);
     let api = Api::default();
     let mut traders = Vec::new();
     for u in 0..USERS {

@@ -126,8 +126,8 @@ impl Round {
                 )
             }
         };
-        let blue = RelayerProcess::start(&blue_env);
-        let green = RelayerProcess::start(&env(&redis, &endpoint, SHORT_LEASE_MS));
+        let blue = RelayerProcess::start_ready(&blue_env);
+        let green = RelayerProcess::start_ready(&env(&redis, &endpoint, SHORT_LEASE_MS));
         let api = Api::default();
         let (seller_id, buyer_id) = (address(1), address(2));
         let seller = api.trader(&blue.base, &seller_id).await;

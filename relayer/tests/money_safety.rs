@@ -145,8 +145,9 @@ fn bid(id: &str, trader: &Trader, price: u64, amount: u64) -> Value {
 async fn a_retry_after_a_compensated_crash_replays_order_not_placed_and_trades_nothing() {
     let redis = RedisServer::start();
     let endpoint = SettlementServer::start().await;
-    let mut a = RelayerProcess::start(&env(Some(&redis), Some(&endpoint), Some("after:reserve")));
-    let b = RelayerProcess::start(&env(Some(&redis), Some(&endpoint), None));
+    let mut a =
+        RelayerProcess::start_ready(&env(Some(&redis), Some(&endpoint), Some("after:reserve")));
+    let b = RelayerProcess::start_ready(&env(Some(&redis), Some(&endpoint), None));
     let api = Api::default();
     let buyer = funded(&api, &b.base, &[2]).await.remove(0);
     // 6 shares at 0.5: 3 collateral reserved while it rests.
@@ -274,7 +275,7 @@ async fn the_saga_completes_on_its_own(
 async fn a_client_that_hangs_up_does_not_stop_its_saga() {
     let endpoint = SettlementServer::start().await;
     endpoint.set_mode(Mode::Delay(2_500));
-    let relayer = RelayerProcess::start(&slow_settlement_env(&endpoint, &[]));
+    let relayer = RelayerProcess::start_ready(&slow_settlement_env(&endpoint, &[]));
     let api = Api::default();
     let traders = funded(&api, &relayer.base, &[1, 2]).await;
     let (seller, buyer) = (&traders[0], &traders[1]);
@@ -306,7 +307,7 @@ async fn a_client_that_hangs_up_does_not_stop_its_saga() {
 async fn a_placement_slower_than_the_request_timeout_answers_202_and_completes() {
     let endpoint = SettlementServer::start().await;
     endpoint.set_mode(Mode::Delay(3_000));
-    let relayer = RelayerProcess::start(&slow_settlement_env(
+    let relayer = RelayerProcess::start_ready(&slow_settlement_env(
         &endpoint,
         &[
             ("RELAYER_LIMITS__REQUEST_TIMEOUT_MS", "1000"),
@@ -352,7 +353,7 @@ async fn a_placement_slower_than_the_request_timeout_answers_202_and_completes()
 async fn an_order_id_reused_after_retention_gets_new_settlement_keys() {
     let redis = RedisServer::start();
     let endpoint = SettlementServer::start().await;
-    let relayer = RelayerProcess::start(&with(
+    let relayer = RelayerProcess::start_ready(&with(
         env(Some(&redis), Some(&endpoint), None),
         "RELAYER_REDIS__ORDER_RETENTION_SECONDS",
         "1",
@@ -478,7 +479,7 @@ async fn wait_cancel_recovered(api: &Api, base: &str, buyer: &Trader) {
 async fn a_cancel_whose_release_failed_is_recovered_after_a_kill() {
     let redis = RedisServer::start();
     let relayer_env = env(Some(&redis), None, None);
-    let mut a = RelayerProcess::start(&relayer_env);
+    let mut a = RelayerProcess::start_ready(&relayer_env);
     let api = Api::default();
     let buyer = funded(&api, &a.base, &[2]).await.remove(0);
     let rest = post(&api, &a.base, &buyer, &bid("rest", &buyer, 500_000, 10)).await;
@@ -513,7 +514,7 @@ async fn a_cancel_whose_release_failed_is_recovered_after_a_kill() {
     let lifted = redis.cli(&["ACL", "SETUSER", "default", "allkeys"]);
     assert_eq!(lifted.as_deref().map(str::trim), Some("OK"));
 
-    let b = RelayerProcess::start(&relayer_env);
+    let b = RelayerProcess::start_ready(&relayer_env);
     wait_cancel_recovered(&api, &b.base, &buyer).await;
     wait_no_sagas(&api, &b.base, Duration::from_secs(10)).await;
 }
@@ -527,8 +528,8 @@ async fn a_cancel_whose_release_failed_is_recovered_after_a_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_after_the_cancel_changed_the_book_leaves_nothing_reserved() {
     let redis = RedisServer::start();
-    let mut a = RelayerProcess::start(&env(Some(&redis), None, Some("after:cancel")));
-    let b = RelayerProcess::start(&env(Some(&redis), None, None));
+    let mut a = RelayerProcess::start_ready(&env(Some(&redis), None, Some("after:cancel")));
+    let b = RelayerProcess::start_ready(&env(Some(&redis), None, None));
     let api = Api::default();
     let buyer = funded(&api, &b.base, &[2]).await.remove(0);
     let rest = post(&api, &b.base, &buyer, &bid("rest", &buyer, 500_000, 10)).await;
@@ -575,8 +576,8 @@ async fn a_paused_replica_whose_lease_lapsed_settles_nothing_more() {
         let env = with(env, "RELAYER_SETTLEMENT__TIMEOUT_MS", "2000");
         with(env, "RELAYER_SETTLEMENT__RETRY__MAX_RETRIES", "1")
     };
-    let a = RelayerProcess::start(&slow(&ea));
-    let b = RelayerProcess::start(&slow(&eb));
+    let a = RelayerProcess::start_ready(&slow(&ea));
+    let b = RelayerProcess::start_ready(&slow(&eb));
     let api = Api::default();
     let traders = funded(&api, &b.base, &[1, 2, 3]).await;
     let (s1, s2, buyer) = (&traders[0], &traders[1], &traders[2]);
@@ -651,7 +652,7 @@ async fn a_paused_replica_whose_lease_lapsed_settles_nothing_more() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_may_use_the_same_order_id() {
     let redis = RedisServer::start();
-    let relayer = RelayerProcess::start(&env(Some(&redis), None, None));
+    let relayer = RelayerProcess::start_ready(&env(Some(&redis), None, None));
     let base = &relayer.base;
     let api = Api::default();
     let traders = funded(&api, base, &[1, 2]).await;
@@ -691,8 +692,8 @@ async fn two_users_may_use_the_same_order_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_left_by_a_crash_after_validate_is_recovered() {
     let redis = RedisServer::start();
-    let mut a = RelayerProcess::start(&env(Some(&redis), None, Some("after:validate")));
-    let b = RelayerProcess::start(&env(Some(&redis), None, None));
+    let mut a = RelayerProcess::start_ready(&env(Some(&redis), None, Some("after:validate")));
+    let b = RelayerProcess::start_ready(&env(Some(&redis), None, None));
     let api = Api::default();
     let buyer = funded(&api, &b.base, &[2]).await.remove(0);
     let order = bid("bid", &buyer, 500_000, 6);
@@ -723,7 +724,7 @@ async fn a_claim_left_by_a_crash_after_validate_is_recovered() {
 /// still answered 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_memory_store_forgets_finished_orders_after_retention() {
-    let relayer = RelayerProcess::start(&with(
+    let relayer = RelayerProcess::start_ready(&with(
         env(None, None, None),
         "RELAYER_REDIS__ORDER_RETENTION_SECONDS",
         "1",
@@ -793,7 +794,7 @@ async fn a_cancel_during_its_own_placement_then_an_undo_releases_each_unit_once(
     let env = with(env, "RELAYER_SETTLEMENT__RETRY__MAX_RETRIES", "0");
     let env = with(env, "RELAYER_SETTLEMENT__TIMEOUT_MS", "5000");
     let env = with(env, "RELAYER_LIMITS__PLACEMENT_WAIT_MS", "300");
-    let relayer = RelayerProcess::start(&env);
+    let relayer = RelayerProcess::start_ready(&env);
     let base = &relayer.base;
     let api = Api::default();
     let traders = funded(&api, base, &[1, 2]).await;
@@ -863,7 +864,7 @@ async fn a_repeated_cancel_finishes_the_release_the_first_one_left() {
         "RELAYER_SAGA__RECOVERY_INTERVAL_MS",
         "3600000",
     );
-    let a = RelayerProcess::start(&relayer_env);
+    let a = RelayerProcess::start_ready(&relayer_env);
     let api = Api::default();
     let buyer = funded(&api, &a.base, &[2]).await.remove(0);
     let rest = post(&api, &a.base, &buyer, &bid("rest", &buyer, 500_000, 10)).await;
@@ -912,8 +913,9 @@ async fn a_cancel_before_the_placement_reached_the_book_is_told_it_is_in_progres
     let redis = RedisServer::start();
     // NB: a lease long enough for the DELETE to come before recovery takes the saga over.
     let lease = |env| with(env, "RELAYER_SAGA__LEASE_MS", "5000");
-    let mut a = RelayerProcess::start(&lease(env(Some(&redis), None, Some("after:validate"))));
-    let b = RelayerProcess::start(&lease(env(Some(&redis), None, None)));
+    let mut a =
+        RelayerProcess::start_ready(&lease(env(Some(&redis), None, Some("after:validate"))));
+    let b = RelayerProcess::start_ready(&lease(env(Some(&redis), None, None)));
     let api = Api::default();
     let buyer = funded(&api, &b.base, &[2]).await.remove(0);
     let order = bid("bid", &buyer, 500_000, 6);

@@ -498,8 +498,8 @@ async fn two_relayers_on_one_redis_share_one_global_and_one_per_ip_budget() {
         ("RELAYER_CONFIG", config.display().to_string()),
         ("RELAYER_RATE_LIMIT__ENABLED", "true".to_owned()),
     ];
-    let a = RelayerProcess::start(&env);
-    let b = RelayerProcess::start(&env);
+    let a = RelayerProcess::start_ready(&env);
+    let b = RelayerProcess::start_ready(&env);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -61,7 +61,10 @@ async fn failover_under_load(lagging_replica: bool) {
         // waited for through the whole failover.
         ("RELAYER_LIMITS__PLACEMENT_WAIT_MS", "1000".to_owned()),
     ];
-    let relayers = [RelayerProcess::start(&env), RelayerProcess::start(&env)];
+    let relayers = [
+        RelayerProcess::start_ready(&env),
+        RelayerProcess::start_ready(&env),
+    ];
     let bases: Vec<String> = relayers.iter().map(|r| r.base.clone()).collect();
     let api = Api::default();
     let mut traders = Vec::new();

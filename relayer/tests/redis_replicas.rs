@@ -48,7 +48,10 @@ async fn two_replicas_on_a_redis_cluster_keep_every_invariant() {
 }
 
 async fn two_replicas_keep_every_invariant(env: &[(&str, String)]) {
-    let replicas = [RelayerProcess::start(env), RelayerProcess::start(env)];
+    let replicas = [
+        RelayerProcess::start_ready(env),
+        RelayerProcess::start_ready(env),
+    ];
     let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
     let api = Api::default();
 

@@ -98,8 +98,8 @@ async fn crash_on_a_cluster_at(point: &str, expect: Expect) {
 async fn crash_on(cluster: bool, point: &str, expect: Expect) {
     let redis = Shared::start(cluster);
     let endpoint = SettlementServer::start().await;
-    let mut a = RelayerProcess::start(&env(&redis, &endpoint, Some(point)));
-    let b = RelayerProcess::start(&env(&redis, &endpoint, None));
+    let mut a = RelayerProcess::start_ready(&env(&redis, &endpoint, Some(point)));
+    let b = RelayerProcess::start_ready(&env(&redis, &endpoint, None));
     let api = Api::default();
     let (seller_id, buyer_id) = (address(1), address(2));
     let seller = api.trader(&b.base, &seller_id).await;

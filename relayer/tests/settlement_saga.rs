@@ -646,7 +646,7 @@ async fn unconfirmed_answers_are_logged_without_the_credential() {
     let endpoint = SettlementServer::start().await;
     endpoint.require_header(HEADER, &credential);
     endpoint.script(&[Mode::Redirect(307), Mode::Answer("{}")]);
-    let relayer = RelayerProcess::start(&[
+    let relayer = RelayerProcess::start_ready(&[
         ("RELAYER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("RELAYER_SETTLEMENT__URL", endpoint.url.clone()),
         ("RELAYER_SETTLEMENT__RETRY__STRATEGY", "fast".to_owned()),

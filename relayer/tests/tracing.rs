@@ -115,7 +115,7 @@ async fn place_traced(api: &Api, base: &str, buyer: &Trader) -> Option<(u16, Val
 /// Starts a relayer with `env`, rests the ask and places the crossing bid with the client's
 /// `traceparent`, which must be answered 201.
 async fn start_and_cross(env: &[(&str, String)]) -> RelayerProcess {
-    let relayer = RelayerProcess::start(env);
+    let relayer = RelayerProcess::start_ready(env);
     let api = Api::default();
     let (_, buyer) = traders(&api, &relayer.base).await;
     let (status, body) = place_traced(&api, &relayer.base, &buyer)
@@ -282,8 +282,8 @@ async fn a_saga_finished_by_another_replica_links_to_the_trace_it_began_in() {
         "RELAYER_FAULT_INJECTION__CRASH_AT_STEP",
         "before:settle".to_owned(),
     ));
-    let mut a = RelayerProcess::start(&crashing);
-    let b = RelayerProcess::start(&shared("relayer-b"));
+    let mut a = RelayerProcess::start_ready(&crashing);
+    let b = RelayerProcess::start_ready(&shared("relayer-b"));
     let api = Api::default();
     let (_, buyer) = traders(&api, &b.base).await;
 

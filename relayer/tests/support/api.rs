@@ -51,8 +51,9 @@ impl Api {
             .send()
             .await
             .expect("create api key");
-        assert_eq!(resp.status(), 201, "create api key");
-        let body: serde_json::Value = resp.json().await.expect("json");
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        assert_eq!(status, 201, "create api key: {body}");
         Trader {
             user_id: user_id.to_owned(),
             api_key: body["apiKey"].as_str().expect("apiKey").to_owned(),
@@ -69,7 +70,9 @@ impl Api {
             .send()
             .await
             .expect("deposit");
-        assert_eq!(resp.status(), 200, "deposit");
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "deposit: {body}");
     }
 
     /// Places an order; the status and the JSON body.

@@ -69,6 +69,24 @@ impl RelayerProcess {
         panic!("relayer did not become healthy; its last log:\n{last_log}");
     }
 
+    /// [`Self::start`], then waits (at most 30 s) until `/ready` answers 200: the store's
+    /// connections are open. `/health` answers before that, and a write sent between the two
+    /// fails with 503 (the store is not reached yet), so tests that write at once start here.
+    pub fn start_ready(env: &[(&str, String)]) -> Self {
+        let process = Self::start(env);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !process.answers_200("/ready") {
+            assert!(
+                Instant::now() < deadline,
+                "relayer on port {} did not become ready within 30 s; its log:\n{}",
+                process.port,
+                process.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        process
+    }
+
     /// Spawns the child on `self.port` (its output appended to the log) and waits until
     /// `/health` answers; false if it did not.
     fn spawn(&mut self) -> bool {
@@ -116,29 +134,33 @@ impl RelayerProcess {
 
     fn wait_healthy(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = self.base.trim_start_matches("http://").to_owned();
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(_)) = child.try_wait()
             {
                 return false;
             }
-            if let Ok(mut stream) = std::net::TcpStream::connect(&addr) {
-                use std::io::{Read, Write};
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let req =
-                    format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-                let mut buf = String::new();
-                if stream.write_all(req.as_bytes()).is_ok()
-                    && stream.read_to_string(&mut buf).is_ok()
-                    && buf.starts_with("HTTP/1.1 200")
-                {
-                    return true;
-                }
+            if self.answers_200("/health") {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
         false
+    }
+
+    /// Whether `GET path` answers 200 (one plain HTTP/1.1 request, 2 s to answer).
+    fn answers_200(&self, path: &str) -> bool {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://");
+        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut buf = String::new();
+        stream.write_all(req.as_bytes()).is_ok()
+            && stream.read_to_string(&mut buf).is_ok()
+            && buf.starts_with("HTTP/1.1 200")
     }
 
     /// What the process logged so far.
@@ -197,8 +219,22 @@ impl RelayerProcess {
 impl Drop for RelayerProcess {
     fn drop(&mut self) {
         self.kill();
+        // NB: a failing test shows its captured stderr; the relayer's last lines say what it
+        // saw (a store error behind a 503, say).
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n");
+            eprintln!(
+                "--- last lines of the relayer on port {}:\n{tail}",
+                self.port
+            );
+        }
     }
 }
+
+/// How many lines of its log a [`RelayerProcess`] prints when it drops in a failing test.
+const LOG_TAIL: usize = 40;
 
 /// The `relayer` binary started with a cleared environment plus `env`, listening on an
 /// ephemeral loopback port that it names in its JSON log.
