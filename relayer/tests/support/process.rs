@@ -73,16 +73,13 @@ impl RelayerProcess {
     /// connections are open. `/health` answers before that, and a write sent between the two
     /// fails with 503 (the store is not reached yet), so tests that write at once start here.
     pub fn start_ready(env: &[(&str, String)]) -> Self {
-        let process = Self::start(env);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !process.answers_200("/ready") {
-            assert!(
-                Instant::now() < deadline,
-                "relayer on port {} did not become ready within 30 s; its log:\n{}",
+        let mut process = Self::start(env);
+        if !process.wait_answers_200("/ready", Duration::from_secs(30)) {
+            panic!(
+                "relayer on port {} did not become ready (it exited, or 30 s passed); its log:\n{}",
                 process.port,
                 process.log_text()
             );
-            std::thread::sleep(Duration::from_millis(25));
         }
         process
     }
@@ -133,14 +130,19 @@ impl RelayerProcess {
     }
 
     fn wait_healthy(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_answers_200("/health", Duration::from_secs(20))
+    }
+
+    /// Polls `GET path` until it answers 200 (true), the child exits or `within` passes (false).
+    fn wait_answers_200(&mut self, path: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(_)) = child.try_wait()
             {
                 return false;
             }
-            if self.answers_200("/health") {
+            if self.answers_200(path) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(25));
